@@ -1,0 +1,146 @@
+"""The one settings object: environment (`TRUSTPLANE_*`) over a TOML config file over defaults.
+
+Every component receives a `Settings`; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_CONFIG_FILE = "trustplane.toml"
+
+
+class Durability(StrEnum):
+    BATCH = "batch"
+    SYNC = "sync"
+
+
+class ConfigError(Exception):
+    """A configuration value or file is wrong; the message names which."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRUSTPLANE_", extra="forbid", validate_default=True
+    )
+
+    state_dir: Path = Field(
+        Path(".trustplane"), description="Where keys, the admin token and SQLite live."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite in state_dir (WAL mode)."
+    )
+    bundle_dir: Path | None = Field(None, description="Policy bundle directory to serve.")
+    host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    port: int = Field(8181, ge=0, le=65535, description="Port the HTTP API listens on.")
+    durability: Durability = Field(
+        Durability.BATCH,
+        description="batch: decisions are committed within flush_interval_ms; "
+        "sync: the answer waits for the commit that contains its record.",
+    )
+    flush_interval_ms: int = Field(50, ge=1, le=1000, description="Ledger flush interval.")
+    checkpoint_interval_ms: int = Field(
+        1000, ge=100, le=60_000, description="Checkpoint signing interval while decisions flow."
+    )
+    ledger_origin: str = Field(
+        "trustplane.local/decisions", description="Origin line of signed checkpoints."
+    )
+    mask: list[str] = Field(
+        default_factory=lambda: ["/context/token", "/context/authorization"],
+        description="JSON pointers erased from recorded requests before anything is written.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body the HTTP API accepts."
+    )
+    trusted_bundle_keys: list[Path] = Field(
+        default_factory=list,
+        description="Ed25519 public keys (PEM); when set, only bundles signed by one load.",
+    )
+    watch: bool = Field(True, description="Reload the bundle when its files change.")
+    expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")
+    log_level: str = Field("info", description="Python logging level.")
+
+    @field_validator("mask")
+    @classmethod
+    def _pointers_are_absolute(cls, value: list[str]) -> list[str]:
+        for pointer in value:
+            if not pointer.startswith("/"):
+                raise ValueError(f"mask pointer {pointer!r} must start with '/'")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite:// and postgresql:// URLs are supported")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.state_dir / 'trustplane.db').as_posix()}"
+
+    @property
+    def ledger_key_file(self) -> Path:
+        return self.state_dir / "ledger.key"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.state_dir / "admin.token"
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Settings from `config_file` (or `$TRUSTPLANE_CONFIG`, or ./trustplane.toml if present),
+    then the environment, then explicit overrides (CLI flags)."""
+    env_path = os.environ.get("TRUSTPLANE_CONFIG")
+    path = config_file or (Path(env_path) if env_path else None)
+    file_values: dict[str, Any] = {}
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = Path(DEFAULT_CONFIG_FILE)
+    if path is not None:
+        try:
+            file_values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    env_keys = {
+        name for name in Settings.model_fields if f"TRUSTPLANE_{name.upper()}" in os.environ
+    }
+    # Environment beats the file: drop file values the environment sets.
+    values = {k: v for k, v in file_values.items() if k not in env_keys}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        source = f" (from {path})" if path else ""
+        raise ConfigError(f"invalid configuration{source}: {problems}") from None

@@ -1,0 +1,288 @@
+"""Evaluation of one compiled bundle: the enforced answer and the shadow answer.
+
+The enforced decision uses enforce-mode policies; the shadow decision adds observe-mode ones.
+Both come from one Cedar evaluation of the full policy set in the common case: when the full set
+allows, its satisfied permits tell whether an enforced permit holds; only a deny caused solely by
+observe-mode forbids needs a second evaluation of the enforced set.
+
+Fail closed: a request Cedar cannot build, an error in any enforced policy or an internal failure
+is a deny with the reason in `errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import cedarpy
+import orjson
+
+from trustplane.decision.bundle import Bundle, PolicyInfo
+from trustplane.model import AccessRequest, Decision, Effect, PolicyReason, new_decision_id
+
+_ERROR_POLICY_RE = re.compile(r"policy `([^`]+)`")
+_FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
+_FAR_PAST = datetime.min.replace(tzinfo=UTC)
+_BASE_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """The policy sets that apply between two consecutive @expires boundaries."""
+
+    valid_from: datetime
+    valid_until: datetime
+    enforced: Any  # cedarpy.PolicySet
+    full: Any | None  # None when no observe-mode policy applies: shadow == enforced
+    enforced_ids: frozenset[str]
+
+    def covers(self, now: datetime) -> bool:
+        return self.valid_from <= now < self.valid_until
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    effect: Effect
+    reasons: tuple[str, ...]
+    errors: tuple[str, ...]
+
+
+class Evaluator:
+    """Answers AccessRequests against one bundle. Thread-safe; holds no per-request state."""
+
+    def __init__(self, bundle: Bundle, clock: Callable[[], float] = time.time) -> None:
+        self.bundle = bundle
+        self.revision = bundle.revision
+        self._clock = clock
+        self._schema = bundle.schema
+        self._infos = {p.policy_id: p for p in bundle.policies}
+        self._reasons = {p.policy_id: _reason(p) for p in bundle.policies}
+        self._boundaries = sorted({p.expires for p in bundle.policies if p.expires is not None})
+        self._static = {(e["uid"]["type"], e["uid"]["id"]): e for e in bundle.entities}
+        self._entities = cedarpy.Entities.from_json_str(
+            json.dumps(bundle.entities), schema=self._schema
+        )
+        self._bases: OrderedDict[frozenset[tuple[str, str]], Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._generation = self._compile(datetime.fromtimestamp(clock(), UTC))
+
+    # -- public -------------------------------------------------------------------------------
+
+    def evaluate(self, request: AccessRequest, at: datetime | None = None) -> Decision:
+        started = time.perf_counter_ns()
+        now_ts = self._clock() if at is None else at.timestamp()
+        try:
+            enforced, shadow = self._evaluate(request, at or datetime.fromtimestamp(now_ts, UTC))
+        except Exception as exc:  # fail closed on anything unexpected, with the reason
+            failure = _Outcome(Effect.DENY, (), (f"internal error: {type(exc).__name__}: {exc}",))
+            enforced = shadow = failure
+        return Decision(
+            decision_id=new_decision_id(),
+            effect=enforced.effect,
+            reasons=self._explain(enforced.reasons),
+            shadow_effect=shadow.effect,
+            shadow_reasons=self._explain(shadow.reasons),
+            shadow_changes=self._shadow_changes(enforced, shadow),
+            errors=tuple(dict.fromkeys(enforced.errors + shadow.errors)),
+            revision=self.revision,
+            eval_micros=(time.perf_counter_ns() - started) // 1000,
+            timestamp=now_ts,
+        )
+
+    def policy(self, policy_id: str) -> PolicyInfo | None:
+        return self._infos.get(policy_id)
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def _evaluate(self, request: AccessRequest, now: datetime) -> tuple[_Outcome, _Outcome]:
+        generation = self._generation_at(now)
+        try:
+            entities = self._entities_for(request)
+        except ValueError as exc:
+            bad = _Outcome(Effect.DENY, (), (str(exc),))
+            return bad, bad
+        cedar_request = {
+            "principal": request.principal.uid(),
+            "action": request.action.uid(),
+            "resource": request.resource.uid(),
+            "context": request.context,
+        }
+        if generation.full is None:
+            outcome = self._run(cedar_request, generation.enforced, entities)
+            return outcome, outcome
+
+        result = cedarpy.is_authorized(cedar_request, generation.full, entities, self._schema)
+        shadow = _outcome(result)
+        errors = tuple(result.diagnostics.errors)
+        enforced_errors = tuple(
+            e
+            for e in errors
+            if _errored_policy(e) in generation.enforced_ids or _errored_policy(e) is None
+        )
+        satisfied = tuple(result.diagnostics.reasons)
+        enforced_satisfied = tuple(p for p in satisfied if p in generation.enforced_ids)
+        if enforced_errors:
+            enforced = _Outcome(
+                Effect.DENY, _forbids(enforced_satisfied, self._infos), enforced_errors
+            )
+        elif result.decision == cedarpy.Decision.Allow:
+            effect = Effect.ALLOW if enforced_satisfied else Effect.DENY
+            enforced = _Outcome(effect, enforced_satisfied, ())
+        elif enforced_satisfied or not satisfied:
+            # Denied by an enforced forbid, or no permit of any mode holds.
+            enforced = _Outcome(Effect.DENY, enforced_satisfied, ())
+        else:
+            # Only observe-mode forbids fired: the enforced answer needs its own evaluation.
+            enforced = self._run(cedar_request, generation.enforced, entities)
+        return enforced, shadow
+
+    def _run(self, cedar_request: dict[str, Any], policies: Any, entities: Any) -> _Outcome:
+        result = cedarpy.is_authorized(cedar_request, policies, entities, self._schema)
+        return _outcome(result)
+
+    def _explain(self, policy_ids: Iterable[str]) -> tuple[PolicyReason, ...]:
+        return tuple(self._reasons[p] for p in policy_ids if p in self._reasons)
+
+    def _shadow_changes(self, enforced: _Outcome, shadow: _Outcome) -> tuple[PolicyReason, ...]:
+        if enforced.effect is shadow.effect:
+            return ()
+        changed = [
+            p for p in shadow.reasons if self._infos.get(p) and self._infos[p].mode == "observe"
+        ]
+        changed += [
+            p
+            for e in shadow.errors
+            if (p := _errored_policy(e)) and self._infos.get(p) and self._infos[p].mode == "observe"
+        ]
+        return self._explain(dict.fromkeys(changed))
+
+    # -- policy generations (expiry) ----------------------------------------------------------
+
+    def _generation_at(self, now: datetime) -> _Generation:
+        generation = self._generation
+        if generation.covers(now):
+            return generation
+        fresh = self._compile(now)
+        if now >= generation.valid_until:  # time moved on: keep the newer generation
+            with self._lock:
+                self._generation = fresh
+        return fresh
+
+    def _compile(self, now: datetime) -> _Generation:
+        live = [p for p in self.bundle.policies if p.applies_at(now)]
+        enforced = [p for p in live if p.mode == "enforce"]
+        observe = [p for p in live if p.mode == "observe"]
+        earlier = [b for b in self._boundaries if b <= now]
+        later = [b for b in self._boundaries if b > now]
+        return _Generation(
+            valid_from=earlier[-1] if earlier else _FAR_PAST,
+            valid_until=later[0] if later else _FAR_FUTURE,
+            enforced=_policy_set(enforced),
+            full=_policy_set(live) if observe else None,
+            enforced_ids=frozenset(p.policy_id for p in enforced),
+        )
+
+    # -- entities -----------------------------------------------------------------------------
+
+    def _entities_for(self, request: AccessRequest) -> Any:
+        """Static entities plus the request's principal and resource, with request properties
+        merged over static attributes (static parents, such as group membership, are kept)."""
+        delta: dict[tuple[str, str], dict[str, Any]] = {}
+        replaced: set[tuple[str, str]] = set()
+        for role, ref in (("principal", request.principal), ("resource", request.resource)):
+            key = (ref.type, ref.id)
+            static = self._static.get(key)
+            if static is not None and not ref.properties:
+                continue
+            entity = delta.get(key) or {
+                "uid": {"type": ref.type, "id": ref.id},
+                "attrs": dict(static.get("attrs", {})) if static else {},
+                "parents": list(static.get("parents", [])) if static else [],
+            }
+            entity["attrs"].update(ref.properties or {})
+            entity.setdefault("_role", role)
+            delta[key] = entity
+            if static is not None:
+                replaced.add(key)
+        base = self._entities if not replaced else self._base_without(frozenset(replaced))
+        if not delta:
+            return base
+        roles = {key: entity.pop("_role") for key, entity in delta.items()}
+        try:
+            return base.with_added_json_str(
+                orjson.dumps(list(delta.values())).decode(), schema=self._schema
+            )
+        except ValueError:
+            raise ValueError(self._describe_entity_error(delta, roles)) from None
+
+    def _describe_entity_error(
+        self, delta: dict[tuple[str, str], dict[str, Any]], roles: dict[tuple[str, str], str]
+    ) -> str:
+        for key, entity in delta.items():
+            try:
+                cedarpy.Entities.from_json_str(json.dumps([entity]), schema=self._schema)
+            except ValueError as exc:
+                return (
+                    f'{roles[key]} {key[0]}::"{key[1]}": properties do not match the schema ({exc})'
+                )
+        return "request entities do not match the schema"
+
+    def _base_without(self, uids: frozenset[tuple[str, str]]) -> Any:
+        with self._lock:
+            cached = self._bases.get(uids)
+            if cached is not None:
+                self._bases.move_to_end(uids)
+                return cached
+        kept = [e for key, e in self._static.items() if key not in uids]
+        handle = cedarpy.Entities.from_json_str(json.dumps(kept), schema=self._schema)
+        with self._lock:
+            self._bases[uids] = handle
+            while len(self._bases) > _BASE_CACHE_SIZE:
+                self._bases.popitem(last=False)
+        return handle
+
+
+def _policy_set(policies: list[PolicyInfo]) -> Any:
+    document = {
+        "staticPolicies": {p.policy_id: p.est for p in policies},
+        "templates": {},
+        "templateLinks": [],
+    }
+    return cedarpy.PolicySet.from_json_str(json.dumps(document))
+
+
+def _outcome(result: Any) -> _Outcome:
+    errors = tuple(result.diagnostics.errors)
+    reasons = tuple(result.diagnostics.reasons)
+    if result.decision == cedarpy.Decision.Allow and not errors:
+        return _Outcome(Effect.ALLOW, reasons, ())
+    if result.decision == cedarpy.Decision.Allow:
+        return _Outcome(Effect.DENY, (), errors)  # an error in any policy never allows
+    return _Outcome(Effect.DENY, reasons, errors)
+
+
+def _forbids(policy_ids: tuple[str, ...], infos: dict[str, PolicyInfo]) -> tuple[str, ...]:
+    return tuple(p for p in policy_ids if infos[p].effect == "forbid")
+
+
+def _errored_policy(error: str) -> str | None:
+    match = _ERROR_POLICY_RE.search(error)
+    return match.group(1) if match else None
+
+
+def _reason(info: PolicyInfo) -> PolicyReason:
+    return PolicyReason(
+        policy_id=info.policy_id,
+        effect=info.effect,
+        mode=info.mode,
+        owner=info.owner,
+        description=info.description,
+        tier=info.tier,
+    )

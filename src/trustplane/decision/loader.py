@@ -1,0 +1,48 @@
+"""The bundle lifecycle up to activation: verify signature → compile → run the bundle's tests.
+
+Nothing here touches the active bundle; a bundle that fails any step raises BundleError with
+every problem found, and whoever called keeps serving what they had.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from trustplane.decision.bundle import Bundle, BundleError, BundleSource, compile_bundle
+from trustplane.decision.engine import Evaluator
+from trustplane.decision.signing import TrustedKey, verify_bundle
+from trustplane.decision.testing import TestResult, failure_problems, run_tests
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    trusted_keys: list[TrustedKey] = field(default_factory=list)
+    expiry_warning_days: int = 7
+    run_tests: bool = True
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    bundle: Bundle
+    evaluator: Evaluator
+    test_results: list[TestResult]
+
+
+def load_bundle(
+    source: BundleSource, options: LoadOptions | None = None, *, now: datetime | None = None
+) -> LoadedBundle:
+    options = options or LoadOptions()
+    if options.trusted_keys:
+        problems = verify_bundle(source, options.trusted_keys)
+        if problems:
+            raise BundleError(problems)
+    bundle = compile_bundle(
+        source, now=now or datetime.now(UTC), expiry_warning_days=options.expiry_warning_days
+    )
+    evaluator = Evaluator(bundle)
+    results = run_tests(evaluator, bundle.tests) if options.run_tests else []
+    failed = failure_problems(results)
+    if failed:
+        raise BundleError(failed)
+    return LoadedBundle(bundle, evaluator, results)

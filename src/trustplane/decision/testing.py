@@ -1,0 +1,175 @@
+"""Bundle tests: YAML cases of a request and the answer the bundle must give.
+
+A bundle whose tests fail is never activated, so a policy change that breaks an expected answer
+is caught before it serves traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import yaml
+
+from trustplane.decision.bundle import BundleProblem, parse_rfc3339
+from trustplane.decision.engine import Evaluator
+from trustplane.decision.requests import RequestError, parse_request
+from trustplane.model import AccessRequest, Decision
+
+TEST_KEYS = frozenset({"name", "request", "expect", "determining", "shadow", "at"})
+EFFECTS = ("allow", "deny")
+
+
+@dataclass(frozen=True)
+class PolicyTest:
+    name: str
+    file: str
+    line: int
+    request: AccessRequest
+    expect: str
+    determining: frozenset[str] | None = None
+    shadow: str | None = None
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TestResult:
+    test: PolicyTest
+    decision: Decision
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.test.name,
+            "file": self.test.file,
+            "line": self.test.line,
+            "passed": self.passed,
+            "decision": self.decision.effect.value,
+            "shadow": self.decision.shadow_effect.value,
+            "determining": sorted(r.policy_id for r in self.decision.reasons),
+            "failures": list(self.failures),
+        }
+
+
+def parse_test_file(path: str, text: str, problems: list[BundleProblem]) -> list[PolicyTest]:
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = None if mark is None else int(mark.line) + 1
+        problems.append(BundleProblem(path, f"invalid YAML: {getattr(exc, 'problem', exc)}", line))
+        return []
+    if data is None:
+        return []
+    if not isinstance(data, dict) or not isinstance(data.get("tests"), list):
+        problems.append(BundleProblem(path, "expected a mapping with a 'tests' list"))
+        return []
+    lines = _item_lines(root)
+    tests: list[PolicyTest] = []
+    for index, item in enumerate(data["tests"]):
+        line = lines[index] if index < len(lines) else 1
+        where = f"tests[{index}]"
+
+        def problem(message: str, line: int = line, where: str = where) -> None:
+            problems.append(BundleProblem(path, f"{where}: {message}", line))
+
+        if not isinstance(item, dict):
+            problem("each test must be a mapping")
+            continue
+        unknown = sorted(set(item) - TEST_KEYS)
+        if unknown:
+            problem(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(TEST_KEYS))})")
+            continue
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            problem("'name' is required")
+            continue
+        where = f"test {name!r}"
+
+        def problem(message: str, line: int = line, where: str = where) -> None:
+            problems.append(BundleProblem(path, f"{where}: {message}", line))
+
+        expect = item.get("expect")
+        if expect not in EFFECTS:
+            problem("'expect' must be allow or deny")
+            continue
+        shadow = item.get("shadow")
+        if shadow is not None and shadow not in EFFECTS:
+            problem("'shadow' must be allow or deny")
+            continue
+        determining = item.get("determining")
+        if determining is not None and (
+            not isinstance(determining, list) or not all(isinstance(d, str) for d in determining)
+        ):
+            problem("'determining' must be a list of policy ids")
+            continue
+        at = None
+        if item.get("at") is not None:
+            at = parse_rfc3339(str(item["at"]))
+            if at is None:
+                problem("'at' must be an RFC 3339 time with offset")
+                continue
+        try:
+            request = parse_request(item.get("request"), "request")
+        except RequestError as exc:
+            problem(str(exc))
+            continue
+        tests.append(
+            PolicyTest(
+                name=name,
+                file=path,
+                line=line,
+                request=request,
+                expect=expect,
+                determining=frozenset(determining) if determining is not None else None,
+                shadow=shadow,
+                at=at,
+            )
+        )
+    return tests
+
+
+def _item_lines(root: yaml.Node | None) -> list[int]:
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for key, value in root.value:
+        if getattr(key, "value", None) == "tests" and isinstance(value, yaml.SequenceNode):
+            return [int(node.start_mark.line) + 1 for node in value.value]
+    return []
+
+
+def run_test(evaluator: Evaluator, test: PolicyTest) -> TestResult:
+    decision = evaluator.evaluate(test.request, at=test.at)
+    failures: list[str] = []
+    if decision.effect.value != test.expect:
+        failures.append(f"expected {test.expect}, got {decision.effect.value}")
+    got = frozenset(r.policy_id for r in decision.reasons)
+    if test.determining is not None and got != test.determining:
+        failures.append(
+            f"expected determining policies {sorted(test.determining)}, got {sorted(got)}"
+        )
+    if test.shadow is not None and decision.shadow_effect.value != test.shadow:
+        failures.append(f"expected shadow {test.shadow}, got {decision.shadow_effect.value}")
+    if decision.errors and not failures and test.expect == "allow":
+        failures.append(f"evaluation errors: {'; '.join(decision.errors)}")
+    return TestResult(test, decision, tuple(failures))
+
+
+def run_tests(evaluator: Evaluator, tests: list[PolicyTest]) -> list[TestResult]:
+    return [run_test(evaluator, t) for t in tests]
+
+
+def failure_problems(results: list[TestResult]) -> list[BundleProblem]:
+    return [
+        BundleProblem(
+            r.test.file, f"test {r.test.name!r} failed: {'; '.join(r.failures)}", r.test.line
+        )
+        for r in results
+        if not r.passed
+    ]

@@ -1,0 +1,136 @@
+"""Value types every plane shares: the request, the decision, a reference to an entity.
+
+Kept free of any framework so that the decision plane, the adapters and the CLI can pass them
+around without importing each other.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Effect(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class EntityRef:
+    """A Cedar entity: `type::"id"`, with optional attributes supplied by the caller."""
+
+    type: str
+    id: str
+    properties: dict[str, Any] | None = None
+
+    def uid(self) -> dict[str, str]:
+        return {"type": self.type, "id": self.id}
+
+    def __str__(self) -> str:
+        return f'{self.type}::"{self.id}"'
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """One question: may `principal` perform `action` on `resource` given `context`?"""
+
+    principal: EntityRef
+    action: EntityRef
+    resource: EntityRef
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def as_document(self) -> dict[str, Any]:
+        """The request as a JSON document (the shape masking pointers address)."""
+        return {
+            "principal": _entity_doc(self.principal),
+            "action": _entity_doc(self.action),
+            "resource": _entity_doc(self.resource),
+            "context": self.context,
+        }
+
+
+def _entity_doc(ref: EntityRef) -> dict[str, Any]:
+    doc: dict[str, Any] = {"type": ref.type, "id": ref.id}
+    if ref.properties:
+        doc["properties"] = ref.properties
+    return doc
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReason:
+    """A policy that determined an answer, with what a human needs to act on it."""
+
+    policy_id: str
+    effect: str
+    mode: str
+    owner: str
+    description: str = ""
+    tier: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "policy": self.policy_id,
+            "effect": self.effect,
+            "mode": self.mode,
+            "owner": self.owner,
+            "description": self.description,
+        }
+        if self.tier is not None:
+            out["tier"] = self.tier
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to an AccessRequest, with everything needed to explain and audit it."""
+
+    decision_id: str
+    effect: Effect
+    reasons: tuple[PolicyReason, ...]
+    shadow_effect: Effect
+    shadow_reasons: tuple[PolicyReason, ...]
+    # Observe-mode policies whose promotion would change the answer.
+    shadow_changes: tuple[PolicyReason, ...]
+    errors: tuple[str, ...]
+    revision: str | None
+    eval_micros: int
+    timestamp: float
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect is Effect.ALLOW
+
+    @property
+    def shadow_mismatch(self) -> bool:
+        return self.effect is not self.shadow_effect
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "decision_id": self.decision_id,
+            "decision": self.effect.value,
+            "reasons": [r.as_dict() for r in self.reasons],
+            "shadow": {
+                "decision": self.shadow_effect.value,
+                "reasons": [r.as_dict() for r in self.shadow_reasons],
+                "would_change": [r.as_dict() for r in self.shadow_changes],
+            },
+            "errors": list(self.errors),
+            "revision": self.revision,
+            "eval_micros": self.eval_micros,
+        }
+
+
+def new_decision_id() -> str:
+    """A UUIDv7 (RFC 9562): time-ordered, so ids sort the way decisions happened."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
