@@ -25,13 +25,18 @@ class RequestError(ValueError):
 
 
 def parse_entity(value: Any, field: str, *, default_type: str | None = None) -> EntityRef:
-    """`{type, id, properties?}`, `Type::"id"` or `Type:id` (or a bare id with a default type)."""
+    """`{type, id, properties?}`, `Type::"id"` or `Type:id`. With a default type (actions), a
+    string that is not `Type::"id"` is an id of that type."""
     if isinstance(value, str):
-        match = _QUOTED_UID.match(value) or _SHORT_UID.match(value)
+        match = _QUOTED_UID.match(value)
         if match:
             return EntityRef(match["type"], match["id"])
         if default_type and value:
+            # Action names such as "payments:refund" contain colons: the whole string is the id.
             return EntityRef(default_type, value)
+        match = _SHORT_UID.match(value)
+        if match:
+            return EntityRef(match["type"], match["id"])
         raise RequestError(field, f'expected Type::"id" or Type:id, got {value!r}')
     if not isinstance(value, dict):
         raise RequestError(field, "expected an object with type and id")

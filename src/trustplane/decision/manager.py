@@ -1,0 +1,134 @@
+"""Which bundle is active: load, activate atomically, keep every revision, roll back.
+
+The active evaluator is swapped with one reference assignment, so a request sees either the old
+bundle or the new one, never a mix. A bundle that fails any step never replaces the active one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from trustplane.decision.bundle import BundleError, BundleProblem, BundleSource
+from trustplane.decision.loader import LoadedBundle, LoadOptions, load_bundle
+from trustplane.store.bundles import Activation, BundleStore
+from trustplane.telemetry.metrics import Metrics
+
+log = logging.getLogger("trustplane.bundle")
+
+
+class ActivationError(Exception):
+    """An activation request cannot be honoured (unknown revision, nothing to roll back to)."""
+
+
+class BundleManager:
+    def __init__(
+        self,
+        store: BundleStore,
+        options: LoadOptions,
+        metrics: Metrics,
+        bundle_dir: Path | None = None,
+        on_activate: Callable[[LoadedBundle], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._options = options
+        self._metrics = metrics
+        self.bundle_dir = bundle_dir
+        self._on_activate = on_activate
+        self._lock = threading.Lock()
+        self.active: LoadedBundle | None = None
+        self.last_error: BundleError | None = None
+
+    def start(self) -> None:
+        """Serve the directory's bundle; if it is broken, the last one activated before."""
+        if self.bundle_dir is not None:
+            try:
+                self.reload(reason="startup")
+                return
+            except BundleError as exc:
+                log.error(
+                    "bundle in %s refused:\n  %s",
+                    self.bundle_dir,
+                    "\n  ".join(str(p) for p in exc.problems),
+                )
+        history = self._store.history(limit=1)
+        if history:
+            try:
+                self.activate_revision(history[0].revision, reason="restore", actor="startup")
+                log.warning("serving last activated revision %s", history[0].revision[:12])
+            except BundleError as exc:
+                log.error("stored revision %s refused: %s", history[0].revision[:12], exc)
+
+    def reload(self, reason: str = "reload", actor: str = "") -> LoadedBundle:
+        """Load the bundle directory again; a no-op if its content hash is already active."""
+        if self.bundle_dir is None:
+            raise ActivationError("no bundle directory is configured")
+        try:
+            source = BundleSource.from_dir(self.bundle_dir)
+        except BundleError as exc:
+            self._failed(exc)
+            raise
+        if self.active is not None and source.revision == self.active.bundle.revision:
+            return self.active
+        return self.activate_source(source, reason=reason, actor=actor, origin=str(self.bundle_dir))
+
+    def activate_source(
+        self, source: BundleSource, *, reason: str, actor: str = "", origin: str = ""
+    ) -> LoadedBundle:
+        with self._lock:
+            try:
+                loaded = load_bundle(source, self._options)
+            except BundleError as exc:
+                self._failed(exc)
+                raise
+            except Exception as exc:  # never let an unexpected failure replace the bundle
+                error = BundleError([BundleProblem("bundle", f"internal error: {exc}")])
+                self._failed(error)
+                raise error from exc
+            bundle = loaded.bundle
+            self._store.save_revision(bundle.revision, bundle.name, dict(source.files), origin)
+            self._store.record_activation(bundle.revision, reason, actor)
+            previous = self.active
+            self.active = loaded
+            self.last_error = None
+        self._metrics.bundle_loads.labels("success").inc()
+        if previous is not None:
+            self._metrics.bundle_info.remove(previous.bundle.name, previous.bundle.revision)
+        self._metrics.bundle_info.labels(bundle.name, bundle.revision).set(1)
+        for warning in bundle.warnings:
+            log.warning("bundle %s: %s", bundle.name, warning)
+        log.info("activated bundle %s revision %s (%s)", bundle.name, bundle.revision[:12], reason)
+        if self._on_activate is not None:
+            self._on_activate(loaded)
+        return loaded
+
+    def activate_revision(self, revision: str, *, reason: str, actor: str = "") -> LoadedBundle:
+        matches = self._store.resolve(revision)
+        if not matches:
+            raise ActivationError(f"unknown bundle revision {revision!r}")
+        if len(matches) > 1:
+            raise ActivationError(f"revision prefix {revision!r} is ambiguous")
+        files = self._store.load_files(matches[0])
+        assert files is not None
+        return self.activate_source(
+            BundleSource(files), reason=reason, actor=actor, origin=f"store:{matches[0]}"
+        )
+
+    def rollback(self, actor: str = "", to: str | None = None) -> LoadedBundle:
+        """Back to `to`, or to the revision active before the current one."""
+        if to is not None:
+            return self.activate_revision(to, reason="rollback", actor=actor)
+        current = self.active.bundle.revision if self.active else None
+        for activation in self._store.history(limit=200):
+            if activation.revision != current:
+                return self.activate_revision(activation.revision, reason="rollback", actor=actor)
+        raise ActivationError("no earlier revision to roll back to")
+
+    def history(self, limit: int = 50) -> list[Activation]:
+        return self._store.history(limit)
+
+    def _failed(self, error: BundleError) -> None:
+        self.last_error = error
+        self._metrics.bundle_loads.labels("failure").inc()

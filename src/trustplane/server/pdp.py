@@ -1,0 +1,66 @@
+"""The decision path: active bundle → evaluate → metrics → ledger. Reads memory only.
+
+Every adapter (AuthZEN today; Envoy, forward-auth and admission later) answers through here, so
+every decision is counted and recorded the same way.
+"""
+
+from __future__ import annotations
+
+import time
+
+from trustplane.model import AccessRequest, Decision, Effect, new_decision_id
+from trustplane.server.runtime import Runtime
+
+NO_BUNDLE = "no active policy bundle: denying by default"
+
+
+class PolicyDecisionPoint:
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._metrics = runtime.metrics
+        self._recorder = runtime.recorder
+
+    def evaluate(self, request: AccessRequest) -> Decision:
+        active = self._runtime.bundles.active
+        if active is None:
+            decision = _deny(NO_BUNDLE)
+        else:
+            decision = active.evaluator.evaluate(request)
+        self._observe(decision)
+        return decision
+
+    async def decide(self, request: AccessRequest) -> Decision:
+        """Evaluate and record; under sync durability, returns once the record is committed."""
+        decision = self.evaluate(request)
+        await self._recorder.record(request, decision)
+        return decision
+
+    def decide_blocking(self, request: AccessRequest) -> Decision:
+        decision = self.evaluate(request)
+        self._recorder.record_blocking(request, decision)
+        return decision
+
+    def _observe(self, decision: Decision) -> None:
+        metrics = self._metrics
+        metrics.decisions.labels(decision.effect.value, "enforced").inc()
+        metrics.decisions.labels(decision.shadow_effect.value, "shadow").inc()
+        metrics.evaluation_seconds.observe(decision.eval_micros / 1e6)
+        if decision.errors:
+            metrics.decision_errors.inc()
+        for reason in decision.shadow_changes:
+            metrics.shadow_mismatches.labels(reason.policy_id).inc()
+
+
+def _deny(error: str) -> Decision:
+    return Decision(
+        decision_id=new_decision_id(),
+        effect=Effect.DENY,
+        reasons=(),
+        shadow_effect=Effect.DENY,
+        shadow_reasons=(),
+        shadow_changes=(),
+        errors=(error,),
+        revision=None,
+        eval_micros=0,
+        timestamp=time.time(),
+    )

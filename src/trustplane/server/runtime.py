@@ -1,0 +1,164 @@
+"""Composition: one object that owns the store, ledger, recorder, metrics and active bundle.
+
+The server and the CLI build a Runtime from Settings; nothing below it reads configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, insert, select
+
+from trustplane.config import Durability, Settings
+from trustplane.decision.loader import LoadOptions
+from trustplane.decision.manager import BundleManager
+from trustplane.decision.signing import load_trusted_key
+from trustplane.store.bundles import BundleStore
+from trustplane.store.database import create_store_engine, migrate
+from trustplane.store.tables import admin_tokens
+from trustplane.telemetry.checkpoint import NoteSigner, NoteVerifier
+from trustplane.telemetry.ledger import Ledger
+from trustplane.telemetry.masking import Masker
+from trustplane.telemetry.metrics import Metrics
+from trustplane.telemetry.recorder import DecisionRecorder
+
+log = logging.getLogger("trustplane")
+
+
+class NotInitialisedError(Exception):
+    """`trustplane init` has not been run for this state directory."""
+
+
+@dataclass(frozen=True)
+class InitResult:
+    state_dir: Path
+    database_url: str
+    admin_token: str | None  # only when a new token was created
+    verifier_key: str
+    created_key: bool
+
+
+def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
+    """Create the state directory, ledger signing key, schema and a bootstrap admin token.
+    Idempotent: existing keys and tokens are kept unless `new_token` asks for another."""
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+    created_key = False
+    if not settings.ledger_key_file.exists():
+        signer = NoteSigner.generate(settings.ledger_origin)
+        _write_secret(settings.ledger_key_file, signer.signer_key() + "\n")
+        (state / "ledger.pub").write_text(signer.verifier_key() + "\n")
+        created_key = True
+    signer = load_signer(settings)
+    engine = create_store_engine(settings.effective_database_url)
+    try:
+        migrate(engine)
+        token: str | None = None
+        with engine.connect() as connection:
+            has_token = connection.execute(select(admin_tokens.c.id).limit(1)).first()
+        if new_token or not has_token or not settings.admin_token_file.exists():
+            token = create_admin_token(engine, label="bootstrap")
+            _write_secret(settings.admin_token_file, token + "\n")
+    finally:
+        engine.dispose()
+    return InitResult(
+        state, settings.effective_database_url, token, signer.verifier_key(), created_key
+    )
+
+
+def create_admin_token(engine: Engine, label: str) -> str:
+    token = "tpa_" + secrets.token_urlsafe(32)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(admin_tokens).values(
+                token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+                label=label,
+                created_at=time.time(),
+            )
+        )
+    return token
+
+
+def load_signer(settings: Settings) -> NoteSigner:
+    try:
+        return NoteSigner.from_signer_key(settings.ledger_key_file.read_text().strip())
+    except FileNotFoundError:
+        raise NotInitialisedError(
+            f"no ledger key at {settings.ledger_key_file}: run `trustplane init` first"
+        ) from None
+
+
+def load_verifier(settings: Settings, key: str | None = None) -> NoteVerifier:
+    """The checkpoint verifier: an explicit key, else state_dir/ledger.pub."""
+    if key is None:
+        path = settings.state_dir / "ledger.pub"
+        try:
+            key = path.read_text().strip()
+        except FileNotFoundError:
+            raise NotInitialisedError(f"no ledger public key at {path}") from None
+    return NoteVerifier.from_verifier_key(key)
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+class Runtime:
+    """Everything a serving node holds. `start()` activates a bundle and starts the writer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.engine = create_store_engine(
+            settings.effective_database_url, sync_commit=settings.durability is Durability.SYNC
+        )
+        migrate(self.engine)
+        self.ledger = Ledger(self.engine, load_signer(settings), settings.ledger_origin)
+        self.masker = Masker(settings.mask)
+        self.recorder = DecisionRecorder(
+            self.ledger,
+            self.masker,
+            self.metrics,
+            durability=settings.durability,
+            flush_interval=settings.flush_interval_ms / 1000,
+            checkpoint_interval=settings.checkpoint_interval_ms / 1000,
+        )
+        options = LoadOptions(
+            trusted_keys=[load_trusted_key(p) for p in settings.trusted_bundle_keys],
+            expiry_warning_days=settings.expiry_warning_days,
+        )
+        self.bundles = BundleManager(
+            BundleStore(self.engine), options, self.metrics, bundle_dir=settings.bundle_dir
+        )
+        self._token_hashes: set[str] = set()
+
+    def start(self) -> None:
+        self.bundles.start()
+        self.recorder.start()
+
+    def close(self) -> None:
+        self.recorder.stop()
+        self.engine.dispose()
+
+    def check_admin_token(self, token: str) -> bool:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if any(hmac.compare_digest(digest, known) for known in self._token_hashes):
+            return True
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                select(admin_tokens.c.id).where(admin_tokens.c.token_sha256 == digest)
+            ).first()
+        if found:
+            self._token_hashes.add(digest)
+        return found is not None

@@ -1,0 +1,79 @@
+"""The schema of everything trustplane keeps. Alembic migrations create it; code uses these
+Table objects (SQLAlchemy Core) so the hot paths stay close to the SQL they run."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+bundle_revisions = Table(
+    "bundle_revisions",
+    metadata,
+    Column("revision", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    # JSON object {path: base64 content}: enough to rebuild the bundle for a rollback.
+    Column("files", Text, nullable=False),
+    Column("source", Text, nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+)
+
+bundle_activations = Table(
+    "bundle_activations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("revision", String(64), nullable=False),
+    Column("activated_at", Float, nullable=False),
+    Column("reason", String(40), nullable=False),
+    Column("actor", String(200), nullable=False, default=""),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    # Leaf index in the ledger's Merkle tree: assigned by the appender, never reused.
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("decision_id", String(36), nullable=False, unique=True),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("principal", String(400), nullable=False),
+    Column("action", String(400), nullable=False),
+    Column("resource", String(400), nullable=False),
+    Column("decision", String(5), nullable=False),
+    Column("shadow", String(5), nullable=False),
+    Column("policies", Text, nullable=False),  # " id1 id2 " for LIKE queries by policy
+    Column("revision", String(64), nullable=True),
+    Column("record", LargeBinary, nullable=False),  # canonical JSON: the leaf's data
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Index("ix_decisions_principal_ts", "principal", "ts"),
+    Index("ix_decisions_ts", "ts"),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root_hash", LargeBinary(32), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("label", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+)

@@ -1,0 +1,477 @@
+"""The decision ledger: records as leaves of an append-only RFC 9162 Merkle tree in the store,
+with signed C2SP checkpoints and inclusion/consistency proofs.
+
+One process appends at a time in practice; if two ever do (replicas sharing PostgreSQL), the
+primary key on `seq` makes the loser's insert fail, it catches up from the store and retries, so
+the tree in the store is never forked.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from trustplane.model import AccessRequest, Decision
+from trustplane.store.tables import checkpoints, decisions
+from trustplane.telemetry.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    NoteSigner,
+    NoteVerifier,
+    open_checkpoint,
+    sign_checkpoint,
+)
+from trustplane.telemetry.masking import Masker
+from trustplane.telemetry.merkle import Frontier, MerkleTree, ProofError, leaf_hash
+
+_LOAD_CHUNK = 50_000
+
+
+class LedgerError(Exception):
+    """A proof or record was asked for that the ledger cannot give; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One record ready to append: the canonical bytes (the leaf) and its query columns."""
+
+    decision_id: str
+    ts: float
+    kind: str
+    principal: str
+    action: str
+    resource: str
+    decision: str
+    shadow: str
+    policies: str
+    revision: str | None
+    record: bytes
+    leaf_hash: bytes
+
+    def row(self, seq: int) -> dict[str, Any]:
+        return {
+            "seq": seq,
+            "decision_id": self.decision_id,
+            "ts": self.ts,
+            "kind": self.kind,
+            "principal": self.principal[:400],
+            "action": self.action[:400],
+            "resource": self.resource[:400],
+            "decision": self.decision,
+            "shadow": self.shadow,
+            "policies": self.policies,
+            "revision": self.revision,
+            "record": self.record,
+            "leaf_hash": self.leaf_hash,
+        }
+
+
+def canonical_json(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -> LedgerEntry:
+    """The ledger record of a decision, with masked input."""
+    document, masked = masker.apply(request.as_document())
+    determining = [r.policy_id for r in decision.reasons]
+    record = {
+        "kind": "decision",
+        "decision_id": decision.decision_id,
+        "time": rfc3339(decision.timestamp),
+        "request": document,
+        "masked": masked,
+        "decision": decision.effect.value,
+        "shadow": decision.shadow_effect.value,
+        "reasons": determining,
+        "shadow_reasons": [r.policy_id for r in decision.shadow_reasons],
+        "would_change": [r.policy_id for r in decision.shadow_changes],
+        "errors": list(decision.errors),
+        "revision": decision.revision,
+        "eval_micros": decision.eval_micros,
+    }
+    data = canonical_json(record)
+    policies = dict.fromkeys(
+        determining + [r.policy_id for r in decision.shadow_reasons + decision.shadow_changes]
+    )
+    return LedgerEntry(
+        decision_id=decision.decision_id,
+        ts=decision.timestamp,
+        kind="decision",
+        principal=str(request.principal),
+        action=str(request.action),
+        resource=str(request.resource),
+        decision=decision.effect.value,
+        shadow=decision.shadow_effect.value,
+        policies=" " + " ".join(policies) + " " if policies else " ",
+        revision=decision.revision,
+        record=data,
+        leaf_hash=leaf_hash(data),
+    )
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    size: int
+    root_hash: bytes
+    note: str
+    created_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tree_size": self.size,
+            "root_hash": base64.b64encode(self.root_hash).decode(),
+            "checkpoint": self.note,
+            "created_at": rfc3339(self.created_at),
+        }
+
+
+class Ledger:
+    def __init__(self, engine: Engine, signer: NoteSigner, origin: str) -> None:
+        self._engine = engine
+        self._signer = signer
+        self.origin = origin
+        self._tree = MerkleTree()
+        self._append_lock = threading.Lock()
+        self._catch_up()
+        self._last_checkpoint_size = self._max_checkpoint_size()
+
+    @property
+    def size(self) -> int:
+        return self._tree.size
+
+    @property
+    def verifier_key(self) -> str:
+        return self._signer.verifier_key()
+
+    # -- appending ----------------------------------------------------------------------------
+
+    def append(self, entries: Sequence[LedgerEntry]) -> int:
+        """Commit `entries` in one transaction; returns the new tree size."""
+        if not entries:
+            return self.size
+        with self._append_lock:
+            for _attempt in range(5):
+                start = self._tree.size
+                rows = [entry.row(start + i) for i, entry in enumerate(entries)]
+                try:
+                    with self._engine.begin() as connection:
+                        connection.execute(insert(decisions), rows)
+                except IntegrityError:
+                    # Another appender took these sequence numbers: catch up, then retry.
+                    if not self._catch_up():
+                        raise
+                    continue
+                for entry in entries:
+                    self._tree.append(entry.leaf_hash)
+                return self._tree.size
+            raise LedgerError("could not append after 5 attempts: concurrent appenders")
+
+    def _catch_up(self) -> bool:
+        """Load leaf hashes the store has beyond our tree; True if any were found."""
+        found = False
+        while True:
+            start = self._tree.size
+            with self._engine.connect() as connection:
+                rows = connection.execute(
+                    select(decisions.c.seq, decisions.c.leaf_hash)
+                    .where(decisions.c.seq >= start)
+                    .order_by(decisions.c.seq)
+                    .limit(_LOAD_CHUNK)
+                ).all()
+            if not rows:
+                return found
+            for seq, stored_hash in rows:
+                if seq != self._tree.size:
+                    raise LedgerError(f"ledger store has a gap: expected seq {self._tree.size}")
+                self._tree.append(bytes(stored_hash))
+            found = True
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def checkpoint(self, force: bool = False) -> StoredCheckpoint | None:
+        """Sign and store a checkpoint of the current tree if it grew since the last one."""
+        size = self._tree.size
+        if size == self._last_checkpoint_size and not force:
+            return None
+        root = self._tree.root(size)
+        note = sign_checkpoint(Checkpoint(self.origin, size, root), self._signer)
+        stored = StoredCheckpoint(size, root, note, time.time())
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(
+                    insert(checkpoints).values(
+                        size=size, root_hash=root, note=note, created_at=stored.created_at
+                    )
+                )
+        except IntegrityError:
+            pass  # a checkpoint of this size exists already (another replica signed it)
+        self._last_checkpoint_size = size
+        return stored
+
+    def _max_checkpoint_size(self) -> int:
+        with self._engine.connect() as connection:
+            value = connection.execute(select(func.max(checkpoints.c.size))).scalar()
+        return int(value) if value is not None else -1
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                select(checkpoints).order_by(checkpoints.c.size.desc()).limit(1)
+            ).first()
+        return _stored(row) if row else None
+
+    def checkpoint_at(self, size: int) -> StoredCheckpoint | None:
+        with self._engine.connect() as connection:
+            row = connection.execute(select(checkpoints).where(checkpoints.c.size == size)).first()
+        return _stored(row) if row else None
+
+    def list_checkpoints(self, limit: int = 100) -> list[StoredCheckpoint]:
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(checkpoints).order_by(checkpoints.c.size.desc()).limit(limit)
+            ).all()
+        return [_stored(r) for r in rows]
+
+    # -- proofs -------------------------------------------------------------------------------
+
+    def inclusion_proof(self, decision_id: str, tree_size: int | None = None) -> dict[str, Any]:
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                select(decisions.c.seq, decisions.c.leaf_hash).where(
+                    decisions.c.decision_id == decision_id
+                )
+            ).first()
+        if row is None:
+            raise LedgerError(f"decision {decision_id} is not in the ledger (yet)")
+        seq, stored_hash = int(row[0]), bytes(row[1])
+        size = self._proof_size(tree_size)
+        if seq >= size:
+            raise LedgerError(
+                f"decision {decision_id} is leaf {seq}, not inside a tree of size {size}; "
+                "ask again after the next checkpoint"
+            )
+        try:
+            proof = self._tree.inclusion_proof(seq, size)
+        except ProofError as exc:
+            raise LedgerError(str(exc)) from None
+        return {
+            "decision_id": decision_id,
+            "leaf_index": seq,
+            "tree_size": size,
+            "leaf_hash": base64.b64encode(stored_hash).decode(),
+            "root_hash": base64.b64encode(self._tree.root(size)).decode(),
+            "inclusion_path": [base64.b64encode(h).decode() for h in proof],
+            "checkpoint": self._note_for(size),
+        }
+
+    def consistency_proof(self, first: int, second: int | None = None) -> dict[str, Any]:
+        second = self._proof_size(second)
+        if not 0 <= first <= second:
+            raise LedgerError(f"first ({first}) must be between 0 and second ({second})")
+        try:
+            proof = self._tree.consistency_proof(first, second)
+        except ProofError as exc:
+            raise LedgerError(str(exc)) from None
+        return {
+            "first": first,
+            "second": second,
+            "first_root": base64.b64encode(self._tree.root(first)).decode(),
+            "second_root": base64.b64encode(self._tree.root(second)).decode(),
+            "consistency_path": [base64.b64encode(h).decode() for h in proof],
+            "first_checkpoint": self._note_for(first),
+            "second_checkpoint": self._note_for(second),
+        }
+
+    def _proof_size(self, requested: int | None) -> int:
+        if requested is None:
+            latest = self.latest_checkpoint()
+            return latest.size if latest else self._tree.size
+        if not 0 <= requested <= self._tree.size:
+            raise LedgerError(f"tree_size {requested} is outside 0..{self._tree.size}")
+        return requested
+
+    def _note_for(self, size: int) -> str | None:
+        stored = self.checkpoint_at(size)
+        return stored.note if stored else None
+
+
+def _stored(row: Any) -> StoredCheckpoint:
+    return StoredCheckpoint(int(row.size), bytes(row.root_hash), row.note, float(row.created_at))
+
+
+# -- verification ----------------------------------------------------------------------------
+
+
+@dataclass
+class VerifyReport:
+    records: int = 0
+    checkpoints: int = 0
+    problems: list[str] | None = None
+    unanchored: int = 0  # records after the newest checkpoint: hash-checked, not yet signed
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "checkpoints": self.checkpoints,
+            "records_after_last_checkpoint": self.unanchored,
+            "problems": self.problems or [],
+        }
+
+
+def verify_ledger(
+    engine: Engine,
+    verifier: NoteVerifier,
+    *,
+    progress: Callable[[int], None] | None = None,
+    max_problems: int = 100,
+) -> VerifyReport:
+    """Recompute every leaf and the tree from the store and check every signed checkpoint.
+
+    Names each record whose content no longer matches its leaf hash, every gap, and every
+    checkpoint whose signature or root does not match the recomputed tree."""
+    report = VerifyReport(problems=[])
+    problems = report.problems
+    assert problems is not None
+    with engine.connect() as connection:
+        stored_checkpoints = [
+            _stored(r)
+            for r in connection.execute(select(checkpoints).order_by(checkpoints.c.size)).all()
+        ]
+    report.checkpoints = len(stored_checkpoints)
+    pending = iter(stored_checkpoints)
+    next_checkpoint = next(pending, None)
+    frontier = Frontier()
+    last_good = 0
+
+    def check_checkpoint(cp: StoredCheckpoint, root: bytes) -> None:
+        nonlocal last_good
+        try:
+            opened = open_checkpoint(cp.note, verifier)
+        except CheckpointError as exc:
+            problems.append(f"checkpoint at size {cp.size}: signature invalid: {exc}")
+            return
+        if opened.size != cp.size or opened.root_hash != cp.root_hash:
+            problems.append(f"checkpoint at size {cp.size}: stored columns differ from its note")
+        if opened.root_hash != root:
+            problems.append(
+                f"checkpoint at size {cp.size}: root does not match the records; a record in "
+                f"seq {last_good}..{cp.size - 1} was altered, inserted or removed"
+            )
+        else:
+            last_good = cp.size
+
+    while next_checkpoint is not None and next_checkpoint.size == 0:
+        check_checkpoint(next_checkpoint, frontier.root())
+        next_checkpoint = next(pending, None)
+    for seq, decision_id, record, stored_hash in _stream_records(engine):
+        if seq != frontier.size:
+            problems.append(f"records missing: expected seq {frontier.size}, found {seq}")
+            break
+        recomputed = leaf_hash(bytes(record))
+        if recomputed != bytes(stored_hash) and len(problems) < max_problems:
+            problems.append(
+                f"record seq {seq} (decision {decision_id}) was altered: its content no "
+                "longer matches its leaf hash"
+            )
+        frontier.append(recomputed)
+        report.records += 1
+        while next_checkpoint is not None and next_checkpoint.size == frontier.size:
+            check_checkpoint(next_checkpoint, frontier.root())
+            next_checkpoint = next(pending, None)
+        if progress is not None and report.records % 10_000 == 0:
+            progress(report.records)
+    if next_checkpoint is not None:
+        problems.append(
+            f"checkpoint at size {next_checkpoint.size} covers records that are missing "
+            f"(only {frontier.size} found)"
+        )
+    newest = stored_checkpoints[-1].size if stored_checkpoints else 0
+    report.unanchored = max(0, report.records - newest)
+    if progress is not None:
+        progress(report.records)
+    return report
+
+
+def _stream_records(engine: Engine) -> Iterator[Any]:
+    with engine.connect() as connection:
+        result = connection.execution_options(yield_per=10_000).execute(
+            select(
+                decisions.c.seq, decisions.c.decision_id, decisions.c.record, decisions.c.leaf_hash
+            ).order_by(decisions.c.seq)
+        )
+        yield from result
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecisionQuery:
+    principal: str | None = None
+    decision: str | None = None
+    policy: str | None = None
+    shadow_mismatch: bool | None = None
+    since: float | None = None
+    after_seq: int | None = None
+    limit: int = 50
+    ascending: bool = False
+
+
+def query_decisions(engine: Engine, query: DecisionQuery) -> list[dict[str, Any]]:
+    """Recent decisions matching every given filter, newest first unless `ascending`."""
+    statement = select(decisions.c.seq, decisions.c.record)
+    if query.principal:
+        statement = statement.where(decisions.c.principal == query.principal)
+    if query.decision:
+        statement = statement.where(decisions.c.decision == query.decision)
+    if query.policy:
+        statement = statement.where(
+            decisions.c.policies.contains(f" {query.policy} ", autoescape=True)
+        )
+    if query.shadow_mismatch is True:
+        statement = statement.where(decisions.c.decision != decisions.c.shadow)
+    elif query.shadow_mismatch is False:
+        statement = statement.where(decisions.c.decision == decisions.c.shadow)
+    if query.since is not None:
+        statement = statement.where(decisions.c.ts >= query.since)
+    if query.after_seq is not None:
+        statement = statement.where(decisions.c.seq > query.after_seq)
+    order = decisions.c.seq.asc() if query.ascending else decisions.c.seq.desc()
+    statement = statement.order_by(order).limit(max(1, min(query.limit, 10_000)))
+    with engine.connect() as connection:
+        rows = connection.execute(statement).all()
+    return [{"seq": int(seq), **orjson.loads(record)} for seq, record in rows]
+
+
+def get_decision(engine: Engine, decision_id: str) -> dict[str, Any] | None:
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(decisions.c.seq, decisions.c.record).where(
+                decisions.c.decision_id == decision_id
+            )
+        ).first()
+    return None if row is None else {"seq": int(row[0]), **orjson.loads(row[1])}
+
+
+def iter_records(engine: Engine) -> Iterator[bytes]:
+    """Every record's canonical bytes in ledger order (for export)."""
+    for _seq, _decision_id, record, _hash in _stream_records(engine):
+        yield bytes(record)

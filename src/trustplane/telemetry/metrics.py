@@ -1,0 +1,80 @@
+"""Prometheus metrics. One registry per server instance, so tests can run several side by side."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.5,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "trustplane_decisions",
+            "Decisions answered, by enforced decision and by kind (enforced answer or shadow).",
+            ["decision", "mode"],
+            registry=r,
+        )
+        self.shadow_mismatches = Counter(
+            "trustplane_shadow_mismatches",
+            "Decisions whose shadow answer differs, by the observe-mode policy that changes it.",
+            ["policy"],
+            registry=r,
+        )
+        self.evaluation_seconds = Histogram(
+            "trustplane_evaluation_seconds",
+            "Time spent evaluating a decision (policy engine only).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decision_errors = Counter(
+            "trustplane_decision_errors",
+            "Decisions denied because evaluation failed (fail closed).",
+            registry=r,
+        )
+        self.bundle_loads = Counter(
+            "trustplane_bundle_loads",
+            "Bundle load attempts by result (success or failure).",
+            ["result"],
+            registry=r,
+        )
+        self.bundle_info = Gauge(
+            "trustplane_bundle_active",
+            "1 for the active bundle revision.",
+            ["name", "revision"],
+            registry=r,
+        )
+        self.ledger_size = Gauge(
+            "trustplane_ledger_size", "Records committed to the decision ledger.", registry=r
+        )
+        self.ledger_pending = Gauge(
+            "trustplane_ledger_pending", "Decisions answered but not yet committed.", registry=r
+        )
+        self.ledger_lag_seconds = Gauge(
+            "trustplane_ledger_lag_seconds",
+            "Age of the oldest decision not yet committed to the ledger.",
+            registry=r,
+        )
+        self.ledger_write_failures = Counter(
+            "trustplane_ledger_write_failures",
+            "Ledger commits that failed and were retried.",
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "trustplane_ledger_checkpoints", "Signed checkpoints produced.", registry=r
+        )

@@ -1,0 +1,220 @@
+"""Records decisions into the ledger without holding callers longer than durability asks.
+
+`batch`: the caller returns at once; a writer thread commits everything queued at least every
+flush interval. `sync`: the caller waits for the group commit that contains its record (all
+records queued while the previous commit ran go in the next one). A failed commit keeps the
+records queued and retries; a graceful stop drains the queue before returning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from trustplane.config import Durability
+from trustplane.model import AccessRequest, Decision
+from trustplane.telemetry.ledger import Ledger, LedgerEntry, decision_entry
+from trustplane.telemetry.masking import Masker
+from trustplane.telemetry.metrics import Metrics
+
+log = logging.getLogger("trustplane.ledger")
+
+Waiter = Callable[[BaseException | None], None]
+_MAX_BATCH = 5000
+
+
+class RecordingError(Exception):
+    """A decision could not be committed in time (sync durability)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: AccessRequest | None
+    decision: Decision | None
+    entry: LedgerEntry | None
+    enqueued: float
+    waiter: Waiter | None
+
+
+class DecisionRecorder:
+    def __init__(
+        self,
+        ledger: Ledger,
+        masker: Masker,
+        metrics: Metrics,
+        *,
+        durability: Durability = Durability.BATCH,
+        flush_interval: float = 0.05,
+        checkpoint_interval: float = 1.0,
+    ) -> None:
+        self.ledger = ledger
+        self.masker = masker
+        self.metrics = metrics
+        self.durability = durability
+        self.flush_interval = flush_interval
+        self.checkpoint_interval = checkpoint_interval
+        self._queue: deque[_Pending] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._last_checkpoint = 0.0
+        self.metrics.ledger_size.set(ledger.size)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Drain every queued record, sign a final checkpoint, stop the writer."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        else:
+            self._flush()
+        self.ledger.checkpoint()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def submit(
+        self, request: AccessRequest, decision: Decision, waiter: Waiter | None = None
+    ) -> None:
+        self._enqueue(_Pending(request, decision, None, time.monotonic(), waiter))
+
+    def submit_entry(self, entry: LedgerEntry, waiter: Waiter | None = None) -> None:
+        self._enqueue(_Pending(None, None, entry, time.monotonic(), waiter))
+
+    async def record(
+        self, request: AccessRequest, decision: Decision, timeout: float = 10.0
+    ) -> None:
+        """Record from async code; under `sync` durability, return after the commit."""
+        if self.durability is Durability.BATCH:
+            self.submit(request, decision)
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def done(error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, future, error)
+
+        self.submit(request, decision, done)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise RecordingError(f"decision not committed within {timeout:.0f}s") from None
+
+    def record_blocking(
+        self, request: AccessRequest, decision: Decision, timeout: float = 10.0
+    ) -> None:
+        """Record from threaded code; under `sync` durability, return after the commit."""
+        if self.durability is Durability.BATCH:
+            self.submit(request, decision)
+            return
+        committed = threading.Event()
+        failure: list[BaseException] = []
+
+        def done(error: BaseException | None) -> None:
+            if error is not None:
+                failure.append(error)
+            committed.set()
+
+        self.submit(request, decision, done)
+        if not committed.wait(timeout):
+            raise RecordingError(f"decision not committed within {timeout:.0f}s")
+        if failure:
+            raise RecordingError(str(failure[0]))
+
+    def _enqueue(self, pending: _Pending) -> None:
+        with self._cond:
+            if self._stopping and self._thread is None:
+                raise RecordingError("recorder is stopped")
+            self._queue.append(pending)
+            if self.durability is Durability.SYNC or len(self._queue) >= _MAX_BATCH:
+                self._cond.notify()
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            with self._cond:
+                if not self._queue and not self._stopping:
+                    # Sync submissions notify at once; the timeout paces batch flushes and
+                    # idle checkpoints.
+                    self._cond.wait(self.flush_interval)
+                stopping = self._stopping
+            try:
+                self._flush()
+                backoff = 0.05
+            except Exception:
+                self.metrics.ledger_write_failures.inc()
+                log.exception("ledger commit failed; %d records kept for retry", self.pending)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            self._maybe_checkpoint()
+            if stopping and not self._queue:
+                return
+
+    def _flush(self) -> None:
+        while self._queue:
+            with self._cond:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), _MAX_BATCH))]
+            try:
+                entries = [self._entry(p) for p in batch]
+                size = self.ledger.append(entries)
+            except Exception:
+                with self._cond:
+                    self._queue.extendleft(reversed(batch))  # keep order, retry later
+                self._update_gauges()
+                raise
+            self.metrics.ledger_size.set(size)
+            for pending in batch:
+                if pending.waiter is not None:
+                    pending.waiter(None)
+        self._update_gauges()
+
+    def _entry(self, pending: _Pending) -> LedgerEntry:
+        if pending.entry is None:
+            assert pending.request is not None and pending.decision is not None
+            pending.entry = decision_entry(pending.request, pending.decision, self.masker)
+        return pending.entry
+
+    def _update_gauges(self) -> None:
+        self.metrics.ledger_pending.set(len(self._queue))
+        oldest = self._queue[0].enqueued if self._queue else None
+        self.metrics.ledger_lag_seconds.set(0 if oldest is None else time.monotonic() - oldest)
+
+    def _maybe_checkpoint(self) -> None:
+        now = time.monotonic()
+        if now - self._last_checkpoint < self.checkpoint_interval:
+            return
+        try:
+            if self.ledger.checkpoint() is not None:
+                self.metrics.checkpoints.inc()
+            self._last_checkpoint = now
+        except Exception:
+            log.exception("signing a ledger checkpoint failed; will retry")
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
