@@ -1,0 +1,167 @@
+"""The ASGI application: routes, error handling and the lifecycle of a serving node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from trustplane.decision.bundle import BundleError
+from trustplane.decision.manager import ActivationError
+from trustplane.server.admin import AdminApi
+from trustplane.server.authzen import AuthZenApi
+from trustplane.server.openapi import openapi_document
+from trustplane.server.pdp import PolicyDecisionPoint
+from trustplane.server.problems import Problem, json_response
+from trustplane.server.runtime import Runtime
+from trustplane.telemetry.recorder import RecordingError
+
+log = logging.getLogger("trustplane.server")
+
+
+def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
+    """The app for `runtime`. With `manage_runtime`, the app's lifespan starts the runtime
+    (bundle, ledger writer, file watcher, SIGHUP reload) and drains it on shutdown."""
+    pdp = PolicyDecisionPoint(runtime)
+    authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
+    admin = AdminApi(runtime)
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def healthz(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        active = runtime.bundles.active
+        if active is None:
+            return json_response({"status": "not ready", "reason": "no active bundle"}, 503)
+        return json_response({"status": "ready", "revision": active.bundle.revision})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(request: Request) -> Response:
+        return json_response(openapi_document())
+
+    routes = [
+        Route("/access/v1/evaluation", authzen.evaluation, methods=["POST"]),
+        Route("/access/v1/evaluations", authzen.evaluations, methods=["POST"]),
+        Route("/.well-known/authzen-configuration", authzen.configuration, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/bundle", admin.status, methods=["GET"]),
+        Route("/v1/bundle/revisions", admin.revisions, methods=["GET"]),
+        Route("/v1/bundle/reload", admin.reload, methods=["POST"]),
+        Route("/v1/bundle/activate", admin.activate, methods=["POST"]),
+        Route("/v1/bundle/rollback", admin.rollback, methods=["POST"]),
+        Route("/v1/decisions", admin.decisions, methods=["GET"]),
+        Route("/v1/decisions/{decision_id}", admin.decision, methods=["GET"]),
+        Route("/v1/ledger/checkpoint", admin.checkpoint, methods=["GET"]),
+        Route("/v1/ledger/checkpoints", admin.checkpoints, methods=["GET"]),
+        Route("/v1/ledger/proof/inclusion", admin.inclusion, methods=["GET"]),
+        Route("/v1/ledger/proof/consistency", admin.consistency, methods=["GET"]),
+    ]
+
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Problem)
+        return exc.response(request.url.path)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 404:
+            detail = f"no route {request.url.path}"
+        headers = dict(exc.headers) if exc.headers else None
+        return Problem(exc.status_code, slug, detail, detail, headers=headers).response(
+            request.url.path
+        )
+
+    async def on_recording(request: Request, exc: Exception) -> Response:
+        # Sync durability could not commit: no answer is better than an unrecorded one.
+        return Problem(503, "ledger-unavailable", "Decision not recorded", str(exc)).response(
+            request.url.path
+        )
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return Problem(
+            500,
+            "internal-error",
+            "Internal error",
+            "an internal error occurred; it has been logged",
+        ).response(request.url.path)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not manage_runtime:
+            yield
+            return
+        await run_in_threadpool(runtime.start)
+        tasks = [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.watch else []
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(_reload(runtime, "sighup"))
+            )
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            await run_in_threadpool(runtime.close)
+
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            Problem: on_problem,
+            HTTPException: on_http,
+            RecordingError: on_recording,
+            Exception: on_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+async def _reload(runtime: Runtime, reason: str) -> None:
+    if runtime.bundles.bundle_dir is None:
+        return
+    try:
+        await run_in_threadpool(runtime.bundles.reload, reason)
+    except BundleError as exc:
+        log.error(
+            "reload (%s) refused; previous bundle keeps serving:\n  %s",
+            reason,
+            "\n  ".join(str(p) for p in exc.problems),
+        )
+    except ActivationError as exc:
+        log.error("reload (%s) refused: %s", reason, exc)
+
+
+async def _watch_bundle(runtime: Runtime) -> None:
+    directory = runtime.bundles.bundle_dir
+    if directory is None:
+        return
+    from watchfiles import awatch
+
+    try:
+        async for _changes in awatch(directory, debounce=300, step=100):
+            await _reload(runtime, "file-change")
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("bundle watcher stopped; SIGHUP and the admin API still reload")
