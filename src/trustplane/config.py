@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     watch: bool = Field(True, description="Reload the bundle when its files change.")
     expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")
     log_level: str = Field("info", description="Python logging level.")
+    admin_token: str | None = Field(
+        None, description="Admin token for CLI calls to a server; default: state_dir/admin.token."
+    )
+    server_url: str | None = Field(
+        None, description="Server the CLI talks to; default: http://host:port."
+    )
 
     @field_validator("mask")
     @classmethod

@@ -1,0 +1,767 @@
+"""`trustplane …`: thin commands over the planes. Rich output for people, `--json` for scripts.
+
+Exit codes: 0 success (or allow), 1 a negative answer (deny, failed test, failed verification),
+2 a usage, configuration or input error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import cedarpy
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import func, select
+
+from trustplane.config import ConfigError, Durability, Settings, load_settings
+from trustplane.decision.bundle import SIGNATURE_FILE, BundleError, BundleSource, parse_rfc3339
+from trustplane.decision.loader import LoadOptions, load_bundle
+from trustplane.decision.requests import RequestError, parse_entity, parse_request
+from trustplane.decision.signing import (
+    SigningError,
+    generate_keypair,
+    load_private_key,
+    load_trusted_key,
+    sign_bundle,
+)
+from trustplane.model import AccessRequest
+from trustplane.server.runtime import NotInitialisedError, initialise, load_verifier
+from trustplane.store.database import StoreError, create_store_engine, is_migrated
+from trustplane.store.tables import decisions as decisions_table
+from trustplane.telemetry.checkpoint import CheckpointError
+from trustplane.telemetry.ledger import DecisionQuery, iter_records, query_decisions, verify_ledger
+
+app = typer.Typer(
+    name="trustplane",
+    help="A Zero Trust control plane: Cedar policy decisions with a tamper-evident ledger.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+policy_app = typer.Typer(
+    help="Validate, test, format, sign and roll back policy bundles.", no_args_is_help=True
+)
+audit_app = typer.Typer(help="Verify, export and follow the decision ledger.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+class CliError(Exception):
+    """An error to print as one line and exit 2."""
+
+
+@dataclass
+class Context:
+    config: Path | None
+    overrides: dict[str, Any]
+
+    def settings(self, **extra: Any) -> Settings:
+        return load_settings(self.config, {**self.overrides, **extra})
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="TOML config file (default: $TRUSTPLANE_CONFIG or ./trustplane.toml).",
+        ),
+    ] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="State directory (keys, SQLite).")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy database URL.")] = None,
+) -> None:
+    ctx.obj = Context(config, {"state_dir": state_dir, "database_url": database_url})
+
+
+def _ctx(ctx: typer.Context) -> Context:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Context)
+    return obj
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+# -- init / serve -----------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    new_token: Annotated[bool, typer.Option(help="Issue another bootstrap admin token.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the state directory, ledger signing key, database schema and admin token."""
+    settings = _ctx(ctx).settings()
+    result = initialise(settings, new_token=new_token)
+    if as_json:
+        _emit_json(
+            {
+                "state_dir": str(result.state_dir),
+                "database_url": result.database_url,
+                "admin_token_file": str(settings.admin_token_file) if result.admin_token else None,
+                "ledger_verifier_key": result.verifier_key,
+            }
+        )
+        return
+    out.print(f"[green]✓[/] state directory [bold]{result.state_dir}[/]")
+    out.print(f"[green]✓[/] database {result.database_url}")
+    out.print(f"[green]✓[/] ledger verifier key {result.verifier_key}")
+    if result.admin_token:
+        out.print(f"[green]✓[/] new admin token written to {settings.admin_token_file} (0600)")
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", "-b", help="Policy bundle directory to serve.")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    durability: Annotated[Durability | None, typer.Option(help="Ledger durability.")] = None,
+    watch: Annotated[
+        bool | None, typer.Option("--watch/--no-watch", help="Reload when bundle files change.")
+    ] = None,
+    init_if_needed: Annotated[
+        bool, typer.Option("--init", help="Run `init` first if the state directory is new.")
+    ] = False,
+) -> None:
+    """Serve decisions (AuthZEN), the admin API and metrics."""
+    from trustplane.server.serve import serve as run_server
+
+    settings = _ctx(ctx).settings(
+        bundle_dir=bundle, host=host, port=port, durability=durability, watch=watch
+    )
+    if settings.bundle_dir is None:
+        raise CliError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
+    if init_if_needed and not settings.ledger_key_file.exists():
+        initialise(settings)
+    err.print(
+        f"trustplane serving [bold]{settings.bundle_dir}[/] on "
+        f"http://{settings.host}:{settings.port} (ledger: {settings.durability.value})"
+    )
+    run_server(settings)
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    request: Annotated[
+        str | None,
+        typer.Option(
+            "--request",
+            "-r",
+            help="Request as JSON ({principal, action, resource, context}), @file, or - for stdin.",
+        ),
+    ] = None,
+    principal: Annotated[str | None, typer.Option(help='Principal: Type:id or Type::"id".')] = None,
+    action: Annotated[str | None, typer.Option(help="Action name, e.g. payments:refund.")] = None,
+    resource: Annotated[str | None, typer.Option(help='Resource: Type:id or Type::"id".')] = None,
+    context: Annotated[str | None, typer.Option(help="Context as a JSON object.")] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", "-b", help="Evaluate locally against this bundle directory."),
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Ask a running server (AuthZEN) instead.")] = None,
+    at: Annotated[str | None, typer.Option(help="Evaluate at this RFC 3339 time (local).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate one request: prints decision, reasons and shadow; exit 0 allow, 1 deny."""
+    access = _build_request(request, principal, action, resource, context)
+    if url:
+        decision_doc = _remote_check(url, access)
+    else:
+        settings = _ctx(ctx).settings(bundle_dir=bundle)
+        if settings.bundle_dir is None:
+            raise CliError("pass --bundle DIR (local evaluation) or --url URL (a running server)")
+        when = None
+        if at is not None:
+            when = parse_rfc3339(at)
+            if when is None:
+                raise CliError(f"--at {at!r} is not an RFC 3339 time with offset")
+        loaded = load_bundle(BundleSource.from_dir(settings.bundle_dir), _load_options(settings))
+        decision_doc = loaded.evaluator.evaluate(access, at=when).as_dict()
+    if as_json:
+        _emit_json({"request": access.as_document(), **decision_doc})
+    else:
+        _print_decision(decision_doc)
+    raise typer.Exit(0 if decision_doc["decision"] == "allow" else 1)
+
+
+def _build_request(
+    raw: str | None,
+    principal: str | None,
+    action: str | None,
+    resource: str | None,
+    context: str | None,
+) -> AccessRequest:
+    try:
+        if raw is not None:
+            if raw == "-":
+                raw = sys.stdin.read()
+            elif raw.startswith("@"):
+                raw = Path(raw[1:]).read_text()
+            return parse_request(_json_arg(raw, "--request"), "request")
+        missing = [
+            n
+            for n, v in (("--principal", principal), ("--action", action), ("--resource", resource))
+            if not v
+        ]
+        if missing:
+            raise CliError(
+                f"give --request, or all of --principal, --action, --resource "
+                f"(missing {', '.join(missing)})"
+            )
+        ctx_value = _json_arg(context, "--context") if context else {}
+        if not isinstance(ctx_value, dict):
+            raise CliError("--context must be a JSON object")
+        return AccessRequest(
+            principal=parse_entity(principal, "--principal"),
+            action=parse_entity(action, "--action", default_type="Action"),
+            resource=parse_entity(resource, "--resource"),
+            context=ctx_value,
+        )
+    except RequestError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot read request: {exc}") from None
+
+
+def _json_arg(raw: str, name: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{name} is not valid JSON: {exc}") from None
+
+
+def _remote_check(url: str, access: AccessRequest) -> dict[str, Any]:
+    body = {
+        "subject": {
+            "type": access.principal.type,
+            "id": access.principal.id,
+            **({"properties": access.principal.properties} if access.principal.properties else {}),
+        },
+        "action": {"name": access.action.id},
+        "resource": {
+            "type": access.resource.type,
+            "id": access.resource.id,
+            **({"properties": access.resource.properties} if access.resource.properties else {}),
+        },
+        "context": access.context,
+    }
+    response = _http("POST", url, "/access/v1/evaluation", None, body)
+    doc = response.json()
+    details = doc.get("context", {})
+    return {"decision": "allow" if doc.get("decision") else "deny", **details}
+
+
+def _print_decision(doc: dict[str, Any]) -> None:
+    allowed = doc["decision"] == "allow"
+    colour = "green" if allowed else "red"
+    out.print(
+        f"[bold {colour}]{doc['decision'].upper()}[/]  decision {doc.get('decision_id')}  "
+        f"revision {str(doc.get('revision') or '-')[:12]}"
+    )
+    reasons = doc.get("reasons") or []
+    if reasons:
+        table = Table(
+            "policy", "effect", "owner", "description", title="determined by", title_justify="left"
+        )
+        for r in reasons:
+            table.add_row(r["policy"], r["effect"], r["owner"], r.get("description", ""))
+        out.print(table)
+    elif not allowed:
+        out.print("  no policy permits this request (default deny)")
+    for error in doc.get("errors") or []:
+        out.print(f"  [red]error:[/] {error}")
+    shadow = doc.get("shadow") or {}
+    if shadow:
+        same = shadow.get("decision") == doc["decision"]
+        note = "same as enforced" if same else "[yellow]differs from enforced[/]"
+        out.print(f"shadow: {shadow.get('decision')} ({note})")
+        for r in shadow.get("would_change") or []:
+            out.print(
+                f"  observe-mode policy [bold]{r['policy']}[/] ({r['owner']}) would change "
+                f"the answer: {r.get('description', '')}"
+            )
+
+
+# -- policy -----------------------------------------------------------------------------------
+
+
+def _load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
+    try:
+        keys = [load_trusted_key(p) for p in settings.trusted_bundle_keys]
+    except SigningError as exc:
+        raise CliError(str(exc)) from None
+    return LoadOptions(
+        trusted_keys=keys, expiry_warning_days=settings.expiry_warning_days, run_tests=run_tests
+    )
+
+
+BundleArg = Annotated[Path, typer.Argument(help="Bundle directory.")]
+
+
+@policy_app.command("validate")
+def policy_validate(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt = False) -> None:
+    """Parse, check annotations and validate against the schema (no tests)."""
+    settings = _ctx(ctx).settings()
+    loaded = load_bundle(BundleSource.from_dir(directory), _load_options(settings, False))
+    bundle = loaded.bundle
+    if as_json:
+        _emit_json(
+            {
+                "valid": True,
+                "name": bundle.name,
+                "revision": bundle.revision,
+                "policies": [p.summary() for p in bundle.policies],
+                "warnings": [w.as_dict() for w in bundle.warnings],
+            }
+        )
+        return
+    _print_warnings([str(w) for w in bundle.warnings])
+    out.print(
+        f"[green]✓[/] {bundle.name}: {len(bundle.policies)} policies valid, "
+        f"revision {bundle.revision[:12]}"
+    )
+
+
+@policy_app.command("test")
+def policy_test(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt = False) -> None:
+    """Run the bundle's tests; exit 1 if any fails."""
+    settings = _ctx(ctx).settings()
+    loaded = load_bundle(BundleSource.from_dir(directory), _load_options(settings, False))
+    from trustplane.decision.testing import run_tests
+
+    results = run_tests(loaded.evaluator, loaded.bundle.tests)
+    failed = [r for r in results if not r.passed]
+    if as_json:
+        _emit_json(
+            {
+                "passed": len(results) - len(failed),
+                "failed": len(failed),
+                "results": [r.as_dict() for r in results],
+            }
+        )
+    else:
+        table = Table("", "test", "file", "decision", "shadow", "determining")
+        for r in results:
+            mark = "[green]✓[/]" if r.passed else "[red]✗[/]"
+            table.add_row(
+                mark,
+                r.test.name,
+                f"{r.test.file}:{r.test.line}",
+                r.decision.effect.value,
+                r.decision.shadow_effect.value,
+                ", ".join(sorted(x.policy_id for x in r.decision.reasons)),
+            )
+        out.print(table)
+        for r in failed:
+            out.print(
+                f"[red]FAIL[/] {r.test.file}:{r.test.line} {r.test.name}: {'; '.join(r.failures)}"
+            )
+        out.print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("fmt")
+def policy_fmt(
+    directory: BundleArg,
+    check_only: Annotated[
+        bool, typer.Option("--check", help="Only report files that need formatting (exit 1).")
+    ] = False,
+) -> None:
+    """Format every .cedar file with Cedar's formatter."""
+    changed = []
+    for path in sorted(directory.rglob("*.cedar")):
+        original = path.read_text()
+        try:
+            formatted = cedarpy.format_policies(original)
+        except ValueError as exc:
+            raise CliError(f"{path}: cannot format: {exc}") from None
+        if formatted != original:
+            changed.append(path)
+            if not check_only:
+                path.write_text(formatted)
+    verb = "would reformat" if check_only else "reformatted"
+    for path in changed:
+        out.print(f"{verb} {path}")
+    out.print(f"{len(changed)} file(s) {verb}")
+    if check_only and changed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("keygen")
+def policy_keygen(
+    out_prefix: Annotated[Path, typer.Option("--out", help="Writes PREFIX.key and PREFIX.pub.")],
+) -> None:
+    """Create an Ed25519 key pair for signing bundles."""
+    private, public = out_prefix.with_suffix(".key"), out_prefix.with_suffix(".pub")
+    if private.exists():
+        raise CliError(f"{private} exists; refusing to overwrite a key")
+    key_id = generate_keypair(private, public)
+    out.print(f"[green]✓[/] key {key_id}: private {private} (0600), public {public}")
+
+
+@policy_app.command("sign")
+def policy_sign(
+    directory: BundleArg,
+    key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM).")],
+) -> None:
+    """Write bundle.sig: a detached signature over every bundle file's hash."""
+    private_key = load_private_key(key)
+    source = BundleSource.from_dir(directory)
+    (directory / SIGNATURE_FILE).write_bytes(sign_bundle(source, private_key))
+    out.print(
+        f"[green]✓[/] signed {len(source.manifest())} files, revision "
+        f"{source.revision[:12]} → {directory / SIGNATURE_FILE}"
+    )
+
+
+@policy_app.command("status")
+def policy_status(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="Server URL.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The active bundle on a running server, its policies and the activation history."""
+    settings = _ctx(ctx).settings()
+    status = _http("GET", _server(settings, url), "/v1/bundle", _token(settings)).json()
+    history = _http("GET", _server(settings, url), "/v1/bundle/revisions", _token(settings)).json()
+    if as_json:
+        _emit_json({**status, **history})
+        return
+    active = status.get("active")
+    if active is None:
+        out.print("[red]no active bundle[/]")
+    else:
+        out.print(
+            f"active: [bold]{active['name']}[/] revision {active['revision'][:12]} — "
+            f"{len(active['policies'])} policies, tests "
+            f"{active['tests']['passed']}/{active['tests']['total']}"
+        )
+        table = Table("policy", "effect", "mode", "owner", "tier", "expires")
+        for p in active["policies"]:
+            table.add_row(
+                p["id"], p["effect"], p["mode"], p["owner"], p["tier"] or "", p["expires"] or ""
+            )
+        out.print(table)
+    if status.get("last_error"):
+        out.print("[red]last load refused:[/]")
+        for problem in status["last_error"]:
+            out.print(f"  {problem['file']}:{problem['line'] or ''} {problem['message']}")
+    table = Table("when", "revision", "name", "reason", title="activations", title_justify="left")
+    for a in history["activations"][:10]:
+        table.add_row(_when(a["activated_at"]), a["revision"][:12], a["name"], a["reason"])
+    out.print(table)
+
+
+@policy_app.command("rollback")
+def policy_rollback(
+    ctx: typer.Context,
+    to: Annotated[str | None, typer.Option(help="Revision (or prefix) to return to.")] = None,
+    url: Annotated[str | None, typer.Option(help="Server URL.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Return the running server to the previously active revision (or --to one)."""
+    settings = _ctx(ctx).settings()
+    body = {"to": to} if to else {}
+    result = _http(
+        "POST", _server(settings, url), "/v1/bundle/rollback", _token(settings), body
+    ).json()
+    if as_json:
+        _emit_json(result)
+        return
+    active = result["active"]
+    out.print(
+        f"[green]✓[/] rolled back: {active['name']} revision {active['revision'][:12]} is active"
+    )
+
+
+@policy_app.command("reload")
+def policy_reload(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="Server URL.")] = None,
+) -> None:
+    """Ask the running server to reload its bundle directory."""
+    settings = _ctx(ctx).settings()
+    result = _http("POST", _server(settings, url), "/v1/bundle/reload", _token(settings)).json()
+    out.print(f"[green]✓[/] active revision {result['active']['revision'][:12]}")
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+
+
+# -- server client ----------------------------------------------------------------------------
+
+
+def _server(settings: Settings, url: str | None) -> str:
+    return (url or settings.server_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+
+
+def _token(settings: Settings) -> str:
+    if settings.admin_token:
+        return settings.admin_token
+    try:
+        return settings.admin_token_file.read_text().strip()
+    except FileNotFoundError:
+        raise CliError(
+            f"no admin token: {settings.admin_token_file} is missing; run "
+            "`trustplane init` or set TRUSTPLANE_ADMIN_TOKEN"
+        ) from None
+
+
+def _http(
+    method: str, base: str, path: str, token: str | None, body: dict[str, Any] | None = None
+) -> httpx.Response:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(method, base + path, json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the server at {base}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            problem = response.json()
+            detail = problem.get("detail", response.text)
+            for item in problem.get("errors") or []:
+                detail += f"\n  {item.get('detail')}"
+        except ValueError:
+            detail = response.text
+        raise CliError(f"{method} {path}: {response.status_code}: {detail}")
+    return response
+
+
+# -- audit / decisions ------------------------------------------------------------------------
+
+
+def _store_engine(settings: Settings) -> Any:
+    engine = create_store_engine(settings.effective_database_url)
+    if not is_migrated(engine):
+        raise CliError(
+            f"no trustplane store at {settings.effective_database_url}: run `trustplane init`"
+        )
+    return engine
+
+
+@audit_app.command("verify")
+def audit_verify(
+    ctx: typer.Context,
+    key: Annotated[
+        str | None, typer.Option(help="Checkpoint verifier key (default: state_dir/ledger.pub).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute the Merkle tree from the store and check every signed checkpoint."""
+    settings = _ctx(ctx).settings()
+    try:
+        verifier = load_verifier(settings, key)
+    except CheckpointError as exc:
+        raise CliError(f"bad verifier key: {exc}") from None
+    engine = _store_engine(settings)
+    with engine.connect() as connection:
+        total = connection.execute(select(func.count()).select_from(decisions_table)).scalar()
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("verifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=as_json or not err.is_terminal,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("verify", total=total)
+        report = verify_ledger(
+            engine, verifier, progress=lambda n: progress.update(task, completed=n)
+        )
+    elapsed = time.perf_counter() - started
+    engine.dispose()
+    if as_json:
+        _emit_json({**report.as_dict(), "seconds": round(elapsed, 3)})
+    else:
+        for problem in report.problems or []:
+            out.print(f"[red]✗[/] {problem}")
+        status = "[green]✓ ledger intact[/]" if report.ok else "[red]✗ ledger tampered[/]"
+        out.print(
+            f"{status}: {report.records} records, {report.checkpoints} checkpoints "
+            f"verified in {elapsed:.2f}s"
+            + (
+                f"; {report.unanchored} records after the newest checkpoint"
+                if report.unanchored
+                else ""
+            )
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    ctx: typer.Context,
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="JSONL file (default: stdout).")
+    ] = None,
+) -> None:
+    """Write every ledger record as JSON Lines, in ledger order."""
+    settings = _ctx(ctx).settings()
+    engine = _store_engine(settings)
+    count = 0
+    handle = output.open("wb") if output else sys.stdout.buffer
+    try:
+        for record in iter_records(engine):
+            handle.write(record + b"\n")
+            count += 1
+    finally:
+        if output:
+            handle.close()
+        engine.dispose()
+    if output:
+        err.print(f"[green]✓[/] exported {count} records to {output}")
+
+
+@audit_app.command("tail")
+def audit_tail(
+    ctx: typer.Context,
+    lines: Annotated[int, typer.Option("-n", help="How many recent records to show.")] = 10,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new records.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The most recent ledger records; with -f, follow new ones."""
+    settings = _ctx(ctx).settings()
+    engine = _store_engine(settings)
+    rows = list(reversed(query_decisions(engine, DecisionQuery(limit=lines))))
+    last = rows[-1]["seq"] if rows else -1
+    _print_records(rows, as_json)
+    try:
+        while follow:
+            time.sleep(0.5)
+            rows = query_decisions(
+                engine, DecisionQuery(after_seq=last, limit=1000, ascending=True)
+            )
+            if rows:
+                last = rows[-1]["seq"]
+                _print_records(rows, as_json)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.dispose()
+
+
+@app.command("decisions")
+def decisions_cmd(
+    ctx: typer.Context,
+    principal: Annotated[str | None, typer.Option(help='Principal, e.g. User::"alice".')] = None,
+    decision: Annotated[str | None, typer.Option(help="allow or deny.")] = None,
+    policy: Annotated[str | None, typer.Option(help="Determining or shadow policy id.")] = None,
+    shadow_mismatch: Annotated[
+        bool, typer.Option("--shadow-mismatch", help="Only decisions whose shadow answer differs.")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Query recent decisions from the store."""
+    if decision not in (None, "allow", "deny"):
+        raise CliError("--decision must be allow or deny")
+    settings = _ctx(ctx).settings()
+    engine = _store_engine(settings)
+    principal_key = None
+    if principal:
+        try:
+            principal_key = str(parse_entity(principal, "--principal"))
+        except RequestError as exc:
+            raise CliError(str(exc)) from None
+    rows = query_decisions(
+        engine,
+        DecisionQuery(
+            principal=principal_key,
+            decision=decision,
+            policy=policy,
+            shadow_mismatch=True if shadow_mismatch else None,
+            limit=limit,
+        ),
+    )
+    engine.dispose()
+    _print_records(rows, as_json)
+
+
+def _print_records(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row, default=str) + "\n")
+        return
+    table = Table(
+        "seq", "time", "principal", "action", "resource", "decision", "shadow", "policies"
+    )
+    for row in rows:
+        request = row.get("request", {})
+        shadow = row.get("shadow", "")
+        shadow_cell = shadow if shadow == row.get("decision") else f"[yellow]{shadow}[/]"
+        colour = "green" if row.get("decision") == "allow" else "red"
+        table.add_row(
+            str(row["seq"]),
+            row.get("time", "")[:23],
+            _ref(request.get("principal")),
+            str(request.get("action", {}).get("id", "")),
+            _ref(request.get("resource")),
+            f"[{colour}]{row.get('decision')}[/]",
+            shadow_cell,
+            ", ".join(row.get("reasons", []) + row.get("would_change", [])),
+        )
+    out.print(table)
+
+
+def _ref(entity: dict[str, Any] | None) -> str:
+    return "" if not entity else f"{entity.get('type')}::{entity.get('id')}"
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", highlight=False)
+    raise SystemExit(2)
+
+
+def main() -> None:
+    try:
+        app()
+    except BundleError as exc:
+        err.print(f"[red]bundle refused[/] ({len(exc.problems)} problem(s)):", highlight=False)
+        for problem in exc.problems:
+            err.print(f"  {problem}", highlight=False, markup=False)
+        raise SystemExit(1) from None
+    except (CliError, ConfigError, StoreError, NotInitialisedError, SigningError) as exc:
+        _fail(str(exc))
+    except BrokenPipeError:
+        raise SystemExit(0) from None
