@@ -1,0 +1,3 @@
+from trustplane.cli.main import main
+
+main()

@@ -1,0 +1,49 @@
+"""Shared fixtures: a store on SQLite and on PostgreSQL, settings, bundles, a real server.
+
+PostgreSQL runs at 127.0.0.1:5432 (trust auth, database `test`). Each test gets its own schema,
+dropped afterwards. Outside CI an unreachable PostgreSQL skips its leg; with CI=true it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO, PG_BASE_URL, pg_available
+
+SHOP = REPO / "examples" / "shop"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store' / 'trustplane.db'}"
+        return
+    if not pg_available():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable and CI=true: the "
+                        "PostgreSQL leg is mandatory in CI")
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable")
+    import psycopg
+
+    schema = f"tp_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_BASE_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"postgresql+psycopg://127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_BASE_URL, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def shop_copy(tmp_path: Path) -> Path:
+    """A writable copy of the example estate, for tests that change policy files."""
+    target = tmp_path / "shop"
+    shutil.copytree(SHOP, target)
+    return target
