@@ -6,6 +6,7 @@ dropped afterwards. Outside CI an unreachable PostgreSQL skips its leg; with CI=
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -14,20 +15,40 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, PG_BASE_URL, pg_available
+from tests.support import PG_BASE_URL, REPO, pg_available
 
 SHOP = REPO / "examples" / "shop"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+DB_PARAMS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=DB_PARAMS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
+    with store_url(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=DB_PARAMS)
+def module_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One store per test module and backend, for modules that share a server."""
+    with store_url(request.param, tmp_path_factory.mktemp("store")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def store_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'store' / 'trustplane.db'}"
         return
     if not pg_available():
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable and CI=true: the "
-                        "PostgreSQL leg is mandatory in CI")
+            pytest.fail(
+                "PostgreSQL at 127.0.0.1:5432 is unreachable and CI=true: the "
+                "PostgreSQL leg is mandatory in CI"
+            )
         pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable")
     import psycopg
 
