@@ -38,11 +38,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*TRUSTPLANE, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
-        cwd=cwd, input=input, timeout=timeout,
+        [*TRUSTPLANE, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        input=input,
+        timeout=timeout,
     )
 
 
@@ -102,33 +112,46 @@ def server_env(state_dir: Path, database_url: str, **settings: Any) -> dict[str,
 
 
 @contextlib.contextmanager
-def running_server(state_dir: Path, database_url: str, bundle: Path,
-                   **settings: Any) -> Iterator[Server]:
-    """`trustplane init` then `trustplane serve` as a subprocess; waits for /readyz."""
+def running_server(
+    state_dir: Path,
+    database_url: str,
+    bundle: Path,
+    *,
+    wait_path: str = "/readyz",
+    **settings: Any,
+) -> Iterator[Server]:
+    """`trustplane init` then `trustplane serve` as a subprocess; waits until `wait_path`
+    answers 200 (/healthz for a server expected not to become ready)."""
     port = free_port()
     env = server_env(state_dir, database_url, port=port, bundle_dir=bundle, **settings)
     init = run_cli("init", env=env)
     assert init.returncode == 0, init.stderr
     log_path = state_dir / "server.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([*TRUSTPLANE, "serve"], env={**os.environ, **env},
-                                   stdout=log, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", env, process, log_path,
-                    token=(state_dir / "admin.token").read_text().strip())
+        process = subprocess.Popen(
+            [*TRUSTPLANE, "serve"], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+        )
+    server = Server(
+        f"http://127.0.0.1:{port}",
+        env,
+        process,
+        log_path,
+        token=(state_dir / "admin.token").read_text().strip(),
+    )
     try:
-        wait_ready(server)
+        wait_ready(server, path=wait_path)
         yield server
     finally:
         server.stop()
 
 
-def wait_ready(server: Server, timeout: float = 30) -> None:
+def wait_ready(server: Server, timeout: float = 30, path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise AssertionError(f"server exited early:\n{server.log()}")
         with contextlib.suppress(httpx.HTTPError):
-            if server.client.get("/readyz").status_code == 200:
+            if server.client.get(path).status_code == 200:
                 return
         time.sleep(0.1)
     raise AssertionError(f"server not ready in {timeout}s:\n{server.log()}")
@@ -145,8 +168,13 @@ def wait_for(predicate: Any, timeout: float = 10, interval: float = 0.05) -> Any
         time.sleep(interval)
 
 
-def authzen(principal: tuple[str, str], action: str, resource: tuple[str, str],
-            context: dict[str, Any] | None = None, **props: Any) -> dict[str, Any]:
+def authzen(
+    principal: tuple[str, str],
+    action: str,
+    resource: tuple[str, str],
+    context: dict[str, Any] | None = None,
+    **props: Any,
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "subject": {"type": principal[0], "id": principal[1]},
         "action": {"name": action},

@@ -43,11 +43,13 @@ class BundleManager:
 
     def start(self) -> None:
         """Serve the directory's bundle; if it is broken, the last one activated before."""
+        refused: BundleError | None = None
         if self.bundle_dir is not None:
             try:
                 self.reload(reason="startup")
                 return
             except BundleError as exc:
+                refused = exc
                 log.error(
                     "bundle in %s refused:\n  %s",
                     self.bundle_dir,
@@ -60,6 +62,8 @@ class BundleManager:
                 log.warning("serving last activated revision %s", history[0].revision[:12])
             except BundleError as exc:
                 log.error("stored revision %s refused: %s", history[0].revision[:12], exc)
+        if refused is not None:
+            self.last_error = refused  # still show why the directory's bundle is not serving
 
     def reload(self, reason: str = "reload", actor: str = "") -> LoadedBundle:
         """Load the bundle directory again; a no-op if its content hash is already active."""
