@@ -361,15 +361,25 @@ def verify_ledger(
     frontier = Frontier()
     last_good = 0
 
-    def check_checkpoint(cp: StoredCheckpoint, root: bytes) -> None:
-        nonlocal last_good
+    # Signatures first, independently of the records, so a forged checkpoint is named even
+    # when records are missing.
+    signed: dict[int, Checkpoint] = {}
+    for cp in stored_checkpoints:
         try:
             opened = open_checkpoint(cp.note, verifier)
         except CheckpointError as exc:
             problems.append(f"checkpoint at size {cp.size}: signature invalid: {exc}")
-            return
+            continue
         if opened.size != cp.size or opened.root_hash != cp.root_hash:
             problems.append(f"checkpoint at size {cp.size}: stored columns differ from its note")
+            continue
+        signed[cp.size] = opened
+
+    def check_checkpoint(cp: StoredCheckpoint, root: bytes) -> None:
+        nonlocal last_good
+        opened = signed.get(cp.size)
+        if opened is None:
+            return  # already reported
         if opened.root_hash != root:
             problems.append(
                 f"checkpoint at size {cp.size}: root does not match the records; a record in "
