@@ -144,9 +144,17 @@ def load_settings(
     try:
         return Settings(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        source = f" (from {path})" if path else ""
-        raise ConfigError(f"invalid configuration{source}: {problems}") from None
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            name = str(err["loc"][0]) if err["loc"] else ""
+            if (overrides or {}).get(name) is not None:
+                origin = "command line"
+            elif name in env_keys:
+                origin = f"environment TRUSTPLANE_{name.upper()}"
+            elif name in file_values:
+                origin = str(path)
+            else:
+                origin = "default"
+            problems.append(f"{field}: {err['msg']} (from {origin})")
+        raise ConfigError(f"invalid configuration: {'; '.join(problems)}") from None

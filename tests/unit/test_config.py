@@ -117,11 +117,6 @@ def test_invalid_environment_value_names_the_field(monkeypatch: pytest.MonkeyPat
         load_settings()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_settings blames the config file for every invalid value: an invalid "
-    "TRUSTPLANE_PORT is reported as '(from c.toml)' and the variable is not named",
-)
 def test_invalid_environment_value_is_not_blamed_on_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -132,11 +132,6 @@ def test_request_that_is_not_an_object_is_refused() -> None:
     assert info.value.field == "tests[3].request"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_request uses `document.get('context') or {}`: a falsy non-object context "
-    "([], '', 0, false) is silently replaced by {} instead of being refused",
-)
 @pytest.mark.parametrize("context", [[], "", 0, False])
 def test_falsy_non_object_context_is_refused(context: Any) -> None:
     with pytest.raises(RequestError) as info:

@@ -168,12 +168,6 @@ def test_malformed_signature_file_is_refused(
     assert "malformed" in message or "unknown signature format" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(TypeError, AttributeError),
-    reason="verify_bundle assumes the signed manifest is a JSON object: a bundle.sig whose "
-    "manifest is null/a list/a string raises TypeError/AttributeError instead of BundleError",
-)
 @pytest.mark.parametrize("manifest", [None, ["policies.cedar"], "policies.cedar"])
 def test_signature_with_non_object_manifest_is_refused_cleanly(
     tmp_path: Path, keys: tuple[Path, TrustedKey], manifest: object

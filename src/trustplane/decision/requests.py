@@ -64,7 +64,9 @@ def parse_request(document: Any, field: str = "request") -> AccessRequest:
     for key in ("principal", "action", "resource"):
         if key not in document:
             raise RequestError(f"{field}.{key}", "is required")
-    context = document.get("context") or {}
+    context = document.get("context")
+    if context is None:
+        context = {}
     if not isinstance(context, dict):
         raise RequestError(f"{field}.context", "must be an object")
     return AccessRequest(

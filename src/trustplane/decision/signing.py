@@ -110,6 +110,12 @@ def verify_bundle(source: BundleSource, trusted: list[TrustedKey]) -> list[Bundl
         signer_id = document["key_id"]
     except (ValueError, KeyError, TypeError) as exc:
         return problem(f"malformed signature file: {exc}")
+    if not isinstance(signed_manifest, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in signed_manifest.items()
+    ):
+        return problem("malformed signature file: manifest must map file names to hashes")
+    if not isinstance(signer_id, str):
+        return problem("malformed signature file: key_id must be a string")
     if document.get("format") != SIGNATURE_FORMAT:
         return problem(f"unknown signature format {document.get('format')!r}")
     keys = [k for k in trusted if k.key_id == signer_id]

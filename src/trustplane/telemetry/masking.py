@@ -29,8 +29,9 @@ class Masker:
         self._paths = [parse_pointer(p) for p in pointers]
 
     def apply(self, document: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-        """A copy of `document` without the masked values, and the pointers that matched.
-        Only containers along a masked path are copied; the input is never modified."""
+        """A copy of `document` without the masked values (object members removed, array
+        elements replaced by null), and the pointers that matched. Only containers along a
+        masked path are copied; the input is never modified."""
         masked: list[str] = []
         result = document
         for pointer, path in zip(self.pointers, self._paths, strict=True):
@@ -50,12 +51,18 @@ def _erase(node: Any, path: tuple[str, ...]) -> tuple[Any, bool]:
             return {k: v for k, v in node.items() if k != key}, True
         child, hit = _erase(node[key], rest)
         return ({**node, key: child}, True) if hit else (node, False)
-    if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+    if isinstance(node, list) and _is_index(key) and int(key) < len(node):
         index = int(key)
         if not rest:
-            return node[:index] + node[index + 1 :], True
+            # Replace, never delete: deleting would shift later elements under later pointers.
+            return [*node[:index], None, *node[index + 1 :]], True
         child, hit = _erase(node[index], rest)
         if not hit:
             return node, False
         return [*node[:index], child, *node[index + 1 :]], True
     return node, False
+
+
+def _is_index(key: str) -> bool:
+    """RFC 6901 array index: digits without leading zeros."""
+    return key.isdigit() and (key == "0" or not key.startswith("0"))
