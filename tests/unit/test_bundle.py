@@ -73,8 +73,10 @@ def find(problems: list[BundleProblem], *, file: str, pattern: str) -> BundlePro
 def test_shop_bundle_loads_with_all_policies_and_passing_tests() -> None:
     loaded = load_bundle(BundleSource.from_dir(SHOP))
     assert loaded.bundle.name == "shop"
-    assert len(loaded.bundle.policies) == 19
-    assert len(loaded.test_results) == 73
+    cedar_text = "".join(p.read_text() for p in SHOP.glob("*.cedar"))
+    assert len(loaded.bundle.policies) == cedar_text.count("@id(")
+    yaml_text = "".join(p.read_text() for p in (SHOP / "tests").glob("*.yaml"))
+    assert len(loaded.test_results) == yaml_text.count("- name:") > 0
     assert all(result.passed for result in loaded.test_results)
     assert re.fullmatch(r"[0-9a-f]{64}", loaded.bundle.revision)
     assert loaded.evaluator.revision == loaded.bundle.revision
