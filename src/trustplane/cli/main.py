@@ -6,6 +6,7 @@ Exit codes: 0 success (or allow), 1 a negative answer (deny, failed test, failed
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
@@ -37,8 +38,16 @@ from trustplane.model import AccessRequest
 from trustplane.server.runtime import NotInitialisedError, initialise, load_verifier
 from trustplane.store.database import StoreError, create_store_engine, is_migrated
 from trustplane.store.tables import decisions as decisions_table
-from trustplane.telemetry.checkpoint import CheckpointError
-from trustplane.telemetry.ledger import DecisionQuery, iter_records, query_decisions, verify_ledger
+from trustplane.telemetry.checkpoint import CheckpointError, open_checkpoint
+from trustplane.telemetry.ledger import (
+    DecisionQuery,
+    Ledger,
+    LedgerError,
+    iter_records,
+    query_decisions,
+    verify_ledger,
+)
+from trustplane.telemetry.merkle import verify_consistency, verify_inclusion
 
 app = typer.Typer(
     name="trustplane",
@@ -618,6 +627,115 @@ def audit_verify(
         )
     if not report.ok:
         raise typer.Exit(1)
+
+
+@audit_app.command("proof")
+def audit_proof(
+    ctx: typer.Context,
+    decision_id: Annotated[str, typer.Argument(help="Decision id to prove.")],
+    tree_size: Annotated[
+        int | None, typer.Option(help="Tree size (default: newest checkpoint).")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Checkpoint verifier key.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """RFC 9162 inclusion proof of a decision in a signed checkpoint, verified here."""
+    settings = _ctx(ctx).settings()
+    verifier = load_verifier(settings, key)
+    engine = _store_engine(settings)
+    try:
+        proof = Ledger(engine, None, settings.ledger_origin).inclusion_proof(decision_id, tree_size)
+    except LedgerError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        engine.dispose()
+    verified = _verify_inclusion_doc(proof, verifier)
+    if as_json:
+        _emit_json({**proof, "verified": verified})
+    else:
+        out.print(
+            f"decision {decision_id} is leaf {proof['leaf_index']} of a tree of size "
+            f"{proof['tree_size']}; audit path of {len(proof['inclusion_path'])} hashes"
+        )
+        out.print(
+            "[green]✓ inclusion verified against the signed checkpoint[/]"
+            if verified
+            else "[red]✗ inclusion proof does not verify[/]"
+        )
+    if not verified:
+        raise typer.Exit(1)
+
+
+@audit_app.command("consistency")
+def audit_consistency(
+    ctx: typer.Context,
+    first: Annotated[int, typer.Argument(help="Older tree size.")],
+    second: Annotated[
+        int | None, typer.Argument(help="Newer tree size (default: newest checkpoint).")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Checkpoint verifier key.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """RFC 9162 consistency proof between two checkpoints, verified here."""
+    settings = _ctx(ctx).settings()
+    verifier = load_verifier(settings, key)
+    engine = _store_engine(settings)
+    try:
+        ledger = Ledger(engine, None, settings.ledger_origin)
+        proof = ledger.consistency_proof(first, second)
+        if first and proof["first_checkpoint"] is None:
+            sizes = sorted(c.size for c in ledger.list_checkpoints(limit=10))
+            raise CliError(
+                f"no signed checkpoint at size {first}; recent checkpoint sizes: "
+                f"{', '.join(map(str, sizes)) or 'none'}"
+            )
+    except LedgerError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        engine.dispose()
+    verified = _verify_consistency_doc(proof, verifier)
+    if as_json:
+        _emit_json({**proof, "verified": verified})
+    else:
+        out.print(
+            f"tree {proof['first']} → {proof['second']}: consistency path of "
+            f"{len(proof['consistency_path'])} hashes"
+        )
+        out.print(
+            "[green]✓ the newer checkpoint extends the older one[/]"
+            if verified
+            else "[red]✗ consistency proof does not verify[/]"
+        )
+    if not verified:
+        raise typer.Exit(1)
+
+
+def _verify_inclusion_doc(proof: dict[str, Any], verifier: Any) -> bool:
+    if proof["checkpoint"] is None:
+        return False
+    try:
+        checkpoint = open_checkpoint(proof["checkpoint"], verifier)
+    except CheckpointError:
+        return False
+    path = [base64.b64decode(h) for h in proof["inclusion_path"]]
+    return checkpoint.size == proof["tree_size"] and verify_inclusion(
+        base64.b64decode(proof["leaf_hash"]),
+        proof["leaf_index"],
+        checkpoint.size,
+        path,
+        checkpoint.root_hash,
+    )
+
+
+def _verify_consistency_doc(proof: dict[str, Any], verifier: Any) -> bool:
+    try:
+        old = open_checkpoint(proof["first_checkpoint"], verifier) if proof["first"] else None
+        new = open_checkpoint(proof["second_checkpoint"], verifier)
+    except (CheckpointError, TypeError):
+        return False
+    old_root = old.root_hash if old else base64.b64decode(proof["first_root"])
+    path = [base64.b64decode(h) for h in proof["consistency_path"]]
+    return verify_consistency(proof["first"], new.size, old_root, new.root_hash, path)
 
 
 @audit_app.command("export")

@@ -139,7 +139,8 @@ class StoredCheckpoint:
 
 
 class Ledger:
-    def __init__(self, engine: Engine, signer: NoteSigner, origin: str) -> None:
+    def __init__(self, engine: Engine, signer: NoteSigner | None, origin: str) -> None:
+        """`signer` None opens the ledger read-only: proofs and queries, no checkpoints."""
         self._engine = engine
         self._signer = signer
         self.origin = origin
@@ -154,6 +155,8 @@ class Ledger:
 
     @property
     def verifier_key(self) -> str:
+        if self._signer is None:
+            raise LedgerError("ledger opened read-only: no signing key")
         return self._signer.verifier_key()
 
     # -- appending ----------------------------------------------------------------------------
@@ -207,6 +210,8 @@ class Ledger:
         if size == self._last_checkpoint_size and not force:
             return None
         root = self._tree.root(size)
+        if self._signer is None:
+            raise LedgerError("ledger opened read-only: no signing key")
         note = sign_checkpoint(Checkpoint(self.origin, size, root), self._signer)
         stored = StoredCheckpoint(size, root, note, time.time())
         try:
