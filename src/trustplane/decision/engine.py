@@ -11,6 +11,7 @@ is a deny with the reason in `errors`.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import threading
@@ -71,7 +72,8 @@ class Evaluator:
         )
         self._bases: OrderedDict[frozenset[tuple[str, str]], Any] = OrderedDict()
         self._lock = threading.Lock()
-        self._generation = self._compile(datetime.fromtimestamp(clock(), UTC))
+        self._generations: dict[int, _Generation] = {}
+        self._generation_at(datetime.fromtimestamp(clock(), UTC))
 
     # -- public -------------------------------------------------------------------------------
 
@@ -166,24 +168,24 @@ class Evaluator:
     # -- policy generations (expiry) ----------------------------------------------------------
 
     def _generation_at(self, now: datetime) -> _Generation:
-        generation = self._generation
-        if generation.covers(now):
-            return generation
-        fresh = self._compile(now)
-        if now >= generation.valid_until:  # time moved on: keep the newer generation
-            with self._lock:
-                self._generation = fresh
-        return fresh
+        """The compiled policy sets for `now`. Generations are cached per interval between
+        expiry boundaries, so evaluating at another time (tests, `--at`) never evicts the
+        current one."""
+        index = bisect.bisect_right(self._boundaries, now)
+        generation = self._generations.get(index)
+        if generation is None:
+            generation = self._compile(now)
+            self._generations[index] = generation
+        return generation
 
     def _compile(self, now: datetime) -> _Generation:
         live = [p for p in self.bundle.policies if p.applies_at(now)]
         enforced = [p for p in live if p.mode == "enforce"]
         observe = [p for p in live if p.mode == "observe"]
-        earlier = [b for b in self._boundaries if b <= now]
-        later = [b for b in self._boundaries if b > now]
+        index = bisect.bisect_right(self._boundaries, now)
         return _Generation(
-            valid_from=earlier[-1] if earlier else _FAR_PAST,
-            valid_until=later[0] if later else _FAR_FUTURE,
+            valid_from=self._boundaries[index - 1] if index else _FAR_PAST,
+            valid_until=self._boundaries[index] if index < len(self._boundaries) else _FAR_FUTURE,
             enforced=_policy_set(enforced),
             full=_policy_set(live) if observe else None,
             enforced_ids=frozenset(p.policy_id for p in enforced),
