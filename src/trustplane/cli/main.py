@@ -64,7 +64,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
@@ -210,7 +210,7 @@ def check(
             when = parse_rfc3339(at)
             if when is None:
                 raise CliError(f"--at {at!r} is not an RFC 3339 time with offset")
-        loaded = load_bundle(BundleSource.from_dir(settings.bundle_dir), _load_options(settings))
+        loaded = load_bundle(_bundle_source(settings.bundle_dir), _load_options(settings))
         decision_doc = loaded.evaluator.evaluate(access, at=when).as_dict()
     if as_json:
         _emit_json({"request": access.as_document(), **decision_doc})
@@ -295,9 +295,12 @@ def _print_decision(doc: dict[str, Any]) -> None:
     )
     reasons = doc.get("reasons") or []
     if reasons:
-        table = Table(
-            "policy", "effect", "owner", "description", title="determined by", title_justify="left"
-        )
+        table = Table(title="determined by", title_justify="left")
+        # Policy ids are what people grep and paste: never cut or wrap them.
+        table.add_column("policy", no_wrap=True, min_width=max(len(r["policy"]) for r in reasons))
+        table.add_column("effect", no_wrap=True)
+        table.add_column("owner", no_wrap=True)
+        table.add_column("description", ratio=1)
         for r in reasons:
             table.add_row(r["policy"], r["effect"], r["owner"], r.get("description", ""))
         out.print(table)
@@ -333,11 +336,17 @@ def _load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
 BundleArg = Annotated[Path, typer.Argument(help="Bundle directory.")]
 
 
+def _bundle_source(directory: Path) -> BundleSource:
+    if not directory.is_dir():
+        raise CliError(f"bundle directory {directory} does not exist")
+    return BundleSource.from_dir(directory)
+
+
 @policy_app.command("validate")
 def policy_validate(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt = False) -> None:
     """Parse, check annotations and validate against the schema (no tests)."""
     settings = _ctx(ctx).settings()
-    loaded = load_bundle(BundleSource.from_dir(directory), _load_options(settings, False))
+    loaded = load_bundle(_bundle_source(directory), _load_options(settings, False))
     bundle = loaded.bundle
     if as_json:
         _emit_json(
@@ -361,7 +370,7 @@ def policy_validate(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt =
 def policy_test(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt = False) -> None:
     """Run the bundle's tests; exit 1 if any fails."""
     settings = _ctx(ctx).settings()
-    loaded = load_bundle(BundleSource.from_dir(directory), _load_options(settings, False))
+    loaded = load_bundle(_bundle_source(directory), _load_options(settings, False))
     from trustplane.decision.testing import run_tests
 
     results = run_tests(loaded.evaluator, loaded.bundle.tests)
@@ -375,7 +384,8 @@ def policy_test(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt = Fal
             }
         )
     else:
-        table = Table("", "test", "file", "decision", "shadow", "determining")
+        table = Table("", "test", "file", "decision", "shadow")
+        table.add_column("determining", overflow="fold")
         for r in results:
             mark = "[green]✓[/]" if r.passed else "[red]✗[/]"
             table.add_row(
@@ -404,6 +414,8 @@ def policy_fmt(
     ] = False,
 ) -> None:
     """Format every .cedar file with Cedar's formatter."""
+    if not directory.is_dir():
+        raise CliError(f"bundle directory {directory} does not exist")
     changed = []
     for path in sorted(directory.rglob("*.cedar")):
         original = path.read_text()
@@ -442,7 +454,7 @@ def policy_sign(
 ) -> None:
     """Write bundle.sig: a detached signature over every bundle file's hash."""
     private_key = load_private_key(key)
-    source = BundleSource.from_dir(directory)
+    source = _bundle_source(directory)
     (directory / SIGNATURE_FILE).write_bytes(sign_bundle(source, private_key))
     out.print(
         f"[green]✓[/] signed {len(source.manifest())} files, revision "
@@ -473,6 +485,7 @@ def policy_status(
             f"{active['tests']['passed']}/{active['tests']['total']}"
         )
         table = Table("policy", "effect", "mode", "owner", "tier", "expires")
+        table.columns[0].overflow = "fold"
         for p in active["policies"]:
             table.add_row(
                 p["id"], p["effect"], p["mode"], p["owner"], p["tier"] or "", p["expires"] or ""
@@ -569,7 +582,10 @@ def _http(
 
 
 def _store_engine(settings: Settings) -> Any:
-    engine = create_store_engine(settings.effective_database_url)
+    url = settings.effective_database_url
+    if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).is_file():
+        raise CliError(f"no trustplane store at {url}: run `trustplane init`")
+    engine = create_store_engine(url)
     if not is_migrated(engine):
         raise CliError(
             f"no trustplane store at {settings.effective_database_url}: run `trustplane init`"
@@ -774,8 +790,9 @@ def audit_tail(
     """The most recent ledger records; with -f, follow new ones."""
     settings = _ctx(ctx).settings()
     engine = _store_engine(settings)
-    rows = list(reversed(query_decisions(engine, DecisionQuery(limit=lines))))
-    last = rows[-1]["seq"] if rows else -1
+    newest = query_decisions(engine, DecisionQuery(limit=1))
+    last = newest[0]["seq"] if newest else -1  # follow from here, whatever -n says
+    rows = list(reversed(query_decisions(engine, DecisionQuery(limit=lines)))) if lines else []
     _print_records(rows, as_json)
     try:
         while follow:
@@ -834,9 +851,8 @@ def _print_records(rows: list[dict[str, Any]], as_json: bool) -> None:
         for row in rows:
             sys.stdout.write(json.dumps(row, default=str) + "\n")
         return
-    table = Table(
-        "seq", "time", "principal", "action", "resource", "decision", "shadow", "policies"
-    )
+    table = Table("seq", "time", "principal", "action", "resource", "decision", "shadow")
+    table.add_column("policies", overflow="fold")
     for row in rows:
         request = row.get("request", {})
         shadow = row.get("shadow", "")

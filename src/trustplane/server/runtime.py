@@ -103,7 +103,9 @@ def load_verifier(settings: Settings, key: str | None = None) -> NoteVerifier:
         try:
             key = path.read_text().strip()
         except FileNotFoundError:
-            raise NotInitialisedError(f"no ledger public key at {path}") from None
+            raise NotInitialisedError(
+                f"no ledger public key at {path}: run `trustplane init` first (or pass --key)"
+            ) from None
     return NoteVerifier.from_verifier_key(key)
 
 

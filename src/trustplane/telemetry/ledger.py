@@ -469,8 +469,10 @@ def query_decisions(engine: Engine, query: DecisionQuery) -> list[dict[str, Any]
         statement = statement.where(decisions.c.ts >= query.since)
     if query.after_seq is not None:
         statement = statement.where(decisions.c.seq > query.after_seq)
+    if query.limit <= 0:
+        return []
     order = decisions.c.seq.asc() if query.ascending else decisions.c.seq.desc()
-    statement = statement.order_by(order).limit(max(1, min(query.limit, 10_000)))
+    statement = statement.order_by(order).limit(min(query.limit, 10_000))
     with engine.connect() as connection:
         rows = connection.execute(statement).all()
     return [{"seq": int(seq), **orjson.loads(record)} for seq, record in rows]
