@@ -895,7 +895,15 @@ def main() -> None:
         for problem in exc.problems:
             err.print(f"  {problem}", highlight=False, markup=False)
         raise SystemExit(1) from None
-    except (CliError, ConfigError, StoreError, NotInitialisedError, SigningError) as exc:
+    except (
+        CliError,
+        ConfigError,
+        StoreError,
+        NotInitialisedError,
+        SigningError,
+        CheckpointError,
+        LedgerError,
+    ) as exc:
         _fail(str(exc))
     except BrokenPipeError:
         raise SystemExit(0) from None
