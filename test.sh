@@ -14,8 +14,8 @@ if ! .venv/bin/python -c 'import psycopg; psycopg.connect("postgresql://127.0.0.
 fi
 
 echo "==> ruff" >&2
-.venv/bin/ruff check src tests bench
-.venv/bin/ruff format --check src tests bench
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 echo "==> mypy" >&2
 .venv/bin/mypy
 echo "==> pytest" >&2
