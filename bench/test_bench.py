@@ -1,0 +1,98 @@
+"""Checks of the benchmark's own machinery (run with `pytest bench`). No timing is asserted:
+the machine is shared and noisy; these only check that the tools measure what they claim."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpbench
+import run
+import spyprofile
+from common import authzen_body, load_shop, percentile, request_mix, write_bodies
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 99.9) == 7.0
+
+
+def test_bodies_map_back_to_the_same_requests() -> None:
+    from trustplane.server.authzen import EvaluationRequest, to_access_request
+
+    requests = request_mix(load_shop())
+    assert requests and all(r.action.type == "Action" for r in requests)
+    for request in requests:
+        body = EvaluationRequest.model_validate_json(json.dumps(authzen_body(request)))
+        again = to_access_request(body.subject, body.action, body.resource, body.context)
+        assert again == request
+
+
+def test_docs_section_is_replaced_not_appended(tmp_path: Path) -> None:
+    doc = tmp_path / "b.md"
+    doc.write_text(f"# T\n\nintro\n\n{run.START}\nold\n{run.END}\n\ntrailer\n")
+    run.write_docs("new figures", doc)
+    run.write_docs("newer figures", doc)
+    text = doc.read_text()
+    assert "old" not in text and "new figures" not in text
+    assert text.count(run.START) == 1 and "newer figures" in text and "trailer" in text
+
+
+def test_profile_classification(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "main;AuthZenApi.evaluation (a.py:1);is_authorized_batch (cedarpy/__init__.py:3) 6\n"
+        "main;Evaluator.evaluate (e.py:1);Evaluator._compile (e.py:2) 3\n"
+        "Thread._bootstrap (t.py:1);DecisionRecorder._run (r.py:1);Ledger.append (l.py:1) 2\n"
+        "main;RequestResponseCycle.run_asgi (u.py:1) 1\n"
+    )
+    parts, total = spyprofile.classify(raw)
+    assert total == 12
+    assert parts["Cedar is_authorized (cedarpy)"] == 6
+    assert parts["policy sets compiled per request (stale generation)"] == 3
+    assert parts["writer: SQLite insert + commit (SQLAlchemy)"] == 2
+
+
+@pytest.mark.slow
+def test_load_generator_against_the_noop_server(tmp_path: Path) -> None:
+    """Open and closed loop both answer every request they send to the no-op baseline."""
+    bodies = write_bodies(request_mix(load_shop())[:5], tmp_path / "bodies.jsonl")
+    server = httpbench.start_server("noop", tmp_path, use_cli=False)
+    try:
+        fixed = httpbench.run_loadgen(server, bodies, rate=200, seconds=1, connections=4, grace=5)
+        closed = httpbench.run_loadgen(server, bodies, rate=0, seconds=1, connections=2, grace=5)
+    finally:
+        httpbench.stop_server(server)
+    assert fixed["offered"] == 200 and fixed["answered"] == 200 and fixed["lost"] == 0
+    assert fixed["statuses"] == {"200": 200}
+    assert closed["answered"] > 0 and closed["errors"] == 0
+
+
+def test_load_generator_refuses_other_hosts(tmp_path: Path) -> None:
+    bodies = tmp_path / "b.jsonl"
+    bodies.write_text("{}\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("loadgen.py")),
+            "--host",
+            "10.0.0.1",
+            "--port",
+            "80",
+            "--bodies",
+            str(bodies),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "loopback" in done.stderr
