@@ -19,6 +19,9 @@ class PolicyDecisionPoint:
         self._runtime = runtime
         self._metrics = runtime.metrics
         self._recorder = runtime.recorder
+        # Labelled children resolved once: `.labels()` costs more than the increment.
+        self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
+        self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
 
     def evaluate(self, request: AccessRequest) -> Decision:
         active = self._runtime.bundles.active
@@ -42,8 +45,8 @@ class PolicyDecisionPoint:
 
     def _observe(self, decision: Decision) -> None:
         metrics = self._metrics
-        metrics.decisions.labels(decision.effect.value, "enforced").inc()
-        metrics.decisions.labels(decision.shadow_effect.value, "shadow").inc()
+        self._enforced[decision.effect].inc()
+        self._shadow[decision.shadow_effect].inc()
         metrics.evaluation_seconds.observe(decision.eval_micros / 1e6)
         if decision.errors:
             metrics.decision_errors.inc()

@@ -186,6 +186,7 @@ class DecisionRecorder:
             for pending in batch:
                 if pending.waiter is not None:
                     pending.waiter(None)
+            self._maybe_checkpoint()  # a long backlog still gets checkpoints on time
         self._update_gauges()
 
     def _entry(self, pending: _Pending) -> LedgerEntry:
