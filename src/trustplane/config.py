@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     watch: bool = Field(True, description="Reload the bundle when its files change.")
     expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")
     log_level: str = Field("info", description="Python logging level.")
+    switch_interval_us: int = Field(
+        200,
+        ge=0,
+        le=100_000,
+        description="Interpreter thread switch interval while serving (0: leave Python's "
+        "5 ms). Cedar evaluation releases the GIL; with the ledger writer thread beside it, "
+        "every evaluation would otherwise wait up to a full interval to get it back.",
+    )
     admin_token: str | None = Field(
         None, description="Admin token for CLI calls to a server; default: state_dir/admin.token."
     )

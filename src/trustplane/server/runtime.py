@@ -10,6 +10,7 @@ import hmac
 import logging
 import os
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,8 @@ class Runtime:
         self._token_hashes: set[str] = set()
 
     def start(self) -> None:
+        if self.settings.switch_interval_us:
+            sys.setswitchinterval(self.settings.switch_interval_us / 1_000_000)
         self.bundles.start()
         self.recorder.start()
 
