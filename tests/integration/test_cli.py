@@ -582,3 +582,11 @@ def found(result: Result) -> list[str]:
 def recorded(server: Server, decision_id: str) -> bool:
     response = server.client.get(f"/v1/decisions/{decision_id}", headers=server.admin)
     return response.status_code == 200
+
+
+def test_version_matches_the_package() -> None:
+    import trustplane
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"trustplane {trustplane.__version__}"

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
+from trustplane import __version__
 from trustplane.config import ConfigError, Durability, Settings, load_settings
 from trustplane.decision.bundle import SIGNATURE_FILE, BundleError, BundleSource, parse_rfc3339
 from trustplane.decision.loader import LoadOptions, load_bundle
@@ -82,6 +83,12 @@ class Context:
         return load_settings(self.config, {**self.overrides, **extra})
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"trustplane {__version__}\n")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -95,6 +102,12 @@ def root(
     ] = None,
     state_dir: Annotated[Path | None, typer.Option(help="State directory (keys, SQLite).")] = None,
     database_url: Annotated[str | None, typer.Option(help="SQLAlchemy database URL.")] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
 ) -> None:
     ctx.obj = Context(config, {"state_dir": state_dir, "database_url": database_url})
 
