@@ -71,12 +71,12 @@ class Settings(BaseSettings):
     expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")
     log_level: str = Field("info", description="Python logging level.")
     switch_interval_us: int = Field(
-        200,
+        0,
         ge=0,
         le=100_000,
         description="Interpreter thread switch interval while serving (0: leave Python's "
-        "5 ms). Cedar evaluation releases the GIL; with the ledger writer thread beside it, "
-        "every evaluation would otherwise wait up to a full interval to get it back.",
+        "5 ms). Cedar evaluation releases the GIL; while the ledger writer is busy, each "
+        "evaluation can wait up to a full interval to get it back (docs/benchmarks.md).",
     )
     admin_token: str | None = Field(
         None, description="Admin token for CLI calls to a server; default: state_dir/admin.token."
