@@ -27,5 +27,7 @@ if [[ ! -f "$stamp" ]]; then
   rm -f .venv/.installed-*
   touch "$stamp"
   # A test install satisfies a plain one too.
-  [[ -n "$extras" ]] && touch "${stamp%-test}"
+  if [[ -n "$extras" ]]; then
+    touch "${stamp%-test}"
+  fi
 fi
