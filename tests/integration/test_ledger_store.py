@@ -242,3 +242,46 @@ def test_recorder_retries_when_the_store_fails(
     assert ledger.size == 20, "records are kept and retried, never dropped"
     assert metrics.ledger_write_failures._value.get() == 3
     assert verify_ledger(engine, signer.verifier()).ok
+
+
+def test_flushing_from_the_event_loop_retries_and_drains(
+    engine: Engine, signer: NoteSigner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch durability in the server flushes from the event loop, not a writer thread."""
+    import asyncio
+
+    ledger = Ledger(engine, signer, ORIGIN)
+    metrics = Metrics()
+    recorder = DecisionRecorder(
+        ledger, Masker([]), metrics, flush_interval=0.01, checkpoint_interval=0.01
+    )
+    real_append = ledger.append
+    failures = {"left": 2}
+
+    def flaky(batch):  # type: ignore[no-untyped-def]
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("store unavailable")
+        return real_append(batch)
+
+    monkeypatch.setattr(ledger, "append", flaky)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(recorder.run_on_loop())
+        for n in range(30):
+            await recorder.record(request(n), decision())
+        deadline = asyncio.get_running_loop().time() + 10
+        while ledger.size < 30 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for n in range(30, 35):  # queued after the last flush: stop() must drain them
+            recorder.submit(request(n), decision())
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert ledger.size == 30
+    recorder.stop()
+    assert ledger.size == 35
+    assert metrics.ledger_write_failures._value.get() == 2
+    assert ledger.latest_checkpoint() is not None
+    assert ledger.latest_checkpoint().size == 35  # type: ignore[union-attr]
+    assert verify_ledger(engine, signer.verifier()).ok

@@ -148,6 +148,24 @@ class DecisionRecorder:
 
     # -- the writer ---------------------------------------------------------------------------
 
+    async def run_on_loop(self) -> None:
+        """Batch durability inside an async server: flush from the event loop every interval
+        instead of from a writer thread. Cedar releases the GIL during evaluation, and a
+        runnable writer thread takes it each time, so the request waits; flushing here costs
+        one short pause per interval instead. Cancel the task, then `stop()`, to drain."""
+        delay = self.flush_interval
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                self._flush()
+                delay = self.flush_interval
+            except Exception:
+                self.metrics.ledger_write_failures.inc()
+                log.exception("ledger commit failed; %d records kept for retry", self.pending)
+                delay = min(max(delay, 0.05) * 2, 2.0)
+                continue
+            self._maybe_checkpoint()
+
     def _run(self) -> None:
         backoff = 0.05
         while True:
