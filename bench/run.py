@@ -387,7 +387,7 @@ def report(results: dict[str, Any]) -> str:
         else:
             steps.append(
                 (
-                    "+ recording (ledger writer thread) = as served",
+                    "+ recording (ledger flush) = as served",
                     "trustplane",
                     cpu_c4(servers["trustplane"]),
                 )
