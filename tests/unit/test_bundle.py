@@ -224,12 +224,14 @@ def test_missing_schema_is_refused() -> None:
     files = minimal()
     del files["schema.cedarschema"]
     problems = refusal(files)
-    find(problems, file="schema.cedarschema", pattern=r"missing")
+    problem = find(problems, file="schema.cedarschema", pattern=r"missing")
+    assert "needs a Cedar schema" in problem.message
 
 
 def test_invalid_schema_is_refused() -> None:
     problems = refusal(minimal(**{"schema.cedarschema": "entity User {"}))
-    find(problems, file="schema.cedarschema", pattern=r"invalid schema")
+    problem = find(problems, file="schema.cedarschema", pattern=r"invalid schema")
+    assert problem.message.startswith("invalid schema: ")
 
 
 def test_entities_invalid_json_names_the_line() -> None:
@@ -251,7 +253,8 @@ def test_entity_not_matching_schema_is_named() -> None:
 
 def test_settings_with_unknown_key_are_refused() -> None:
     problems = refusal(minimal(**{"trustplane.yaml": "name: docs\nnmae: typo\n"}))
-    find(problems, file="trustplane.yaml", pattern=r"unknown setting 'nmae'")
+    problem = find(problems, file="trustplane.yaml", pattern=r"unknown setting 'nmae'")
+    assert "known: description, name" in problem.message
 
 
 def test_malformed_test_yaml_names_the_line() -> None:
@@ -324,7 +327,7 @@ def test_every_problem_is_reported_at_once() -> None:
     assert find(problems, file="policies.cedar", pattern="@onwer").policy_id == "typo"
     assert find(problems, file="policies.cedar", pattern="schema validation").policy_id == "strict"
     assert 'User::"eve"' in find(problems, file="entities.json", pattern="schema").message
-    find(problems, file="trustplane.yaml", pattern="colour")
+    assert "unknown setting" in find(problems, file="trustplane.yaml", pattern="colour").message
     assert find(problems, file="tests/t.yaml", pattern="'expect'").line == 2
     assert len(problems) == 8
 
