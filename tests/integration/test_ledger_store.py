@@ -3,6 +3,8 @@ detection, concurrent appenders and the recorder's retry."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import time
 from collections.abc import Iterator
 
@@ -71,8 +73,6 @@ def test_append_checkpoint_and_proofs(engine: Engine, signer: NoteSigner) -> Non
 
     proof = ledger.inclusion_proof(batch[11].decision_id)
     assert proof["leaf_index"] == 11
-    import base64
-
     path = [base64.b64decode(h) for h in proof["inclusion_path"]]
     assert verify_inclusion(batch[11].leaf_hash, 11, 37, path, first.root_hash)
     assert batch[11].leaf_hash == leaf_hash(batch[11].record)
@@ -219,22 +219,27 @@ def test_recorder_commits_masks_and_drains_on_stop(
     assert ledger.latest_checkpoint().size == 50  # type: ignore[union-attr]
 
 
+def fail_appends(ledger: Ledger, monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+    """The store refuses the next `times` commits, then recovers."""
+    real_append = ledger.append
+    left = [times]
+
+    def flaky(batch):  # type: ignore[no-untyped-def]
+        if left[0]:
+            left[0] -= 1
+            raise OSError("store unavailable")
+        return real_append(batch)
+
+    monkeypatch.setattr(ledger, "append", flaky)
+
+
 def test_recorder_retries_when_the_store_fails(
     engine: Engine, signer: NoteSigner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger = Ledger(engine, signer, ORIGIN)
     metrics = Metrics()
     recorder = DecisionRecorder(ledger, Masker([]), metrics, flush_interval=0.02)
-    real_append = ledger.append
-    failures = {"left": 3}
-
-    def flaky(batch):  # type: ignore[no-untyped-def]
-        if failures["left"]:
-            failures["left"] -= 1
-            raise OSError("store unavailable")
-        return real_append(batch)
-
-    monkeypatch.setattr(ledger, "append", flaky)
+    fail_appends(ledger, monkeypatch, times=3)
     recorder.start()
     for n in range(20):
         recorder.submit(request(n), decision())
@@ -248,23 +253,12 @@ def test_flushing_from_the_event_loop_retries_and_drains(
     engine: Engine, signer: NoteSigner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Batch durability in the server flushes from the event loop, not a writer thread."""
-    import asyncio
-
     ledger = Ledger(engine, signer, ORIGIN)
     metrics = Metrics()
     recorder = DecisionRecorder(
         ledger, Masker([]), metrics, flush_interval=0.01, checkpoint_interval=0.01
     )
-    real_append = ledger.append
-    failures = {"left": 2}
-
-    def flaky(batch):  # type: ignore[no-untyped-def]
-        if failures["left"]:
-            failures["left"] -= 1
-            raise OSError("store unavailable")
-        return real_append(batch)
-
-    monkeypatch.setattr(ledger, "append", flaky)
+    fail_appends(ledger, monkeypatch, times=2)
 
     async def scenario() -> None:
         task = asyncio.create_task(recorder.run_on_loop())

@@ -7,9 +7,11 @@ Exit codes: 0 success (or allow), 1 a negative answer (deny, failed test, failed
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +39,7 @@ from trustplane.decision.signing import (
 )
 from trustplane.model import AccessRequest
 from trustplane.server.runtime import NotInitialisedError, initialise, load_verifier
-from trustplane.store.database import StoreError, create_store_engine, is_migrated
+from trustplane.store.database import StoreError, create_store_engine, is_migrated, sqlite_path
 from trustplane.store.tables import decisions as decisions_table
 from trustplane.telemetry.checkpoint import CheckpointError, open_checkpoint
 from trustplane.telemetry.ledger import (
@@ -596,13 +598,14 @@ def _http(
 
 def _store_engine(settings: Settings) -> Any:
     url = settings.effective_database_url
-    if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).is_file():
-        raise CliError(f"no trustplane store at {url}: run `trustplane init`")
+    missing = CliError(f"no trustplane store at {url}: run `trustplane init`")
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise missing  # checked first: opening SQLite would create an empty file
     engine = create_store_engine(url)
     if not is_migrated(engine):
-        raise CliError(
-            f"no trustplane store at {settings.effective_database_url}: run `trustplane init`"
-        )
+        engine.dispose()
+        raise missing
     return engine
 
 
@@ -671,28 +674,17 @@ def audit_proof(
     """RFC 9162 inclusion proof of a decision in a signed checkpoint, verified here."""
     settings = _ctx(ctx).settings()
     verifier = load_verifier(settings, key)
-    engine = _store_engine(settings)
-    try:
-        proof = Ledger(engine, None, settings.ledger_origin).inclusion_proof(decision_id, tree_size)
-    except LedgerError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        engine.dispose()
-    verified = _verify_inclusion_doc(proof, verifier)
-    if as_json:
-        _emit_json({**proof, "verified": verified})
-    else:
-        out.print(
-            f"decision {decision_id} is leaf {proof['leaf_index']} of a tree of size "
-            f"{proof['tree_size']}; audit path of {len(proof['inclusion_path'])} hashes"
-        )
-        out.print(
-            "[green]✓ inclusion verified against the signed checkpoint[/]"
-            if verified
-            else "[red]✗ inclusion proof does not verify[/]"
-        )
-    if not verified:
-        raise typer.Exit(1)
+    with _read_only_ledger(settings) as ledger:
+        proof = ledger.inclusion_proof(decision_id, tree_size)
+    _report_proof(
+        proof,
+        _verify_inclusion_doc(proof, verifier),
+        as_json,
+        f"decision {decision_id} is leaf {proof['leaf_index']} of a tree of size "
+        f"{proof['tree_size']}; audit path of {len(proof['inclusion_path'])} hashes",
+        "inclusion verified against the signed checkpoint",
+        "inclusion proof does not verify",
+    )
 
 
 @audit_app.command("consistency")
@@ -708,9 +700,7 @@ def audit_consistency(
     """RFC 9162 consistency proof between two checkpoints, verified here."""
     settings = _ctx(ctx).settings()
     verifier = load_verifier(settings, key)
-    engine = _store_engine(settings)
-    try:
-        ledger = Ledger(engine, None, settings.ledger_origin)
+    with _read_only_ledger(settings) as ledger:
         proof = ledger.consistency_proof(first, second)
         if first and proof["first_checkpoint"] is None:
             sizes = sorted(c.size for c in ledger.list_checkpoints(limit=10))
@@ -718,23 +708,37 @@ def audit_consistency(
                 f"no signed checkpoint at size {first}; recent checkpoint sizes: "
                 f"{', '.join(map(str, sizes)) or 'none'}"
             )
+    _report_proof(
+        proof,
+        _verify_consistency_doc(proof, verifier),
+        as_json,
+        f"tree {proof['first']} → {proof['second']}: consistency path of "
+        f"{len(proof['consistency_path'])} hashes",
+        "the newer checkpoint extends the older one",
+        "consistency proof does not verify",
+    )
+
+
+@contextlib.contextmanager
+def _read_only_ledger(settings: Settings) -> Iterator[Ledger]:
+    """The store's ledger without its signing key: proofs and queries only."""
+    engine = _store_engine(settings)
+    try:
+        yield Ledger(engine, None, settings.ledger_origin)
     except LedgerError as exc:
         raise CliError(str(exc)) from None
     finally:
         engine.dispose()
-    verified = _verify_consistency_doc(proof, verifier)
+
+
+def _report_proof(
+    proof: dict[str, Any], verified: bool, as_json: bool, summary: str, good: str, bad: str
+) -> None:
     if as_json:
         _emit_json({**proof, "verified": verified})
     else:
-        out.print(
-            f"tree {proof['first']} → {proof['second']}: consistency path of "
-            f"{len(proof['consistency_path'])} hashes"
-        )
-        out.print(
-            "[green]✓ the newer checkpoint extends the older one[/]"
-            if verified
-            else "[red]✗ consistency proof does not verify[/]"
-        )
+        out.print(summary)
+        out.print(f"[green]✓ {good}[/]" if verified else f"[red]✗ {bad}[/]")
     if not verified:
         raise typer.Exit(1)
 

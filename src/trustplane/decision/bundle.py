@@ -434,18 +434,29 @@ def _read_entities(
     return entities
 
 
-def _locate_entity_error(entities: list[dict[str, Any]], schema: Any, exc: ValueError) -> str:
-    """Cedar's entity errors are terse; load entities one by one to name the offending one."""
+def first_nonconforming(
+    entities: list[dict[str, Any]], schema: Any
+) -> tuple[int, ValueError] | None:
+    """Cedar's errors for a set of entities are terse; loading them one by one names the
+    first that does not match the schema (index and Cedar's error)."""
     for index, entity in enumerate(entities):
         try:
             cedarpy.Entities.from_json_str(json.dumps([entity]), schema=schema)
-        except ValueError as single:
-            uid = entity["uid"]
-            return (
-                f'entity #{index} ({uid.get("type")}::"{uid.get("id")}") does not match the '
-                f"schema: {single}"
-            )
-    return f"entities do not match the schema: {exc}"
+        except ValueError as exc:
+            return index, exc
+    return None
+
+
+def _locate_entity_error(entities: list[dict[str, Any]], schema: Any, exc: ValueError) -> str:
+    found = first_nonconforming(entities, schema)
+    if found is None:
+        return f"entities do not match the schema: {exc}"
+    index, single = found
+    uid = entities[index]["uid"]
+    return (
+        f'entity #{index} ({uid.get("type")}::"{uid.get("id")}") does not match the '
+        f"schema: {single}"
+    )
 
 
 def _yaml_error_line(exc: yaml.YAMLError) -> int | None:

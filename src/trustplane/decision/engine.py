@@ -25,12 +25,10 @@ from typing import Any
 import cedarpy
 import orjson
 
-from trustplane.decision.bundle import Bundle, PolicyInfo
+from trustplane.decision.bundle import Bundle, PolicyInfo, first_nonconforming
 from trustplane.model import AccessRequest, Decision, Effect, PolicyReason, new_decision_id
 
 _ERROR_POLICY_RE = re.compile(r"policy `([^`]+)`")
-_FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
-_FAR_PAST = datetime.min.replace(tzinfo=UTC)
 _BASE_CACHE_SIZE = 256
 
 
@@ -38,14 +36,9 @@ _BASE_CACHE_SIZE = 256
 class _Generation:
     """The policy sets that apply between two consecutive @expires boundaries."""
 
-    valid_from: datetime
-    valid_until: datetime
     enforced: Any  # cedarpy.PolicySet
     full: Any | None  # None when no observe-mode policy applies: shadow == enforced
     enforced_ids: frozenset[str]
-
-    def covers(self, now: datetime) -> bool:
-        return self.valid_from <= now < self.valid_until
 
 
 @dataclass(frozen=True)
@@ -65,7 +58,10 @@ class Evaluator:
         self._schema = bundle.schema
         self._infos = {p.policy_id: p for p in bundle.policies}
         self._reasons = {p.policy_id: _reason(p) for p in bundle.policies}
-        self._boundaries = sorted({p.expires for p in bundle.policies if p.expires is not None})
+        # @expires instants as UNIX timestamps: the decision path compares floats, not datetimes.
+        self._boundaries = sorted(
+            {p.expires.timestamp() for p in bundle.policies if p.expires is not None}
+        )
         self._static = {(e["uid"]["type"], e["uid"]["id"]): e for e in bundle.entities}
         self._entities = cedarpy.Entities.from_json_str(
             json.dumps(bundle.entities), schema=self._schema
@@ -73,7 +69,7 @@ class Evaluator:
         self._bases: OrderedDict[frozenset[tuple[str, str]], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._generations: dict[int, _Generation] = {}
-        self._generation_at(datetime.fromtimestamp(clock(), UTC))
+        self._generation_at(clock())
 
     # -- public -------------------------------------------------------------------------------
 
@@ -81,7 +77,7 @@ class Evaluator:
         started = time.perf_counter_ns()
         now_ts = self._clock() if at is None else at.timestamp()
         try:
-            enforced, shadow = self._evaluate(request, at or datetime.fromtimestamp(now_ts, UTC))
+            enforced, shadow = self._evaluate(request, now_ts)
         except Exception as exc:  # fail closed on anything unexpected, with the reason
             failure = _Outcome(Effect.DENY, (), (f"internal error: {type(exc).__name__}: {exc}",))
             enforced = shadow = failure
@@ -103,7 +99,7 @@ class Evaluator:
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def _evaluate(self, request: AccessRequest, now: datetime) -> tuple[_Outcome, _Outcome]:
+    def _evaluate(self, request: AccessRequest, now: float) -> tuple[_Outcome, _Outcome]:
         generation = self._generation_at(now)
         try:
             entities = self._entities_for(request)
@@ -167,7 +163,7 @@ class Evaluator:
 
     # -- policy generations (expiry) ----------------------------------------------------------
 
-    def _generation_at(self, now: datetime) -> _Generation:
+    def _generation_at(self, now: float) -> _Generation:
         """The compiled policy sets for `now`. Generations are cached per interval between
         expiry boundaries, so evaluating at another time (tests, `--at`) never evicts the
         current one."""
@@ -178,14 +174,12 @@ class Evaluator:
             self._generations[index] = generation
         return generation
 
-    def _compile(self, now: datetime) -> _Generation:
-        live = [p for p in self.bundle.policies if p.applies_at(now)]
+    def _compile(self, now: float) -> _Generation:
+        instant = datetime.fromtimestamp(now, UTC)
+        live = [p for p in self.bundle.policies if p.applies_at(instant)]
         enforced = [p for p in live if p.mode == "enforce"]
         observe = [p for p in live if p.mode == "observe"]
-        index = bisect.bisect_right(self._boundaries, now)
         return _Generation(
-            valid_from=self._boundaries[index - 1] if index else _FAR_PAST,
-            valid_until=self._boundaries[index] if index < len(self._boundaries) else _FAR_FUTURE,
             enforced=_policy_set(enforced),
             full=_policy_set(live) if observe else None,
             enforced_ids=frozenset(p.policy_id for p in enforced),
@@ -197,6 +191,7 @@ class Evaluator:
         """Static entities plus the request's principal and resource, with request properties
         merged over static attributes (static parents, such as group membership, are kept)."""
         delta: dict[tuple[str, str], dict[str, Any]] = {}
+        roles: dict[tuple[str, str], str] = {}
         replaced: set[tuple[str, str]] = set()
         for role, ref in (("principal", request.principal), ("resource", request.resource)):
             key = (ref.type, ref.id)
@@ -209,32 +204,25 @@ class Evaluator:
                 "parents": list(static.get("parents", [])) if static else [],
             }
             entity["attrs"].update(ref.properties or {})
-            entity.setdefault("_role", role)
             delta[key] = entity
+            roles.setdefault(key, role)
             if static is not None:
                 replaced.add(key)
         base = self._entities if not replaced else self._base_without(frozenset(replaced))
         if not delta:
             return base
-        roles = {key: entity.pop("_role") for key, entity in delta.items()}
+        added = list(delta.values())
         try:
-            return base.with_added_json_str(
-                orjson.dumps(list(delta.values())).decode(), schema=self._schema
-            )
+            return base.with_added_json_str(orjson.dumps(added).decode(), schema=self._schema)
         except ValueError:
-            raise ValueError(self._describe_entity_error(delta, roles)) from None
-
-    def _describe_entity_error(
-        self, delta: dict[tuple[str, str], dict[str, Any]], roles: dict[tuple[str, str], str]
-    ) -> str:
-        for key, entity in delta.items():
-            try:
-                cedarpy.Entities.from_json_str(json.dumps([entity]), schema=self._schema)
-            except ValueError as exc:
-                return (
-                    f'{roles[key]} {key[0]}::"{key[1]}": properties do not match the schema ({exc})'
-                )
-        return "request entities do not match the schema"
+            found = first_nonconforming(added, self._schema)
+            if found is None:
+                raise ValueError("request entities do not match the schema") from None
+            index, exc = found
+            key = list(delta)[index]
+            raise ValueError(
+                f'{roles[key]} {key[0]}::"{key[1]}": properties do not match the schema ({exc})'
+            ) from None
 
     def _base_without(self, uids: frozenset[tuple[str, str]]) -> Any:
         with self._lock:

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -35,7 +36,6 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     pdp = PolicyDecisionPoint(runtime)
     authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
     admin = AdminApi(runtime)
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})

@@ -204,13 +204,13 @@ class NoteVerifier:
 class NoteSigner:
     """An Ed25519 note-signing key with its signed-note name and key ID."""
 
-    __slots__ = ("_key", "_key_id", "_name", "_public")
+    __slots__ = ("_key", "_verifier")
 
     def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
-        self._name = _check_key_name(name)
         self._key = private_key
-        self._public = _raw_public(private_key.public_key())
-        self._key_id = _key_id(name, self._public)
+        # The verifier holds the name and key ID; the signer shares them rather than derive
+        # them a second time.
+        self._verifier = NoteVerifier(name, private_key.public_key())
 
     @classmethod
     def generate(cls, name: str) -> NoteSigner:
@@ -238,7 +238,7 @@ class NoteSigner:
         """The secret ``PRIVATE+KEY+...`` string (interchangeable with the Go note package)."""
         seed = self._key.private_bytes_raw()
         key64 = _b64encode(bytes([_ALG_ED25519]) + seed)
-        return f"PRIVATE+KEY+{self._name}+{self._key_id.hex()}+{key64}"
+        return f"PRIVATE+KEY+{self.name}+{self.key_id.hex()}+{key64}"
 
     def verifier_key(self) -> str:
         """The public ``<name>+<hex key ID>+<base64 key>`` string matching this signer."""
@@ -246,23 +246,23 @@ class NoteSigner:
 
     def verifier(self) -> NoteVerifier:
         """The matching :class:`NoteVerifier`."""
-        return NoteVerifier(self._name, self._key.public_key())
+        return self._verifier
 
     @property
     def name(self) -> str:
-        return self._name
+        return self._verifier.name
 
     @property
     def key_id(self) -> bytes:
         """The 4-byte key ID that prefixes this key's signatures."""
-        return self._key_id
+        return self._verifier.key_id
 
     def sign(self, message: bytes) -> bytes:
         """The raw 64-byte Ed25519 signature on ``message``."""
         return self._key.sign(message)
 
     def __repr__(self) -> str:  # never print the secret key
-        return f"NoteSigner(name={self._name!r}, key_id={self._key_id.hex()!r})"
+        return f"NoteSigner(name={self.name!r}, key_id={self.key_id.hex()!r})"
 
 
 # -- signed notes --------------------------------------------------------------------------------

@@ -91,6 +91,10 @@ class LedgerEntry:
         )
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 def canonical_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
@@ -153,7 +157,7 @@ class StoredCheckpoint:
     def as_dict(self) -> dict[str, Any]:
         return {
             "tree_size": self.size,
-            "root_hash": base64.b64encode(self.root_hash).decode(),
+            "root_hash": _b64(self.root_hash),
             "checkpoint": self.note,
             "created_at": rfc3339(self.created_at),
         }
@@ -312,9 +316,9 @@ class Ledger:
             "decision_id": decision_id,
             "leaf_index": seq,
             "tree_size": size,
-            "leaf_hash": base64.b64encode(stored_hash).decode(),
-            "root_hash": base64.b64encode(self._tree.root(size)).decode(),
-            "inclusion_path": [base64.b64encode(h).decode() for h in proof],
+            "leaf_hash": _b64(stored_hash),
+            "root_hash": _b64(self._tree.root(size)),
+            "inclusion_path": [_b64(h) for h in proof],
             "checkpoint": self._note_for(size),
         }
 
@@ -329,9 +333,9 @@ class Ledger:
         return {
             "first": first,
             "second": second,
-            "first_root": base64.b64encode(self._tree.root(first)).decode(),
-            "second_root": base64.b64encode(self._tree.root(second)).decode(),
-            "consistency_path": [base64.b64encode(h).decode() for h in proof],
+            "first_root": _b64(self._tree.root(first)),
+            "second_root": _b64(self._tree.root(second)),
+            "consistency_path": [_b64(h) for h in proof],
             "first_checkpoint": self._note_for(first),
             "second_checkpoint": self._note_for(second),
         }

@@ -24,7 +24,9 @@ from trustplane.telemetry.metrics import Metrics
 
 log = logging.getLogger("trustplane.ledger")
 
-Waiter = Callable[[BaseException | None], None]
+# Called on the writer's side once the record is committed (failed commits are retried, so a
+# waiter only ever hears of success; a caller that cannot wait any longer times out).
+Waiter = Callable[[], None]
 _MAX_BATCH = 5000
 
 
@@ -34,11 +36,11 @@ class RecordingError(Exception):
 
 @dataclass(slots=True)
 class _Pending:
-    request: AccessRequest | None
-    decision: Decision | None
-    entry: LedgerEntry | None
+    request: AccessRequest
+    decision: Decision
     enqueued: float
     waiter: Waiter | None
+    entry: LedgerEntry | None = None  # built once, kept if the commit has to be retried
 
 
 class DecisionRecorder:
@@ -93,10 +95,7 @@ class DecisionRecorder:
     def submit(
         self, request: AccessRequest, decision: Decision, waiter: Waiter | None = None
     ) -> None:
-        self._enqueue(_Pending(request, decision, None, time.monotonic(), waiter))
-
-    def submit_entry(self, entry: LedgerEntry, waiter: Waiter | None = None) -> None:
-        self._enqueue(_Pending(None, None, entry, time.monotonic(), waiter))
+        self._enqueue(_Pending(request, decision, time.monotonic(), waiter))
 
     async def record(
         self, request: AccessRequest, decision: Decision, timeout: float = 10.0
@@ -108,8 +107,8 @@ class DecisionRecorder:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
-        def done(error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, future, error)
+        def done() -> None:
+            loop.call_soon_threadsafe(_settle, future)
 
         self.submit(request, decision, done)
         try:
@@ -125,18 +124,9 @@ class DecisionRecorder:
             self.submit(request, decision)
             return
         committed = threading.Event()
-        failure: list[BaseException] = []
-
-        def done(error: BaseException | None) -> None:
-            if error is not None:
-                failure.append(error)
-            committed.set()
-
-        self.submit(request, decision, done)
+        self.submit(request, decision, committed.set)
         if not committed.wait(timeout):
             raise RecordingError(f"decision not committed within {timeout:.0f}s")
-        if failure:
-            raise RecordingError(str(failure[0]))
 
     def _enqueue(self, pending: _Pending) -> None:
         with self._cond:
@@ -203,13 +193,12 @@ class DecisionRecorder:
             self.metrics.ledger_size.set(size)
             for pending in batch:
                 if pending.waiter is not None:
-                    pending.waiter(None)
+                    pending.waiter()
             self._maybe_checkpoint()  # a long backlog still gets checkpoints on time
         self._update_gauges()
 
     def _entry(self, pending: _Pending) -> LedgerEntry:
         if pending.entry is None:
-            assert pending.request is not None and pending.decision is not None
             pending.entry = decision_entry(pending.request, pending.decision, self.masker)
         return pending.entry
 
@@ -230,10 +219,6 @@ class DecisionRecorder:
             log.exception("signing a ledger checkpoint failed; will retry")
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
         future.set_result(None)
-    else:
-        future.set_exception(error)
