@@ -16,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trustplane.config import Durability
 from trustplane.decision.bundle import BundleError
 from trustplane.decision.manager import ActivationError
 from trustplane.server.admin import AdminApi
@@ -110,11 +109,8 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         if not manage_runtime:
             yield
             return
-        on_loop = runtime.settings.durability is Durability.BATCH
-        await run_in_threadpool(runtime.start, not on_loop)
+        await run_in_threadpool(runtime.start)
         tasks = [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.watch else []
-        if on_loop:
-            tasks.append(asyncio.create_task(runtime.recorder.run_on_loop()))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(

@@ -146,14 +146,12 @@ class Runtime:
         )
         self._token_hashes: set[str] = set()
 
-    def start(self, writer_thread: bool = True) -> None:
-        """Activate the bundle and start recording. Without `writer_thread` the caller runs
-        `recorder.run_on_loop()` (batch durability in an async server)."""
+    def start(self) -> None:
+        """Activate the bundle and start the ledger writer."""
         if self.settings.switch_interval_us:
             sys.setswitchinterval(self.settings.switch_interval_us / 1_000_000)
         self.bundles.start()
-        if writer_thread:
-            self.recorder.start()
+        self.recorder.start()
 
     def close(self) -> None:
         self.recorder.stop()

@@ -4,6 +4,10 @@
 flush interval. `sync`: the caller waits for the group commit that contains its record (all
 records queued while the previous commit ran go in the next one). A failed commit keeps the
 records queued and retries; a graceful stop drains the queue before returning.
+
+The caller builds its record (masking, canonical JSON, leaf hash) when it submits: that work is
+spread evenly over requests, and the writer thread holds the GIL only briefly between SQLite
+calls, so a server's event loop never stalls for a whole batch (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -36,11 +40,9 @@ class RecordingError(Exception):
 
 @dataclass(slots=True)
 class _Pending:
-    request: AccessRequest
-    decision: Decision
+    entry: LedgerEntry
     enqueued: float
     waiter: Waiter | None
-    entry: LedgerEntry | None = None  # built once, kept if the commit has to be retried
 
 
 class DecisionRecorder:
@@ -95,7 +97,8 @@ class DecisionRecorder:
     def submit(
         self, request: AccessRequest, decision: Decision, waiter: Waiter | None = None
     ) -> None:
-        self._enqueue(_Pending(request, decision, time.monotonic(), waiter))
+        entry = decision_entry(request, decision, self.masker)
+        self._enqueue(_Pending(entry, time.monotonic(), waiter))
 
     async def record(
         self, request: AccessRequest, decision: Decision, timeout: float = 10.0
@@ -138,24 +141,6 @@ class DecisionRecorder:
 
     # -- the writer ---------------------------------------------------------------------------
 
-    async def run_on_loop(self) -> None:
-        """Batch durability inside an async server: flush from the event loop every interval
-        instead of from a writer thread. Cedar releases the GIL during evaluation, and a
-        runnable writer thread takes it each time, so the request waits; flushing here costs
-        one short pause per interval instead. Cancel the task, then `stop()`, to drain."""
-        delay = self.flush_interval
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                self._flush()
-                delay = self.flush_interval
-            except Exception:
-                self.metrics.ledger_write_failures.inc()
-                log.exception("ledger commit failed; %d records kept for retry", self.pending)
-                delay = min(max(delay, 0.05) * 2, 2.0)
-                continue
-            self._maybe_checkpoint()
-
     def _run(self) -> None:
         backoff = 0.05
         while True:
@@ -183,7 +168,7 @@ class DecisionRecorder:
             with self._cond:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), _MAX_BATCH))]
             try:
-                entries = [self._entry(p) for p in batch]
+                entries = [p.entry for p in batch]
                 size = self.ledger.append(entries)
             except Exception:
                 with self._cond:
@@ -196,11 +181,6 @@ class DecisionRecorder:
                     pending.waiter()
             self._maybe_checkpoint()  # a long backlog still gets checkpoints on time
         self._update_gauges()
-
-    def _entry(self, pending: _Pending) -> LedgerEntry:
-        if pending.entry is None:
-            pending.entry = decision_entry(pending.request, pending.decision, self.masker)
-        return pending.entry
 
     def _update_gauges(self) -> None:
         self.metrics.ledger_pending.set(len(self._queue))
