@@ -67,6 +67,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Ed25519 public keys (PEM); when set, only bundles signed by one load.",
     )
+    decision_cache_size: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="Answers kept per bundle revision for repeated identical requests "
+        "(0: evaluate every request). Cached answers get their own decision id and are recorded.",
+    )
     watch: bool = Field(True, description="Reload the bundle when its files change.")
     expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")
     log_level: str = Field("info", description="Python logging level.")

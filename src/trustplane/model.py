@@ -98,6 +98,7 @@ class Decision:
     revision: str | None
     eval_micros: int
     timestamp: float
+    cached: bool = False  # answered from the evaluator's cache (same request, same bundle)
 
     @property
     def allowed(self) -> bool:
@@ -120,6 +121,7 @@ class Decision:
             "errors": list(self.errors),
             "revision": self.revision,
             "eval_micros": self.eval_micros,
+            "cached": self.cached,
         }
 
 

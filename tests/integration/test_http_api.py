@@ -280,6 +280,11 @@ def test_inclusion_and_consistency_proofs_verify(server: Server) -> None:
     assert missing.status_code == 404
 
 
+def metric(text: str, name: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
 def test_metrics_count_decisions_and_shadow_mismatches(server: Server) -> None:
     evaluate(server, refund(90000))
     text = server.client.get("/metrics").text
@@ -288,6 +293,23 @@ def test_metrics_count_decisions_and_shadow_mismatches(server: Server) -> None:
     assert 'trustplane_bundle_loads_total{result="success"} 1.0' in text
     assert "trustplane_evaluation_seconds_bucket" in text
     assert "trustplane_ledger_size" in text
+
+
+def test_repeated_request_is_answered_from_the_cache_and_still_recorded(server: Server) -> None:
+    body = refund(12345)
+    before = metric(server.client.get("/metrics").text, "trustplane_decision_cache_hits_total")
+    first = evaluate(server, body).json()
+    again = evaluate(server, body).json()
+    assert again["context"]["cached"] is True
+    assert again["context"]["decision_id"] != first["context"]["decision_id"]
+    assert again["decision"] == first["decision"]
+    assert again["context"]["reasons"] == first["context"]["reasons"]
+    after = metric(server.client.get("/metrics").text, "trustplane_decision_cache_hits_total")
+    assert after >= before + 1
+    for decision_id in (first["context"]["decision_id"], again["context"]["decision_id"]):
+        url = f"/v1/decisions/{decision_id}"
+        # A cached answer is recorded like any other.
+        assert wait_for(lambda u=url: server.client.get(u, headers=server.admin).status_code == 200)
 
 
 def test_health_readiness_and_openapi(server: Server) -> None:

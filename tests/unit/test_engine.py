@@ -339,6 +339,78 @@ def test_internal_failure_fails_closed(
         )
 
 
+# -- the answer cache ---------------------------------------------------------------------------
+
+
+def cached_evaluator(size: int = 16, clock: Any = None) -> Evaluator:
+    source = make_evaluator().bundle.source
+    bundle = compile_bundle(source, now=EXPIRY - timedelta(days=1))
+    if clock is None:
+        return Evaluator(bundle, cache_size=size)
+    return Evaluator(bundle, clock=clock, cache_size=size)
+
+
+def test_a_repeated_request_is_answered_from_the_cache_with_a_new_decision_id() -> None:
+    evaluator = cached_evaluator()
+    first = ask(evaluator, "ann", "read", context={"flag": True})
+    again = ask(evaluator, "ann", "read", context={"flag": True})
+    assert not first.cached and again.cached
+    assert again.decision_id != first.decision_id
+    assert (again.effect, again.reasons, again.shadow_effect, again.shadow_changes) == (
+        first.effect,
+        first.reasons,
+        first.shadow_effect,
+        first.shadow_changes,
+    )
+    assert again.as_dict()["cached"] is True
+
+
+def test_the_cache_tells_apart_context_and_properties() -> None:
+    evaluator = cached_evaluator()
+    plain = ask(evaluator, "ann", "read")
+    flagged = ask(evaluator, "ann", "read", context={"flag": True})
+    assert plain.shadow_effect is Effect.ALLOW and not flagged.cached
+    assert flagged.shadow_effect is Effect.DENY
+    low = ask(evaluator, "cy", "read", user_props={"level": 1})
+    high = ask(evaluator, "cy", "read", user_props={"level": 9})
+    assert not low.allowed and high.allowed and not high.cached
+
+
+def test_a_cached_answer_never_outlives_a_policy_expiry() -> None:
+    now = [(EXPIRY - timedelta(minutes=1)).timestamp()]
+    evaluator = cached_evaluator(clock=lambda: now[0])
+    assert ask(evaluator, "bo", "audit").allowed
+    assert ask(evaluator, "bo", "audit").cached
+    now[0] = (EXPIRY + timedelta(seconds=1)).timestamp()
+    after = ask(evaluator, "bo", "audit")
+    assert not after.allowed and not after.cached
+
+
+def test_the_cache_is_bounded_and_can_be_off() -> None:
+    evaluator = cached_evaluator(size=2)
+    for doc in ("a", "b", "c"):
+        ask(evaluator, "ann", "read", doc)
+    assert not ask(evaluator, "ann", "read", "a").cached, "least recently used was evicted"
+    assert ask(evaluator, "ann", "read", "c").cached
+    off = cached_evaluator(size=0)
+    ask(off, "ann", "read")
+    assert not ask(off, "ann", "read").cached
+
+
+def test_internal_failures_are_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    evaluator = cached_evaluator()
+    real = cedarpy.is_authorized
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("engine exploded")
+
+    monkeypatch.setattr(cedarpy, "is_authorized", broken)
+    assert ask(evaluator, "ann", "read").errors
+    monkeypatch.setattr(cedarpy, "is_authorized", real)
+    healed = ask(evaluator, "ann", "read")
+    assert healed.allowed and not healed.cached
+
+
 # -- the example estate ------------------------------------------------------------------------
 
 

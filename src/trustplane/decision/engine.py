@@ -7,6 +7,10 @@ observe-mode forbids needs a second evaluation of the enforced set.
 
 Fail closed: a request Cedar cannot build, an error in any enforced policy or an internal failure
 is a deny with the reason in `errors`.
+
+Answers are cached per evaluator (so per bundle revision) and per expiry interval: a Cedar answer
+depends only on the request, the policy set and the entities, and Cedar has no clock of its own.
+A cached answer still gets a new decision id and is recorded like any other.
 """
 
 from __future__ import annotations
@@ -48,10 +52,24 @@ class _Outcome:
     errors: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """Everything in a Decision that follows from the request and the bundle alone."""
+
+    effect: Effect
+    reasons: tuple[PolicyReason, ...]
+    shadow_effect: Effect
+    shadow_reasons: tuple[PolicyReason, ...]
+    shadow_changes: tuple[PolicyReason, ...]
+    errors: tuple[str, ...]
+
+
 class Evaluator:
     """Answers AccessRequests against one bundle. Thread-safe; holds no per-request state."""
 
-    def __init__(self, bundle: Bundle, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, bundle: Bundle, clock: Callable[[], float] = time.time, cache_size: int = 0
+    ) -> None:
         self.bundle = bundle
         self.revision = bundle.revision
         self._clock = clock
@@ -70,28 +88,38 @@ class Evaluator:
         self._lock = threading.Lock()
         self._generations: dict[int, _Generation] = {}
         self._generation_at(clock())
+        self._cache_size = cache_size
+        self._cache: OrderedDict[bytes, _Answer] = OrderedDict()
 
     # -- public -------------------------------------------------------------------------------
 
     def evaluate(self, request: AccessRequest, at: datetime | None = None) -> Decision:
         started = time.perf_counter_ns()
         now_ts = self._clock() if at is None else at.timestamp()
-        try:
-            enforced, shadow = self._evaluate(request, now_ts)
-        except Exception as exc:  # fail closed on anything unexpected, with the reason
-            failure = _Outcome(Effect.DENY, (), (f"internal error: {type(exc).__name__}: {exc}",))
-            enforced = shadow = failure
+        key = self._cache_key(request, now_ts)
+        answer = self._cached(key)
+        cached = answer is not None
+        if answer is None:
+            try:
+                answer = self._answer(*self._evaluate(request, now_ts))
+                self._remember(key, answer)
+            except Exception as exc:  # fail closed on anything unexpected, with the reason
+                failure = _Outcome(
+                    Effect.DENY, (), (f"internal error: {type(exc).__name__}: {exc}",)
+                )
+                answer = self._answer(failure, failure)
         return Decision(
             decision_id=new_decision_id(),
-            effect=enforced.effect,
-            reasons=self._explain(enforced.reasons),
-            shadow_effect=shadow.effect,
-            shadow_reasons=self._explain(shadow.reasons),
-            shadow_changes=self._shadow_changes(enforced, shadow),
-            errors=tuple(dict.fromkeys(enforced.errors + shadow.errors)),
+            effect=answer.effect,
+            reasons=answer.reasons,
+            shadow_effect=answer.shadow_effect,
+            shadow_reasons=answer.shadow_reasons,
+            shadow_changes=answer.shadow_changes,
+            errors=answer.errors,
             revision=self.revision,
             eval_micros=(time.perf_counter_ns() - started) // 1000,
             timestamp=now_ts,
+            cached=cached,
         )
 
     def policy(self, policy_id: str) -> PolicyInfo | None:
@@ -141,6 +169,16 @@ class Evaluator:
             enforced = self._run(cedar_request, generation.enforced, entities)
         return enforced, shadow
 
+    def _answer(self, enforced: _Outcome, shadow: _Outcome) -> _Answer:
+        return _Answer(
+            effect=enforced.effect,
+            reasons=self._explain(enforced.reasons),
+            shadow_effect=shadow.effect,
+            shadow_reasons=self._explain(shadow.reasons),
+            shadow_changes=self._shadow_changes(enforced, shadow),
+            errors=tuple(dict.fromkeys(enforced.errors + shadow.errors)),
+        )
+
     def _run(self, cedar_request: dict[str, Any], policies: Any, entities: Any) -> _Outcome:
         result = cedarpy.is_authorized(cedar_request, policies, entities, self._schema)
         return _outcome(result)
@@ -160,6 +198,50 @@ class Evaluator:
             if (p := _errored_policy(e)) and self._infos.get(p) and self._infos[p].mode == "observe"
         ]
         return self._explain(dict.fromkeys(changed))
+
+    # -- answer cache -------------------------------------------------------------------------
+
+    def _cache_key(self, request: AccessRequest, now: float) -> bytes | None:
+        """The request in canonical JSON, prefixed by its expiry interval; None when caching is
+        off or the request holds values JSON cannot carry."""
+        if not self._cache_size:
+            return None
+        p, a, r = request.principal, request.action, request.resource
+        try:
+            body = orjson.dumps(
+                (
+                    p.type,
+                    p.id,
+                    p.properties,
+                    a.type,
+                    a.id,
+                    r.type,
+                    r.id,
+                    r.properties,
+                    request.context,
+                ),
+                option=orjson.OPT_SORT_KEYS,
+            )
+        except TypeError:
+            return None
+        return b"%d:%b" % (bisect.bisect_right(self._boundaries, now), body)
+
+    def _cached(self, key: bytes | None) -> _Answer | None:
+        if key is None:
+            return None
+        with self._lock:
+            answer = self._cache.get(key)
+            if answer is not None:
+                self._cache.move_to_end(key)
+            return answer
+
+    def _remember(self, key: bytes | None, answer: _Answer) -> None:
+        if key is None:
+            return
+        with self._lock:
+            self._cache[key] = answer
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
 
     # -- policy generations (expiry) ----------------------------------------------------------
 

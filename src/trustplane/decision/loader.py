@@ -20,6 +20,7 @@ class LoadOptions:
     trusted_keys: list[TrustedKey] = field(default_factory=list)
     expiry_warning_days: int = 7
     run_tests: bool = True
+    decision_cache_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def load_bundle(
     bundle = compile_bundle(
         source, now=now or datetime.now(UTC), expiry_warning_days=options.expiry_warning_days
     )
-    evaluator = Evaluator(bundle)
+    evaluator = Evaluator(bundle, cache_size=options.decision_cache_size)
     results = run_tests(evaluator, bundle.tests) if options.run_tests else []
     failed = failure_problems(results)
     if failed:

@@ -48,6 +48,8 @@ class PolicyDecisionPoint:
         self._enforced[decision.effect].inc()
         self._shadow[decision.shadow_effect].inc()
         metrics.evaluation_seconds.observe(decision.eval_micros / 1e6)
+        if decision.cached:
+            metrics.decision_cache_hits.inc()
         if decision.errors:
             metrics.decision_errors.inc()
         for reason in decision.shadow_changes:

@@ -140,6 +140,7 @@ class Runtime:
         options = LoadOptions(
             trusted_keys=[load_trusted_key(p) for p in settings.trusted_bundle_keys],
             expiry_warning_days=settings.expiry_warning_days,
+            decision_cache_size=settings.decision_cache_size,
         )
         self.bundles = BundleManager(
             BundleStore(self.engine), options, self.metrics, bundle_dir=settings.bundle_dir

@@ -42,6 +42,11 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.decision_cache_hits = Counter(
+            "trustplane_decision_cache_hits",
+            "Decisions answered from the evaluator's cache (same request, same bundle revision).",
+            registry=r,
+        )
         self.decision_errors = Counter(
             "trustplane_decision_errors",
             "Decisions denied because evaluation failed (fail closed).",
