@@ -4,6 +4,7 @@ detection, concurrent appenders and the recorder's retry."""
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from collections.abc import Iterator
 
@@ -105,16 +106,50 @@ def test_reopened_ledger_continues_the_same_tree(engine: Engine, signer: NoteSig
 
 
 def test_two_appenders_never_fork_the_tree(engine: Engine, signer: NoteSigner) -> None:
-    """Replicas sharing one store: the loser of a race catches up and retries."""
+    """Replicas sharing one store: an appender that is behind catches up before inserting."""
     a = Ledger(engine, signer, ORIGIN)
     b = Ledger(engine, signer, ORIGIN)
     a.append(entries(3))
-    b.append(entries(4, 10))  # b is behind: its first insert collides, then it catches up
+    b.append(entries(4, 10))  # b is behind: it loads a's leaves, then appends after them
     a.append(entries(2, 20))
     assert a.size == 9 and b.size == 7
     b.checkpoint()
     report = verify_ledger(engine, signer.verifier())
     assert report.ok and report.records == 9
+
+
+def test_concurrent_appenders_on_their_own_connections_share_one_tree(
+    database_url: str, engine: Engine, signer: NoteSigner
+) -> None:
+    """Serving workers each hold a Ledger over their own connections and append at once."""
+    errors: list[BaseException] = []
+    engines = [create_store_engine(database_url) for _ in range(3)]
+    ledgers = [Ledger(e, signer, ORIGIN) for e in engines]
+
+    def work(ledger: Ledger, base: int) -> None:
+        try:
+            for n in range(15):
+                ledger.append(entries(4, base + n * 4))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=work, args=(ledger, i * 1000)) for i, ledger in enumerate(ledgers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for other in engines:
+        other.dispose()
+    assert errors == []
+    with engine.connect() as connection:
+        seqs = [row[0] for row in connection.execute(select(decisions.c.seq).order_by("seq"))]
+    assert seqs == list(range(180)), "no gaps, no duplicates"
+    fresh = Ledger(engine, signer, ORIGIN)
+    assert fresh.checkpoint() is not None
+    report = verify_ledger(engine, signer.verifier())
+    assert report.ok and report.records == 180
 
 
 def test_verify_names_an_altered_record(engine: Engine, signer: NoteSigner) -> None:

@@ -39,6 +39,15 @@ bundle_activations = Table(
     Column("actor", String(200), nullable=False, default=""),
 )
 
+# One row; every ledger append updates it first, which takes the database's write lock (SQLite)
+# or the row lock (PostgreSQL) before the appender reads where the tree ends.
+ledger_lock = Table(
+    "ledger_lock",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("appends", BigInteger, nullable=False),
+)
+
 decisions = Table(
     "decisions",
     metadata,

@@ -1,9 +1,10 @@
 """The decision ledger: records as leaves of an append-only RFC 9162 Merkle tree in the store,
 with signed C2SP checkpoints and inclusion/consistency proofs.
 
-One process appends at a time in practice; if two ever do (replicas sharing PostgreSQL), the
-primary key on `seq` makes the loser's insert fail, it catches up from the store and retries, so
-the tree in the store is never forked.
+Several appenders may share one store (serving workers, replicas on PostgreSQL). Each append
+transaction first updates the single `ledger_lock` row, which serialises appenders in the
+database; holding it, the appender loads any leaves others committed since its last append, then
+inserts after them. The tree in the store is never forked, and no appender has to retry.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from trustplane.model import AccessRequest, Decision
-from trustplane.store.tables import checkpoints, decisions
+from trustplane.store.tables import checkpoints, decisions, ledger_lock
 from trustplane.telemetry.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -187,24 +188,24 @@ class Ledger:
     # -- appending ----------------------------------------------------------------------------
 
     def append(self, entries: Sequence[LedgerEntry]) -> int:
-        """Commit `entries` in one transaction; returns the new tree size."""
+        """Commit `entries` in one transaction after every leaf already stored; returns the new
+        tree size."""
         if not entries:
             return self.size
-        with self._append_lock:
-            for _attempt in range(5):
-                start = self._tree.size
-                try:
-                    with self._engine.begin() as connection:
-                        self._insert(connection, entries, start)
-                except IntegrityError:
-                    # Another appender took these sequence numbers: catch up, then retry.
-                    if not self._catch_up():
-                        raise
-                    continue
-                for entry in entries:
-                    self._tree.append(entry.leaf_hash)
-                return self._tree.size
-            raise LedgerError("could not append after 5 attempts: concurrent appenders")
+        with self._append_lock, self._engine.begin() as connection:
+            locked = connection.execute(
+                update(ledger_lock)
+                .where(ledger_lock.c.id == 1)
+                .values(appends=ledger_lock.c.appends + 1)
+            ).rowcount
+            if locked != 1:
+                raise LedgerError("the ledger_lock row is missing: run `trustplane init`")
+            self._catch_up(connection)  # leaves other appenders committed since our last append
+            self._insert(connection, entries, self._tree.size)
+            # Leaves join the in-memory tree only once the commit below has succeeded.
+        for entry in entries:
+            self._tree.append(entry.leaf_hash)
+        return self._tree.size
 
     def _insert(self, connection: Connection, entries: Sequence[LedgerEntry], start: int) -> None:
         """Multi-row INSERTs through the driver: one statement per chunk instead of one step
@@ -222,25 +223,26 @@ class Ledger:
                 params.extend(entry.values(start + offset + i))
             connection.exec_driver_sql(sql, tuple(params))
 
-    def _catch_up(self) -> bool:
-        """Load leaf hashes the store has beyond our tree; True if any were found."""
-        found = False
+    def _catch_up(self, connection: Connection | None = None) -> None:
+        """Load leaf hashes the store has beyond our tree."""
+        if connection is None:
+            with self._engine.connect() as own:
+                self._catch_up(own)
+            return
         while True:
             start = self._tree.size
-            with self._engine.connect() as connection:
-                rows = connection.execute(
-                    select(decisions.c.seq, decisions.c.leaf_hash)
-                    .where(decisions.c.seq >= start)
-                    .order_by(decisions.c.seq)
-                    .limit(_LOAD_CHUNK)
-                ).all()
+            rows = connection.execute(
+                select(decisions.c.seq, decisions.c.leaf_hash)
+                .where(decisions.c.seq >= start)
+                .order_by(decisions.c.seq)
+                .limit(_LOAD_CHUNK)
+            ).all()
             if not rows:
-                return found
+                return
             for seq, stored_hash in rows:
                 if seq != self._tree.size:
                     raise LedgerError(f"ledger store has a gap: expected seq {self._tree.size}")
                 self._tree.append(bytes(stored_hash))
-            found = True
 
     # -- checkpoints --------------------------------------------------------------------------
 
