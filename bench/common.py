@@ -173,7 +173,9 @@ def generation_covers_now(evaluator: Any) -> bool | None:
     now = datetime.fromtimestamp(evaluator._clock(), UTC)
     generations = getattr(evaluator, "_generations", None)
     if isinstance(generations, dict):  # one cached generation per expiry interval
-        return bisect.bisect_right(evaluator._boundaries, now) in generations
+        boundaries = evaluator._boundaries
+        at: Any = now.timestamp() if boundaries and isinstance(boundaries[0], float) else now
+        return bisect.bisect_right(boundaries, at) in generations
     covers = getattr(getattr(evaluator, "_generation", None), "covers", None)
     if covers is None:
         return None

@@ -41,7 +41,7 @@ class HttpSizes:
 FULL = HttpSizes(
     warmup_s=2,
     wrk_s=10,
-    wrk_connections=(4,),
+    wrk_connections=(4, 8),
     rate=1000,
     rate_s=15,
     rate_connections=16,
@@ -140,10 +140,23 @@ class Server:
         }
 
 
+# Served configurations of the real server: extra `trustplane serve` flags and settings.
+VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "trustplane": ([], {}),
+    "trustplane-nocache": ([], {"TRUSTPLANE_DECISION_CACHE_SIZE": "0"}),
+    "trustplane-2w": (["--workers", "2"], {}),
+    "trustplane-2w-nocache": (["--workers", "2"], {"TRUSTPLANE_DECISION_CACHE_SIZE": "0"}),
+}
+
+
 def start_server(kind: str, workdir: Path, use_cli: bool) -> Server:
     port = free_port()
     log_path = workdir / f"{kind}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    flags, settings_env = VARIANTS.get(kind, ([], {}))
+    env.update(settings_env)
+    if kind in ("trustplane-no-ledger", "trustplane-what-if"):
+        env["TRUSTPLANE_DECISION_CACHE_SIZE"] = "0"  # layer experiments evaluate every request
     state_dir = None
     token = None
     if kind == "noop":
@@ -153,7 +166,7 @@ def start_server(kind: str, workdir: Path, use_cli: bool) -> Server:
         state_dir = workdir / f"{kind}-state"
         token = init_state(state_dir, use_cli)
         exe = trustplane_exe()
-        if kind == "trustplane" and use_cli and exe is not None:
+        if kind in VARIANTS and use_cli and exe is not None:
             argv = [
                 exe,
                 "--state-dir",
@@ -168,8 +181,15 @@ def start_server(kind: str, workdir: Path, use_cli: bool) -> Server:
                 "--durability",
                 "batch",
                 "--no-watch",
+                *flags,
             ]
-            command = "trustplane serve --bundle examples/shop --durability batch --no-watch"
+            command = " ".join(
+                [
+                    *(f"{k}={v}" for k, v in settings_env.items()),
+                    "trustplane serve --bundle examples/shop --durability batch --no-watch",
+                    *flags,
+                ]
+            )
         else:
             argv = [
                 sys.executable,
@@ -403,12 +423,26 @@ def bench_server(
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of the process, all threads (from /proc/PID/stat)."""
+    """User + system CPU of the process and its live descendants (worker processes), all
+    threads, from /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+    for child in _children(pid):
+        total += _cpu_seconds(child) or 0.0
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def run_http(sizes: HttpSizes, *, what_if: bool, log: Any) -> dict[str, Any]:
@@ -426,7 +460,7 @@ def run_http(sizes: HttpSizes, *, what_if: bool, log: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tp-bench-http-") as tmp:
         workdir = Path(tmp)
         bodies = write_bodies(requests, workdir / "bodies.jsonl")
-        kinds = ["trustplane", "noop"] + (["trustplane-what-if"] if what_if else [])
+        kinds = [*VARIANTS, "noop"] + (["trustplane-what-if"] if what_if else [])
         for kind in kinds:
             log(f"3. HTTP: {kind} ...")
             results["servers"][kind] = bench_server(

@@ -195,7 +195,8 @@ def report(results: dict[str, Any]) -> str:
                 "generation cached for now",
             )
         labels = {
-            "decide_as_served": "`decide_blocking()` + ledger, as served",
+            "decide_as_served": "`decide_blocking()` + ledger, decision cache off",
+            "decide_cached": "`decide_blocking()` + ledger, decision cache on (repeated mix)",
             "decide_what_if": "`decide_blocking()` + ledger (what-if)",
         }
         for key, label in labels.items():
@@ -209,7 +210,7 @@ def report(results: dict[str, Any]) -> str:
                 )
         out += _table(["path", "median", "p50", "p99", "calls", "× raw", "notes"], rows)
         out.append("")
-        for key, label in (("decide_as_served", "as served"), ("decide_what_if", "what-if fix")):
+        for key, label in (("decide_as_served", "cache off"), ("decide_what_if", "what-if fix")):
             if key in ip:
                 ratio = ip[key]["x_raw"]
                 floors.append(
@@ -227,8 +228,10 @@ def report(results: dict[str, Any]) -> str:
         out.append("### 3. AuthZEN over HTTP (`POST /access/v1/evaluation`)")
         out.append("")
         out.append(
-            f"Server: {http['served_via']}, one uvicorn process, batch durability, watch off, "
-            f"fresh state dir. Max throughput: {http['load_tool']} (closed loop). Fixed rate: "
+            f"Server: {http['served_via']}, batch durability, watch off, fresh state dir; "
+            "`-2w` runs `--workers 2` (two serving processes, one ledger), `-nocache` sets "
+            "`TRUSTPLANE_DECISION_CACHE_SIZE=0` (every request evaluated). "
+            f"Max throughput: {http['load_tool']} (closed loop). Fixed rate: "
             f"{http['fixed_rate_tool']}, latency from each request's scheduled send time. "
             f"{http['bodies']} AuthZEN bodies from the shop tests, cycled. Server CPU µs/answer: "
             "the server process's CPU time (all threads, /proc) during that load over the "
@@ -309,12 +312,15 @@ def report(results: dict[str, Any]) -> str:
             details.append(line)
         out += details
         out.append("")
-        for kind in ("trustplane", "trustplane-what-if"):
+        for kind, label in (
+            ("trustplane-2w", "`--workers 2`, decision cache on (default)"),
+            ("trustplane", "1 worker, decision cache on (default)"),
+            ("trustplane-what-if", "what-if fix"),
+        ):
             s = servers.get(kind)
             if not s:
                 continue
             best = max(t["rps"] for t in s["throughput"])
-            label = "as served" if kind == "trustplane" else "what-if fix"
             floors.append(
                 [
                     f"HTTP max throughput ≥ 5,000/s ({label})",
@@ -387,7 +393,14 @@ def report(results: dict[str, Any]) -> str:
         else:
             steps.append(
                 (
-                    "+ recording (ledger flush) = as served",
+                    "+ recording (ledger writer thread) = served, decision cache off",
+                    "trustplane-nocache",
+                    cpu_c4(servers["trustplane-nocache"]),
+                )
+            )
+            steps.append(
+                (
+                    "decision cache on (default): repeated requests skip evaluation",
                     "trustplane",
                     cpu_c4(servers["trustplane"]),
                 )

@@ -74,6 +74,20 @@ class Settings(BaseSettings):
         description="Answers kept per bundle revision for repeated identical requests "
         "(0: evaluate every request). Cached answers get their own decision id and are recorded.",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Serving processes behind one listening socket. Each evaluates and "
+        "appends to the one ledger; /metrics aggregates them all.",
+    )
+    follow_interval_ms: int = Field(
+        1000,
+        ge=50,
+        le=60_000,
+        description="How often a serving process checks the store for a bundle activated "
+        "elsewhere (another worker or replica, an admin rollback) and switches to it.",
+    )
     watch: bool = Field(True, description="Reload the bundle when its files change.")
     expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")
     log_level: str = Field("info", description="Python logging level.")

@@ -449,3 +449,9 @@ def test_shop_guardrails_beat_permits(shop: Evaluator) -> None:
     assert "forbid-high-risk" in ids(risky.reasons)
     stale = shop_refund(shop, 1_000, auth_age_seconds=3600)
     assert ids(stale.reasons) == {"require-fresh-mfa-for-tier0-and-admin"}
+
+
+def test_context_integer_beyond_64_bits_denies_with_a_cedar_error(evaluator: Evaluator) -> None:
+    decision = ask(evaluator, "ann", "delete", context={"flag": False, "n": 2**70})
+    assert decision.effect is Effect.DENY
+    assert decision.errors and not any("internal error" in e for e in decision.errors)

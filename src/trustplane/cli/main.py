@@ -165,6 +165,9 @@ def serve(
     watch: Annotated[
         bool | None, typer.Option("--watch/--no-watch", help="Reload when bundle files change.")
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Serving processes (default 1; one per core is typical).")
+    ] = None,
     init_if_needed: Annotated[
         bool, typer.Option("--init", help="Run `init` first if the state directory is new.")
     ] = False,
@@ -173,7 +176,12 @@ def serve(
     from trustplane.server.serve import serve as run_server
 
     settings = _ctx(ctx).settings(
-        bundle_dir=bundle, host=host, port=port, durability=durability, watch=watch
+        bundle_dir=bundle,
+        host=host,
+        port=port,
+        durability=durability,
+        watch=watch,
+        workers=workers,
     )
     if settings.bundle_dir is None:
         raise CliError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
@@ -181,7 +189,8 @@ def serve(
         initialise(settings)
     err.print(
         f"trustplane serving [bold]{settings.bundle_dir}[/] on "
-        f"http://{settings.host}:{settings.port} (ledger: {settings.durability.value})"
+        f"http://{settings.host}:{settings.port} (ledger: {settings.durability.value}, "
+        f"workers: {settings.workers})"
     )
     run_server(settings)
 

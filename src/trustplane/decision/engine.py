@@ -138,7 +138,7 @@ class Evaluator:
             "principal": request.principal.uid(),
             "action": request.action.uid(),
             "resource": request.resource.uid(),
-            "context": request.context,
+            "context": _context_json(request.context),
         }
         if generation.full is None:
             outcome = self._run(cedar_request, generation.enforced, entities)
@@ -225,6 +225,10 @@ class Evaluator:
         except TypeError:
             return None
         return b"%d:%b" % (bisect.bisect_right(self._boundaries, now), body)
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
 
     def _cached(self, key: bytes | None) -> _Answer | None:
         if key is None:
@@ -319,6 +323,16 @@ class Evaluator:
             while len(self._bases) > _BASE_CACHE_SIZE:
                 self._bases.popitem(last=False)
         return handle
+
+
+def _context_json(context: dict[str, Any]) -> str | dict[str, Any]:
+    """cedarpy takes the context as JSON text too, and orjson writes it faster than its json
+    call; values orjson refuses (integers beyond 64 bits) go through cedarpy, which reports
+    them as a Cedar error."""
+    try:
+        return orjson.dumps(context).decode()
+    except TypeError:
+        return context
 
 
 def _policy_set(policies: list[PolicyInfo]) -> Any:

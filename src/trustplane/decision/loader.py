@@ -43,6 +43,7 @@ def load_bundle(
     )
     evaluator = Evaluator(bundle, cache_size=options.decision_cache_size)
     results = run_tests(evaluator, bundle.tests) if options.run_tests else []
+    evaluator.clear_cache()  # test answers are not traffic: serving starts with an empty cache
     failed = failure_problems(results)
     if failed:
         raise BundleError(failed)

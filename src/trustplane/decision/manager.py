@@ -40,6 +40,7 @@ class BundleManager:
         self._lock = threading.Lock()
         self.active: LoadedBundle | None = None
         self.last_error: BundleError | None = None
+        self._seen_activation: int | None = None
 
     def start(self) -> None:
         """Serve the directory's bundle; if it is broken, the last one activated before."""
@@ -79,8 +80,16 @@ class BundleManager:
         return self.activate_source(source, reason=reason, actor=actor, origin=str(self.bundle_dir))
 
     def activate_source(
-        self, source: BundleSource, *, reason: str, actor: str = "", origin: str = ""
+        self,
+        source: BundleSource,
+        *,
+        reason: str,
+        actor: str = "",
+        origin: str = "",
+        record: bool = True,
     ) -> LoadedBundle:
+        """Load, test and switch to `source`. `record` False only follows an activation that
+        is already in the store (made by another worker or replica)."""
         with self._lock:
             try:
                 loaded = load_bundle(source, self._options)
@@ -92,14 +101,20 @@ class BundleManager:
                 self._failed(error)
                 raise error from exc
             bundle = loaded.bundle
-            self._store.save_revision(bundle.revision, bundle.name, dict(source.files), origin)
-            self._store.record_activation(bundle.revision, reason, actor)
+            if record:
+                self._store.save_revision(bundle.revision, bundle.name, dict(source.files), origin)
+                newest = self._store.history(limit=1)
+                if not newest or newest[0].revision != bundle.revision:
+                    # Workers starting together, or reloading the same files, record it once.
+                    self._store.record_activation(bundle.revision, reason, actor)
             previous = self.active
             self.active = loaded
             self.last_error = None
         self._metrics.bundle_loads.labels("success").inc()
-        if previous is not None:
-            self._metrics.bundle_info.remove(previous.bundle.name, previous.bundle.revision)
+        if previous is not None and previous.bundle.revision != bundle.revision:
+            old = (previous.bundle.name, previous.bundle.revision)
+            self._metrics.bundle_info.labels(*old).set(0)  # what other workers' files see
+            self._metrics.bundle_info.remove(*old)
         self._metrics.bundle_info.labels(bundle.name, bundle.revision).set(1)
         for warning in bundle.warnings:
             log.warning("bundle %s: %s", bundle.name, warning)
@@ -108,7 +123,9 @@ class BundleManager:
             self._on_activate(loaded)
         return loaded
 
-    def activate_revision(self, revision: str, *, reason: str, actor: str = "") -> LoadedBundle:
+    def activate_revision(
+        self, revision: str, *, reason: str, actor: str = "", record: bool = True
+    ) -> LoadedBundle:
         matches = self._store.resolve(revision)
         if not matches:
             raise ActivationError(f"unknown bundle revision {revision!r}")
@@ -117,7 +134,11 @@ class BundleManager:
         files = self._store.load_files(matches[0])
         assert files is not None
         return self.activate_source(
-            BundleSource(files), reason=reason, actor=actor, origin=f"store:{matches[0]}"
+            BundleSource(files),
+            reason=reason,
+            actor=actor,
+            origin=f"store:{matches[0]}",
+            record=record,
         )
 
     def rollback(self, actor: str = "", to: str | None = None) -> LoadedBundle:
@@ -129,6 +150,17 @@ class BundleManager:
             if activation.revision != current:
                 return self.activate_revision(activation.revision, reason="rollback", actor=actor)
         raise ActivationError("no earlier revision to roll back to")
+
+    def follow(self) -> LoadedBundle | None:
+        """Switch to the store's newest activation if another worker or replica made it (an
+        admin rollback, a reload there). Returns the bundle switched to, if any."""
+        newest = self._store.history(limit=1)
+        if not newest or newest[0].id == self._seen_activation:
+            return None
+        self._seen_activation = newest[0].id
+        if self.active is not None and self.active.bundle.revision == newest[0].revision:
+            return None
+        return self.activate_revision(newest[0].revision, reason="follow", record=False)
 
     def history(self, limit: int = 50) -> list[Activation]:
         return self._store.history(limit)

@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -46,7 +46,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         return json_response({"status": "ready", "revision": active.bundle.revision})
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:
         return json_response(openapi_document())
@@ -110,7 +110,9 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             yield
             return
         await run_in_threadpool(runtime.start)
-        tasks = [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.watch else []
+        tasks = [asyncio.create_task(_follow_activations(runtime))]
+        if runtime.settings.watch:
+            tasks.append(asyncio.create_task(_watch_bundle(runtime)))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(
@@ -150,6 +152,22 @@ async def _reload(runtime: Runtime, reason: str) -> None:
         )
     except ActivationError as exc:
         log.error("reload (%s) refused: %s", reason, exc)
+
+
+async def _follow_activations(runtime: Runtime) -> None:
+    """Serve what the store says is active: activations made by other workers or replicas."""
+    interval = runtime.settings.follow_interval_ms / 1000
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(runtime.bundles.follow)
+        except BundleError as exc:
+            log.error(
+                "activation made elsewhere refused here; keeping the current bundle:\n  %s",
+                "\n  ".join(str(p) for p in exc.problems),
+            )
+        except Exception:
+            log.exception("following bundle activations failed; will retry")
 
 
 async def _watch_bundle(runtime: Runtime) -> None:

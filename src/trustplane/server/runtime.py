@@ -27,7 +27,7 @@ from trustplane.store.tables import admin_tokens
 from trustplane.telemetry.checkpoint import NoteSigner, NoteVerifier
 from trustplane.telemetry.ledger import Ledger
 from trustplane.telemetry.masking import Masker
-from trustplane.telemetry.metrics import Metrics
+from trustplane.telemetry.metrics import Metrics, multiprocess_dir
 from trustplane.telemetry.recorder import DecisionRecorder
 
 log = logging.getLogger("trustplane")
@@ -122,7 +122,9 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            multiprocess=multiprocess_dir(settings.state_dir) if settings.workers > 1 else None
+        )
         self.engine = create_store_engine(
             settings.effective_database_url, sync_commit=settings.durability is Durability.SYNC
         )

@@ -10,6 +10,7 @@ inserts after them. The tree in the store is never forked, and no appender has t
 from __future__ import annotations
 
 import base64
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -106,7 +107,13 @@ def rfc3339(ts: float) -> str:
     micros = round((ts - seconds) * 1_000_000)
     if micros == 1_000_000:
         seconds, micros = seconds + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+    return f"{_rfc3339_seconds(seconds)}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _rfc3339_seconds(seconds: int) -> str:
+    # Every record of the same second shares this prefix: format it once, not per decision.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -> LedgerEntry:

@@ -1,8 +1,23 @@
-"""Prometheus metrics. One registry per server instance, so tests can run several side by side."""
+"""Prometheus metrics. One registry per server instance, so tests can run several side by side.
+
+With several worker processes, prometheus_client's multiprocess mode keeps each worker's values
+in files under the state directory (it reads PROMETHEUS_MULTIPROC_DIR when it is imported, so
+the serving supervisor sets it before spawning workers) and `/metrics` sums them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir(state_dir: Path) -> Path:
+    return state_dir / "metrics"
+
 
 _LATENCY_BUCKETS = (
     0.00005,
@@ -21,8 +36,12 @@ _LATENCY_BUCKETS = (
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, multiprocess: Path | None = None
+    ) -> None:
+        """`multiprocess`: the directory every worker writes to (several workers), or None."""
         self.registry = registry or CollectorRegistry()
+        self.multiprocess = multiprocess
         r = self.registry
         self.decisions = Counter(
             "trustplane_decisions",
@@ -63,17 +82,25 @@ class Metrics:
             "1 for the active bundle revision.",
             ["name", "revision"],
             registry=r,
+            multiprocess_mode="max",  # 1 while any worker serves that revision
         )
         self.ledger_size = Gauge(
-            "trustplane_ledger_size", "Records committed to the decision ledger.", registry=r
+            "trustplane_ledger_size",
+            "Records committed to the decision ledger.",
+            registry=r,
+            multiprocess_mode="max",
         )
         self.ledger_pending = Gauge(
-            "trustplane_ledger_pending", "Decisions answered but not yet committed.", registry=r
+            "trustplane_ledger_pending",
+            "Decisions answered but not yet committed.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.ledger_lag_seconds = Gauge(
             "trustplane_ledger_lag_seconds",
             "Age of the oldest decision not yet committed to the ledger.",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.ledger_write_failures = Counter(
             "trustplane_ledger_write_failures",
@@ -83,3 +110,11 @@ class Metrics:
         self.checkpoints = Counter(
             "trustplane_ledger_checkpoints", "Signed checkpoints produced.", registry=r
         )
+
+    def exposition(self) -> bytes:
+        """The text format for /metrics: this process, or every worker's values combined."""
+        if self.multiprocess is None:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined, path=str(self.multiprocess))  # type: ignore[no-untyped-call]
+        return generate_latest(combined)
