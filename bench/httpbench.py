@@ -129,10 +129,16 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def loaded_modules(self) -> dict[str, bool]:
-        """uvloop / httptools in use: their extension modules are mapped into the process."""
-        try:
-            maps = Path(f"/proc/{self.process.pid}/maps").read_text()
-        except OSError:
+        """uvloop / httptools in use: their extension modules are mapped into the serving
+        process (the workers, when there are several)."""
+        pids = _children(self.process.pid) or [self.process.pid]
+        maps = ""
+        for pid in pids:
+            try:
+                maps += Path(f"/proc/{pid}/maps").read_text()
+            except OSError:
+                continue
+        if not maps:
             return {}
         return {
             "uvloop": "uvloop/loop." in maps,
