@@ -16,6 +16,7 @@ A cached answer still gets a new decision id and is recorded like any other.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import re
 import threading
@@ -52,18 +53,6 @@ class _Outcome:
     errors: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class _Answer:
-    """Everything in a Decision that follows from the request and the bundle alone."""
-
-    effect: Effect
-    reasons: tuple[PolicyReason, ...]
-    shadow_effect: Effect
-    shadow_reasons: tuple[PolicyReason, ...]
-    shadow_changes: tuple[PolicyReason, ...]
-    errors: tuple[str, ...]
-
-
 class Evaluator:
     """Answers AccessRequests against one bundle. Thread-safe; holds no per-request state."""
 
@@ -89,7 +78,7 @@ class Evaluator:
         self._generations: dict[int, _Generation] = {}
         self._generation_at(clock())
         self._cache_size = cache_size
-        self._cache: OrderedDict[bytes, _Answer] = OrderedDict()
+        self._cache: OrderedDict[bytes, Decision] = OrderedDict()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -97,30 +86,38 @@ class Evaluator:
         started = time.perf_counter_ns()
         now_ts = self._clock() if at is None else at.timestamp()
         key = self._cache_key(request, now_ts)
-        answer = self._cached(key)
-        cached = answer is not None
-        if answer is None:
-            try:
-                answer = self._answer(*self._evaluate(request, now_ts))
-                self._remember(key, answer)
-            except Exception as exc:  # fail closed on anything unexpected, with the reason
-                failure = _Outcome(
-                    Effect.DENY, (), (f"internal error: {type(exc).__name__}: {exc}",)
-                )
-                answer = self._answer(failure, failure)
-        return Decision(
+        known = self._cached(key)
+        if known is not None:
+            return dataclasses.replace(
+                known,
+                decision_id=new_decision_id(),
+                eval_micros=(time.perf_counter_ns() - started) // 1000,
+                timestamp=now_ts,
+                cached=True,
+            )
+        failed = False
+        try:
+            enforced, shadow = self._evaluate(request, now_ts)
+        except Exception as exc:  # fail closed on anything unexpected, with the reason
+            failed = True
+            enforced = shadow = _Outcome(
+                Effect.DENY, (), (f"internal error: {type(exc).__name__}: {exc}",)
+            )
+        decision = Decision(
             decision_id=new_decision_id(),
-            effect=answer.effect,
-            reasons=answer.reasons,
-            shadow_effect=answer.shadow_effect,
-            shadow_reasons=answer.shadow_reasons,
-            shadow_changes=answer.shadow_changes,
-            errors=answer.errors,
+            effect=enforced.effect,
+            reasons=self._explain(enforced.reasons),
+            shadow_effect=shadow.effect,
+            shadow_reasons=self._explain(shadow.reasons),
+            shadow_changes=self._shadow_changes(enforced, shadow),
+            errors=tuple(dict.fromkeys(enforced.errors + shadow.errors)),
             revision=self.revision,
             eval_micros=(time.perf_counter_ns() - started) // 1000,
             timestamp=now_ts,
-            cached=cached,
         )
+        if not failed:
+            self._remember(key, decision)
+        return decision
 
     def policy(self, policy_id: str) -> PolicyInfo | None:
         return self._infos.get(policy_id)
@@ -168,16 +165,6 @@ class Evaluator:
             # Only observe-mode forbids fired: the enforced answer needs its own evaluation.
             enforced = self._run(cedar_request, generation.enforced, entities)
         return enforced, shadow
-
-    def _answer(self, enforced: _Outcome, shadow: _Outcome) -> _Answer:
-        return _Answer(
-            effect=enforced.effect,
-            reasons=self._explain(enforced.reasons),
-            shadow_effect=shadow.effect,
-            shadow_reasons=self._explain(shadow.reasons),
-            shadow_changes=self._shadow_changes(enforced, shadow),
-            errors=tuple(dict.fromkeys(enforced.errors + shadow.errors)),
-        )
 
     def _run(self, cedar_request: dict[str, Any], policies: Any, entities: Any) -> _Outcome:
         result = cedarpy.is_authorized(cedar_request, policies, entities, self._schema)
@@ -230,20 +217,20 @@ class Evaluator:
         with self._lock:
             self._cache.clear()
 
-    def _cached(self, key: bytes | None) -> _Answer | None:
+    def _cached(self, key: bytes | None) -> Decision | None:
         if key is None:
             return None
         with self._lock:
-            answer = self._cache.get(key)
-            if answer is not None:
+            decision = self._cache.get(key)
+            if decision is not None:
                 self._cache.move_to_end(key)
-            return answer
+            return decision
 
-    def _remember(self, key: bytes | None, answer: _Answer) -> None:
+    def _remember(self, key: bytes | None, decision: Decision) -> None:
         if key is None:
             return
         with self._lock:
-            self._cache[key] = answer
+            self._cache[key] = decision
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
 
