@@ -21,6 +21,11 @@ from pydantic_settings import (
 DEFAULT_CONFIG_FILE = "trustplane.toml"
 
 
+class LedgerAppender(StrEnum):
+    PROCESS = "process"
+    THREAD = "thread"
+
+
 class Durability(StrEnum):
     BATCH = "batch"
     SYNC = "sync"
@@ -73,6 +78,12 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="Answers kept per bundle revision for repeated identical requests "
         "(0: evaluate every request). Cached answers get their own decision id and are recorded.",
+    )
+    ledger_appender: LedgerAppender = Field(
+        LedgerAppender.PROCESS,
+        description="Where a serving process commits the ledger: `process` (a child "
+        "process, so commits never compete with evaluations for the interpreter lock) or "
+        "`thread` (a writer thread in the serving process).",
     )
     workers: int = Field(
         1,

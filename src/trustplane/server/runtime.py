@@ -17,13 +17,14 @@ from pathlib import Path
 
 from sqlalchemy import Engine, insert, select
 
-from trustplane.config import Durability, Settings
+from trustplane.config import Durability, LedgerAppender, Settings
 from trustplane.decision.loader import LoadOptions
 from trustplane.decision.manager import BundleManager
 from trustplane.decision.signing import load_trusted_key
 from trustplane.store.bundles import BundleStore
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.tables import admin_tokens
+from trustplane.telemetry.appender import AppenderProcess
 from trustplane.telemetry.checkpoint import NoteSigner, NoteVerifier
 from trustplane.telemetry.ledger import Ledger
 from trustplane.telemetry.masking import Masker
@@ -129,8 +130,14 @@ class Runtime:
             settings.effective_database_url, sync_commit=settings.durability is Durability.SYNC
         )
         migrate(self.engine)
-        self.ledger = Ledger(self.engine, load_signer(settings), settings.ledger_origin)
+        signer = load_signer(settings)
+        self.ledger = Ledger(self.engine, signer, settings.ledger_origin)
         self.masker = Masker(settings.mask)
+        sink = None
+        if settings.ledger_appender is LedgerAppender.PROCESS:
+            sink = AppenderProcess(
+                self.ledger, settings.effective_database_url, signer.signer_key()
+            )
         self.recorder = DecisionRecorder(
             self.ledger,
             self.masker,
@@ -138,7 +145,9 @@ class Runtime:
             durability=settings.durability,
             flush_interval=settings.flush_interval_ms / 1000,
             checkpoint_interval=settings.checkpoint_interval_ms / 1000,
+            sink=sink,
         )
+        self._appender = sink
         options = LoadOptions(
             trusted_keys=[load_trusted_key(p) for p in settings.trusted_bundle_keys],
             expiry_warning_days=settings.expiry_warning_days,
@@ -154,6 +163,8 @@ class Runtime:
         if self.settings.switch_interval_us:
             sys.setswitchinterval(self.settings.switch_interval_us / 1_000_000)
         self.bundles.start()
+        if self._appender is not None:
+            self._appender.start()  # fail here, before serving, if it cannot run
         self.recorder.start()
 
     def close(self) -> None:

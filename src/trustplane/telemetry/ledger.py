@@ -197,8 +197,17 @@ class Ledger:
     def append(self, entries: Sequence[LedgerEntry]) -> int:
         """Commit `entries` in one transaction after every leaf already stored; returns the new
         tree size."""
+        self.append_batch(entries)
+        return self.size
+
+    def append_batch(
+        self, entries: Sequence[LedgerEntry], *, skip_recorded: bool = False
+    ) -> tuple[int, int]:
+        """Commit `entries`; returns (first sequence number, number of records written).
+        `skip_recorded` leaves out entries whose decision id is already stored: a batch sent
+        again after its first commit went unacknowledged."""
         if not entries:
-            return self.size
+            return self.size, 0
         with self._append_lock, self._engine.begin() as connection:
             locked = connection.execute(
                 update(ledger_lock)
@@ -208,11 +217,39 @@ class Ledger:
             if locked != 1:
                 raise LedgerError("the ledger_lock row is missing: run `trustplane init`")
             self._catch_up(connection)  # leaves other appenders committed since our last append
-            self._insert(connection, entries, self._tree.size)
+            if skip_recorded:
+                entries = self._not_recorded(connection, entries)
+            start = self._tree.size
+            self._insert(connection, entries, start)
             # Leaves join the in-memory tree only once the commit below has succeeded.
         for entry in entries:
             self._tree.append(entry.leaf_hash)
-        return self._tree.size
+        return start, len(entries)
+
+    def note_committed(self, entries: Sequence[LedgerEntry], start: int, count: int) -> None:
+        """Another process (the appender) committed `entries` at `start`: extend the in-memory
+        tree, from the store if anything else was appended or skipped meanwhile."""
+        with self._append_lock:
+            if start == self._tree.size and count == len(entries):
+                for entry in entries:
+                    self._tree.append(entry.leaf_hash)
+            else:
+                self._catch_up()
+
+    def _not_recorded(
+        self, connection: Connection, entries: Sequence[LedgerEntry]
+    ) -> list[LedgerEntry]:
+        ids = [e.decision_id for e in entries]
+        stored: set[str] = set()
+        for offset in range(0, len(ids), _ROWS_PER_STATEMENT):
+            chunk = ids[offset : offset + _ROWS_PER_STATEMENT]
+            stored.update(
+                row[0]
+                for row in connection.execute(
+                    select(decisions.c.decision_id).where(decisions.c.decision_id.in_(chunk))
+                )
+            )
+        return [e for e in entries if e.decision_id not in stored]
 
     def _insert(self, connection: Connection, entries: Sequence[LedgerEntry], start: int) -> None:
         """Multi-row INSERTs through the driver: one statement per chunk instead of one step

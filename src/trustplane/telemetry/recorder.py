@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from trustplane.config import Durability
 from trustplane.model import AccessRequest, Decision
+from trustplane.telemetry.appender import LedgerSink, LocalSink
 from trustplane.telemetry.ledger import Ledger, LedgerEntry, decision_entry
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics
@@ -55,8 +56,11 @@ class DecisionRecorder:
         durability: Durability = Durability.BATCH,
         flush_interval: float = 0.05,
         checkpoint_interval: float = 1.0,
+        sink: LedgerSink | None = None,
     ) -> None:
+        """`sink` commits the batches: by default this process, through `ledger`."""
         self.ledger = ledger
+        self._sink = sink or LocalSink(ledger)
         self.masker = masker
         self.metrics = metrics
         self.durability = durability
@@ -86,7 +90,7 @@ class DecisionRecorder:
             self._thread = None
         else:
             self._flush()
-        self.ledger.checkpoint()
+        self._sink.close()
 
     @property
     def pending(self) -> int:
@@ -169,7 +173,7 @@ class DecisionRecorder:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), _MAX_BATCH))]
             try:
                 entries = [p.entry for p in batch]
-                size = self.ledger.append(entries)
+                size = self._sink.append(entries)
             except Exception:
                 with self._cond:
                     self._queue.extendleft(reversed(batch))  # keep order, retry later
@@ -192,7 +196,7 @@ class DecisionRecorder:
         if now - self._last_checkpoint < self.checkpoint_interval:
             return
         try:
-            if self.ledger.checkpoint() is not None:
+            if self._sink.checkpoint():
                 self.metrics.checkpoints.inc()
             self._last_checkpoint = now
         except Exception:
