@@ -152,6 +152,8 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "trustplane-nocache": ([], {"TRUSTPLANE_DECISION_CACHE_SIZE": "0"}),
     "trustplane-2w": (["--workers", "2"], {}),
     "trustplane-2w-nocache": (["--workers", "2"], {"TRUSTPLANE_DECISION_CACHE_SIZE": "0"}),
+    "trustplane-process": ([], {"TRUSTPLANE_LEDGER_APPENDER": "process"}),
+    "trustplane-2w-process": (["--workers", "2"], {"TRUSTPLANE_LEDGER_APPENDER": "process"}),
 }
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import sqlite3
 import statistics
@@ -94,7 +93,9 @@ def raw_fixture(loaded: Any, requests: list[Any]) -> tuple[Any, Any, list[tuple[
 # -- 2. trustplane in process --------------------------------------------------------------------
 
 
-def make_runtime(state_dir: Path, bundle_dir: Path | None, cache_size: int = 0) -> Any:
+def make_runtime(
+    state_dir: Path, bundle_dir: Path | None, cache_size: int = 0, appender: str = "thread"
+) -> Any:
     from trustplane.config import load_settings
     from trustplane.server.runtime import Runtime, initialise
 
@@ -104,7 +105,7 @@ def make_runtime(state_dir: Path, bundle_dir: Path | None, cache_size: int = 0) 
         "durability": "batch",
         "log_level": "warning",
         "decision_cache_size": cache_size,
-        "switch_interval_us": int(os.environ.get("SWI", "0")),
+        "ledger_appender": appender,
     }
     if bundle_dir is not None:
         overrides["bundle_dir"] = bundle_dir
@@ -127,11 +128,11 @@ class PdpHarness:
     bundle) and its PolicyDecisionPoint. Each timed run is charged until the ledger has
     committed that run's decisions, so work deferred to the writer thread counts."""
 
-    def __init__(self, what_if_fix: bool, cache_size: int = 0) -> None:
+    def __init__(self, what_if_fix: bool, cache_size: int = 0, appender: str = "thread") -> None:
         from trustplane.server.pdp import PolicyDecisionPoint
 
         self._tmp = tempfile.TemporaryDirectory(prefix="tp-bench-pdp-")
-        self.runtime = make_runtime(Path(self._tmp.name) / "state", SHOP, cache_size)
+        self.runtime = make_runtime(Path(self._tmp.name) / "state", SHOP, cache_size, appender)
         self.runtime.start()
         evaluator = self.runtime.bundles.active.evaluator
         self.covered_at_start = generation_covers_now(evaluator)
@@ -194,6 +195,7 @@ def run_decisions(loaded: Any, requests: list[Any], sizes: Sizes, log: Any) -> d
     # the cached one shows what the default configuration does with this repeated mix.
     harnesses = {
         "decide_as_served": PdpHarness(what_if_fix=False),
+        "decide_appender_process": PdpHarness(what_if_fix=False, appender="process"),
         "decide_cached": PdpHarness(what_if_fix=False, cache_size=10_000),
     }
     if stale:

@@ -80,10 +80,10 @@ class Settings(BaseSettings):
         "(0: evaluate every request). Cached answers get their own decision id and are recorded.",
     )
     ledger_appender: LedgerAppender = Field(
-        LedgerAppender.PROCESS,
-        description="Where a serving process commits the ledger: `process` (a child "
-        "process, so commits never compete with evaluations for the interpreter lock) or "
-        "`thread` (a writer thread in the serving process).",
+        LedgerAppender.THREAD,
+        description="Where the ledger is committed: `thread` (a writer thread in the serving "
+        "process) or `process` (a child process, so commits never compete with evaluations for "
+        "the interpreter lock; it costs more CPU in all, see docs/benchmarks.md finding 8).",
     )
     workers: int = Field(
         1,

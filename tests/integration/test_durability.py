@@ -57,15 +57,28 @@ def stored_ids(database_url: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("durability", "sig"), [("sync", signal.SIGKILL), ("batch", signal.SIGTERM)]
+    ("durability", "sig", "appender"),
+    [
+        ("sync", signal.SIGKILL, "thread"),
+        ("sync", signal.SIGKILL, "process"),
+        ("batch", signal.SIGTERM, "thread"),
+        ("batch", signal.SIGTERM, "process"),
+    ],
 )
 def test_answered_decisions_survive_the_stop(
-    tmp_path: Path, database_url: str, durability: str, sig: int
+    tmp_path: Path, database_url: str, durability: str, sig: int, appender: str
 ) -> None:
     answered: list[str] = []
     stop = threading.Event()
     state = tmp_path / "state"
-    with running_server(state, database_url, SHOP, watch="false", durability=durability) as server:
+    with running_server(
+        state,
+        database_url,
+        SHOP,
+        watch="false",
+        durability=durability,
+        ledger_appender=appender,
+    ) as server:
         threads = hammer(server, answered, stop)
         deadline = time.monotonic() + 20
         while len(answered) < 300 and time.monotonic() < deadline:
@@ -77,6 +90,8 @@ def test_answered_decisions_survive_the_stop(
         env = server.env
     assert len(answered) >= 300, "the load did not get going"
     missing = set(answered) - stored_ids(database_url)
-    assert not missing, f"{len(missing)} answered decisions were lost ({durability}, {sig})"
+    assert not missing, (
+        f"{len(missing)} answered decisions were lost ({durability}, {sig}, {appender})"
+    )
     verify = run_cli("audit", "verify", "--json", env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
