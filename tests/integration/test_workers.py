@@ -4,7 +4,9 @@ across them, and a bundle activated through one worker served by every worker.""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +88,18 @@ def test_workers_share_one_ledger_metrics_and_active_bundle(
         wait_for(lambda: revisions_seen(server) == first, timeout=15)
         history = fresh(server, "GET", "/v1/bundle/revisions", headers=server.admin).json()
         reasons = [a["reason"] for a in history["activations"]]
-        assert reasons == ["rollback", "api", "startup"], "workers starting together record once"
+        assert reasons == ["rollback", "api", "startup"], "the supervisor records startup once"
+
+        # A worker that dies is replaced; the new one serves the rollback, not the directory.
+        victim = int(sorted(pids)[0])
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(re.findall(r"Started server process", server.log())) > WORKERS)
+        wait_for(lambda: server.log().count("Application startup complete") > WORKERS)
+        assert revisions_seen(server, tries=20) == first
+
+        # SIGHUP to the supervisor reloads the directory for every worker.
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: revisions_seen(server) == {second}, timeout=15)
 
     assert "Traceback" not in server.log()
     report = json.loads(run_cli("audit", "verify", "--json", env=server.env).stdout)

@@ -42,8 +42,14 @@ class BundleManager:
         self.last_error: BundleError | None = None
         self._seen_activation: int | None = None
 
-    def start(self) -> None:
-        """Serve the directory's bundle; if it is broken, the last one activated before."""
+    def start(self, *, follow_store: bool = False) -> None:
+        """Serve the directory's bundle; if it is broken, the last one activated before.
+        With `follow_store`, serve the store's newest activation instead (a worker whose
+        supervisor activates the directory's bundle, so a restarted worker keeps serving a
+        rollback made since)."""
+        if follow_store:
+            self.follow()
+            return
         refused: BundleError | None = None
         if self.bundle_dir is not None:
             try:
@@ -168,3 +174,20 @@ class BundleManager:
     def _failed(self, error: BundleError) -> None:
         self.last_error = error
         self._metrics.bundle_loads.labels("failure").inc()
+
+
+def reload_or_log(manager: BundleManager, reason: str) -> None:
+    """Reload the bundle directory for a trigger nobody waits on (file change, SIGHUP): a
+    refusal is logged with every problem, and the active bundle keeps serving."""
+    if manager.bundle_dir is None:
+        return
+    try:
+        manager.reload(reason)
+    except BundleError as exc:
+        log.error(
+            "reload (%s) refused; the active bundle keeps serving:\n  %s",
+            reason,
+            "\n  ".join(str(p) for p in exc.problems),
+        )
+    except ActivationError as exc:
+        log.error("reload (%s) refused: %s", reason, exc)

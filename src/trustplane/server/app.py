@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from trustplane.decision.bundle import BundleError
-from trustplane.decision.manager import ActivationError
+from trustplane.decision.manager import reload_or_log
 from trustplane.server.admin import AdminApi
 from trustplane.server.authzen import AuthZenApi
 from trustplane.server.openapi import openapi_document
@@ -140,18 +140,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
 
 
 async def _reload(runtime: Runtime, reason: str) -> None:
-    if runtime.bundles.bundle_dir is None:
-        return
-    try:
-        await run_in_threadpool(runtime.bundles.reload, reason)
-    except BundleError as exc:
-        log.error(
-            "reload (%s) refused; previous bundle keeps serving:\n  %s",
-            reason,
-            "\n  ".join(str(p) for p in exc.problems),
-        )
-    except ActivationError as exc:
-        log.error("reload (%s) refused: %s", reason, exc)
+    await run_in_threadpool(reload_or_log, runtime.bundles, reason)
 
 
 async def _follow_activations(runtime: Runtime) -> None:

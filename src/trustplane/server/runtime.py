@@ -89,6 +89,14 @@ def create_admin_token(engine: Engine, label: str) -> str:
     return token
 
 
+def load_options(settings: Settings) -> LoadOptions:
+    return LoadOptions(
+        trusted_keys=[load_trusted_key(p) for p in settings.trusted_bundle_keys],
+        expiry_warning_days=settings.expiry_warning_days,
+        decision_cache_size=settings.decision_cache_size,
+    )
+
+
 def load_signer(settings: Settings) -> NoteSigner:
     try:
         return NoteSigner.from_signer_key(settings.ledger_key_file.read_text().strip())
@@ -148,21 +156,20 @@ class Runtime:
             sink=sink,
         )
         self._appender = sink
-        options = LoadOptions(
-            trusted_keys=[load_trusted_key(p) for p in settings.trusted_bundle_keys],
-            expiry_warning_days=settings.expiry_warning_days,
-            decision_cache_size=settings.decision_cache_size,
-        )
         self.bundles = BundleManager(
-            BundleStore(self.engine), options, self.metrics, bundle_dir=settings.bundle_dir
+            BundleStore(self.engine),
+            load_options(settings),
+            self.metrics,
+            bundle_dir=settings.bundle_dir,
         )
         self._token_hashes: set[str] = set()
 
     def start(self) -> None:
-        """Activate the bundle and start the ledger writer."""
+        """Activate the bundle (a worker serves what its supervisor activated) and start the
+        ledger writer."""
         if self.settings.switch_interval_us:
             sys.setswitchinterval(self.settings.switch_interval_us / 1_000_000)
-        self.bundles.start()
+        self.bundles.start(follow_store=self.settings.workers > 1)
         if self._appender is not None:
             self._appender.start()  # fail here, before serving, if it cannot run
         self.recorder.start()

@@ -1,9 +1,11 @@
 """Run a serving node under uvicorn: one process, or several workers behind one socket.
 
 With `workers` > 1, uvicorn's supervisor spawns fresh interpreters that rebuild the app from
-the settings passed in the environment; it restarts a worker that dies and, on SIGHUP, replaces
-them one at a time. The workers share the store: the ledger serialises their appends, and each
-follows bundle activations made by the others (see BundleManager.follow).
+the settings passed in the environment, and restarts a worker that dies. The supervisor is the
+bundle authority: it activates the directory's bundle before the workers start and again on
+SIGHUP, and the workers serve the store's newest activation and follow every later one (see
+BundleManager.follow), so a restarted worker never undoes a rollback. The workers share the
+store: the ledger serialises their appends.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
 from trustplane.config import Settings
+from trustplane.decision.manager import BundleManager, reload_or_log
 from trustplane.server.app import create_app
-from trustplane.server.runtime import Runtime
+from trustplane.server.runtime import Runtime, load_options
+from trustplane.store.bundles import BundleStore
 from trustplane.store.database import create_store_engine, migrate
-from trustplane.telemetry.metrics import MULTIPROCESS_ENV, multiprocess_dir
+from trustplane.telemetry.metrics import MULTIPROCESS_ENV, Metrics, multiprocess_dir
 
 WORKER_SETTINGS_ENV = "_TRUSTPLANE_WORKER_SETTINGS"  # outside TRUSTPLANE_*: not a setting
 
@@ -32,18 +36,49 @@ def serve(settings: Settings) -> None:
         config = _uvicorn_config(settings, create_app(Runtime(settings)))
         uvicorn.Server(config).run()
         return
-    engine = create_store_engine(settings.effective_database_url)
-    try:
-        migrate(engine)  # once, before the workers open the store side by side
-    finally:
-        engine.dispose()
+    authority = _BundleAuthority(settings)  # migrates the store and activates the bundle
     metrics_dir = multiprocess_dir(settings.state_dir)
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at zero, like one process
     metrics_dir.mkdir(parents=True, mode=0o700)
     os.environ[MULTIPROCESS_ENV] = str(metrics_dir)
     os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
     config = _uvicorn_config(settings, "trustplane.server.serve:worker_app", factory=True)
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    try:
+        _Supervisor(config, sockets=[config.bind_socket()], on_hup=authority.reload).run()
+    finally:
+        authority.close()
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, with SIGHUP reloading the bundle instead of restarting workers."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[Any], on_hup: Any) -> None:
+        super().__init__(config, sockets)
+        self._on_hup = on_hup
+
+    def handle_hup(self) -> None:
+        self._on_hup("sighup")
+
+
+class _BundleAuthority:
+    """The supervisor's view of the store: activates the directory's bundle for the workers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._engine = create_store_engine(settings.effective_database_url)
+        migrate(self._engine)  # once, before the workers open the store side by side
+        self._bundles = BundleManager(
+            BundleStore(self._engine),
+            load_options(settings),
+            Metrics(),
+            bundle_dir=settings.bundle_dir,
+        )
+        self._bundles.start()
+
+    def reload(self, reason: str) -> None:
+        reload_or_log(self._bundles, reason)
+
+    def close(self) -> None:
+        self._engine.dispose()
 
 
 def worker_app() -> Starlette:
