@@ -6,13 +6,10 @@ from __future__ import annotations
 import base64
 import os
 import signal
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import Engine, func, select
 
 from tests.integration.test_ledger_store import ORIGIN, decision, entries, request
-from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.tables import decisions
 from trustplane.telemetry.appender import AppenderProcess
 from trustplane.telemetry.checkpoint import NoteSigner
@@ -21,19 +18,6 @@ from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.merkle import verify_inclusion
 from trustplane.telemetry.metrics import Metrics
 from trustplane.telemetry.recorder import DecisionRecorder
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_store_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def signer() -> NoteSigner:
-    return NoteSigner.generate(ORIGIN)
 
 
 def stored(engine: Engine) -> int:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, delete, select, update
 
+from tests.integration.conftest import ORIGIN
 from trustplane.config import Durability
 from trustplane.model import AccessRequest, Decision, Effect, EntityRef, new_decision_id
-from trustplane.store.database import create_store_engine, migrate
+from trustplane.store.database import create_store_engine
 from trustplane.store.tables import checkpoints, decisions
 from trustplane.telemetry.checkpoint import NoteSigner, open_checkpoint
 from trustplane.telemetry.ledger import (
@@ -26,21 +26,6 @@ from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.merkle import leaf_hash, verify_consistency, verify_inclusion
 from trustplane.telemetry.metrics import Metrics
 from trustplane.telemetry.recorder import DecisionRecorder
-
-ORIGIN = "test.example/ledger"
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_store_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def signer() -> NoteSigner:
-    return NoteSigner.generate(ORIGIN)
 
 
 def request(n: int = 0) -> AccessRequest:
