@@ -1,0 +1,1 @@
+"""Identity plane: who is asking, proven cryptographically (JWT verification so far)."""

@@ -1,0 +1,220 @@
+"""Bearer JWT verification against configured issuers and their JWKS.
+
+PyJWT does the cryptography and the claim checks; this module decides which key and which
+algorithms may be used, keeps each issuer's keys cached, and turns every failure into a reason
+code a PEP can put in its answer (`token_expired`, `token_wrong_audience`, ...).
+
+Rules, from RFC 8725 (JWT best current practices):
+- the algorithm comes from the issuer's allow-list, never from the token alone; `none` and HMAC
+  are never accepted (the verifier only holds public keys, and an HMAC "signed" with a public
+  key is a classic forgery);
+- the key is chosen by `kid` from the token's own issuer's JWKS, and its type must fit the
+  algorithm;
+- an unknown `kid` triggers one JWKS refresh (the issuer may have rotated), at most once per
+  `min_refresh_seconds`, so a stream of junk tokens cannot turn into a stream of fetches.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+from jwt import PyJWK, PyJWKSet
+
+# Asymmetric algorithms only. HS* is absent on purpose (see the module docstring).
+SUPPORTED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+class TokenRejected(Exception):
+    """A token that does not prove who the caller is; `code` says why, for the caller."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """One trusted token issuer."""
+
+    issuer: str
+    jwks_uri: str
+    audiences: tuple[str, ...]
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    leeway_seconds: int = 60
+    required_claims: tuple[str, ...] = ("exp", "iss", "aud", "sub")
+
+    def __post_init__(self) -> None:
+        unsupported = sorted(set(self.algorithms) - SUPPORTED_ALGORITHMS)
+        if unsupported:
+            raise ValueError(
+                f"issuer {self.issuer}: algorithms {unsupported} are not allowed "
+                f"(allowed: {sorted(SUPPORTED_ALGORITHMS)})"
+            )
+        if not self.audiences:
+            raise ValueError(f"issuer {self.issuer}: at least one audience is required")
+        if self.leeway_seconds < 0 or self.leeway_seconds > 600:
+            raise ValueError(f"issuer {self.issuer}: leeway_seconds must be within 0..600")
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    issuer: str
+    subject: str
+    algorithm: str
+    key_id: str | None
+    claims: Mapping[str, Any] = field(repr=False)
+
+
+class JwksCache:
+    """The keys of one issuer, fetched from its JWKS URI and kept for `max_age_seconds`."""
+
+    def __init__(
+        self,
+        uri: str,
+        client: httpx.Client,
+        *,
+        max_age_seconds: float = 300,
+        min_refresh_seconds: float = 30,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.uri = uri
+        self._client = client
+        self._max_age = max_age_seconds
+        self._min_refresh = min_refresh_seconds
+        self._clock = clock
+        self._keys: dict[str | None, PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._lock = threading.Lock()
+        self.fetches = 0
+
+    def key(self, kid: str | None) -> PyJWK:
+        with self._lock:
+            now = self._clock()
+            stale = self._fetched_at is None or now - self._fetched_at >= self._max_age
+            unknown = kid not in self._keys
+            may_refresh = self._fetched_at is None or now - self._fetched_at >= self._min_refresh
+            if stale or (unknown and may_refresh):
+                self._refresh(now)
+            found = self._keys.get(kid)
+        if found is None:
+            raise TokenRejected("token_unknown_key", f"no key {kid!r} in the JWKS of {self.uri}")
+        return found
+
+    def _refresh(self, now: float) -> None:
+        self.fetches += 1
+        try:
+            response = self._client.get(self.uri)
+            response.raise_for_status()
+            keys = PyJWKSet.from_dict(response.json()).keys
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+            self._fetched_at = now  # failures count against the refresh rate limit too
+            if not self._keys:
+                raise TokenRejected(
+                    "token_jwks_unavailable", f"cannot load {self.uri}: {exc}"
+                ) from None
+            return  # keep serving the keys we have: they are public and still valid
+        self._keys = {k.key_id: k for k in keys}
+        self._fetched_at = now
+
+
+class TokenVerifier:
+    """Verifies bearer JWTs from any of `issuers`; thread-safe."""
+
+    def __init__(
+        self,
+        issuers: Sequence[Issuer],
+        client: httpx.Client | None = None,
+        *,
+        min_refresh_seconds: float = 30,
+    ) -> None:
+        self._client = client or httpx.Client(timeout=5.0, follow_redirects=False)
+        self._issuers = {i.issuer: i for i in issuers}
+        self._jwks = {
+            i.issuer: JwksCache(i.jwks_uri, self._client, min_refresh_seconds=min_refresh_seconds)
+            for i in issuers
+        }
+
+    def jwks(self, issuer: str) -> JwksCache:
+        return self._jwks[issuer]
+
+    def verify(self, token: str) -> VerifiedToken:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise TokenRejected("token_malformed", str(exc)) from None
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in SUPPORTED_ALGORITHMS:
+            raise TokenRejected(
+                "token_alg_not_allowed", f"algorithm {algorithm!r} is never accepted"
+            )
+        issuer = self._issuers.get(unverified.get("iss"))  # type: ignore[arg-type]
+        if issuer is None:
+            raise TokenRejected(
+                "token_unknown_issuer", f"issuer {unverified.get('iss')!r} is not trusted"
+            )
+        if algorithm not in issuer.algorithms:
+            raise TokenRejected(
+                "token_alg_not_allowed",
+                f"issuer {issuer.issuer} signs with {list(issuer.algorithms)}, not {algorithm}",
+            )
+        kid = header.get("kid")
+        key = self._jwks[issuer.issuer].key(kid if isinstance(kid, str) else None)
+        expected_type = _KEY_TYPES[algorithm[:2]]
+        if key.key_type != expected_type:
+            raise TokenRejected(
+                "token_key_mismatch",
+                f"key {kid!r} is {key.key_type}, {algorithm} needs {expected_type}",
+            )
+        claims = self._decode(token, key, algorithm, issuer)
+        return VerifiedToken(
+            issuer=issuer.issuer,
+            subject=str(claims.get("sub", "")),
+            algorithm=algorithm,
+            key_id=kid if isinstance(kid, str) else None,
+            claims=claims,
+        )
+
+    @staticmethod
+    def _decode(token: str, key: PyJWK, algorithm: str, issuer: Issuer) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[algorithm],
+                audience=list(issuer.audiences),
+                issuer=issuer.issuer,
+                leeway=issuer.leeway_seconds,
+                options={"require": list(issuer.required_claims)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenRejected("token_expired", "the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenRejected("token_not_yet_valid", "the token is not valid yet (nbf)") from None
+        except jwt.InvalidIssuedAtError:
+            raise TokenRejected(
+                "token_not_yet_valid", "the token was issued in the future"
+            ) from None
+        except jwt.InvalidAudienceError:
+            raise TokenRejected(
+                "token_wrong_audience", f"audience is not one of {list(issuer.audiences)}"
+            ) from None
+        except jwt.InvalidIssuerError:
+            raise TokenRejected("token_wrong_issuer", "issuer does not match") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenRejected("token_missing_claim", str(exc)) from None
+        except jwt.InvalidSignatureError:
+            raise TokenRejected("token_bad_signature", "the signature does not verify") from None
+        except jwt.PyJWTError as exc:
+            raise TokenRejected("token_invalid", str(exc)) from None
+        return claims
