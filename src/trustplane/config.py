@@ -92,12 +92,13 @@ class Settings(BaseSettings):
         description="Serving processes behind one listening socket. Each evaluates and "
         "appends to the one ledger; /metrics aggregates them all.",
     )
-    follow_interval_ms: int = Field(
-        1000,
-        ge=50,
-        le=60_000,
-        description="How often a serving process checks the store for a bundle activated "
-        "elsewhere (another worker or replica, an admin rollback) and switches to it.",
+    change_poll_ms: int = Field(
+        100,
+        ge=10,
+        le=10_000,
+        description="On SQLite, how often a serving process polls the store for changes made by "
+        "another (a bundle activated by another worker). PostgreSQL wakes it with NOTIFY "
+        "and polls only as a fallback, every second.",
     )
     watch: bool = Field(True, description="Reload the bundle when its files change.")
     expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")

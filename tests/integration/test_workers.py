@@ -58,7 +58,6 @@ def test_workers_share_one_ledger_metrics_and_active_bundle(
         shop_copy,
         watch="false",
         workers=WORKERS,
-        follow_interval_ms=200,
     ) as server:
         wait_for(lambda: len(re.findall(r"Application startup complete", server.log())) == WORKERS)
         pids = set(re.findall(r"Started server process \[(\d+)\]", server.log()))

@@ -176,6 +176,20 @@ class BundleManager:
         self._metrics.bundle_loads.labels("failure").inc()
 
 
+def follow_or_log(manager: BundleManager) -> None:
+    """Switch to an activation made elsewhere; a refusal is logged and the active bundle
+    keeps serving."""
+    try:
+        manager.follow()
+    except BundleError as exc:
+        log.error(
+            "activation made elsewhere refused here; the active bundle keeps serving:\n  %s",
+            "\n  ".join(str(p) for p in exc.problems),
+        )
+    except ActivationError as exc:
+        log.error("activation made elsewhere cannot be followed: %s", exc)
+
+
 def reload_or_log(manager: BundleManager, reason: str) -> None:
     """Reload the bundle directory for a trigger nobody waits on (file change, SIGHUP): a
     refusal is logged with every problem, and the active bundle keeps serving."""

@@ -16,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trustplane.decision.bundle import BundleError
 from trustplane.decision.manager import reload_or_log
 from trustplane.server.admin import AdminApi
 from trustplane.server.authzen import AuthZenApi
@@ -43,6 +42,9 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         active = runtime.bundles.active
         if active is None:
             return json_response({"status": "not ready", "reason": "no active bundle"}, 503)
+        if not runtime.feed.healthy:
+            reason = "change feed lost: changes made elsewhere may not be seen"
+            return json_response({"status": "not ready", "reason": reason}, 503)
         return json_response({"status": "ready", "revision": active.bundle.revision})
 
     async def metrics(request: Request) -> Response:
@@ -110,9 +112,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             yield
             return
         await run_in_threadpool(runtime.start)
-        tasks = [asyncio.create_task(_follow_activations(runtime))]
-        if runtime.settings.watch:
-            tasks.append(asyncio.create_task(_watch_bundle(runtime)))
+        tasks = [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.watch else []
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(
@@ -141,22 +141,6 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
 
 async def _reload(runtime: Runtime, reason: str) -> None:
     await run_in_threadpool(reload_or_log, runtime.bundles, reason)
-
-
-async def _follow_activations(runtime: Runtime) -> None:
-    """Serve what the store says is active: activations made by other workers or replicas."""
-    interval = runtime.settings.follow_interval_ms / 1000
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await run_in_threadpool(runtime.bundles.follow)
-        except BundleError as exc:
-            log.error(
-                "activation made elsewhere refused here; keeping the current bundle:\n  %s",
-                "\n  ".join(str(p) for p in exc.problems),
-            )
-        except Exception:
-            log.exception("following bundle activations failed; will retry")
 
 
 async def _watch_bundle(runtime: Runtime) -> None:

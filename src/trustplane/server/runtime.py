@@ -19,10 +19,11 @@ from sqlalchemy import Engine, insert, select
 
 from trustplane.config import Durability, LedgerAppender, Settings
 from trustplane.decision.loader import LoadOptions
-from trustplane.decision.manager import BundleManager
+from trustplane.decision.manager import BundleManager, follow_or_log
 from trustplane.decision.signing import load_trusted_key
-from trustplane.store.bundles import BundleStore
+from trustplane.store.bundles import BUNDLES_TOPIC, BundleStore
 from trustplane.store.database import create_store_engine, migrate
+from trustplane.store.feed import ChangeFeed
 from trustplane.store.tables import admin_tokens
 from trustplane.telemetry.appender import AppenderProcess
 from trustplane.telemetry.checkpoint import NoteSigner, NoteVerifier
@@ -162,6 +163,8 @@ class Runtime:
             self.metrics,
             bundle_dir=settings.bundle_dir,
         )
+        self.feed = ChangeFeed(self.engine, poll_interval=settings.change_poll_ms / 1000)
+        self.feed.subscribe(BUNDLES_TOPIC, lambda _topic: follow_or_log(self.bundles))
         self._token_hashes: set[str] = set()
 
     def start(self) -> None:
@@ -170,11 +173,13 @@ class Runtime:
         if self.settings.switch_interval_us:
             sys.setswitchinterval(self.settings.switch_interval_us / 1_000_000)
         self.bundles.start(follow_store=self.settings.workers > 1)
+        self.feed.start()
         if self._appender is not None:
             self._appender.start()  # fail here, before serving, if it cannot run
         self.recorder.start()
 
     def close(self) -> None:
+        self.feed.stop()
         self.recorder.stop()
         self.engine.dispose()
 

@@ -11,7 +11,10 @@ from typing import Any
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from trustplane.store.feed import announce
 from trustplane.store.tables import bundle_activations, bundle_revisions
+
+BUNDLES_TOPIC = "bundles"
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class BundleStore:
                     revision=revision, activated_at=time.time(), reason=reason, actor=actor
                 )
             )
+            announce(connection, BUNDLES_TOPIC)
 
     def history(self, limit: int = 50) -> list[Activation]:
         query = (

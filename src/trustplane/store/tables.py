@@ -39,6 +39,15 @@ bundle_activations = Table(
     Column("actor", String(200), nullable=False, default=""),
 )
 
+# The change feed: one counter per topic ("bundles", ...), bumped in the transaction that makes
+# the change; serving processes compare versions (and, on PostgreSQL, are woken by NOTIFY).
+change_versions = Table(
+    "change_versions",
+    metadata,
+    Column("topic", String(64), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+
 # One row; every ledger append updates it first, which takes the database's write lock (SQLite)
 # or the row lock (PostgreSQL) before the appender reads where the tree ends.
 ledger_lock = Table(

@@ -1,0 +1,153 @@
+"""The change feed: how every serving process learns that shared state changed.
+
+A change is announced by bumping its topic's version in the same transaction as the change
+itself (`announce`). Each process runs one `ChangeFeed` listener thread that reads the versions
+and calls the topic's subscribers when one moved; subscribers then re-read the authoritative
+state (the newest bundle activation, say), so a missed or merged wake-up never loses a change.
+
+On PostgreSQL the announcing transaction also sends `NOTIFY trustplane_changes`, delivered at
+commit, and the listener holds a `LISTEN` connection: replicas hear of a change within
+milliseconds, with a slow poll behind it in case a notification is lost. On SQLite (one machine)
+the listener polls the tiny versions table. A listener that cannot read the store marks itself
+unhealthy, so the node reports not ready rather than serving stale state, and catches up by
+comparing versions once it reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from trustplane.store.database import is_postgres
+from trustplane.store.tables import change_versions
+
+log = logging.getLogger("trustplane.feed")
+
+CHANNEL = "trustplane_changes"
+Subscriber = Callable[[str], None]
+
+
+def announce(connection: Connection, topic: str) -> None:
+    """Bump `topic`'s version inside the caller's transaction (and NOTIFY on PostgreSQL)."""
+    bumped = connection.execute(
+        update(change_versions)
+        .where(change_versions.c.topic == topic)
+        .values(version=change_versions.c.version + 1)
+    ).rowcount
+    if not bumped:
+        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+        connection.execute(
+            dialect.insert(change_versions)
+            .values(topic=topic, version=1)
+            .on_conflict_do_update(
+                index_elements=["topic"], set_={"version": change_versions.c.version + 1}
+            )
+        )
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT pg_notify(:channel, :topic)"), {"channel": CHANNEL, "topic": topic}
+        )
+
+
+class ChangeFeed:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        poll_interval: float = 0.1,
+        safety_interval: float = 1.0,
+    ) -> None:
+        """`poll_interval`: how often SQLite is polled; `safety_interval`: how often
+        PostgreSQL is read even without a notification."""
+        self._engine = engine
+        self._poll = poll_interval
+        self._safety = safety_interval
+        self._subscribers: dict[str, list[Subscriber]] = {}
+        self._seen: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_read = 0.0
+        self._failing = False
+
+    def subscribe(self, topic: str, callback: Subscriber) -> None:
+        self._subscribers.setdefault(topic, []).append(callback)
+
+    def start(self) -> None:
+        """Read the current versions (so only later changes are announced), then listen."""
+        self._seen = self._versions()
+        self._last_read = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="change-feed", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    @property
+    def healthy(self) -> bool:
+        """False once the store could not be read for a few intervals."""
+        limit = 3 * max(self._safety if is_postgres(self._engine) else self._poll, 0.5)
+        return not self._failing and time.monotonic() - self._last_read < limit
+
+    # -- listening ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                if is_postgres(self._engine):
+                    self._listen_postgres()
+                else:
+                    self._poll_loop()
+                backoff = 0.1
+            except (SQLAlchemyError, psycopg.Error, OSError) as exc:
+                if not self._failing:
+                    log.error("change feed lost the store (%s); not ready until it is back", exc)
+                self._failing = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self._poll):
+            self._check()
+
+    def _listen_postgres(self) -> None:
+        url = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f"LISTEN {CHANNEL}")
+            self._check()  # changes made while we were not listening
+            while not self._stop.is_set():
+                # Wake on the first notification, or after the safety interval without one.
+                for _notification in connection.notifies(timeout=self._safety, stop_after=1):
+                    pass
+                self._check()
+
+    def _check(self) -> None:
+        versions = self._versions()
+        self._last_read = time.monotonic()
+        if self._failing:
+            log.info("change feed reconnected")
+            self._failing = False
+        for topic, version in versions.items():
+            if self._seen.get(topic) == version:
+                continue
+            self._seen[topic] = version
+            for callback in self._subscribers.get(topic, []):
+                try:
+                    callback(topic)
+                except Exception:
+                    log.exception("change feed subscriber for %s failed", topic)
+
+    def _versions(self) -> dict[str, int]:
+        with self._engine.connect() as connection:
+            rows = connection.execute(select(change_versions.c.topic, change_versions.c.version))
+            return {topic: int(version) for topic, version in rows}
