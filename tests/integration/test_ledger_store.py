@@ -294,3 +294,39 @@ def test_batch_commits_and_checkpoints_while_running(engine: Engine, signer: Not
     assert ledger.size == 35
     assert ledger.latest_checkpoint().size == 35  # type: ignore[union-attr]
     assert verify_ledger(engine, signer.verifier()).ok
+
+
+def test_batch_groups_steady_load_into_one_commit_per_interval(
+    engine: Engine, signer: NoteSigner
+) -> None:
+    """Steady submissions are committed about once per flush interval, not one small
+    transaction after another; each record is still stored within about an interval."""
+    ledger = Ledger(engine, signer, ORIGIN)
+    commits: list[int] = []
+    real_append = ledger.append
+
+    def counting_append(batch):  # type: ignore[no-untyped-def]
+        commits.append(len(batch))
+        return real_append(batch)
+
+    ledger.append = counting_append  # type: ignore[method-assign]
+    recorder = DecisionRecorder(ledger, Masker([]), Metrics(), flush_interval=0.2)
+    recorder.start()
+    try:
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < 1.0:
+            recorder.submit(request(n), decision())
+            n += 1
+            time.sleep(0.001)
+        submitted_at = time.monotonic()
+        while ledger.size < n and time.monotonic() - submitted_at < 10:
+            time.sleep(0.01)
+        stored_after = time.monotonic() - submitted_at
+    finally:
+        recorder.stop()
+    assert ledger.size == n
+    assert stored_after < 2.0, "the last records waited far longer than a flush interval"
+    # ~1 s of load at 0.2 s per commit: about 5 commits (plus the final one), never hundreds.
+    assert len(commits) <= 10, commits
+    assert sum(commits) == n

@@ -71,6 +71,7 @@ class DecisionRecorder:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._last_checkpoint = 0.0
+        self._last_flush = 0.0
         self.metrics.ledger_size.set(ledger.size)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -148,12 +149,7 @@ class DecisionRecorder:
     def _run(self) -> None:
         backoff = 0.05
         while True:
-            with self._cond:
-                if not self._queue and not self._stopping:
-                    # Sync submissions notify at once; the timeout paces batch flushes and
-                    # idle checkpoints.
-                    self._cond.wait(self.flush_interval)
-                stopping = self._stopping
+            stopping = self._wait_for_work()
             try:
                 self._flush()
                 backoff = 0.05
@@ -167,10 +163,38 @@ class DecisionRecorder:
             if stopping and not self._queue:
                 return
 
+    def _wait_for_work(self) -> bool:
+        """Block until the next commit is due; returns whether the recorder is stopping.
+
+        `sync`: as soon as anything is queued (records queued while a commit runs form the
+        next group). `batch`: one commit per flush interval, started at most `flush_interval`
+        after the previous one, earlier only for a full batch or a stop. Committing whatever
+        arrived the moment the last commit ended would turn steady load into many tiny
+        transactions, each costing the serving threads CPU and GIL time.
+        """
+        with self._cond:
+            if self.durability is Durability.SYNC:
+                if not self._queue and not self._stopping:
+                    self._cond.wait(self.flush_interval)  # the timeout paces idle checkpoints
+                return self._stopping
+            due = self._last_flush + self.flush_interval
+            while not self._stopping and len(self._queue) < _MAX_BATCH:
+                remaining = due - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self._last_flush = time.monotonic()
+            return self._stopping
+
     def _flush(self) -> None:
-        while self._queue:
+        """Commit what is queued now, in batches of at most _MAX_BATCH; later arrivals wait for
+        the next commit."""
+        due = len(self._queue)
+        while due > 0:
             with self._cond:
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), _MAX_BATCH))]
+                take = min(len(self._queue), _MAX_BATCH, due)
+                batch = [self._queue.popleft() for _ in range(take)]
+            due -= take
             try:
                 entries = [p.entry for p in batch]
                 size = self._sink.append(entries)
