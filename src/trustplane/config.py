@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import tomllib
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,6 +30,21 @@ class LedgerAppender(StrEnum):
 class Durability(StrEnum):
     BATCH = "batch"
     SYNC = "sync"
+
+
+class IssuerSettings(BaseModel):
+    """A trusted issuer of bearer JWTs (an OIDC provider, a CI platform)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str = Field(description="Expected `iss`, exactly.")
+    jwks_uri: str = Field(description="Where the issuer publishes its signing keys (JWKS).")
+    audiences: list[str] = Field(min_length=1, description="Accepted `aud` values.")
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256", "EdDSA"],
+        description="Signature algorithms this issuer uses (asymmetric only).",
+    )
+    leeway_seconds: int = Field(60, ge=0, le=600, description="Clock skew allowed.")
 
 
 class ConfigError(Exception):
@@ -99,6 +115,21 @@ class Settings(BaseSettings):
         description="On SQLite, how often a serving process polls the store for changes made by "
         "another (a bundle activated by another worker). PostgreSQL wakes it with NOTIFY "
         "and polls only as a fallback, every second.",
+    )
+    issuers: list[IssuerSettings] = Field(
+        default_factory=list,
+        description="Issuers whose bearer JWTs identify callers at the enforcement points "
+        "(JSON list in the environment).",
+    )
+    trusted_proxies: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list,
+        description="Addresses (CIDR) of proxies whose forwarded headers (X-Forwarded-*, "
+        "X-Original-*, the identity header) are believed; from anyone else they are ignored.",
+    )
+    identity_header: str | None = Field(
+        None,
+        description="Header in which a trusted proxy names an already authenticated caller "
+        "(e.g. X-Forwarded-User from an OIDC proxy); off when unset.",
     )
     watch: bool = Field(True, description="Reload the bundle when its files change.")
     expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")

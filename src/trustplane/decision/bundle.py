@@ -168,6 +168,7 @@ class Bundle:
     entities: list[dict[str, Any]]
     tests: list[Any]  # list[trustplane.decision.testing.PolicyTest]
     warnings: list[BundleProblem]
+    routes: Any = None  # trustplane.decision.routes.RouteTable, when the bundle has routes.yaml
 
     @property
     def revision(self) -> str:
@@ -185,7 +186,9 @@ def compile_bundle(
 ) -> Bundle:
     """Parse, check annotations and validate in strict mode; raise BundleError listing all
     problems. Tests are parsed here but run by the loader, which needs an evaluator."""
-    from trustplane.decision.testing import parse_test_file  # testing imports this module
+    # Both modules import this one for BundleProblem.
+    from trustplane.decision.routes import ROUTES_FILE, parse_routes
+    from trustplane.decision.testing import parse_test_file
 
     now = now or datetime.now(UTC)
     problems: list[BundleProblem] = []
@@ -211,6 +214,9 @@ def compile_bundle(
 
     entities = _read_entities(source, schema, problems)
 
+    routes_text = source.text(ROUTES_FILE)
+    routes = None if routes_text is None else parse_routes(routes_text, schema, problems)
+
     tests = []
     for path in sorted(source.files):
         if PurePosixPath(path).parts[0] == TESTS_DIR and path.endswith((".yaml", ".yml")):
@@ -228,6 +234,7 @@ def compile_bundle(
         entities=entities,
         tests=tests,
         warnings=warnings,
+        routes=routes,
     )
 
 
@@ -238,8 +245,8 @@ def _read_settings(source: BundleSource, problems: list[BundleProblem]) -> tuple
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        line = _yaml_error_line(exc)
-        problems.append(BundleProblem(SETTINGS_FILE, f"invalid YAML: {_yaml_reason(exc)}", line))
+        line = yaml_error_line(exc)
+        problems.append(BundleProblem(SETTINGS_FILE, f"invalid YAML: {yaml_reason(exc)}", line))
         return "", ""
     if not isinstance(data, dict):
         problems.append(BundleProblem(SETTINGS_FILE, "must be a mapping of settings"))
@@ -459,10 +466,20 @@ def _locate_entity_error(entities: list[dict[str, Any]], schema: Any, exc: Value
     )
 
 
-def _yaml_error_line(exc: yaml.YAMLError) -> int | None:
+def yaml_item_lines(root: yaml.Node | None, key: str) -> list[int]:
+    """1-based line of each item of the top-level list `key` (for problems that name a line)."""
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for name, value in root.value:
+        if getattr(name, "value", None) == key and isinstance(value, yaml.SequenceNode):
+            return [int(node.start_mark.line) + 1 for node in value.value]
+    return []
+
+
+def yaml_error_line(exc: yaml.YAMLError) -> int | None:
     mark = getattr(exc, "problem_mark", None)
     return None if mark is None else int(mark.line) + 1
 
 
-def _yaml_reason(exc: yaml.YAMLError) -> str:
+def yaml_reason(exc: yaml.YAMLError) -> str:
     return str(getattr(exc, "problem", None) or exc)

@@ -12,7 +12,13 @@ from typing import Any
 
 import yaml
 
-from trustplane.decision.bundle import BundleProblem, parse_rfc3339
+from trustplane.decision.bundle import (
+    BundleProblem,
+    parse_rfc3339,
+    yaml_error_line,
+    yaml_item_lines,
+    yaml_reason,
+)
 from trustplane.decision.engine import Evaluator
 from trustplane.decision.requests import RequestError, parse_request
 from trustplane.model import AccessRequest, Decision
@@ -61,16 +67,16 @@ def parse_test_file(path: str, text: str, problems: list[BundleProblem]) -> list
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = None if mark is None else int(mark.line) + 1
-        problems.append(BundleProblem(path, f"invalid YAML: {getattr(exc, 'problem', exc)}", line))
+        problems.append(
+            BundleProblem(path, f"invalid YAML: {yaml_reason(exc)}", yaml_error_line(exc))
+        )
         return []
     if data is None:
         return []
     if not isinstance(data, dict) or not isinstance(data.get("tests"), list):
         problems.append(BundleProblem(path, "expected a mapping with a 'tests' list"))
         return []
-    lines = _item_lines(root)
+    lines = yaml_item_lines(root, "tests")
     tests: list[PolicyTest] = []
     for index, item in enumerate(data["tests"]):
         line = lines[index] if index < len(lines) else 1
@@ -133,15 +139,6 @@ def parse_test_file(path: str, text: str, problems: list[BundleProblem]) -> list
             )
         )
     return tests
-
-
-def _item_lines(root: yaml.Node | None) -> list[int]:
-    if not isinstance(root, yaml.MappingNode):
-        return []
-    for key, value in root.value:
-        if getattr(key, "value", None) == "tests" and isinstance(value, yaml.SequenceNode):
-            return [int(node.start_mark.line) + 1 for node in value.value]
-    return []
 
 
 def run_test(evaluator: Evaluator, test: PolicyTest) -> TestResult:

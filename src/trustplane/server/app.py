@@ -17,6 +17,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from trustplane.decision.manager import reload_or_log
+from trustplane.enforcement.credentials import Authenticator
+from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth, HttpEnforcer
 from trustplane.server.admin import AdminApi
 from trustplane.server.authzen import AuthZenApi
 from trustplane.server.openapi import openapi_document
@@ -34,6 +36,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     pdp = PolicyDecisionPoint(runtime)
     authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
     admin = AdminApi(runtime)
+    forward_auth = ForwardAuth(HttpEnforcer(pdp, Authenticator.from_settings(runtime.settings)))
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -57,6 +60,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         Route("/access/v1/evaluation", authzen.evaluation, methods=["POST"]),
         Route("/access/v1/evaluations", authzen.evaluations, methods=["POST"]),
         Route("/.well-known/authzen-configuration", authzen.configuration, methods=["GET"]),
+        Route("/v1/forward-auth", forward_auth.handle, methods=list(FORWARD_AUTH_METHODS)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

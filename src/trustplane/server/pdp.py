@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from trustplane.decision.routes import RouteTable
 from trustplane.model import AccessRequest, Decision, Effect, new_decision_id
 from trustplane.server.runtime import Runtime
 
@@ -23,6 +24,11 @@ class PolicyDecisionPoint:
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
 
+    def routes(self) -> RouteTable | None:
+        """The active bundle's route mapping (routes.yaml), if it has one."""
+        active = self._runtime.bundles.active
+        return None if active is None else active.bundle.routes
+
     def evaluate(self, request: AccessRequest) -> Decision:
         active = self._runtime.bundles.active
         if active is None:
@@ -35,6 +41,15 @@ class PolicyDecisionPoint:
     async def decide(self, request: AccessRequest) -> Decision:
         """Evaluate and record; under sync durability, returns once the record is committed."""
         decision = self.evaluate(request)
+        await self._recorder.record(request, decision)
+        return decision
+
+    async def refuse(self, request: AccessRequest, reason: str) -> Decision:
+        """A deny settled before any policy is asked (no valid credential, no route), counted
+        and recorded like every other decision."""
+        active = self._runtime.bundles.active
+        decision = _deny(reason, active.bundle.revision if active is not None else None)
+        self._observe(decision)
         await self._recorder.record(request, decision)
         return decision
 
@@ -56,7 +71,7 @@ class PolicyDecisionPoint:
             metrics.shadow_mismatches.labels(reason.policy_id).inc()
 
 
-def _deny(error: str) -> Decision:
+def _deny(error: str, revision: str | None = None) -> Decision:
     return Decision(
         decision_id=new_decision_id(),
         effect=Effect.DENY,
@@ -65,7 +80,7 @@ def _deny(error: str) -> Decision:
         shadow_reasons=(),
         shadow_changes=(),
         errors=(error,),
-        revision=None,
+        revision=revision,
         eval_micros=0,
         timestamp=time.time(),
     )

@@ -1,0 +1,148 @@
+"""Who is calling: a verified bearer JWT, or the identity header of a trusted proxy.
+
+Forwarded headers are only believed from `trusted_proxies`; from anyone else they are ignored
+and the request is judged without them (so a caller cannot name itself in `X-Forwarded-User`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Any
+
+from trustplane.config import Settings
+from trustplane.identity.tokens import Issuer, TokenRejected, TokenVerifier, VerifiedToken
+
+# RFC 8176 authentication method references that count as a factor.
+_FACTORS = frozenset(
+    {
+        "pwd", "pin", "otp", "sms", "tel", "hwk", "swk", "sc", "fpt", "face", "iris",
+        "retina", "vbm", "kba", "pop", "user",
+    }
+)  # fmt: skip
+
+
+class CredentialRejected(Exception):
+    """A credential was presented but proves nothing; `code` is the reason for the caller."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Credential:
+    """An authenticated caller."""
+
+    subject: str
+    issuer: str  # the token issuer, or "proxy" for a trusted proxy's identity header
+    mfa: bool
+    auth_age_seconds: int
+    token_id: str | None = None
+
+    def facts(self) -> dict[str, Any]:
+        """What routes.yaml may reference as `${credential.*}`."""
+        return {
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "mfa": self.mfa,
+            "auth_age_seconds": self.auth_age_seconds,
+        }
+
+
+def credential_from_token(token: VerifiedToken, now: float | None = None) -> Credential:
+    claims = token.claims
+    amr = claims.get("amr")
+    methods = {m for m in amr if isinstance(m, str)} if isinstance(amr, list) else set()
+    mfa = "mfa" in methods or len(methods & _FACTORS) >= 2
+    authenticated_at = claims.get("auth_time", claims.get("iat"))
+    now = time.time() if now is None else now
+    if isinstance(authenticated_at, int | float) and not isinstance(authenticated_at, bool):
+        age = max(0, int(now - authenticated_at))
+    else:
+        age = 0
+    jti = claims.get("jti")
+    return Credential(
+        subject=token.subject,
+        issuer=token.issuer,
+        mfa=mfa,
+        auth_age_seconds=age,
+        token_id=jti if isinstance(jti, str) else None,
+    )
+
+
+class ProxyTrust:
+    """Which peers may speak for the original request through forwarded headers."""
+
+    def __init__(self, networks: Sequence[IPv4Network | IPv6Network]) -> None:
+        self._networks = tuple(networks)
+
+    def trusts(self, peer: str | None) -> bool:
+        if not peer or not self._networks:
+            return False
+        try:
+            address = ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+
+class Authenticator:
+    def __init__(
+        self,
+        verifier: TokenVerifier | None,
+        proxies: ProxyTrust,
+        identity_header: str | None = None,
+    ) -> None:
+        self._verifier = verifier
+        self._proxies = proxies
+        self._identity_header = identity_header.lower() if identity_header else None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Authenticator:
+        verifier = None
+        if settings.issuers:
+            verifier = TokenVerifier(
+                [
+                    Issuer(
+                        issuer=i.issuer,
+                        jwks_uri=i.jwks_uri,
+                        audiences=tuple(i.audiences),
+                        algorithms=tuple(i.algorithms),
+                        leeway_seconds=i.leeway_seconds,
+                    )
+                    for i in settings.issuers
+                ]
+            )
+        return cls(verifier, ProxyTrust(settings.trusted_proxies), settings.identity_header)
+
+    @property
+    def proxies(self) -> ProxyTrust:
+        return self._proxies
+
+    def authenticate(self, headers: Mapping[str, str], peer: str | None) -> Credential | None:
+        """The caller's credential; None when none was presented. Blocking: an unknown key id
+        may fetch the issuer's JWKS (call from a worker thread)."""
+        authorization = headers.get("authorization")
+        if authorization:
+            scheme, _, token = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise CredentialRejected(
+                    "credential_unsupported", "Authorization must be 'Bearer <token>'"
+                )
+            if self._verifier is None:
+                raise CredentialRejected(
+                    "token_unknown_issuer", "no token issuers are configured on this PDP"
+                )
+            try:
+                return credential_from_token(self._verifier.verify(token.strip()))
+            except TokenRejected as exc:
+                raise CredentialRejected(exc.code, exc.detail) from None
+        if self._identity_header and self._proxies.trusts(peer):
+            name = headers.get(self._identity_header, "").strip()
+            if name:
+                return Credential(subject=name, issuer="proxy", mfa=False, auth_age_seconds=0)
+        return None
