@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import SHOP
 from tests.issuer import AUDIENCE, ISSUER, Jwks, Key, claims, rsa_key
-from tests.support import Server, free_port, running_server, wait_for
+from tests.support import REPO, Server, free_port, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -418,3 +418,17 @@ def test_nginx_fails_closed_when_the_pdp_is_down(
         assert len(upstream.seen) == before
     finally:
         stop_nginx(process)
+
+
+def test_the_documented_nginx_configuration_is_valid(tmp_path: Path) -> None:
+    """docs/examples/nginx-auth-request.conf, included as the docs say, passes `nginx -t`."""
+    snippet = REPO / "docs" / "examples" / "nginx-auth-request.conf"
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  include {snippet};\n}}\n"
+    )
+    check = subprocess.run(
+        [nginx_binary(), "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True
+    )
+    assert check.returncode == 0, check.stderr.decode()

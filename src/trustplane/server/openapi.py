@@ -126,6 +126,23 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json("EvaluationsResponse"), "4XX": _PROBLEM},
                 }
             },
+            "/v1/forward-auth": {
+                method: {
+                    "summary": "Forward-auth for nginx, Traefik and Caddy",
+                    "description": "Judges the original request the proxy describes in "
+                    "X-Original-* or X-Forwarded-* headers (believed only from trusted "
+                    "proxies). 200 allows, with X-Auth-Request-User and "
+                    "X-Trustplane-Decision-Id; 401 carries WWW-Authenticate; 403 a JSON body "
+                    "with the decision id and reason codes.",
+                    "tags": ["enforcement"],
+                    "responses": {
+                        "200": {"description": "Allowed"},
+                        "401": {"description": "No valid credential"},
+                        "403": {"description": "Denied"},
+                    },
+                }
+                for method in ("get", "post", "put", "patch", "delete", "head", "options")
+            },
             "/.well-known/authzen-configuration": {
                 "get": {
                     "summary": "PDP metadata (AuthZEN)",
