@@ -99,6 +99,9 @@ class Server:
 
 
 def server_env(state_dir: Path, database_url: str, **settings: Any) -> dict[str, str]:
+    settings.setdefault(
+        "grpc_port", free_port()
+    )  # never the default port: servers run side by side
     env = {
         "TRUSTPLANE_STATE_DIR": str(state_dir),
         "TRUSTPLANE_DATABASE_URL": database_url,

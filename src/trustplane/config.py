@@ -131,6 +131,15 @@ class Settings(BaseSettings):
         description="Header in which a trusted proxy names an already authenticated caller "
         "(e.g. X-Forwarded-User from an OIDC proxy); off when unset.",
     )
+    grpc_enabled: bool = Field(
+        True, description="Serve Envoy ext_authz (envoy.service.auth.v3.Authorization) over gRPC."
+    )
+    grpc_port: int = Field(9191, ge=0, le=65535, description="Port of the ext_authz gRPC server.")
+    strip_credential: bool = Field(
+        False,
+        description="Ask Envoy to remove the caller's Authorization header before the request "
+        "goes upstream (the upstream gets the identity headers instead).",
+    )
     watch: bool = Field(True, description="Reload the bundle when its files change.")
     expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")
     log_level: str = Field("info", description="Python logging level.")

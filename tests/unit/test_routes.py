@@ -113,9 +113,12 @@ routes:
 @pytest.mark.parametrize(
     ("route", "expected"),
     [
-        ("action: payments:nope\n    resource: {type: Api, id: x}", "payments:nope"),
+        ("action: payments:nope\n    resource: {type: Api, id: x}", "unrecognized action"),
         ("action: payments:refund\n    resource: {type: Nope, id: x}", "Nope"),
-        ("action: deploy:release\n    resource: {type: Service, id: x}", "deploy:release"),
+        (
+            "action: payments:refund\n    resource: {type: Service, id: x}",
+            "unable to find an applicable action",
+        ),
         ("action: payments:refund\n    resource: {type: Api, id: '{who}'}", "{who}"),
         ("action: payments:refund\n    resource: {type: Api}", "'resource' must be"),
         ("action: payments:refund\n    resource: {type: Api, id: x}\n    verb: GET", "'verb'"),

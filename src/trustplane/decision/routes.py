@@ -6,6 +6,8 @@ proxy's `POST /v1/payments/123/refund` reaches policy as `Action::"payments:refu
 at load (every action and resource type must exist in the schema) and activated with it.
 
     principal_type: User            # Cedar type of callers identified by a token or a proxy
+    workload_type: Service          # Cedar type of workloads identified by a SPIFFE ID (mTLS)
+    workload_id_attribute: spiffe_id   # the static entity whose attribute holds that ID
     context:                        # sent with every mapped request; a route may add to it
       mfa: ${credential.mfa}
       risk_score: 0
@@ -56,9 +58,15 @@ REFERENCES = frozenset(
         "request.path",
         "request.source_ip",
         "request.tls",
+        "request.sni",
     }
 )
-_TOP_KEYS = frozenset({"principal_type", "context", "routes"})
+# Prefixes whose names are open-ended: a path parameter, a request header (lower case), an
+# Envoy `context_extensions` entry.
+_OPEN_PREFIXES = ("params.", "headers.", "extensions.")
+_TOP_KEYS = frozenset(
+    {"principal_type", "workload_type", "workload_id_attribute", "context", "routes"}
+)
 _ROUTE_KEYS = frozenset({"methods", "host", "path", "action", "resource", "context"})
 _REF = re.compile(r"\$\{([A-Za-z0-9_.\-]+)\}")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")
@@ -130,7 +138,10 @@ class HttpFacts:
     path: str
     source_ip: str = ""
     tls: bool = False
+    sni: str = ""
     credential: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    extensions: Mapping[str, str] = field(default_factory=dict)  # Envoy context_extensions
 
 
 @dataclass(frozen=True)
@@ -141,11 +152,18 @@ class RouteMatch:
 
 class RouteTable:
     def __init__(
-        self, routes: list[Route], principal_type: str, context: Mapping[str, Any]
+        self,
+        routes: list[Route],
+        principal_type: str,
+        context: Mapping[str, Any],
+        workload_type: str = "Service",
+        workload_id_attribute: str = "spiffe_id",
     ) -> None:
         self.routes = routes
         self.principal_type = principal_type
         self.context = context
+        self.workload_type = workload_type
+        self.workload_id_attribute = workload_id_attribute
 
     def match(self, method: str, host: str, path: str) -> RouteMatch | None:
         """The first route matching the request, with its path parameters decoded."""
@@ -196,9 +214,14 @@ def _reference_values(facts: HttpFacts, params: Mapping[str, str]) -> dict[str, 
         "request.path": facts.path.split("?", 1)[0],
         "request.source_ip": facts.source_ip,
         "request.tls": facts.tls,
+        "request.sni": facts.sni,
     }
     for key, value in facts.credential.items():
         values[f"credential.{key}"] = value
+    for key, value in facts.headers.items():
+        values[f"headers.{key}"] = value
+    for key, value in facts.extensions.items():
+        values[f"extensions.{key}"] = value
     for key, value in params.items():
         values[f"params.{key}"] = value
     return values
@@ -243,6 +266,12 @@ def parse_routes(
     principal_type = data.get("principal_type", "User")
     if not isinstance(principal_type, str) or not _TYPE.match(principal_type):
         problems.append(BundleProblem(path, "'principal_type' must be a Cedar entity type name"))
+    workload_type = data.get("workload_type", "Service")
+    if not isinstance(workload_type, str) or not _TYPE.match(workload_type):
+        problems.append(BundleProblem(path, "'workload_type' must be a Cedar entity type name"))
+    workload_id_attribute = data.get("workload_id_attribute", "spiffe_id")
+    if not isinstance(workload_id_attribute, str) or not workload_id_attribute:
+        problems.append(BundleProblem(path, "'workload_id_attribute' must be an attribute name"))
     context = data.get("context") or {}
     if not isinstance(context, dict):
         problems.append(BundleProblem(path, "'context' must be a mapping"))
@@ -260,11 +289,13 @@ def parse_routes(
         route = _parse_route(index, line, item, path, problems)
         if route is not None:
             routes.append(route)
-    if schema is not None and routes and isinstance(principal_type, str):
-        _check_against_schema(routes, principal_type, schema, path, problems)
+    if schema is not None and routes:
+        _check_against_schema(routes, schema, path, problems)
     if len(problems) > before:
         return None
-    return RouteTable(routes, principal_type, context)
+    return RouteTable(
+        routes, principal_type, context, str(workload_type), str(workload_id_attribute)
+    )
 
 
 def _parse_route(
@@ -395,8 +426,10 @@ def _reference_problems(value: Any, params: frozenset[str]) -> list[str]:
             if name.startswith("params."):
                 if name[len("params.") :] not in params:
                     out.append(f"${{{name}}}: the path has no parameter {name[7:]!r}")
+            elif name.startswith(_OPEN_PREFIXES):
+                continue
             elif name not in REFERENCES:
-                known = ", ".join([*sorted(REFERENCES), "params.NAME"])
+                known = ", ".join([*sorted(REFERENCES), *(f"{p}NAME" for p in _OPEN_PREFIXES)])
                 out.append(f"unknown reference ${{{name}}} (known: {known})")
         return out
     if isinstance(value, dict):
@@ -407,16 +440,16 @@ def _reference_problems(value: Any, params: frozenset[str]) -> list[str]:
 
 
 def _check_against_schema(
-    routes: list[Route], principal_type: str, schema: Any, path: str, problems: list[BundleProblem]
+    routes: list[Route], schema: Any, path: str, problems: list[BundleProblem]
 ) -> None:
-    """Each route as a policy `permit(principal is P, action == A, resource is R)`, validated
-    in strict mode: unknown actions, unknown types and actions that do not apply to the
-    principal or resource type are reported on the route's line."""
+    """Each route as a policy `permit(principal, action == A, resource is R)`, validated in
+    strict mode: unknown actions, unknown types and actions that do not apply to the resource
+    type are reported on the route's line. The principal is left open: people and workloads
+    may both call a route."""
     for route in routes:
         action = _cedar_string(route.action)
         policy = (
-            f"permit (principal is {principal_type}, action == Action::{action},"
-            f" resource is {route.resource_type});"
+            f"permit (principal, action == Action::{action}, resource is {route.resource_type});"
         )
         try:
             result = cedarpy.validate_policies(policy, schema)

@@ -38,10 +38,11 @@ class Credential:
     """An authenticated caller."""
 
     subject: str
-    issuer: str  # the token issuer, or "proxy" for a trusted proxy's identity header
+    issuer: str  # the token issuer; "proxy" for a trusted proxy's identity header; "spiffe"
     mfa: bool
     auth_age_seconds: int
     token_id: str | None = None
+    workload: bool = False  # a SPIFFE ID from mTLS: the caller is a workload, not a person
 
     def facts(self) -> dict[str, Any]:
         """What routes.yaml may reference as `${credential.*}`."""
@@ -123,9 +124,14 @@ class Authenticator:
     def proxies(self) -> ProxyTrust:
         return self._proxies
 
-    def authenticate(self, headers: Mapping[str, str], peer: str | None) -> Credential | None:
-        """The caller's credential; None when none was presented. Blocking: an unknown key id
-        may fetch the issuer's JWKS (call from a worker thread)."""
+    def authenticate(
+        self, headers: Mapping[str, str], peer: str | None, spiffe_id: str | None = None
+    ) -> Credential | None:
+        """The caller's credential; None when none was presented. A bearer token names the
+        caller first; then `spiffe_id` (the peer's mTLS identity as Envoy saw it), the client
+        certificate a trusted proxy forwarded in `X-Forwarded-Client-Cert`, and the trusted
+        proxy's identity header. Blocking: an unknown key id may fetch the issuer's JWKS (call
+        from a worker thread)."""
         authorization = headers.get("authorization")
         if authorization:
             scheme, _, token = authorization.strip().partition(" ")
@@ -141,8 +147,47 @@ class Authenticator:
                 return credential_from_token(self._verifier.verify(token.strip()))
             except TokenRejected as exc:
                 raise CredentialRejected(exc.code, exc.detail) from None
-        if self._identity_header and self._proxies.trusts(peer):
+        trusted = self._proxies.trusts(peer)
+        if not spiffe_id and trusted:
+            spiffe_id = xfcc_spiffe_id(headers.get("x-forwarded-client-cert", ""))
+        if spiffe_id:
+            if not spiffe_id.startswith("spiffe://"):
+                raise CredentialRejected("credential_unsupported", "peer identity is not SPIFFE")
+            return Credential(
+                subject=spiffe_id, issuer="spiffe", mfa=False, auth_age_seconds=0, workload=True
+            )
+        if self._identity_header and trusted:
             name = headers.get(self._identity_header, "").strip()
             if name:
                 return Credential(subject=name, issuer="proxy", mfa=False, auth_age_seconds=0)
         return None
+
+
+def xfcc_spiffe_id(value: str) -> str | None:
+    """The SPIFFE ID of the closest client in an Envoy `X-Forwarded-Client-Cert` header: the
+    `URI=` of its last element (each proxy appends the client it saw)."""
+    if not value:
+        return None
+    last = _split_outside_quotes(value, ",")[-1]
+    for pair in _split_outside_quotes(last, ";"):
+        key, _, item = pair.partition("=")
+        if key.strip().lower() == "uri":
+            uri = item.strip().strip('"')
+            return uri if uri.startswith("spiffe://") else None
+    return None
+
+
+def _split_outside_quotes(value: str, separator: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in value:
+        if char == '"':
+            quoted = not quoted
+        if char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts

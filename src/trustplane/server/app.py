@@ -18,7 +18,9 @@ from starlette.routing import Route
 
 from trustplane.decision.manager import reload_or_log
 from trustplane.enforcement.credentials import Authenticator
-from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth, HttpEnforcer
+from trustplane.enforcement.enforcer import HttpEnforcer
+from trustplane.enforcement.envoy import EnvoyHttp, start_grpc_server
+from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth
 from trustplane.server.admin import AdminApi
 from trustplane.server.authzen import AuthZenApi
 from trustplane.server.openapi import openapi_document
@@ -36,7 +38,10 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     pdp = PolicyDecisionPoint(runtime)
     authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
     admin = AdminApi(runtime)
-    forward_auth = ForwardAuth(HttpEnforcer(pdp, Authenticator.from_settings(runtime.settings)))
+    settings = runtime.settings
+    enforcer = HttpEnforcer(pdp, Authenticator.from_settings(settings))
+    forward_auth = ForwardAuth(enforcer)
+    envoy_http = EnvoyHttp(enforcer, settings.strip_credential)
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -61,6 +66,12 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         Route("/access/v1/evaluations", authzen.evaluations, methods=["POST"]),
         Route("/.well-known/authzen-configuration", authzen.configuration, methods=["GET"]),
         Route("/v1/forward-auth", forward_auth.handle, methods=list(FORWARD_AUTH_METHODS)),
+        Route(EnvoyHttp.PREFIX, envoy_http.handle, methods=list(FORWARD_AUTH_METHODS)),
+        Route(
+            EnvoyHttp.PREFIX + "/{path:path}",
+            envoy_http.handle,
+            methods=list(FORWARD_AUTH_METHODS),
+        ),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -116,6 +127,12 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             yield
             return
         await run_in_threadpool(runtime.start)
+        grpc_server = None
+        if settings.grpc_enabled:
+            grpc_server, port = await start_grpc_server(
+                enforcer, settings.host, settings.grpc_port, settings.strip_credential
+            )
+            log.info("Envoy ext_authz gRPC on %s:%d", settings.host, port)
         tasks = [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.watch else []
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -129,6 +146,8 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
                 task.cancel()
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)  # answers in flight are recorded before close
             await run_in_threadpool(runtime.close)
 
     return Starlette(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from trustplane.decision.bundle import Bundle
 from trustplane.decision.routes import RouteTable
 from trustplane.model import AccessRequest, Decision, Effect, new_decision_id
 from trustplane.server.runtime import Runtime
@@ -23,6 +24,10 @@ class PolicyDecisionPoint:
         # Labelled children resolved once: `.labels()` costs more than the increment.
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
+
+    def active_bundle(self) -> Bundle | None:
+        active = self._runtime.bundles.active
+        return None if active is None else active.bundle
 
     def routes(self) -> RouteTable | None:
         """The active bundle's route mapping (routes.yaml), if it has one."""

@@ -1,0 +1,164 @@
+"""The enforcement decision every HTTP-shaped adapter shares: authenticate the caller, map the
+route, ask the PDP, and shape the answer (status, headers, JSON body) the adapters translate into
+their protocol (forward-auth, Envoy HTTP and gRPC ext_authz)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from trustplane.decision.routes import HttpFacts, RouteMatch, RouteTable, split_path
+from trustplane.enforcement.credentials import Authenticator, Credential, CredentialRejected
+from trustplane.model import AccessRequest, Decision, EntityRef
+from trustplane.server.pdp import PolicyDecisionPoint
+
+ANONYMOUS = EntityRef("Anonymous", "anonymous")
+DECISION_HEADER = "X-Trustplane-Decision-Id"
+PRINCIPAL_HEADER = "X-Trustplane-Principal"
+USER_HEADER = "X-Auth-Request-User"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """An enforcement point's answer, before it is put in any protocol's shape."""
+
+    status: int  # 200, 401 or 403
+    decision: Decision
+    reasons: tuple[str, ...]
+    principal: EntityRef
+    credential: Credential | None
+    challenge: str | None = None  # WWW-Authenticate value for a 401
+
+    def headers(self) -> dict[str, str]:
+        """Response headers: on allow, who the caller is (for the proxy to pass upstream); on a
+        401, the challenge; always the decision id."""
+        headers = {DECISION_HEADER: self.decision.decision_id}
+        if self.status == 200 and self.credential is not None:
+            headers[USER_HEADER] = self.credential.subject
+            headers[PRINCIPAL_HEADER] = str(self.principal)
+        if self.challenge:
+            headers["WWW-Authenticate"] = self.challenge
+        return headers
+
+    def body(self) -> dict[str, Any]:
+        if self.status == 200:
+            return {"decision": True, "decision_id": self.decision.decision_id}
+        return {
+            "decision": False,
+            "decision_id": self.decision.decision_id,
+            "reasons": list(self.reasons),
+        }
+
+
+class HttpEnforcer:
+    """Authenticate, map the route, ask the PDP: the part every HTTP-shaped adapter shares."""
+
+    def __init__(self, pdp: PolicyDecisionPoint, authenticator: Authenticator) -> None:
+        self._pdp = pdp
+        self._authenticator = authenticator
+        self._workloads: tuple[str | None, dict[str, str]] = (None, {})
+
+    @property
+    def authenticator(self) -> Authenticator:
+        return self._authenticator
+
+    async def judge(
+        self,
+        facts: HttpFacts,
+        headers: Mapping[str, str],
+        peer: str | None,
+        spiffe_id: str | None = None,
+    ) -> Verdict:
+        """`peer`: the address of whoever asks (a proxy, Envoy); `spiffe_id`: the original
+        caller's mTLS identity, when the asking proxy terminated mTLS and says so."""
+        routes = self._pdp.routes()
+        found = routes.match(facts.method, facts.host, facts.path) if routes else None
+        try:
+            credential = await run_in_threadpool(
+                self._authenticator.authenticate, headers, peer, spiffe_id
+            )
+        except CredentialRejected as exc:
+            request = _attempt(ANONYMOUS, facts, routes, found)
+            decision = await self._pdp.refuse(request, f"{exc.code}: {exc.detail}")
+            challenge = (
+                f'Bearer realm="trustplane", error="invalid_token", error_description="{exc.code}"'
+            )
+            return Verdict(401, decision, (exc.code,), ANONYMOUS, None, challenge)
+        if credential is None:
+            request = _attempt(ANONYMOUS, facts, routes, found)
+            decision = await self._pdp.refuse(request, "credential_missing: no credential")
+            return Verdict(
+                401, decision, ("credential_missing",), ANONYMOUS, None, 'Bearer realm="trustplane"'
+            )
+        principal = self._principal(credential, routes)
+        if routes is None or found is None:
+            request = _attempt(principal, facts, routes, None)
+            where = f"{facts.method} {facts.host}{split_path_text(facts.path)}"
+            why = "the active bundle has no routes.yaml" if routes is None else "no route matched"
+            decision = await self._pdp.refuse(request, f"no_route_matched: {why} ({where})")
+            return Verdict(403, decision, ("no_route_matched",), principal, credential)
+        facts = dataclasses.replace(facts, credential=credential.facts())
+        request = routes.access_request(found, principal, facts)
+        decision = await self._pdp.decide(request)
+        if decision.allowed:
+            return Verdict(200, decision, (), principal, credential)
+        return Verdict(403, decision, reason_codes(decision), principal, credential)
+
+    def _principal(self, credential: Credential, routes: RouteTable | None) -> EntityRef:
+        """People: `principal_type` with the token's subject as id. Workloads: the static
+        entity of `workload_type` whose `workload_id_attribute` is the SPIFFE ID (so policies
+        name `Service::"checkout"`), or the SPIFFE ID itself when no entity claims it."""
+        if not credential.workload:
+            return EntityRef(routes.principal_type if routes else "User", credential.subject)
+        if routes is None:
+            return EntityRef("Service", credential.subject)
+        known = self._workload_index(routes)
+        return EntityRef(routes.workload_type, known.get(credential.subject, credential.subject))
+
+    def _workload_index(self, routes: RouteTable) -> dict[str, str]:
+        active = self._pdp.active_bundle()
+        revision = active.revision if active is not None else None
+        cached_revision, index = self._workloads
+        if revision != cached_revision:
+            index = {}
+            for entity in active.entities if active is not None else []:
+                uid = entity.get("uid", {})
+                value = entity.get("attrs", {}).get(routes.workload_id_attribute)
+                if uid.get("type") == routes.workload_type and isinstance(value, str):
+                    index[value] = str(uid.get("id"))
+            self._workloads = (revision, index)
+        return index
+
+
+def reason_codes(decision: Decision) -> tuple[str, ...]:
+    """Why a deny happened, in words a caller can act on without seeing the policies' text."""
+    if decision.errors:
+        return ("evaluation_error",)
+    if decision.reasons:
+        return tuple(r.policy_id for r in decision.reasons)
+    return ("no_policy_permits",)
+
+
+def split_path_text(path: str) -> str:
+    return "/" + "/".join(split_path(path))
+
+
+def _attempt(
+    principal: EntityRef, facts: HttpFacts, routes: RouteTable | None, found: RouteMatch | None
+) -> AccessRequest:
+    """The request as recorded when no policy is asked: the route's action and resource when
+    one matched, otherwise the raw method and path."""
+    context = {"host": facts.host, "source_ip": facts.source_ip}
+    if routes is not None and found is not None:
+        mapped = routes.access_request(found, principal, facts)
+        return AccessRequest(principal, mapped.action, mapped.resource, context)
+    return AccessRequest(
+        principal,
+        EntityRef("Action", facts.method),
+        EntityRef("HttpPath", split_path_text(facts.path)),
+        context,
+    )

@@ -1,0 +1,177 @@
+"""Envoy and Istio external authorization: the gRPC `envoy.service.auth.v3.Authorization/Check`
+service (protos from `xds-protos`) and Envoy's HTTP ext_authz mode.
+
+`CheckRequest.attributes` becomes the same facts forward-auth works from: the HTTP method,
+host and path of the held request, its headers, the source address, whether the downstream
+connection used TLS (and its SNI), and `context_extensions`. The caller is the bearer JWT in
+`authorization` if there is one, else the peer's SPIFFE ID that Envoy saw on the mTLS connection
+(`source.principal`). The answer is OK with `ok_response` headers for the upstream (decision id,
+the authenticated identity; the caller's `authorization` removed when `strip_credential` is on),
+or PERMISSION_DENIED / UNAUTHENTICATED with a `denied_response` Envoy sends to the client:
+403 with a JSON body, or 401 with `WWW-Authenticate`.
+
+Anything unexpected while answering is a deny (UNAVAILABLE with a 503 body), never an allow:
+Envoy's own `failure_mode_allow` should stay false.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import grpc
+import orjson
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+from starlette.requests import Request
+from starlette.responses import Response
+
+from trustplane.decision.routes import HttpFacts
+from trustplane.enforcement.enforcer import HttpEnforcer, Verdict
+from trustplane.enforcement.forward_auth import original_request
+from trustplane.server.problems import json_response
+
+log = logging.getLogger("trustplane.envoy")
+
+REMOVE_HEADERS = "x-envoy-auth-headers-to-remove"
+_GRPC_CODES = {200: code_pb2.OK, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
+
+
+def check_facts(attributes: external_auth_pb2.AttributeContext) -> tuple[HttpFacts, str | None]:
+    """The held request as facts, and the peer's SPIFFE ID when Envoy verified one."""
+    http = attributes.request.http
+    headers = {k.lower(): v for k, v in http.headers.items()}
+    if not headers and http.header_map.headers:
+        headers = {
+            h.key.lower(): h.value or h.raw_value.decode("utf-8", "replace")
+            for h in http.header_map.headers
+        }
+    source = attributes.source
+    tls = bool(attributes.tls_session.sni) or bool(source.certificate) or http.scheme == "https"
+    facts = HttpFacts(
+        method=(http.method or "GET").upper(),
+        host=http.host or headers.get(":authority", headers.get("host", "")),
+        path=http.path or "/",
+        source_ip=source.address.socket_address.address,
+        tls=tls,
+        sni=attributes.tls_session.sni,
+        headers=headers,
+        extensions=dict(attributes.context_extensions),
+    )
+    principal = source.principal if source.principal.startswith("spiffe://") else None
+    return facts, principal
+
+
+def check_response(verdict: Verdict, strip_credential: bool) -> external_auth_pb2.CheckResponse:
+    headers = [
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k.lower(), value=v))
+        for k, v in verdict.headers().items()
+    ]
+    if verdict.status == 200:
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.OK),
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=headers,
+                headers_to_remove=["authorization"] if strip_credential else [],
+            ),
+        )
+    return _denied(
+        _GRPC_CODES.get(verdict.status, code_pb2.PERMISSION_DENIED),
+        verdict.status,
+        headers,
+        orjson.dumps(verdict.body()).decode(),
+    )
+
+
+def _denied(
+    grpc_code: int, http_code: int, headers: list[base_pb2.HeaderValueOption], body: str
+) -> external_auth_pb2.CheckResponse:
+    headers = [
+        *headers,
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key="content-type", value="application/json")
+        ),
+    ]
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=grpc_code),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=http_code),
+            headers=headers,
+            body=body,
+        ),
+    )
+
+
+class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """`envoy.service.auth.v3.Authorization` on grpc.aio."""
+
+    def __init__(self, enforcer: HttpEnforcer, strip_credential: bool = False) -> None:
+        self._enforcer = enforcer
+        self._strip = strip_credential
+
+    async def Check(
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> external_auth_pb2.CheckResponse:
+        try:
+            facts, spiffe_id = check_facts(request.attributes)
+            verdict = await self._enforcer.judge(
+                facts, facts.headers, _peer_address(context.peer()), spiffe_id
+            )
+            return check_response(verdict, self._strip)
+        except Exception:
+            log.exception("ext_authz Check failed; denying")
+            body = orjson.dumps({"decision": False, "reasons": ["pdp_error"]}).decode()
+            return _denied(code_pb2.UNAVAILABLE, 503, [], body)
+
+
+def _peer_address(peer: str) -> str | None:
+    """`ipv4:127.0.0.1:5555` / `ipv6:[::1]:5555` → the address; None for other transports."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return None
+
+
+async def start_grpc_server(
+    enforcer: HttpEnforcer, host: str, port: int, strip_credential: bool
+) -> tuple[grpc.aio.Server, int]:
+    """Serve ext_authz on host:port (SO_REUSEPORT, so every worker process binds the same
+    port); returns the server and the bound port."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        EnvoyAuthorization(enforcer, strip_credential), server
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    await server.start()
+    return server, bound
+
+
+class EnvoyHttp:
+    """Envoy's HTTP ext_authz mode: Envoy sends the held request's method, path (after the
+    configured `path_prefix`) and headers; 200 allows, anything else is the answer to the
+    client. `x-envoy-auth-headers-to-remove` asks Envoy to drop the caller's credential."""
+
+    PREFIX = "/v1/envoy/http"
+
+    def __init__(self, enforcer: HttpEnforcer, strip_credential: bool = False) -> None:
+        self._enforcer = enforcer
+        self._strip = strip_credential
+
+    async def handle(self, request: Request) -> Response:
+        peer = request.client.host if request.client else None
+        headers: Mapping[str, str] = {k.lower(): v for k, v in request.headers.items()}
+        trusted = self._enforcer.authenticator.proxies.trusts(peer)
+        path = request.url.path[len(self.PREFIX) :] or "/"
+        if request.url.query:
+            path += "?" + request.url.query
+        facts = original_request(request.method, path, headers, peer, trusted)
+        verdict = await self._enforcer.judge(facts, headers, peer)
+        response_headers = verdict.headers()
+        if verdict.status == 200 and self._strip:
+            response_headers[REMOVE_HEADERS] = "authorization"
+        return json_response(verdict.body(), verdict.status, headers=response_headers)

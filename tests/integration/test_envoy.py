@@ -1,0 +1,189 @@
+"""Envoy ext_authz against a real `trustplane serve`: the gRPC Authorization/Check service
+through a real gRPC client with Envoy's own protos (xds-protos), and Envoy's HTTP mode."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import code_pb2
+
+from tests.conftest import SHOP
+from tests.issuer import AUDIENCE, ISSUER, Jwks, Key, claims, rsa_key
+from tests.support import Server, free_port, running_server
+
+pytestmark = pytest.mark.slow
+
+CHECKOUT = "spiffe://shop.example/ns/storefront/sa/checkout"
+
+
+@pytest.fixture(scope="module")
+def key() -> Key:
+    return rsa_key("idp-1")
+
+
+@pytest.fixture(scope="module")
+def issuer(key: Key) -> Iterator[Jwks]:
+    jwks = Jwks()
+    jwks.keys = [key.jwk()]
+    yield jwks
+    jwks.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def server(
+    module_database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    issuer: Jwks,
+    grpc_port: int,
+) -> Iterator[Server]:
+    state = tmp_path_factory.mktemp("state")
+    with running_server(
+        state,
+        module_database_url,
+        SHOP,
+        watch="false",
+        issuers=[{"issuer": ISSUER, "jwks_uri": issuer.uri, "audiences": [AUDIENCE]}],
+        grpc_port=grpc_port,
+        strip_credential="true",
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def stub(server: Server, grpc_port: int) -> Iterator[Any]:
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+        yield external_auth_pb2_grpc.AuthorizationStub(channel)
+
+
+def token(key: Key, user: str = "alice", mfa: bool = True, **overrides: Any) -> str:
+    amr = ["pwd", "hwk"] if mfa else ["pwd"]
+    return key.sign(claims(sub=user, amr=amr, auth_time=int(time.time()) - 60, **overrides))
+
+
+def check(
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    principal: str = "",
+    host: str = "shop.example",
+) -> external_auth_pb2.CheckRequest:
+    ctx = attribute_context_pb2.AttributeContext
+    return external_auth_pb2.CheckRequest(
+        attributes=ctx(
+            source=ctx.Peer(principal=principal),
+            request=ctx.Request(
+                http=ctx.HttpRequest(
+                    method=method, path=path, host=host, headers=headers or {}, scheme="https"
+                )
+            ),
+        )
+    )
+
+
+def headers_of(options: Any) -> dict[str, str]:
+    return {o.header.key: o.header.value for o in options}
+
+
+def test_bearer_token_allowed_with_identity_headers_and_credential_removed(
+    stub: Any, key: Key
+) -> None:
+    response = stub.Check(
+        check(
+            "GET", "/ops/services/checkout/logs?tail=100", {"authorization": f"Bearer {token(key)}"}
+        )
+    )
+    assert response.status.code == code_pb2.OK
+    sent = headers_of(response.ok_response.headers)
+    assert sent["x-auth-request-user"] == "alice"
+    assert sent["x-trustplane-principal"] == 'User::"alice"'
+    assert len(sent["x-trustplane-decision-id"]) == 36
+    assert list(response.ok_response.headers_to_remove) == ["authorization"]
+
+
+def test_spiffe_peer_is_the_workload_entity(stub: Any, server: Server) -> None:
+    allowed = stub.Check(check("POST", "/payments/v1/charges", principal=CHECKOUT))
+    assert allowed.status.code == code_pb2.OK
+    assert headers_of(allowed.ok_response.headers)["x-trustplane-principal"] == (
+        'Service::"checkout"'
+    ), "the SPIFFE ID is mapped to the Service entity that carries it"
+    stranger = stub.Check(
+        check("POST", "/payments/v1/charges", principal="spiffe://shop.example/ns/x/sa/unknown")
+    )
+    assert stranger.status.code == code_pb2.PERMISSION_DENIED
+    assert stranger.denied_response.status.code == 403
+
+
+def test_policy_deny_is_403_with_a_json_body(stub: Any, key: Key) -> None:
+    response = stub.Check(
+        check("GET", "/admin/users", {"authorization": f"Bearer {token(key, 'erin', False)}"})
+    )
+    assert response.status.code == code_pb2.PERMISSION_DENIED
+    denied = response.denied_response
+    assert denied.status.code == 403
+    body = json.loads(denied.body)
+    assert body["reasons"] == ["require-fresh-mfa-for-tier0-and-admin"]
+    assert headers_of(denied.headers)["content-type"] == "application/json"
+
+
+def test_no_or_bad_credential_is_401_with_a_challenge(stub: Any, key: Key) -> None:
+    missing = stub.Check(check("GET", "/ops/services/checkout/logs"))
+    assert missing.status.code == code_pb2.UNAUTHENTICATED
+    assert missing.denied_response.status.code == 401
+    assert headers_of(missing.denied_response.headers)["www-authenticate"] == (
+        'Bearer realm="trustplane"'
+    )
+    expired = stub.Check(
+        check(
+            "GET",
+            "/ops/services/checkout/logs",
+            {"authorization": f"Bearer {token(key, exp=int(time.time()) - 600)}"},
+        )
+    )
+    assert expired.denied_response.status.code == 401
+    assert json.loads(expired.denied_response.body)["reasons"] == ["token_expired"]
+
+
+def test_an_empty_check_request_is_denied_not_crashed(stub: Any) -> None:
+    response = stub.Check(external_auth_pb2.CheckRequest())
+    assert response.status.code == code_pb2.UNAUTHENTICATED
+    assert response.denied_response.status.code == 401
+
+
+def test_unmapped_route_is_denied(stub: Any, key: Key) -> None:
+    response = stub.Check(
+        check("DELETE", "/payments/v1/charges", {"authorization": f"Bearer {token(key)}"})
+    )
+    assert response.status.code == code_pb2.PERMISSION_DENIED
+    assert json.loads(response.denied_response.body)["reasons"] == ["no_route_matched"]
+
+
+def test_http_mode_allows_and_asks_envoy_to_drop_the_credential(server: Server, key: Key) -> None:
+    allowed = server.client.post(
+        "/v1/envoy/http/ops/services/checkout/restart",
+        headers={"authorization": f"Bearer {token(key)}", "host": "ops.shop.example"},
+    )
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.headers["x-envoy-auth-headers-to-remove"] == "authorization"
+    assert allowed.headers["x-auth-request-user"] == "alice"
+    denied = server.client.get(
+        "/v1/envoy/http/payments/v1/transactions/1",
+        headers={"authorization": f"Bearer {token(key, 'bob')}"},
+    )
+    assert denied.status_code == 403
+    assert "x-envoy-auth-headers-to-remove" not in denied.headers
+    assert denied.json()["reasons"] == ["no_policy_permits"]
+    unauthenticated = httpx.get(f"{server.url}/v1/envoy/http/admin/")
+    assert unauthenticated.status_code == 401
