@@ -95,6 +95,13 @@ class Settings(BaseSettings):
         description="Answers kept per bundle revision for repeated identical requests "
         "(0: evaluate every request). Cached answers get their own decision id and are recorded.",
     )
+    decision_ttl_seconds: int = Field(
+        5,
+        ge=0,
+        le=3600,
+        description="How long enforcement points (the SDK's cache) may reuse an answer; never "
+        "past the next policy @expires boundary; 0 disables reuse.",
+    )
     ledger_appender: LedgerAppender = Field(
         LedgerAppender.THREAD,
         description="Where the ledger is committed: `thread` (a writer thread in the serving "

@@ -99,6 +99,9 @@ class Decision:
     eval_micros: int
     timestamp: float
     cached: bool = False  # answered from the evaluator's cache (same request, same bundle)
+    # How long an enforcement point may reuse this answer: 0 for failures, never past the next
+    # @expires boundary. Revocations (later) will cut it short through an epoch.
+    ttl_seconds: int = 0
 
     @property
     def allowed(self) -> bool:
@@ -122,6 +125,7 @@ class Decision:
             "revision": self.revision,
             "eval_micros": self.eval_micros,
             "cached": self.cached,
+            "ttl_seconds": self.ttl_seconds,
         }
 
 

@@ -455,3 +455,26 @@ def test_context_integer_beyond_64_bits_denies_with_a_cedar_error(evaluator: Eva
     decision = ask(evaluator, "ann", "delete", context={"flag": False, "n": 2**70})
     assert decision.effect is Effect.DENY
     assert decision.errors and not any("internal error" in e for e in decision.errors)
+
+
+# -- how long an answer may be reused -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache_size", [0, 16])
+def test_ttl_is_the_maximum_cut_at_the_next_expiry_and_zero_on_errors(cache_size: int) -> None:
+    now = [(EXPIRY - timedelta(hours=1)).timestamp()]
+    source = make_evaluator().bundle.source
+    evaluator = Evaluator(
+        compile_bundle(source, now=EXPIRY - timedelta(days=1)),
+        clock=lambda: now[0],
+        cache_size=cache_size,
+        max_ttl_seconds=30,
+    )
+    for _ in range(2):  # the second answer may come from the cache: same rules
+        assert ask(evaluator, "ann", "read").ttl_seconds == 30
+        assert ask(evaluator, "bo", "delete", context={"flag": False, "n": 1}).ttl_seconds == 0
+    now[0] = (EXPIRY - timedelta(seconds=12)).timestamp()
+    near = ask(evaluator, "bo", "audit")
+    assert near.allowed and near.ttl_seconds == 12, "an answer never outlives @expires"
+    assert near.as_dict()["ttl_seconds"] == 12
+    assert ask(make_evaluator(), "ann", "read").ttl_seconds == 0, "no maximum: no reuse"

@@ -57,7 +57,11 @@ class Evaluator:
     """Answers AccessRequests against one bundle. Thread-safe; holds no per-request state."""
 
     def __init__(
-        self, bundle: Bundle, clock: Callable[[], float] = time.time, cache_size: int = 0
+        self,
+        bundle: Bundle,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = 0,
+        max_ttl_seconds: int = 0,
     ) -> None:
         self.bundle = bundle
         self.revision = bundle.revision
@@ -78,6 +82,7 @@ class Evaluator:
         self._generations: dict[int, _Generation] = {}
         self._generation_at(clock())
         self._cache_size = cache_size
+        self._max_ttl = max_ttl_seconds
         self._cache: OrderedDict[bytes, Decision] = OrderedDict()
 
     # -- public -------------------------------------------------------------------------------
@@ -94,6 +99,7 @@ class Evaluator:
                 eval_micros=(time.perf_counter_ns() - started) // 1000,
                 timestamp=now_ts,
                 cached=True,
+                ttl_seconds=0 if known.errors else self._ttl(now_ts),
             )
         failed = False
         try:
@@ -114,10 +120,21 @@ class Evaluator:
             revision=self.revision,
             eval_micros=(time.perf_counter_ns() - started) // 1000,
             timestamp=now_ts,
+            ttl_seconds=0 if failed or enforced.errors or shadow.errors else self._ttl(now_ts),
         )
         if not failed:
             self._remember(key, decision)
         return decision
+
+    def _ttl(self, now: float) -> int:
+        """Seconds an answer given at `now` stays valid: the configured maximum, cut at the next
+        @expires boundary (a policy that stops applying changes answers)."""
+        if not self._max_ttl:
+            return 0
+        index = bisect.bisect_right(self._boundaries, now)
+        if index < len(self._boundaries):
+            return max(0, min(self._max_ttl, int(self._boundaries[index] - now)))
+        return self._max_ttl
 
     def policy(self, policy_id: str) -> PolicyInfo | None:
         return self._infos.get(policy_id)

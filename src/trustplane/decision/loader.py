@@ -21,6 +21,7 @@ class LoadOptions:
     expiry_warning_days: int = 7
     run_tests: bool = True
     decision_cache_size: int = 0
+    decision_ttl_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,11 @@ def load_bundle(
     bundle = compile_bundle(
         source, now=now or datetime.now(UTC), expiry_warning_days=options.expiry_warning_days
     )
-    evaluator = Evaluator(bundle, cache_size=options.decision_cache_size)
+    evaluator = Evaluator(
+        bundle,
+        cache_size=options.decision_cache_size,
+        max_ttl_seconds=options.decision_ttl_seconds,
+    )
     results = run_tests(evaluator, bundle.tests) if options.run_tests else []
     evaluator.clear_cache()  # test answers are not traffic: serving starts with an empty cache
     failed = failure_problems(results)

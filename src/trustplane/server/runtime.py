@@ -95,6 +95,7 @@ def load_options(settings: Settings) -> LoadOptions:
         trusted_keys=[load_trusted_key(p) for p in settings.trusted_bundle_keys],
         expiry_warning_days=settings.expiry_warning_days,
         decision_cache_size=settings.decision_cache_size,
+        decision_ttl_seconds=settings.decision_ttl_seconds,
     )
 
 

@@ -1,0 +1,324 @@
+"""Python client SDK for asking a trustplane PDP, sync (`Client`) and async (`AsyncClient`).
+
+- One pooled connection per client (httpx), a timeout on every call.
+- Retries only where a retry cannot turn one question into two recorded answers: when the
+  connection could not be made, or the PDP said 503 (not ready, ledger unavailable) and so
+  answered nothing. A read timeout is not retried.
+- A local answer cache honouring the `ttl_seconds` the PDP returns with each decision (0: never
+  reused).
+- Fail closed: when no answer can be had, the result is a deny with the error. A caller may ask
+  for fail-open per call (`fail_open=True`, for a route that must stay up); every fail-open is
+  logged and counted (`trustplane_sdk_fail_open_total{route}`), so it cannot hide.
+
+    with Client("http://127.0.0.1:8181") as pdp:
+        answer = pdp.check(("User", "alice"), "ops:read-logs", ("Service", "checkout"),
+                           {"mfa": True, "auth_age_seconds": 60, "risk_score": 0})
+        if not answer.allowed: ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+log = logging.getLogger("trustplane.sdk")
+
+EVALUATION_PATH = "/access/v1/evaluation"
+_RETRY_STATUSES = frozenset({503})
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The PDP's answer as an enforcement point uses it."""
+
+    allowed: bool
+    decision_id: str | None = None
+    reasons: tuple[str, ...] = ()  # determining policy ids
+    errors: tuple[str, ...] = ()
+    ttl_seconds: int = 0
+    cached: bool = False  # served from this client's cache, not asked again
+    failed_open: bool = False  # the PDP could not answer and the caller chose to let it through
+    error: str | None = None  # why there is no real answer (fail-closed or fail-open)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+class SdkMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.fail_open = Counter(
+            "trustplane_sdk_fail_open",
+            "Requests let through without a PDP answer because the caller chose fail-open.",
+            ["route"],
+            registry=registry if registry is not None else REGISTRY,
+        )
+
+
+_default_metrics: SdkMetrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def default_sdk_metrics() -> SdkMetrics:
+    global _default_metrics
+    with _metrics_lock:
+        if _default_metrics is None:
+            _default_metrics = SdkMetrics()
+        return _default_metrics
+
+
+def evaluation_body(
+    subject: tuple[str, str],
+    action: str,
+    resource: tuple[str, str],
+    context: Mapping[str, Any] | None,
+    subject_properties: Mapping[str, Any] | None = None,
+    resource_properties: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "subject": {"type": subject[0], "id": subject[1]},
+        "action": {"name": action},
+        "resource": {"type": resource[0], "id": resource[1]},
+        "context": dict(context or {}),
+    }
+    if subject_properties:
+        body["subject"]["properties"] = dict(subject_properties)
+    if resource_properties:
+        body["resource"]["properties"] = dict(resource_properties)
+    return body
+
+
+def answer_from(body: Mapping[str, Any]) -> Answer:
+    details = body.get("context") or {}
+    return Answer(
+        allowed=body.get("decision") is True,
+        decision_id=details.get("decision_id"),
+        reasons=tuple(r.get("policy", "") for r in details.get("reasons", [])),
+        errors=tuple(details.get("errors", [])),
+        ttl_seconds=int(details.get("ttl_seconds") or 0),
+        raw=body,
+    )
+
+
+class _AnswerCache:
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[bytes, tuple[float, Answer]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> Answer | None:
+        if not self._size:
+            return None
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None:
+                return None
+            expires, answer = hit
+            if time.monotonic() >= expires:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return answer
+
+    def put(self, key: bytes, answer: Answer) -> None:
+        if not self._size or answer.ttl_seconds <= 0 or answer.errors:
+            return
+        with self._lock:
+            self._entries[key] = (time.monotonic() + answer.ttl_seconds, answer)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class _Base:
+    def __init__(
+        self,
+        retries: int,
+        cache_size: int,
+        metrics: SdkMetrics | None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self._retries = retries
+        self._cache = _AnswerCache(cache_size)
+        self._metrics = metrics
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _lookup(self, body: dict[str, Any]) -> tuple[bytes, Answer | None]:
+        key = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        known = self._cache.get(key)
+        return key, None if known is None else dataclasses.replace(known, cached=True)
+
+    def _complete(self, key: bytes, response: httpx.Response) -> Answer:
+        answer = self._parse(response)
+        self._cache.put(key, answer)
+        return answer
+
+    def _failure(self, error: str, fail_open: bool, route: str) -> Answer:
+        if fail_open:
+            (self._metrics or default_sdk_metrics()).fail_open.labels(route).inc()
+            log.warning("trustplane unreachable, failing OPEN for %s: %s", route, error)
+            return Answer(allowed=True, failed_open=True, error=error)
+        log.warning("trustplane unreachable, denying %s: %s", route, error)
+        return Answer(allowed=False, error=error)
+
+    @staticmethod
+    def _parse(response: httpx.Response) -> Answer:
+        if response.status_code != 200:
+            raise _Unanswered(f"PDP answered {response.status_code}: {response.text[:200]}")
+        try:
+            return answer_from(orjson.loads(response.content))
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+            raise _Unanswered(f"PDP answer is not an AuthZEN response: {exc}") from None
+
+
+class _Unanswered(Exception):
+    pass
+
+
+class Client(_Base):
+    """Blocking client; thread-safe."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 1.0,
+        retries: int = 2,
+        cache_size: int = 10_000,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        metrics: SdkMetrics | None = None,
+    ) -> None:
+        super().__init__(retries, cache_size, metrics)
+        self._http = httpx.Client(
+            base_url=url, timeout=timeout, headers=dict(headers or {}), transport=transport
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def check(
+        self,
+        subject: tuple[str, str],
+        action: str,
+        resource: tuple[str, str],
+        context: Mapping[str, Any] | None = None,
+        *,
+        subject_properties: Mapping[str, Any] | None = None,
+        resource_properties: Mapping[str, Any] | None = None,
+        fail_open: bool = False,
+        route: str = "",
+    ) -> Answer:
+        body = evaluation_body(
+            subject, action, resource, context, subject_properties, resource_properties
+        )
+        key, known = self._lookup(body)
+        if known is not None:
+            return known
+        try:
+            return self._complete(key, self._post(key))
+        except (_Unanswered, httpx.HTTPError) as exc:
+            return self._failure(str(exc) or type(exc).__name__, fail_open, route or action)
+
+    def _post(self, body: bytes) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.post(
+                    EVALUATION_PATH, content=body, headers={"content-type": "application/json"}
+                )
+                if response.status_code not in _RETRY_STATUSES or attempt >= self._retries:
+                    return response
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                if attempt >= self._retries:
+                    raise
+            attempt += 1
+            time.sleep(min(0.05 * 2**attempt, 0.5))
+
+
+class AsyncClient(_Base):
+    """asyncio client; one per event loop."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 1.0,
+        retries: int = 2,
+        cache_size: int = 10_000,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        metrics: SdkMetrics | None = None,
+    ) -> None:
+        super().__init__(retries, cache_size, metrics)
+        self._http = httpx.AsyncClient(
+            base_url=url, timeout=timeout, headers=dict(headers or {}), transport=transport
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def check(
+        self,
+        subject: tuple[str, str],
+        action: str,
+        resource: tuple[str, str],
+        context: Mapping[str, Any] | None = None,
+        *,
+        subject_properties: Mapping[str, Any] | None = None,
+        resource_properties: Mapping[str, Any] | None = None,
+        fail_open: bool = False,
+        route: str = "",
+    ) -> Answer:
+        body = evaluation_body(
+            subject, action, resource, context, subject_properties, resource_properties
+        )
+        key, known = self._lookup(body)
+        if known is not None:
+            return known
+        try:
+            return self._complete(key, await self._post(key))
+        except (_Unanswered, httpx.HTTPError) as exc:
+            return self._failure(str(exc) or type(exc).__name__, fail_open, route or action)
+
+    async def _post(self, body: bytes) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.post(
+                    EVALUATION_PATH, content=body, headers={"content-type": "application/json"}
+                )
+                if response.status_code not in _RETRY_STATUSES or attempt >= self._retries:
+                    return response
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                if attempt >= self._retries:
+                    raise
+            attempt += 1
+            await asyncio.sleep(min(0.05 * 2**attempt, 0.5))
