@@ -123,6 +123,7 @@ class Server:
     command: str
     state_dir: Path | None = None
     admin_token: str | None = None
+    grpc_port: int | None = None  # trustplane's ext_authz gRPC server
 
     @property
     def base(self) -> str:
@@ -157,12 +158,17 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
 }
 
 
-def start_server(kind: str, workdir: Path, use_cli: bool) -> Server:
+def start_server(
+    kind: str, workdir: Path, use_cli: bool, extra_env: dict[str, str] | None = None
+) -> Server:
+    """`extra_env`: more TRUSTPLANE_* settings for this run (the enforcement benchmark)."""
     port = free_port()
+    grpc_port = free_port()
     log_path = workdir / f"{kind}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRUSTPLANE_GRPC_PORT": str(grpc_port)}
     flags, settings_env = VARIANTS.get(kind, ([], {}))
     env.update(settings_env)
+    env.update(extra_env or {})
     if kind in ("trustplane-no-ledger", "trustplane-what-if"):
         env["TRUSTPLANE_DECISION_CACHE_SIZE"] = "0"  # layer experiments evaluate every request
     state_dir = None
@@ -215,7 +221,7 @@ def start_server(kind: str, workdir: Path, use_cli: bool) -> Server:
     process = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
-    server = Server(kind, port, process, log_path, command, state_dir, token)
+    server = Server(kind, port, process, log_path, command, state_dir, token, grpc_port)
     ready = "/readyz" if kind != "noop" else "/"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

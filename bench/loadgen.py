@@ -34,8 +34,16 @@ def _percentile(values: list[float], p: float) -> float:
     return values[rank - 1]
 
 
-def build_requests(host: str, port: int, path: str, bodies: list[bytes]) -> list[bytes]:
-    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+def build_requests(
+    host: str, port: int, path: str, bodies: list[bytes], headers: list[str] | None = None
+) -> list[bytes]:
+    """POST each body to `path`; with no bodies, one GET of `path`. `headers`: extra lines."""
+    extra = "".join(f"{h}\r\n" for h in headers or [])
+    if not bodies:
+        return [f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode()]
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n{extra}"
+    )
     return [head.encode() + f"Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies]
 
 
@@ -190,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default="/access/v1/evaluation")
-    parser.add_argument("--bodies", type=Path, required=True)
+    parser.add_argument("--bodies", type=Path, help="JSON Lines to POST; absent: GET --path")
+    parser.add_argument("--header", action="append", default=[], help="extra 'Name: value'")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=float, default=1000.0, help="requests/s; 0: closed loop")
     parser.add_argument("--duration", type=float, default=10.0)
@@ -201,8 +210,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("load is only sent to the loopback interface")
     if not 0 < args.duration <= 600:
         parser.error("--duration must be in (0, 600]")
-    bodies = [line.encode() for line in args.bodies.read_text().splitlines() if line.strip()]
-    requests = build_requests(args.host, args.port, args.path, bodies)
+    bodies = []
+    if args.bodies is not None:
+        bodies = [line.encode() for line in args.bodies.read_text().splitlines() if line.strip()]
+    requests = build_requests(args.host, args.port, args.path, bodies, args.header)
     try:
         import uvloop
 

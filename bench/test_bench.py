@@ -96,3 +96,39 @@ def test_load_generator_refuses_other_hosts(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode != 0 and "loopback" in done.stderr
+
+
+def test_get_requests_carry_their_headers() -> None:
+    import loadgen
+
+    (request,) = loadgen.build_requests("127.0.0.1", 80, "/a?b=1", [], ["X-Forwarded-User: bob"])
+    assert request.startswith(b"GET /a?b=1 HTTP/1.1\r\n")
+    assert b"\r\nX-Forwarded-User: bob\r\n" in request
+    assert request.endswith(b"\r\n\r\n")
+
+
+def test_grpc_load_against_the_noop_server() -> None:
+    """The gRPC generator answers every call it offers, against the no-op baseline server."""
+    import enforcement
+
+    with_tmp = httpbench.free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "enforcement.py"),
+            "--serve-noop-grpc",
+            str(with_tmp),
+        ]
+    )
+    try:
+        result = enforcement.grpcload(with_tmp, rate=200, seconds=0.5)
+        assert result["offered"] == 100
+        assert result["answered"] == 100 and result["errors"] == 0
+        assert result["grpc_status_codes"] == {"0": 100}
+        merged = enforcement.median_run([result, result, result])
+        assert (
+            merged["offered"] == 300 and merged["p99_each_run"] == [result["latency_ms"]["p99"]] * 3
+        )
+    finally:
+        server.terminate()
+        server.wait(10)

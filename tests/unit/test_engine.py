@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -321,6 +322,25 @@ def test_decision_ids_are_unique_time_ordered_uuid7(evaluator: Evaluator) -> Non
     stamps = [uuid.UUID(v).int >> 80 for v in decision_ids]
     assert stamps == sorted(stamps)
     assert abs(stamps[0] / 1000 - datetime.now(UTC).timestamp()) < 3600
+
+
+def test_a_forked_child_never_reuses_the_parents_random_bytes() -> None:
+    """Decision ids draw random bytes in bulk; a fork must not hand out the same bytes twice."""
+    from trustplane.model import new_decision_id
+
+    new_decision_id()  # the parent now holds a partly used pool
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(writer, new_decision_id().encode())
+        os._exit(0)
+    os.close(writer)
+    child_id = os.read(reader, 64).decode()
+    os.close(reader)
+    os.waitpid(pid, 0)
+    parent_id = new_decision_id()
+    assert child_id and parent_id
+    assert child_id[-12:] != parent_id[-12:], "the random tail was shared across the fork"
 
 
 def test_internal_failure_fails_closed(

@@ -144,6 +144,20 @@ def test_rotation_unknown_kid_refreshes_once_and_is_rate_limited(
     assert jwks.fetches == 1
 
 
+def test_would_fetch_tells_when_verifying_needs_the_network(
+    verifier: TokenVerifier, jwks: Jwks, keys: dict[str, Key]
+) -> None:
+    """An async enforcement point verifies on its event loop unless a JWKS fetch is due."""
+    token = keys["rs"].sign(claims())
+    assert verifier.would_fetch(token), "nothing cached yet"
+    verifier.verify(token)
+    assert not verifier.would_fetch(token), "known key, fresh cache"
+    assert not verifier.would_fetch(rsa_key("rs-9").sign(claims())), "refresh rate-limited"
+    assert not verifier.would_fetch("not-a-token"), "refused without I/O"
+    assert not verifier.would_fetch(keys["rs"].sign(claims(iss="https://other.example")))
+    assert jwks.fetches == 1
+
+
 def test_rotation_is_picked_up_when_a_refresh_is_allowed(jwks: Jwks, keys: dict[str, Key]) -> None:
     verifier = TokenVerifier([Issuer(ISSUER, jwks.uri, (AUDIENCE,))], min_refresh_seconds=0)
     assert verifier.verify(keys["rs"].sign(claims())).subject == "alice"

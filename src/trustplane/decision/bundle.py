@@ -6,6 +6,7 @@ first, so an author fixes a broken bundle in one round trip.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -110,9 +111,10 @@ class BundleSource:
             if path != SIGNATURE_FILE
         }
 
-    @property
+    @functools.cached_property
     def revision(self) -> str:
-        """Content hash: the same files give the same revision wherever they are loaded."""
+        """Content hash: the same files give the same revision wherever they are loaded.
+        Computed once: the decision path reads it on every request."""
         return hashlib.sha256(manifest_text(self.manifest()).encode()).hexdigest()
 
     def text(self, path: str) -> str | None:

@@ -124,6 +124,13 @@ class Authenticator:
     def proxies(self) -> ProxyTrust:
         return self._proxies
 
+    def would_block(self, headers: Mapping[str, str]) -> bool:
+        """Whether `authenticate` would do network I/O now (a JWKS fetch)."""
+        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+        if self._verifier is None or scheme.lower() != "bearer" or not token.strip():
+            return False
+        return self._verifier.would_fetch(token.strip())
+
     def authenticate(
         self, headers: Mapping[str, str], peer: str | None, spiffe_id: str | None = None
     ) -> Credential | None:

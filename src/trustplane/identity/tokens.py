@@ -97,13 +97,21 @@ class JwksCache:
         self._lock = threading.Lock()
         self.fetches = 0
 
+    def would_fetch(self, kid: str | None) -> bool:
+        """Whether `key(kid)` would go to the network now."""
+        with self._lock:
+            return self._due(self._clock(), kid)
+
+    def _due(self, now: float, kid: str | None) -> bool:
+        stale = self._fetched_at is None or now - self._fetched_at >= self._max_age
+        unknown = kid not in self._keys
+        may_refresh = self._fetched_at is None or now - self._fetched_at >= self._min_refresh
+        return stale or (unknown and may_refresh)
+
     def key(self, kid: str | None) -> PyJWK:
         with self._lock:
             now = self._clock()
-            stale = self._fetched_at is None or now - self._fetched_at >= self._max_age
-            unknown = kid not in self._keys
-            may_refresh = self._fetched_at is None or now - self._fetched_at >= self._min_refresh
-            if stale or (unknown and may_refresh):
+            if self._due(now, kid):
                 self._refresh(now)
             found = self._keys.get(kid)
         if found is None:
@@ -146,6 +154,18 @@ class TokenVerifier:
 
     def jwks(self, issuer: str) -> JwksCache:
         return self._jwks[issuer]
+
+    def would_fetch(self, token: str) -> bool:
+        """Whether verifying `token` now would fetch its issuer's JWKS (so an async caller
+        knows to move the call off its event loop); False for tokens refused without I/O."""
+        try:
+            header = jwt.get_unverified_header(token)
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError:
+            return False
+        cache = self._jwks.get(issuer) if isinstance(issuer, str) else None
+        kid = header.get("kid")
+        return cache is not None and cache.would_fetch(kid if isinstance(kid, str) else None)
 
     def verify(self, token: str) -> VerifiedToken:
         try:

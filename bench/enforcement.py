@@ -1,0 +1,452 @@
+"""Enforcement benchmarks: Envoy ext_authz over gRPC, and nginx `auth_request`, each against a
+baseline measured in the same run.
+
+    .venv/bin/python bench/enforcement.py            # about 2 minutes; updates docs/benchmarks.md
+    .venv/bin/python bench/enforcement.py --quick --no-docs
+
+1. gRPC `Authorization/Check` (the real `trustplane serve`, ledger on, batch durability):
+   open loop at 1,000 calls/s offered from a second process (bench/grpcload.py), p50/p99 from
+   each call's scheduled time; then a closed loop for the maximum sustainable throughput. The
+   baseline is a no-op Authorization server on the same gRPC stack (grpc.aio) answering OK.
+2. nginx with `auth_request` (the real Debian nginx, one worker) in front of an upstream that
+   nginx itself serves: pointed at trustplane's `/v1/forward-auth`, at the no-op ASGI app of the
+   HTTP benchmark (same uvicorn settings), and without `auth_request`. Throughput from a closed
+   loop, p99 at a fixed offered rate, ratios to the no-op.
+
+Informational: no figure here is asserted. Results replace the enforcement section of
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import httpbench
+from common import BENCH_DIR, ROOT
+
+DOCS = ROOT / "docs" / "benchmarks.md"
+START = "<!-- bench:enforcement:start -->"
+END = "<!-- bench:enforcement:end -->"
+EDGE_ENV = {
+    "TRUSTPLANE_TRUSTED_PROXIES": '["127.0.0.1/32"]',
+    "TRUSTPLANE_IDENTITY_HEADER": "X-Forwarded-User",
+}
+NGINX_PATH = "/inventory/v1/stock/sku-1"  # bob (developer) may read it: an allow
+NGINX_HEADERS = ["X-Forwarded-User: bob"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int  # open-loop runs per gRPC server, interleaved; medians are reported
+    rate: int
+    rate_s: float
+    closed_s: float
+    concurrency: int
+    nginx_rate: int
+    nginx_connections: int
+
+
+FULL = Sizes(
+    rounds=3,
+    rate=1000,
+    rate_s=10,
+    closed_s=10,
+    concurrency=16,
+    nginx_rate=500,
+    nginx_connections=8,
+)
+QUICK = Sizes(
+    rounds=1,
+    rate=1000,
+    rate_s=3,
+    closed_s=3,
+    concurrency=16,
+    nginx_rate=500,
+    nginx_connections=8,
+)
+
+
+# -- the no-op gRPC baseline --------------------------------------------------------------------
+
+
+def serve_noop_grpc(port: int) -> None:
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+    from google.rpc import code_pb2, status_pb2
+
+    ok = external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK), ok_response=external_auth_pb2.OkHttpResponse()
+    )
+
+    class Noop(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+        async def Check(self, request: Any, context: Any) -> Any:
+            return ok
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Noop(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def start_noop_grpc(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = httpbench.free_port()
+    log = (workdir / "noop-grpc.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH_DIR / "enforcement.py"), "--serve-noop-grpc", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    time.sleep(1.0)
+    return process, port
+
+
+def grpcload(port: int, *, rate: float, seconds: float, concurrency: int = 16) -> dict[str, Any]:
+    argv = [
+        sys.executable,
+        str(BENCH_DIR / "grpcload.py"),
+        "--target",
+        f"127.0.0.1:{port}",
+        "--rate",
+        str(rate),
+        "--duration",
+        str(seconds),
+        "--concurrency",
+        str(concurrency),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"grpcload failed: {done.stderr}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+# -- nginx --------------------------------------------------------------------------------------
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  upstream pdp {{ server 127.0.0.1:{pdp_port}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{upstream_port};
+    location / {{ return 200 "ok"; }}
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location = /_auth {{
+      internal;
+      proxy_pass http://pdp{auth_path};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-Host $host;
+    }}
+    location / {{
+      {auth}
+      proxy_pass http://127.0.0.1:{upstream_port};
+    }}
+  }}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    found = shutil.which("nginx")
+    if found is None and Path("/usr/sbin/nginx").exists():
+        found = "/usr/sbin/nginx"
+    return found
+
+
+def start_nginx(
+    workdir: Path, name: str, pdp_port: int | None, auth_path: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    binary = nginx_binary()
+    assert binary is not None
+    directory = workdir / f"nginx-{name}"
+    directory.mkdir()
+    port, upstream_port = httpbench.free_port(), httpbench.free_port()
+    conf = directory / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(
+            dir=directory,
+            port=port,
+            upstream_port=upstream_port,
+            pdp_port=pdp_port or upstream_port,
+            auth_path=auth_path,
+            auth="auth_request /_auth;" if pdp_port else "",
+        )
+    )
+    process = subprocess.Popen(
+        [binary, "-c", str(conf), "-p", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return process, port
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"nginx {name} did not start: {(directory / 'error.log').read_text()}")
+
+
+def httpload(port: int, *, rate: float, seconds: float, connections: int) -> dict[str, Any]:
+    argv = [
+        sys.executable,
+        str(BENCH_DIR / "loadgen.py"),
+        "--port",
+        str(port),
+        "--path",
+        NGINX_PATH,
+        "--rate",
+        str(rate),
+        "--duration",
+        str(seconds),
+        "--connections",
+        str(connections),
+        *(x for h in NGINX_HEADERS for x in ("--header", h)),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {done.stderr}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def run(sizes: Sizes, log: Any) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="tp-bench-edge-") as tmp:
+        workdir = Path(tmp)
+        log("starting trustplane serve (shop bundle, batch ledger) and a no-op gRPC server")
+        server = httpbench.start_server("trustplane", workdir, True, EDGE_ENV)
+        noop, noop_port = start_noop_grpc(workdir)
+        try:
+            assert server.grpc_port is not None
+            servers = (("trustplane", server.grpc_port), ("noop", noop_port))
+            for round_ in range(sizes.rounds):
+                for name, port in servers:
+                    log(f"gRPC Check, {name}: {sizes.rate}/s, run {round_ + 1}/{sizes.rounds}")
+                    results.setdefault(f"grpc_open_{name}_runs", []).append(
+                        grpcload(port, rate=sizes.rate, seconds=sizes.rate_s)
+                    )
+            for name, port in servers:
+                runs = results[f"grpc_open_{name}_runs"]
+                results[f"grpc_open_{name}"] = median_run(runs)
+                log(f"gRPC Check, {name}: closed loop x{sizes.concurrency}")
+                results[f"grpc_closed_{name}"] = grpcload(
+                    port, rate=0, seconds=sizes.closed_s, concurrency=sizes.concurrency
+                )
+            if nginx_binary() is None:
+                log("nginx is not installed: skipping the nginx benchmark")
+            else:
+                results.update(nginx_runs(workdir, server.port, sizes, log))
+            accounting = httpx.get(f"{server.base}/metrics", timeout=5).text
+            results["trustplane_decisions_metric"] = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in accounting.splitlines()
+                if line.startswith("trustplane_decisions_total{") and 'kind="enforced"' in line
+            )
+        finally:
+            stop(noop)
+            httpbench.stop_server(server)
+    return results
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs' totals, with each latency percentile the median over runs."""
+    keys = runs[0]["latency_ms"].keys()
+    latency = {}
+    for key in keys:
+        values = sorted(r["latency_ms"][key] for r in runs if r["latency_ms"][key] is not None)
+        latency[key] = values[len(values) // 2] if values else None
+    return {
+        "offered": sum(r["offered"] for r in runs),
+        "answered": sum(r["answered"] for r in runs),
+        "runs": len(runs),
+        "latency_ms": latency,
+        "p99_each_run": [r["latency_ms"]["p99"] for r in runs],
+    }
+
+
+def nginx_runs(workdir: Path, pdp_port: int, sizes: Sizes, log: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    noop_asgi = httpbench.start_server("noop", workdir, True)
+    try:
+        setups = {
+            "trustplane": (pdp_port, "/v1/forward-auth"),
+            "noop": (noop_asgi.port, "/"),
+            "no_auth": (None, "/"),
+        }
+        for name, (port, path) in setups.items():
+            process, nginx_port = start_nginx(workdir, name, port, path)
+            try:
+                log(f"nginx auth_request -> {name}: closed loop x{sizes.nginx_connections}")
+                out[f"nginx_closed_{name}"] = httpload(
+                    nginx_port, rate=0, seconds=sizes.closed_s, connections=sizes.nginx_connections
+                )
+                log(f"nginx auth_request -> {name}: {sizes.nginx_rate}/s")
+                out[f"nginx_open_{name}"] = httpload(
+                    nginx_port,
+                    rate=sizes.nginx_rate,
+                    seconds=sizes.rate_s,
+                    connections=sizes.nginx_connections,
+                )
+            finally:
+                stop(process)
+    finally:
+        httpbench.stop_server(noop_asgi)
+    return out
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a and b else "n/a"
+
+
+def report(results: dict[str, Any], sizes: Sizes, quick: bool) -> str:
+    lines = [
+        START,
+        "",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node() or 'this machine'} "
+        f"({platform.machine()}, {httpbench.os.cpu_count()} cores, Python "
+        f"{platform.python_version()}); command: "
+        f"`.venv/bin/python bench/enforcement.py{' --quick' if quick else ''}`.",
+        "",
+        "### gRPC ext_authz `Authorization/Check` (ledger on, batch)",
+        "",
+        f"Open loop at {sizes.rate:,}/s for {sizes.rate_s:g} s from bench/grpcload.py (latency "
+        f"from each call's scheduled time), {sizes.rounds} run(s) per server interleaved, "
+        "percentiles are medians over runs; closed loop with "
+        f"{sizes.concurrency} callers on one channel for the maximum throughput.",
+        "",
+        "| server | offered | answered | p50 ms | p99 ms | p99 each run | max ms "
+        "| closed-loop calls/s | closed p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, label in (("trustplane", "trustplane serve"), ("noop", "no-op grpc.aio server")):
+        o, c = results[f"grpc_open_{name}"], results[f"grpc_closed_{name}"]
+        lat = o["latency_ms"]
+        lines.append(
+            f"| {label} | {o['offered']:,} | {o['answered']:,} | {lat['p50']} | {lat['p99']} | "
+            f"{o['p99_each_run']} | {lat['max']} | {c['rps']:,} | {c['latency_ms']['p99']} |"
+        )
+    p99 = results["grpc_open_trustplane"]["latency_ms"]["p99"]
+    verdict = "PASS" if p99 is not None and p99 <= 1.5 else "FAIL"
+    lines += [
+        "",
+        f"Floor p99 ≤ 1.5 ms at 1,000/s: **{p99} ms, {verdict}** (OPA-Envoy publishes 3.0 ms). "
+        f"Throughput ratio to the no-op: "
+        f"{ratio(results['grpc_closed_trustplane']['rps'], results['grpc_closed_noop']['rps'])}.",
+        "",
+    ]
+    if "nginx_closed_trustplane" in results:
+        lines += [
+            "### nginx `auth_request` (one nginx worker; upstream served by nginx)",
+            "",
+            f"`GET {NGINX_PATH}` with `X-Forwarded-User: bob` (a trusted proxy's identity "
+            f"header; an allow). Closed loop with {sizes.nginx_connections} connections; open "
+            f"loop at {sizes.nginx_rate}/s for the p99.",
+            "",
+            "| auth_request to | requests/s | × no-op | p50 ms (open) | p99 ms (open) | statuses |",
+            "|---|---|---|---|---|---|",
+        ]
+        base = results["nginx_closed_noop"]["achieved_rps"]
+        for name, label in (
+            ("trustplane", "trustplane `/v1/forward-auth`"),
+            ("noop", "no-op ASGI app (same uvicorn settings)"),
+            ("no_auth", "none (nginx and upstream only)"),
+        ):
+            c, o = results[f"nginx_closed_{name}"], results[f"nginx_open_{name}"]
+            lines.append(
+                f"| {label} | {c['achieved_rps']:,} | {ratio(c['achieved_rps'], base)} | "
+                f"{o['latency_ms']['p50']} | {o['latency_ms']['p99']} | {o['statuses']} |"
+            )
+        lines.append("")
+    lines += [END]
+    return "\n".join(lines)
+
+
+def write_docs(section: str) -> None:
+    text = DOCS.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        text = head + section + tail
+    else:
+        text = text.rstrip() + "\n\n## Enforcement results\n\n" + section + "\n"
+    DOCS.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (under a minute)")
+    parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md alone")
+    parser.add_argument("--json", type=Path, help="also write every figure as JSON here")
+    parser.add_argument("--serve-noop-grpc", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_noop_grpc:
+        serve_noop_grpc(args.serve_noop_grpc)
+        return
+    sizes = QUICK if args.quick else FULL
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    results = run(sizes, log)
+    section = report(results, sizes, args.quick)
+    print(section)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if not args.no_docs:
+        write_docs(section)
+
+
+if __name__ == "__main__":
+    main()
