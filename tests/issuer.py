@@ -76,3 +76,14 @@ def claims(**overrides: Any) -> dict[str, Any]:
     base = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 300}
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
+
+
+def user_token(key: Key, user: str = "alice", mfa: bool = True, **overrides: Any) -> str:
+    """A person's token signed in a minute ago, with a hardware key too when `mfa`."""
+    amr = ["pwd", "hwk"] if mfa else ["pwd"]
+    return key.sign(claims(sub=user, amr=amr, auth_time=int(time.time()) - 60, **overrides))
+
+
+def issuer_settings(jwks: Jwks) -> list[dict[str, Any]]:
+    """The `issuers` setting that trusts this issuer."""
+    return [{"issuer": ISSUER, "jwks_uri": jwks.uri, "audiences": [AUDIENCE]}]

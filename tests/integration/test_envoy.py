@@ -16,26 +16,13 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, exte
 from google.rpc import code_pb2
 
 from tests.conftest import SHOP
-from tests.issuer import AUDIENCE, ISSUER, Jwks, Key, claims, rsa_key
+from tests.issuer import Jwks, Key, issuer_settings, user_token
 from tests.support import REPO, Server, free_port, running_server
 from trustplane.config import Settings
 
 pytestmark = pytest.mark.slow
 
 CHECKOUT = "spiffe://shop.example/ns/storefront/sa/checkout"
-
-
-@pytest.fixture(scope="module")
-def key() -> Key:
-    return rsa_key("idp-1")
-
-
-@pytest.fixture(scope="module")
-def issuer(key: Key) -> Iterator[Jwks]:
-    jwks = Jwks()
-    jwks.keys = [key.jwk()]
-    yield jwks
-    jwks.close()
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +43,7 @@ def server(
         module_database_url,
         SHOP,
         watch="false",
-        issuers=[{"issuer": ISSUER, "jwks_uri": issuer.uri, "audiences": [AUDIENCE]}],
+        issuers=issuer_settings(issuer),
         grpc_port=grpc_port,
         strip_credential="true",
     ) as srv:
@@ -68,11 +55,6 @@ def stub(server: Server, grpc_port: int) -> Iterator[Any]:
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
         yield external_auth_pb2_grpc.AuthorizationStub(channel)
-
-
-def token(key: Key, user: str = "alice", mfa: bool = True, **overrides: Any) -> str:
-    amr = ["pwd", "hwk"] if mfa else ["pwd"]
-    return key.sign(claims(sub=user, amr=amr, auth_time=int(time.time()) - 60, **overrides))
 
 
 def check(
@@ -104,7 +86,9 @@ def test_bearer_token_allowed_with_identity_headers_and_credential_removed(
 ) -> None:
     response = stub.Check(
         check(
-            "GET", "/ops/services/checkout/logs?tail=100", {"authorization": f"Bearer {token(key)}"}
+            "GET",
+            "/ops/services/checkout/logs?tail=100",
+            {"authorization": f"Bearer {user_token(key)}"},
         )
     )
     assert response.status.code == code_pb2.OK
@@ -130,7 +114,7 @@ def test_spiffe_peer_is_the_workload_entity(stub: Any, server: Server) -> None:
 
 def test_policy_deny_is_403_with_a_json_body(stub: Any, key: Key) -> None:
     response = stub.Check(
-        check("GET", "/admin/users", {"authorization": f"Bearer {token(key, 'erin', False)}"})
+        check("GET", "/admin/users", {"authorization": f"Bearer {user_token(key, 'erin', False)}"})
     )
     assert response.status.code == code_pb2.PERMISSION_DENIED
     denied = response.denied_response
@@ -151,7 +135,7 @@ def test_no_or_bad_credential_is_401_with_a_challenge(stub: Any, key: Key) -> No
         check(
             "GET",
             "/ops/services/checkout/logs",
-            {"authorization": f"Bearer {token(key, exp=int(time.time()) - 600)}"},
+            {"authorization": f"Bearer {user_token(key, exp=int(time.time()) - 600)}"},
         )
     )
     assert expired.denied_response.status.code == 401
@@ -166,7 +150,7 @@ def test_an_empty_check_request_is_denied_not_crashed(stub: Any) -> None:
 
 def test_unmapped_route_is_denied(stub: Any, key: Key) -> None:
     response = stub.Check(
-        check("DELETE", "/payments/v1/charges", {"authorization": f"Bearer {token(key)}"})
+        check("DELETE", "/payments/v1/charges", {"authorization": f"Bearer {user_token(key)}"})
     )
     assert response.status.code == code_pb2.PERMISSION_DENIED
     assert json.loads(response.denied_response.body)["reasons"] == ["no_route_matched"]
@@ -175,14 +159,14 @@ def test_unmapped_route_is_denied(stub: Any, key: Key) -> None:
 def test_http_mode_allows_and_asks_envoy_to_drop_the_credential(server: Server, key: Key) -> None:
     allowed = server.client.post(
         "/v1/envoy/http/ops/services/checkout/restart",
-        headers={"authorization": f"Bearer {token(key)}", "host": "ops.shop.example"},
+        headers={"authorization": f"Bearer {user_token(key)}", "host": "ops.shop.example"},
     )
     assert allowed.status_code == 200, allowed.text
     assert allowed.headers["x-envoy-auth-headers-to-remove"] == "authorization"
     assert allowed.headers["x-auth-request-user"] == "alice"
     denied = server.client.get(
         "/v1/envoy/http/payments/v1/transactions/1",
-        headers={"authorization": f"Bearer {token(key, 'bob')}"},
+        headers={"authorization": f"Bearer {user_token(key, 'bob')}"},
     )
     assert denied.status_code == 403
     assert "x-envoy-auth-headers-to-remove" not in denied.headers

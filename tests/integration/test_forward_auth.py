@@ -23,25 +23,12 @@ import httpx
 import pytest
 
 from tests.conftest import SHOP
-from tests.issuer import AUDIENCE, ISSUER, Jwks, Key, claims, rsa_key
+from tests.issuer import Jwks, Key, claims, issuer_settings, rsa_key, user_token
 from tests.support import REPO, Server, free_port, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
 PROXY = "127.0.0.2"
-
-
-@pytest.fixture(scope="module")
-def key() -> Key:
-    return rsa_key("idp-1")
-
-
-@pytest.fixture(scope="module")
-def issuer(key: Key) -> Iterator[Jwks]:
-    jwks = Jwks()
-    jwks.keys = [key.jwk()]
-    yield jwks
-    jwks.close()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +41,7 @@ def server(
         module_database_url,
         SHOP,
         watch="false",
-        issuers=[{"issuer": ISSUER, "jwks_uri": issuer.uri, "audiences": [AUDIENCE]}],
+        issuers=issuer_settings(issuer),
         trusted_proxies=[f"{PROXY}/32"],
         identity_header="X-Forwarded-User",
     ) as srv:
@@ -64,11 +51,6 @@ def server(
 def as_proxy(server: Server) -> httpx.Client:
     transport = httpx.HTTPTransport(local_address=PROXY)
     return httpx.Client(base_url=server.url, transport=transport, timeout=10)
-
-
-def token(key: Key, user: str = "alice", mfa: bool = True, **overrides: Any) -> str:
-    amr = ["pwd", "hwk"] if mfa else ["pwd"]
-    return key.sign(claims(sub=user, amr=amr, auth_time=int(time.time()) - 60, **overrides))
 
 
 def nginx_style(uri: str, method: str = "GET", **headers: str) -> dict[str, str]:
@@ -94,7 +76,7 @@ def test_allowed_request_names_the_user_and_is_recorded(server: Server, key: Key
         response = proxy.get(
             "/v1/forward-auth",
             headers=nginx_style(
-                "/ops/services/checkout/logs?since=1h", authorization=f"Bearer {token(key)}"
+                "/ops/services/checkout/logs?since=1h", authorization=f"Bearer {user_token(key)}"
             ),
         )
     assert response.status_code == 200, response.text
@@ -113,13 +95,13 @@ def test_policy_deny_is_403_with_reason_codes(server: Server, key: Key) -> None:
         response = proxy.get(
             "/v1/forward-auth",
             headers=nginx_style(
-                "/admin/users", authorization=f"Bearer {token(key, 'erin', mfa=False)}"
+                "/admin/users", authorization=f"Bearer {user_token(key, 'erin', mfa=False)}"
             ),
         )
         nothing_permits = proxy.get(
             "/v1/forward-auth",
             headers=nginx_style(
-                "/payments/v1/transactions/42", authorization=f"Bearer {token(key, 'bob')}"
+                "/payments/v1/transactions/42", authorization=f"Bearer {user_token(key, 'bob')}"
             ),
         )
     assert response.status_code == 403
@@ -141,7 +123,7 @@ def test_traefik_and_caddy_headers_are_understood(server: Server, key: Key) -> N
                 "X-Forwarded-Host": "ops.shop.example",
                 "X-Forwarded-Proto": "https",
                 "X-Forwarded-For": "10.1.2.3",
-                "Authorization": f"Bearer {token(key)}",
+                "Authorization": f"Bearer {user_token(key)}",
             },
         )
     assert response.status_code == 200, response.text
@@ -152,10 +134,10 @@ def test_traefik_and_caddy_headers_are_understood(server: Server, key: Key) -> N
 @pytest.mark.parametrize(
     ("make_token", "code"),
     [
-        (lambda key: token(key, exp=int(time.time()) - 3600), "token_expired"),
-        (lambda key: token(key, aud="someone-else"), "token_wrong_audience"),
-        (lambda key: token(key, nbf=int(time.time()) + 3600), "token_not_yet_valid"),
-        (lambda key: token(key)[:-6] + "AAAAAA", "token_bad_signature"),
+        (lambda key: user_token(key, exp=int(time.time()) - 3600), "token_expired"),
+        (lambda key: user_token(key, aud="someone-else"), "token_wrong_audience"),
+        (lambda key: user_token(key, nbf=int(time.time()) + 3600), "token_not_yet_valid"),
+        (lambda key: user_token(key)[:-6] + "AAAAAA", "token_bad_signature"),
         (lambda key: rsa_key("idp-1").sign(claims()), "token_bad_signature"),
         (lambda key: "not-a-jwt", "token_malformed"),
     ],
@@ -192,7 +174,7 @@ def test_unmapped_route_is_denied_by_default(server: Server, key: Key) -> None:
     with as_proxy(server) as proxy:
         response = proxy.get(
             "/v1/forward-auth",
-            headers=nginx_style("/internal/metrics", authorization=f"Bearer {token(key)}"),
+            headers=nginx_style("/internal/metrics", authorization=f"Bearer {user_token(key)}"),
         )
     assert response.status_code == 403
     assert response.json()["reasons"] == ["no_route_matched"]
@@ -203,7 +185,9 @@ def test_forwarded_headers_from_an_untrusted_caller_are_ignored(server: Server, 
     who it is through the identity header."""
     response = server.client.get(
         "/v1/forward-auth",
-        headers=nginx_style("/ops/services/checkout/logs", authorization=f"Bearer {token(key)}"),
+        headers=nginx_style(
+            "/ops/services/checkout/logs", authorization=f"Bearer {user_token(key)}"
+        ),
     )
     assert response.status_code == 403
     assert response.json()["reasons"] == ["no_route_matched"]
@@ -375,7 +359,8 @@ def nginx(
 
 def test_nginx_lets_allowed_requests_through_with_the_user(nginx: str, key: Key) -> None:
     response = httpx.get(
-        f"{nginx}/ops/services/checkout/logs", headers={"authorization": f"Bearer {token(key)}"}
+        f"{nginx}/ops/services/checkout/logs",
+        headers={"authorization": f"Bearer {user_token(key)}"},
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -389,12 +374,13 @@ def test_nginx_denies_and_challenges_without_reaching_the_app(
 ) -> None:
     before = len(upstream.seen)
     denied = httpx.get(
-        f"{nginx}/admin/users", headers={"authorization": f"Bearer {token(key, 'erin', False)}"}
+        f"{nginx}/admin/users",
+        headers={"authorization": f"Bearer {user_token(key, 'erin', False)}"},
     )
     unauthenticated = httpx.get(f"{nginx}/ops/services/checkout/logs")
     expired = httpx.get(
         f"{nginx}/ops/services/checkout/logs",
-        headers={"authorization": f"Bearer {token(key, exp=int(time.time()) - 3600)}"},
+        headers={"authorization": f"Bearer {user_token(key, exp=int(time.time()) - 3600)}"},
     )
     assert denied.status_code == 403
     assert unauthenticated.status_code == 401
@@ -412,7 +398,8 @@ def test_nginx_fails_closed_when_the_pdp_is_down(
     try:
         before = len(upstream.seen)
         response = httpx.get(
-            f"{url}/ops/services/checkout/logs", headers={"authorization": f"Bearer {token(key)}"}
+            f"{url}/ops/services/checkout/logs",
+            headers={"authorization": f"Bearer {user_token(key)}"},
         )
         assert response.status_code >= 500, "nginx answers an error, never the app's 200"
         assert len(upstream.seen) == before

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.conftest import SHOP
-from tests.issuer import AUDIENCE, ISSUER, Jwks, Key, claims, rsa_key
+from tests.issuer import Jwks, Key, issuer_settings, user_token
 from tests.support import Server, free_port, running_server
 from trustplane.config import load_settings
 from trustplane.enforcement.asgi import LocalPdp, RemotePdp, TrustplaneMiddleware
@@ -38,23 +38,6 @@ LOGS = (("User", "alice"), "ops:read-logs", ("Service", "checkout"))
 
 
 @pytest.fixture(scope="module")
-def key() -> Key:
-    return rsa_key("idp-1")
-
-
-@pytest.fixture(scope="module")
-def issuer(key: Key) -> Iterator[Jwks]:
-    jwks = Jwks()
-    jwks.keys = [key.jwk()]
-    yield jwks
-    jwks.close()
-
-
-def issuers(jwks: Jwks) -> list[dict[str, Any]]:
-    return [{"issuer": ISSUER, "jwks_uri": jwks.uri, "audiences": [AUDIENCE]}]
-
-
-@pytest.fixture(scope="module")
 def server(
     module_database_url: str, tmp_path_factory: pytest.TempPathFactory, issuer: Jwks
 ) -> Iterator[Server]:
@@ -63,7 +46,7 @@ def server(
         module_database_url,
         SHOP,
         watch="false",
-        issuers=issuers(issuer),
+        issuers=issuer_settings(issuer),
         trusted_proxies=["127.0.0.1/32"],
         decision_ttl_seconds=30,
     ) as srv:
@@ -71,9 +54,7 @@ def server(
 
 
 def bearer(key: Key, user: str = "alice", mfa: bool = True) -> dict[str, str]:
-    amr = ["pwd", "hwk"] if mfa else ["pwd"]
-    signed = key.sign(claims(sub=user, amr=amr, auth_time=int(time.time()) - 60))
-    return {"authorization": f"Bearer {signed}"}
+    return {"authorization": f"Bearer {user_token(key, user, mfa)}"}
 
 
 def dead_url() -> str:
@@ -258,7 +239,7 @@ def local_runtime(tmp_path: Path, issuer: Jwks) -> Iterator[Runtime]:
             "state_dir": tmp_path / "state",
             "bundle_dir": SHOP,
             "watch": False,
-            "issuers": issuers(issuer),
+            "issuers": issuer_settings(issuer),
         }
     )
     initialise(settings)

@@ -244,12 +244,10 @@ def _read_settings(source: BundleSource, problems: list[BundleProblem]) -> tuple
     text = source.text(SETTINGS_FILE)
     if text is None:
         return "", ""
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        line = yaml_error_line(exc)
-        problems.append(BundleProblem(SETTINGS_FILE, f"invalid YAML: {yaml_reason(exc)}", line))
+    document = read_yaml(SETTINGS_FILE, text, problems)
+    if document is None:
         return "", ""
+    data = document.data or {}
     if not isinstance(data, dict):
         problems.append(BundleProblem(SETTINGS_FILE, "must be a mapping of settings"))
         return "", ""
@@ -466,6 +464,28 @@ def _locate_entity_error(entities: list[dict[str, Any]], schema: Any, exc: Value
         f'entity #{index} ({uid.get("type")}::"{uid.get("id")}") does not match the '
         f"schema: {single}"
     )
+
+
+@dataclass(frozen=True)
+class YamlFile:
+    """A parsed YAML bundle file with its node tree, for problems that name a line."""
+
+    data: Any
+    root: yaml.Node | None
+
+    def item_lines(self, key: str) -> list[int]:
+        return yaml_item_lines(self.root, key)
+
+
+def read_yaml(path: str, text: str, problems: list[BundleProblem]) -> YamlFile | None:
+    """Parse `text`; on a syntax error, add the problem with its line and return None."""
+    try:
+        return YamlFile(yaml.safe_load(text), yaml.compose(text))
+    except yaml.YAMLError as exc:
+        problems.append(
+            BundleProblem(path, f"invalid YAML: {yaml_reason(exc)}", yaml_error_line(exc))
+        )
+        return None
 
 
 def yaml_item_lines(root: yaml.Node | None, key: str) -> list[int]:

@@ -34,14 +34,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import cedarpy
-import yaml
 
-from trustplane.decision.bundle import (
-    BundleProblem,
-    yaml_error_line,
-    yaml_item_lines,
-    yaml_reason,
-)
+from trustplane.decision.bundle import BundleProblem, read_yaml
 from trustplane.model import AccessRequest, EntityRef
 
 ROUTES_FILE = "routes.yaml"
@@ -247,14 +241,10 @@ def parse_routes(
     text: str, schema: Any | None, problems: list[BundleProblem], path: str = ROUTES_FILE
 ) -> RouteTable | None:
     """Parse and check `routes.yaml`; every problem is added to `problems` with its line."""
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problems.append(
-            BundleProblem(path, f"invalid YAML: {yaml_reason(exc)}", yaml_error_line(exc))
-        )
+    document = read_yaml(path, text, problems)
+    if document is None:
         return None
+    data = document.data
     if not isinstance(data, dict):
         problems.append(BundleProblem(path, "expected a mapping with a 'routes' list"))
         return None
@@ -282,7 +272,7 @@ def parse_routes(
     if not isinstance(items, list) or not items:
         problems.append(BundleProblem(path, "'routes' must be a non-empty list"))
         return None
-    lines = yaml_item_lines(root, "routes")
+    lines = document.item_lines("routes")
     routes: list[Route] = []
     for index, item in enumerate(items):
         line = lines[index] if index < len(lines) else 1

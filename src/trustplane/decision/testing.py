@@ -10,15 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import yaml
-
-from trustplane.decision.bundle import (
-    BundleProblem,
-    parse_rfc3339,
-    yaml_error_line,
-    yaml_item_lines,
-    yaml_reason,
-)
+from trustplane.decision.bundle import BundleProblem, parse_rfc3339, read_yaml
 from trustplane.decision.engine import Evaluator
 from trustplane.decision.requests import RequestError, parse_request
 from trustplane.model import AccessRequest, Decision
@@ -63,20 +55,16 @@ class TestResult:
 
 
 def parse_test_file(path: str, text: str, problems: list[BundleProblem]) -> list[PolicyTest]:
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problems.append(
-            BundleProblem(path, f"invalid YAML: {yaml_reason(exc)}", yaml_error_line(exc))
-        )
+    document = read_yaml(path, text, problems)
+    if document is None:
         return []
+    data = document.data
     if data is None:
         return []
     if not isinstance(data, dict) or not isinstance(data.get("tests"), list):
         problems.append(BundleProblem(path, "expected a mapping with a 'tests' list"))
         return []
-    lines = yaml_item_lines(root, "tests")
+    lines = document.item_lines("tests")
     tests: list[PolicyTest] = []
     for index, item in enumerate(data["tests"]):
         line = lines[index] if index < len(lines) else 1
