@@ -119,6 +119,14 @@ def start_noop_grpc(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
+def run_tool(argv: list[str], seconds: float) -> dict[str, Any]:
+    """Run a load generator in its own process; its last stdout line is its JSON result."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{Path(argv[1]).name} failed: {done.stderr}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def grpcload(port: int, *, rate: float, seconds: float, concurrency: int = 16) -> dict[str, Any]:
     argv = [
         sys.executable,
@@ -132,10 +140,7 @@ def grpcload(port: int, *, rate: float, seconds: float, concurrency: int = 16) -
         "--concurrency",
         str(concurrency),
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
-    if done.returncode != 0:
-        raise RuntimeError(f"grpcload failed: {done.stderr}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return run_tool(argv, seconds)
 
 
 # -- nginx --------------------------------------------------------------------------------------
@@ -239,10 +244,7 @@ def httpload(port: int, *, rate: float, seconds: float, connections: int) -> dic
         str(connections),
         *(x for h in NGINX_HEADERS for x in ("--header", h)),
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
-    if done.returncode != 0:
-        raise RuntimeError(f"loadgen failed: {done.stderr}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return run_tool(argv, seconds)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
