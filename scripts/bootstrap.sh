@@ -32,17 +32,22 @@ if [[ ! -f "$stamp" ]]; then
   fi
 fi
 
-# The test suite drives a real nginx (auth_request in front of an app): Debian's package.
-if [[ -n "$extras" ]] && ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
-  if command -v apt-get >/dev/null; then
-    echo "==> installing nginx (Debian package nginx-light)" >&2
-    sudo_cmd=""
-    [[ "$(id -u)" != 0 ]] && sudo_cmd="sudo"
-    $sudo_cmd apt-get install -y -qq nginx-light >/dev/null 2>&1 || {
-      $sudo_cmd apt-get update -qq >/dev/null 2>&1
-      $sudo_cmd apt-get install -y -qq nginx-light >/dev/null
-    }
-  else
-    echo "warning: nginx is missing and apt-get is not available; nginx tests will be skipped" >&2
+# The test suite drives real proxies (nginx auth_request, Caddy forward_auth): Debian packages.
+if [[ -n "$extras" ]]; then
+  missing=()
+  command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+  command -v caddy >/dev/null || missing+=(caddy)
+  if ((${#missing[@]})); then
+    if command -v apt-get >/dev/null; then
+      echo "==> installing ${missing[*]} (Debian packages)" >&2
+      sudo_cmd=""
+      [[ "$(id -u)" != 0 ]] && sudo_cmd="sudo"
+      $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || {
+        $sudo_cmd apt-get update -qq >/dev/null 2>&1
+        $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+      }
+    else
+      echo "warning: ${missing[*]} missing and apt-get unavailable; their tests will be skipped" >&2
+    fi
   fi
 fi

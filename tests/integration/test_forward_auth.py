@@ -8,14 +8,11 @@ as the proxy; a client from 127.0.0.1 is an untrusted caller.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ import pytest
 from tests.conftest import SHOP
 from tests.issuer import Jwks, Key, claims, issuer_settings, rsa_key, user_token
 from tests.support import REPO, Server, free_port, running_server, wait_for
+from tests.upstream import Upstream
 
 pytestmark = pytest.mark.slow
 
@@ -220,43 +218,6 @@ def nginx_binary() -> str:
             pytest.fail("nginx is not installed (scripts/bootstrap.sh --test installs it)")
         pytest.skip("nginx is not installed")
     return found
-
-
-class Upstream:
-    """The protected app: answers every request with what it received."""
-
-    def __init__(self) -> None:
-        self.seen: list[dict[str, str]] = []
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                upstream.seen.append({"path": self.path, **dict(self.headers.items())})
-                body = json.dumps(
-                    {
-                        "path": self.path,
-                        "user": self.headers.get("X-Auth-Request-User"),
-                        "decision": self.headers.get("X-Trustplane-Decision-Id"),
-                    }
-                ).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_port
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 NGINX_CONF = """
