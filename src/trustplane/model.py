@@ -103,6 +103,8 @@ class Decision:
     # How long an enforcement point may reuse this answer: 0 for failures, never past the next
     # @expires boundary. Revocations (later) will cut it short through an epoch.
     ttl_seconds: int = 0
+    # The revocation list's version when this was answered (recovery/revocation.py).
+    revocation_epoch: int = 0
 
     @property
     def allowed(self) -> bool:
@@ -127,6 +129,7 @@ class Decision:
             "eval_micros": self.eval_micros,
             "cached": self.cached,
             "ttl_seconds": self.ttl_seconds,
+            "revocation_epoch": self.revocation_epoch,
         }
 
 

@@ -262,3 +262,20 @@ def test_middleware_with_an_in_process_pdp(local_runtime: Runtime, key: Key) -> 
     assert denied.status_code == 403
     local_runtime.recorder.stop()  # drains: the decisions are in the ledger
     assert local_runtime.ledger.size >= 2
+
+
+def test_a_newer_revocation_epoch_empties_the_client_cache(server: Server) -> None:
+    other = (("User", "bob"), "inventory:read", ("Api", "inventory.stock"))
+    with Client(server.url) as pdp:
+        first = pdp.check(*LOGS, CTX)
+        assert pdp.check(*LOGS, CTX).cached
+        revoked = server.client.post(
+            "/v1/revocations",
+            json={"kind": "credential", "target": "sdk-test-jti", "reason": "test"},
+            headers=server.admin,
+        )
+        assert revoked.status_code in (200, 201)
+        newer = pdp.check(*other, CTX)  # any answer carries the new epoch
+        assert newer.revocation_epoch > first.revocation_epoch
+        again = pdp.check(*LOGS, CTX)
+    assert not again.cached, "answers cached before a revocation are not reused after it"

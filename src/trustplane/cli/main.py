@@ -872,6 +872,54 @@ def decisions_cmd(
     _print_records(rows, as_json)
 
 
+@app.command("revoke")
+def revoke_cmd(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="principal or credential.")],
+    target: Annotated[
+        str, typer.Argument(help='The principal (User::"alice") or the credential\'s JWT id.')
+    ],
+    reason: Annotated[str, typer.Option(help="Why: kept with the revocation.")] = "",
+    url: Annotated[str | None, typer.Option(help="Server URL.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a principal or a credential on the running server; every replica denies it
+    within about a second."""
+    if kind not in ("principal", "credential"):
+        raise CliError("KIND must be principal or credential")
+    if not reason.strip():
+        raise CliError("--reason is required: it is what the audit trail shows")
+    settings = _ctx(ctx).settings()
+    body = {"kind": kind, "target": target, "reason": reason}
+    result = _http("POST", _server(settings, url), "/v1/revocations", _token(settings), body)
+    document = result.json()
+    if as_json:
+        _emit_json(document)
+        return
+    already = "" if document.get("created") else " (it already was)"
+    out.print(f"[green]✓[/] revoked {document['kind']} {document['target']}{already}")
+
+
+@app.command("revocations")
+def revocations_cmd(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="Server URL.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the revocations in force."""
+    settings = _ctx(ctx).settings()
+    document = _http("GET", _server(settings, url), "/v1/revocations", _token(settings)).json()
+    if as_json:
+        _emit_json(document)
+        return
+    table = Table("kind", "target", "reason", "by", "since")
+    for item in document["revocations"]:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item["created_at"]))
+        table.add_row(item["kind"], item["target"], item["reason"], item["actor"], since)
+    out.print(table)
+    out.print(f"epoch {document['epoch']}")
+
+
 def _print_records(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         for row in rows:

@@ -90,6 +90,17 @@ class HttpEnforcer:
                 f'Bearer realm="trustplane", error="invalid_token", error_description="{exc.code}"'
             )
             return Verdict(401, decision, (exc.code,), ANONYMOUS, None, challenge)
+        revoked = self._pdp.revoked_credential(credential.token_id if credential else None)
+        if revoked is not None:  # signature and expiry may be fine: the credential is not
+            request = _attempt(ANONYMOUS, facts, routes, found)
+            decision = await self._pdp.refuse(
+                request, f"credential_revoked: {revoked.target} ({revoked.reason})"
+            )
+            challenge = (
+                'Bearer realm="trustplane", error="invalid_token", '
+                'error_description="credential_revoked"'
+            )
+            return Verdict(401, decision, ("credential_revoked",), ANONYMOUS, None, challenge)
         if credential is None:
             request = _attempt(ANONYMOUS, facts, routes, found)
             decision = await self._pdp.refuse(request, "credential_missing: no credential")

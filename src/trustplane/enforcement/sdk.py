@@ -47,6 +47,7 @@ class Answer:
     reasons: tuple[str, ...] = ()  # determining policy ids
     errors: tuple[str, ...] = ()
     ttl_seconds: int = 0
+    revocation_epoch: int = 0  # the PDP's revocation list version when it answered
     cached: bool = False  # served from this client's cache, not asked again
     failed_open: bool = False  # the PDP could not answer and the caller chose to let it through
     error: str | None = None  # why there is no real answer (fail-closed or fail-open)
@@ -104,6 +105,7 @@ def answer_from(body: Mapping[str, Any]) -> Answer:
         reasons=tuple(r.get("policy", "") for r in details.get("reasons", [])),
         errors=tuple(details.get("errors", [])),
         ttl_seconds=int(details.get("ttl_seconds") or 0),
+        revocation_epoch=int(details.get("revocation_epoch") or 0),
         raw=body,
     )
 
@@ -154,6 +156,7 @@ class _Base:
         self._retries = retries
         self._cache = _AnswerCache(cache_size)
         self._metrics = metrics
+        self._epoch = 0
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -165,6 +168,10 @@ class _Base:
 
     def _complete(self, key: bytes, response: httpx.Response) -> Answer:
         answer = self._parse(response)
+        if answer.revocation_epoch > self._epoch:
+            # Something was revoked since the cached answers were given: none is trusted.
+            self._cache.clear()
+            self._epoch = answer.revocation_epoch
         self._cache.put(key, answer)
         return answer
 

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from trustplane.decision.bundle import BundleError
 from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.manager import ActivationError
+from trustplane.recovery.revocation import RevocationError, RevocationKind
 from trustplane.server.problems import Problem, json_response, parse_model, read_body
 from trustplane.server.runtime import Runtime
 from trustplane.telemetry.ledger import (
@@ -36,6 +37,13 @@ class ActivateBody(BaseModel):
 class RollbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     to: StrictStr | None = Field(None, min_length=4, max_length=64)
+
+
+class RevokeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: RevocationKind = Field(description="principal (an entity) or credential (a JWT id)")
+    target: StrictStr = Field(min_length=1, max_length=512)
+    reason: StrictStr = Field(min_length=1, max_length=2000)
 
 
 def bundle_status(runtime: Runtime) -> dict[str, Any]:
@@ -122,6 +130,32 @@ class AdminApi:
         body = parse_model(RollbackBody, raw) if raw.strip() else RollbackBody()
         loaded = await self._lifecycle(self._runtime.bundles.rollback, actor=actor, to=body.to)
         return json_response({"active": _describe(loaded)})
+
+    async def revoke(self, request: Request) -> Response:
+        """Revoke a principal or a credential: every serving process denies it within the
+        change feed's latency. Revoking again answers the existing revocation (200, not 201)."""
+        actor = self.authenticate(request)
+        body = parse_model(RevokeBody, await read_body(request, self._limit))
+        store = self._runtime.revocation_store
+        try:
+            revocation, created = await run_in_threadpool(
+                store.revoke, body.kind, body.target, body.reason, actor
+            )
+        except RevocationError as exc:
+            raise Problem(
+                422,
+                "invalid-request",
+                "Invalid revocation",
+                str(exc),
+                [{"pointer": "/target", "detail": str(exc), "code": "invalid"}],
+            ) from None
+        await run_in_threadpool(self._runtime.revocations.refresh)  # this node: at once
+        return json_response({**revocation.as_dict(), "created": created}, 201 if created else 200)
+
+    async def revocations(self, request: Request) -> Response:
+        self.authenticate(request)
+        items, epoch = await run_in_threadpool(self._runtime.revocation_store.all)
+        return json_response({"epoch": epoch, "revocations": [r.as_dict() for r in items]})
 
     async def _lifecycle(self, fn: Any, *args: Any, **kwargs: Any) -> LoadedBundle:
         try:

@@ -6,11 +6,13 @@ every decision is counted and recorded the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from trustplane.decision.bundle import Bundle
 from trustplane.decision.routes import RouteTable
 from trustplane.model import AccessRequest, Decision, Effect, new_decision_id
+from trustplane.recovery.revocation import Revocation
 from trustplane.server.runtime import Runtime
 
 NO_BUNDLE = "no active policy bundle: denying by default"
@@ -29,6 +31,10 @@ class PolicyDecisionPoint:
         active = self._runtime.bundles.active
         return None if active is None else active.bundle
 
+    def revoked_credential(self, token_id: str | None) -> Revocation | None:
+        """The revocation of a credential (by its JWT id), if any."""
+        return self._runtime.revocations.credential(token_id)
+
     def routes(self) -> RouteTable | None:
         """The active bundle's route mapping (routes.yaml), if it has one."""
         active = self._runtime.bundles.active
@@ -36,10 +42,20 @@ class PolicyDecisionPoint:
 
     def evaluate(self, request: AccessRequest) -> Decision:
         active = self._runtime.bundles.active
-        if active is None:
+        revocations = self._runtime.revocations
+        revoked = revocations.principal(request.principal)
+        if revoked is not None:  # before any policy (and any cached answer)
+            decision = _deny(
+                f"revoked: {revoked.target} ({revoked.reason})",
+                active.bundle.revision if active is not None else None,
+            )
+        elif active is None:
             decision = _deny(NO_BUNDLE)
         else:
             decision = active.evaluator.evaluate(request)
+        if revocations.epoch:
+            # Caches outside this process compare epochs to drop answers older than a revocation.
+            decision = dataclasses.replace(decision, revocation_epoch=revocations.epoch)
         self._observe(decision)
         return decision
 

@@ -21,6 +21,8 @@ from trustplane.config import Durability, LedgerAppender, Settings
 from trustplane.decision.loader import LoadOptions
 from trustplane.decision.manager import BundleManager, follow_or_log
 from trustplane.decision.signing import load_trusted_key
+from trustplane.recovery.revocation import TOPIC as REVOCATIONS_TOPIC
+from trustplane.recovery.revocation import RevocationList, RevocationStore
 from trustplane.store.bundles import BUNDLES_TOPIC, BundleStore
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.feed import ChangeFeed
@@ -166,6 +168,9 @@ class Runtime:
         )
         self.feed = ChangeFeed(self.engine, poll_interval=settings.change_poll_ms / 1000)
         self.feed.subscribe(BUNDLES_TOPIC, lambda _topic: follow_or_log(self.bundles))
+        self.revocation_store = RevocationStore(self.engine)
+        self.revocations = RevocationList(self.revocation_store)
+        self.feed.subscribe(REVOCATIONS_TOPIC, self.revocations.refresh)
         self._token_hashes: set[str] = set()
 
     def start(self) -> None:
@@ -175,6 +180,7 @@ class Runtime:
             sys.setswitchinterval(self.settings.switch_interval_us / 1_000_000)
         self.bundles.start(follow_store=self.settings.workers > 1)
         self.feed.start()
+        self.revocations.refresh()  # after the feed's baseline: a later revocation is heard
         if self._appender is not None:
             self._appender.start()  # fail here, before serving, if it cannot run
         self.recorder.start()

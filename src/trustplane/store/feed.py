@@ -134,18 +134,24 @@ class ChangeFeed:
     def _check(self) -> None:
         versions = self._versions()
         self._last_read = time.monotonic()
-        if self._failing:
-            log.info("change feed reconnected")
-            self._failing = False
+        was_failing = self._failing
+        failed = False
         for topic, version in versions.items():
             if self._seen.get(topic) == version:
                 continue
-            self._seen[topic] = version
-            for callback in self._subscribers.get(topic, []):
-                try:
+            try:
+                for callback in self._subscribers.get(topic, []):
                     callback(topic)
-                except Exception:
-                    log.exception("change feed subscriber for %s failed", topic)
+            except Exception:
+                # Not marked seen: retried on the next read; until then the node is not ready
+                # (a revocation it cannot load must not leave it serving stale answers).
+                log.exception("change feed subscriber for %s failed; will retry", topic)
+                failed = True
+                continue
+            self._seen[topic] = version
+        self._failing = failed
+        if was_failing and not failed:
+            log.info("change feed caught up")
 
     def _versions(self) -> dict[str, int]:
         with self._engine.connect() as connection:

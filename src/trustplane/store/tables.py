@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -46,6 +47,20 @@ change_versions = Table(
     metadata,
     Column("topic", String(64), primary_key=True),
     Column("version", BigInteger, nullable=False),
+)
+
+# Principals and credentials denied whatever policies or tokens say (recovery/revocation.py).
+# Revoking twice is the same revocation: (kind, target) is unique.
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(16), nullable=False),  # principal | credential
+    Column("target", String(512), nullable=False),  # User::"alice", or a JWT id
+    Column("reason", Text, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("kind", "target", name="uq_revocations_kind_target"),
 )
 
 # One row; every ledger append updates it first, which takes the database's write lock (SQLite)
