@@ -188,3 +188,21 @@ def reset_generation(evaluator: Any) -> None:
     figures."""
     if hasattr(evaluator, "_generation") and hasattr(evaluator, "_compile"):
         evaluator._generation = evaluator._compile(datetime.fromtimestamp(evaluator._clock(), UTC))
+
+
+def replace_section(path: Path, name: str, text: str, heading: str) -> None:
+    """Put `text` between the `<!-- bench:NAME:start/end -->` markers of `path`, replacing what
+    was there; the first time, append it under `## heading`."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    section = f"{start}\n{text}\n{end}"
+    if path.exists():
+        current = path.read_text()
+        if start in current and end in current:
+            head, rest = current.split(start, 1)
+            _, tail = rest.split(end, 1)
+            path.write_text(head + section + tail)
+            return
+        path.write_text(current.rstrip() + f"\n\n## {heading}\n\n" + section + "\n")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# Benchmarks\n\n## {heading}\n\n" + section + "\n")

@@ -36,11 +36,9 @@ from typing import Any
 import httpx
 
 import httpbench
-from common import BENCH_DIR, ROOT
+from common import BENCH_DIR, ROOT, replace_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
-START = "<!-- bench:enforcement:start -->"
-END = "<!-- bench:enforcement:end -->"
 EDGE_ENV = {
     "TRUSTPLANE_TRUSTED_PROXIES": '["127.0.0.1/32"]',
     "TRUSTPLANE_IDENTITY_HEADER": "X-Forwarded-User",
@@ -354,7 +352,6 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def report(results: dict[str, Any], sizes: Sizes, quick: bool) -> str:
     lines = [
-        START,
         "",
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node() or 'this machine'} "
         f"({platform.machine()}, {httpbench.os.cpu_count()} cores, Python "
@@ -411,19 +408,7 @@ def report(results: dict[str, Any], sizes: Sizes, quick: bool) -> str:
                 f"{o['latency_ms']['p50']} | {o['latency_ms']['p99']} | {o['statuses']} |"
             )
         lines.append("")
-    lines += [END]
     return "\n".join(lines)
-
-
-def write_docs(section: str) -> None:
-    text = DOCS.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip() + "\n\n## Enforcement results\n\n" + section + "\n"
-    DOCS.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -447,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if not args.no_docs:
-        write_docs(section)
+        replace_section(DOCS, "enforcement", section, "Enforcement results")
 
 
 if __name__ == "__main__":

@@ -159,9 +159,15 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
 
 
 def start_server(
-    kind: str, workdir: Path, use_cli: bool, extra_env: dict[str, str] | None = None
+    kind: str,
+    workdir: Path,
+    use_cli: bool,
+    extra_env: dict[str, str] | None = None,
+    bundle: Path = SHOP,
 ) -> Server:
-    """`extra_env`: more TRUSTPLANE_* settings for this run (the enforcement benchmark)."""
+    """`extra_env`: more TRUSTPLANE_* settings for this run (the enforcement benchmark);
+    `bundle`: the bundle served (the CLI variants)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     grpc_port = free_port()
     log_path = workdir / f"{kind}.log"
@@ -187,7 +193,7 @@ def start_server(
                 str(state_dir),
                 "serve",
                 "--bundle",
-                str(SHOP),
+                str(bundle),
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpbench
 import inproc
 import spyprofile
-from common import ROOT, load_shop, request_mix, write_bodies
+from common import ROOT, load_shop, replace_section, request_mix, write_bodies
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 START = "<!-- bench:results:start -->"
@@ -518,18 +518,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 def write_docs(text: str, path: Path) -> None:
-    section = f"{START}\n{text}\n{END}"
-    if path.exists():
-        current = path.read_text()
-        if START in current and END in current:
-            head, rest = current.split(START, 1)
-            _, tail = rest.split(END, 1)
-            path.write_text(head + section + tail)
-            return
-        path.write_text(current.rstrip() + "\n\n## Results\n\n" + section + "\n")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Benchmarks\n\n## Results\n\n" + section + "\n")
+    replace_section(path, "results", text, "Results")
 
 
 # -- main ------------------------------------------------------------------------------------
