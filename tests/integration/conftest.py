@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine
 
-from tests.issuer import Jwks, Key, rsa_key
+from tests.conftest import SHOP
+from tests.issuer import Jwks, Key, issuer_settings, rsa_key
+from tests.support import Server, running_server
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.telemetry.checkpoint import NoteSigner
 
@@ -41,3 +43,21 @@ def issuer(key: Key) -> Iterator[Jwks]:
     jwks.keys = [key.jwk()]
     yield jwks
     jwks.close()
+
+
+@pytest.fixture(scope="module")
+def server(
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory, issuer: Jwks
+) -> Iterator[Server]:
+    """A real `trustplane serve` of the shop, module-wide, for the enforcement tests: it trusts
+    the issuer's tokens and forwarded headers from 127.0.0.1 (where the proxies under test and
+    the test clients connect from). Modules that need another server define their own."""
+    with running_server(
+        tmp_path_factory.mktemp("state"),
+        module_database_url,
+        SHOP,
+        watch="false",
+        issuers=issuer_settings(issuer),
+        trusted_proxies=["127.0.0.1/32"],
+    ) as srv:
+        yield srv

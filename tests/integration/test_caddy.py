@@ -14,9 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SHOP
-from tests.issuer import Jwks, Key, issuer_settings, user_token
-from tests.support import REPO, Server, free_port, running_server, wait_for
+from tests.issuer import Key, user_token
+from tests.support import REPO, Server, free_port, wait_for
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.slow
@@ -92,21 +91,6 @@ def stop_caddy(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-@pytest.fixture(scope="module")
-def server(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory, issuer: Jwks
-) -> Iterator[Server]:
-    with running_server(
-        tmp_path_factory.mktemp("state"),
-        module_database_url,
-        SHOP,
-        watch="false",
-        issuers=issuer_settings(issuer),
-        trusted_proxies=["127.0.0.1/32"],  # Caddy calls from here
-    ) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.conftest import SHOP, store_url
-from tests.issuer import Jwks, Key, claims, issuer_settings
+from tests.issuer import Key, claims
 from tests.support import Server, authzen, run_cli, running_server
 from trustplane.model import EntityRef
 from trustplane.recovery.revocation import (
@@ -68,21 +67,6 @@ def test_bad_revocations_are_refused_naming_the_problem(
 
 
 # -- a real server -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory, issuer: Jwks
-) -> Iterator[Server]:
-    with running_server(
-        tmp_path_factory.mktemp("state"),
-        module_database_url,
-        SHOP,
-        watch="false",
-        issuers=issuer_settings(issuer),
-        trusted_proxies=["127.0.0.1/32"],
-    ) as srv:
-        yield srv
 
 
 def revoke(server: Server, kind: str, target: str, reason: str = "test") -> httpx.Response:

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from tests.conftest import SHOP
 from tests.issuer import Jwks, Key, issuer_settings, user_token
-from tests.support import Server, free_port, running_server
+from tests.support import Server, free_port
 from trustplane.config import load_settings
 from trustplane.enforcement.asgi import LocalPdp, RemotePdp, TrustplaneMiddleware
 from trustplane.enforcement.credentials import Authenticator
@@ -35,22 +35,6 @@ pytestmark = pytest.mark.slow
 
 CTX = {"mfa": True, "auth_age_seconds": 60, "risk_score": 0}
 LOGS = (("User", "alice"), "ops:read-logs", ("Service", "checkout"))
-
-
-@pytest.fixture(scope="module")
-def server(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory, issuer: Jwks
-) -> Iterator[Server]:
-    with running_server(
-        tmp_path_factory.mktemp("state"),
-        module_database_url,
-        SHOP,
-        watch="false",
-        issuers=issuer_settings(issuer),
-        trusted_proxies=["127.0.0.1/32"],
-        decision_ttl_seconds=30,
-    ) as srv:
-        yield srv
 
 
 def bearer(key: Key, user: str = "alice", mfa: bool = True) -> dict[str, str]:
@@ -71,7 +55,7 @@ def test_client_answers_and_reuses_an_answer_for_its_ttl(server: Server) -> None
         other = pdp.check(*LOGS, {**CTX, "mfa": False})
     assert first.allowed and not first.cached
     assert first.reasons == ("sre-operate-with-mfa",)
-    assert first.ttl_seconds == 30
+    assert first.ttl_seconds == 5, "the server's decision_ttl_seconds (default)"
     assert again.cached and again.decision_id == first.decision_id
     assert not other.allowed and not other.cached, "a different context is a different question"
 
