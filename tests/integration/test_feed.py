@@ -88,3 +88,36 @@ def test_a_listener_that_cannot_read_the_store_is_unhealthy_until_it_can(
         wait_for(lambda: heard == ["bundles"], timeout=10)  # caught up after reconnecting
     finally:
         feed.stop()
+
+
+def test_a_subscriber_that_fails_keeps_the_node_not_ready_until_it_catches_up(
+    engine: Engine, other: Engine
+) -> None:
+    """A revocation a node cannot load must not leave it ready and serving stale answers: the
+    change is retried, and readiness comes back only once it has been applied."""
+    attempts: list[int] = []
+    failing = threading.Event()
+    failing.set()
+
+    def load(topic: str) -> None:
+        attempts.append(1)
+        if failing.is_set():
+            raise RuntimeError("store hiccup")
+
+    feed = ChangeFeed(other, poll_interval=0.05, safety_interval=0.2)
+    feed.subscribe("revocations", load)
+    feed.start()
+    try:
+        with engine.begin() as connection:
+            announce(connection, "revocations")
+        wait_for(lambda: not feed.healthy, timeout=4)
+        wait_for(lambda: len(attempts) >= 2, timeout=4)  # retried, not dropped
+        failing.clear()
+        wait_for(lambda: feed.healthy, timeout=4)
+        settled = len(attempts)
+        with engine.begin() as connection:
+            announce(connection, "other-topic")
+        wait_for(lambda: feed.healthy, timeout=1)
+        assert len(attempts) == settled, "once applied, the change is not delivered again"
+    finally:
+        feed.stop()
