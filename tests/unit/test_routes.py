@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import cedarpy
 import pytest
@@ -229,3 +230,69 @@ def test_matching_agrees_with_a_regex_oracle(case: tuple[str, str]) -> None:
     )
     matched = routes.match("GET", "h", path) is not None
     assert matched == oracle(template, path), (template, path)
+
+
+# -- bundle tests written as HTTP requests -------------------------------------------------------
+
+
+def http_test(body: str, expect: str = "allow") -> str:
+    return f"tests:\n  - name: t\n    http:\n{body}\n    expect: {expect}\n"
+
+
+def run_bundle_tests(tmp_path: Path, test_yaml: str, routes: str | None = None) -> list[Any]:
+    from trustplane.decision.engine import Evaluator
+    from trustplane.decision.testing import run_tests
+
+    bundle = tmp_path / "shop"
+    shutil.copytree(SHOP, bundle)
+    shutil.rmtree(bundle / "tests")
+    (bundle / "tests").mkdir()
+    (bundle / "tests" / "http.yaml").write_text(test_yaml)
+    if routes is not None:
+        (bundle / "routes.yaml").write_text(routes)
+    compiled = compile_bundle(BundleSource.from_dir(bundle))
+    return run_tests(Evaluator(compiled), compiled.tests)
+
+
+def test_http_tests_are_mapped_by_the_routes_and_catch_a_moved_route(tmp_path: Path) -> None:
+    test = http_test(
+        "      method: GET\n      path: /inventory/v1/stock/sku-1\n"
+        "      principal: {type: User, id: bob}"
+    )
+    (result,) = run_bundle_tests(tmp_path, test)
+    assert result.passed, result.failures
+    # The same test against routes that send the path to another action fails, naming why.
+    moved = (
+        (SHOP / "routes.yaml")
+        .read_text()
+        .replace("action: inventory:read", "action: inventory:reserve")
+    )
+    (result,) = run_bundle_tests(tmp_path / "moved", test, routes=moved)
+    assert not result.passed
+    assert "expected allow, got deny" in result.failures[0]
+
+
+def test_an_unmapped_http_test_is_a_deny(tmp_path: Path) -> None:
+    body = "      method: DELETE\n      path: /nowhere\n      principal: {type: User, id: bob}"
+    (denied,) = run_bundle_tests(tmp_path, http_test(body, "deny"))
+    assert denied.passed and denied.decision.errors[0].startswith("no_route_matched")
+    (wanted,) = run_bundle_tests(tmp_path / "again", http_test(body, "allow"))
+    assert not wanted.passed and "no route matches DELETE /nowhere" in wanted.failures[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("      path: /x\n      principal: {type: User, id: bob}\n      verb: GET", "unknown"),
+        ("      path: relative\n      principal: {type: User, id: bob}", "start with '/'"),
+        ("      path: /x", "principal"),
+    ],
+)
+def test_bad_http_tests_are_refused_with_their_line(
+    tmp_path: Path, body: str, expected: str
+) -> None:
+    with pytest.raises(BundleError) as caught:
+        run_bundle_tests(tmp_path, http_test(body))
+    found = [p for p in caught.value.problems if p.file == "tests/http.yaml"]
+    assert found and found[0].line == 2
+    assert expected in found[0].message, found

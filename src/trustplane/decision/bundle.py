@@ -222,7 +222,7 @@ def compile_bundle(
     tests = []
     for path in sorted(source.files):
         if PurePosixPath(path).parts[0] == TESTS_DIR and path.endswith((".yaml", ".yml")):
-            tests.extend(parse_test_file(path, source.text(path) or "", problems))
+            tests.extend(parse_test_file(path, source.text(path) or "", problems, routes))
 
     if problems:
         raise BundleError(problems)

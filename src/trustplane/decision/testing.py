@@ -6,16 +6,19 @@ is caught before it serves traffic.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from trustplane.decision.bundle import BundleProblem, parse_rfc3339, read_yaml
 from trustplane.decision.engine import Evaluator
-from trustplane.decision.requests import RequestError, parse_request
-from trustplane.model import AccessRequest, Decision
+from trustplane.decision.requests import RequestError, parse_entity, parse_request
+from trustplane.decision.routes import HttpFacts, RouteTable
+from trustplane.model import AccessRequest, Decision, Effect, EntityRef, new_decision_id
 
-TEST_KEYS = frozenset({"name", "request", "expect", "determining", "shadow", "at"})
+TEST_KEYS = frozenset({"name", "request", "http", "expect", "determining", "shadow", "at"})
+HTTP_KEYS = frozenset({"method", "path", "host", "principal", "credential"})
 EFFECTS = ("allow", "deny")
 
 
@@ -29,6 +32,8 @@ class PolicyTest:
     determining: frozenset[str] | None = None
     shadow: str | None = None
     at: datetime | None = None
+    # An `http:` test whose request no route maps: the enforcement points deny it.
+    unmapped: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,11 @@ class TestResult:
         }
 
 
-def parse_test_file(path: str, text: str, problems: list[BundleProblem]) -> list[PolicyTest]:
+def parse_test_file(
+    path: str, text: str, problems: list[BundleProblem], routes: RouteTable | None = None
+) -> list[PolicyTest]:
+    """`routes`: the bundle's route table, for tests that state an HTTP request (`http:`)
+    instead of a Cedar one; they are mapped here, as an enforcement point would map them."""
     document = read_yaml(path, text, problems)
     if document is None:
         return []
@@ -109,8 +118,14 @@ def parse_test_file(path: str, text: str, problems: list[BundleProblem]) -> list
             if at is None:
                 problem("'at' must be an RFC 3339 time with offset")
                 continue
+        unmapped = None
         try:
-            request = parse_request(item.get("request"), "request")
+            if "http" in item and "request" in item:
+                raise RequestError("http", "give either 'request' or 'http', not both")
+            if "http" in item:
+                request, unmapped = _http_request(item["http"], routes)
+            else:
+                request = parse_request(item.get("request"), "request")
         except RequestError as exc:
             problem(str(exc))
             continue
@@ -124,12 +139,55 @@ def parse_test_file(path: str, text: str, problems: list[BundleProblem]) -> list
                 determining=frozenset(determining) if determining is not None else None,
                 shadow=shadow,
                 at=at,
+                unmapped=unmapped,
             )
         )
     return tests
 
 
+def _http_request(document: Any, routes: RouteTable | None) -> tuple[AccessRequest, str | None]:
+    """The Cedar request routes.yaml makes of an HTTP request; for an unmapped one, a
+    placeholder request and the reason."""
+    if not isinstance(document, dict):
+        raise RequestError("http", "expected an object with method, path and principal")
+    unknown = sorted(set(document) - HTTP_KEYS)
+    if unknown:
+        raise RequestError(f"http.{unknown[0]}", "unknown field")
+    if routes is None:
+        raise RequestError("http", "the bundle has no routes.yaml to map HTTP requests with")
+    method, path = document.get("method", "GET"), document.get("path")
+    host = document.get("host", "")
+    if not isinstance(method, str) or not isinstance(path, str) or not path.startswith("/"):
+        raise RequestError("http", "'method' must be text and 'path' must start with '/'")
+    if not isinstance(host, str):
+        raise RequestError("http.host", "expected a host name")
+    principal = parse_entity(document.get("principal"), "http.principal")
+    credential = document.get("credential") or {}
+    if not isinstance(credential, dict):
+        raise RequestError("http.credential", "expected an object")
+    facts = HttpFacts(
+        method=method.upper(),
+        host=host,
+        path=path,
+        credential={
+            "subject": principal.id,
+            "mfa": False,
+            "auth_age_seconds": 0,
+            **credential,
+        },
+    )
+    found = routes.match(facts.method, host, path)
+    if found is None:
+        placeholder = AccessRequest(principal, EntityRef("Action", facts.method), principal, {})
+        return placeholder, f"no route matches {facts.method} {path}"
+    return routes.access_request(found, principal, facts), None
+
+
 def run_test(evaluator: Evaluator, test: PolicyTest) -> TestResult:
+    if test.unmapped is not None:  # denied by the enforcement point, before any policy
+        denied = _unmapped_deny(test.unmapped, evaluator.revision)
+        wrong = () if test.expect == "deny" else (f"expected allow, but {test.unmapped}",)
+        return TestResult(test, denied, wrong)
     decision = evaluator.evaluate(test.request, at=test.at)
     failures: list[str] = []
     if decision.effect.value != test.expect:
@@ -144,6 +202,21 @@ def run_test(evaluator: Evaluator, test: PolicyTest) -> TestResult:
     if decision.errors and not failures and test.expect == "allow":
         failures.append(f"evaluation errors: {'; '.join(decision.errors)}")
     return TestResult(test, decision, tuple(failures))
+
+
+def _unmapped_deny(reason: str, revision: str) -> Decision:
+    return Decision(
+        decision_id=new_decision_id(),
+        effect=Effect.DENY,
+        reasons=(),
+        shadow_effect=Effect.DENY,
+        shadow_reasons=(),
+        shadow_changes=(),
+        errors=(f"no_route_matched: {reason}",),
+        revision=revision,
+        eval_micros=0,
+        timestamp=time.time(),
+    )
 
 
 def run_tests(evaluator: Evaluator, tests: list[PolicyTest]) -> list[TestResult]:
