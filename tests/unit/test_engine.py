@@ -277,6 +277,17 @@ def test_properties_merge_over_static_attributes_keeping_group_membership(
     assert ids(ask(evaluator, "bo", "read").reasons) == {"level-read"}
 
 
+def test_entity_sets_built_for_request_properties_are_reused_only_for_the_same_properties() -> None:
+    """The evaluator keeps the entity set it built for a caller's attributes: asking again with
+    the same attributes gives the same answer, other attributes never get that set."""
+    evaluator = make_evaluator()  # decision cache off: every answer is evaluated
+    for _ in range(3):
+        assert ids(ask(evaluator, "bo", "read", doc_props={"tier": 4}).reasons) == {"level-read"}
+        assert not ask(evaluator, "bo", "read", doc_props={"tier": 9}).allowed
+        assert not ask(evaluator, "bo", "read", user_props={"level": 1}).allowed
+        assert ask(evaluator, "bo", "read").allowed
+
+
 def test_unknown_principal_gets_attributes_only_from_properties(evaluator: Evaluator) -> None:
     decision = ask(evaluator, "newcomer", "read", user_props={"level": 3})
     assert ids(decision.reasons) == {"level-read"}  # not staff: no parents invented

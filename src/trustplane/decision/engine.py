@@ -78,6 +78,10 @@ class Evaluator:
             json.dumps(bundle.entities), schema=self._schema
         )
         self._bases: OrderedDict[frozenset[tuple[str, str]], Any] = OrderedDict()
+        # Entity sets with a request's principal/resource attributes added, by their JSON: a
+        # caller's attributes (from its token, say) repeat, and building the set costs more
+        # than evaluating. Insertion-ordered; the oldest go first.
+        self._with_added: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._generations: dict[int, _Generation] = {}
         self._generation_at(clock())
@@ -303,7 +307,14 @@ class Evaluator:
             return base
         added = list(delta.values())
         try:
-            return base.with_added_json_str(orjson.dumps(added).decode(), schema=self._schema)
+            text = orjson.dumps(added).decode()
+        except TypeError:
+            text = json.dumps(added)  # values orjson refuses; Cedar reports them below
+        known = self._with_added.get(text)  # the same caller attributes again: reuse the set
+        if known is not None:
+            return known
+        try:
+            entities = base.with_added_json_str(text, schema=self._schema)
         except ValueError:
             found = first_nonconforming(added, self._schema)
             if found is None:
@@ -313,6 +324,11 @@ class Evaluator:
             raise ValueError(
                 f'{roles[key]} {key[0]}::"{key[1]}": properties do not match the schema ({exc})'
             ) from None
+        with self._lock:
+            self._with_added[text] = entities
+            while len(self._with_added) > _BASE_CACHE_SIZE:
+                self._with_added.popitem(last=False)
+        return entities
 
     def _base_without(self, uids: frozenset[tuple[str, str]]) -> Any:
         with self._lock:
