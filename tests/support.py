@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PG_BASE_URL = "postgresql://127.0.0.1:5432/test"
@@ -188,3 +190,46 @@ def authzen(
     if context is not None:
         body["context"] = context
     return body
+
+
+# -- real peers (proxies) ----------------------------------------------------------------------
+
+
+def required_binary(name: str, *fallbacks: str) -> str:
+    """The path of a program the test needs (installed by scripts/bootstrap.sh --test): skip
+    without it, except under CI=true, where a missing peer fails the run."""
+    found = shutil.which(name) or next((f for f in fallbacks if Path(f).exists()), None)
+    if found is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} is not installed (scripts/bootstrap.sh --test installs it)")
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+def start_listening(
+    argv: list[str], url: str, log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server process and wait until `url` answers (any status); its log on failure."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{argv[0]} exited:\n{log_path.read_text(errors='replace')}")
+        try:
+            httpx.get(url, timeout=1)
+            return True
+        except httpx.HTTPError:
+            return False
+
+    wait_for(listening, timeout=15)
+    return process
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

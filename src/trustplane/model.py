@@ -166,6 +166,23 @@ def _fresh_pool_after_fork() -> None:
 os.register_at_fork(after_in_child=_fresh_pool_after_fork)
 
 
+def refusal(error: str, revision: str | None = None, revocation_epoch: int = 0) -> Decision:
+    """A deny settled before any policy is asked (no bundle, revoked, no credential, no route)."""
+    return Decision(
+        decision_id=new_decision_id(),
+        effect=Effect.DENY,
+        reasons=(),
+        shadow_effect=Effect.DENY,
+        shadow_reasons=(),
+        shadow_changes=(),
+        errors=(error,),
+        revision=revision,
+        eval_micros=0,
+        timestamp=time.time(),
+        revocation_epoch=revocation_epoch,
+    )
+
+
 def new_decision_id() -> str:
     """A UUIDv7 (RFC 9562): time-ordered, so ids sort the way decisions happened."""
     ms = time.time_ns() // 1_000_000

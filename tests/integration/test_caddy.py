@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,14 @@ import httpx
 import pytest
 
 from tests.issuer import Key, user_token
-from tests.support import REPO, Server, free_port, wait_for
+from tests.support import (
+    REPO,
+    Server,
+    free_port,
+    required_binary,
+    start_listening,
+    stop_process,
+)
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.slow
@@ -36,12 +42,7 @@ http://127.0.0.1:{port} {{
 
 
 def caddy_binary() -> str:
-    found = shutil.which("caddy")
-    if found is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("caddy is not installed (scripts/bootstrap.sh --test installs it)")
-        pytest.skip("caddy is not installed")
-    return found
+    return required_binary("caddy")
 
 
 def caddy_env(directory: Path) -> dict[str, str]:
@@ -62,35 +63,10 @@ def start_caddy(
     port = free_port()
     config = directory / "Caddyfile"
     config.write_text(CADDYFILE.format(dir=directory, port=port, pdp=pdp, upstream=upstream.port))
-    log = (directory / "caddy.log").open("wb")
-    process = subprocess.Popen(
-        [binary, "run", "--config", str(config), "--adapter", "caddyfile"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=caddy_env(directory),
-    )
     url = f"http://127.0.0.1:{port}"
-
-    def listening() -> bool:
-        if process.poll() is not None:
-            raise AssertionError((directory / "caddy.log").read_text())
-        try:
-            httpx.get(url, timeout=1)
-            return True
-        except httpx.HTTPError:
-            return False
-
-    wait_for(listening, timeout=15)
+    argv = [binary, "run", "--config", str(config), "--adapter", "caddyfile"]
+    process = start_listening(argv, url, directory / "caddy.log", env=caddy_env(directory))
     return process, url
-
-
-def stop_caddy(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +83,7 @@ def caddy(
     pdp = server.url.removeprefix("http://")
     process, url = start_caddy(tmp_path_factory.mktemp("caddy"), pdp, upstream)
     yield url
-    stop_caddy(process)
+    stop_process(process)
 
 
 def test_caddy_lets_allowed_requests_through_with_the_user(caddy: str, key: Key) -> None:
@@ -149,7 +125,7 @@ def test_caddy_fails_closed_when_the_pdp_is_down(
         assert response.status_code >= 500
         assert len(upstream.seen) == before
     finally:
-        stop_caddy(process)
+        stop_process(process)
 
 
 def test_the_documented_caddyfile_is_valid(tmp_path: Path) -> None:

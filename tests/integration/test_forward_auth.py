@@ -8,8 +8,6 @@ as the proxy; a client from 127.0.0.1 is an untrusted caller.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +19,16 @@ import pytest
 
 from tests.conftest import SHOP
 from tests.issuer import Jwks, Key, claims, issuer_settings, rsa_key, user_token
-from tests.support import REPO, Server, free_port, running_server, wait_for
+from tests.support import (
+    REPO,
+    Server,
+    free_port,
+    required_binary,
+    running_server,
+    start_listening,
+    stop_process,
+    wait_for,
+)
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.slow
@@ -210,14 +217,7 @@ def test_identity_header_from_the_trusted_proxy_names_the_caller(server: Server)
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if found is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("nginx is not installed (scripts/bootstrap.sh --test installs it)")
-        pytest.skip("nginx is not installed")
-    return found
+    return required_binary("nginx", "/usr/sbin/nginx")
 
 
 NGINX_CONF = """
@@ -282,31 +282,10 @@ def start_nginx(
         [binary, "-t", "-c", str(conf), "-p", str(directory)], capture_output=True
     )
     assert check.returncode == 0, check.stderr.decode()
-    process = subprocess.Popen(
-        [binary, "-c", str(conf), "-p", str(directory)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     url = f"http://127.0.0.1:{port}"
-
-    def listening() -> bool:
-        try:
-            httpx.get(url, timeout=1)
-            return True
-        except httpx.HTTPError:
-            return False
-
-    wait_for(listening, timeout=10)
+    argv = [binary, "-c", str(conf), "-p", str(directory)]
+    process = start_listening(argv, url, directory / "stdout.log")
     return process, url
-
-
-def stop_nginx(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +294,7 @@ def nginx(
 ) -> Iterator[str]:
     process, url = start_nginx(tmp_path_factory.mktemp("nginx"), server.url, upstream)
     yield url
-    stop_nginx(process)
+    stop_process(process)
 
 
 def test_nginx_lets_allowed_requests_through_with_the_user(nginx: str, key: Key) -> None:
@@ -365,7 +344,7 @@ def test_nginx_fails_closed_when_the_pdp_is_down(
         assert response.status_code >= 500, "nginx answers an error, never the app's 200"
         assert len(upstream.seen) == before
     finally:
-        stop_nginx(process)
+        stop_process(process)
 
 
 def test_the_documented_nginx_configuration_is_valid(tmp_path: Path) -> None:

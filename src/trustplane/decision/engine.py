@@ -91,7 +91,10 @@ class Evaluator:
 
     # -- public -------------------------------------------------------------------------------
 
-    def evaluate(self, request: AccessRequest, at: datetime | None = None) -> Decision:
+    def evaluate(
+        self, request: AccessRequest, at: datetime | None = None, revocation_epoch: int = 0
+    ) -> Decision:
+        """`revocation_epoch`: the caller's revocation list version, carried in the answer."""
         started = time.perf_counter_ns()
         now_ts = self._clock() if at is None else at.timestamp()
         key = self._cache_key(request, now_ts)
@@ -104,6 +107,7 @@ class Evaluator:
                 timestamp=now_ts,
                 cached=True,
                 ttl_seconds=0 if known.errors else self._ttl(now_ts),
+                revocation_epoch=revocation_epoch,
             )
         failed = False
         try:
@@ -125,6 +129,7 @@ class Evaluator:
             eval_micros=(time.perf_counter_ns() - started) // 1000,
             timestamp=now_ts,
             ttl_seconds=0 if failed or enforced.errors or shadow.errors else self._ttl(now_ts),
+            revocation_epoch=revocation_epoch,
         )
         if not failed:
             self._remember(key, decision)

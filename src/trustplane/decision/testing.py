@@ -6,7 +6,6 @@ is caught before it serves traffic.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +14,7 @@ from trustplane.decision.bundle import BundleProblem, parse_rfc3339, read_yaml
 from trustplane.decision.engine import Evaluator
 from trustplane.decision.requests import RequestError, parse_entity, parse_request
 from trustplane.decision.routes import HttpFacts, RouteTable
-from trustplane.model import AccessRequest, Decision, Effect, EntityRef, new_decision_id
+from trustplane.model import AccessRequest, Decision, EntityRef, refusal
 
 TEST_KEYS = frozenset({"name", "request", "http", "expect", "determining", "shadow", "at"})
 HTTP_KEYS = frozenset({"method", "path", "host", "principal", "credential"})
@@ -185,7 +184,7 @@ def _http_request(document: Any, routes: RouteTable | None) -> tuple[AccessReque
 
 def run_test(evaluator: Evaluator, test: PolicyTest) -> TestResult:
     if test.unmapped is not None:  # denied by the enforcement point, before any policy
-        denied = _unmapped_deny(test.unmapped, evaluator.revision)
+        denied = refusal(f"no_route_matched: {test.unmapped}", evaluator.revision)
         wrong = () if test.expect == "deny" else (f"expected allow, but {test.unmapped}",)
         return TestResult(test, denied, wrong)
     decision = evaluator.evaluate(test.request, at=test.at)
@@ -202,21 +201,6 @@ def run_test(evaluator: Evaluator, test: PolicyTest) -> TestResult:
     if decision.errors and not failures and test.expect == "allow":
         failures.append(f"evaluation errors: {'; '.join(decision.errors)}")
     return TestResult(test, decision, tuple(failures))
-
-
-def _unmapped_deny(reason: str, revision: str) -> Decision:
-    return Decision(
-        decision_id=new_decision_id(),
-        effect=Effect.DENY,
-        reasons=(),
-        shadow_effect=Effect.DENY,
-        shadow_reasons=(),
-        shadow_changes=(),
-        errors=(f"no_route_matched: {reason}",),
-        revision=revision,
-        eval_micros=0,
-        timestamp=time.time(),
-    )
 
 
 def run_tests(evaluator: Evaluator, tests: list[PolicyTest]) -> list[TestResult]:

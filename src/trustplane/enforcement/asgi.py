@@ -38,7 +38,7 @@ from trustplane.enforcement.enforcer import (
     HttpEnforcer,
 )
 from trustplane.enforcement.forward_auth import original_request
-from trustplane.enforcement.sdk import SdkMetrics, default_sdk_metrics
+from trustplane.enforcement.sdk import SdkMetrics, asend_with_retries, default_sdk_metrics
 
 log = logging.getLogger("trustplane.asgi")
 
@@ -110,14 +110,9 @@ class RemotePdp:
         )
 
     async def _get(self, headers: dict[str, str]) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                return await self._http.get("/v1/forward-auth", headers=headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                if attempt >= self._retries:
-                    raise
-                attempt += 1
+        return await asend_with_retries(
+            lambda: self._http.get("/v1/forward-auth", headers=headers), self._retries
+        )
 
 
 class LocalPdp:

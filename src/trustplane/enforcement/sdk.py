@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,48 @@ log = logging.getLogger("trustplane.sdk")
 
 EVALUATION_PATH = "/access/v1/evaluation"
 _RETRY_STATUSES = frozenset({503})
+_UNANSWERED = (httpx.ConnectError, httpx.ConnectTimeout)  # the request never reached the PDP
+_JSON = {"content-type": "application/json"}
+
+
+def send_with_retries(send: Callable[[], httpx.Response], retries: int) -> httpx.Response:
+    """Call `send`, again (up to `retries` times, with backoff) only while the question was
+    certainly not answered: no connection, or a 503 (not ready, ledger unavailable). A read
+    timeout is not retried: the PDP may have answered and recorded it."""
+    for attempt in range(retries + 1):
+        last = attempt == retries
+        try:
+            response = send()
+        except _UNANSWERED:
+            if last:
+                raise
+        else:
+            if last or response.status_code not in _RETRY_STATUSES:
+                return response
+        time.sleep(_backoff(attempt))
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def asend_with_retries(
+    send: Callable[[], Awaitable[httpx.Response]], retries: int
+) -> httpx.Response:
+    """`send_with_retries` for asyncio."""
+    for attempt in range(retries + 1):
+        last = attempt == retries
+        try:
+            response = await send()
+        except _UNANSWERED:
+            if last:
+                raise
+        else:
+            if last or response.status_code not in _RETRY_STATUSES:
+                return response
+        await asyncio.sleep(_backoff(attempt))
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _backoff(attempt: int) -> float:
+    return min(0.1 * 2.0**attempt, 0.5)
 
 
 @dataclass(frozen=True)
@@ -249,19 +291,9 @@ class Client(_Base):
             return self._failure(str(exc) or type(exc).__name__, fail_open, route or action)
 
     def _post(self, body: bytes) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                response = self._http.post(
-                    EVALUATION_PATH, content=body, headers={"content-type": "application/json"}
-                )
-                if response.status_code not in _RETRY_STATUSES or attempt >= self._retries:
-                    return response
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                if attempt >= self._retries:
-                    raise
-            attempt += 1
-            time.sleep(min(0.05 * 2**attempt, 0.5))
+        return send_with_retries(
+            lambda: self._http.post(EVALUATION_PATH, content=body, headers=_JSON), self._retries
+        )
 
 
 class AsyncClient(_Base):
@@ -316,16 +348,6 @@ class AsyncClient(_Base):
             return self._failure(str(exc) or type(exc).__name__, fail_open, route or action)
 
     async def _post(self, body: bytes) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                response = await self._http.post(
-                    EVALUATION_PATH, content=body, headers={"content-type": "application/json"}
-                )
-                if response.status_code not in _RETRY_STATUSES or attempt >= self._retries:
-                    return response
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                if attempt >= self._retries:
-                    raise
-            attempt += 1
-            await asyncio.sleep(min(0.05 * 2**attempt, 0.5))
+        return await asend_with_retries(
+            lambda: self._http.post(EVALUATION_PATH, content=body, headers=_JSON), self._retries
+        )

@@ -6,12 +6,9 @@ every decision is counted and recorded the same way.
 
 from __future__ import annotations
 
-import dataclasses
-import time
-
 from trustplane.decision.bundle import Bundle
 from trustplane.decision.routes import RouteTable
-from trustplane.model import AccessRequest, Decision, Effect, new_decision_id
+from trustplane.model import AccessRequest, Decision, Effect, refusal
 from trustplane.recovery.revocation import Revocation
 from trustplane.server.runtime import Runtime
 
@@ -43,19 +40,20 @@ class PolicyDecisionPoint:
     def evaluate(self, request: AccessRequest) -> Decision:
         active = self._runtime.bundles.active
         revocations = self._runtime.revocations
+        # The epoch goes in every decision: caches outside this process compare it to drop
+        # answers given before a revocation.
+        epoch = revocations.epoch
         revoked = revocations.principal(request.principal)
         if revoked is not None:  # before any policy (and any cached answer)
-            decision = _deny(
+            decision = refusal(
                 f"revoked: {revoked.target} ({revoked.reason})",
                 active.bundle.revision if active is not None else None,
+                epoch,
             )
         elif active is None:
-            decision = _deny(NO_BUNDLE)
+            decision = refusal(NO_BUNDLE, None, epoch)
         else:
-            decision = active.evaluator.evaluate(request)
-        if revocations.epoch:
-            # Caches outside this process compare epochs to drop answers older than a revocation.
-            decision = dataclasses.replace(decision, revocation_epoch=revocations.epoch)
+            decision = active.evaluator.evaluate(request, revocation_epoch=epoch)
         self._observe(decision)
         return decision
 
@@ -69,7 +67,11 @@ class PolicyDecisionPoint:
         """A deny settled before any policy is asked (no valid credential, no route), counted
         and recorded like every other decision."""
         active = self._runtime.bundles.active
-        decision = _deny(reason, active.bundle.revision if active is not None else None)
+        decision = refusal(
+            reason,
+            active.bundle.revision if active is not None else None,
+            self._runtime.revocations.epoch,
+        )
         self._observe(decision)
         await self._recorder.record(request, decision)
         return decision
@@ -90,18 +92,3 @@ class PolicyDecisionPoint:
             metrics.decision_errors.inc()
         for reason in decision.shadow_changes:
             metrics.shadow_mismatches.labels(reason.policy_id).inc()
-
-
-def _deny(error: str, revision: str | None = None) -> Decision:
-    return Decision(
-        decision_id=new_decision_id(),
-        effect=Effect.DENY,
-        reasons=(),
-        shadow_effect=Effect.DENY,
-        shadow_reasons=(),
-        shadow_changes=(),
-        errors=(error,),
-        revision=revision,
-        eval_micros=0,
-        timestamp=time.time(),
-    )
