@@ -5,9 +5,11 @@ baseline measured in the same run.
     .venv/bin/python bench/enforcement.py --quick --no-docs
 
 1. gRPC `Authorization/Check` (the real `trustplane serve`, ledger on, batch durability):
-   open loop at 1,000 calls/s offered from a second process (bench/grpcload.py), p50/p99 from
-   each call's scheduled time; then a closed loop for the maximum sustainable throughput. The
-   baseline is a no-op Authorization server on the same gRPC stack (grpc.aio) answering OK.
+   open loop at 1,000 calls/s offered from a second process, p50/p99 from each call's scheduled
+   time; then a closed loop for the maximum sustainable throughput. The baseline is a no-op
+   Authorization server on the same gRPC stack (grpc.aio) answering OK. The load comes from
+   bench/grpcload.cc (built here with g++ and Debian's libgrpc++-dev) when it can be built, so
+   the generator's own pauses are not charged to the server; else from bench/grpcload.py.
 2. nginx with `auth_request` (the real Debian nginx, one worker) in front of an upstream that
    nginx itself serves: pointed at trustplane's `/v1/forward-auth`, at the no-op ASGI app of the
    HTTP benchmark (same uvicorn settings), and without `auth_request`. Throughput from a closed
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import platform
 import shutil
@@ -125,10 +128,53 @@ def run_tool(argv: list[str], seconds: float) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def grpcload(port: int, *, rate: float, seconds: float, concurrency: int = 16) -> dict[str, Any]:
-    argv = [
-        sys.executable,
-        str(BENCH_DIR / "grpcload.py"),
+BUILD_DIR = BENCH_DIR / "results" / "build"  # gitignored with bench/results/
+
+
+def compiled_grpcload() -> tuple[Path | None, str]:
+    """bench/grpcload.cc built with g++ and Debian's libgrpc++-dev (rebuilt when the source
+    changes), or None with the reason it could not be."""
+    source = BENCH_DIR / "grpcload.cc"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    binary = BUILD_DIR / f"grpcload-{digest}"
+    if binary.exists():
+        return binary, "built"
+    compiler = shutil.which("g++")
+    pkg_config = shutil.which("pkg-config")
+    if compiler is None or pkg_config is None:
+        return None, "g++ or pkg-config missing (apt-get install g++ pkg-config libgrpc++-dev)"
+    flags = subprocess.run(
+        [pkg_config, "--cflags", "--libs", "grpc++"], capture_output=True, text=True
+    )
+    if flags.returncode != 0:
+        return None, "grpc++ not found by pkg-config (apt-get install libgrpc++-dev)"
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    built = subprocess.run(
+        [compiler, "-O2", "-std=c++17", str(source), "-o", str(binary), *flags.stdout.split()],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        return None, f"g++ failed: {built.stderr.strip()[:300]}"
+    return binary, "built"
+
+
+def grpcload(
+    port: int,
+    *,
+    rate: float,
+    seconds: float,
+    concurrency: int = 16,
+    binary: Path | None = None,
+    requests: Path | None = None,
+) -> dict[str, Any]:
+    """One load run from its own process: the compiled generator when `binary` is given (with
+    the serialized `requests` file), else bench/grpcload.py."""
+    if binary is not None and requests is not None:
+        argv = [str(binary), "--requests", str(requests)]
+    else:
+        argv = [sys.executable, str(BENCH_DIR / "grpcload.py")]
+    argv += [
         "--target",
         f"127.0.0.1:{port}",
         "--rate",
@@ -139,6 +185,13 @@ def grpcload(port: int, *, rate: float, seconds: float, concurrency: int = 16) -
         str(concurrency),
     ]
     return run_tool(argv, seconds)
+
+
+def dump_requests(path: Path) -> Path:
+    subprocess.run(
+        [sys.executable, str(BENCH_DIR / "grpcload.py"), "--dump-requests", str(path)], check=True
+    )
+    return path
 
 
 # -- nginx --------------------------------------------------------------------------------------
@@ -258,13 +311,22 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 # -- the run ------------------------------------------------------------------------------------
 
 
-def run(sizes: Sizes, log: Any) -> dict[str, Any]:
+def run(sizes: Sizes, log: Any, python_client: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tp-bench-edge-") as tmp:
         workdir = Path(tmp)
         log("starting trustplane serve (shop bundle, batch ledger) and a no-op gRPC server")
         server = httpbench.start_server("trustplane", workdir, True, EDGE_ENV)
         noop, noop_port = start_noop_grpc(workdir)
+        binary, why = (None, "--python-client given") if python_client else compiled_grpcload()
+        checks = dump_requests(workdir / "checks.hex") if binary is not None else None
+        results["grpc_client"] = (
+            "bench/grpcload.cc (grpc++ GenericStub, callback API)"
+            if binary is not None
+            else f"bench/grpcload.py (grpc C-core under Python; compiled client unavailable: {why})"
+        )
+        log(f"gRPC load generator: {results['grpc_client']}")
+        load = {"binary": binary, "requests": checks}
         try:
             assert server.grpc_port is not None
             servers = (("trustplane", server.grpc_port), ("noop", noop_port))
@@ -272,14 +334,14 @@ def run(sizes: Sizes, log: Any) -> dict[str, Any]:
                 for name, port in servers:
                     log(f"gRPC Check, {name}: {sizes.rate}/s, run {round_ + 1}/{sizes.rounds}")
                     results.setdefault(f"grpc_open_{name}_runs", []).append(
-                        grpcload(port, rate=sizes.rate, seconds=sizes.rate_s)
+                        grpcload(port, rate=sizes.rate, seconds=sizes.rate_s, **load)
                     )
             for name, port in servers:
                 runs = results[f"grpc_open_{name}_runs"]
                 results[f"grpc_open_{name}"] = median_run(runs)
                 log(f"gRPC Check, {name}: closed loop x{sizes.concurrency}")
                 results[f"grpc_closed_{name}"] = grpcload(
-                    port, rate=0, seconds=sizes.closed_s, concurrency=sizes.concurrency
+                    port, rate=0, seconds=sizes.closed_s, concurrency=sizes.concurrency, **load
                 )
             if nginx_binary() is None:
                 log("nginx is not installed: skipping the nginx benchmark")
@@ -360,7 +422,8 @@ def report(results: dict[str, Any], sizes: Sizes, quick: bool) -> str:
         "",
         "### gRPC ext_authz `Authorization/Check` (ledger on, batch)",
         "",
-        f"Open loop at {sizes.rate:,}/s for {sizes.rate_s:g} s from bench/grpcload.py (latency "
+        f"Load generator: {results.get('grpc_client', 'bench/grpcload.py')}, in its own process. "
+        f"Open loop at {sizes.rate:,}/s for {sizes.rate_s:g} s (latency "
         f"from each call's scheduled time), {sizes.rounds} run(s) per server interleaved, "
         "percentiles are medians over runs; closed loop with "
         f"{sizes.concurrency} callers on one channel for the maximum throughput.",
@@ -416,6 +479,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="short runs (under a minute)")
     parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md alone")
     parser.add_argument("--json", type=Path, help="also write every figure as JSON here")
+    parser.add_argument(
+        "--python-client",
+        action="store_true",
+        help="load gRPC from bench/grpcload.py even when bench/grpcload.cc can be built",
+    )
     parser.add_argument("--serve-noop-grpc", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_noop_grpc:
@@ -426,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    results = run(sizes, log)
+    results = run(sizes, log, python_client=args.python_client)
     section = report(results, sizes, args.quick)
     print(section)
     if args.json:

@@ -174,12 +174,22 @@ async def closed_loop(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", required=True, help="127.0.0.1:PORT")
+    parser.add_argument("--target", default="", help="127.0.0.1:PORT")
     parser.add_argument("--rate", type=float, default=1000.0, help="calls/s; 0: closed loop")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16, help="closed loop callers")
     parser.add_argument("--grace", type=float, default=5.0)
+    parser.add_argument(
+        "--dump-requests",
+        type=argparse.FileType("w"),
+        help="write the serialized CheckRequests (hex, one a line) for bench/grpcload.cc; exit",
+    )
     args = parser.parse_args(argv)
+    if args.dump_requests is not None:
+        for call in requests():
+            args.dump_requests.write(call.SerializeToString().hex() + "\n")
+        args.dump_requests.close()
+        return
     if not args.target.startswith(("127.0.0.1:", "localhost:")):
         parser.error("load is only sent to the loopback interface")
     if not 0 < args.duration <= 600:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -135,6 +136,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
                 enforcer, settings.host, settings.grpc_port, settings.strip_credential
             )
             log.info("Envoy ext_authz gRPC on %s:%d", settings.host, port)
+        _freeze_startup_heap()
         tasks = [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.watch else []
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -162,6 +164,15 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         },
         lifespan=lifespan,
     )
+
+
+def _freeze_startup_heap() -> None:
+    """Move what start-up allocated (modules, the compiled bundle, protobuf descriptors) out of
+    the garbage collector's reach. A full collection otherwise walks all of it while requests
+    wait, which shows as multi-millisecond pauses in the latency tail; objects made while
+    serving are collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _reload(runtime: Runtime, reason: str) -> None:
