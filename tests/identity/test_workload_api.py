@@ -209,3 +209,81 @@ def test_stream_pushes_a_new_svid_before_half_life_and_on_rotation(
     leaf.verify_directly_issued_by(new_ca.certificate)
     assert len(service.keys.x509_authorities) == 2
     stream.cancel()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="starts workloads under other group ids (root)")
+def test_two_registered_processes_establish_mtls_and_an_unregistered_one_is_refused(
+    service: IdentityService, agent: WorkloadThread, socket_path: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    server_id, client_id = f"spiffe://{TRUST_DOMAIN}/server", f"spiffe://{TRUST_DOMAIN}/client"
+    service.entry_store.create(server_id, ["unix:uid:0", "unix:gid:41001"])
+    service.entry_store.create(client_id, ["unix:uid:0", "unix:gid:41002"])
+    service.entries.refresh()
+    peer = [sys.executable, str(REPO / "tests" / "identity" / "mtls_peer.py")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    port_file = tmp_path / "port"
+    server = subprocess.Popen(
+        [*peer, "serve", str(socket_path), str(port_file), client_id],
+        group=41001,
+        extra_groups=[],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text():
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        port = port_file.read_text()
+        # the unregistered workload gets no SVID, so it has nothing to present
+        stranger = subprocess.run(
+            [*peer, "dial", str(socket_path), port, server_id],
+            group=41003,
+            extra_groups=[],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert stranger.returncode == 3, stranger.stderr
+        assert "no registration entry matches" in stranger.stderr
+        # and a TLS client without a certificate is refused by the server
+        import ssl
+
+        anonymous = ssl.create_default_context()
+        anonymous.check_hostname, anonymous.verify_mode = False, ssl.CERT_NONE
+        with (
+            pytest.raises((ssl.SSLError, ConnectionError)),
+            socket_connect(int(port)) as raw,
+            anonymous.wrap_socket(raw) as conn,
+        ):
+            conn.sendall(b"x")
+            conn.recv(10)
+        client = subprocess.run(
+            [*peer, "dial", str(socket_path), port, server_id],
+            group=41002,
+            extra_groups=[],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert client.returncode == 0, client.stderr
+        assert client.stdout.strip() == "hello from dialer"
+        assert server.wait(30) == 0
+    finally:
+        server.kill()
+        server.wait()
+
+
+def socket_connect(port: int):  # type: ignore[no-untyped-def]
+    import socket
+
+    return socket.create_connection(("127.0.0.1", port))
