@@ -74,12 +74,14 @@ def main() -> None:
                     return
             except ssl.SSLError as exc:
                 print(f"refused a TLS client: {exc}", file=sys.stderr, flush=True)
-    with socket.create_connection(("127.0.0.1", int(where))) as raw:
-        with context.wrap_socket(raw) as conn:
-            if peer_id(conn) != expected:
-                sys.exit(4)
-            conn.sendall(b"from dialer")
-            print(conn.recv(100).decode())
+    with (
+        socket.create_connection(("127.0.0.1", int(where))) as raw,
+        context.wrap_socket(raw) as conn,
+    ):
+        if peer_id(conn) != expected:
+            sys.exit(4)
+        conn.sendall(b"from dialer")
+        print(conn.recv(100).decode())
 
 
 if __name__ == "__main__":
