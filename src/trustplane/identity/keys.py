@@ -304,10 +304,13 @@ class IdentityKeys:
             start = active[0].activated_at or active[0].created_at
             life = active[0].not_after - start
             age = now - start
-            if not prepared and age >= life / 2:
-                done.append(f"prepared {kind.value} key {self.prepare(kind).kid}")
-            elif prepared and age >= life * 5 / 6:
-                done.append(f"activated {kind.value} key {self.activate(kind).kid}")
+            try:  # another process may have taken the step first: then there is nothing to do
+                if not prepared and age >= life / 2:
+                    done.append(f"prepared {kind.value} key {self.prepare(kind).kid}")
+                elif prepared and age >= life * 5 / 6:
+                    done.append(f"activated {kind.value} key {self.activate(kind).kid}")
+            except RotationError:
+                continue
         done.extend(f"retired {r.kind.value} key {r.kid}" for r in self.retire())
         return done
 
