@@ -955,6 +955,10 @@ def _when(ts: float) -> str:
 
 # -- entry point ------------------------------------------------------------------------------
 
+from trustplane.cli.identity import identity_app  # noqa: E402  (it uses the helpers above)
+
+app.add_typer(identity_app, name="identity")
+
 
 def _fail(message: str) -> NoReturn:
     err.print(f"[red]error:[/] {message}", highlight=False)

@@ -37,15 +37,15 @@ def parse_selector(text: str) -> str:
     name, _, value = value.partition(":")
     if kind != "unix" or name not in ("uid", "gid", "path", "sha256"):
         raise EntryError(
-            f"selector {text!r}: expected unix:uid:N, unix:gid:N, unix:path:/path or "
+            f"selectors: {text!r}: expected unix:uid:N, unix:gid:N, unix:path:/path or "
             "unix:sha256:HEX"
         )
     if name in ("uid", "gid") and not _NUMBER.fullmatch(value):
-        raise EntryError(f"selector {text!r}: {name} must be a number")
+        raise EntryError(f"selectors: {text!r}: {name} must be a number")
     if name == "path" and not value.startswith("/"):
-        raise EntryError(f"selector {text!r}: the path must be absolute")
+        raise EntryError(f"selectors: {text!r}: the path must be absolute")
     if name == "sha256" and not _SHA256.fullmatch(value):
-        raise EntryError(f"selector {text!r}: sha256 must be 64 lowercase hex digits")
+        raise EntryError(f"selectors: {text!r}: sha256 must be 64 lowercase hex digits")
     return f"unix:{name}:{value}"
 
 
