@@ -18,7 +18,7 @@ import pytest
 import spiffe
 
 from tests.conftest import SHOP
-from tests.issuer import AUDIENCE, ISSUER, Jwks, Key, claims, issuer_settings, rsa_key
+from tests.issuer import ISSUER, Jwks, Key, claims, issuer_settings, rsa_key
 from tests.support import Server, run_cli, running_server
 from trustplane.identity.kek import new_kek
 
