@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from trustplane.decision.routes import HttpFacts, RouteMatch, RouteTable, split_path
 from trustplane.enforcement.credentials import Authenticator, Credential, CredentialRejected
+from trustplane.identity.human import parse_step_up, step_up_challenge
 from trustplane.model import AccessRequest, Decision, EntityRef
 from trustplane.server.pdp import PolicyDecisionPoint
 
@@ -119,6 +120,11 @@ class HttpEnforcer:
         decision = await self._pdp.decide(request)
         if decision.allowed:
             return Verdict(200, decision, (), principal, credential)
+        step_ups = [parse_step_up(r.step_up) for r in decision.reasons if r.step_up]
+        if step_ups and not credential.workload:  # people can step up; workloads cannot
+            reasons = ("insufficient_user_authentication", *reason_codes(decision))
+            challenge = step_up_challenge(step_ups)
+            return Verdict(401, decision, reasons, principal, credential, challenge)
         return Verdict(403, decision, reason_codes(decision), principal, credential)
 
     def _principal(self, credential: Credential, routes: RouteTable | None) -> EntityRef:
