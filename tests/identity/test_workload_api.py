@@ -287,3 +287,24 @@ def socket_connect(port: int):  # type: ignore[no-untyped-def]
     import socket
 
     return socket.create_connection(("127.0.0.1", port))
+
+
+def test_jwt_svids_are_reused_until_half_life(
+    service: IdentityService, agent: WorkloadThread, socket_path: Path
+) -> None:
+    register_me(service)
+    api = stub(socket_path)
+
+    def fetch(*audience: str) -> str:
+        response = api.FetchJWTSVID(
+            workload_pb2.JWTSVIDRequest(audience=list(audience)), metadata=HEADER
+        )
+        return str(response.svids[0].svid)
+
+    first = fetch("db")
+    assert fetch("db") == first  # the same audience: the cached SVID
+    assert fetch("db", "cache") != first
+    service.key_store.prepare(KeyKind.JWT)
+    service.key_store.activate(KeyKind.JWT)
+    service.refresh_keys()
+    assert fetch("db") != first  # new keys: a new SVID

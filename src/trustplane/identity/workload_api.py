@@ -51,6 +51,7 @@ log = logging.getLogger("trustplane.identity.workload")
 HEADER = "workload.spiffe.io"
 WATCH_INTERVAL = 0.5  # how often an open stream looks for new keys or entries
 _CHUNK = 65536
+JWT_CACHE_SIZE = 10_000
 
 
 async def _refuse(context: Any, code: grpc.StatusCode, detail: str) -> NoReturn:
@@ -65,6 +66,7 @@ class _Servicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         self._service = service
         self._peers = peers
         self._attestor = attestor
+        self._jwt_cache: dict[tuple[str, tuple[str, ...], int, int], tuple[str, float]] = {}
 
     async def _entries(self, context: Any) -> list[RegistrationEntry]:
         metadata = dict(context.invocation_metadata() or ())
@@ -158,14 +160,29 @@ class _Servicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"the caller is not entitled to {request.spiffe_id}",
                 )
-        keys = self._service.keys
         svids = []
         for entry in _unique(entries):
-            ttl = self._service.jwt_ttl(entry)
-            svid = issue_jwt_svid(keys, entry.spiffe_id, audience, ttl, issuer=self._service.issuer)
-            self._service.inventory.seen(str(entry.spiffe_id), "workload", entry.owner, ttl)
-            svids.append(workload_pb2.JWTSVID(spiffe_id=str(entry.spiffe_id), svid=svid.token))
+            token = self._jwt_svid(entry, tuple(audience))
+            svids.append(workload_pb2.JWTSVID(spiffe_id=str(entry.spiffe_id), svid=token))
         return workload_pb2.JWTSVIDResponse(svids=svids)
+
+    def _jwt_svid(self, entry: RegistrationEntry, audience: tuple[str, ...]) -> str:
+        """A JWT-SVID for `entry` and `audience`: the cached one while it has more than half
+        its lifetime left and the keys have not changed (as SPIRE's agent does), else a new
+        one."""
+        keys = self._service.keys
+        ttl = self._service.jwt_ttl(entry)
+        key = (str(entry.spiffe_id), audience, keys.sequence, ttl)
+        now = time.time()
+        cached = self._jwt_cache.get(key)
+        if cached is not None and cached[1] - now > ttl / 2:
+            return cached[0]
+        svid = issue_jwt_svid(keys, entry.spiffe_id, audience, ttl, issuer=self._service.issuer)
+        if len(self._jwt_cache) >= JWT_CACHE_SIZE:
+            self._jwt_cache.clear()
+        self._jwt_cache[key] = (svid.token, svid.expires_at)
+        self._service.inventory.seen(str(entry.spiffe_id), "workload", entry.owner, ttl)
+        return svid.token
 
     async def ValidateJWTSVID(self, request: Any, context: Any) -> Any:
         await self._entries(context)
