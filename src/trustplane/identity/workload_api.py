@@ -50,7 +50,6 @@ log = logging.getLogger("trustplane.identity.workload")
 
 HEADER = "workload.spiffe.io"
 WATCH_INTERVAL = 0.5  # how often an open stream looks for new keys or entries
-_CHUNK = 65536
 JWT_CACHE_SIZE = 10_000
 
 
@@ -220,7 +219,7 @@ class WorkloadApiServer:
         self._private_dir: str | None = None
         self._grpc: Any = None
         self._relay: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
 
     @property
     def connections(self) -> int:
@@ -239,7 +238,8 @@ class WorkloadApiServer:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        self._relay = await asyncio.start_unix_server(self._accept, path=str(self.socket_path))
+        loop = asyncio.get_running_loop()
+        self._relay = await loop.create_unix_server(self._relay_for, path=str(self.socket_path))
         os.chmod(self.socket_path, 0o777)  # anyone may connect; attestation decides
         log.info("SPIFFE Workload API on unix:%s", self.socket_path)
 
@@ -255,50 +255,89 @@ class WorkloadApiServer:
         if self._private_dir:
             shutil.rmtree(self._private_dir, ignore_errors=True)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        name = f"trustplane-wl-{os.getpid()}-{secrets.token_hex(12)}"
-        outbound: socket.socket | None = None
-        inner_writer: asyncio.StreamWriter | None = None
+    def _relay_for(self) -> asyncio.Protocol:
+        return _Workload(self)
+
+    def _forget(self, name: str) -> None:
+        self._peers.pop(f"unix-abstract:{name}", None)
+
+
+class _Pipe(asyncio.Protocol):
+    """One side of a relayed connection: what arrives is written to the other side, with
+    back-pressure (a full peer pauses this side's reading)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.other: _Pipe | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.write(data)
+
+    def pause_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.close()
+
+
+class _Workload(_Pipe):
+    """The workload's side: attests the peer, then opens the relayed connection to gRPC from a
+    fresh abstract address that names the peer's credentials in `_peers`."""
+
+    def __init__(self, server: WorkloadApiServer) -> None:
+        super().__init__()
+        self._server = server
+        self._name = f"trustplane-wl-{os.getpid()}-{secrets.token_hex(12)}"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.transport is not None
+        self.transport.pause_reading()  # nothing is relayed before the peer is known
         try:
-            try:
-                peer = peer_credentials(writer.get_extra_info("socket"))
-            except (AttestationError, OSError) as exc:
-                log.info("Workload API connection refused: %s", exc)
-                return
-            outbound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            outbound.bind("\0" + name)
+            peer = peer_credentials(self.transport.get_extra_info("socket"))
+        except (AttestationError, OSError) as exc:
+            log.info("Workload API connection refused: %s", exc)
+            self.transport.close()
+            return
+        self._server._peers[f"unix-abstract:{self._name}"] = peer
+        task = asyncio.ensure_future(self._connect())
+        self._server._tasks.add(task)
+        task.add_done_callback(self._server._tasks.discard)
+
+    async def _connect(self) -> None:
+        outbound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            outbound.bind("\0" + self._name)
             outbound.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(outbound, self._inner)
-            self._peers[f"unix-abstract:{name}"] = peer
-            inner_reader, inner_writer = await asyncio.open_unix_connection(sock=outbound)
-            outbound = None  # owned by the stream now
-            pumps = [
-                asyncio.ensure_future(_pump(reader, inner_writer)),
-                asyncio.ensure_future(_pump(inner_reader, writer)),
-            ]
-            try:
-                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pump in pumps:
-                    pump.cancel()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            self._peers.pop(f"unix-abstract:{name}", None)  # before the address is released
-            for w in (inner_writer, writer):
-                if w is not None:
-                    w.close()
-            if outbound is not None:
-                outbound.close()
-            if task is not None:
-                self._tasks.discard(task)
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(outbound, self._server._inner)
+            _, inner = await loop.create_unix_connection(_Pipe, sock=outbound)
+        except (OSError, asyncio.CancelledError):
+            outbound.close()
+            self._server._forget(self._name)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.transport is None:  # the workload left while we connected
+            if inner.transport is not None:
+                inner.transport.close()
+            self._server._forget(self._name)
+            return
+        self.other, inner.other = inner, self
+        self.transport.resume_reading()
 
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await reader.read(_CHUNK):
-            writer.write(data)
-            await writer.drain()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._forget(self._name)  # before the relayed connection releases the address
+        super().connection_lost(exc)
