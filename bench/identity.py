@@ -229,7 +229,8 @@ def report(issue: dict[str, Any], fetches: dict[str, dict[str, Any]], args: Any)
         "",
         f"Run {now} on {host}; command: {command}.",
         "",
-        "| operation | trustplane /s | raw `cryptography` /s (same run) | µs per call, trustplane vs raw | floor | result |",
+        "| operation | trustplane /s | raw `cryptography` /s (same run) "
+        "| µs per call, trustplane vs raw | floor | result |",
         "|---|---|---|---|---|---|",
         f"| JWT-SVID issuance (ES256) | {jwt_rate:,.0f} | {jwt_raw:,.0f} (one P-256 signature) "
         f"| {1e6 / jwt_rate:.0f} vs {1e6 / jwt_raw:.0f} | ≥ 2,000/s | "
