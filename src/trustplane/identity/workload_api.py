@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import grpc
 from google.protobuf import struct_pb2
@@ -51,6 +51,7 @@ log = logging.getLogger("trustplane.identity.workload")
 HEADER = "workload.spiffe.io"
 WATCH_INTERVAL = 0.5  # how often an open stream looks for new keys or entries
 JWT_CACHE_SIZE = 10_000
+EARLY_LIMIT = 1 << 20  # bytes a workload may send before its relay is connected
 
 
 async def _refuse(context: Any, code: grpc.StatusCode, detail: str) -> NoReturn:
@@ -269,13 +270,18 @@ class _Pipe(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.other: _Pipe | None = None
+        self.early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.other is not None and self.other.transport is not None:
+        if self.other is None:
+            self.early.append(data)  # a loop may deliver before the link, paused or not
+            if sum(map(len, self.early)) > EARLY_LIMIT and self.transport is not None:
+                self.transport.close()
+        elif self.other.transport is not None:
             self.other.transport.write(data)
 
     def pause_writing(self) -> None:
@@ -336,6 +342,10 @@ class _Workload(_Pipe):
             self._server._forget(self._name)
             return
         self.other, inner.other = inner, self
+        if inner.transport is not None:
+            for data in self.early:
+                inner.transport.write(data)
+        self.early = []
         self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
