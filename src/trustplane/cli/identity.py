@@ -224,7 +224,10 @@ def inventory_cmd(
     if as_json:
         _emit_json(doc)
         return
-    table = Table("principal", "kind", "owner", "first seen", "last seen", "lifetime", "flags")
+    table = Table(title=f"{len(doc['identities'])} identities", title_justify="left")
+    table.add_column("principal", overflow="fold", ratio=2)  # SPIFFE IDs are pasted: keep whole
+    for column in ("kind", "owner", "first seen", "last seen", "lifetime", "flags"):
+        table.add_column(column)
     for item in doc["identities"]:
         flags = ", ".join(item["flags"])
         table.add_row(
