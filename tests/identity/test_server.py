@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import jwt
@@ -149,6 +150,24 @@ def test_token_exchange_issues_a_short_lived_jwt_svid(server: Server, idp_key: K
     assert verified["exp"] - verified["iat"] <= 900
     assert verified["ci"]["repository"] == "octo-org/shop"
     assert verified["trust_rule"] == "shop-deploy"
+
+
+def test_token_exchange_with_several_audiences(server: Server, idp_key: Key) -> None:
+    form = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", pipeline_token(idp_key)),
+        ("subject_token_type", JWT_TYPE),
+        ("audience", "deploy-api"),
+        ("audience", "registry"),
+    ]
+    response = server.client.post(
+        "/v1/token",
+        content=urlencode(form),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200, response.text
+    issued = jwt.decode(response.json()["access_token"], options={"verify_signature": False})
+    assert issued["aud"] == ["deploy-api", "registry"]
 
 
 @pytest.mark.parametrize(

@@ -108,8 +108,11 @@ class TokenExchange:
         self._rules = tuple(rules)
         self._revoked = revoked
 
-    def exchange(self, form: Mapping[str, str]) -> ExchangeResult:
-        """Blocking (a JWKS fetch may happen): call from a worker thread."""
+    def exchange(
+        self, form: Mapping[str, str], audiences: Sequence[str] | None = None
+    ) -> ExchangeResult:
+        """`form`: one value per parameter; `audiences`: every `audience` given (it may be
+        repeated). Blocking (a JWKS fetch may happen): call from a worker thread."""
         grant = form.get("grant_type")
         if grant != GRANT_TYPE:
             raise ExchangeError(
@@ -129,7 +132,8 @@ class TokenExchange:
             raise ExchangeError("invalid_request", f"only {JWT_TYPE} can be issued")
         if "actor_token" in form:
             raise ExchangeError("invalid_request", "delegation (actor_token) is not supported")
-        audience = [a for a in form.get("audience", "").split() if a] or [self._service.issuer]
+        given = audiences if audiences is not None else [form.get("audience", "")]
+        audience = [a for a in given if a] or [self._service.issuer]
         verified = self._verify(subject_token)
         rule, spiffe_id = self._match(verified)
         revocation = self._revoked(

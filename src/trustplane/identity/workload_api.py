@@ -298,6 +298,17 @@ class _Pipe(asyncio.Protocol):
             self.other.transport.close()
 
 
+def _link(a: _Pipe, b: _Pipe) -> None:
+    """Join two sides and send what each received before they were joined (either may have:
+    gRPC speaks first, and a loop may deliver before a paused transport takes effect)."""
+    a.other, b.other = b, a
+    for source, target in ((a, b), (b, a)):
+        if target.transport is not None:
+            for data in source.early:
+                target.transport.write(data)
+        source.early = []
+
+
 class _Workload(_Pipe):
     """The workload's side: attests the peer, then opens the relayed connection to gRPC from a
     fresh abstract address that names the peer's credentials in `_peers`."""
@@ -341,11 +352,7 @@ class _Workload(_Pipe):
                 inner.transport.close()
             self._server._forget(self._name)
             return
-        self.other, inner.other = inner, self
-        if inner.transport is not None:
-            for data in self.early:
-                inner.transport.write(data)
-        self.early = []
+        _link(self, inner)
         self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -122,11 +122,15 @@ class IdentityApi:
                 fields = parse_qs(raw, keep_blank_values=True, strict_parsing=bool(raw))
             except (UnicodeDecodeError, ValueError):
                 raise ExchangeError("invalid_request", "the form body is malformed") from None
-            repeated = sorted(k for k, v in fields.items() if len(v) > 1)
+            # RFC 8693 2.1: `audience` and `resource` may repeat; nothing else may (RFC 6749 3.2)
+            repeated = sorted(
+                k for k, v in fields.items() if len(v) > 1 and k not in ("audience", "resource")
+            )
             if repeated:
                 raise ExchangeError("invalid_request", f"parameter {repeated[0]} is repeated")
             form = {k: v[0] for k, v in fields.items()}
-            result = await run_in_threadpool(self._exchange.exchange, form)
+            audiences = fields.get("audience", [])
+            result = await run_in_threadpool(self._exchange.exchange, form, audiences)
         except ExchangeError as exc:
             return json_response(exc.body(), exc.status, headers=NO_STORE)
         return json_response(result.body(), headers=NO_STORE)
