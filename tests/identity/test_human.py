@@ -172,6 +172,17 @@ def test_fresh_phishing_resistant_login_is_let_through(server: Server, key: Key)
     assert response.status_code == 200, response.text
 
 
+def test_people_seen_at_the_enforcement_points_are_in_the_inventory(
+    server: Server, key: Key
+) -> None:
+    assert refund(server, login(key, ["pwd", "hwk"], 30)).status_code == 200
+    response = server.client.get("/v1/identity/inventory", headers=server.admin)
+    assert response.status_code == 200, response.text  # no KEK here: the inventory still runs
+    (erin,) = [i for i in response.json()["identities"] if i["principal"].endswith("#erin")]
+    assert erin["kind"] == "human" and erin["max_lifetime_seconds"] == 300
+    assert erin["flags"] == ["no_owner"]
+
+
 def test_step_up_reason_is_in_the_authzen_answer(server: Server) -> None:
     body = {
         "subject": {"type": "User", "id": "erin"},

@@ -36,6 +36,7 @@ class Credential:
     token_id: str | None = None
     workload: bool = False  # a SPIFFE ID from mTLS: the caller is a workload, not a person
     mfa_strength: str = "none"  # none | otp | phishing_resistant (identity/human.py)
+    lifetime_seconds: int = 0  # exp - iat of a token (the identity inventory flags long ones)
 
     def facts(self) -> dict[str, Any]:
         """What routes.yaml may reference as `${credential.*}`."""
@@ -51,6 +52,10 @@ class Credential:
 def credential_from_token(token: VerifiedToken, now: float | None = None) -> Credential:
     strength = authentication_strength(token.claims, now)
     jti = token.claims.get("jti")
+    exp, iat = token.claims.get("exp"), token.claims.get("iat")
+    lifetime = 0
+    if isinstance(exp, int | float) and isinstance(iat, int | float):
+        lifetime = max(0, int(exp - iat))
     return Credential(
         subject=token.subject,
         issuer=token.issuer,
@@ -58,6 +63,7 @@ def credential_from_token(token: VerifiedToken, now: float | None = None) -> Cre
         auth_age_seconds=strength.auth_age_seconds,
         token_id=jti if isinstance(jti, str) else None,
         mfa_strength=strength.mfa_strength,
+        lifetime_seconds=lifetime,
     )
 
 

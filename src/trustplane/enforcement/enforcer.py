@@ -5,7 +5,7 @@ their protocol (forward-auth, Envoy HTTP and gRPC ext_authz)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,9 +58,16 @@ class Verdict:
 class HttpEnforcer:
     """Authenticate, map the route, ask the PDP: the part every HTTP-shaped adapter shares."""
 
-    def __init__(self, pdp: PolicyDecisionPoint, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        pdp: PolicyDecisionPoint,
+        authenticator: Authenticator,
+        seen: Callable[[Credential], None] | None = None,
+    ) -> None:
+        """`seen` is told of every authenticated caller (the identity inventory)."""
         self._pdp = pdp
         self._authenticator = authenticator
+        self._seen = seen
         self._workloads: tuple[str | None, dict[str, str]] = (None, {})
 
     @property
@@ -108,6 +115,8 @@ class HttpEnforcer:
             return Verdict(
                 401, decision, ("credential_missing",), ANONYMOUS, None, 'Bearer realm="trustplane"'
             )
+        if self._seen is not None:
+            self._seen(credential)
         principal = self._principal(credential, routes)
         if routes is None or found is None:
             request = _attempt(principal, facts, routes, None)

@@ -7,6 +7,7 @@ in one transaction per `flush` (the service flushes every few seconds and when i
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 
 from trustplane.store.tables import identity_inventory
+
+log = logging.getLogger("trustplane.identity.inventory")
+FLUSH_SECONDS = 5.0
 
 
 @dataclass
@@ -56,6 +60,34 @@ class Inventory:
         self._engine = engine
         self._pending: dict[str, _Sighting] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, interval: float = FLUSH_SECONDS) -> None:
+        """Flush every `interval` seconds in a thread, until `stop` (which flushes once more)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.wait(interval):
+                self.flush_or_log()
+
+        self._thread = threading.Thread(target=run, name="identity-inventory", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.flush_or_log()
+
+    def flush_or_log(self) -> None:
+        try:
+            self.flush()
+        except Exception:
+            log.exception("identity inventory not written; kept for the next flush")
 
     def seen(self, principal: str, kind: str, owner: str, lifetime_seconds: int) -> None:
         now = time.time()

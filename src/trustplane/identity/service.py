@@ -16,7 +16,6 @@ from trustplane.identity.keys import IdentityKeys, KeySet
 
 log = logging.getLogger("trustplane.identity")
 
-INVENTORY_FLUSH_SECONDS = 5.0
 ROTATION_CHECK_SECONDS = 60.0
 
 
@@ -25,7 +24,13 @@ class IdentityNotInitialised(Exception):
 
 
 class IdentityService:
-    def __init__(self, settings: Settings, engine: Engine, kek: Kek | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        kek: Kek | None = None,
+        inventory: Inventory | None = None,
+    ) -> None:
         self.settings = settings
         self.trust_domain = settings.trust_domain
         self.key_store = IdentityKeys(
@@ -37,7 +42,7 @@ class IdentityService:
         )
         self.entry_store = EntryStore(engine, settings.trust_domain, settings.svid_max_ttl_seconds)
         self.entries = EntryIndex(self.entry_store)
-        self.inventory = Inventory(engine)
+        self.inventory = inventory or Inventory(engine)
         self.issuer = settings.identity_issuer or (
             settings.server_url or f"http://{settings.host}:{settings.port}"
         )
@@ -76,6 +81,7 @@ class IdentityService:
 
     def start_background(self) -> None:
         """Flush the inventory and (when enabled) advance the rotation schedule."""
+        self.inventory.start()
         self._thread = threading.Thread(target=self._run, name="identity", daemon=True)
         self._thread.start()
 
@@ -83,24 +89,15 @@ class IdentityService:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._flush()
+        self.inventory.stop()
 
     def _run(self) -> None:
-        since_rotation = ROTATION_CHECK_SECONDS
-        while not self._stop.wait(INVENTORY_FLUSH_SECONDS):
-            self._flush()
-            since_rotation += INVENTORY_FLUSH_SECONDS
-            if self.settings.identity_rotation and since_rotation >= ROTATION_CHECK_SECONDS:
-                since_rotation = 0
-                try:
-                    for step in self.key_store.advance():
-                        log.info("identity key rotation: %s", step)
-                    self.refresh_keys()
-                except Exception:
-                    log.exception("identity key rotation failed; will retry")
-
-    def _flush(self) -> None:
-        try:
-            self.inventory.flush()
-        except Exception:
-            log.exception("identity inventory not written; kept for the next flush")
+        while not self._stop.wait(ROTATION_CHECK_SECONDS):
+            if not self.settings.identity_rotation:
+                continue
+            try:
+                for step in self.key_store.advance():
+                    log.info("identity key rotation: %s", step)
+                self.refresh_keys()
+            except Exception:
+                log.exception("identity key rotation failed; will retry")

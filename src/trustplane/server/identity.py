@@ -208,8 +208,9 @@ class IdentityApi:
         return json_response({"done": done})
 
     async def inventory(self, request: Request) -> Response:
+        """Served with or without the identity plane: callers seen at the enforcement points
+        are recorded either way."""
         self._admin.authenticate(request)
-        service = self._service()
         params = request.query_params
         options: dict[str, Any] = {}
         for name, cast in (("unused_days", float), ("long_lived_seconds", int)):
@@ -224,7 +225,7 @@ class IdentityApi:
                         f"{name} must be a number",
                         [{"pointer": name, "detail": "must be a number", "code": "invalid"}],
                     ) from None
-        await run_in_threadpool(service.inventory.flush)
+        await run_in_threadpool(self._runtime.inventory.flush)
         items = await run_in_threadpool(lambda: inventory_report(self._runtime.engine, **options))
         return json_response({"identities": [i.as_dict() for i in items]})
 

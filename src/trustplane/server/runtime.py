@@ -21,7 +21,9 @@ from trustplane.config import Durability, LedgerAppender, Settings
 from trustplane.decision.loader import LoadOptions
 from trustplane.decision.manager import BundleManager, follow_or_log
 from trustplane.decision.signing import load_trusted_key
+from trustplane.enforcement.credentials import Credential
 from trustplane.identity.entries import TOPIC as ENTRIES_TOPIC
+from trustplane.identity.inventory import Inventory
 from trustplane.identity.keys import TOPIC as KEYS_TOPIC
 from trustplane.identity.service import IdentityService
 from trustplane.recovery.revocation import TOPIC as REVOCATIONS_TOPIC
@@ -182,9 +184,11 @@ class Runtime:
         self.revocations = RevocationList(self.revocation_store)
         self.feed.subscribe(REVOCATIONS_TOPIC, self.revocations.refresh)
         self._token_hashes: set[str] = set()
+        self._ci_issuers = {rule.issuer for rule in settings.token_exchange_rules}
+        self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
         self.identity: IdentityService | None = None
         if identity_configured(settings):
-            self.identity = IdentityService(settings, self.engine)
+            self.identity = IdentityService(settings, self.engine, inventory=self.inventory)
             self.feed.subscribe(KEYS_TOPIC, self.identity.refresh_keys)
             self.feed.subscribe(ENTRIES_TOPIC, self.identity.entries.refresh)
 
@@ -199,6 +203,8 @@ class Runtime:
         if self.identity is not None:
             self.identity.load()  # refuses to serve a trust domain without keys
             self.identity.start_background()
+        else:
+            self.inventory.start()
         if self._appender is not None:
             self._appender.start()  # fail here, before serving, if it cannot run
         self.recorder.start()
@@ -206,9 +212,20 @@ class Runtime:
     def close(self) -> None:
         if self.identity is not None:
             self.identity.stop()
+        else:
+            self.inventory.stop()
         self.feed.stop()
         self.recorder.stop()
         self.engine.dispose()
+
+    def seen(self, credential: Credential) -> None:
+        """An authenticated caller at an enforcement point, for the identity inventory."""
+        if credential.workload:
+            kind, principal = "workload", credential.subject
+        else:
+            kind = "ci" if credential.issuer in self._ci_issuers else "human"
+            principal = f"{credential.issuer}#{credential.subject}"
+        self.inventory.seen(principal, kind, "", credential.lifetime_seconds)
 
     def check_admin_token(self, token: str) -> bool:
         digest = hashlib.sha256(token.encode()).hexdigest()
