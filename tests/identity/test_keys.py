@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
 import spiffe
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from sqlalchemy import Engine, select
 
@@ -206,3 +208,77 @@ def test_jwt_svid_validation(identity_keys: IdentityKeys) -> None:
         validate_jwt_svid(keys, unsigned, "db")
     with pytest.raises(SvidError, match="wrong_trust_domain"):
         issue_jwt_svid(keys, SpiffeId.parse("spiffe://other.test/x"), ["db"], 300)
+
+
+def _ca(
+    trust_domain: str = TRUST_DOMAIN, *, ca: bool = True, curve: Any = None
+) -> tuple[bytes, bytes]:
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(curve or ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corporate CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_an_imported_ca_signs_after_activation(identity_keys: IdentityKeys) -> None:
+    key_pem, cert_pem = _ca()
+    record = identity_keys.import_key(KeyKind.X509, key_pem, cert_pem)
+    assert record.state is KeyState.PREPARED  # the trust domain already has an active CA
+    identity_keys.activate(KeyKind.X509)
+    keys = identity_keys.load()
+    svid = issue_x509_svid(keys, WORKLOAD, 3600)
+    assert svid.certificate.issuer == x509.load_pem_x509_certificate(cert_pem).subject
+    assert _x509_verifies(svid, keys, svid.certificate.not_valid_before_utc.timestamp() + 60)
+
+
+def test_a_first_imported_key_is_active(engine: Engine, kek: Kek) -> None:
+    keys = IdentityKeys(engine, kek, TRUST_DOMAIN)
+    key_pem, _ = _ca()
+    assert keys.import_key(KeyKind.JWT, key_pem).state is KeyState.ACTIVE
+    created = keys.initialise()
+    assert [r.kind for r in created] == [KeyKind.X509]  # only the missing kind is created
+
+
+def test_unfit_imports_are_refused_with_the_reason(identity_keys: IdentityKeys) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key_pem, cert_pem = _ca()
+    other_key, _ = _ca()
+    cases = [
+        (other_key, cert_pem, "does not belong"),
+        (*_ca(ca=False), "not a CA"),
+        (*_ca("other.test"), "not spiffe://example.test"),
+        (*_ca(curve=ec.SECP384R1()), "only ECDSA P-256"),
+        (b"not a key", cert_pem, "not an unencrypted PEM key"),
+        (key_pem, b"not a cert", "not PEM X.509"),
+    ]
+    for private, certificate, reason in cases:
+        with pytest.raises(RotationError, match=reason):
+            identity_keys.import_key(KeyKind.X509, private, certificate)
+    with pytest.raises(RotationError, match="needs its certificate"):
+        identity_keys.import_key(KeyKind.X509, key_pem)

@@ -30,6 +30,7 @@ from trustplane.cli.main import (
 )
 from trustplane.identity.entries import EntryError
 from trustplane.identity.kek import KekError, write_kek_file
+from trustplane.identity.keys import KeyKind, RotationError
 from trustplane.identity.service import IdentityNotInitialised, IdentityService
 from trustplane.identity.spiffe_id import SpiffeIdError
 from trustplane.store.feed import ChangeFeed
@@ -48,7 +49,7 @@ UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL.")]
 def _identity_errors() -> Any:
     try:
         yield
-    except (KekError, EntryError, IdentityNotInitialised, SpiffeIdError) as exc:
+    except (KekError, EntryError, IdentityNotInitialised, SpiffeIdError, RotationError) as exc:
         raise CliError(str(exc)) from None
 
 
@@ -87,6 +88,37 @@ def init_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         out.print(f"[green]✓[/] created {record.kind.value} key {record.kid}")
     if not created:
         out.print(f"trust domain {settings.trust_domain} already has active keys")
+
+
+@identity_app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    key: Annotated[Path, typer.Option("--key", help="Unencrypted PEM P-256 private key.")],
+    cert: Annotated[
+        Path | None, typer.Option("--cert", help="The CA certificate (PEM); omit for a JWT key.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import an existing CA (--cert and --key) or JWT signing key (--key): active when the
+    trust domain has none of that kind yet, else prepared for the next `rotate`."""
+    settings = _ctx(ctx).settings()
+    try:
+        key_pem = key.read_bytes()
+        cert_pem = cert.read_bytes() if cert else None
+    except OSError as exc:
+        raise CliError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    engine = _store_engine(settings)
+    try:
+        with _identity_errors():
+            service = IdentityService(settings, engine)
+            kind = KeyKind.X509 if cert_pem is not None else KeyKind.JWT
+            record = service.key_store.import_key(kind, key_pem, cert_pem)
+    finally:
+        engine.dispose()
+    if as_json:
+        _emit_json(record.as_dict())
+        return
+    out.print(f"[green]✓[/] imported {record.kind.value} key {record.kid} ({record.state.value})")
 
 
 @identity_app.command("keys")

@@ -245,6 +245,33 @@ class IdentityKeys:
                     created.append(self._create(connection, kind, KeyState.ACTIVE))
         return created
 
+    def import_key(
+        self, kind: KeyKind, private_pem: bytes, certificate_pem: bytes | None = None
+    ) -> KeyRecord:
+        """Bring in an existing P-256 key (and, for a CA, its certificate). It becomes the
+        active key of its kind when there is none yet, else a prepared one that the next
+        rotation step activates."""
+        private = _load_import_key(private_pem)
+        now = self._clock()
+        certificate = None
+        if kind is KeyKind.X509:
+            if certificate_pem is None:
+                raise RotationError("importing a CA needs its certificate (--cert)")
+            certificate = _check_import_ca(certificate_pem, private, self.trust_domain, now)
+            not_after = certificate.not_valid_after_utc.timestamp()
+        elif certificate_pem is not None:
+            raise RotationError("a JWT signing key has no certificate")
+        else:
+            not_after = now + self._ca_ttl
+        with self._engine.begin() as connection:
+            announce(connection, TOPIC)
+            state = KeyState.PREPARED
+            if not self._in_state(connection, kind, KeyState.ACTIVE):
+                state = KeyState.ACTIVE
+            elif self._in_state(connection, kind, KeyState.PREPARED):
+                raise RotationError(f"a {kind.value} key is already prepared; activate it first")
+            return self._insert(connection, kind, state, private, certificate, now, not_after)
+
     def prepare(self, kind: KeyKind) -> KeyRecord:
         with self._engine.begin() as connection:
             announce(connection, TOPIC)
@@ -317,9 +344,23 @@ class IdentityKeys:
     def _create(self, connection: Any, kind: KeyKind, state: KeyState) -> KeyRecord:
         now = self._clock()
         private = ec.generate_private_key(ec.SECP256R1())
-        kid = secrets.token_urlsafe(24)
+        certificate = None
         if kind is KeyKind.X509:
             certificate = _ca_certificate(private, self.trust_domain, now, self._ca_ttl)
+        return self._insert(connection, kind, state, private, certificate, now, now + self._ca_ttl)
+
+    def _insert(
+        self,
+        connection: Any,
+        kind: KeyKind,
+        state: KeyState,
+        private: ec.EllipticCurvePrivateKey,
+        certificate: x509.Certificate | None,
+        now: float,
+        not_after: float,
+    ) -> KeyRecord:
+        kid = secrets.token_urlsafe(24)
+        if certificate is not None:
             public_pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
         else:
             public_pem = (
@@ -342,7 +383,7 @@ class IdentityKeys:
             "public_pem": public_pem,
             "sealed_private": self._kek.seal(der, kid),
             "created_at": now,
-            "not_after": now + self._ca_ttl,
+            "not_after": not_after,
             "activated_at": now if state is KeyState.ACTIVE else None,
             "superseded_at": None,
             "retired_at": None,
@@ -369,6 +410,53 @@ class IdentityKeys:
         with self._engine.connect() as connection:
             row = connection.execute(select(identity_keys).where(identity_keys.c.kid == kid)).one()
         return _record(row)
+
+
+def _load_import_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    try:
+        private = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise RotationError(f"the private key is not an unencrypted PEM key: {exc}") from None
+    if not isinstance(private, ec.EllipticCurvePrivateKey) or not isinstance(
+        private.curve, ec.SECP256R1
+    ):
+        raise RotationError("only ECDSA P-256 keys are supported (ES256)")
+    return private
+
+
+def _check_import_ca(
+    pem: bytes, private: ec.EllipticCurvePrivateKey, trust_domain: str, now: float
+) -> x509.Certificate:
+    """A CA certificate fit to sign this trust domain's SVIDs, for `private`."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise RotationError(f"the certificate is not PEM X.509: {exc}") from None
+    if certificate.public_key() != private.public_key():
+        raise RotationError("the private key does not belong to the certificate")
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        raise RotationError("the certificate is not a CA (no basicConstraints)") from None
+    if not constraints.value.ca:
+        raise RotationError("the certificate is not a CA (basicConstraints cA=false)")
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.key_cert_sign:
+            raise RotationError("the CA's key usage does not allow keyCertSign")
+    except x509.ExtensionNotFound:
+        pass
+    if certificate.not_valid_after_utc.timestamp() <= now + 3600:
+        raise RotationError("the CA certificate expires within the hour")
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    wrong = [u for u in uris if u != f"spiffe://{trust_domain}"]
+    if wrong:
+        raise RotationError(f"the CA names {wrong[0]}, not spiffe://{trust_domain}")
+    return certificate
 
 
 class _Row:
