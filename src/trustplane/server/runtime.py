@@ -53,6 +53,7 @@ class InitResult:
     admin_token: str | None  # only when a new token was created
     verifier_key: str
     created_key: bool
+    identity_keys_created: tuple[str, ...] = ()  # "x509 KID", "jwt KID" when a KEK is set
 
 
 def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
@@ -77,12 +78,19 @@ def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
         if new_token or not has_token or not settings.admin_token_file.exists():
             token = create_admin_token(engine, label="bootstrap")
             _write_secret(settings.admin_token_file, token + "\n")
+        identity_created: tuple[str, ...] = ()
         if identity_configured(settings):
-            IdentityService(settings, engine).key_store.initialise()
+            created = IdentityService(settings, engine).key_store.initialise()
+            identity_created = tuple(f"{r.kind.value} {r.kid}" for r in created)
     finally:
         engine.dispose()
     return InitResult(
-        state, settings.effective_database_url, token, signer.verifier_key(), created_key
+        state,
+        settings.effective_database_url,
+        token,
+        signer.verifier_key(),
+        created_key,
+        identity_created,
     )
 
 
