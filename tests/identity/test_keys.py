@@ -172,7 +172,10 @@ def test_automatic_schedule(engine: Engine, kek: Kek) -> None:
         engine, kek, TRUST_DOMAIN, ca_ttl_seconds=6000, svid_max_ttl_seconds=600, clock=clock
     )
     keys.initialise()
+    sequence = keys.load().sequence
     assert keys.advance() == []
+    assert keys.initialise() == []
+    assert keys.load().sequence == sequence  # nothing changed: the bundle's sequence neither
     clock.now += 3000
     assert [d.split()[0] for d in keys.advance()] == ["prepared", "prepared"]
     clock.now += 2000

@@ -238,6 +238,8 @@ class IdentityKeys:
     def initialise(self) -> list[KeyRecord]:
         """Create an active CA and JWT key where none is active. Idempotent."""
         created: list[KeyRecord] = []
+        if self.initialised():
+            return created  # nothing to change: the bundle's sequence stays as it is
         with self._engine.begin() as connection:
             announce(connection, TOPIC)  # first: serialises concurrent key changes
             for kind in KeyKind:
@@ -303,15 +305,20 @@ class IdentityKeys:
             longest = max(longest, JWT_MAX_TTL_SECONDS)
         return min(record.superseded_at + longest, record.not_after)
 
+    def _due(self, record: KeyRecord, kind: KeyKind | None, now: float) -> bool:
+        at = self.retirable_at(record)
+        return (kind is None or record.kind is kind) and at is not None and at <= now
+
     def retire(self, kind: KeyKind | None = None) -> list[KeyRecord]:
         """Retire every superseded key whose SVIDs have all expired; returns those retired."""
         now = self._clock()
         retired: list[KeyRecord] = []
+        if not any(self._due(r, kind, now) for r in self.records()):
+            return retired  # no change, no announcement: bundles keep their sequence
         with self._engine.begin() as connection:
             announce(connection, TOPIC)
             for record in self._in_state(connection, kind, KeyState.SUPERSEDED):
-                due = self.retirable_at(record)
-                if due is not None and due <= now:
+                if self._due(record, kind, now):
                     self._set_state(connection, record.kid, KeyState.RETIRED, retired_at=now)
                     retired.append(record)
         return retired
