@@ -12,7 +12,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +45,23 @@ class IssuerSettings(BaseModel):
         description="Signature algorithms this issuer uses (asymmetric only).",
     )
     leeway_seconds: int = Field(60, ge=0, le=600, description="Clock skew allowed.")
+
+
+class ExchangeRuleSettings(BaseModel):
+    """A CI trust rule: tokens from `issuer` whose claims match `claims` become `spiffe_id`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="Named in the ledger and in refusals.")
+    issuer: str = Field(description="The `iss` of the pipeline's OIDC token (in `issuers`).")
+    claims: dict[str, str | list[str]] = Field(
+        min_length=1,
+        description="Claim → accepted value(s); `*` at the end of a value matches any rest. "
+        "Every listed claim must match (e.g. repository, ref, environment, workflow).",
+    )
+    spiffe_id: str = Field(description="SPIFFE ID issued; `{claim}` is replaced by its value.")
+    ttl_seconds: int = Field(600, ge=30, le=900, description="Lifetime of the JWT-SVID.")
+    owner: str = Field("", description="Who answers for this rule (inventory).")
 
 
 class ConfigError(Exception):
@@ -157,6 +174,37 @@ class Settings(BaseSettings):
         description="Interpreter thread switch interval while serving (0: leave Python's "
         "5 ms). Cedar evaluation releases the GIL; while the ledger writer is busy, each "
         "evaluation can wait up to a full interval to get it back (docs/benchmarks.md).",
+    )
+    trust_domain: str = Field(
+        "trustplane.local", description="SPIFFE trust domain of the identities issued here."
+    )
+    identity_kek: SecretStr | None = Field(
+        None,
+        description="Key-encryption key for identity private keys: 32 bytes, base64url "
+        "(`trustplane identity new-kek`); prefer identity_kek_file.",
+    )
+    identity_kek_file: Path | None = Field(
+        None, description="File holding the key-encryption key (mode 0600, refused otherwise)."
+    )
+    identity_issuer: str | None = Field(
+        None, description="`iss` of JWT-SVIDs and the OIDC discovery issuer; default server URL."
+    )
+    workload_socket: Path | None = Field(
+        None, description="Serve the SPIFFE Workload API on this unix socket (off when unset)."
+    )
+    x509_svid_ttl_seconds: int = Field(3600, ge=60, description="Default X.509-SVID lifetime.")
+    jwt_svid_ttl_seconds: int = Field(300, ge=30, description="Default JWT-SVID lifetime.")
+    svid_max_ttl_seconds: int = Field(
+        86_400, ge=60, description="Longest SVID lifetime an entry may ask for (bounds retirement)."
+    )
+    ca_ttl_seconds: int = Field(
+        604_800, ge=3600, description="Lifetime of a trust-domain CA and JWT signing key."
+    )
+    identity_rotation: bool = Field(
+        True, description="Prepare, activate and retire keys on schedule while serving."
+    )
+    token_exchange_rules: list[ExchangeRuleSettings] = Field(
+        default_factory=list, description="CI trust rules for POST /v1/token (RFC 8693)."
     )
     admin_token: str | None = Field(
         None, description="Admin token for CLI calls to a server; default: state_dir/admin.token."

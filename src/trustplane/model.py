@@ -70,6 +70,7 @@ class PolicyReason:
     owner: str
     description: str = ""
     tier: str | None = None
+    step_up: str | None = None  # @step_up: what authentication would change a deny
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -81,6 +82,8 @@ class PolicyReason:
         }
         if self.tier is not None:
             out["tier"] = self.tier
+        if self.step_up is not None:
+            out["step_up"] = self.step_up
         return out
 
 

@@ -143,6 +143,7 @@ def init(
                 "database_url": result.database_url,
                 "admin_token_file": str(settings.admin_token_file) if result.admin_token else None,
                 "ledger_verifier_key": result.verifier_key,
+                "identity_keys_created": list(result.identity_keys_created),
             }
         )
         return
@@ -151,6 +152,8 @@ def init(
     out.print(f"[green]✓[/] ledger verifier key {result.verifier_key}")
     if result.admin_token:
         out.print(f"[green]✓[/] new admin token written to {settings.admin_token_file} (0600)")
+    for key in result.identity_keys_created:
+        out.print(f"[green]✓[/] trust domain {settings.trust_domain}: created {key}")
 
 
 @app.command()
@@ -954,6 +957,10 @@ def _when(ts: float) -> str:
 
 
 # -- entry point ------------------------------------------------------------------------------
+
+from trustplane.cli.identity import identity_app  # noqa: E402  (it uses the helpers above)
+
+app.add_typer(identity_app, name="identity")
 
 
 def _fail(message: str) -> NoReturn:

@@ -20,6 +20,7 @@ import cedarpy
 import yaml
 
 from trustplane.decision.source import PolicySource, split_policies
+from trustplane.identity.human import StepUpError, parse_step_up
 
 SCHEMA_FILE = "schema.cedarschema"
 ENTITIES_FILE = "entities.json"
@@ -32,7 +33,7 @@ MAX_BUNDLE_BYTES = 32 * 1024 * 1024
 
 MODES = ("enforce", "observe")
 TIERS = ("0", "1", "2")
-KNOWN_ANNOTATIONS = frozenset({"id", "mode", "owner", "tier", "description", "expires"})
+KNOWN_ANNOTATIONS = frozenset({"id", "mode", "owner", "tier", "description", "expires", "step_up"})
 POLICY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 SETTINGS_KEYS = frozenset({"name", "description"})
 
@@ -139,6 +140,7 @@ class PolicyInfo:
     line: int
     text: str
     est: dict[str, Any] = field(repr=False, compare=False)
+    step_up: str | None = None  # identity/human.py parses it: acr_values=... max_age=...
 
     def applies_at(self, now: datetime) -> bool:
         return self.expires is None or now < self.expires
@@ -360,6 +362,12 @@ def _read_policy(
                     path, f"expires soon ({expires.isoformat()})", statement.line, policy_id
                 )
             )
+    step_up = annotations.get("step_up")
+    if step_up is not None:
+        try:
+            parse_step_up(step_up)
+        except StepUpError as exc:
+            problem(str(exc))
     if len(problems) != before or policy_id is None:
         return None
     return PolicyInfo(
@@ -374,6 +382,7 @@ def _read_policy(
         line=statement.line,
         text=statement.text,
         est=est,
+        step_up=step_up,
     )
 
 

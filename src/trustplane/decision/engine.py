@@ -396,4 +396,5 @@ def _reason(info: PolicyInfo) -> PolicyReason:
         owner=info.owner,
         description=info.description,
         tier=info.tier,
+        step_up=info.step_up,
     )

@@ -46,6 +46,7 @@ REFERENCES = frozenset(
         "credential.subject",
         "credential.issuer",
         "credential.mfa",
+        "credential.mfa_strength",
         "credential.auth_age_seconds",
         "request.method",
         "request.host",

@@ -6,22 +6,14 @@ and the request is judged without them (so a caller cannot name itself in `X-For
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 from trustplane.config import Settings
+from trustplane.identity.human import authentication_strength
 from trustplane.identity.tokens import Issuer, TokenRejected, TokenVerifier, VerifiedToken
-
-# RFC 8176 authentication method references that count as a factor.
-_FACTORS = frozenset(
-    {
-        "pwd", "pin", "otp", "sms", "tel", "hwk", "swk", "sc", "fpt", "face", "iris",
-        "retina", "vbm", "kba", "pop", "user",
-    }
-)  # fmt: skip
 
 
 class CredentialRejected(Exception):
@@ -43,6 +35,8 @@ class Credential:
     auth_age_seconds: int
     token_id: str | None = None
     workload: bool = False  # a SPIFFE ID from mTLS: the caller is a workload, not a person
+    mfa_strength: str = "none"  # none | otp | phishing_resistant (identity/human.py)
+    lifetime_seconds: int = 0  # exp - iat of a token (the identity inventory flags long ones)
 
     def facts(self) -> dict[str, Any]:
         """What routes.yaml may reference as `${credential.*}`."""
@@ -50,28 +44,26 @@ class Credential:
             "subject": self.subject,
             "issuer": self.issuer,
             "mfa": self.mfa,
+            "mfa_strength": self.mfa_strength,
             "auth_age_seconds": self.auth_age_seconds,
         }
 
 
 def credential_from_token(token: VerifiedToken, now: float | None = None) -> Credential:
-    claims = token.claims
-    amr = claims.get("amr")
-    methods = {m for m in amr if isinstance(m, str)} if isinstance(amr, list) else set()
-    mfa = "mfa" in methods or len(methods & _FACTORS) >= 2
-    authenticated_at = claims.get("auth_time", claims.get("iat"))
-    now = time.time() if now is None else now
-    if isinstance(authenticated_at, int | float) and not isinstance(authenticated_at, bool):
-        age = max(0, int(now - authenticated_at))
-    else:
-        age = 0
-    jti = claims.get("jti")
+    strength = authentication_strength(token.claims, now)
+    jti = token.claims.get("jti")
+    exp, iat = token.claims.get("exp"), token.claims.get("iat")
+    lifetime = 0
+    if isinstance(exp, int | float) and isinstance(iat, int | float):
+        lifetime = max(0, int(exp - iat))
     return Credential(
         subject=token.subject,
         issuer=token.issuer,
-        mfa=mfa,
-        auth_age_seconds=age,
+        mfa=strength.mfa,
+        auth_age_seconds=strength.auth_age_seconds,
         token_id=jti if isinstance(jti, str) else None,
+        mfa_strength=strength.mfa_strength,
+        lifetime_seconds=lifetime,
     )
 
 

@@ -5,7 +5,7 @@ their protocol (forward-auth, Envoy HTTP and gRPC ext_authz)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from trustplane.decision.routes import HttpFacts, RouteMatch, RouteTable, split_path
 from trustplane.enforcement.credentials import Authenticator, Credential, CredentialRejected
+from trustplane.identity.human import parse_step_up, step_up_challenge
 from trustplane.model import AccessRequest, Decision, EntityRef
 from trustplane.server.pdp import PolicyDecisionPoint
 
@@ -57,9 +58,16 @@ class Verdict:
 class HttpEnforcer:
     """Authenticate, map the route, ask the PDP: the part every HTTP-shaped adapter shares."""
 
-    def __init__(self, pdp: PolicyDecisionPoint, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        pdp: PolicyDecisionPoint,
+        authenticator: Authenticator,
+        seen: Callable[[Credential], None] | None = None,
+    ) -> None:
+        """`seen` is told of every authenticated caller (the identity inventory)."""
         self._pdp = pdp
         self._authenticator = authenticator
+        self._seen = seen
         self._workloads: tuple[str | None, dict[str, str]] = (None, {})
 
     @property
@@ -107,6 +115,8 @@ class HttpEnforcer:
             return Verdict(
                 401, decision, ("credential_missing",), ANONYMOUS, None, 'Bearer realm="trustplane"'
             )
+        if self._seen is not None:
+            self._seen(credential)
         principal = self._principal(credential, routes)
         if routes is None or found is None:
             request = _attempt(principal, facts, routes, None)
@@ -119,6 +129,11 @@ class HttpEnforcer:
         decision = await self._pdp.decide(request)
         if decision.allowed:
             return Verdict(200, decision, (), principal, credential)
+        step_ups = [parse_step_up(r.step_up) for r in decision.reasons if r.step_up]
+        if step_ups and not credential.workload:  # people can step up; workloads cannot
+            reasons = ("insufficient_user_authentication", *reason_codes(decision))
+            challenge = step_up_challenge(step_ups)
+            return Verdict(401, decision, reasons, principal, credential, challenge)
         return Verdict(403, decision, reason_codes(decision), principal, credential)
 
     def _principal(self, credential: Credential, routes: RouteTable | None) -> EntityRef:

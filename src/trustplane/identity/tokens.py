@@ -238,3 +238,22 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise TokenRejected("token_invalid", str(exc)) from None
         return claims
+
+
+def verifier_from_settings(issuers: Sequence[Any]) -> TokenVerifier | None:
+    """A verifier for the configured `issuers` (config.IssuerSettings); None when there are
+    none."""
+    if not issuers:
+        return None
+    return TokenVerifier(
+        [
+            Issuer(
+                issuer=i.issuer,
+                jwks_uri=i.jwks_uri,
+                audiences=tuple(i.audiences),
+                algorithms=tuple(i.algorithms),
+                leeway_seconds=i.leeway_seconds,
+            )
+            for i in issuers
+        ]
+    )

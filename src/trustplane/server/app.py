@@ -22,8 +22,11 @@ from trustplane.enforcement.credentials import Authenticator
 from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.envoy import EnvoyHttp, start_grpc_server
 from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth
+from trustplane.identity.tokens import verifier_from_settings
+from trustplane.identity.workload_api import WorkloadApiServer
 from trustplane.server.admin import AdminApi
 from trustplane.server.authzen import AuthZenApi
+from trustplane.server.identity import IdentityApi, identity_routes
 from trustplane.server.openapi import openapi_document
 from trustplane.server.pdp import PolicyDecisionPoint
 from trustplane.server.problems import Problem, json_response
@@ -40,9 +43,10 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
     admin = AdminApi(runtime)
     settings = runtime.settings
-    enforcer = HttpEnforcer(pdp, Authenticator.from_settings(settings))
+    enforcer = HttpEnforcer(pdp, Authenticator.from_settings(settings), runtime.seen)
     forward_auth = ForwardAuth(enforcer)
     envoy_http = EnvoyHttp(enforcer, settings.strip_credential)
+    identity = IdentityApi(runtime, admin, verifier_from_settings(settings.issuers))
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -90,6 +94,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         Route("/v1/ledger/checkpoints", admin.checkpoints, methods=["GET"]),
         Route("/v1/ledger/proof/inclusion", admin.inclusion, methods=["GET"]),
         Route("/v1/ledger/proof/consistency", admin.consistency, methods=["GET"]),
+        *identity_routes(identity),
     ]
 
     async def on_problem(request: Request, exc: Exception) -> Response:
@@ -136,6 +141,10 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
                 enforcer, settings.host, settings.grpc_port, settings.strip_credential
             )
             log.info("Envoy ext_authz gRPC on %s:%d", settings.host, port)
+        workload_api = None  # one process owns the socket: `identity agent` serves it for N
+        if settings.workload_socket and runtime.identity is not None and settings.workers == 1:
+            workload_api = WorkloadApiServer(runtime.identity, settings.workload_socket)
+            await workload_api.start()
         _freeze_startup_heap()
         tasks = [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.watch else []
         loop = asyncio.get_running_loop()
@@ -152,6 +161,8 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
                 loop.remove_signal_handler(signal.SIGHUP)
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)  # answers in flight are recorded before close
+            if workload_api is not None:
+                await workload_api.stop()
             await run_in_threadpool(runtime.close)
 
     return Starlette(

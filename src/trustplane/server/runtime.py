@@ -21,6 +21,11 @@ from trustplane.config import Durability, LedgerAppender, Settings
 from trustplane.decision.loader import LoadOptions
 from trustplane.decision.manager import BundleManager, follow_or_log
 from trustplane.decision.signing import load_trusted_key
+from trustplane.enforcement.credentials import Credential
+from trustplane.identity.entries import TOPIC as ENTRIES_TOPIC
+from trustplane.identity.inventory import Inventory
+from trustplane.identity.keys import TOPIC as KEYS_TOPIC
+from trustplane.identity.service import IdentityService
 from trustplane.recovery.revocation import TOPIC as REVOCATIONS_TOPIC
 from trustplane.recovery.revocation import RevocationList, RevocationStore
 from trustplane.store.bundles import BUNDLES_TOPIC, BundleStore
@@ -48,6 +53,7 @@ class InitResult:
     admin_token: str | None  # only when a new token was created
     verifier_key: str
     created_key: bool
+    identity_keys_created: tuple[str, ...] = ()  # "x509 KID", "jwt KID" when a KEK is set
 
 
 def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
@@ -72,11 +78,25 @@ def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
         if new_token or not has_token or not settings.admin_token_file.exists():
             token = create_admin_token(engine, label="bootstrap")
             _write_secret(settings.admin_token_file, token + "\n")
+        identity_created: tuple[str, ...] = ()
+        if identity_configured(settings):
+            created = IdentityService(settings, engine).key_store.initialise()
+            identity_created = tuple(f"{r.kind.value} {r.kid}" for r in created)
     finally:
         engine.dispose()
     return InitResult(
-        state, settings.effective_database_url, token, signer.verifier_key(), created_key
+        state,
+        settings.effective_database_url,
+        token,
+        signer.verifier_key(),
+        created_key,
+        identity_created,
     )
+
+
+def identity_configured(settings: Settings) -> bool:
+    """The identity plane runs where a key-encryption key is configured."""
+    return settings.identity_kek is not None or settings.identity_kek_file is not None
 
 
 def create_admin_token(engine: Engine, label: str) -> str:
@@ -172,6 +192,13 @@ class Runtime:
         self.revocations = RevocationList(self.revocation_store)
         self.feed.subscribe(REVOCATIONS_TOPIC, self.revocations.refresh)
         self._token_hashes: set[str] = set()
+        self._ci_issuers = {rule.issuer for rule in settings.token_exchange_rules}
+        self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
+        self.identity: IdentityService | None = None
+        if identity_configured(settings):
+            self.identity = IdentityService(settings, self.engine, inventory=self.inventory)
+            self.feed.subscribe(KEYS_TOPIC, self.identity.refresh_keys)
+            self.feed.subscribe(ENTRIES_TOPIC, self.identity.entries.refresh)
 
     def start(self) -> None:
         """Activate the bundle (a worker serves what its supervisor activated) and start the
@@ -181,14 +208,32 @@ class Runtime:
         self.bundles.start(follow_store=self.settings.workers > 1)
         self.feed.start()
         self.revocations.refresh()  # after the feed's baseline: a later revocation is heard
+        if self.identity is not None:
+            self.identity.load()  # refuses to serve a trust domain without keys
+            self.identity.start_background()
+        else:
+            self.inventory.start()
         if self._appender is not None:
             self._appender.start()  # fail here, before serving, if it cannot run
         self.recorder.start()
 
     def close(self) -> None:
+        if self.identity is not None:
+            self.identity.stop()
+        else:
+            self.inventory.stop()
         self.feed.stop()
         self.recorder.stop()
         self.engine.dispose()
+
+    def seen(self, credential: Credential) -> None:
+        """An authenticated caller at an enforcement point, for the identity inventory."""
+        if credential.workload:
+            kind, principal = "workload", credential.subject
+        else:
+            kind = "ci" if credential.issuer in self._ci_issuers else "human"
+            principal = f"{credential.issuer}#{credential.subject}"
+        self.inventory.seen(principal, kind, "", credential.lifetime_seconds)
 
     def check_admin_token(self, token: str) -> bool:
         digest = hashlib.sha256(token.encode()).hexdigest()

@@ -110,3 +110,50 @@ admin_tokens = Table(
     Column("label", String(200), nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+# identity/: the trust domain's CA and JWT signing keys. Private keys are sealed with the KEK
+# (identity/kek.py); state moves prepared → active → superseded → retired (identity/keys.py).
+identity_keys = Table(
+    "identity_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("kind", String(8), nullable=False),  # x509 | jwt
+    Column("state", String(12), nullable=False),
+    Column("algorithm", String(16), nullable=False),
+    Column("public_pem", Text, nullable=False),  # CA certificate (x509) or public key (jwt)
+    Column("sealed_private", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("not_after", Float, nullable=False),
+    Column("activated_at", Float, nullable=True),
+    Column("superseded_at", Float, nullable=True),
+    Column("retired_at", Float, nullable=True),
+    Index("ix_identity_keys_kind_state", "kind", "state"),
+)
+
+# Workload registration entries: a SPIFFE ID for callers whose attested selectors include all
+# of `selectors` (JSON list, sorted).
+identity_entries = Table(
+    "identity_entries",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("spiffe_id", String(2048), nullable=False),
+    Column("selectors", Text, nullable=False),
+    Column("x509_ttl_seconds", Integer, nullable=True),
+    Column("jwt_ttl_seconds", Integer, nullable=True),
+    Column("owner", String(256), nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# Every identity issued or seen: the inventory (identity/inventory.py).
+identity_inventory = Table(
+    "identity_inventory",
+    metadata,
+    Column("principal", String(2048), primary_key=True),
+    Column("kind", String(16), nullable=False),  # workload | ci | human
+    Column("owner", String(256), nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("max_lifetime_seconds", Integer, nullable=False),
+    Column("issued", BigInteger, nullable=False),
+)

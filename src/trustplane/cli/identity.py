@@ -1,0 +1,322 @@
+"""`trustplane identity …`: the trust domain's keys, registration entries, the Workload API agent
+and the identity inventory.
+
+Changes go through the running server's admin API (the KEK stays with the server); `init`,
+`new-kek` and `agent` work on the local state directory and store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from trustplane.cli.main import (
+    CliError,
+    JsonOpt,
+    _ctx,
+    _emit_json,
+    _http,
+    _server,
+    _store_engine,
+    _token,
+    _when,
+    out,
+)
+from trustplane.identity.entries import EntryError
+from trustplane.identity.kek import KekError, write_kek_file
+from trustplane.identity.keys import KeyKind, RotationError
+from trustplane.identity.service import IdentityNotInitialised, IdentityService
+from trustplane.identity.spiffe_id import SpiffeIdError
+from trustplane.store.feed import ChangeFeed
+
+identity_app: typer.Typer = typer.Typer(
+    help="SPIFFE identities: trust-domain keys, registration entries, Workload API, inventory.",
+    no_args_is_help=True,
+)
+entry_app = typer.Typer(help="Workload registration entries.", no_args_is_help=True)
+identity_app.add_typer(entry_app, name="entry")
+
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL.")]
+
+
+@contextlib.contextmanager
+def _identity_errors() -> Any:
+    try:
+        yield
+    except (KekError, EntryError, IdentityNotInitialised, SpiffeIdError, RotationError) as exc:
+        raise CliError(str(exc)) from None
+
+
+@identity_app.command("new-kek")
+def new_kek_cmd(
+    output: Annotated[Path, typer.Option("--out", "-o", help="File to create (mode 0600).")],
+) -> None:
+    """Create a key-encryption key file for identity_kek_file (never overwrites)."""
+    with _identity_errors():
+        write_kek_file(output)
+    out.print(f"[green]✓[/] key-encryption key written to {output} (0600); keep a backup")
+
+
+@identity_app.command("init")
+def init_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Create the trust domain's CA and JWT signing key in the store (idempotent)."""
+    settings = _ctx(ctx).settings()
+    engine = _store_engine(settings)
+    try:
+        with _identity_errors():
+            service = IdentityService(settings, engine)
+            created = service.key_store.initialise()
+            records = service.key_store.records()
+    finally:
+        engine.dispose()
+    if as_json:
+        _emit_json(
+            {
+                "trust_domain": settings.trust_domain,
+                "created": [r.as_dict() for r in created],
+                "keys": [r.as_dict() for r in records],
+            }
+        )
+        return
+    for record in created:
+        out.print(f"[green]✓[/] created {record.kind.value} key {record.kid}")
+    if not created:
+        out.print(f"trust domain {settings.trust_domain} already has active keys")
+
+
+@identity_app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    key: Annotated[Path, typer.Option("--key", help="Unencrypted PEM P-256 private key.")],
+    cert: Annotated[
+        Path | None, typer.Option("--cert", help="The CA certificate (PEM); omit for a JWT key.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import an existing CA (--cert and --key) or JWT signing key (--key): active when the
+    trust domain has none of that kind yet, else prepared for the next `rotate`."""
+    settings = _ctx(ctx).settings()
+    try:
+        key_pem = key.read_bytes()
+        cert_pem = cert.read_bytes() if cert else None
+    except OSError as exc:
+        raise CliError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    engine = _store_engine(settings)
+    try:
+        with _identity_errors():
+            service = IdentityService(settings, engine)
+            kind = KeyKind.X509 if cert_pem is not None else KeyKind.JWT
+            record = service.key_store.import_key(kind, key_pem, cert_pem)
+    finally:
+        engine.dispose()
+    if as_json:
+        _emit_json(record.as_dict())
+        return
+    out.print(f"[green]✓[/] imported {record.kind.value} key {record.kid} ({record.state.value})")
+
+
+@identity_app.command("keys")
+def keys_cmd(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """The trust domain's keys and their rotation states."""
+    settings = _ctx(ctx).settings()
+    doc = _http("GET", _server(settings, url), "/v1/identity/keys", _token(settings)).json()
+    if as_json:
+        _emit_json(doc)
+        return
+    table = Table("kind", "kid", "state", "created", "expires", "retirable")
+    for key in doc["keys"]:
+        retirable = key.get("retirable_at")
+        table.add_row(
+            key["kind"],
+            key["kid"],
+            key["state"],
+            _when(key["created_at"]),
+            _when(key["not_after"]),
+            _when(retirable) if retirable else "",
+        )
+    out.print(table)
+
+
+@identity_app.command("rotate")
+def rotate_cmd(
+    ctx: typer.Context,
+    step: Annotated[
+        str,
+        typer.Option(
+            help="next (prepare, or activate what is prepared), prepare, activate, retire."
+        ),
+    ] = "next",
+    kind: Annotated[str | None, typer.Option(help="x509 or jwt (default: both).")] = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One rotation step: prepare (publish a new key) → activate (it signs) → retire (the old
+    key leaves the bundles once everything it signed has expired)."""
+    if step not in ("next", "prepare", "activate", "retire"):
+        raise CliError("--step must be next, prepare, activate or retire")
+    if kind not in (None, "x509", "jwt"):
+        raise CliError("--kind must be x509 or jwt")
+    settings = _ctx(ctx).settings()
+    body: dict[str, Any] = {"step": step, **({"kind": kind} if kind else {})}
+    doc = _http("POST", _server(settings, url), "/v1/identity/rotate", _token(settings), body)
+    result = doc.json()
+    if as_json:
+        _emit_json(result)
+        return
+    for line in result["done"] or ["nothing was due"]:
+        out.print(f"[green]✓[/] {line}")
+
+
+@entry_app.command("create")
+def entry_create(
+    ctx: typer.Context,
+    spiffe_id: Annotated[str, typer.Argument(help="spiffe://trust-domain/path")],
+    selector: Annotated[
+        list[str],
+        typer.Option(
+            "--selector", "-s", help="unix:uid:N, unix:gid:N, unix:path:/x, unix:sha256:HEX"
+        ),
+    ],
+    owner: Annotated[str, typer.Option(help="Who answers for this workload.")] = "",
+    x509_ttl: Annotated[int | None, typer.Option(help="X.509-SVID lifetime (s).")] = None,
+    jwt_ttl: Annotated[int | None, typer.Option(help="JWT-SVID lifetime (s).")] = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a workload: callers matching every selector get SPIFFE_ID."""
+    settings = _ctx(ctx).settings()
+    body = {
+        "spiffe_id": spiffe_id,
+        "selectors": selector,
+        "owner": owner,
+        "x509_ttl_seconds": x509_ttl,
+        "jwt_ttl_seconds": jwt_ttl,
+    }
+    entry = _http(
+        "POST", _server(settings, url), "/v1/identity/entries", _token(settings), body
+    ).json()
+    if as_json:
+        _emit_json(entry)
+        return
+    out.print(f"[green]✓[/] entry {entry['id']} → {entry['spiffe_id']}")
+
+
+@entry_app.command("list")
+def entry_list(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """The registration entries."""
+    settings = _ctx(ctx).settings()
+    doc = _http("GET", _server(settings, url), "/v1/identity/entries", _token(settings)).json()
+    if as_json:
+        _emit_json(doc)
+        return
+    table = Table("id", "spiffe id", "selectors", "owner", "ttl x509/jwt")
+    for e in doc["entries"]:
+        ttls = f"{e['x509_ttl_seconds'] or '-'}/{e['jwt_ttl_seconds'] or '-'}"
+        table.add_row(e["id"], e["spiffe_id"], "\n".join(e["selectors"]), e["owner"], ttls)
+    out.print(table)
+
+
+@entry_app.command("delete")
+def entry_delete(
+    ctx: typer.Context,
+    entry_id: Annotated[str, typer.Argument(help="Entry id (from `entry list`).")],
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a registration entry; its workloads get no new SVIDs."""
+    settings = _ctx(ctx).settings()
+    path = f"/v1/identity/entries/{entry_id}"
+    entry = _http("DELETE", _server(settings, url), path, _token(settings)).json()
+    if as_json:
+        _emit_json(entry)
+        return
+    out.print(f"[green]✓[/] deleted entry {entry['id']} ({entry['spiffe_id']})")
+
+
+@identity_app.command("inventory")
+def inventory_cmd(
+    ctx: typer.Context,
+    unused_days: Annotated[float, typer.Option(help="Flag identities unused this long.")] = 30,
+    long_lived: Annotated[
+        int, typer.Option(help="Flag credential lifetimes above this (seconds).")
+    ] = 86_400,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every identity issued or seen, flagged: no owner, unused, long-lived credentials."""
+    settings = _ctx(ctx).settings()
+    path = f"/v1/identity/inventory?unused_days={unused_days}&long_lived_seconds={long_lived}"
+    doc = _http("GET", _server(settings, url), path, _token(settings)).json()
+    if as_json:
+        _emit_json(doc)
+        return
+    table = Table(title=f"{len(doc['identities'])} identities", title_justify="left")
+    table.add_column("principal", overflow="fold", ratio=2)  # SPIFFE IDs are pasted: keep whole
+    for column in ("kind", "owner", "first seen", "last seen", "lifetime", "flags"):
+        table.add_column(column)
+    for item in doc["identities"]:
+        flags = ", ".join(item["flags"])
+        table.add_row(
+            item["principal"],
+            item["kind"],
+            item["owner"] or "",
+            _when(item["first_seen"]),
+            _when(item["last_seen"]),
+            f"{item['max_lifetime_seconds']}s",
+            f"[yellow]{flags}[/]" if flags else "",
+        )
+    out.print(table)
+    flagged = sum(1 for i in doc["identities"] if i["flags"])
+    out.print(f"{len(doc['identities'])} identities, {flagged} flagged")
+
+
+@identity_app.command("agent")
+def agent_cmd(
+    ctx: typer.Context,
+    socket_path: Annotated[
+        Path | None, typer.Option("--socket", help="Unix socket (default: workload_socket).")
+    ] = None,
+) -> None:
+    """Serve the SPIFFE Workload API on a unix socket from this store (as `serve` does when
+    workload_socket is set), e.g. on each node beside a `serve --workers N` elsewhere."""
+    from trustplane.identity.entries import TOPIC as ENTRIES_TOPIC
+    from trustplane.identity.keys import TOPIC as KEYS_TOPIC
+    from trustplane.identity.workload_api import WorkloadApiServer
+
+    settings = _ctx(ctx).settings()
+    path = socket_path or settings.workload_socket
+    if path is None:
+        raise CliError("no socket: pass --socket PATH or set workload_socket")
+    engine = _store_engine(settings)
+    with _identity_errors():
+        service = IdentityService(settings, engine)
+        service.load()
+    feed = ChangeFeed(engine, poll_interval=settings.change_poll_ms / 1000)
+    feed.subscribe(KEYS_TOPIC, service.refresh_keys)
+    feed.subscribe(ENTRIES_TOPIC, service.entries.refresh)
+    feed.start()
+    service.start_background()
+
+    async def run() -> None:
+        server = WorkloadApiServer(service, path)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        out.print(f"SPIFFE Workload API on unix:{path} (trust domain {settings.trust_domain})")
+        await stop.wait()
+        await server.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        feed.stop()
+        service.stop()
+        engine.dispose()
