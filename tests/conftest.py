@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from tests.support import PG_BASE_URL, REPO, pg_available
+from trustplane.store.database import create_store_engine, migrate
 
 SHOP = REPO / "examples" / "shop"
 
@@ -60,6 +62,15 @@ def store_url(kind: str, tmp_path: Path) -> Iterator[str]:
     finally:
         with psycopg.connect(PG_BASE_URL, autocommit=True) as connection:
             connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated store on each database."""
+    engine = create_store_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

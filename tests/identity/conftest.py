@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine
 
 from trustplane.identity.kek import Kek, new_kek
 from trustplane.identity.keys import IdentityKeys
-from trustplane.store.database import create_store_engine, migrate
 
 TRUST_DOMAIN = "example.test"
 
@@ -22,14 +19,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_store_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

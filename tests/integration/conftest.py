@@ -6,23 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine
 
 from tests.conftest import SHOP
 from tests.issuer import Jwks, Key, issuer_settings, rsa_key
 from tests.support import Server, running_server
-from trustplane.store.database import create_store_engine, migrate
 from trustplane.telemetry.checkpoint import NoteSigner
 
 ORIGIN = "test.example/ledger"
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_store_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

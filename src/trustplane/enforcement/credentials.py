@@ -13,7 +13,12 @@ from typing import Any
 
 from trustplane.config import Settings
 from trustplane.identity.human import authentication_strength
-from trustplane.identity.tokens import Issuer, TokenRejected, TokenVerifier, VerifiedToken
+from trustplane.identity.tokens import (
+    TokenRejected,
+    TokenVerifier,
+    VerifiedToken,
+    verifier_from_settings,
+)
 
 
 class CredentialRejected(Exception):
@@ -96,20 +101,7 @@ class Authenticator:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
-        verifier = None
-        if settings.issuers:
-            verifier = TokenVerifier(
-                [
-                    Issuer(
-                        issuer=i.issuer,
-                        jwks_uri=i.jwks_uri,
-                        audiences=tuple(i.audiences),
-                        algorithms=tuple(i.algorithms),
-                        leeway_seconds=i.leeway_seconds,
-                    )
-                    for i in settings.issuers
-                ]
-            )
+        verifier = verifier_from_settings(settings.issuers)
         return cls(verifier, ProxyTrust(settings.trusted_proxies), settings.identity_header)
 
     @property
