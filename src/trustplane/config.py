@@ -12,7 +12,14 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +52,26 @@ class IssuerSettings(BaseModel):
         description="Signature algorithms this issuer uses (asymmetric only).",
     )
     leeway_seconds: int = Field(60, ge=0, le=600, description="Clock skew allowed.")
+
+
+class AdmissionModes(BaseModel):
+    """Pod Security Admission-style modes for a namespace: the rule packs (`name`, or
+    `name@v1.N` for a pack at a Kubernetes minor version) enforced, warned about and audited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enforce: list[str] = Field(default_factory=lambda: ["pss-baseline"])
+    warn: list[str] = Field(default_factory=lambda: ["pss-restricted"])
+    audit: list[str] = Field(default_factory=lambda: ["pss-restricted"])
+
+    @field_validator("enforce", "warn", "audit")
+    @classmethod
+    def _known_packs(cls, value: list[str]) -> list[str]:
+        from trustplane.posture.packs import PackRef
+
+        for item in value:
+            PackRef.parse(item)
+        return value
 
 
 class ConfigError(Exception):
@@ -158,6 +185,24 @@ class Settings(BaseSettings):
         "5 ms). Cedar evaluation releases the GIL; while the ledger writer is busy, each "
         "evaluation can wait up to a full interval to get it back (docs/benchmarks.md).",
     )
+    admission: AdmissionModes = Field(
+        default_factory=AdmissionModes,
+        description="Admission webhook modes for every namespace not in admission_namespaces "
+        "(JSON in the environment).",
+    )
+    admission_namespaces: dict[str, AdmissionModes] = Field(
+        default_factory=dict,
+        description="Admission webhook modes per namespace, like Pod Security Admission's "
+        "namespace labels.",
+    )
+    admission_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Parameters of the rule packs (e.g. approved_registries for zero-trust).",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; with tls_key_file."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
     admin_token: str | None = Field(
         None, description="Admin token for CLI calls to a server; default: state_dir/admin.token."
     )
@@ -179,6 +224,12 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from trustplane.decision.manager import reload_or_log
+from trustplane.enforcement.admission import AdmissionWebhook
 from trustplane.enforcement.credentials import Authenticator
 from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.envoy import EnvoyHttp, start_grpc_server
@@ -42,6 +43,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     enforcer = HttpEnforcer(pdp, Authenticator.from_settings(settings))
     forward_auth = ForwardAuth(enforcer)
     envoy_http = EnvoyHttp(enforcer, settings.strip_credential)
+    admission = AdmissionWebhook(pdp, settings)
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -72,6 +74,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             envoy_http.handle,
             methods=list(FORWARD_AUTH_METHODS),
         ),
+        Route(AdmissionWebhook.PATH, admission.handle, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

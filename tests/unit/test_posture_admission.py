@@ -1,0 +1,68 @@
+"""The admission adapter without a server: the example webhook configuration, the answer's
+shape and the ledger request it records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tests.support import REPO
+from trustplane.config import Settings
+from trustplane.enforcement.admission import AdmissionRequest, AdmissionWebhook, warning
+from trustplane.posture.engine import Finding
+from trustplane.posture.rules import Mode, Severity
+
+
+def test_the_example_webhook_configuration_is_valid() -> None:
+    doc = yaml.safe_load((REPO / "docs" / "admission-webhook.yaml").read_text())
+    assert doc["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert doc["kind"] == "ValidatingWebhookConfiguration"
+    (hook,) = doc["webhooks"]
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["sideEffects"] == "None"
+    assert hook["failurePolicy"] in ("Fail", "Ignore")
+    assert 1 <= hook["timeoutSeconds"] <= 30
+    assert hook["clientConfig"]["url"].startswith("https://")
+    assert hook["clientConfig"]["url"].endswith("/v1/admission")
+    operations = {op for rule in hook["rules"] for op in rule["operations"]}
+    assert operations == {"CREATE", "UPDATE"}
+    resources = {r for rule in hook["rules"] for r in rule["resources"]}
+    assert {"pods", "deployments", "cronjobs", "jobs", "daemonsets", "statefulsets"} <= resources
+
+
+def request(obj: dict[str, Any], **fields: Any) -> AdmissionRequest:
+    return AdmissionRequest.model_validate(
+        {
+            "uid": "u1",
+            "kind": {"kind": obj["kind"]},
+            "operation": "CREATE",
+            "namespace": "team-a",
+            "object": obj,
+            **fields,
+        }
+    )
+
+
+def test_warnings_are_cut_to_120_characters() -> None:
+    finding = Finding("r/x", None, Severity.LOW, Mode.WARN, "m" * 300, "", "spec")
+    assert len(warning(finding)) == 120
+    short = Finding("r/x", None, Severity.LOW, Mode.WARN, "short", "", "spec")
+    assert warning(short) == "r/x: short"
+
+
+def test_the_default_modes_enforce_baseline_and_warn_restricted() -> None:
+    webhook = AdmissionWebhook(None, Settings())
+    pod = {
+        "kind": "Pod",
+        "metadata": {"generateName": "job-"},
+        "spec": {"containers": [{"name": "a", "image": "x"}]},
+    }
+    answer, decision, _ = webhook.review(request(pod))
+    assert answer["response"]["allowed"] is True
+    assert answer["response"]["warnings"]
+    assert decision.allowed and decision.shadow_mismatch
+    pod["spec"]["hostPID"] = True
+    answer, decision, _ = webhook.review(request(pod))
+    assert answer["response"]["status"]["code"] == 403
+    assert [r.policy_id for r in decision.reasons] == ["pss-baseline/hostNamespaces"]
