@@ -62,7 +62,7 @@ class AdmissionModes(BaseModel):
 
     enforce: list[str] = Field(default_factory=lambda: ["pss-baseline"])
     warn: list[str] = Field(default_factory=lambda: ["pss-restricted"])
-    audit: list[str] = Field(default_factory=lambda: ["pss-restricted"])
+    audit: list[str] = Field(default_factory=lambda: ["pss-restricted", "zero-trust"])
 
     @field_validator("enforce", "warn", "audit")
     @classmethod
