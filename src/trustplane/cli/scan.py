@@ -172,7 +172,7 @@ def _table(result: ScanResult) -> None:
     table = Table(title=f"{len(result.findings)} finding(s) in {result.files} file(s)")
     table.add_column("severity")
     table.add_column("location", overflow="fold")
-    table.add_column("rule")
+    table.add_column("rule", overflow="fold")
     table.add_column("finding", overflow="fold")
     table.add_column("fix", overflow="fold")
     for f in sorted(result.findings, key=lambda f: (-f.severity, f.file, f.line)):

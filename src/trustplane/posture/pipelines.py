@@ -27,6 +27,10 @@ CLOUD_LOGINS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "google-github-actions/auth": (("credentials_json",), ("workload_identity_provider",)),
     "azure/login": (("creds",), ("client-id",)),
 }
+LONG_LIVED_LOGIN = re.compile(
+    r"aws configure set aws_secret_access_key|az login .*(--password|-p )|"
+    r"gcloud auth activate-service-account .*--key-file"
+)
 STATIC_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AZURE_CLIENT_SECRET")
 
 
@@ -203,14 +207,23 @@ def gitlab_ci(doc: Document) -> list[PipelineFinding]:
                     "no `id_tokens`",
                 )
             )
-        if re.search(r"aws configure set aws_secret_access_key|az login .*--password", text):
-            found.append(
-                _f(
-                    "ci/long-lived-cloud-keys",
-                    doc.line_of([job_id, "script"]),
-                    f"job {job_id!r} logs in to the cloud with long-lived keys",
+        for i, command in enumerate(lines):
+            if isinstance(command, str) and LONG_LIVED_LOGIN.search(command):
+                where: list[str | int] = (
+                    [job_id, "script", i]
+                    if isinstance(script, list)
+                    else [
+                        job_id,
+                        "script",
+                    ]
                 )
-            )
+                found.append(
+                    _f(
+                        "ci/long-lived-cloud-keys",
+                        doc.line_of(where),
+                        f"job {job_id!r} logs in to the cloud with long-lived keys",
+                    )
+                )
     return found
 
 

@@ -56,12 +56,13 @@ def read_documents(text: str, source: str) -> Iterator[Document]:
 
 def line_of(node: yaml.Node, path: Sequence[str | int]) -> int:
     current = node
+    line = node.start_mark.line + 1
     for part in path:
         child: yaml.Node | None = None
         if isinstance(current, yaml.MappingNode):
             for key, value in current.value:
                 if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                    child = value
+                    child, line = value, key.start_mark.line + 1  # the key's line names it
                     break
         elif (
             isinstance(current, yaml.SequenceNode)
@@ -69,7 +70,8 @@ def line_of(node: yaml.Node, path: Sequence[str | int]) -> int:
             and 0 <= part < len(current.value)
         ):
             child = current.value[part]
+            line = child.start_mark.line + 1
         if child is None:
             break
         current = child
-    return current.start_mark.line + 1
+    return line
