@@ -201,3 +201,17 @@ message: configmap holds a password
     assert engine.evaluate({"kind": "ConfigMap", "data": {"password": "x"}})
     assert engine.evaluate({"kind": "ConfigMap", "data": {"user": "x"}}) == []
     assert engine.evaluate(pod()) == []
+
+
+def test_rules_reaching_containers_through_spec_still_see_them() -> None:
+    rule = """\
+id: t/through-spec
+description: d
+severity: low
+match: {kinds: [Pod]}
+expression: "spec.containers.all(c, c.name != 'app') && size(spec) > 0"
+message: no container may be called app
+"""
+    engine = Engine(select([*load_rules(rule, "r.yaml"), *load_pack("pss-baseline").rules], None))
+    assert [f.rule_id for f in engine.evaluate(pod())] == ["t/through-spec"]
+    assert engine.evaluate(pod(containers=[{"name": "web", "image": "x"}])) == []

@@ -7,6 +7,7 @@ calling any other unknown function is refused at load.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -25,4 +26,22 @@ def entropy(value: Any) -> float:
     return -sum(n / total * math.log2(n / total) for n in counts.values())
 
 
-CUSTOM_FUNCTIONS: dict[str, Callable[..., Any]] = {"entropy": entropy}
+def matches_cached(value: Any, pattern: Any) -> bool:
+    """`value.matchesCached(pattern)`: CEL's `matches` (a regular-expression search), with the
+    compiled pattern kept.
+
+    The CEL library compiles the pattern of `matches()` on every call (about 50-100 µs); a
+    pattern applied to every env value of every container made one review of a 10-container
+    Deployment cost tens of milliseconds. Python's `re` keeps compiled patterns. Patterns should
+    stay within the syntax RE2 and Python share (no backreferences or lookaround), so a rule
+    means the same under either.
+    """
+    if not isinstance(value, str) or not isinstance(pattern, str):
+        raise TypeError("matchesCached(string, string)")
+    return re.search(pattern, value) is not None
+
+
+CUSTOM_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "entropy": entropy,
+    "matchesCached": matches_cached,
+}
