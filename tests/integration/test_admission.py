@@ -163,7 +163,7 @@ def test_restricted_findings_are_warnings_of_at_most_120_characters(server: Serv
     answer = post(server, review(baseline_only, "uid-warned"))
     assert answer["allowed"] is True
     warnings = answer["warnings"]
-    assert any(w.startswith("pss-restricted/runAsNonRoot") for w in warnings)
+    assert any(w.startswith("runAsNonRoot != true: ") for w in warnings)
     assert all(len(w) <= 120 for w in warnings)
     assert any(w.endswith("…") for w in warnings)
 

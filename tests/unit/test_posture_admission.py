@@ -48,7 +48,7 @@ def test_warnings_are_cut_to_120_characters() -> None:
     finding = Finding("r/x", None, Severity.LOW, Mode.WARN, "m" * 300, "", "spec")
     assert len(warning(finding)) == 120
     short = Finding("r/x", None, Severity.LOW, Mode.WARN, "short", "", "spec")
-    assert warning(short) == "r/x: short"
+    assert warning(short) == "short"
 
 
 def test_the_default_modes_enforce_baseline_and_warn_restricted() -> None:

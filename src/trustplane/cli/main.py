@@ -191,7 +191,8 @@ def serve(
         initialise(settings)
     err.print(
         f"trustplane serving [bold]{settings.bundle_dir}[/] on "
-        f"http://{settings.host}:{settings.port} (ledger: {settings.durability.value}, "
+        f"{'https' if settings.tls_cert_file else 'http'}://{settings.host}:{settings.port} "
+        f"(ledger: {settings.durability.value}, "
         f"workers: {settings.workers})"
     )
     run_server(settings)

@@ -134,8 +134,9 @@ class AdmissionWebhook:
 
 
 def warning(finding: Finding) -> str:
-    """`rule: message`, cut to Kubernetes' 120 characters per warning."""
-    text = f"{finding.rule_id}: {finding.message}"
+    """The finding's message (written to stand alone: it names the check and the offender),
+    cut to the 120 characters Kubernetes shows of a warning."""
+    text = finding.message
     return text if len(text) <= MAX_WARNING else text[: MAX_WARNING - 1] + "…"
 
 
