@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import date
 from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -72,6 +73,26 @@ class AdmissionModes(BaseModel):
         for item in value:
             PackRef.parse(item)
         return value
+
+
+class PostureExemption(BaseModel):
+    """An exception to one posture rule (admission, `trustplane scan --exemptions`): whose it is,
+    why, until when, and which namespaces and/or labels it covers. Expired, it stops applying."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str = Field(min_length=1, description="Rule id, e.g. pss-baseline/hostNamespaces.")
+    owner: str = Field(min_length=1)
+    expires: date
+    reason: str = Field(min_length=1)
+    namespaces: list[str] | None = None
+    labels: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _has_a_selector(self) -> PostureExemption:
+        if self.namespaces is None and self.labels is None:
+            raise ValueError("an exemption needs namespaces or labels (or both)")
+        return self
 
 
 class ConfigError(Exception):
@@ -195,6 +216,10 @@ class Settings(BaseSettings):
         description="Admission webhook modes per namespace, like Pod Security Admission's "
         "namespace labels.",
     )
+    admission_exemptions: list[PostureExemption] = Field(
+        default_factory=list,
+        description="Exceptions to posture rules at admission, each with owner, reason and expiry.",
+    )
     admission_params: dict[str, Any] = Field(
         default_factory=dict,
         description="Parameters of the rule packs (e.g. approved_registries for zero-trust).",
@@ -223,6 +248,17 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
+        return value
+
+    @field_validator("admission_exemptions")
+    @classmethod
+    def _known_rules(cls, value: list[PostureExemption]) -> list[PostureExemption]:
+        from trustplane.posture.packs import shipped_rule_ids
+
+        known = shipped_rule_ids() if value else set()
+        for item in value:
+            if item.rule not in known:
+                raise ValueError(f"exemption for unknown rule {item.rule!r}")
         return value
 
     @model_validator(mode="after")

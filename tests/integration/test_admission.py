@@ -4,6 +4,7 @@ AdmissionReview in and out, namespace modes, warnings, dry runs and the ledger r
 from __future__ import annotations
 
 import copy
+import json
 import os
 import ssl
 import subprocess
@@ -37,6 +38,24 @@ def server(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -
         admission_namespaces=(
             '{"prod": {"enforce": ["pss-restricted@v1.30"], "warn": [], "audit": []},'
             ' "sandbox": {"enforce": [], "warn": [], "audit": ["pss-restricted"]}}'
+        ),
+        admission_exemptions=json.dumps(
+            [
+                {
+                    "rule": "pss-baseline/privileged",
+                    "owner": "ops",
+                    "reason": "node agent",
+                    "expires": "2999-01-01",
+                    "namespaces": ["legacy"],
+                },
+                {
+                    "rule": "pss-baseline/privileged",
+                    "owner": "ops",
+                    "reason": "long gone",
+                    "expires": "2020-01-01",
+                    "namespaces": ["retired"],
+                },
+            ]
         ),
     )
     assert run_cli("init", env=env).returncode == 0
@@ -230,3 +249,12 @@ def test_bad_reviews_get_a_clear_4xx(server: Server, body: bytes, status: int, n
 def test_plain_http_is_not_served_on_the_tls_port(server: Server) -> None:
     with pytest.raises(httpx.HTTPError):
         httpx.get(server.url.replace("https", "http") + "/healthz", timeout=5)
+
+
+def test_configured_exemptions_apply_until_they_expire(server: Server) -> None:
+    legacy = post(server, review(privileged_deployment(), "uid-legacy", namespace="legacy"))
+    assert legacy["allowed"] is False  # hostNetwork is not exempted
+    assert "pss-baseline/privileged" not in legacy["status"]["message"]
+    assert "pss-baseline/hostNamespaces" in legacy["status"]["message"]
+    retired = post(server, review(privileged_deployment(), "uid-retired", namespace="retired"))
+    assert "pss-baseline/privileged" in retired["status"]["message"]

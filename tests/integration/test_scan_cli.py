@@ -134,3 +134,25 @@ def test_custom_rules_add_to_the_packs(tmp_path: Path) -> None:
     assert code == 1
     (finding,) = [f for f in report["findings"] if f["rule"] == "acme/no-latest"]
     assert finding["message"].endswith('containers "agent" use the latest tag')
+
+
+def test_an_exemptions_file_silences_a_rule_until_it_expires(tmp_path: Path) -> None:
+    manifests = str(EXAMPLES / "manifests.yaml")
+    exemptions = tmp_path / "exemptions.yaml"
+    entry = (
+        "- rule: pss-baseline/privileged\n  owner: ops-team\n  reason: node agent until Q3\n"
+        "  namespaces: [ops]\n  expires: {expires}\n"
+    )
+    exemptions.write_text(entry.format(expires="2999-12-31"))
+    _, report = scan_json(manifests, "--exemptions", str(exemptions))
+    assert "pss-baseline/privileged" not in {f["rule"] for f in report["findings"]}
+    exemptions.write_text(entry.format(expires="2020-01-01"))
+    _, report = scan_json(manifests, "--exemptions", str(exemptions))
+    assert "pss-baseline/privileged" in {f["rule"] for f in report["findings"]}
+    exemptions.write_text(
+        "- rule: pss-baseline/privileged\n  owner: ops-team\n  namespaces: [ops]\n"
+    )
+    result = run_cli("scan", manifests, "--exemptions", str(exemptions))
+    assert result.returncode == 2
+    assert f"{exemptions}:1: [0.expires]: Field required" in result.stderr
+    assert f"{exemptions}:1: [0.reason]: Field required" in result.stderr

@@ -20,7 +20,13 @@ from rich.table import Table
 
 from trustplane.posture.engine import Engine, Selected, select
 from trustplane.posture.packs import PackRef, load_rule_file, selection
-from trustplane.posture.rules import Mode, RuleError, Severity
+from trustplane.posture.rules import (
+    Mode,
+    RuleError,
+    Severity,
+    exemptions_by_rule,
+    load_exemptions,
+)
 from trustplane.posture.sarif import sarif
 from trustplane.posture.scan import Scanner, ScanResult, collect
 
@@ -67,6 +73,10 @@ def scan(
             "approved_registries=registry.example.com/,ghcr.io/acme/",
         ),
     ] = None,
+    exemptions: Annotated[
+        Path | None,
+        typer.Option("--exemptions", help="YAML list of exemptions (rule, owner, expires, …)."),
+    ] = None,
     secrets: Annotated[
         bool, typer.Option("--secrets/--no-secrets", help="Look for secrets (detect-secrets).")
     ] = True,
@@ -83,7 +93,9 @@ def scan(
 ) -> None:
     """Scan Kubernetes manifests, CI pipelines and secrets with the admission rule packs."""
     fmt = Format.JSON if as_json else output_format
-    engine, descriptions = _engine(pack or DEFAULT_PACKS, rules or [], _params(param or []))
+    engine, descriptions = _engine(
+        pack or DEFAULT_PACKS, rules or [], _params(param or []), exemptions
+    )
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         _fail(f"no such file or directory: {', '.join(missing)}")
@@ -116,12 +128,15 @@ def scan(
 
 
 def _engine(
-    packs: list[str], rule_files: list[Path], params: dict[str, Any]
+    packs: list[str], rule_files: list[Path], params: dict[str, Any], exemptions: Path | None
 ) -> tuple[Engine, dict[str, str]]:
     try:
         chosen: list[Selected] = selection([(PackRef.parse(p), Mode.ENFORCE) for p in packs])
         for path in rule_files:
             chosen += select(load_rule_file(path), None)
+        exempt = {}
+        if exemptions is not None:
+            exempt = exemptions_by_rule(load_exemptions(_read(exemptions), str(exemptions)))
     except ValueError as exc:
         _fail(str(exc))
     except RuleError as exc:
@@ -129,7 +144,14 @@ def _engine(
         for problem in exc.problems:
             err.print(f"  {problem}", highlight=False, markup=False)
         raise SystemExit(2) from None
-    return Engine(chosen, params), {s.rule.id: s.rule.description for s in chosen}
+    return Engine(chosen, params, exempt), {s.rule.id: s.rule.description for s in chosen}
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        _fail(f"{path}: cannot read: {exc.strerror}")
 
 
 def _params(items: list[str]) -> dict[str, Any]:

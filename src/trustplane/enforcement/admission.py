@@ -32,7 +32,7 @@ from trustplane.model import (
 )
 from trustplane.posture.engine import Engine, Finding
 from trustplane.posture.packs import PackRef, selection
-from trustplane.posture.rules import Mode
+from trustplane.posture.rules import Mode, exemptions_by_rule
 from trustplane.server.pdp import PolicyDecisionPoint
 from trustplane.server.problems import json_response, parse_model, read_body
 
@@ -84,6 +84,7 @@ class AdmissionWebhook:
         self._pdp = pdp
         self._limit = settings.max_body_bytes
         self._params = settings.admission_params
+        self._exemptions = exemptions_by_rule(settings.admission_exemptions)
         self._default = self._engine(settings.admission)
         self._namespaces = {
             name: self._engine(modes) for name, modes in settings.admission_namespaces.items()
@@ -93,7 +94,7 @@ class AdmissionWebhook:
         refs = [(PackRef.parse(p), Mode.ENFORCE) for p in modes.enforce]
         refs += [(PackRef.parse(p), Mode.WARN) for p in modes.warn]
         refs += [(PackRef.parse(p), Mode.AUDIT) for p in modes.audit]
-        return Engine(selection(refs), self._params)
+        return Engine(selection(refs), self._params, self._exemptions)
 
     async def handle(self, request: Request) -> Response:
         review = parse_model(AdmissionReview, await read_body(request, self._limit))

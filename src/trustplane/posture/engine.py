@@ -19,14 +19,14 @@ a 10-container pod), so only the variables some selected rule names are built, o
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import cel
 
 from trustplane.posture.functions import CUSTOM_FUNCTIONS
-from trustplane.posture.rules import Mode, Rule, Severity, Variant
+from trustplane.posture.rules import Exemption, Mode, Rule, Severity, Variant
 from trustplane.posture.workloads import pod_of
 
 
@@ -78,10 +78,15 @@ def select(rules: Iterable[Rule], version: int | None, cap: Mode = Mode.ENFORCE)
 
 class Engine:
     def __init__(
-        self, selected: Iterable[Selected], params: Mapping[str, Any] | None = None
+        self,
+        selected: Iterable[Selected],
+        params: Mapping[str, Any] | None = None,
+        exemptions: Mapping[str, Sequence[Exemption]] | None = None,
     ) -> None:
+        """`exemptions`: more exemptions by rule id (the operator's, beside the rule file's)."""
         self.selected = list(selected)
         self._params = dict(params or {})
+        self._exemptions = {k: tuple(v) for k, v in (exemptions or {}).items()}
         self._pod_rules = [s for s in self.selected if s.rule.matches_pods]
         self._by_kind: dict[str, list[Selected]] = {}
         for s in self.selected:
@@ -153,7 +158,8 @@ class Engine:
         findings: list[Finding],
     ) -> None:
         rule = selected.rule
-        if any(e.applies(namespace, labels, today) for e in rule.exemptions):
+        exemptions = (*rule.exemptions, *self._exemptions.get(rule.id, ()))
+        if any(e.applies(namespace, labels, today) for e in exemptions):
             return
         try:
             result = selected.variant.program.execute(context)

@@ -93,3 +93,7 @@ def selection(refs: list[tuple[PackRef, Mode]]) -> list[Selected]:
             if current is None or item.mode.strength > current.mode.strength:
                 chosen[item.rule.id] = item
     return list(chosen.values())
+
+
+def shipped_rule_ids() -> set[str]:
+    return {rule.id for name in pack_names() for rule in load_pack(name).rules}

@@ -18,6 +18,7 @@ from typing import Annotated
 import cel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from trustplane.config import PostureExemption
 from trustplane.posture.functions import CUSTOM_FUNCTIONS
 from trustplane.posture.yamldocs import Document, YamlError, read_documents
 
@@ -307,3 +308,42 @@ def _compile(expression: str, source: str, line: int, problems: list[str]) -> ce
         problems.append(f"{source}:{line}: invalid CEL: unknown function {', '.join(unknown)}")
         return None
     return program
+
+
+def exemptions_by_rule(items: Sequence[PostureExemption]) -> dict[str, list[Exemption]]:
+    """The operator's exemptions (settings, an exemptions file) by rule id, as the engine
+    takes them."""
+    out: dict[str, list[Exemption]] = {}
+    for item in items:
+        namespaces = frozenset(item.namespaces) if item.namespaces is not None else None
+        exemption = Exemption(item.owner, item.expires, item.reason, namespaces, item.labels)
+        out.setdefault(item.rule, []).append(exemption)
+    return out
+
+
+def load_exemptions(text: str, source: str) -> list[PostureExemption]:
+    """An exemptions file: a YAML list of exemptions; refused whole with file and line."""
+    try:
+        documents = list(read_documents(text, source))
+    except YamlError as exc:
+        raise RuleError([str(exc)]) from None
+    items: list[PostureExemption] = []
+    problems: list[str] = []
+    for document in documents:
+        if not isinstance(document.data, list):
+            problems.append(f"{source}:{document.line}: expected a list of exemptions")
+            continue
+        for i, entry in enumerate(document.data):
+            try:
+                items.append(PostureExemption.model_validate(entry))
+            except ValidationError as exc:
+                for error in exc.errors(include_url=False):
+                    loc = [i, *(p for p in error["loc"] if isinstance(p, str | int))]
+                    where = ".".join(str(p) for p in loc)
+                    message = (
+                        "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+                    )
+                    problems.append(f"{source}:{document.line_of(loc)}: [{where}]: {message}")
+    if problems:
+        raise RuleError(problems)
+    return items
