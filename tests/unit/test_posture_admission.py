@@ -66,3 +66,16 @@ def test_the_default_modes_enforce_baseline_and_warn_restricted() -> None:
     answer, decision, _ = webhook.review(request(pod))
     assert answer["response"]["status"]["code"] == 403
     assert [r.policy_id for r in decision.reasons] == ["pss-baseline/hostNamespaces"]
+
+
+def test_the_guide_s_configuration_is_valid() -> None:
+    import tomllib
+
+    text = (REPO / "docs" / "posture.md").read_text()
+    values = tomllib.loads(text.split("```toml\n", 1)[1].split("```", 1)[0])
+    values.pop("tls_cert_file")  # files the guide creates with openssl
+    values.pop("tls_key_file")
+    settings = Settings(**values)
+    assert settings.admission_namespaces["payments"].enforce == ["pss-restricted", "zero-trust"]
+    webhook = AdmissionWebhook(None, settings)
+    assert webhook.review(request({"kind": "Pod", "metadata": {}, "spec": {}}))[0]["response"]

@@ -45,3 +45,21 @@ def test_the_report_names_each_disagreement(
     assert "baseline    v1.37     1/3     33.33%" in out
     assert "fail/hostports9.yaml: expected hostports among the reasons, got privileged" in out
     assert "pass/privileged9.yaml: refused: privileged: containers" in out
+
+
+@pytest.mark.parametrize("level", ["baseline", "restricted"])
+def test_every_fixture_gets_its_verdict_in_every_workload_kind(level: str) -> None:
+    import yaml
+
+    from tests.unit.test_posture_engine import wrap
+    from trustplane.posture.engine import Engine, select
+    from trustplane.posture.packs import load_pack
+    from trustplane.posture.workloads import POD_PATHS
+
+    engine = Engine(select(load_pack(f"pss-{level}").rules, 37))
+    for path in sorted((psa_corpus() / level / "v1.37").glob("*/*.yaml")):
+        pod = yaml.safe_load(path.read_text())
+        bare = sorted((f.rule_id, f.message) for f in engine.evaluate(pod))
+        for kind in POD_PATHS:
+            wrapped = sorted((f.rule_id, f.message) for f in engine.evaluate(wrap(pod, kind)))
+            assert wrapped == bare, f"{path.name} as {kind}"

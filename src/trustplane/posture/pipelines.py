@@ -209,14 +209,9 @@ def gitlab_ci(doc: Document) -> list[PipelineFinding]:
             )
         for i, command in enumerate(lines):
             if isinstance(command, str) and LONG_LIVED_LOGIN.search(command):
-                where: list[str | int] = (
-                    [job_id, "script", i]
-                    if isinstance(script, list)
-                    else [
-                        job_id,
-                        "script",
-                    ]
-                )
+                where: list[str | int] = [job_id, "script"]
+                if isinstance(script, list):
+                    where.append(i)
                 found.append(
                     _f(
                         "ci/long-lived-cloud-keys",
