@@ -215,3 +215,13 @@ message: no container may be called app
     engine = Engine(select([*load_rules(rule, "r.yaml"), *load_pack("pss-baseline").rules], None))
     assert [f.rule_id for f in engine.evaluate(pod())] == ["t/through-spec"]
     assert engine.evaluate(pod(containers=[{"name": "web", "image": "x"}])) == []
+
+
+def test_values_cel_cannot_hold_fail_closed_and_yaml_dates_are_strings() -> None:
+    manifest = pod()
+    manifest["metadata"]["labels"] = {"since": dt.date(2024, 1, 1)}
+    assert [f for f in RESTRICTED.evaluate(manifest) if f.error] == []
+    manifest["spec"]["weird"] = {1, 2}  # no JSON value is a set
+    findings = RESTRICTED.evaluate(manifest)
+    assert findings and all(f.error for f in findings)
+    assert "cannot be read" in findings[0].message

@@ -10,7 +10,8 @@ Variables every expression sees:
 - `params`: values the operator configures for a pack (approved registries, …).
 
 Null values are dropped before evaluation, as the API server does when it decodes an object, so
-`has(x.f)` means "set". An expression that fails at run time is a violation (fail closed).
+`has(x.f)` means "set"; YAML timestamps become the strings kubectl would send. An expression
+that fails at run time is a violation (fail closed), and so is an object CEL cannot hold.
 
 Turning Python values into CEL values is most of the cost of a review (about 0.7 ms per copy of
 a 10-container pod), so only the variables some selected rule names are built, once per object.
@@ -110,7 +111,7 @@ class Engine:
     ) -> list[Finding]:
         """Every violation in `obj` (an empty list: compliant)."""
         today = today or dt.datetime.now(dt.UTC).date()
-        clean: dict[str, Any] = _without_nulls(dict(obj))
+        clean: dict[str, Any] = _plain(dict(obj))
         kind = str(clean.get("kind", ""))
         metadata = clean.get("metadata") if isinstance(clean.get("metadata"), dict) else {}
         assert isinstance(metadata, dict)
@@ -139,7 +140,14 @@ class Engine:
             if "containers" in names:
                 variables["containers"] = pod.containers()
             labels = {**_labels(pod.metadata), **labels}
-        context = cel.Context(variables, functions=CUSTOM_FUNCTIONS)
+        try:
+            context = cel.Context(variables, functions=CUSTOM_FUNCTIONS)
+        except Exception as exc:  # a value CEL cannot represent: every rule fails closed
+            reason = f"rule could not be evaluated: the object cannot be read: {exc}"
+            pod_path = pod.spec_path if pod is not None else ""
+            findings.extend(_finding(s, "", reason) for s in direct)
+            findings.extend(_finding(s, pod_path, reason) for s in pod_rules)
+            return findings
         for selected in direct:
             self._run(selected, context, "", namespace, labels, today, findings)
         if pod is not None:
@@ -217,9 +225,11 @@ def _labels(metadata: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
-def _without_nulls(value: Any) -> Any:
+def _plain(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
+        return [_plain(v) for v in value]
+    if isinstance(value, dt.date):  # and datetime
+        return value.isoformat()
     return value

@@ -135,7 +135,7 @@ class RuleSpec(_Spec):
     mode: Mode = Mode.ENFORCE
     expression: str | None = None
     message: str = Field(min_length=1)
-    versions: list[VariantSpec] | None = None
+    versions: list[VariantSpec] | None = Field(None, min_length=1)
     fix: str = ""
     exemptions: list[ExemptionSpec] = Field(default_factory=list)
 
