@@ -79,3 +79,17 @@ def test_the_guide_s_configuration_is_valid() -> None:
     assert settings.admission_namespaces["payments"].enforce == ["pss-restricted", "zero-trust"]
     webhook = AdmissionWebhook(None, settings)
     assert webhook.review(request({"kind": "Pod", "metadata": {}, "spec": {}}))[0]["response"]
+
+
+def test_an_object_without_kind_is_reviewed_as_the_request_s_kind() -> None:
+    webhook = AdmissionWebhook(None, Settings())
+    req = AdmissionRequest.model_validate(
+        {
+            "uid": "u2",
+            "kind": {"kind": "Pod"},
+            "operation": "CREATE",
+            "object": {"metadata": {"name": "p"}, "spec": {"hostPID": True, "containers": []}},
+        }
+    )
+    answer, _, _ = webhook.review(req)
+    assert answer["response"]["allowed"] is False

@@ -111,6 +111,8 @@ class AdmissionWebhook:
         if reviewed and (req.subResource or "") in REVIEWED_SUBRESOURCES:
             engine = self._namespaces.get(req.namespace, self._default)
             obj = req.object or {}
+            if not obj.get("kind"):  # the request says what it is even if the object does not
+                obj = {**obj, "kind": req.kind.kind}
             findings = engine.evaluate(obj, namespace=req.namespace)
         refused = [f for f in findings if f.mode is Mode.ENFORCE]
         warned = [f for f in findings if f.mode is Mode.WARN]
