@@ -103,6 +103,17 @@ def test_bad_yaml_is_named_with_file_and_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_unrendered_templates_are_noted_not_errors(tmp_path: Path) -> None:
+    (tmp_path / "deployment.yaml").write_text(
+        "kind: Pod\nmetadata:\n  name: {{ .Values.name }}\nspec:\n  containers:\n"
+        "  {{- range .Values.containers }}\n  - name: x\n  {{- end }}\n"
+    )
+    result = run_cli("scan", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "unrendered template" in result.stderr
+    assert json.loads(result.stdout)["skipped"]
+
+
 def test_bad_rules_packs_params_and_paths_are_one_line_errors(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(

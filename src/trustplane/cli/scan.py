@@ -117,6 +117,8 @@ def scan(
 
         result = scanner.scan(paths, advance)
     _report(result, fmt, output)
+    for note in result.skipped:
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     for problem in result.errors:
         err.print(f"[red]error:[/] {escape(problem)}", highlight=False)
     if result.errors:
@@ -174,6 +176,7 @@ def _report(result: ScanResult, fmt: Format, output: Path | None) -> None:
             "files": result.files,
             "findings": [f.as_dict() for f in result.findings],
             "errors": result.errors,
+            "skipped": result.skipped,
         }
         text = json.dumps(body, indent=2) + "\n"
     else:

@@ -47,6 +47,8 @@ class ScanResult:
     files: int = 0
     findings: list[ScanFinding] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # files that could not be read or parsed
+    # Unrendered templates (Helm's `{{ }}`): not YAML until rendered, so not an error either.
+    skipped: list[str] = field(default_factory=list)
 
 
 def collect(paths: Iterable[Path]) -> list[Path]:
@@ -108,7 +110,12 @@ class Scanner:
         try:
             documents = list(read_documents(text, name))
         except YamlError as exc:
-            result.errors.append(str(exc))
+            if "{{" in text:
+                result.skipped.append(
+                    f"{name}: not checked: an unrendered template (scan `helm template` output)"
+                )
+            else:
+                result.errors.append(str(exc))
             return
         for document in documents:
             result.findings.extend(self._document(name, document))
