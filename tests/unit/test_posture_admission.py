@@ -93,3 +93,22 @@ def test_an_object_without_kind_is_reviewed_as_the_request_s_kind() -> None:
     )
     answer, _, _ = webhook.review(req)
     assert answer["response"]["allowed"] is False
+
+
+def test_an_update_that_leaves_the_pod_as_it_was_is_not_reviewed() -> None:
+    webhook = AdmissionWebhook(None, Settings())
+    old = {
+        "kind": "Deployment",
+        "metadata": {"name": "agent", "labels": {"v": "1"}},
+        "spec": {"replicas": 1, "template": {"spec": {"hostPID": True, "containers": []}}},
+    }
+    scaled = {**old, "metadata": {"name": "agent", "labels": {"v": "2"}}}
+    scaled["spec"] = {**old["spec"], "replicas": 5}
+    answer, _, _ = webhook.review(request(scaled, operation="UPDATE", oldObject=old))
+    assert answer["response"]["allowed"] is True
+    changed = {**scaled, "spec": {"replicas": 5, "template": {"spec": {"hostPID": True,
+               "hostNetwork": True, "containers": []}}}}  # fmt: skip
+    answer, _, _ = webhook.review(request(changed, operation="UPDATE", oldObject=old))
+    assert answer["response"]["allowed"] is False
+    answer, _, _ = webhook.review(request(scaled, operation="UPDATE"))  # no oldObject: reviewed
+    assert answer["response"]["allowed"] is False

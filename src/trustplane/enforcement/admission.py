@@ -5,10 +5,11 @@ The objects under review go through the posture engine (`posture/`), the same on
 enforced, warned about, audited; `Settings.admission`, `admission_namespaces`), each capped by
 the rule's own mode. The answer echoes the request's uid; a refusal carries status 403 and a
 message listing every failed enforce rule; warn-mode findings become `warnings` (≤ 120
-characters each). Every review except a dry run is recorded in the decision ledger through the
-PDP's recorder: reasons are the enforced rules that refused, the shadow answer is what enforcing
-the warn and audit findings too would give (so `trustplane decisions --shadow-mismatch` lists
-what tightening a namespace would refuse). A dry run has no side effects: nothing is recorded.
+characters each); an update that leaves the pod as it was is allowed unreviewed, as in PSA.
+Every review except a dry run is recorded in the decision ledger through the PDP's recorder:
+reasons are the enforced rules that refused, the shadow answer is what enforcing the warn and
+audit findings too would give (so `trustplane decisions --shadow-mismatch` lists what
+tightening a namespace would refuse). A dry run has no side effects: nothing is recorded.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trustplane.model import (
 from trustplane.posture.engine import Engine, Finding
 from trustplane.posture.packs import PackRef, selection
 from trustplane.posture.rules import Mode, exemptions_by_rule
+from trustplane.posture.workloads import pod_of
 from trustplane.server.pdp import PolicyDecisionPoint
 from trustplane.server.problems import json_response, parse_model, read_body
 
@@ -66,6 +68,7 @@ class AdmissionRequest(_Lenient):
     subResource: str | None = None
     userInfo: UserInfo = Field(default_factory=UserInfo)
     object: dict[str, Any] | None = None
+    oldObject: dict[str, Any] | None = None
     dryRun: bool = False
 
 
@@ -108,7 +111,7 @@ class AdmissionWebhook:
         started = time.perf_counter()
         findings: list[Finding] = []
         reviewed = req.operation in ("CREATE", "UPDATE") and req.object is not None
-        if reviewed and (req.subResource or "") in REVIEWED_SUBRESOURCES:
+        if reviewed and (req.subResource or "") in REVIEWED_SUBRESOURCES and not _same_pod(req):
             engine = self._namespaces.get(req.namespace, self._default)
             obj = req.object or {}
             if not obj.get("kind"):  # the request says what it is even if the object does not
@@ -134,6 +137,19 @@ class AdmissionWebhook:
                 f"{f.rule_id}: {f.message}" for f in audited
             )
         return {"response": response}, decision, findings
+
+
+def _same_pod(req: AdmissionRequest) -> bool:
+    """An update that leaves the pod as it was (spec and annotations; labels, owner references,
+    status may change): not reviewed, as Pod Security Admission does, so existing workloads keep
+    being relabelled and scaled when a namespace is tightened."""
+    if req.operation != "UPDATE" or req.object is None or req.oldObject is None:
+        return False
+    new, old = pod_of(req.object), pod_of(req.oldObject)
+    if new is None or old is None:
+        return False
+    annotations = (new.metadata.get("annotations"), old.metadata.get("annotations"))
+    return new.spec == old.spec and annotations[0] == annotations[1]
 
 
 def warning(finding: Finding) -> str:
