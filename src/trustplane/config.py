@@ -216,6 +216,11 @@ class Settings(BaseSettings):
         description="Admission webhook modes per namespace, like Pod Security Admission's "
         "namespace labels.",
     )
+    admission_rule_files: list[Path] = Field(
+        default_factory=list,
+        description="Your own posture rule files (the rule packs' format), reviewed in every "
+        "namespace with each rule's own mode; `trustplane scan --rules` takes the same files.",
+    )
     admission_exemptions: list[PostureExemption] = Field(
         default_factory=list,
         description="Exceptions to posture rules at admission, each with owner, reason and expiry.",
@@ -248,6 +253,19 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
+        return value
+
+    @field_validator("admission_rule_files")
+    @classmethod
+    def _valid_rules(cls, value: list[Path]) -> list[Path]:
+        from trustplane.posture.packs import load_rule_file
+        from trustplane.posture.rules import RuleError
+
+        for path in value:
+            try:
+                load_rule_file(path)
+            except RuleError as exc:
+                raise ValueError("; ".join(exc.problems)) from None
         return value
 
     @field_validator("admission_exemptions")

@@ -3,12 +3,14 @@ shape and the ledger request it records."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.support import REPO
-from trustplane.config import Settings
+from trustplane.config import ConfigError, Settings, load_settings
 from trustplane.enforcement.admission import AdmissionRequest, AdmissionWebhook, warning
 from trustplane.posture.engine import Finding
 from trustplane.posture.rules import Mode, Severity
@@ -112,3 +114,28 @@ def test_an_update_that_leaves_the_pod_as_it_was_is_not_reviewed() -> None:
     assert answer["response"]["allowed"] is False
     answer, _, _ = webhook.review(request(scaled, operation="UPDATE"))  # no oldObject: reviewed
     assert answer["response"]["allowed"] is False
+
+
+def test_the_operator_s_rule_files_are_reviewed_in_every_namespace(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "id: acme/no-latest\ndescription: d\nseverity: low\nmatch: {kinds: [Pod]}\nmode: warn\n"
+        "expression: containers.map(c, c.image.endsWith(':latest'), c.name)\n"
+        "message: containers {offenders} use the latest tag\n"
+    )
+    quiet = {"enforce": [], "warn": [], "audit": []}  # no packs: only the operator's rules
+    settings = Settings(admission_rule_files=[rules], admission_namespaces={"quiet": quiet})
+    webhook = AdmissionWebhook(None, settings)
+    containers = [{"name": "a", "image": "x:latest"}]
+    pod = {"kind": "Pod", "metadata": {}, "spec": {"containers": containers}}
+    for namespace in ("team-a", "quiet"):
+        answer, _, _ = webhook.review(request(pod, namespace=namespace))
+        assert 'containers "a" use the latest tag' in answer["response"]["warnings"]
+
+
+def test_a_broken_rule_file_is_a_configuration_error_naming_file_and_line(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("id: x\ndescription: d\nseverity: high\nmatch: {kinds: [Pod]}\n"
+                     "expression: 'containers.all(c,'\nmessage: m\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"{rules}:5: invalid CEL"):
+        load_settings(overrides={"admission_rule_files": [str(rules)]})

@@ -31,8 +31,8 @@ from trustplane.model import (
     PolicyReason,
     new_decision_id,
 )
-from trustplane.posture.engine import Engine, Finding
-from trustplane.posture.packs import PackRef, selection
+from trustplane.posture.engine import Engine, Finding, select
+from trustplane.posture.packs import PackRef, load_rule_file, selection
 from trustplane.posture.rules import Mode, exemptions_by_rule
 from trustplane.posture.workloads import pod_of
 from trustplane.server.pdp import PolicyDecisionPoint
@@ -88,6 +88,9 @@ class AdmissionWebhook:
         self._limit = settings.max_body_bytes
         self._params = settings.admission_params
         self._exemptions = exemptions_by_rule(settings.admission_exemptions)
+        self._own_rules = [
+            rule for path in settings.admission_rule_files for rule in load_rule_file(path)
+        ]
         self._default = self._engine(settings.admission)
         self._namespaces = {
             name: self._engine(modes) for name, modes in settings.admission_namespaces.items()
@@ -97,7 +100,8 @@ class AdmissionWebhook:
         refs = [(PackRef.parse(p), Mode.ENFORCE) for p in modes.enforce]
         refs += [(PackRef.parse(p), Mode.WARN) for p in modes.warn]
         refs += [(PackRef.parse(p), Mode.AUDIT) for p in modes.audit]
-        return Engine(selection(refs), self._params, self._exemptions)
+        own = select(self._own_rules, None)  # every namespace, each rule with its own mode
+        return Engine([*selection(refs), *own], self._params, self._exemptions)
 
     async def handle(self, request: Request) -> Response:
         review = parse_model(AdmissionReview, await read_body(request, self._limit))
