@@ -148,3 +148,23 @@ def test_identity_bench_measures_what_it_reports(tmp_path: Path) -> None:
     finally:
         agent.close()
     assert run["errors"] == 0 and run["calls"] == 50
+
+
+def test_admission_bench_object_and_report() -> None:
+    import admission
+    from trustplane.posture.engine import Engine, select
+    from trustplane.posture.packs import load_pack
+
+    obj = admission.deployment()
+    assert len(obj["spec"]["template"]["spec"]["containers"]) == 10
+    restricted = Engine(select(load_pack("pss-restricted").rules, None))
+    assert restricted.evaluate(obj) == []  # it passes restricted: every rule runs to the end
+    inproc = admission.in_process(quick=True)
+    assert inproc["findings"] == ["zero-trust/egress-annotation", "zero-trust/image-digest"]
+    served = {
+        "review": {"n": 2, "p50_ms": 3.0, "p99_ms": 12.0, "max_ms": 12.0},
+        "healthz": {"n": 2, "p50_ms": 0.3, "p99_ms": 0.5, "max_ms": 0.5},
+    }
+    text = admission.report(inproc, served, "cmd")
+    assert "| raw CEL" in text and "× raw CEL" in text
+    assert "12.00 ms, FAIL" in text

@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import date
 from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -62,6 +71,46 @@ class ExchangeRuleSettings(BaseModel):
     spiffe_id: str = Field(description="SPIFFE ID issued; `{claim}` is replaced by its value.")
     ttl_seconds: int = Field(600, ge=30, le=900, description="Lifetime of the JWT-SVID.")
     owner: str = Field("", description="Who answers for this rule (inventory).")
+
+
+class AdmissionModes(BaseModel):
+    """Pod Security Admission-style modes for a namespace: the rule packs (`name`, or
+    `name@v1.N` for a pack at a Kubernetes minor version) enforced, warned about and audited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enforce: list[str] = Field(default_factory=lambda: ["pss-baseline"])
+    warn: list[str] = Field(default_factory=lambda: ["pss-restricted"])
+    audit: list[str] = Field(default_factory=lambda: ["pss-restricted", "zero-trust"])
+
+    @field_validator("enforce", "warn", "audit")
+    @classmethod
+    def _known_packs(cls, value: list[str]) -> list[str]:
+        from trustplane.posture.packs import PackRef
+
+        for item in value:
+            PackRef.parse(item)
+        return value
+
+
+class PostureExemption(BaseModel):
+    """An exception to one posture rule (admission, `trustplane scan --exemptions`): whose it is,
+    why, until when, and which namespaces and/or labels it covers. Expired, it stops applying."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str = Field(min_length=1, description="Rule id, e.g. pss-baseline/hostNamespaces.")
+    owner: str = Field(min_length=1)
+    expires: date
+    reason: str = Field(min_length=1)
+    namespaces: list[str] | None = None
+    labels: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _has_a_selector(self) -> PostureExemption:
+        if self.namespaces is None and self.labels is None:
+            raise ValueError("an exemption needs namespaces or labels (or both)")
+        return self
 
 
 class ConfigError(Exception):
@@ -206,6 +255,33 @@ class Settings(BaseSettings):
     token_exchange_rules: list[ExchangeRuleSettings] = Field(
         default_factory=list, description="CI trust rules for POST /v1/token (RFC 8693)."
     )
+    admission: AdmissionModes = Field(
+        default_factory=AdmissionModes,
+        description="Admission webhook modes for every namespace not in admission_namespaces "
+        "(JSON in the environment).",
+    )
+    admission_namespaces: dict[str, AdmissionModes] = Field(
+        default_factory=dict,
+        description="Admission webhook modes per namespace, like Pod Security Admission's "
+        "namespace labels.",
+    )
+    admission_rule_files: list[Path] = Field(
+        default_factory=list,
+        description="Your own posture rule files (the rule packs' format), reviewed in every "
+        "namespace with each rule's own mode; `trustplane scan --rules` takes the same files.",
+    )
+    admission_exemptions: list[PostureExemption] = Field(
+        default_factory=list,
+        description="Exceptions to posture rules at admission, each with owner, reason and expiry.",
+    )
+    admission_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Parameters of the rule packs (e.g. approved_registries for zero-trust).",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; with tls_key_file."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
     admin_token: str | None = Field(
         None, description="Admin token for CLI calls to a server; default: state_dir/admin.token."
     )
@@ -227,6 +303,36 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
         return value
+
+    @field_validator("admission_rule_files")
+    @classmethod
+    def _valid_rules(cls, value: list[Path]) -> list[Path]:
+        from trustplane.posture.packs import load_rule_file
+        from trustplane.posture.rules import RuleError
+
+        for path in value:
+            try:
+                load_rule_file(path)
+            except RuleError as exc:
+                raise ValueError("; ".join(exc.problems)) from None
+        return value
+
+    @field_validator("admission_exemptions")
+    @classmethod
+    def _known_rules(cls, value: list[PostureExemption]) -> list[PostureExemption]:
+        from trustplane.posture.packs import shipped_rule_ids
+
+        known = shipped_rule_ids() if value else set()
+        for item in value:
+            if item.rule not in known:
+                raise ValueError(f"exemption for unknown rule {item.rule!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        return self
 
     @classmethod
     def settings_customise_sources(

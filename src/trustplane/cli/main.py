@@ -26,6 +26,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from trustplane import __version__
+from trustplane.cli.scan import scan as scan_command
 from trustplane.config import ConfigError, Durability, Settings, load_settings
 from trustplane.decision.bundle import SIGNATURE_FILE, BundleError, BundleSource, parse_rfc3339
 from trustplane.decision.loader import LoadOptions, load_bundle
@@ -65,6 +66,7 @@ policy_app = typer.Typer(
 audit_app = typer.Typer(help="Verify, export and follow the decision ledger.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
+app.command("scan")(scan_command)
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -192,7 +194,8 @@ def serve(
         initialise(settings)
     err.print(
         f"trustplane serving [bold]{settings.bundle_dir}[/] on "
-        f"http://{settings.host}:{settings.port} (ledger: {settings.durability.value}, "
+        f"{'https' if settings.tls_cert_file else 'http'}://{settings.host}:{settings.port} "
+        f"(ledger: {settings.durability.value}, "
         f"workers: {settings.workers})"
     )
     run_server(settings)

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from trustplane.decision.manager import reload_or_log
+from trustplane.enforcement.admission import AdmissionWebhook
 from trustplane.enforcement.credentials import Authenticator
 from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.envoy import EnvoyHttp, start_grpc_server
@@ -47,6 +48,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     forward_auth = ForwardAuth(enforcer)
     envoy_http = EnvoyHttp(enforcer, settings.strip_credential)
     identity = IdentityApi(runtime, admin, verifier_from_settings(settings.issuers))
+    admission = AdmissionWebhook(pdp, settings)
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -77,6 +79,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             envoy_http.handle,
             methods=list(FORWARD_AUTH_METHODS),
         ),
+        Route(AdmissionWebhook.PATH, admission.handle, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

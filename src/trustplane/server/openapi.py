@@ -143,6 +143,21 @@ def openapi_document() -> dict[str, Any]:
                 }
                 for method in ("get", "post", "put", "patch", "delete", "head", "options")
             },
+            "/v1/admission": {
+                "post": {
+                    "summary": "Kubernetes validating admission webhook",
+                    "description": "admission.k8s.io/v1 AdmissionReview in and out (serve over "
+                    "HTTPS: tls_cert_file, tls_key_file). The posture rule packs of the "
+                    "request's namespace decide `allowed`; refusals carry status 403 listing "
+                    "each failed rule, warn-mode findings come back as `warnings`. Every "
+                    "review except a dry run is recorded in the decision ledger.",
+                    "tags": ["enforcement"],
+                    "responses": {
+                        "200": {"description": "AdmissionReview with the response"},
+                        "4XX": _PROBLEM,
+                    },
+                }
+            },
             "/.well-known/authzen-configuration": {
                 "get": {
                     "summary": "PDP metadata (AuthZEN)",

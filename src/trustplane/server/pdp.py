@@ -76,6 +76,11 @@ class PolicyDecisionPoint:
         await self._recorder.record(request, decision)
         return decision
 
+    async def record(self, request: AccessRequest, decision: Decision) -> None:
+        """Count and record a decision another engine made (admission reviews by posture/)."""
+        self._observe(decision)
+        await self._recorder.record(request, decision)
+
     def decide_blocking(self, request: AccessRequest) -> Decision:
         decision = self.evaluate(request)
         self._recorder.record_blocking(request, decision)

@@ -23,6 +23,7 @@ from trustplane.config import Settings
 from trustplane.decision.manager import BundleManager, reload_or_log
 from trustplane.server.app import create_app
 from trustplane.server.runtime import Runtime, load_options
+from trustplane.server.tls import serving_certificate
 from trustplane.store.bundles import BundleStore
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.telemetry.metrics import MULTIPROCESS_ENV, Metrics, multiprocess_dir
@@ -89,6 +90,7 @@ def worker_app() -> Starlette:
 
 
 def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvicorn.Config:
+    tls = serving_certificate(settings)
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -100,6 +102,8 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
         server_header=False,
         factory=factory,
         workers=settings.workers,
+        ssl_certfile=tls.cert_file if tls else None,
+        ssl_keyfile=tls.key_file if tls else None,
     )
 
 

@@ -1,0 +1,260 @@
+"""The admission webhook served by a real `trustplane serve` over HTTPS on loopback:
+AdmissionReview in and out, namespace modes, warnings, dry runs and the ledger record."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import ssl
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import SHOP
+from tests.support import TRUSTPLANE, Server, free_port, run_cli, server_env, wait_for, wait_ready
+from tests.tlscert import self_signed
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    state = tmp_path_factory.mktemp("state")
+    cert, key = self_signed(state)
+    port = free_port()
+    env = server_env(
+        state,
+        module_database_url,
+        port=port,
+        bundle_dir=SHOP,
+        watch="false",
+        tls_cert_file=cert,
+        tls_key_file=key,
+        admission='{"enforce": ["pss-baseline"], "warn": ["pss-restricted"], "audit": []}',
+        admission_namespaces=(
+            '{"prod": {"enforce": ["pss-restricted@v1.30"], "warn": [], "audit": []},'
+            ' "sandbox": {"enforce": [], "warn": [], "audit": ["pss-restricted"]}}'
+        ),
+        admission_exemptions=json.dumps(
+            [
+                {
+                    "rule": "pss-baseline/privileged",
+                    "owner": "ops",
+                    "reason": "node agent",
+                    "expires": "2999-01-01",
+                    "namespaces": ["legacy"],
+                },
+                {
+                    "rule": "pss-baseline/privileged",
+                    "owner": "ops",
+                    "reason": "long gone",
+                    "expires": "2020-01-01",
+                    "namespaces": ["retired"],
+                },
+            ]
+        ),
+    )
+    assert run_cli("init", env=env).returncode == 0
+    log_path = state / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*TRUSTPLANE, "serve"], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+        )
+    srv = Server(f"https://127.0.0.1:{port}", env, process, log_path)
+    srv.token = (state / "admin.token").read_text().strip()
+    srv.client = httpx.Client(
+        base_url=srv.url, timeout=10, verify=ssl.create_default_context(cafile=str(cert))
+    )
+    try:
+        wait_ready(srv)
+        yield srv
+    finally:
+        srv.stop()
+
+
+RESTRICTED_POD: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "web", "namespace": "default"},
+    "spec": {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "web",
+                "image": "registry.example.com/web:1.0",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+    },
+}
+
+
+def review(
+    obj: dict[str, Any], uid: str, namespace: str = "default", **request: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": obj["kind"]},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "name": obj["metadata"]["name"],
+            "operation": "CREATE",
+            "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+            "object": obj,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
+            **request,
+        },
+    }
+
+
+def post(server: Server, body: Any) -> dict[str, Any]:
+    response = server.client.post("/v1/admission", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["apiVersion"] == "admission.k8s.io/v1"
+    assert answer["kind"] == "AdmissionReview"
+    return dict(answer["response"])
+
+
+def privileged_deployment() -> dict[str, Any]:
+    pod_spec = copy.deepcopy(RESTRICTED_POD["spec"])
+    pod_spec["containers"][0]["securityContext"]["privileged"] = True
+    pod_spec["hostNetwork"] = True
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "agent"},
+        "spec": {"template": {"metadata": {"labels": {"app": "agent"}}, "spec": pod_spec}},
+    }
+
+
+def recorded(server: Server, decision_id: str) -> dict[str, Any] | None:
+    response = server.client.get(f"/v1/decisions/{decision_id}", headers=server.admin)
+    return None if response.status_code == 404 else dict(response.json())
+
+
+def test_a_compliant_pod_is_allowed_with_its_uid_echoed(server: Server) -> None:
+    answer = post(server, review(RESTRICTED_POD, "uid-allowed"))
+    assert answer["uid"] == "uid-allowed"
+    assert answer["allowed"] is True
+    assert "warnings" not in answer and "status" not in answer
+
+
+def test_a_privileged_deployment_is_refused_listing_each_failed_rule(server: Server) -> None:
+    answer = post(server, review(privileged_deployment(), "uid-refused"))
+    assert answer["allowed"] is False
+    assert answer["status"]["code"] == 403
+    message = answer["status"]["message"]
+    assert 'pss-baseline/privileged: privileged: containers "web"' in message
+    assert 'pss-baseline/hostNamespaces: host namespaces: pod must not set "hostNetwork"' in (
+        message
+    )
+    decision_id = answer["auditAnnotations"]["trustplane-decision"]
+    record = wait_for(lambda: recorded(server, decision_id))
+    assert record["decision"] == "deny"
+    assert set(record["reasons"]) >= {"pss-baseline/privileged", "pss-baseline/hostNamespaces"}
+    assert record["request"]["resource"] == {"type": "k8s::Deployment", "id": "default/agent"}
+    # Queryable by rule, like any policy.
+    rows = server.client.get(
+        "/v1/decisions", params={"policy": "pss-baseline/privileged"}, headers=server.admin
+    ).json()["decisions"]
+    assert decision_id in {row["decision_id"] for row in rows}
+
+
+def test_restricted_findings_are_warnings_of_at_most_120_characters(server: Server) -> None:
+    baseline_only = copy.deepcopy(RESTRICTED_POD)
+    del baseline_only["spec"]["securityContext"]
+    baseline_only["spec"]["containers"] = [
+        {"name": f"container-with-a-rather-long-name-{i}", "image": "x"} for i in range(6)
+    ]
+    answer = post(server, review(baseline_only, "uid-warned"))
+    assert answer["allowed"] is True
+    warnings = answer["warnings"]
+    assert any(w.startswith("runAsNonRoot != true: ") for w in warnings)
+    assert all(len(w) <= 120 for w in warnings)
+    assert any(w.endswith("…") for w in warnings)
+
+
+def test_namespace_modes_enforce_restricted_in_prod_and_only_audit_in_sandbox(
+    server: Server,
+) -> None:
+    baseline_only = copy.deepcopy(RESTRICTED_POD)
+    del baseline_only["spec"]["securityContext"]
+    prod = post(server, review(baseline_only, "uid-prod", namespace="prod"))
+    assert prod["allowed"] is False
+    assert "pss-restricted/runAsNonRoot" in prod["status"]["message"]
+    sandbox = post(server, review(privileged_deployment(), "uid-sandbox", namespace="sandbox"))
+    assert sandbox["allowed"] is True
+    assert "warnings" not in sandbox
+    assert "pss-baseline/privileged" in sandbox["auditAnnotations"]["audit-violations"]
+    record = wait_for(lambda: recorded(server, sandbox["auditAnnotations"]["trustplane-decision"]))
+    assert record["decision"] == "allow"
+    assert record["shadow"] == "deny"  # what enforcing the audited rules would answer
+    assert "pss-baseline/privileged" in record["would_change"]
+    findings = record["request"]["context"]["findings"]
+    assert {f["mode"] for f in findings} == {"audit"}
+
+
+def test_a_dry_run_is_answered_but_not_recorded(server: Server) -> None:
+    answer = post(server, review(privileged_deployment(), "uid-dry", dryRun=True))
+    assert answer["allowed"] is False
+    decision_id = answer["auditAnnotations"]["trustplane-decision"]
+    # A later review's record is committed after any the dry run could have made.
+    later = post(server, review(RESTRICTED_POD, "uid-after-dry"))
+    wait_for(lambda: recorded(server, later["auditAnnotations"]["trustplane-decision"]))
+    assert recorded(server, decision_id) is None
+
+
+def test_deletes_and_status_updates_are_allowed_without_review(server: Server) -> None:
+    deletion = post(server, review(privileged_deployment(), "uid-del", operation="DELETE"))
+    assert deletion["allowed"] is True
+    status = post(server, review(privileged_deployment(), "uid-status", subResource="status"))
+    assert status["allowed"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"", 400, "empty"),
+        (b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {}}',
+         422, "/apiVersion"),
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}', 422, "/request"),
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": '
+         b'{"kind": {"kind": "Pod"}, "operation": "CREATE"}}', 422, "/request/uid"),
+        (b'[1, 2]', 422, "invalid"),
+    ],
+)  # fmt: skip
+def test_bad_reviews_get_a_clear_4xx(server: Server, body: bytes, status: int, needle: str) -> None:
+    response = server.client.post(
+        "/v1/admission", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert needle in response.text
+
+
+def test_plain_http_is_not_served_on_the_tls_port(server: Server) -> None:
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(server.url.replace("https", "http") + "/healthz", timeout=5)
+
+
+def test_configured_exemptions_apply_until_they_expire(server: Server) -> None:
+    legacy = post(server, review(privileged_deployment(), "uid-legacy", namespace="legacy"))
+    assert legacy["allowed"] is False  # hostNetwork is not exempted
+    assert "pss-baseline/privileged" not in legacy["status"]["message"]
+    assert "pss-baseline/hostNamespaces" in legacy["status"]["message"]
+    retired = post(server, review(privileged_deployment(), "uid-retired", namespace="retired"))
+    assert "pss-baseline/privileged" in retired["status"]["message"]
