@@ -222,6 +222,17 @@ class IdentityKeys:
             jwt_signer=_active(jwt_keys),
         )
 
+    def jwt_verification_keys(self) -> dict[str, ec.EllipticCurvePublicKey]:
+        """Every JWT key the trust domain ever had (retired ones too), by kid, each opened
+        with the KEK: what re-verifies the server's own countersignatures (an image
+        attestation outlives the key that signed it). A key row written without the KEK does
+        not open, so it cannot vouch for anything."""
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(identity_keys).where(identity_keys.c.kind == KeyKind.JWT.value)
+            ).all()
+        return {row.kid: self._open(row).public_key for row in rows}
+
     def _open(self, row: Any) -> SigningKey:
         record = _record(row)
         der = self._kek.open(bytes(row.sealed_private), record.kid)
@@ -491,3 +502,19 @@ def _record(row: Any) -> KeyRecord:
 def _active(keys: Sequence[SigningKey]) -> SigningKey | None:
     active = [k for k in keys if k.record.state is KeyState.ACTIVE]
     return active[-1] if active else None
+
+
+def published_ca_certificates(engine: Engine) -> list[str]:
+    """The PEM certificates of the trust domain's published CAs (prepared, active,
+    superseded): what a client that trusts this trust domain's X.509 certificates holds, e.g.
+    a ValidatingWebhookConfiguration's `caBundle`. Public data: no KEK needed."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(identity_keys.c.public_pem)
+            .where(
+                identity_keys.c.kind == KeyKind.X509.value,
+                identity_keys.c.state.in_([s.value for s in PUBLISHED]),
+            )
+            .order_by(identity_keys.c.created_at)
+        ).all()
+    return [str(row.public_pem) for row in rows]
