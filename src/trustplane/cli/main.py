@@ -961,9 +961,12 @@ def _when(ts: float) -> str:
 
 # -- entry point ------------------------------------------------------------------------------
 
+from trustplane.cli.attest import attest_cmd, attestations_app  # noqa: E402  (same)
 from trustplane.cli.identity import identity_app  # noqa: E402  (it uses the helpers above)
 
 app.add_typer(identity_app, name="identity")
+app.command("attest")(attest_cmd)
+app.add_typer(attestations_app, name="attestations")
 
 
 def _fail(message: str) -> NoReturn:

@@ -104,6 +104,7 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
         workers=settings.workers,
         ssl_certfile=tls.cert_file if tls else None,
         ssl_keyfile=tls.key_file if tls else None,
+        ssl_context_factory=tls.context_factory if tls else None,
     )
 
 
