@@ -78,6 +78,7 @@ def attest_cmd(
 ) -> None:
     """Attest an image digest with this pipeline's trustplane identity; admission's
     zero-trust/image-attested admits images attested by an allowed signer."""
+    token, ci_token = token or None, ci_token or None  # an empty variable is no credential
     if (token is None) == (ci_token is None):
         raise CliError(
             "give one credential: --token (a JWT-SVID) or --ci-token (the pipeline's OIDC "
