@@ -192,9 +192,10 @@ def serve(
         raise CliError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
     if init_if_needed and not settings.ledger_key_file.exists():
         initialise(settings)
+    scheme = "https" if settings.tls_cert_file or settings.tls_from_ca else "http"
     err.print(
         f"trustplane serving [bold]{settings.bundle_dir}[/] on "
-        f"{'https' if settings.tls_cert_file else 'http'}://{settings.host}:{settings.port} "
+        f"{scheme}://{settings.host}:{settings.port} "
         f"(ledger: {settings.durability.value}, "
         f"workers: {settings.workers})"
     )
