@@ -349,7 +349,7 @@ def test_the_cli_attests_with_a_pipeline_token_and_lists(
     assert listed.returncode == 0, listed.stderr
     [item] = json.loads(listed.stdout)["attestations"]
     assert item["id"] == created["id"] and item["verified"] is True
-    table = run_cli("attestations", "list", env=env)
+    table = run_cli("attestations", "list", env={**env, "COLUMNS": "250"})
     assert table.returncode == 0 and "registry.example.com/shop/cli" in table.stdout
 
     unpinned = run_cli(

@@ -31,6 +31,7 @@ from trustplane.cli.main import (
     _when,
     out,
 )
+from trustplane.posture.image_attestations import AttestationError, ImageRef
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -84,6 +85,10 @@ def attest_cmd(
             "give one credential: --token (a JWT-SVID) or --ci-token (the pipeline's OIDC "
             "token, exchanged first); or TRUSTPLANE_ATTEST_TOKEN / TRUSTPLANE_CI_TOKEN"
         )
+    try:
+        ImageRef.parse(image)  # before any token is spent on it
+    except AttestationError as exc:
+        raise CliError(str(exc)) from None
     settings = _ctx(ctx).settings()
     base = _server(settings, url)
     body = {"image": image, "predicate_type": predicate_type, "predicate": _predicate(predicate)}
