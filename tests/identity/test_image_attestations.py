@@ -80,11 +80,7 @@ def test_index_holds_what_verifies_and_follows_the_store(
     first = _attest(store, identity_keys, f"registry.example.com/shop/api@{DIGEST}")
     index.refresh()
     [found] = index.lookup(DIGEST)
-    assert (found.id, found.signer, found.repository) == (
-        first,
-        CI,
-        "registry.example.com/shop/api",
-    )
+    assert (found.id, found.signer, found.digest) == (first, CI, DIGEST)
     assert index.lookup(OTHER) == ()
 
     # a row changed in the database without the trust domain's key vouches for nothing

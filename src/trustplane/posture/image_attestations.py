@@ -189,6 +189,17 @@ def read_envelope(
         raise AttestationError(f"the signed payload is not an attestation: {exc!r}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class Attested:
+    """What admission needs of a verified attestation (the predicate and envelope, which can be
+    large, stay in the store)."""
+
+    id: str
+    digest: str
+    signer: str
+    predicate_type: str
+
+
 @dataclass(frozen=True)
 class AttestationQuery:
     digest: str | None = None
@@ -270,8 +281,8 @@ class AttestationIndex:
     def __init__(self, store: AttestationStore, keys: KeySource) -> None:
         self._store = store
         self._keys = keys
-        self._verified: dict[str, Attestation] = {}
-        self._by_digest: dict[str, tuple[Attestation, ...]] = {}
+        self._verified: dict[str, Attested] = {}
+        self._by_digest: dict[str, tuple[Attested, ...]] = {}
         self._rejected: set[str] = set()
         self._lock = threading.Lock()
 
@@ -284,20 +295,22 @@ class AttestationIndex:
                 keys = self._keys()
                 for row in self._store.rows(new):
                     try:
-                        verified[row.id] = read_envelope(
-                            row.id, row.decision_id, row_envelope(row), keys
-                        )
+                        found = read_envelope(row.id, row.decision_id, row_envelope(row), keys)
                     except (AttestationError, ValueError) as exc:
                         if row.id not in self._rejected:
                             log.warning("attestation %s ignored: %s", row.id, exc)
                             self._rejected.add(row.id)
-            by_digest: dict[str, list[Attestation]] = {}
+                        continue
+                    verified[row.id] = Attested(
+                        found.id, found.digest, found.signer, found.predicate_type
+                    )
+            by_digest: dict[str, list[Attested]] = {}
             for item in verified.values():
                 by_digest.setdefault(item.digest, []).append(item)
             self._verified = verified
             self._by_digest = {k: tuple(v) for k, v in by_digest.items()}
 
-    def lookup(self, digest: str) -> tuple[Attestation, ...]:
+    def lookup(self, digest: str) -> tuple[Attested, ...]:
         return self._by_digest.get(digest, ())
 
     def __len__(self) -> int:
