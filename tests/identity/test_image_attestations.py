@@ -7,12 +7,14 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, update
 
+from tests.support import run_cli
 from trustplane.identity.dsse import EnvelopeError, sign_envelope, verify_envelope
 from trustplane.identity.keys import IdentityKeys
 from trustplane.posture.engine import Engine as PostureEngine
@@ -168,3 +170,15 @@ def test_the_zero_trust_rule_with_and_without_the_attestation_store(
     without_store = PostureEngine(rules, PARAMS)
     assert "zero-trust/image-attested" in without_store.skipped
     assert all(f.rule_id != "zero-trust/image-attested" for f in without_store.evaluate(_pod("x")))
+
+
+def test_scan_leaves_the_rule_out_and_says_so(tmp_path: Path) -> None:
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(json.dumps(_pod("registry.example.com/shop/api:1.0")))
+    result = run_cli("scan", str(manifest), "--pack", "zero-trust", "--json")
+    assert result.returncode in (0, 1), result.stderr
+    assert "zero-trust/image-attested not checked: it needs the image attestations" in (
+        " ".join(result.stderr.split())
+    )
+    rules = {f["rule"] for f in json.loads(result.stdout)["findings"]}
+    assert "zero-trust/image-digest" in rules and "zero-trust/image-attested" not in rules
