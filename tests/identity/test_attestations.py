@@ -352,6 +352,22 @@ def test_the_cli_attests_with_a_pipeline_token_and_lists(
     table = run_cli("attestations", "list", env={**env, "COLUMNS": "250"})
     assert table.returncode == 0 and "registry.example.com/shop/cli" in table.stdout
 
+    withdrawn = run_cli(
+        "attestations",
+        "withdraw",
+        created["id"],
+        "--reason",
+        "build compromised",
+        "--json",
+        env=env,
+    )
+    assert withdrawn.returncode == 0, withdrawn.stderr
+    assert json.loads(withdrawn.stdout)["withdrawn"] is True
+    again = admit(server, pod(image, name="cli"), "uid-cli-withdrawn")
+    assert again["allowed"] is False and "no attestation for" in again["status"]["message"]
+    gone = run_cli("attestations", "withdraw", created["id"], "--reason", "twice", env=env)
+    assert gone.returncode == 2 and "no attestation" in gone.stderr
+
     unpinned = run_cli(
         "attest", "registry.example.com/shop/cli:1", "--predicate-type", SLSA, env=env
     )

@@ -185,3 +185,25 @@ def list_cmd(
             verified,
         )
     out.print(table)
+
+
+@attestations_app.command("withdraw")
+def withdraw_cmd(
+    ctx: typer.Context,
+    attestation_id: Annotated[str, typer.Argument(help="Attestation id (from `list`).")],
+    reason: Annotated[str, typer.Option(help="Why: kept in the ledger.")] = "",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Withdraw an attestation (e.g. a build found compromised): its digest stops counting at
+    admission on every node."""
+    if not reason.strip():
+        raise CliError("--reason is required: it is what the audit trail shows")
+    settings = _ctx(ctx).settings()
+    path = f"/v1/attestations/{attestation_id}"
+    doc = _http("DELETE", _server(settings, url), path, _token(settings), {"reason": reason})
+    result = doc.json()
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(f"[green]✓[/] withdrew attestation {result['id']} of {result['image']}")

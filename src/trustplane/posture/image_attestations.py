@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, delete, insert, select
 
 from trustplane.identity.dsse import EnvelopeError, VerifiedEnvelope, verify_envelope
 from trustplane.store.feed import announce
@@ -240,6 +240,19 @@ class AttestationStore:
             )
             announce(connection, TOPIC)
         return attestation_id
+
+    def withdraw(self, attestation_id: str) -> Any | None:
+        """Remove an attestation (a build found compromised); its row, or None if unknown.
+        Announced, so every index drops it."""
+        with self._engine.begin() as connection:
+            row = connection.execute(
+                select(attestations).where(attestations.c.id == attestation_id)
+            ).first()
+            if row is None:
+                return None
+            connection.execute(delete(attestations).where(attestations.c.id == attestation_id))
+            announce(connection, TOPIC)
+        return row
 
     def ids(self) -> set[str]:
         with self._engine.connect() as connection:

@@ -7,7 +7,8 @@ checks it.
   foreign token gets 401, a revoked one 403, each as problem+json naming the reason. The
   accepted attestation is countersigned (posture/image_attestations.py), stored, announced on
   the change feed and recorded in the ledger.
-- `GET /v1/attestations`: the admin's view, each attestation re-verified as it is listed.
+- `GET /v1/attestations`: the admin's view, each attestation re-verified as it is listed;
+  `DELETE /v1/attestations/{id}` (with a reason) withdraws one, e.g. a build found compromised.
 """
 
 from __future__ import annotations
@@ -177,6 +178,40 @@ class AttestationsApi:
                 )
         return json_response({"attestations": items})
 
+    async def withdraw(self, request: Request) -> Response:
+        """Withdraw an attestation: its digest stops counting at every node once the change
+        feed is heard (at once on this one). The withdrawal is a ledger record."""
+        actor = self._admin.authenticate(request)
+        self._service()
+        body = parse_model(WithdrawBody, await read_body(request, self._limit))
+        attestation_id = request.path_params["attestation_id"]
+        store = self._runtime.attestation_store
+        row = await run_in_threadpool(store.withdraw, attestation_id)
+        if row is None:
+            raise Problem(
+                404, "not-found", "Attestation not found", f"no attestation {attestation_id}"
+            )
+        context = {"attestation_id": row.id, "signer": row.signer, "reason": body.reason}
+        await self._pdp.record(
+            AccessRequest(
+                principal=EntityRef("Admin", actor),
+                action=EntityRef("Action", "attestation:withdraw"),
+                resource=EntityRef("Image", row.image),
+                context=context,
+            ),
+            _accepted(time.time()),
+        )
+        if self._runtime.attestations is not None:
+            await run_in_threadpool(self._runtime.attestations.refresh)
+        return json_response(
+            {"id": row.id, "image": row.image, "signer": row.signer, "withdrawn": True}
+        )
+
+
+class WithdrawBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: StrictStr = Field(min_length=1, max_length=2000)
+
 
 def _bearer(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
@@ -296,4 +331,5 @@ def attestation_routes(api: AttestationsApi) -> list[Route]:
     return [
         Route("/v1/attestations", api.create, methods=["POST"]),
         Route("/v1/attestations", api.query, methods=["GET"]),
+        Route("/v1/attestations/{attestation_id}", api.withdraw, methods=["DELETE"]),
     ]

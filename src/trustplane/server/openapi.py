@@ -188,6 +188,19 @@ def openapi_document() -> dict[str, Any]:
                     params=["image", "digest", "signer", "predicate_type", "limit"],
                 ),
             },
+            "/v1/attestations/{attestation_id}": {
+                "delete": {
+                    **_admin('Withdraw an attestation (body: {"reason": …})')["get"],
+                    "parameters": [
+                        {
+                            "name": "attestation_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                }
+            },
             "/.well-known/authzen-configuration": {
                 "get": {
                     "summary": "PDP metadata (AuthZEN)",
