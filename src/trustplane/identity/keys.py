@@ -15,6 +15,7 @@ Private keys are sealed with the KEK (`kek.py`) before they reach the store.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -28,9 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, insert, select, update
 
-from trustplane.identity.kek import Kek
+from trustplane.identity.kek import Kek, KekError
 from trustplane.store.feed import announce
 from trustplane.store.tables import change_versions, identity_keys
+
+log = logging.getLogger("trustplane.identity.keys")
 
 TOPIC = "identity_keys"
 ALGORITHM = "ES256"  # ECDSA P-256 with SHA-256, for CAs and JWT keys alike
@@ -226,12 +229,19 @@ class IdentityKeys:
         """Every JWT key the trust domain ever had (retired ones too), by kid, each opened
         with the KEK: what re-verifies the server's own countersignatures (an image
         attestation outlives the key that signed it). A key row written without the KEK does
-        not open, so it cannot vouch for anything."""
+        not open, so it cannot vouch for anything: it is logged and left out (one bad row must
+        not stop the keys that do open from verifying)."""
         with self._engine.connect() as connection:
             rows = connection.execute(
                 select(identity_keys).where(identity_keys.c.kind == KeyKind.JWT.value)
             ).all()
-        return {row.kid: self._open(row).public_key for row in rows}
+        keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        for row in rows:
+            try:
+                keys[row.kid] = self._open(row).public_key
+            except (KekError, RotationError, ValueError) as exc:
+                log.warning("JWT key %s left out of verification: %s", row.kid, exc)
+        return keys
 
     def _open(self, row: Any) -> SigningKey:
         record = _record(row)
