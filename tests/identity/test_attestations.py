@@ -35,7 +35,14 @@ from trustplane.config import Settings
 from trustplane.identity.kek import Kek, load_kek, new_kek
 from trustplane.identity.keys import IdentityKeys
 from trustplane.identity.spiffe_id import SpiffeId
+from trustplane.identity.dsse import sign_envelope
 from trustplane.identity.svid import issue_jwt_svid
+from trustplane.posture.image_attestations import (
+    PAYLOAD_TYPE,
+    AttestationStore,
+    ImageRef,
+    build_payload,
+)
 from trustplane.store.database import create_store_engine, migrate
 
 pytestmark = pytest.mark.slow
@@ -169,7 +176,7 @@ def pod(image: str, name: str = "api") -> dict[str, Any]:
     }
 
 
-def admit(server: Server, obj: dict[str, Any], uid: str) -> dict[str, Any]:
+def admit(server: Server, obj: dict[str, Any], uid: str, dry_run: bool = False) -> dict[str, Any]:
     review = {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -181,6 +188,7 @@ def admit(server: Server, obj: dict[str, Any], uid: str) -> dict[str, Any]:
             "operation": "CREATE",
             "userInfo": {"username": "deployer"},
             "object": obj,
+            "dryRun": dry_run,
         },
     }
     response = server.client.post("/v1/admission", json=review)
@@ -381,3 +389,30 @@ def test_the_cli_attests_with_a_pipeline_token_and_lists(
         "attest", image, "--predicate-type", SLSA, env={**env, "TRUSTPLANE_CI_TOKEN": ""}
     )
     assert neither.returncode == 2 and "give one credential" in neither.stderr
+
+
+def test_an_attestation_stored_by_another_replica_reaches_admission_through_the_feed(
+    server: Server, tmp_path: Path
+) -> None:
+    """Another replica on the same store (here: this test process) takes an attestation; the
+    serving node hears of it on the change feed and admits the digest, without a restart and
+    without querying the store per review."""
+    image = "registry.example.com/shop/replica@sha256:" + "12" * 32
+    assert (
+        admit(server, pod(image, name="replica"), "uid-replica-0", dry_run=True)["allowed"] is False
+    )
+    engine = create_store_engine(server.env["TRUSTPLANE_DATABASE_URL"])
+    try:
+        kek = load_kek(Settings(identity_kek_file=Path(server.env["TRUSTPLANE_IDENTITY_KEK_FILE"])))
+        signer = IdentityKeys(engine, kek, TRUST_DOMAIN).load().jwt_signer
+        assert signer is not None
+        ref = ImageRef.parse(image)
+        now = time.time()
+        payload = build_payload(ref, SLSA, {}, CI_ID, now, {})
+        envelope = sign_envelope(PAYLOAD_TYPE, payload, signer.kid, signer.private_key)
+        AttestationStore(engine).add(ref, SLSA, CI_ID, now, "replica-decision", envelope)
+    finally:
+        engine.dispose()
+    wait_for(
+        lambda: admit(server, pod(image, name="replica"), "uid-replica", dry_run=True)["allowed"]
+    )
