@@ -32,10 +32,10 @@ from tests.support import (
     wait_ready,
 )
 from trustplane.config import Settings
+from trustplane.identity.dsse import sign_envelope
 from trustplane.identity.kek import Kek, load_kek, new_kek
 from trustplane.identity.keys import IdentityKeys
 from trustplane.identity.spiffe_id import SpiffeId
-from trustplane.identity.dsse import sign_envelope
 from trustplane.identity.svid import issue_jwt_svid
 from trustplane.posture.image_attestations import (
     PAYLOAD_TYPE,
