@@ -144,3 +144,20 @@ def test_configuration_errors_name_what_is_missing(tmp_path: Path) -> None:
             tls_cert_file=cert,
             tls_key_file=cert,
         )
+
+
+def test_workers_get_the_kek_and_the_certificate_factory_intact(settings: Settings) -> None:
+    """Workers are fresh interpreters: the settings reach them as JSON (where secrets would be
+    masked) and the TLS context factory pickled."""
+    import pickle
+
+    from trustplane.server.serve import _worker_settings
+
+    assert settings.identity_kek is not None
+    worker = Settings.model_validate_json(_worker_settings(settings))
+    assert worker.identity_kek is not None
+    assert worker.identity_kek.get_secret_value() == settings.identity_kek.get_secret_value()
+    served = serving_certificate(settings)
+    assert served is not None
+    copied = pickle.loads(pickle.dumps(served.context_factory))
+    assert copied.settings.tls_dns_names == NAMES
