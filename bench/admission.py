@@ -49,6 +49,7 @@ from trustplane.config import Settings
 from trustplane.enforcement.admission import AdmissionReview, AdmissionWebhook
 from trustplane.posture.engine import Engine
 from trustplane.posture.functions import CUSTOM_FUNCTIONS
+from trustplane.posture.image_attestations import unattested_function
 from trustplane.posture.packs import PackRef, pack_names, selection
 from trustplane.posture.rules import Mode
 from trustplane.posture.workloads import pod_of
@@ -138,7 +139,10 @@ def in_process(quick: bool) -> dict[str, Any]:
     obj = deployment()
     every_pack = [(PackRef.parse(name), Mode.ENFORCE) for name in pack_names()]
     chosen = selection(every_pack)
-    engine = Engine(chosen, PARAMS)
+    # zero-trust/image-attested asks the attestation index; an empty one here (the images are
+    # not pinned, so none could be attested), as the webhook below has without a store.
+    service = {"unattested": unattested_function(None)}
+    engine = Engine(chosen, PARAMS, functions=service)
     pod = pod_of(obj)
     assert pod is not None
     variables = {
@@ -152,7 +156,7 @@ def in_process(quick: bool) -> dict[str, Any]:
         "containers": pod.containers(),
     }
     programs = [s.variant.program for s in chosen]
-    context = cel.Context(variables, functions=CUSTOM_FUNCTIONS)
+    context = cel.Context(variables, functions={**CUSTOM_FUNCTIONS, **service})
 
     def raw(_: Any) -> None:
         for program in programs:

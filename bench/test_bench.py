@@ -160,7 +160,11 @@ def test_admission_bench_object_and_report() -> None:
     restricted = Engine(select(load_pack("pss-restricted").rules, None))
     assert restricted.evaluate(obj) == []  # it passes restricted: every rule runs to the end
     inproc = admission.in_process(quick=True)
-    assert inproc["findings"] == ["zero-trust/egress-annotation", "zero-trust/image-digest"]
+    assert inproc["findings"] == [
+        "zero-trust/egress-annotation",
+        "zero-trust/image-attested",
+        "zero-trust/image-digest",
+    ]
     served = {
         "review": {"n": 2, "p50_ms": 3.0, "p99_ms": 12.0, "max_ms": 12.0},
         "healthz": {"n": 2, "p50_ms": 0.3, "p99_ms": 0.5, "max_ms": 0.5},

@@ -282,6 +282,20 @@ class Settings(BaseSettings):
         None, description="PEM certificate (chain) to serve HTTPS with; with tls_key_file."
     )
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_from_ca: bool = Field(
+        False,
+        description="Serve HTTPS with a certificate the trust-domain CA issues to this server "
+        "(state_dir/tls/serving.pem, renewed at half its life while serving); needs the "
+        "identity plane and tls_dns_names; instead of tls_cert_file.",
+    )
+    tls_dns_names: list[str] = Field(
+        default_factory=list,
+        description="Names in the CA-issued serving certificate: the DNS names clients use "
+        "(e.g. trustplane.trustplane.svc for the webhook's Service); IP addresses become IP SANs.",
+    )
+    tls_cert_ttl_seconds: int = Field(
+        86_400, ge=600, le=2_592_000, description="Lifetime of the CA-issued serving certificate."
+    )
     admin_token: str | None = Field(
         None, description="Admin token for CLI calls to a server; default: state_dir/admin.token."
     )
@@ -332,6 +346,10 @@ class Settings(BaseSettings):
     def _tls_pair(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_from_ca and self.tls_cert_file is not None:
+            raise ValueError("tls_from_ca and tls_cert_file exclude each other: choose one")
+        if self.tls_from_ca and not self.tls_dns_names:
+            raise ValueError("tls_from_ca needs tls_dns_names (the names clients connect to)")
         return self
 
     @classmethod

@@ -8,8 +8,10 @@ Changes go through the running server's admin API (the KEK stays with the server
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +32,7 @@ from trustplane.cli.main import (
 )
 from trustplane.identity.entries import EntryError
 from trustplane.identity.kek import KekError, write_kek_file
-from trustplane.identity.keys import KeyKind, RotationError
+from trustplane.identity.keys import KeyKind, RotationError, published_ca_certificates
 from trustplane.identity.service import IdentityNotInitialised, IdentityService
 from trustplane.identity.spiffe_id import SpiffeIdError
 from trustplane.store.feed import ChangeFeed
@@ -119,6 +121,49 @@ def import_cmd(
         _emit_json(record.as_dict())
         return
     out.print(f"[green]✓[/] imported {record.kind.value} key {record.kid} ({record.state.value})")
+
+
+@identity_app.command("bundle")
+def bundle_cmd(
+    ctx: typer.Context,
+    pem: Annotated[bool, typer.Option("--pem", help="PEM certificates (the default).")] = False,
+    b64: Annotated[
+        bool, typer.Option("--base64", help="One line of base64 PEM, as caBundle takes it.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The trust domain's CA certificates, read from the store: what a client trusts to talk
+    to trustplane's CA-issued HTTPS certificate (tls_from_ca), e.g. the caBundle of a
+    ValidatingWebhookConfiguration. Every published CA is included, the prepared one too, so
+    a bundle taken after a rotation's prepare step keeps working once it activates."""
+    if pem and b64:
+        raise CliError("give --pem or --base64, not both")
+    settings = _ctx(ctx).settings()
+    engine = _store_engine(settings)
+    try:
+        certificates = published_ca_certificates(engine)
+    finally:
+        engine.dispose()
+    if not certificates:
+        raise CliError(
+            f"trust domain {settings.trust_domain} has no CA yet: configure a KEK and run "
+            "`trustplane identity init`"
+        )
+    text = "".join(c if c.endswith("\n") else c + "\n" for c in certificates)
+    encoded = base64.b64encode(text.encode()).decode()
+    if as_json:
+        _emit_json(
+            {
+                "trust_domain": settings.trust_domain,
+                "certificates": len(certificates),
+                "pem": text,
+                "ca_bundle": encoded,
+            }
+        )
+    elif b64:
+        sys.stdout.write(encoded + "\n")
+    else:
+        sys.stdout.write(text)
 
 
 @identity_app.command("keys")

@@ -192,9 +192,10 @@ def serve(
         raise CliError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
     if init_if_needed and not settings.ledger_key_file.exists():
         initialise(settings)
+    scheme = "https" if settings.tls_cert_file or settings.tls_from_ca else "http"
     err.print(
         f"trustplane serving [bold]{settings.bundle_dir}[/] on "
-        f"{'https' if settings.tls_cert_file else 'http'}://{settings.host}:{settings.port} "
+        f"{scheme}://{settings.host}:{settings.port} "
         f"(ledger: {settings.durability.value}, "
         f"workers: {settings.workers})"
     )
@@ -961,9 +962,12 @@ def _when(ts: float) -> str:
 
 # -- entry point ------------------------------------------------------------------------------
 
+from trustplane.cli.attest import attest_cmd, attestations_app  # noqa: E402  (same)
 from trustplane.cli.identity import identity_app  # noqa: E402  (it uses the helpers above)
 
 app.add_typer(identity_app, name="identity")
+app.command("attest")(attest_cmd)
+app.add_typer(attestations_app, name="attestations")
 
 
 def _fail(message: str) -> NoReturn:

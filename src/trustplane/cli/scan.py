@@ -117,6 +117,8 @@ def scan(
 
         result = scanner.scan(paths, advance)
     _report(result, fmt, output)
+    for rule_id, needs in engine.skipped.items():
+        err.print(f"[yellow]note:[/] {rule_id} not checked: it needs {escape(needs)}")
     for note in result.skipped:
         err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     for problem in result.errors:

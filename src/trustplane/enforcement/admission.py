@@ -10,6 +10,9 @@ Every review except a dry run is recorded in the decision ledger through the PDP
 reasons are the enforced rules that refused, the shadow answer is what enforcing the warn and
 audit findings too would give (so `trustplane decisions --shadow-mismatch` lists what
 tightening a namespace would refuse). A dry run has no side effects: nothing is recorded.
+
+`zero-trust/image-attested` asks the in-memory attestation index (kept current by the change
+feed) through the CEL function `unattested`; a review never queries the store.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from trustplane.model import (
     new_decision_id,
 )
 from trustplane.posture.engine import Engine, Finding, select
+from trustplane.posture.image_attestations import AttestationIndex, unattested_function
 from trustplane.posture.packs import PackRef, load_rule_file, selection
 from trustplane.posture.rules import Mode, exemptions_by_rule
 from trustplane.posture.workloads import pod_of
@@ -83,8 +87,16 @@ class AdmissionWebhook:
 
     PATH = "/v1/admission"
 
-    def __init__(self, pdp: PolicyDecisionPoint | None, settings: Settings) -> None:
+    def __init__(
+        self,
+        pdp: PolicyDecisionPoint | None,
+        settings: Settings,
+        attestations: AttestationIndex | None = None,
+    ) -> None:
+        """`attestations`: the index `unattested` answers from; None (no identity plane): no
+        image counts as attested, and the refusal says why."""
         self._pdp = pdp
+        self._functions = {"unattested": unattested_function(attestations)}
         self._limit = settings.max_body_bytes
         self._params = settings.admission_params
         self._exemptions = exemptions_by_rule(settings.admission_exemptions)
@@ -101,7 +113,7 @@ class AdmissionWebhook:
         refs += [(PackRef.parse(p), Mode.WARN) for p in modes.warn]
         refs += [(PackRef.parse(p), Mode.AUDIT) for p in modes.audit]
         own = select(self._own_rules, None)  # every namespace, each rule with its own mode
-        return Engine([*selection(refs), *own], self._params, self._exemptions)
+        return Engine([*selection(refs), *own], self._params, self._exemptions, self._functions)
 
     async def handle(self, request: Request) -> Response:
         review = parse_model(AdmissionReview, await read_body(request, self._limit))

@@ -15,6 +15,7 @@ Private keys are sealed with the KEK (`kek.py`) before they reach the store.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -28,9 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, insert, select, update
 
-from trustplane.identity.kek import Kek
+from trustplane.identity.kek import Kek, KekError
 from trustplane.store.feed import announce
 from trustplane.store.tables import change_versions, identity_keys
+
+log = logging.getLogger("trustplane.identity.keys")
 
 TOPIC = "identity_keys"
 ALGORITHM = "ES256"  # ECDSA P-256 with SHA-256, for CAs and JWT keys alike
@@ -221,6 +224,24 @@ class IdentityKeys:
             x509_signer=_active(x509_keys),
             jwt_signer=_active(jwt_keys),
         )
+
+    def jwt_verification_keys(self) -> dict[str, ec.EllipticCurvePublicKey]:
+        """Every JWT key the trust domain ever had (retired ones too), by kid, each opened
+        with the KEK: what re-verifies the server's own countersignatures (an image
+        attestation outlives the key that signed it). A key row written without the KEK does
+        not open, so it cannot vouch for anything: it is logged and left out (one bad row must
+        not stop the keys that do open from verifying)."""
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(identity_keys).where(identity_keys.c.kind == KeyKind.JWT.value)
+            ).all()
+        keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        for row in rows:
+            try:
+                keys[row.kid] = self._open(row).public_key
+            except (KekError, RotationError, ValueError) as exc:
+                log.warning("JWT key %s left out of verification: %s", row.kid, exc)
+        return keys
 
     def _open(self, row: Any) -> SigningKey:
         record = _record(row)
@@ -491,3 +512,19 @@ def _record(row: Any) -> KeyRecord:
 def _active(keys: Sequence[SigningKey]) -> SigningKey | None:
     active = [k for k in keys if k.record.state is KeyState.ACTIVE]
     return active[-1] if active else None
+
+
+def published_ca_certificates(engine: Engine) -> list[str]:
+    """The PEM certificates of the trust domain's published CAs (prepared, active,
+    superseded): what a client that trusts this trust domain's X.509 certificates holds, e.g.
+    a ValidatingWebhookConfiguration's `caBundle`. Public data: no KEK needed."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(identity_keys.c.public_pem)
+            .where(
+                identity_keys.c.kind == KeyKind.X509.value,
+                identity_keys.c.state.in_([s.value for s in PUBLISHED]),
+            )
+            .order_by(identity_keys.c.created_at)
+        ).all()
+    return [str(row.public_pem) for row in rows]

@@ -20,13 +20,13 @@ a 10-container pod), so only the variables some selected rule names are built, o
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import cel
 
-from trustplane.posture.functions import CUSTOM_FUNCTIONS
+from trustplane.posture.functions import CUSTOM_FUNCTIONS, SERVICE_FUNCTIONS
 from trustplane.posture.rules import Exemption, Mode, Rule, Severity, Variant
 from trustplane.posture.workloads import pod_of
 
@@ -83,9 +83,25 @@ class Engine:
         selected: Iterable[Selected],
         params: Mapping[str, Any] | None = None,
         exemptions: Mapping[str, Sequence[Exemption]] | None = None,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
-        """`exemptions`: more exemptions by rule id (the operator's, beside the rule file's)."""
-        self.selected = list(selected)
+        """`exemptions`: more exemptions by rule id (the operator's, beside the rule file's);
+        `functions`: implementations of SERVICE_FUNCTIONS. A rule calling a service function
+        not given here is left out, and named in `skipped` with what it needs."""
+        self._functions = {**CUSTOM_FUNCTIONS, **(functions or {})}
+        self.skipped: dict[str, str] = {}
+        kept: list[Selected] = []
+        for item in selected:
+            missing = [
+                SERVICE_FUNCTIONS[name]
+                for name in item.variant.program.functions()
+                if name in SERVICE_FUNCTIONS and name not in self._functions
+            ]
+            if missing:
+                self.skipped[item.rule.id] = missing[0]
+            else:
+                kept.append(item)
+        self.selected = kept
         self._params = dict(params or {})
         self._exemptions = {k: tuple(v) for k, v in (exemptions or {}).items()}
         self._pod_rules = [s for s in self.selected if s.rule.matches_pods]
@@ -141,7 +157,7 @@ class Engine:
                 variables["containers"] = pod.containers()
             labels = {**_labels(pod.metadata), **labels}
         try:
-            context = cel.Context(variables, functions=CUSTOM_FUNCTIONS)
+            context = cel.Context(variables, functions=self._functions)
         except Exception as exc:  # a value CEL cannot represent: every rule fails closed
             reason = f"rule could not be evaluated: the object cannot be read: {exc}"
             pod_path = pod.spec_path if pod is not None else ""

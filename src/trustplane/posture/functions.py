@@ -2,6 +2,10 @@
 
 They are registered by name in every evaluation context and allowed by the rule loader; a rule
 calling any other unknown function is refused at load.
+
+`SERVICE_FUNCTIONS` are allowed at load too but need state only a server holds (the image
+attestations): the admission webhook provides them; an engine built without them (`trustplane
+scan`) leaves out the rules that call them and says so, rather than guessing an answer.
 """
 
 from __future__ import annotations
@@ -44,4 +48,9 @@ def matches_cached(value: Any, pattern: Any) -> bool:
 CUSTOM_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "entropy": entropy,
     "matchesCached": matches_cached,
+}
+
+# name → what it needs; implemented where that exists (posture/image_attestations.py).
+SERVICE_FUNCTIONS: dict[str, str] = {
+    "unattested": "the image attestations recorded in trustplane (checked at admission)",
 }

@@ -19,7 +19,7 @@ import cel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trustplane.config import PostureExemption
-from trustplane.posture.functions import CUSTOM_FUNCTIONS
+from trustplane.posture.functions import CUSTOM_FUNCTIONS, SERVICE_FUNCTIONS
 from trustplane.posture.yamldocs import Document, YamlError, read_documents
 
 # CEL's own functions (cel-spec standard definitions) the expression may call; anything else is
@@ -303,6 +303,7 @@ def _compile(expression: str, source: str, line: int, problems: list[str]) -> ce
         if name[:1] not in ("_", "@", "!", "-")
         and name not in STANDARD_FUNCTIONS
         and name not in CUSTOM_FUNCTIONS
+        and name not in SERVICE_FUNCTIONS
     )
     if unknown:
         problems.append(f"{source}:{line}: invalid CEL: unknown function {', '.join(unknown)}")

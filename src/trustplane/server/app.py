@@ -26,6 +26,7 @@ from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAut
 from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
 from trustplane.server.admin import AdminApi
+from trustplane.server.attestations import AttestationsApi, attestation_routes
 from trustplane.server.authzen import AuthZenApi
 from trustplane.server.identity import IdentityApi, identity_routes
 from trustplane.server.openapi import openapi_document
@@ -48,7 +49,8 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     forward_auth = ForwardAuth(enforcer)
     envoy_http = EnvoyHttp(enforcer, settings.strip_credential)
     identity = IdentityApi(runtime, admin, verifier_from_settings(settings.issuers))
-    admission = AdmissionWebhook(pdp, settings)
+    admission = AdmissionWebhook(pdp, settings, runtime.attestations)
+    attestations = AttestationsApi(runtime, pdp, admin)
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -98,6 +100,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         Route("/v1/ledger/proof/inclusion", admin.inclusion, methods=["GET"]),
         Route("/v1/ledger/proof/consistency", admin.consistency, methods=["GET"]),
         *identity_routes(identity),
+        *attestation_routes(attestations),
     ]
 
     async def on_problem(request: Request, exc: Exception) -> Response:

@@ -9,6 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from trustplane import __version__
 from trustplane.server.admin import ActivateBody, RollbackBody
+from trustplane.server.attestations import AttestBody
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
 
 _REF = "#/components/schemas/{model}"
@@ -52,7 +53,7 @@ def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
             (m, "validation")
-            for m in (EvaluationRequest, EvaluationsRequest, ActivateBody, RollbackBody)
+            for m in (EvaluationRequest, EvaluationsRequest, ActivateBody, RollbackBody, AttestBody)
         ],
         ref_template=_REF.replace("{model}", "{model}"),
     )
@@ -158,6 +159,48 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/attestations": {
+                "post": {
+                    "summary": "Attest an image digest (CI)",
+                    "description": "Authorization: Bearer <JWT-SVID of this trust domain, "
+                    "audience: the server's identity issuer>. The server countersigns the "
+                    "in-toto statement (a DSSE envelope), stores it and records it in the "
+                    "ledger; admission's zero-trust/image-attested admits the digest. 401 for "
+                    "an invalid, expired, foreign or wrongly addressed token, 403 when revoked.",
+                    "tags": ["attestations"],
+                    "security": [{"jwtSvid": []}],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": _REF.format(model="AttestBody")}
+                            }
+                        }
+                    },
+                    "responses": {
+                        "201": {"description": "The attestation with its envelope"},
+                        "401": _PROBLEM,
+                        "403": _PROBLEM,
+                        "4XX": _PROBLEM,
+                    },
+                },
+                **_admin(
+                    "Recorded attestations, each re-verified",
+                    params=["image", "digest", "signer", "predicate_type", "limit"],
+                ),
+            },
+            "/v1/attestations/{attestation_id}": {
+                "delete": {
+                    **_admin('Withdraw an attestation (body: {"reason": …})')["get"],
+                    "parameters": [
+                        {
+                            "name": "attestation_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                }
+            },
             "/.well-known/authzen-configuration": {
                 "get": {
                     "summary": "PDP metadata (AuthZEN)",
@@ -220,6 +263,9 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": components,
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "adminToken": {"type": "http", "scheme": "bearer"},
+                "jwtSvid": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT-SVID"},
+            },
         },
     }

@@ -26,6 +26,8 @@ from trustplane.identity.entries import TOPIC as ENTRIES_TOPIC
 from trustplane.identity.inventory import Inventory
 from trustplane.identity.keys import TOPIC as KEYS_TOPIC
 from trustplane.identity.service import IdentityService
+from trustplane.posture.image_attestations import TOPIC as ATTESTATIONS_TOPIC
+from trustplane.posture.image_attestations import AttestationIndex, AttestationStore
 from trustplane.recovery.revocation import TOPIC as REVOCATIONS_TOPIC
 from trustplane.recovery.revocation import RevocationList, RevocationStore
 from trustplane.store.bundles import BUNDLES_TOPIC, BundleStore
@@ -199,6 +201,15 @@ class Runtime:
             self.identity = IdentityService(settings, self.engine, inventory=self.inventory)
             self.feed.subscribe(KEYS_TOPIC, self.identity.refresh_keys)
             self.feed.subscribe(ENTRIES_TOPIC, self.identity.entries.refresh)
+        # Image attestations are countersigned with the trust domain's keys: with the plane.
+        self.attestation_store = AttestationStore(self.engine)
+        self.attestations: AttestationIndex | None = None
+        if self.identity is not None:
+            self.attestations = AttestationIndex(
+                self.attestation_store, self.identity.key_store.jwt_verification_keys
+            )
+            self.feed.subscribe(ATTESTATIONS_TOPIC, self.attestations.refresh)
+            self.feed.subscribe(KEYS_TOPIC, self.attestations.refresh)  # a key seen late
 
     def start(self) -> None:
         """Activate the bundle (a worker serves what its supervisor activated) and start the
@@ -210,6 +221,8 @@ class Runtime:
         self.revocations.refresh()  # after the feed's baseline: a later revocation is heard
         if self.identity is not None:
             self.identity.load()  # refuses to serve a trust domain without keys
+            if self.attestations is not None:
+                self.attestations.refresh()
             self.identity.start_background()
         else:
             self.inventory.start()

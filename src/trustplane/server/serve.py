@@ -10,6 +10,7 @@ store: the ledger serialises their appends.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -42,7 +43,7 @@ def serve(settings: Settings) -> None:
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at zero, like one process
     metrics_dir.mkdir(parents=True, mode=0o700)
     os.environ[MULTIPROCESS_ENV] = str(metrics_dir)
-    os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
+    os.environ[WORKER_SETTINGS_ENV] = _worker_settings(settings)
     config = _uvicorn_config(settings, "trustplane.server.serve:worker_app", factory=True)
     try:
         _Supervisor(config, sockets=[config.bind_socket()], on_hup=authority.reload).run()
@@ -82,6 +83,16 @@ class _BundleAuthority:
         self._engine.dispose()
 
 
+def _worker_settings(settings: Settings) -> str:
+    """The settings as JSON for the workers. Secret values dump masked ("**********"), so the
+    KEK is written out as itself: a worker given the mask could not open the trust domain's
+    keys (it came from this process's environment or config file, which the workers see too)."""
+    values = json.loads(settings.model_dump_json())
+    if settings.identity_kek is not None:
+        values["identity_kek"] = settings.identity_kek.get_secret_value()
+    return json.dumps(values)
+
+
 def worker_app() -> Starlette:
     """The app of one worker process (uvicorn calls this in each spawned interpreter)."""
     settings = Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV])
@@ -104,6 +115,7 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
         workers=settings.workers,
         ssl_certfile=tls.cert_file if tls else None,
         ssl_keyfile=tls.key_file if tls else None,
+        ssl_context_factory=tls.context_factory if tls else None,
     )
 
 

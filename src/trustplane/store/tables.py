@@ -157,3 +157,23 @@ identity_inventory = Table(
     Column("max_lifetime_seconds", Integer, nullable=False),
     Column("issued", BigInteger, nullable=False),
 )
+
+# Image attestations (posture/image_attestations.py): what CI stated about an image digest.
+# `envelope` is the DSSE envelope the server signed with the trust domain's JWT key over the
+# in-toto statement and the signer's SPIFFE ID; the other columns are copies for queries, and
+# admission trusts only what the envelope's verified payload says.
+attestations = Table(
+    "attestations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("digest", String(71), nullable=False),  # sha256:<64 hex>
+    Column("repository", String(2048), nullable=False),
+    Column("image", String(2048), nullable=False),  # as CI named it, pinned by digest
+    Column("predicate_type", String(512), nullable=False),
+    Column("signer", String(2048), nullable=False),  # SPIFFE ID of the JWT-SVID presented
+    Column("created_at", Float, nullable=False),
+    Column("decision_id", String(36), nullable=False),  # its record in the ledger
+    Column("envelope", Text, nullable=False),
+    Index("ix_attestations_digest", "digest"),
+    Index("ix_attestations_created_at", "created_at"),
+)
