@@ -206,6 +206,17 @@ class BreakGlassService:
             rows = connection.execute(statement.limit(limit)).all()
         return [(grant_from(r), review_from(r)) for r in rows]
 
+    def session(self, session_id: str) -> tuple[Grant, Review]:
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                select(access_grants, break_glass_reviews)
+                .join(break_glass_reviews, break_glass_reviews.c.grant_id == access_grants.c.id)
+                .where(access_grants.c.id == session_id)
+            ).first()
+        if row is None:
+            raise NotFound(f"no break-glass session {session_id}")
+        return grant_from(row), review_from(row)
+
     def overdue_count(self) -> int:
         now = self._clock()
         with self._engine.connect() as connection:
