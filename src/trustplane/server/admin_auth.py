@@ -16,6 +16,7 @@ at start so a broken set stops the server instead of opening it. Errors deny.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -100,6 +101,11 @@ class AdminAuthorizer:
             problems = "; ".join(str(e) for e in result.errors[:5])
             raise AdminPolicyError(f"{origin} do not validate against the admin schema: {problems}")
         self._policies = cedarpy.PolicySet.from_str(text)
+        # Cedar numbers policies parsed from text (policy0, ...); refusals name them by @id.
+        static = json.loads(cedarpy.policies_to_json_str(text)).get("staticPolicies", {})
+        self._names = {
+            pid: str((body.get("annotations") or {}).get("id", pid)) for pid, body in static.items()
+        }
         self.origin = origin
 
     def authorize(self, caller: AdminCaller, action: str, target: Target) -> Verdict:
@@ -138,7 +144,8 @@ class AdminAuthorizer:
             return Verdict(False, (), (f"{type(exc).__name__}: {exc}",))
         errors = tuple(result.diagnostics.errors)
         allowed = result.decision == cedarpy.Decision.Allow and not errors
-        return Verdict(allowed, tuple(result.diagnostics.reasons), errors)
+        names = tuple(self._names.get(p, p) for p in result.diagnostics.reasons)
+        return Verdict(allowed, names, errors)
 
 
 class AdminAuthenticator:
