@@ -38,6 +38,7 @@ from trustplane.decision.signing import (
     sign_bundle,
 )
 from trustplane.model import AccessRequest
+from trustplane.server.admin_auth import AdminPolicyError
 from trustplane.server.runtime import NotInitialisedError, initialise, load_verifier
 from trustplane.store.database import StoreError, create_store_engine, is_migrated, sqlite_path
 from trustplane.store.tables import decisions as decisions_table
@@ -998,6 +999,7 @@ def main() -> None:
         SigningError,
         CheckpointError,
         LedgerError,
+        AdminPolicyError,
     ) as exc:
         _fail(str(exc))
     except BrokenPipeError:

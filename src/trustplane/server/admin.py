@@ -141,12 +141,13 @@ class AdminApi:
             ) from None
         return caller
 
-    def check(self, caller: AdminCaller, action: str, target: Target) -> None:
+    def check(self, caller: AdminCaller, action: str, target: Target, wait: bool = True) -> None:
         """403 (recorded in the ledger) unless the admin policies allow `action`."""
         verdict = self.authorizer.authorize(caller, action, target)
         if verdict.allowed:
             return
-        self.audit(caller, action, target, "", False, {"policies": list(verdict.policies)})
+        details = {"policies": list(verdict.policies)}
+        self.audit(caller, action, target, "", False, details, wait=wait)
         because = ", ".join(verdict.policies) or "no admin policy permits it"
         if verdict.errors:
             because += f"; errors: {'; '.join(verdict.errors)}"
@@ -165,21 +166,24 @@ class AdminApi:
         reason: str,
         allowed: bool,
         details: dict[str, Any] | None = None,
+        wait: bool = True,
     ) -> None:
-        """Record an admin action (or a refused attempt) in the ledger; waits for the commit."""
+        """Record an admin action (or a refused attempt) in the ledger; with `wait`, once
+        committed (never `wait` on the event loop)."""
         self._runtime.recorder.record_entry_blocking(
-            admin_entry(caller.name, action, target.label(), reason, allowed, details)
+            admin_entry(caller.name, action, target.label(), reason, allowed, details), wait=wait
         )
 
     def authenticate(self, request: Request) -> str:
-        """Authenticate and authorize the route's action (blocking); writes are recorded.
-        Returns the caller's name for the audit trail."""
+        """Authenticate and authorize the route's action from an event loop (the identity
+        routes); writes are queued for the ledger. Returns the caller's name for the audit
+        trail. An OIDC caller whose issuer's keys are not cached yet waits for one JWKS fetch."""
         caller = self.caller(request)
         action = route_action(request.method, request.url.path)
         target = Target(action.split(":")[0], request.url.path)
-        self.check(caller, action, target)
+        self.check(caller, action, target, wait=False)
         if not action.endswith(":read"):
-            self.audit(caller, action, target, "", True)
+            self.audit(caller, action, target, "", True, wait=False)
         return caller.name
 
     async def guard(
