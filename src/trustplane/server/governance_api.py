@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -97,6 +98,16 @@ class GovernanceApi:
             return await run_in_threadpool(fn, *args)
         except GovernanceError as exc:
             raise governance_problem(exc) from None
+        except OperationalError as exc:
+            # A concurrent writer (SQLite) or a lost connection: the transaction rolled back
+            # whole, so nothing half-done stays; the caller may simply retry.
+            raise Problem(
+                503,
+                "store-busy",
+                "Store busy",
+                f"the change was not made, retry: {exc.orig}",
+                headers={"Retry-After": "1"},
+            ) from None
 
     async def _audit(
         self,
