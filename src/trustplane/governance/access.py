@@ -242,7 +242,8 @@ class AccessService:
             ticket=row.ticket,
             created_by=approver,
             starts_at=now,
-            expires_at=now + int(row.duration_seconds),
+            # The cap of the bundle in force now, should it have shrunk since the request.
+            expires_at=now + min(int(row.duration_seconds), entry.max_seconds),
             revoked_at=None,
             revoked_by=None,
             revoke_reason=None,
