@@ -67,6 +67,7 @@ def governed(state: Path, url: str, issuer: Jwks, hook: Webhook | None = None, *
         "issuers": issuer_settings(issuer),
         "admin_issuers": issuer_settings(issuer),
         "governance_interval_ms": 100,
+        "trusted_proxies": ["127.0.0.1/32"],  # an mTLS-terminating proxy on loopback
         **extra,
     }
     if hook is not None:
@@ -314,6 +315,49 @@ def test_an_approved_exception_lets_a_flow_through_one_forbid(server: Server, ke
         server.client.post("/v1/revocations", json=revoke, headers=as_user(key, "carol"))
     ).status_code == 201
     assert decide(server, export)["decision"] is False
+
+
+def xfcc_for(spiffe_id: str, serial: int) -> str:
+    """What an mTLS-terminating proxy (Envoy) forwards about its client: URI and Cert."""
+    import datetime as dt
+    from urllib.parse import quote
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    return f'By=spiffe://trustplane.local/proxy;Cert="{quote(pem)}";URI={spiffe_id}'
+
+
+def test_an_mtls_workload_is_an_admin_caller_until_its_certificate_is_revoked(
+    server: Server,
+) -> None:
+    robot = {"x-forwarded-client-cert": xfcc_for("spiffe://trustplane.local/ops/robot", 0xC0FFEE)}
+    assert server.client.get("/v1/bundle", headers=robot).status_code == 200, "workloads read"
+    write = server.client.post("/v1/bundle/reload", headers=robot)
+    assert write.status_code == 403 and "spiffe://trustplane.local/ops/robot" in write.text
+    body = {"kind": "certificate", "target": "00:c0:ff:ee", "reason": "robot key leaked"}
+    assert server.client.post("/v1/revocations", json=body, headers=server.admin).status_code == 201
+    refused = server.client.get("/v1/bundle", headers=robot)
+    assert refused.status_code == 401 and "robot key leaked" in refused.json()["detail"]
 
 
 # -- the command line --------------------------------------------------------------------------

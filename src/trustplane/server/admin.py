@@ -124,6 +124,8 @@ class AdminApi:
             revoked = revocations.named(caller.principal or caller.name)
             if revoked is None:
                 revoked = revocations.credential(caller.token_id)
+            if revoked is None:
+                revoked = revocations.certificate(caller.certificate_serial)
             if revoked is not None:
                 raise AdminUnauthenticated(
                     f"revoked: {revoked.target} ({revoked.reason})", "invalid_token"

@@ -4,7 +4,8 @@ Callers prove who they are with, in order of preference:
 - a JWT-SVID of this trust domain with audience `admin_audience` (a workload),
 - an OIDC token from one of `admin_issuers` (a person: `admin_subject_type::"<sub>"`),
 - mTLS terminated by a trusted proxy, which forwards the client certificate's SPIFFE ID in
-  `X-Forwarded-Client-Cert` (a workload),
+  `X-Forwarded-Client-Cert` (a workload; when the proxy forwards the certificate too, `Cert=`,
+  its serial number is checked against certificate revocations),
 - the bootstrap token of `trustplane init` (first setup only; `bootstrap_token = false` turns
   it off).
 A revoked principal or credential (JWT id) is refused here as at the enforcement points.
@@ -22,12 +23,18 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import cedarpy
+from cryptography import x509
 
 from trustplane.config import Settings
 from trustplane.decision.requests import RequestError, parse_entity
-from trustplane.enforcement.credentials import ProxyTrust, xfcc_spiffe_id
+from trustplane.enforcement.credentials import (
+    ProxyTrust,
+    _split_outside_quotes,
+    xfcc_spiffe_id,
+)
 from trustplane.identity.svid import SvidError, validate_jwt_svid
 from trustplane.identity.tokens import Issuer, TokenRejected, TokenVerifier
 
@@ -52,6 +59,7 @@ class AdminCaller:
     principal: str | None = None  # the estate entity a person is
     groups: tuple[str, ...] = ()
     token_id: str | None = field(default=None, compare=False)
+    certificate_serial: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -191,9 +199,10 @@ class AdminAuthenticator:
                 return self._bootstrap(token)
             return self._jwt(token, roles)
         if self._proxies.trusts(peer):
-            spiffe_id = xfcc_spiffe_id(headers.get("x-forwarded-client-cert", ""))
+            xfcc = headers.get("x-forwarded-client-cert", "")
+            spiffe_id = xfcc_spiffe_id(xfcc)
             if spiffe_id:
-                return AdminCaller("workload", spiffe_id)
+                return AdminCaller("workload", spiffe_id, certificate_serial=xfcc_serial(xfcc))
         raise AdminUnauthenticated(
             "authentication required: an OIDC token or JWT-SVID (Authorization: Bearer), "
             "mTLS through a trusted proxy, or the bootstrap token"
@@ -255,3 +264,22 @@ class AdminAuthenticator:
             tuple(sorted(groups)),
             token_id=jti if isinstance(jti, str) else None,
         )
+
+
+def xfcc_serial(value: str) -> int | None:
+    """The serial number of the closest client's certificate in `X-Forwarded-Client-Cert`
+    (`Cert=` holds it URL-encoded, PEM), when the proxy forwards it."""
+    if not value:
+        return None
+    last = _split_outside_quotes(value, ",")[-1]
+    for pair in _split_outside_quotes(last, ";"):
+        key, _, item = pair.partition("=")
+        if key.strip().lower() == "cert":
+            try:
+                pem = unquote(item.strip().strip('"')).encode()
+                return int(x509.load_pem_x509_certificate(pem).serial_number)
+            except ValueError:
+                raise AdminUnauthenticated(
+                    "X-Forwarded-Client-Cert: Cert is not a PEM certificate"
+                ) from None
+    return None
