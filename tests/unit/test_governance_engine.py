@@ -69,10 +69,9 @@ def test_a_grant_never_applies_outside_its_window(
     shop: LoadedBundle, start: float, length: float, offset: float
 ) -> None:
     starts, expires = T + start, T + start + length
-    at = T + offset
-    decision = shop.evaluator.evaluate(
-        LOGS, at=datetime.fromtimestamp(at, UTC), elevation=sre_grant(starts, expires)
-    )
+    instant = datetime.fromtimestamp(T + offset, UTC)
+    at = instant.timestamp()  # what the evaluator sees (microsecond precision)
+    decision = shop.evaluator.evaluate(LOGS, at=instant, elevation=sre_grant(starts, expires))
     inside = starts <= at < expires
     assert decision.allowed is inside
     assert decision.grant_ids == (("g-1",) if inside else ())
