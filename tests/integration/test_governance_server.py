@@ -385,9 +385,12 @@ def test_cli_requests_approves_and_lists(server: Server, key: Key) -> None:
     assert decide(server, BOB_LOGS)["decision"] is True
     activity = cli("bob", "access", "activity", grant_id)
     assert activity.returncode == 0 and "decision(s)" in activity.stdout
-    revoked = cli("alice", "revoke", "grant", grant_id, "--reason", "deployed")
+    not_security = cli("alice", "revoke", "grant", grant_id, "--reason", "deployed")
+    assert not_security.returncode == 2 and "revocation:write" in not_security.stderr
+    revoked = cli("carol", "revoke", "grant", grant_id, "--reason", "deployed")
     assert revoked.returncode == 0 and "revoked grant" in revoked.stdout, revoked.stderr
-    assert cli("alice", "access", "revoke", grant_id, "--reason", "again").returncode == 0
+    own = cli("bob", "access", "revoke", grant_id, "--reason", "again")  # one's own grant
+    assert own.returncode == 0 and "already was" in own.stdout, own.stderr
 
     bad = cli("bob", "access", "request", 'Role::"root"', "--duration", "1h", "--reason", "x")
     assert bad.returncode == 2 and "not requestable" in bad.stderr

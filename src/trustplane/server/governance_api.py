@@ -119,6 +119,20 @@ class GovernanceApi:
     ) -> None:
         await run_in_threadpool(self._admin.audit, caller, action, target, why, True, details)
 
+    async def _act(
+        self, caller: AdminCaller, action: str, target: Target, fn: Callable[..., T], *args: Any
+    ) -> T:
+        """A governance change; a refusal by governance's own rules is recorded too."""
+        try:
+            return await self._call(fn, *args)
+        except Problem as problem:
+            if problem.status in (403, 409, 422):
+                details = {"refused": problem.detail, "status": problem.status}
+                await run_in_threadpool(
+                    self._admin.audit, caller, action, target, "", False, details
+                )
+            raise
+
     async def _who(self, request: Request) -> AdminCaller:
         return await run_in_threadpool(self._admin.caller, request)
 
@@ -141,8 +155,16 @@ class GovernanceApi:
             raise governance_problem(GovernanceError(str(exc), "role")) from None
         seconds = _seconds(body.duration)
         actor = governance_actor(caller)
-        record = await self._call(
-            self._gov.access.request, actor, role, seconds, body.reason, body.ticket
+        record = await self._act(
+            caller,
+            "access:request",
+            Target("request", "", actor.principal or ""),
+            self._gov.access.request,
+            actor,
+            role,
+            seconds,
+            body.reason,
+            body.ticket,
         )
         target = Target("request", record.id, record.principal, tier=record.tier)
         await self._audit(caller, "access:request", target, body.reason, {"role": role})
@@ -177,11 +199,15 @@ class GovernanceApi:
         actor = governance_actor(caller)
         if verdict == "deny":
             reason = parse_model(ReasonBody, raw).reason
-            decided = await self._call(self._gov.access.deny, actor, request_id, reason)
+            decided = await self._act(
+                caller, "access:deny", target, self._gov.access.deny, actor, request_id, reason
+            )
             await self._audit(caller, "access:deny", target, reason)
             return json_response({"request": decided.as_dict(), "grant": None})
         comment = parse_model(CommentBody, raw).comment if raw.strip() else ""
-        decided, grant = await self._call(self._gov.access.approve, actor, request_id, comment)
+        decided, grant = await self._act(
+            caller, "access:approve", target, self._gov.access.approve, actor, request_id, comment
+        )
         if grant is not None:
             await self._changed()
         details = {"grant": grant.id if grant else None, "status": decided.status}
@@ -203,8 +229,14 @@ class GovernanceApi:
         target = Target("grant", grant_id, grant.principal)
         await self._may(caller, "access:revoke", target)
         reason = parse_model(ReasonBody, await read_body(request, self._limit)).reason
-        revoked, created = await self._call(
-            self._gov.access.revoke, governance_actor(caller), grant_id, reason
+        revoked, created = await self._act(
+            caller,
+            "access:revoke",
+            target,
+            self._gov.access.revoke,
+            governance_actor(caller),
+            grant_id,
+            reason,
         )
         await self._changed()
         await self._audit(caller, "access:revoke", target, reason, {"new": created})
@@ -225,8 +257,15 @@ class GovernanceApi:
         caller = await self._admin.guard(request, "breakglass:open", Target("session"))
         body = parse_model(BreakGlassBody, await read_body(request, self._limit))
         seconds = None if body.duration is None else _seconds(body.duration)
-        grant, review = await self._call(
-            self._gov.break_glass.open, governance_actor(caller), body.profile, body.reason, seconds
+        grant, review = await self._act(
+            caller,
+            "breakglass:open",
+            Target("session", body.profile),
+            self._gov.break_glass.open,
+            governance_actor(caller),
+            body.profile,
+            body.reason,
+            seconds,
         )
         self._gov.opened_break_glass(body.profile)
         await self._changed()
@@ -249,8 +288,14 @@ class GovernanceApi:
         target = Target("session", session_id, grant.principal, review.opened_by)
         await self._may(caller, "breakglass:review", target)
         notes = parse_model(ReviewBody, await read_body(request, self._limit)).notes
-        closed = await self._call(
-            self._gov.break_glass.review, governance_actor(caller), session_id, notes
+        closed = await self._act(
+            caller,
+            "breakglass:review",
+            target,
+            self._gov.break_glass.review,
+            governance_actor(caller),
+            session_id,
+            notes,
         )
         await self._audit(caller, "breakglass:review", target, notes)
         return json_response({"session": grant.as_dict(), "review": closed.as_dict()})
@@ -270,7 +315,10 @@ class GovernanceApi:
         )
         await self._may(caller, "exception:request", target)
         seconds = _seconds(body.duration)
-        item = await self._call(
+        item = await self._act(
+            caller,
+            "exception:request",
+            target,
             lambda: self._gov.exceptions.create(
                 governance_actor(caller),
                 policy_id=body.policy,
@@ -281,7 +329,7 @@ class GovernanceApi:
                 reason=body.reason,
                 ticket=body.ticket,
                 duration_seconds=seconds,
-            )
+            ),
         )
         await self._audit(caller, "exception:request", target, body.reason, {"id": item.id})
         return json_response(item.as_dict(), 201)
@@ -307,8 +355,14 @@ class GovernanceApi:
         await self._may(caller, "exception:approve", target)
         raw = await read_body(request, self._limit)
         comment = parse_model(CommentBody, raw).comment if raw.strip() else ""
-        approved = await self._call(
-            self._gov.exceptions.approve, governance_actor(caller), exception_id, comment
+        approved = await self._act(
+            caller,
+            "exception:approve",
+            target,
+            self._gov.exceptions.approve,
+            governance_actor(caller),
+            exception_id,
+            comment,
         )
         if approved.status == "approved":
             await self._changed()
@@ -322,8 +376,14 @@ class GovernanceApi:
         target = Target("exception", exception_id, item.requested_by, tier=item.policy_tier)
         await self._may(caller, "exception:revoke", target)
         reason = parse_model(ReasonBody, await read_body(request, self._limit)).reason
-        revoked, created = await self._call(
-            self._gov.exceptions.revoke, governance_actor(caller), exception_id, reason
+        revoked, created = await self._act(
+            caller,
+            "exception:revoke",
+            target,
+            self._gov.exceptions.revoke,
+            governance_actor(caller),
+            exception_id,
+            reason,
         )
         await self._changed()
         await self._audit(caller, "exception:revoke", target, reason, {"new": created})
