@@ -452,3 +452,21 @@ def test_a_grant_approved_on_one_replica_applies_on_the_other_and_so_does_its_re
         revoked_after = first_change(b, BOB_LOGS, False, started)
         assert revoked_after < 1.0, f"replica b still allowed {revoked_after:.3f}s after revoke"
         assert b.client.get("/readyz").status_code == 200
+
+
+def test_a_server_with_broken_admin_policies_does_not_start(tmp_path: Path) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "admin.cedar").write_text(
+        'permit (principal, action == Action::"everything", resource);\n'
+    )
+    env = {
+        "TRUSTPLANE_STATE_DIR": str(tmp_path / "state"),
+        "TRUSTPLANE_ADMIN_POLICY_DIR": str(tmp_path / "policies"),
+        "TRUSTPLANE_BUNDLE_DIR": str(SHOP),
+        "TRUSTPLANE_WATCH": "false",
+    }
+    assert run_cli("init", env=env).returncode == 0
+    started = run_cli("serve", "--port", "0", env=env)
+    assert started.returncode == 2, started.stderr
+    assert "do not validate against the admin schema" in started.stderr
+    assert "Traceback" not in started.stderr
