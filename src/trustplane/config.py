@@ -296,6 +296,44 @@ class Settings(BaseSettings):
     tls_cert_ttl_seconds: int = Field(
         86_400, ge=600, le=2_592_000, description="Lifetime of the CA-issued serving certificate."
     )
+    admin_issuers: list[IssuerSettings] = Field(
+        default_factory=list,
+        description="OIDC issuers whose tokens authenticate people at the admin API (JSON list "
+        'in the environment); the caller is `admin_subject_type::"<sub>"`.',
+    )
+    admin_subject_type: str = Field(
+        "User", description="Cedar entity type of people calling the admin API (OIDC `sub`)."
+    )
+    admin_groups_claim: str = Field(
+        "groups", description="Claim of admin OIDC tokens listing the caller's groups."
+    )
+    admin_audience: str = Field(
+        "trustplane-admin", description="Audience a JWT-SVID must carry to call the admin API."
+    )
+    admin_policy_dir: Path | None = Field(
+        None,
+        description="Cedar policies (*.cedar) authorizing admin actions, replacing the ones "
+        "shipped with trustplane (validated against the shipped admin schema at start).",
+    )
+    bootstrap_token: bool = Field(
+        True,
+        description="Accept the bootstrap admin token from `trustplane init` (first setup); "
+        "turn off once admins sign in with OIDC or SVIDs.",
+    )
+    webhook_url: str | None = Field(
+        None, description="Where governance notifications are POSTed (JSON); off when unset."
+    )
+    webhook_format: str = Field(
+        "generic",
+        pattern="^(generic|slack)$",
+        description="generic: {event, time, text, subject}; slack: {text} (incoming webhooks).",
+    )
+    governance_interval_ms: int = Field(
+        1000,
+        ge=50,
+        le=60_000,
+        description="How often pending requests are expired and notifications delivered.",
+    )
     admin_token: str | None = Field(
         None, description="Admin token for CLI calls to a server; default: state_dir/admin.token."
     )

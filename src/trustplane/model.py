@@ -108,6 +108,9 @@ class Decision:
     ttl_seconds: int = 0
     # The revocation list's version when this was answered (recovery/revocation.py).
     revocation_epoch: int = 0
+    # Governance: the grants (JIT or break-glass) and exceptions in force for this request.
+    grant_ids: tuple[str, ...] = ()
+    exception_ids: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -133,7 +136,40 @@ class Decision:
             "cached": self.cached,
             "ttl_seconds": self.ttl_seconds,
             "revocation_epoch": self.revocation_epoch,
+            **({"grants": list(self.grant_ids)} if self.grant_ids else {}),
+            **({"exceptions": list(self.exception_ids)} if self.exception_ids else {}),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRef:
+    """A grant as the decision path sees it: `parent` (a role entity) is added to the
+    principal's parents while `starts_at <= now < expires_at`."""
+
+    grant_id: str
+    parent_type: str
+    parent_id: str
+    starts_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionRef:
+    """An approved exception: forbid `policy_id` does not apply while in its window."""
+
+    exception_id: str
+    policy_id: str
+    starts_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Elevation:
+    """What governance adds to one request; the evaluator checks each window against its own
+    clock, so nothing applies outside it whatever the caller passed."""
+
+    grants: tuple[GrantRef, ...] = ()
+    exceptions: tuple[ExceptionRef, ...] = ()
 
 
 class _RandomPool(threading.local):

@@ -502,7 +502,7 @@ def test_server_bundle_commands_decisions_and_audit(
         status_text, exported, tail = run_all(
             cli("policy", "status", env=server.env),
             cli("audit", "export", "-o", str(export), env=server.env),
-            cli("audit", "tail", "-n", "3", "--json", env=server.env),
+            cli("audit", "tail", "-n", "5", "--json", env=server.env),
         )
         shown = ok(status_text).stdout
         assert f"active: shop revision {first[:12]}" in shown and "rollback" in shown
@@ -513,13 +513,20 @@ def test_server_bundle_commands_decisions_and_audit(
 
     report = as_json(ok(run_cli("audit", "verify", "--json", env=env)))
     assert report["ok"] is True and report["problems"] == []
-    assert report["records"] == len(ids) and report["checkpoints"] >= 1
+    # Every decision, and the two admin actions (reload, rollback) with who and what.
+    assert report["records"] == len(ids) + 2 and report["checkpoints"] >= 1
     assert report["records_after_last_checkpoint"] == 0, "a graceful stop signs a checkpoint"
-    assert f"exported {len(ids)} records" in flat(ok(exported).stderr)
-    records = json_lines(export.read_text())
+    assert f"exported {len(ids) + 2} records" in flat(ok(exported).stderr)
+    everything = json_lines(export.read_text())
+    admin = [r for r in everything if r["kind"] == "admin"]
+    assert [(r["actor"], r["action"], r["details"]["step"]) for r in admin] == [
+        ("bootstrap", "bundle:write", "reload"),
+        ("bootstrap", "bundle:write", "rollback"),
+    ]
+    records = [r for r in everything if r["kind"] == "decision"]
     assert [r["decision_id"] for r in records] == ids
     assert [r["decision"] for r in records] == ["allow" if s.allowed else "deny" for s in seen]
-    newest = json_lines(ok(tail).stdout)
+    newest = [r for r in json_lines(ok(tail).stdout) if r["kind"] == "decision"]
     assert [r["decision_id"] for r in newest] == ids[-3:]
     assert [r["seq"] for r in newest] == [3, 4, 5]
 

@@ -39,6 +39,7 @@ from trustplane.decision.signing import (
     sign_bundle,
 )
 from trustplane.model import AccessRequest
+from trustplane.server.admin_auth import AdminPolicyError
 from trustplane.server.runtime import NotInitialisedError, initialise, load_verifier
 from trustplane.store.database import StoreError, create_store_engine, is_migrated, sqlite_path
 from trustplane.store.tables import decisions as decisions_table
@@ -882,18 +883,26 @@ def decisions_cmd(
 @app.command("revoke")
 def revoke_cmd(
     ctx: typer.Context,
-    kind: Annotated[str, typer.Argument(help="principal or credential.")],
+    kind: Annotated[
+        str,
+        typer.Argument(help="principal, credential, certificate, grant, exception or session."),
+    ],
     target: Annotated[
-        str, typer.Argument(help='The principal (User::"alice") or the credential\'s JWT id.')
+        str,
+        typer.Argument(
+            help='The principal (User::"alice"), a JWT id, a certificate serial (hex), or a '
+            "grant, exception or break-glass session id."
+        ),
     ],
     reason: Annotated[str, typer.Option(help="Why: kept with the revocation.")] = "",
     url: Annotated[str | None, typer.Option(help="Server URL.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Revoke a principal or a credential on the running server; every replica denies it
-    within about a second."""
-    if kind not in ("principal", "credential"):
-        raise CliError("KIND must be principal or credential")
+    """Revoke a principal, a credential, a certificate, a grant, an exception or a break-glass
+    session on the running server; every replica stops honouring it within about a second."""
+    kinds = ("principal", "credential", "certificate", "grant", "exception", "session")
+    if kind not in kinds:
+        raise CliError(f"KIND must be one of {', '.join(kinds)}")
     if not reason.strip():
         raise CliError("--reason is required: it is what the audit trail shows")
     settings = _ctx(ctx).settings()
@@ -969,6 +978,12 @@ app.add_typer(identity_app, name="identity")
 app.command("attest")(attest_cmd)
 app.add_typer(attestations_app, name="attestations")
 
+from trustplane.cli.access import access_app, break_glass_app, exceptions_app  # noqa: E402
+
+app.add_typer(access_app, name="access")
+app.add_typer(break_glass_app, name="break-glass")
+app.add_typer(exceptions_app, name="exceptions")
+
 
 def _fail(message: str) -> NoReturn:
     err.print(f"[red]error:[/] {message}", highlight=False)
@@ -991,6 +1006,7 @@ def main() -> None:
         SigningError,
         CheckpointError,
         LedgerError,
+        AdminPolicyError,
     ) as exc:
         _fail(str(exc))
     except BrokenPipeError:

@@ -173,6 +173,7 @@ class Bundle:
     tests: list[Any]  # list[trustplane.decision.testing.PolicyTest]
     warnings: list[BundleProblem]
     routes: Any = None  # trustplane.decision.routes.RouteTable, when the bundle has routes.yaml
+    access: Any = None  # trustplane.governance.catalog.AccessCatalog (access.yaml)
 
     @property
     def revision(self) -> str:
@@ -193,6 +194,7 @@ def compile_bundle(
     # Both modules import this one for BundleProblem.
     from trustplane.decision.routes import ROUTES_FILE, parse_routes
     from trustplane.decision.testing import parse_test_file
+    from trustplane.governance.catalog import ACCESS_FILE, AccessCatalog, parse_access
 
     now = now or datetime.now(UTC)
     problems: list[BundleProblem] = []
@@ -221,6 +223,13 @@ def compile_bundle(
     routes_text = source.text(ROUTES_FILE)
     routes = None if routes_text is None else parse_routes(routes_text, schema, problems)
 
+    access_text = source.text(ACCESS_FILE)
+    access = (
+        AccessCatalog()
+        if access_text is None and not entities
+        else parse_access(access_text or "{}", entities, problems)
+    )
+
     tests = []
     for path in sorted(source.files):
         if PurePosixPath(path).parts[0] == TESTS_DIR and path.endswith((".yaml", ".yml")):
@@ -239,6 +248,7 @@ def compile_bundle(
         tests=tests,
         warnings=warnings,
         routes=routes,
+        access=access,
     )
 
 

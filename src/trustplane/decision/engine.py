@@ -31,7 +31,16 @@ import cedarpy
 import orjson
 
 from trustplane.decision.bundle import Bundle, PolicyInfo, first_nonconforming
-from trustplane.model import AccessRequest, Decision, Effect, PolicyReason, new_decision_id
+from trustplane.model import (
+    AccessRequest,
+    Decision,
+    Effect,
+    Elevation,
+    ExceptionRef,
+    GrantRef,
+    PolicyReason,
+    new_decision_id,
+)
 
 _ERROR_POLICY_RE = re.compile(r"policy `([^`]+)`")
 _BASE_CACHE_SIZE = 256
@@ -88,16 +97,25 @@ class Evaluator:
         self._cache_size = cache_size
         self._max_ttl = max_ttl_seconds
         self._cache: OrderedDict[bytes, Decision] = OrderedDict()
+        # Policy sets without the forbids that approved exceptions set aside, per interval.
+        self._exempt: OrderedDict[tuple[int, frozenset[str]], _Generation] = OrderedDict()
 
     # -- public -------------------------------------------------------------------------------
 
     def evaluate(
-        self, request: AccessRequest, at: datetime | None = None, revocation_epoch: int = 0
+        self,
+        request: AccessRequest,
+        at: datetime | None = None,
+        revocation_epoch: int = 0,
+        elevation: Elevation | None = None,
     ) -> Decision:
-        """`revocation_epoch`: the caller's revocation list version, carried in the answer."""
+        """`revocation_epoch`: the caller's revocation list version, carried in the answer.
+        `elevation`: grants and exceptions for this principal; only those whose window holds
+        at this evaluation's time apply (checked here, against this clock)."""
         started = time.perf_counter_ns()
         now_ts = self._clock() if at is None else at.timestamp()
-        key = self._cache_key(request, now_ts)
+        grants, exceptions, edge = _in_force(elevation, now_ts)
+        key = self._cache_key(request, now_ts, grants, exceptions)
         known = self._cached(key)
         if known is not None:
             return dataclasses.replace(
@@ -106,12 +124,12 @@ class Evaluator:
                 eval_micros=(time.perf_counter_ns() - started) // 1000,
                 timestamp=now_ts,
                 cached=True,
-                ttl_seconds=0 if known.errors else self._ttl(now_ts),
+                ttl_seconds=0 if known.errors else self._ttl(now_ts, edge),
                 revocation_epoch=revocation_epoch,
             )
         failed = False
         try:
-            enforced, shadow = self._evaluate(request, now_ts)
+            enforced, shadow = self._evaluate(request, now_ts, grants, exceptions)
         except Exception as exc:  # fail closed on anything unexpected, with the reason
             failed = True
             enforced = shadow = _Outcome(
@@ -128,32 +146,49 @@ class Evaluator:
             revision=self.revision,
             eval_micros=(time.perf_counter_ns() - started) // 1000,
             timestamp=now_ts,
-            ttl_seconds=0 if failed or enforced.errors or shadow.errors else self._ttl(now_ts),
+            ttl_seconds=0
+            if failed or enforced.errors or shadow.errors
+            else self._ttl(now_ts, edge),
             revocation_epoch=revocation_epoch,
+            grant_ids=tuple(g.grant_id for g in grants),
+            exception_ids=tuple(e.exception_id for e in exceptions),
         )
         if not failed:
             self._remember(key, decision)
         return decision
 
-    def _ttl(self, now: float) -> int:
+    def _ttl(self, now: float, edge: float | None = None) -> int:
         """Seconds an answer given at `now` stays valid: the configured maximum, cut at the next
-        @expires boundary (a policy that stops applying changes answers)."""
+        @expires boundary (a policy that stops applying changes answers) and at `edge`, where
+        a grant or exception of the request starts or ends."""
         if not self._max_ttl:
             return 0
+        ttl = self._max_ttl
         index = bisect.bisect_right(self._boundaries, now)
         if index < len(self._boundaries):
-            return max(0, min(self._max_ttl, int(self._boundaries[index] - now)))
-        return self._max_ttl
+            ttl = min(ttl, int(self._boundaries[index] - now))
+        if edge is not None:
+            ttl = min(ttl, int(edge - now))
+        return max(0, ttl)
 
     def policy(self, policy_id: str) -> PolicyInfo | None:
         return self._infos.get(policy_id)
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def _evaluate(self, request: AccessRequest, now: float) -> tuple[_Outcome, _Outcome]:
+    def _evaluate(
+        self,
+        request: AccessRequest,
+        now: float,
+        grants: tuple[GrantRef, ...] = (),
+        exceptions: tuple[ExceptionRef, ...] = (),
+    ) -> tuple[_Outcome, _Outcome]:
         generation = self._generation_at(now)
+        if exceptions:
+            generation = self._generation_without(now, frozenset(e.policy_id for e in exceptions))
+        parents = tuple(dict.fromkeys((g.parent_type, g.parent_id) for g in grants))
         try:
-            entities = self._entities_for(request)
+            entities = self._entities_for(request, parents)
         except ValueError as exc:
             bad = _Outcome(Effect.DENY, (), (str(exc),))
             return bad, bad
@@ -214,9 +249,16 @@ class Evaluator:
 
     # -- answer cache -------------------------------------------------------------------------
 
-    def _cache_key(self, request: AccessRequest, now: float) -> bytes | None:
-        """The request in canonical JSON, prefixed by its expiry interval; None when caching is
-        off or the request holds values JSON cannot carry."""
+    def _cache_key(
+        self,
+        request: AccessRequest,
+        now: float,
+        grants: tuple[GrantRef, ...] = (),
+        exceptions: tuple[ExceptionRef, ...] = (),
+    ) -> bytes | None:
+        """The request in canonical JSON, prefixed by its expiry interval and the grants and
+        exceptions in force; None when caching is off or the request holds values JSON cannot
+        carry."""
         if not self._cache_size:
             return None
         p, a, r = request.principal, request.action, request.resource
@@ -237,7 +279,11 @@ class Evaluator:
             )
         except TypeError:
             return None
-        return b"%d:%b" % (bisect.bisect_right(self._boundaries, now), body)
+        interval = bisect.bisect_right(self._boundaries, now)
+        if grants or exceptions:
+            held = ",".join([g.grant_id for g in grants] + [e.exception_id for e in exceptions])
+            return b"%d:%b:%b" % (interval, held.encode(), body)
+        return b"%d:%b" % (interval, body)
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -273,9 +319,28 @@ class Evaluator:
             self._generations[index] = generation
         return generation
 
-    def _compile(self, now: float) -> _Generation:
+    def _generation_without(self, now: float, exempt: frozenset[str]) -> _Generation:
+        """The policy sets for `now` without the policies in `exempt` (approved exceptions)."""
+        key = (bisect.bisect_right(self._boundaries, now), exempt)
+        with self._lock:
+            found = self._exempt.get(key)
+            if found is not None:
+                self._exempt.move_to_end(key)
+                return found
+        generation = self._compile(now, exempt)
+        with self._lock:
+            self._exempt[key] = generation
+            while len(self._exempt) > _BASE_CACHE_SIZE:
+                self._exempt.popitem(last=False)
+        return generation
+
+    def _compile(self, now: float, exempt: frozenset[str] = frozenset()) -> _Generation:
         instant = datetime.fromtimestamp(now, UTC)
-        live = [p for p in self.bundle.policies if p.applies_at(instant)]
+        live = [
+            p
+            for p in self.bundle.policies
+            if p.applies_at(instant) and not (p.policy_id in exempt and p.effect == "forbid")
+        ]
         enforced = [p for p in live if p.mode == "enforce"]
         observe = [p for p in live if p.mode == "observe"]
         return _Generation(
@@ -286,16 +351,20 @@ class Evaluator:
 
     # -- entities -----------------------------------------------------------------------------
 
-    def _entities_for(self, request: AccessRequest) -> Any:
+    def _entities_for(
+        self, request: AccessRequest, granted: tuple[tuple[str, str], ...] = ()
+    ) -> Any:
         """Static entities plus the request's principal and resource, with request properties
-        merged over static attributes (static parents, such as group membership, are kept)."""
+        merged over static attributes (static parents, such as group membership, are kept) and
+        `granted` parents (roles from grants in force) added to the principal."""
         delta: dict[tuple[str, str], dict[str, Any]] = {}
         roles: dict[tuple[str, str], str] = {}
         replaced: set[tuple[str, str]] = set()
         for role, ref in (("principal", request.principal), ("resource", request.resource)):
             key = (ref.type, ref.id)
             static = self._static.get(key)
-            if static is not None and not ref.properties:
+            extra = granted if role == "principal" else ()
+            if static is not None and not ref.properties and not extra:
                 continue
             entity = delta.get(key) or {
                 "uid": {"type": ref.type, "id": ref.id},
@@ -303,6 +372,10 @@ class Evaluator:
                 "parents": list(static.get("parents", [])) if static else [],
             }
             entity["attrs"].update(ref.properties or {})
+            for parent_type, parent_id in extra:
+                parent = {"type": parent_type, "id": parent_id}
+                if parent not in entity["parents"]:
+                    entity["parents"].append(parent)
             delta[key] = entity
             roles.setdefault(key, role)
             if static is not None:
@@ -348,6 +421,21 @@ class Evaluator:
             while len(self._bases) > _BASE_CACHE_SIZE:
                 self._bases.popitem(last=False)
         return handle
+
+
+def _in_force(
+    elevation: Elevation | None, now: float
+) -> tuple[tuple[GrantRef, ...], tuple[ExceptionRef, ...], float | None]:
+    """The grants and exceptions whose window holds at `now`, and the next instant at which
+    that set changes (an answer must not be reused past it)."""
+    if elevation is None or not (elevation.grants or elevation.exceptions):
+        return (), (), None
+    grants = tuple(g for g in elevation.grants if g.starts_at <= now < g.expires_at)
+    exceptions = tuple(e for e in elevation.exceptions if e.starts_at <= now < e.expires_at)
+    edges = [g.expires_at for g in grants] + [e.expires_at for e in exceptions]
+    edges += [g.starts_at for g in elevation.grants if g.starts_at > now]
+    edges += [e.starts_at for e in elevation.exceptions if e.starts_at > now]
+    return grants, exceptions, min(edges) if edges else None
 
 
 def _context_json(context: dict[str, Any]) -> str | dict[str, Any]:

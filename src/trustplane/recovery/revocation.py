@@ -4,7 +4,12 @@ A revocation is a row in the store, written in the same transaction that bumps t
 feed's `revocations` topic, so every serving process (workers, replicas on the same PostgreSQL)
 reloads its in-memory `RevocationList` as soon as it hears of it. The decision path asks that
 list, in memory, before any policy: a revoked principal is denied whatever the bundle says, a
-revoked credential (a JWT id) is refused whatever its signature and expiry say.
+revoked credential (a JWT id, or an X.509 certificate by its serial number) is refused whatever
+its signature and expiry say.
+
+Grants, exceptions and break-glass sessions are revoked in governance (`governance/access.py`,
+`governance/exceptions.py`) through the same admin call; those revocations also move this
+list's epoch, so every cache outside the process forgets answers given under them.
 
 The list's `epoch` (the topic's version) travels in every decision, so caches outside the
 process (the SDK's) can tell that what they hold predates a revocation and drop it. Revoking
@@ -37,6 +42,24 @@ _ENTITY = re.compile(
 class RevocationKind(StrEnum):
     PRINCIPAL = "principal"  # an entity: User::"alice", Service::"checkout"
     CREDENTIAL = "credential"  # a JWT id (jti)
+    CERTIFICATE = "certificate"  # an X.509 certificate serial number (hex)
+    GRANT = "grant"  # a JIT or break-glass grant (governance)
+    EXCEPTION = "exception"  # an exception from the register (governance)
+    SESSION = "session"  # a break-glass session (a grant, by its id)
+
+
+_GOVERNED = frozenset({RevocationKind.GRANT, RevocationKind.EXCEPTION, RevocationKind.SESSION})
+_SERIAL = re.compile(r"^[0-9a-f]{1,64}$")
+
+
+def normalise_serial(serial: str) -> str:
+    """A certificate serial as lowercase hex without separators or leading zeros
+    (`01:AB:cd` and `0x1abcd` are the same serial)."""
+    text = serial.strip().lower().replace(":", "").replace(" ", "")
+    text = text.removeprefix("0x").lstrip("0") or "0"
+    if not _SERIAL.match(text):
+        raise RevocationError(f"certificate serial {serial!r} must be hexadecimal")
+    return text
 
 
 class RevocationError(ValueError):
@@ -74,6 +97,8 @@ def normalise_target(kind: RevocationKind, target: str) -> str:
         raise RevocationError(
             f'principal {target!r} must be an entity reference such as User::"alice"'
         )
+    if kind is RevocationKind.CERTIFICATE:
+        return normalise_serial(target)
     return target
 
 
@@ -87,6 +112,8 @@ class RevocationStore:
         self, kind: RevocationKind, target: str, reason: str, actor: str
     ) -> tuple[Revocation, bool]:
         """Record a revocation; returns it and whether it is new (False: it already was)."""
+        if kind in _GOVERNED:
+            raise RevocationError(f"{kind.value} revocations are kept by governance")
         target = normalise_target(kind, target)
         if not reason.strip():
             raise RevocationError("a reason is required: it is what the audit trail shows")
@@ -137,6 +164,7 @@ class RevocationList:
         self._store = store
         self._principals: dict[str, Revocation] = {}
         self._credentials: dict[str, Revocation] = {}
+        self._certificates: dict[str, Revocation] = {}
         self.epoch = 0
         self._lock = threading.Lock()
 
@@ -144,15 +172,33 @@ class RevocationList:
         items, version = self._store.all()
         principals = {r.target: r for r in items if r.kind is RevocationKind.PRINCIPAL}
         credentials = {r.target: r for r in items if r.kind is RevocationKind.CREDENTIAL}
+        certificates = {r.target: r for r in items if r.kind is RevocationKind.CERTIFICATE}
         with self._lock:
             if version < self.epoch:
                 return  # an older read finishing late
             self._principals, self._credentials, self.epoch = principals, credentials, version
+            self._certificates = certificates
 
     def principal(self, ref: EntityRef) -> Revocation | None:
         if not self._principals:
             return None
         return self._principals.get(str(ref))
+
+    def named(self, principal: str | None) -> Revocation | None:
+        """The revocation of a principal given as entity text (User::"alice"), if any."""
+        if principal is None or not self._principals:
+            return None
+        return self._principals.get(principal)
+
+    def certificate(self, serial: str | int | None) -> Revocation | None:
+        """The revocation of an X.509 certificate by serial (an int or hex text), if any."""
+        if serial is None or not self._certificates:
+            return None
+        text = format(serial, "x") if isinstance(serial, int) else serial
+        try:
+            return self._certificates.get(normalise_serial(text))
+        except RevocationError:
+            return None
 
     def credential(self, token_id: str | None) -> Revocation | None:
         if token_id is None or not self._credentials:

@@ -28,6 +28,7 @@ from trustplane.identity.workload_api import WorkloadApiServer
 from trustplane.server.admin import AdminApi
 from trustplane.server.attestations import AttestationsApi, attestation_routes
 from trustplane.server.authzen import AuthZenApi
+from trustplane.server.governance_api import GovernanceApi, governance_routes
 from trustplane.server.identity import IdentityApi, identity_routes
 from trustplane.server.openapi import openapi_document
 from trustplane.server.pdp import PolicyDecisionPoint
@@ -101,6 +102,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         Route("/v1/ledger/proof/consistency", admin.consistency, methods=["GET"]),
         *identity_routes(identity),
         *attestation_routes(attestations),
+        *governance_routes(GovernanceApi(runtime, admin)),
     ]
 
     async def on_problem(request: Request, exc: Exception) -> Response:

@@ -32,6 +32,10 @@ class PolicyDecisionPoint:
         """The revocation of a credential (by its JWT id), if any."""
         return self._runtime.revocations.credential(token_id)
 
+    def revoked_certificate(self, serial: str | int | None) -> Revocation | None:
+        """The revocation of an X.509 certificate (by serial number), if any."""
+        return self._runtime.revocations.certificate(serial)
+
     def routes(self) -> RouteTable | None:
         """The active bundle's route mapping (routes.yaml), if it has one."""
         active = self._runtime.bundles.active
@@ -53,7 +57,11 @@ class PolicyDecisionPoint:
         elif active is None:
             decision = refusal(NO_BUNDLE, None, epoch)
         else:
-            decision = active.evaluator.evaluate(request, revocation_epoch=epoch)
+            # Grants and exceptions from memory; the evaluator checks their windows itself.
+            elevation = self._runtime.governance.state.elevation(request)
+            decision = active.evaluator.evaluate(
+                request, revocation_epoch=epoch, elevation=elevation
+            )
         self._observe(decision)
         return decision
 

@@ -22,6 +22,9 @@ from trustplane.decision.loader import LoadOptions
 from trustplane.decision.manager import BundleManager, follow_or_log
 from trustplane.decision.signing import load_trusted_key
 from trustplane.enforcement.credentials import Credential
+from trustplane.governance.outbox import WebhookFormat
+from trustplane.governance.records import TOPIC as GOVERNANCE_TOPIC
+from trustplane.governance.service import Governance
 from trustplane.identity.entries import TOPIC as ENTRIES_TOPIC
 from trustplane.identity.inventory import Inventory
 from trustplane.identity.keys import TOPIC as KEYS_TOPIC
@@ -193,6 +196,15 @@ class Runtime:
         self.revocation_store = RevocationStore(self.engine)
         self.revocations = RevocationList(self.revocation_store)
         self.feed.subscribe(REVOCATIONS_TOPIC, self.revocations.refresh)
+        self.governance = Governance(
+            self.engine,
+            lambda: None if self.bundles.active is None else self.bundles.active.bundle,
+            self.metrics,
+            webhook_url=settings.webhook_url,
+            webhook_format=WebhookFormat(settings.webhook_format),
+            interval=settings.governance_interval_ms / 1000,
+        )
+        self.feed.subscribe(GOVERNANCE_TOPIC, self.governance.state.refresh)
         self._token_hashes: set[str] = set()
         self._ci_issuers = {rule.issuer for rule in settings.token_exchange_rules}
         self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
@@ -219,6 +231,7 @@ class Runtime:
         self.bundles.start(follow_store=self.settings.workers > 1)
         self.feed.start()
         self.revocations.refresh()  # after the feed's baseline: a later revocation is heard
+        self.governance.start()  # grants and exceptions in memory, then housekeeping
         if self.identity is not None:
             self.identity.load()  # refuses to serve a trust domain without keys
             if self.attestations is not None:
@@ -236,6 +249,7 @@ class Runtime:
         else:
             self.inventory.stop()
         self.feed.stop()
+        self.governance.stop()
         self.recorder.stop()
         self.engine.dispose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -156,6 +158,117 @@ identity_inventory = Table(
     Column("last_seen", Float, nullable=False),
     Column("max_lifetime_seconds", Integer, nullable=False),
     Column("issued", BigInteger, nullable=False),
+)
+
+# governance/: JIT access requests and the approvals they collect (one per approver).
+access_requests = Table(
+    "access_requests",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("principal", String(512), nullable=False),  # User::"bob"
+    Column("role", String(512), nullable=False),  # Role::"sre": the parent the grant adds
+    Column("reason", Text, nullable=False),
+    Column("ticket", String(200), nullable=False),
+    Column("duration_seconds", Integer, nullable=False),
+    Column("approvals_required", Integer, nullable=False),
+    Column("tier", String(4), nullable=False),
+    Column("status", String(12), nullable=False),  # pending|approved|denied|expired
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),  # a pending request lapses then
+    Column("decided_at", Float, nullable=True),
+    Column("decided_by", String(512), nullable=True),
+    Column("grant_id", String(36), nullable=True),
+    Column("revision", String(64), nullable=False),  # the bundle whose access.yaml applied
+    Index("ix_access_requests_status", "status", "expires_at"),
+)
+
+access_approvals = Table(
+    "access_approvals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(36), nullable=False),
+    Column("approver", String(512), nullable=False),
+    Column("verdict", String(8), nullable=False),  # approve | deny
+    Column("comment", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("request_id", "approver", name="uq_access_approvals_approver"),
+)
+
+# Grants: a parent role added to a principal for [starts_at, expires_at), unless revoked.
+# kind: jit (from an approved request) | break-glass (self-service, short, reviewed).
+access_grants = Table(
+    "access_grants",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(12), nullable=False),
+    Column("principal", String(512), nullable=False),
+    Column("role", String(512), nullable=False),
+    Column("request_id", String(36), nullable=True),
+    Column("profile", String(128), nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("ticket", String(200), nullable=False),
+    Column("created_by", String(512), nullable=False),
+    Column("starts_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Column("revoked_by", String(512), nullable=True),
+    Column("revoke_reason", Text, nullable=True),
+    Column("expiry_notified", Boolean, nullable=False, server_default=false()),
+    Index("ix_access_grants_expires", "expires_at"),
+)
+
+break_glass_reviews = Table(
+    "break_glass_reviews",
+    metadata,
+    Column("grant_id", String(36), primary_key=True),
+    Column("opened_by", String(512), nullable=False),
+    Column("due_at", Float, nullable=False),
+    Column("closed_at", Float, nullable=True),
+    Column("closed_by", String(512), nullable=True),
+    Column("notes", Text, nullable=True),
+)
+
+# The exception register: forbid policy `policy_id` does not apply to the flow for
+# [starts_at, expires_at) once approved. Expiry is mandatory (NOT NULL once approved).
+policy_exceptions = Table(
+    "policy_exceptions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("policy_id", String(128), nullable=False),
+    Column("policy_tier", String(4), nullable=False),
+    Column("principal", String(512), nullable=False),
+    Column("action", String(512), nullable=True),  # None: any action
+    Column("resource", String(512), nullable=True),  # None: any resource
+    Column("owner", String(256), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("ticket", String(200), nullable=False),
+    Column("requested_by", String(512), nullable=False),
+    Column("status", String(12), nullable=False),  # pending|approved|denied
+    Column("approvals_required", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("duration_seconds", Integer, nullable=False),
+    Column("starts_at", Float, nullable=True),
+    Column("expires_at", Float, nullable=True),
+    Column("decided_by", String(512), nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Column("revoked_by", String(512), nullable=True),
+    Column("revoke_reason", Text, nullable=True),
+)
+
+# Notifications written in the transaction that causes them and delivered later with retries:
+# a crash between the change and the webhook loses neither.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("delivered_at", Float, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("ix_outbox_due", "delivered_at", "next_attempt_at"),
 )
 
 # Image attestations (posture/image_attestations.py): what CI stated about an image digest.

@@ -140,9 +140,16 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
         "revision": decision.revision,
         "eval_micros": decision.eval_micros,
     }
+    if decision.grant_ids:  # decisions under a grant: `access activity GRANT` finds them
+        record["grants"] = list(decision.grant_ids)
+    if decision.exception_ids:
+        record["exceptions"] = list(decision.exception_ids)
     data = canonical_json(record)
     policies = dict.fromkeys(
-        determining + [r.policy_id for r in decision.shadow_reasons + decision.shadow_changes]
+        determining
+        + [r.policy_id for r in decision.shadow_reasons + decision.shadow_changes]
+        + [f"grant:{g}" for g in decision.grant_ids]
+        + [f"exception:{e}" for e in decision.exception_ids]
     )
     return LedgerEntry(
         decision_id=decision.decision_id,
@@ -155,6 +162,50 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
         shadow=shadow,
         policies=" " + " ".join(policies) + " " if policies else " ",
         revision=decision.revision,
+        record=data,
+        leaf_hash=leaf_hash(data),
+    )
+
+
+def admin_entry(
+    actor: str,
+    action: str,
+    target: str,
+    reason: str,
+    allowed: bool,
+    details: dict[str, Any] | None = None,
+    now: float | None = None,
+) -> LedgerEntry:
+    """The ledger record of an admin action: who (`actor`), what (`action` on `target`), why
+    (`reason`), and whether the admin policy allowed it. Same tree as decisions."""
+    from trustplane.model import new_decision_id
+
+    ts = time.time() if now is None else now
+    effect = "allow" if allowed else "deny"
+    record_id = new_decision_id()
+    record = {
+        "kind": "admin",
+        "decision_id": record_id,
+        "time": rfc3339(ts),
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "reason": reason,
+        "decision": effect,
+        "details": details or {},
+    }
+    data = canonical_json(record)
+    return LedgerEntry(
+        decision_id=record_id,
+        ts=ts,
+        kind="admin",
+        principal=actor,
+        action=action,
+        resource=target,
+        decision=effect,
+        shadow=effect,
+        policies=" " + " ".join(f"admin:{action}".split()) + " ",
+        revision=None,
         record=data,
         leaf_hash=leaf_hash(data),
     )

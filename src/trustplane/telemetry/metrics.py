@@ -110,6 +110,26 @@ class Metrics:
         self.checkpoints = Counter(
             "trustplane_ledger_checkpoints", "Signed checkpoints produced.", registry=r
         )
+        # governance/: elevated access in force, and break-glass that must be loud.
+        self.grants_active = Gauge(
+            "trustplane_grants_active",
+            "Grants (JIT and break-glass) and exceptions held in memory, by kind.",
+            ["kind"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.break_glass_opened = Counter(
+            "trustplane_break_glass_opened",
+            "Break-glass sessions opened, by profile.",
+            ["profile"],
+            registry=r,
+        )
+        self.break_glass_reviews_overdue = Gauge(
+            "trustplane_break_glass_reviews_overdue",
+            "Break-glass post-incident reviews still open after their deadline.",
+            registry=r,
+            multiprocess_mode="max",
+        )
 
     def exposition(self) -> bytes:
         """The text format for /metrics: this process, or every worker's values combined."""

@@ -105,6 +105,26 @@ class DecisionRecorder:
         entry = decision_entry(request, decision, self.masker)
         self._enqueue(_Pending(entry, time.monotonic(), waiter))
 
+    def record_entry_blocking(
+        self, entry: LedgerEntry, timeout: float = 10.0, wait: bool = True
+    ) -> None:
+        """Append a prepared entry (an admin action); with `wait`, return once it is committed
+        whatever the durability: an admin action is acknowledged only once its record is
+        stored. Without `wait` (callers on an event loop) it is queued like a decision."""
+        committed = threading.Event()
+        with self._cond:
+            running = self._thread is not None
+        if not running:  # no writer (a CLI process): commit here
+            self._sink.append([entry])
+            return
+        self._enqueue(_Pending(entry, time.monotonic(), committed.set if wait else None))
+        if not wait:
+            return
+        with self._cond:
+            self._cond.notify()
+        if not committed.wait(timeout):
+            raise RecordingError(f"admin action not committed within {timeout:.0f}s")
+
     async def record(
         self, request: AccessRequest, decision: Decision, timeout: float = 10.0
     ) -> None:
