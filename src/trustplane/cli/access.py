@@ -15,6 +15,7 @@ from rich.table import Table
 from trustplane.cli.main import (
     CliError,
     JsonOpt,
+    UrlOpt,
     _ctx,
     _emit_json,
     _http,
@@ -34,8 +35,6 @@ exceptions_app: typer.Typer = typer.Typer(
     help="The exception register: temporary, approved exceptions to forbid policies.",
     no_args_is_help=True,
 )
-
-UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL.")]
 
 
 def _call(ctx: typer.Context, method: str, path: str, url: str | None, body: Any = None) -> Any:

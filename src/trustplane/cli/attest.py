@@ -23,6 +23,7 @@ from rich.table import Table
 from trustplane.cli.main import (
     CliError,
     JsonOpt,
+    UrlOpt,
     _ctx,
     _emit_json,
     _http,
@@ -39,7 +40,6 @@ JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 attestations_app: typer.Typer = typer.Typer(
     help="Image attestations recorded in trustplane.", no_args_is_help=True
 )
-UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL.")]
 
 
 def attest_cmd(

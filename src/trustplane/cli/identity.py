@@ -21,6 +21,7 @@ from rich.table import Table
 from trustplane.cli.main import (
     CliError,
     JsonOpt,
+    UrlOpt,
     _ctx,
     _emit_json,
     _http,
@@ -43,8 +44,6 @@ identity_app: typer.Typer = typer.Typer(
 )
 entry_app = typer.Typer(help="Workload registration entries.", no_args_is_help=True)
 identity_app.add_typer(entry_app, name="entry")
-
-UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL.")]
 
 
 @contextlib.contextmanager

@@ -73,6 +73,7 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL.")]
 
 
 class CliError(Exception):
