@@ -209,3 +209,70 @@ def test_the_documented_istio_policy_uses_the_custom_provider() -> None:
     assert policy["kind"] == "AuthorizationPolicy"
     assert policy["spec"]["action"] == "CUSTOM"
     assert policy["spec"]["provider"]["name"] == provider["name"]
+
+
+def _certificate(serial: int) -> str:
+    """A client certificate with `serial`, URL-encoded PEM as Envoy's `source.certificate`."""
+    import datetime
+    from urllib.parse import quote
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "shop")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(CHECKOUT)]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return quote(cert.public_bytes(serialization.Encoding.PEM).decode(), safe="")
+
+
+def _with_certificate(request: external_auth_pb2.CheckRequest, encoded: str) -> Any:
+    request.attributes.source.certificate = encoded
+    return request
+
+
+def test_a_revoked_client_certificate_is_refused_whatever_its_spiffe_id(
+    stub: Any, server: Server
+) -> None:
+    revoked_serial, other_serial = 0x7A11CE5E11A1, 0x0B0B0B0B0B
+    charge = ("POST", "/payments/v1/charges")
+    before = stub.Check(
+        _with_certificate(check(*charge, principal=CHECKOUT), _certificate(revoked_serial))
+    )
+    assert before.status.code == code_pb2.OK
+    body = {"kind": "certificate", "target": f"{revoked_serial:X}", "reason": "key leaked"}
+    response = server.client.post("/v1/revocations", json=body, headers=server.admin)
+    assert response.status_code in (200, 201), response.text
+
+    refused = stub.Check(
+        _with_certificate(check(*charge, principal=CHECKOUT), _certificate(revoked_serial))
+    )
+    assert refused.status.code == code_pb2.UNAUTHENTICATED
+    assert refused.denied_response.status.code == 401
+    assert "credential_revoked" in json.loads(refused.denied_response.body)["reasons"]
+    # The same workload with another certificate is still served.
+    other = stub.Check(
+        _with_certificate(check(*charge, principal=CHECKOUT), _certificate(other_serial))
+    )
+    assert other.status.code == code_pb2.OK
+
+
+def test_a_forwarded_certificate_that_does_not_parse_is_refused(stub: Any) -> None:
+    request = _with_certificate(check("POST", "/payments/v1/charges", principal=CHECKOUT), "junk")
+    answer = stub.Check(request)
+    assert answer.status.code == code_pb2.UNAUTHENTICATED
+    assert "certificate_invalid" in json.loads(answer.denied_response.body)["reasons"]

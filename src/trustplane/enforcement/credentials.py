@@ -10,6 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
+from urllib.parse import unquote
+
+from cryptography import x509
 
 from trustplane.config import Settings
 from trustplane.identity.human import authentication_strength
@@ -42,6 +45,9 @@ class Credential:
     workload: bool = False  # a SPIFFE ID from mTLS: the caller is a workload, not a person
     mfa_strength: str = "none"  # none | otp | phishing_resistant (identity/human.py)
     lifetime_seconds: int = 0  # exp - iat of a token (the identity inventory flags long ones)
+    # The serial of the mTLS client certificate, when the proxy that verified it passed it on
+    # (Envoy's `source.certificate`, `Cert=` in X-Forwarded-Client-Cert): revocable by serial.
+    certificate_serial: int | None = None
 
     def facts(self) -> dict[str, Any]:
         """What routes.yaml may reference as `${credential.*}`."""
@@ -116,13 +122,18 @@ class Authenticator:
         return self._verifier.would_fetch(token.strip())
 
     def authenticate(
-        self, headers: Mapping[str, str], peer: str | None, spiffe_id: str | None = None
+        self,
+        headers: Mapping[str, str],
+        peer: str | None,
+        spiffe_id: str | None = None,
+        peer_certificate: str | None = None,
     ) -> Credential | None:
         """The caller's credential; None when none was presented. A bearer token names the
         caller first; then `spiffe_id` (the peer's mTLS identity as Envoy saw it), the client
         certificate a trusted proxy forwarded in `X-Forwarded-Client-Cert`, and the trusted
-        proxy's identity header. Blocking: an unknown key id may fetch the issuer's JWKS (call
-        from a worker thread)."""
+        proxy's identity header. `peer_certificate`: the URL-encoded PEM of the peer's
+        certificate, when Envoy passes it on. Blocking: an unknown key id may fetch the issuer's
+        JWKS (call from a worker thread)."""
         authorization = headers.get("authorization")
         if authorization:
             scheme, _, token = authorization.strip().partition(" ")
@@ -140,12 +151,20 @@ class Authenticator:
                 raise CredentialRejected(exc.code, exc.detail) from None
         trusted = self._proxies.trusts(peer)
         if not spiffe_id and trusted:
-            spiffe_id = xfcc_spiffe_id(headers.get("x-forwarded-client-cert", ""))
+            xfcc = headers.get("x-forwarded-client-cert", "")
+            spiffe_id = xfcc_spiffe_id(xfcc)
+            peer_certificate = xfcc_certificate(xfcc) if spiffe_id else None
         if spiffe_id:
             if not spiffe_id.startswith("spiffe://"):
                 raise CredentialRejected("credential_unsupported", "peer identity is not SPIFFE")
+            serial = certificate_serial(peer_certificate) if peer_certificate else None
             return Credential(
-                subject=spiffe_id, issuer="spiffe", mfa=False, auth_age_seconds=0, workload=True
+                subject=spiffe_id,
+                issuer="spiffe",
+                mfa=False,
+                auth_age_seconds=0,
+                workload=True,
+                certificate_serial=serial,
             )
         if self._identity_header and trusted:
             name = headers.get(self._identity_header, "").strip()
@@ -166,6 +185,32 @@ def xfcc_spiffe_id(value: str) -> str | None:
             uri = item.strip().strip('"')
             return uri if uri.startswith("spiffe://") else None
     return None
+
+
+def xfcc_certificate(value: str) -> str | None:
+    """The closest client's certificate in `X-Forwarded-Client-Cert` (`Cert=`, URL-encoded
+    PEM), when the proxy forwards it."""
+    if not value:
+        return None
+    last = _split_outside_quotes(value, ",")[-1]
+    for pair in _split_outside_quotes(last, ";"):
+        key, _, item = pair.partition("=")
+        if key.strip().lower() == "cert":
+            return item.strip().strip('"')
+    return None
+
+
+def certificate_serial(encoded_pem: str) -> int:
+    """The serial number of a URL-encoded PEM certificate, as Envoy forwards one (in
+    `source.certificate` and in XFCC's `Cert=`). A certificate that does not parse is refused
+    rather than ignored: whoever sent it meant it to identify the caller."""
+    try:
+        pem = unquote(encoded_pem).encode()
+        return int(x509.load_pem_x509_certificate(pem).serial_number)
+    except ValueError:
+        raise CredentialRejected(
+            "certificate_invalid", "the forwarded client certificate is not a PEM certificate"
+        ) from None
 
 
 def _split_outside_quotes(value: str, separator: str) -> list[str]:

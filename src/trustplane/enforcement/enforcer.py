@@ -80,17 +80,21 @@ class HttpEnforcer:
         headers: Mapping[str, str],
         peer: str | None,
         spiffe_id: str | None = None,
+        peer_certificate: str | None = None,
     ) -> Verdict:
         """`peer`: the address of whoever asks (a proxy, Envoy); `spiffe_id`: the original
-        caller's mTLS identity, when the asking proxy terminated mTLS and says so."""
+        caller's mTLS identity, when the asking proxy terminated mTLS and says so;
+        `peer_certificate`: that caller's certificate (URL-encoded PEM), when it is passed on."""
         routes = self._pdp.routes()
         found = routes.match(facts.method, facts.host, facts.path) if routes else None
         authenticate = self._authenticator.authenticate
         try:
             if self._authenticator.would_block(headers):  # a JWKS fetch: off the event loop
-                credential = await run_in_threadpool(authenticate, headers, peer, spiffe_id)
+                credential = await run_in_threadpool(
+                    authenticate, headers, peer, spiffe_id, peer_certificate
+                )
             else:  # cached keys, SPIFFE IDs, proxy headers: microseconds, no thread hop
-                credential = authenticate(headers, peer, spiffe_id)
+                credential = authenticate(headers, peer, spiffe_id, peer_certificate)
         except CredentialRejected as exc:
             request = _attempt(ANONYMOUS, facts, routes, found)
             decision = await self._pdp.refuse(request, f"{exc.code}: {exc.detail}")
@@ -98,7 +102,11 @@ class HttpEnforcer:
                 f'Bearer realm="trustplane", error="invalid_token", error_description="{exc.code}"'
             )
             return Verdict(401, decision, (exc.code,), ANONYMOUS, None, challenge)
-        revoked = self._pdp.revoked_credential(credential.token_id if credential else None)
+        revoked = None
+        if credential is not None:
+            revoked = self._pdp.revoked_credential(
+                credential.token_id
+            ) or self._pdp.revoked_certificate(credential.certificate_serial)
         if revoked is not None:  # signature and expiry may be fine: the credential is not
             request = _attempt(ANONYMOUS, facts, routes, found)
             decision = await self._pdp.refuse(

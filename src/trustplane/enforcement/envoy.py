@@ -116,8 +116,9 @@ class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type:
     ) -> external_auth_pb2.CheckResponse:
         try:
             facts, spiffe_id = check_facts(request.attributes)
+            certificate = request.attributes.source.certificate or None
             verdict = await self._enforcer.judge(
-                facts, facts.headers, _peer_address(context.peer()), spiffe_id
+                facts, facts.headers, _peer_address(context.peer()), spiffe_id, certificate
             )
             return check_response(verdict, self._strip)
         except Exception:

@@ -23,16 +23,16 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import cedarpy
-from cryptography import x509
 
 from trustplane.config import Settings
 from trustplane.decision.requests import RequestError, parse_entity
 from trustplane.enforcement.credentials import (
+    CredentialRejected,
     ProxyTrust,
-    _split_outside_quotes,
+    certificate_serial,
+    xfcc_certificate,
     xfcc_spiffe_id,
 )
 from trustplane.identity.svid import SvidError, validate_jwt_svid
@@ -269,17 +269,12 @@ class AdminAuthenticator:
 def xfcc_serial(value: str) -> int | None:
     """The serial number of the closest client's certificate in `X-Forwarded-Client-Cert`
     (`Cert=` holds it URL-encoded, PEM), when the proxy forwards it."""
-    if not value:
+    encoded = xfcc_certificate(value)
+    if encoded is None:
         return None
-    last = _split_outside_quotes(value, ",")[-1]
-    for pair in _split_outside_quotes(last, ";"):
-        key, _, item = pair.partition("=")
-        if key.strip().lower() == "cert":
-            try:
-                pem = unquote(item.strip().strip('"')).encode()
-                return int(x509.load_pem_x509_certificate(pem).serial_number)
-            except ValueError:
-                raise AdminUnauthenticated(
-                    "X-Forwarded-Client-Cert: Cert is not a PEM certificate"
-                ) from None
-    return None
+    try:
+        return certificate_serial(encoded)
+    except CredentialRejected:
+        raise AdminUnauthenticated(
+            "X-Forwarded-Client-Cert: Cert is not a PEM certificate"
+        ) from None
