@@ -16,11 +16,9 @@ from trustplane.cli.main import (
     CliError,
     JsonOpt,
     UrlOpt,
+    _admin,
     _ctx,
     _emit_json,
-    _http,
-    _server,
-    _token,
     _when,
     out,
 )
@@ -38,8 +36,20 @@ exceptions_app: typer.Typer = typer.Typer(
 
 
 def _call(ctx: typer.Context, method: str, path: str, url: str | None, body: Any = None) -> Any:
-    settings = _ctx(ctx).settings()
-    return _http(method, _server(settings, url), path, _token(settings), body).json()
+    return _admin(_ctx(ctx).settings(), method, path, url, body)
+
+
+def _revoke(
+    ctx: typer.Context, path: str, what: str, reason: str, url: str | None, as_json: bool
+) -> None:
+    """End a grant or an exception now; saying so when it already was (revoking is
+    idempotent)."""
+    document = _call(ctx, "POST", path, url, {"reason": _required(reason, "--reason")})
+    if as_json:
+        _emit_json(document)
+        return
+    already = "" if document.get("created") else " (it already was)"
+    out.print(f"[green]✓[/] {what} revoked{already}")
 
 
 def _required(value: str, option: str) -> str:
@@ -130,13 +140,7 @@ def access_revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """End a grant now, on every replica (idempotent)."""
-    body = {"reason": _required(reason, "--reason")}
-    document = _call(ctx, "POST", f"/v1/access/grants/{grant_id}/revoke", url, body)
-    if as_json:
-        _emit_json(document)
-        return
-    already = "" if document.get("created") else " (it already was)"
-    out.print(f"[green]✓[/] grant {grant_id} revoked{already}")
+    _revoke(ctx, f"/v1/access/grants/{grant_id}/revoke", f"grant {grant_id}", reason, url, as_json)
 
 
 @access_app.command("list")
@@ -356,13 +360,8 @@ def exceptions_revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """End an exception now (idempotent)."""
-    body = {"reason": _required(reason, "--reason")}
-    document = _call(ctx, "POST", f"/v1/exceptions/{exception_id}/revoke", url, body)
-    if as_json:
-        _emit_json(document)
-        return
-    already = "" if document.get("created") else " (it already was)"
-    out.print(f"[green]✓[/] exception {exception_id} revoked{already}")
+    path = f"/v1/exceptions/{exception_id}/revoke"
+    _revoke(ctx, path, f"exception {exception_id}", reason, url, as_json)
 
 
 @exceptions_app.command("list")

@@ -24,6 +24,7 @@ from trustplane.cli.main import (
     CliError,
     JsonOpt,
     UrlOpt,
+    _admin,
     _ctx,
     _emit_json,
     _http,
@@ -165,7 +166,7 @@ def list_cmd(
         if value is not None:
             query[name] = value
     path = "/v1/attestations?" + urlencode(query)
-    doc = _http("GET", _server(settings, url), path, _token(settings)).json()
+    doc = _admin(settings, "GET", path, url)
     if as_json:
         _emit_json(doc)
         return

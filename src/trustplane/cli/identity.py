@@ -22,6 +22,7 @@ from trustplane.cli.main import (
     CliError,
     JsonOpt,
     UrlOpt,
+    _admin,
     _ctx,
     _emit_json,
     _http,
@@ -169,7 +170,7 @@ def bundle_cmd(
 def keys_cmd(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """The trust domain's keys and their rotation states."""
     settings = _ctx(ctx).settings()
-    doc = _http("GET", _server(settings, url), "/v1/identity/keys", _token(settings)).json()
+    doc = _admin(settings, "GET", "/v1/identity/keys", url)
     if as_json:
         _emit_json(doc)
         return
@@ -242,9 +243,7 @@ def entry_create(
         "x509_ttl_seconds": x509_ttl,
         "jwt_ttl_seconds": jwt_ttl,
     }
-    entry = _http(
-        "POST", _server(settings, url), "/v1/identity/entries", _token(settings), body
-    ).json()
+    entry = _admin(settings, "POST", "/v1/identity/entries", url, body)
     if as_json:
         _emit_json(entry)
         return
@@ -255,7 +254,7 @@ def entry_create(
 def entry_list(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """The registration entries."""
     settings = _ctx(ctx).settings()
-    doc = _http("GET", _server(settings, url), "/v1/identity/entries", _token(settings)).json()
+    doc = _admin(settings, "GET", "/v1/identity/entries", url)
     if as_json:
         _emit_json(doc)
         return
@@ -276,7 +275,7 @@ def entry_delete(
     """Delete a registration entry; its workloads get no new SVIDs."""
     settings = _ctx(ctx).settings()
     path = f"/v1/identity/entries/{entry_id}"
-    entry = _http("DELETE", _server(settings, url), path, _token(settings)).json()
+    entry = _admin(settings, "DELETE", path, url)
     if as_json:
         _emit_json(entry)
         return
@@ -296,7 +295,7 @@ def inventory_cmd(
     """Every identity issued or seen, flagged: no owner, unused, long-lived credentials."""
     settings = _ctx(ctx).settings()
     path = f"/v1/identity/inventory?unused_days={unused_days}&long_lived_seconds={long_lived}"
-    doc = _http("GET", _server(settings, url), path, _token(settings)).json()
+    doc = _admin(settings, "GET", path, url)
     if as_json:
         _emit_json(doc)
         return

@@ -503,8 +503,8 @@ def policy_status(
 ) -> None:
     """The active bundle on a running server, its policies and the activation history."""
     settings = _ctx(ctx).settings()
-    status = _http("GET", _server(settings, url), "/v1/bundle", _token(settings)).json()
-    history = _http("GET", _server(settings, url), "/v1/bundle/revisions", _token(settings)).json()
+    status = _admin(settings, "GET", "/v1/bundle", url)
+    history = _admin(settings, "GET", "/v1/bundle/revisions", url)
     if as_json:
         _emit_json({**status, **history})
         return
@@ -544,9 +544,7 @@ def policy_rollback(
     """Return the running server to the previously active revision (or --to one)."""
     settings = _ctx(ctx).settings()
     body = {"to": to} if to else {}
-    result = _http(
-        "POST", _server(settings, url), "/v1/bundle/rollback", _token(settings), body
-    ).json()
+    result = _admin(settings, "POST", "/v1/bundle/rollback", url, body)
     if as_json:
         _emit_json(result)
         return
@@ -563,7 +561,7 @@ def policy_reload(
 ) -> None:
     """Ask the running server to reload its bundle directory."""
     settings = _ctx(ctx).settings()
-    result = _http("POST", _server(settings, url), "/v1/bundle/reload", _token(settings)).json()
+    result = _admin(settings, "POST", "/v1/bundle/reload", url)
     out.print(f"[green]✓[/] active revision {result['active']['revision'][:12]}")
 
 
@@ -589,6 +587,11 @@ def _token(settings: Settings) -> str:
             f"no admin token: {settings.admin_token_file} is missing; run "
             "`trustplane init` or set TRUSTPLANE_ADMIN_TOKEN"
         ) from None
+
+
+def _admin(settings: Settings, method: str, path: str, url: str | None, body: Any = None) -> Any:
+    """One admin API call with the configured token; the JSON answer."""
+    return _http(method, _server(settings, url), path, _token(settings), body).json()
 
 
 def _http(
@@ -925,7 +928,7 @@ def revocations_cmd(
 ) -> None:
     """List the revocations in force."""
     settings = _ctx(ctx).settings()
-    document = _http("GET", _server(settings, url), "/v1/revocations", _token(settings)).json()
+    document = _admin(settings, "GET", "/v1/revocations", url)
     if as_json:
         _emit_json(document)
         return
