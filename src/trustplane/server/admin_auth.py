@@ -36,7 +36,7 @@ from trustplane.enforcement.credentials import (
     xfcc_spiffe_id,
 )
 from trustplane.identity.svid import SvidError, validate_jwt_svid
-from trustplane.identity.tokens import Issuer, TokenRejected, TokenVerifier
+from trustplane.identity.tokens import TokenRejected, TokenVerifier, verifier_from_settings
 
 BOOTSTRAP_PREFIX = "tpa_"
 
@@ -169,19 +169,8 @@ class AdminAuthenticator:
         self._check_bootstrap = check_bootstrap
         self._identity = identity
         self._proxies = ProxyTrust(settings.trusted_proxies)
-        if verifier is None and settings.admin_issuers:
-            verifier = TokenVerifier(
-                [
-                    Issuer(
-                        issuer=i.issuer,
-                        jwks_uri=i.jwks_uri,
-                        audiences=tuple(i.audiences),
-                        algorithms=tuple(i.algorithms),
-                        leeway_seconds=i.leeway_seconds,
-                    )
-                    for i in settings.admin_issuers
-                ]
-            )
+        if verifier is None:
+            verifier = verifier_from_settings(settings.admin_issuers)
         self._verifier = verifier
 
     def authenticate(
