@@ -32,22 +32,50 @@ if [[ ! -f "$stamp" ]]; then
   fi
 fi
 
+apt_install() {
+  # Debian packages, installed once (quietly); false if they could not be.
+  command -v apt-get >/dev/null || return 1
+  local sudo_cmd=""
+  [[ "$(id -u)" != 0 ]] && sudo_cmd="sudo"
+  echo "==> installing $* (Debian packages)" >&2
+  $sudo_cmd apt-get install -y -qq "$@" >/dev/null 2>&1 || {
+    $sudo_cmd apt-get update -qq >/dev/null 2>&1
+    $sudo_cmd apt-get install -y -qq "$@" >/dev/null 2>&1
+  }
+}
+
 # The test suite drives real proxies (nginx auth_request, Caddy forward_auth): Debian packages.
 if [[ -n "$extras" ]]; then
   missing=()
   command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
   command -v caddy >/dev/null || missing+=(caddy)
   if ((${#missing[@]})); then
-    if command -v apt-get >/dev/null; then
-      echo "==> installing ${missing[*]} (Debian packages)" >&2
-      sudo_cmd=""
-      [[ "$(id -u)" != 0 ]] && sudo_cmd="sudo"
-      $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || {
-        $sudo_cmd apt-get update -qq >/dev/null 2>&1
-        $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
-      }
-    else
-      echo "warning: ${missing[*]} missing and apt-get unavailable; their tests will be skipped" >&2
-    fi
+    apt_install "${missing[@]}" ||
+      echo "warning: ${missing[*]} not installed; their tests will be skipped" >&2
+  fi
+fi
+
+# The compiled ext_authz gRPC front (src/trustplane/enforcement/native/), built against
+# Debian's libgrpc++ into .venv/bin. Without it `serve` uses grpcio's server (same answers,
+# several times the cost per call).
+front_src=src/trustplane/enforcement/native/extauthz_front.cc
+front_bin=.venv/bin/trustplane-extauthz
+front_stamp=".venv/.extauthz-$(sha256sum "$front_src" | cut -c1-16)"
+if [[ ! -f "$front_stamp" || ! -x "$front_bin" ]]; then
+  if ! command -v g++ >/dev/null || ! command -v pkg-config >/dev/null ||
+    ! pkg-config --exists grpc++ 2>/dev/null; then
+    apt_install g++ pkg-config libgrpc++-dev || true
+  fi
+  echo "==> building trustplane-extauthz (g++, libgrpc++)" >&2
+  # shellcheck disable=SC2046  # pkg-config prints several flags
+  if g++ -O2 -std=c++17 -Wall -o "$front_bin.new" "$front_src" \
+    $(pkg-config --cflags --libs grpc++ 2>/dev/null) 2>.venv/extauthz-build.log; then
+    mv "$front_bin.new" "$front_bin"
+    rm -f .venv/.extauthz-*
+    touch "$front_stamp"
+  else
+    rm -f "$front_bin.new"
+    echo "warning: trustplane-extauthz not built (.venv/extauthz-build.log); ext_authz gRPC" \
+      "will be served by grpcio" >&2
   fi
 fi

@@ -36,6 +36,12 @@ class LedgerAppender(StrEnum):
     THREAD = "thread"
 
 
+class GrpcTransport(StrEnum):
+    AUTO = "auto"  # the compiled front when it is installed, else grpcio
+    NATIVE = "native"  # the compiled front (trustplane-extauthz) or refuse to start
+    PYTHON = "python"  # grpcio's asyncio server
+
+
 class Durability(StrEnum):
     BATCH = "batch"
     SYNC = "sync"
@@ -208,6 +214,17 @@ class Settings(BaseSettings):
         True, description="Serve Envoy ext_authz (envoy.service.auth.v3.Authorization) over gRPC."
     )
     grpc_port: int = Field(9191, ge=0, le=65535, description="Port of the ext_authz gRPC server.")
+    grpc_transport: GrpcTransport = Field(
+        GrpcTransport.AUTO,
+        description="What terminates ext_authz gRPC: `native`, the compiled front "
+        "trustplane-extauthz (built by scripts/bootstrap.sh with Debian's libgrpc++), which "
+        "hands each call's bytes to this process; `python`, grpcio's asyncio server; `auto`, "
+        "native when installed. Same answers either way; the front costs far less per call.",
+    )
+    grpc_native_binary: Path | None = Field(
+        None,
+        description="Path of trustplane-extauthz (default: beside this Python, then PATH).",
+    )
     strip_credential: bool = Field(
         False,
         description="Ask Envoy to remove the caller's Authorization header before the request "

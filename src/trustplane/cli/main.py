@@ -194,6 +194,10 @@ def serve(
         raise CliError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
     if init_if_needed and not settings.ledger_key_file.exists():
         initialise(settings)
+    if settings.grpc_enabled:
+        from trustplane.enforcement.native import require_transport
+
+        require_transport(settings)
     scheme = "https" if settings.tls_cert_file or settings.tls_from_ca else "http"
     err.print(
         f"trustplane serving [bold]{settings.bundle_dir}[/] on "

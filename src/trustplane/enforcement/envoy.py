@@ -105,7 +105,8 @@ def _denied(
 
 
 class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    """`envoy.service.auth.v3.Authorization` on grpc.aio."""
+    """`envoy.service.auth.v3.Authorization`: `Check` on grpc.aio, `answer` for any transport
+    (the compiled front hands it the same messages)."""
 
     def __init__(self, enforcer: HttpEnforcer, strip_credential: bool = False) -> None:
         self._enforcer = enforcer
@@ -114,17 +115,28 @@ class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type:
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
+        return await self.answer(request, context.peer())
+
+    async def answer(
+        self, request: external_auth_pb2.CheckRequest, peer: str
+    ) -> external_auth_pb2.CheckResponse:
+        """The answer to one Check; `peer` in gRPC's form (`ipv4:127.0.0.1:5555`)."""
         try:
             facts, spiffe_id = check_facts(request.attributes)
             certificate = request.attributes.source.certificate or None
             verdict = await self._enforcer.judge(
-                facts, facts.headers, _peer_address(context.peer()), spiffe_id, certificate
+                facts, facts.headers, _peer_address(peer), spiffe_id, certificate
             )
             return check_response(verdict, self._strip)
         except Exception:
             log.exception("ext_authz Check failed; denying")
-            body = orjson.dumps({"decision": False, "reasons": ["pdp_error"]}).decode()
-            return _denied(code_pb2.UNAVAILABLE, 503, [], body)
+            return unavailable()
+
+
+def unavailable() -> external_auth_pb2.CheckResponse:
+    """The deny sent when no decision could be made (Envoy passes the 503 to the client)."""
+    body = orjson.dumps({"decision": False, "reasons": ["pdp_error"]}).decode()
+    return _denied(code_pb2.UNAVAILABLE, 503, [], body)
 
 
 def _peer_address(peer: str) -> str | None:
@@ -138,14 +150,12 @@ def _peer_address(peer: str) -> str | None:
 
 
 async def start_grpc_server(
-    enforcer: HttpEnforcer, host: str, port: int, strip_credential: bool
+    service: EnvoyAuthorization, host: str, port: int
 ) -> tuple[grpc.aio.Server, int]:
-    """Serve ext_authz on host:port (SO_REUSEPORT, so every worker process binds the same
-    port); returns the server and the bound port."""
+    """Serve ext_authz with grpcio on host:port (SO_REUSEPORT, so every worker process binds
+    the same port); returns the server and the bound port."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-        EnvoyAuthorization(enforcer, strip_credential), server
-    )
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(address)
     await server.start()

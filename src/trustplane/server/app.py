@@ -21,8 +21,9 @@ from trustplane.decision.manager import reload_or_log
 from trustplane.enforcement.admission import AdmissionWebhook
 from trustplane.enforcement.credentials import Authenticator
 from trustplane.enforcement.enforcer import HttpEnforcer
-from trustplane.enforcement.envoy import EnvoyHttp, start_grpc_server
+from trustplane.enforcement.envoy import EnvoyAuthorization, EnvoyHttp
 from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth
+from trustplane.enforcement.native import start_ext_authz
 from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
 from trustplane.server.admin import AdminApi
@@ -145,10 +146,16 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         await run_in_threadpool(runtime.start)
         grpc_server = None
         if settings.grpc_enabled:
-            grpc_server, port = await start_grpc_server(
-                enforcer, settings.host, settings.grpc_port, settings.strip_credential
+            service = EnvoyAuthorization(enforcer, settings.strip_credential)
+            grpc_server, transport = await start_ext_authz(
+                settings, service, settings.host, settings.grpc_port
             )
-            log.info("Envoy ext_authz gRPC on %s:%d", settings.host, port)
+            log.info(
+                "Envoy ext_authz gRPC on %s:%d (%s transport)",
+                settings.host,
+                grpc_server.port,
+                transport,
+            )
         workload_api = None  # one process owns the socket: `identity agent` serves it for N
         if settings.workload_socket and runtime.identity is not None and settings.workers == 1:
             workload_api = WorkloadApiServer(runtime.identity, settings.workload_socket)
@@ -168,7 +175,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
             if grpc_server is not None:
-                await grpc_server.stop(grace=5)  # answers in flight are recorded before close
+                await grpc_server.stop()  # answers in flight are recorded before close
             if workload_api is not None:
                 await workload_api.stop()
             await run_in_threadpool(runtime.close)

@@ -1,0 +1,287 @@
+"""Serving ext_authz gRPC through the compiled front, `trustplane-extauthz`.
+
+grpcio's Python server spends about 250 µs of interpreter time on every unary call before
+trustplane's handler runs; at 1,000 calls/s on a 2-core machine that per-call cost, not the
+decision, sets the latency tail (docs/benchmarks.md, enforcement). The front
+(`native/extauthz_front.cc`, built by scripts/bootstrap.sh against Debian's libgrpc++) terminates
+gRPC and HTTP/2 and passes each Check's serialized bytes over a unix socketpair; this
+module parses them with the xds-protos classes, answers with the same `EnvoyAuthorization`
+the grpc.aio transport uses, and writes the serialized CheckResponse back. The front holds no
+policy: a wrong answer cannot come from it, only no answer (UNAVAILABLE, a deny at Envoy).
+
+The socketpair has no path: only the front this process started holds the other end. If the
+front dies, a supervisor starts a new one on the same port with a new pair.
+
+`start_ext_authz` picks the transport from settings (`grpc_transport`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import struct
+import sys
+from pathlib import Path
+from typing import Protocol, cast
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf.message import DecodeError
+
+from trustplane.config import ConfigError, GrpcTransport, Settings
+from trustplane.enforcement.envoy import EnvoyAuthorization, start_grpc_server
+
+log = logging.getLogger("trustplane.envoy")
+
+BINARY_NAME = "trustplane-extauthz"
+_CALL_HEAD = struct.Struct("<IQH")  # length, call id, peer length; then peer, message
+_ANSWER_HEAD = struct.Struct("<IQB")  # length, call id, kind; then message
+_ANSWER_OK, _ANSWER_INVALID = 0, 1
+_MAX_FRAME = 8 << 20  # the front's own limit; grpc caps a message at 4 MiB before that
+_ANSWER_TIMEOUT_MS = 10_000  # the front fails a call closed after this (Envoy's own is 200 ms)
+_START_TIMEOUT = 10.0
+_RESTART_BACKOFF = (0.2, 5.0)
+
+
+class NativeFrontError(Exception):
+    """The compiled front could not be found or started; the message says what to do."""
+
+
+class ExtAuthzServer(Protocol):
+    port: int
+
+    async def stop(self) -> None: ...
+
+
+def find_binary(configured: Path | None) -> Path | None:
+    """`grpc_native_binary`, else trustplane-extauthz beside this interpreter (the venv's bin,
+    where bootstrap puts it), else on PATH."""
+    if configured is not None:
+        return configured if configured.is_file() else None
+    beside = Path(sys.executable).parent / BINARY_NAME
+    if beside.is_file():
+        return beside
+    found = shutil.which(BINARY_NAME)
+    return Path(found) if found else None
+
+
+def require_transport(settings: Settings) -> Path | None:
+    """The front's binary when the settings will use it; refuses `native` without one."""
+    if settings.grpc_transport is GrpcTransport.PYTHON:
+        return None
+    binary = find_binary(settings.grpc_native_binary)
+    if settings.grpc_transport is GrpcTransport.NATIVE and binary is None:
+        where = settings.grpc_native_binary or f"{Path(sys.executable).parent}/{BINARY_NAME}"
+        raise ConfigError(
+            f"grpc_transport is native but {where} does not exist: run scripts/bootstrap.sh "
+            "(it builds the front with g++, pkg-config and libgrpc++-dev), or set "
+            "grpc_transport=python"
+        )
+    return binary
+
+
+async def start_ext_authz(
+    settings: Settings, service: EnvoyAuthorization, host: str, port: int
+) -> tuple[ExtAuthzServer, str]:
+    """The ext_authz server the settings ask for, started; and the transport's name."""
+    binary = require_transport(settings)
+    if binary is None:
+        if settings.grpc_transport is GrpcTransport.AUTO:
+            log.info("%s is not installed: ext_authz gRPC is served by grpcio", BINARY_NAME)
+        aio = await _AioServer.start(service, host, port)
+        return aio, "python"
+    front = NativeFront(service, binary, host, port)
+    await front.start()
+    return front, "native"
+
+
+class _AioServer:
+    def __init__(self, server: grpc.aio.Server, port: int) -> None:
+        self._server = server
+        self.port = port
+
+    @classmethod
+    async def start(cls, service: EnvoyAuthorization, host: str, port: int) -> _AioServer:
+        server, bound = await start_grpc_server(service, host, port)
+        return cls(server, bound)
+
+    async def stop(self) -> None:
+        await self._server.stop(grace=5)  # answers in flight are recorded before close
+
+
+class NativeFront:
+    """The front process, the socket it calls, and a supervisor that starts a new front on the
+    same port if it dies (calls fail closed meanwhile: Envoy cannot connect)."""
+
+    def __init__(self, service: EnvoyAuthorization, binary: Path, host: str, port: int) -> None:
+        self._service = service
+        self._binary = binary
+        self._host = host
+        self.port = port
+        self._process: asyncio.subprocess.Process | None = None
+        self._bridge: _Bridge | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="extauthz-front")
+
+    def _address(self) -> str:
+        return f"[{self._host}]:{self.port}" if ":" in self._host else f"{self._host}:{self.port}"
+
+    async def _spawn(self) -> None:
+        # A socketpair, not a path: only the child holds the other end.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                str(self._binary),
+                "--listen",
+                self._address(),
+                "--backend-fd",
+                str(theirs.fileno()),
+                "--timeout-ms",
+                str(_ANSWER_TIMEOUT_MS),
+                stdin=asyncio.subprocess.PIPE,  # the front exits when this closes
+                stdout=asyncio.subprocess.PIPE,
+                pass_fds=(theirs.fileno(),),
+            )
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        loop = asyncio.get_running_loop()
+        _, self._bridge = await loop.connect_accepted_socket(
+            lambda: _Bridge(self._service), sock=ours
+        )
+        assert self._process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self._process.stdout.readline(), _START_TIMEOUT)
+        except TimeoutError:
+            line = b""
+        words = line.decode(errors="replace").split()
+        if len(words) != 2 or words[0] != "ready" or not words[1].isdigit():
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            await self._process.wait()
+            self._bridge.close()
+            raise NativeFrontError(
+                f"{self._binary} did not start on {self._address()} "
+                f"(exit status {self._process.returncode}; its error is in the log above)"
+            )
+        self.port = int(words[1])  # port 0 asked for any: a restart comes back on this one
+
+    async def _supervise(self) -> None:
+        backoff = _RESTART_BACKOFF[0]
+        while not self._stopping:
+            assert self._process is not None
+            status = await self._process.wait()
+            if self._stopping:
+                return
+            if self._bridge is not None:
+                self._bridge.close()
+            log.error(
+                "%s exited (status %s): ext_authz calls fail closed until it is back",
+                self._binary.name,
+                status,
+            )
+            await asyncio.sleep(backoff)
+            try:
+                await self._spawn()
+                backoff = _RESTART_BACKOFF[0]
+                log.warning("%s restarted on %s", self._binary.name, self._address())
+            except (NativeFrontError, OSError) as exc:
+                log.error("restarting %s failed: %s", self._binary.name, exc)
+                backoff = min(backoff * 2, _RESTART_BACKOFF[1])
+
+    async def stop(self) -> None:
+        """Stop taking calls and let the front finish those in flight (it allows them 2 s);
+        answers still being made meanwhile reach it."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        process = self._process
+        if process is not None and process.returncode is None:
+            assert process.stdin is not None
+            process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), 5)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._bridge is not None:
+            await self._bridge.drain()
+            self._bridge.close()
+
+
+class _Bridge(asyncio.Protocol):
+    """The connection to one front: frames in, a task per call, frames out."""
+
+    def __init__(self, service: EnvoyAuthorization) -> None:
+        self._service = service
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None  # answers still being made are dropped: the front failed them
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    async def drain(self) -> None:
+        """Wait for the answers being made (each is recorded before it is sent)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None:
+            return
+        buffer = self._buffer
+        buffer += data
+        at = 0
+        while len(buffer) - at >= 4:
+            length = int.from_bytes(buffer[at : at + 4], "little")
+            if length < _CALL_HEAD.size - 4 or length > _MAX_FRAME:
+                log.error("malformed frame from %s; closing its connection", BINARY_NAME)
+                self._transport.close()
+                return
+            if len(buffer) - at < 4 + length:
+                break
+            _, call_id, peer_length = _CALL_HEAD.unpack_from(buffer, at)
+            start = at + _CALL_HEAD.size
+            peer = bytes(buffer[start : start + peer_length]).decode(errors="replace")
+            message = bytes(buffer[start + peer_length : at + 4 + length])
+            at += 4 + length
+            task = asyncio.create_task(self._answer(call_id, peer, message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        del buffer[:at]
+
+    async def _answer(self, call_id: int, peer: str, message: bytes) -> None:
+        try:
+            request = external_auth_pb2.CheckRequest.FromString(message)
+        except DecodeError as exc:
+            self._write(call_id, _ANSWER_INVALID, f"malformed CheckRequest: {exc}".encode())
+            return
+        response = await self._service.answer(request, peer)  # never raises: denies instead
+        self._write(call_id, _ANSWER_OK, response.SerializeToString())
+
+    def _write(self, call_id: int, kind: int, message: bytes) -> None:
+        if self._transport is not None:
+            head = _ANSWER_HEAD.pack(_ANSWER_HEAD.size - 4 + len(message), call_id, kind)
+            self._transport.write(head + message)
