@@ -6,8 +6,10 @@ baseline measured in the same run.
 
 1. gRPC `Authorization/Check` (the real `trustplane serve`, ledger on, batch durability):
    open loop at 1,000 calls/s offered from a second process, p50/p99 from each call's scheduled
-   time; then a closed loop for the maximum sustainable throughput. The baseline is a no-op
-   Authorization server on the same gRPC stack (grpc.aio) answering OK. The load comes from
+   time; then a closed loop for the maximum sustainable throughput. Four servers, interleaved:
+   trustplane with its compiled front (the default transport) and with grpcio's server
+   (`grpc_transport=python`), and a no-op Authorization server answering OK on each of those
+   two stacks (the front with a no-op answer in Python; grpc.aio). The load comes from
    bench/grpcload.cc (built here with g++ and Debian's libgrpc++-dev) when it can be built, so
    the generator's own pauses are not charged to the server; else from bench/grpcload.py.
 2. nginx with `auth_request` (the real Debian nginx, one worker) in front of an upstream that
@@ -107,17 +109,49 @@ def serve_noop_grpc(port: int) -> None:
     asyncio.run(main())
 
 
-def start_noop_grpc(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def serve_noop_native(port: int) -> None:
+    """The compiled front with a Python answer that does nothing: the cost of the transport."""
+    from envoy.service.auth.v3 import external_auth_pb2
+    from google.rpc import code_pb2, status_pb2
+
+    from trustplane.enforcement.native import NativeFront, find_binary
+
+    ok = external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK), ok_response=external_auth_pb2.OkHttpResponse()
+    )
+
+    class Noop:
+        async def answer(self, request: Any, peer: str) -> Any:
+            return ok
+
+    async def main() -> None:
+        binary = find_binary(None)
+        assert binary is not None, "trustplane-extauthz is not built (scripts/bootstrap.sh)"
+        front = NativeFront(Noop(), binary, "127.0.0.1", port)  # type: ignore[arg-type]
+        await front.start()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def start_noop_grpc(workdir: Path, kind: str = "grpc") -> tuple[subprocess.Popen[bytes], int]:
+    """A no-op Authorization server in its own process: `grpc` (grpc.aio) or `native`."""
     port = httpbench.free_port()
-    log = (workdir / "noop-grpc.log").open("wb")
+    log = (workdir / f"noop-{kind}.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, str(BENCH_DIR / "enforcement.py"), "--serve-noop-grpc", str(port)],
+        [sys.executable, str(BENCH_DIR / "enforcement.py"), f"--serve-noop-{kind}", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     time.sleep(1.0)
     return process, port
+
+
+def native_front_installed() -> bool:
+    from trustplane.enforcement.native import find_binary
+
+    return find_binary(None) is not None
 
 
 def run_tool(argv: list[str], seconds: float) -> dict[str, Any]:
@@ -315,9 +349,14 @@ def run(sizes: Sizes, log: Any, python_client: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tp-bench-edge-") as tmp:
         workdir = Path(tmp)
-        log("starting trustplane serve (shop bundle, batch ledger) and a no-op gRPC server")
+        log("starting trustplane serve (shop bundle, batch ledger; both transports) and no-ops")
         server = httpbench.start_server("trustplane", workdir, True, EDGE_ENV)
+        python_env = {**EDGE_ENV, "TRUSTPLANE_GRPC_TRANSPORT": "python"}
+        on_grpcio = httpbench.start_server("trustplane-grpcio", workdir, True, python_env)
         noop, noop_port = start_noop_grpc(workdir)
+        front = native_front_installed()
+        noop_native, noop_native_port = start_noop_grpc(workdir, "native") if front else (None, 0)
+        results["native_front"] = front
         binary, why = (None, "--python-client given") if python_client else compiled_grpcload()
         checks = dump_requests(workdir / "checks.hex") if binary is not None else None
         results["grpc_client"] = (
@@ -328,8 +367,14 @@ def run(sizes: Sizes, log: Any, python_client: bool = False) -> dict[str, Any]:
         log(f"gRPC load generator: {results['grpc_client']}")
         load = {"binary": binary, "requests": checks}
         try:
-            assert server.grpc_port is not None
-            servers = (("trustplane", server.grpc_port), ("noop", noop_port))
+            assert server.grpc_port is not None and on_grpcio.grpc_port is not None
+            servers = [
+                ("trustplane", server.grpc_port),
+                ("trustplane_grpcio", on_grpcio.grpc_port),
+                ("noop", noop_port),
+            ]
+            if noop_native is not None:
+                servers.append(("noop_native", noop_native_port))
             for round_ in range(sizes.rounds):
                 for name, port in servers:
                     log(f"gRPC Check, {name}: {sizes.rate}/s, run {round_ + 1}/{sizes.rounds}")
@@ -355,6 +400,9 @@ def run(sizes: Sizes, log: Any, python_client: bool = False) -> dict[str, Any]:
             )
         finally:
             stop(noop)
+            if noop_native is not None:
+                stop(noop_native)
+            httpbench.stop_server(on_grpcio)
             httpbench.stop_server(server)
     return results
 
@@ -432,7 +480,16 @@ def report(results: dict[str, Any], sizes: Sizes, quick: bool) -> str:
         "| closed-loop calls/s | closed p99 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, label in (("trustplane", "trustplane serve"), ("noop", "no-op grpc.aio server")):
+    front = "compiled front" if results.get("native_front") else "grpcio (front not built)"
+    labels = (
+        ("trustplane", f"trustplane serve ({front})"),
+        ("noop_native", "no-op on the compiled front"),
+        ("trustplane_grpcio", "trustplane serve (`grpc_transport=python`, grpcio)"),
+        ("noop", "no-op grpc.aio server"),
+    )
+    for name, label in labels:
+        if f"grpc_open_{name}" not in results:
+            continue
         o, c = results[f"grpc_open_{name}"], results[f"grpc_closed_{name}"]
         lat = o["latency_ms"]
         lines.append(
@@ -441,11 +498,19 @@ def report(results: dict[str, Any], sizes: Sizes, quick: bool) -> str:
         )
     p99 = results["grpc_open_trustplane"]["latency_ms"]["p99"]
     verdict = "PASS" if p99 is not None and p99 <= 1.5 else "FAIL"
+    closed = {
+        name: results[f"grpc_closed_{name}"]["rps"]
+        for name, _ in labels
+        if f"grpc_closed_{name}" in results
+    }
+    grpcio_p99 = results["grpc_open_trustplane_grpcio"]["latency_ms"]["p99"]
     lines += [
         "",
         f"Floor p99 ≤ 1.5 ms at 1,000/s: **{p99} ms, {verdict}** (OPA-Envoy publishes 3.0 ms). "
-        f"Throughput ratio to the no-op: "
-        f"{ratio(results['grpc_closed_trustplane']['rps'], results['grpc_closed_noop']['rps'])}.",
+        "Closed-loop throughput against the grpc.aio no-op: trustplane "
+        f"{ratio(closed['trustplane'], closed['noop'])}, trustplane on grpcio "
+        f"{ratio(closed['trustplane_grpcio'], closed['noop'])}; p99 on grpcio over p99 on "
+        f"the front: {ratio(grpcio_p99, p99)}.",
         "",
     ]
     if "nginx_closed_trustplane" in results:
@@ -485,9 +550,13 @@ def main(argv: list[str] | None = None) -> None:
         help="load gRPC from bench/grpcload.py even when bench/grpcload.cc can be built",
     )
     parser.add_argument("--serve-noop-grpc", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-noop-native", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_noop_grpc:
         serve_noop_grpc(args.serve_noop_grpc)
+        return
+    if args.serve_noop_native:
+        serve_noop_native(args.serve_noop_native)
         return
     sizes = QUICK if args.quick else FULL
 

@@ -155,6 +155,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "trustplane-2w-nocache": (["--workers", "2"], {"TRUSTPLANE_DECISION_CACHE_SIZE": "0"}),
     "trustplane-process": ([], {"TRUSTPLANE_LEDGER_APPENDER": "process"}),
     "trustplane-2w-process": (["--workers", "2"], {"TRUSTPLANE_LEDGER_APPENDER": "process"}),
+    "trustplane-grpcio": ([], {"TRUSTPLANE_GRPC_TRANSPORT": "python"}),
 }
 
 
