@@ -187,3 +187,54 @@ def test_the_front_exits_when_its_parent_goes(front_binary: str) -> None:
         if front.poll() is None:
             front.kill()
         front.wait()
+
+
+def _listening_inode(port: int) -> str:
+    """The inode of the TCP socket listening on `port` (from /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_with_workers_each_has_a_front_on_the_port_holding_nothing_else(
+    front_binary: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    with running_server(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'store.db'}",
+        SHOP,
+        watch="false",
+        grpc_port=port,
+        grpc_transport="native",
+        workers=2,
+    ) as srv:
+        workers = subprocess.run(
+            ["pgrep", "-P", str(srv.process.pid)], capture_output=True, text=True
+        ).stdout.split()
+        fronts = wait_for(
+            lambda: (
+                [
+                    pid
+                    for worker in workers
+                    for pid in subprocess.run(
+                        ["pgrep", "-P", worker, "-f", FRONT], capture_output=True, text=True
+                    ).stdout.split()
+                ]
+                if len(srv.log().split("(native transport)")) == 3
+                else None
+            ),
+            timeout=20,
+        )
+        assert len(fronts) == 2
+        http_socket = f"socket:[{_listening_inode(int(srv.url.rsplit(':', 1)[1]))}]"
+        for front in fronts:
+            held = {os.readlink(fd) for fd in Path(f"/proc/{front}/fd").iterdir()}
+            assert http_socket not in held  # the HTTP port dies with the workers, not later
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=10)
+            stub: Any = external_auth_pb2_grpc.AuthorizationStub(channel)
+            request = check("POST", "/payments/v1/charges", principal=CHECKOUT)
+            assert stub.Check(request, timeout=5).status.code == code_pb2.OK

@@ -28,6 +28,7 @@
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
+#include <dirent.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -318,13 +319,30 @@ class ExtAuthz final : public grpc::CallbackGenericService {
 
 }  // namespace
 
+// Close every descriptor but stdio and the backend socket: a parent's listening sockets (uvicorn's,
+// with --workers) must not stay open in the front, whatever the spawning loop left inheritable.
+void CloseInherited(int keep) {
+  std::vector<int> open;
+  if (DIR* dir = ::opendir("/proc/self/fd")) {
+    while (dirent* entry = ::readdir(dir)) {
+      int fd = std::atoi(entry->d_name);
+      if (fd > 2 && fd != keep && fd != ::dirfd(dir)) open.push_back(fd);
+    }
+    ::closedir(dir);
+  }
+  for (int fd : open) ::close(fd);
+}
+
 int main(int argc, char** argv) {
   Args args = Parse(argc, argv);
+  CloseInherited(args.backend_fd);
   Backend backend(args.backend_fd, args.timeout_ms);
   backend.Start();
   ExtAuthz service(&backend);
   int port = 0;
   grpc::ServerBuilder builder;
+  // Several serving processes (`--workers N`) each run a front on the same port.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 1);
   builder.AddListeningPort(args.listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterCallbackGenericService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
