@@ -43,13 +43,17 @@ _JSON_BODY = {"content-type": "application/json"}
 def check_facts(attributes: external_auth_pb2.AttributeContext) -> tuple[HttpFacts, str | None]:
     """The held request as facts, and the peer's SPIFFE ID when Envoy verified one."""
     http = attributes.request.http
-    headers = {k.lower(): v for k, v in http.headers.items()}
+    # Protobuf maps are read by key: their `items()` is the generic Mapping one, several
+    # Python calls per header.
+    held = http.headers
+    headers = {k.lower(): held[k] for k in held}
     if not headers and http.header_map.headers:
         headers = {
             h.key.lower(): h.value or h.raw_value.decode("utf-8", "replace")
             for h in http.header_map.headers
         }
     source = attributes.source
+    extensions = attributes.context_extensions
     sni = attributes.tls_session.sni
     tls = bool(sni) or bool(source.certificate) or http.scheme == "https"
     facts = HttpFacts(
@@ -60,7 +64,7 @@ def check_facts(attributes: external_auth_pb2.AttributeContext) -> tuple[HttpFac
         tls=tls,
         sni=sni,
         headers=headers,
-        extensions=dict(attributes.context_extensions),
+        extensions=dict(extensions) if extensions else {},  # usually none: skip the copy
     )
     principal = source.principal if source.principal.startswith("spiffe://") else None
     return facts, principal
