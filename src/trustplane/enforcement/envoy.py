@@ -125,8 +125,9 @@ class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type:
     ) -> external_auth_pb2.CheckResponse:
         """The answer to one Check; `peer` in gRPC's form (`ipv4:127.0.0.1:5555`)."""
         try:
-            facts, spiffe_id = check_facts(request.attributes)
-            certificate = request.attributes.source.certificate or None
+            attributes = request.attributes
+            facts, spiffe_id = check_facts(attributes)
+            certificate = attributes.source.certificate or None
             verdict = await self._enforcer.judge(
                 facts, facts.headers, _peer_address(peer), spiffe_id, certificate
             )
