@@ -132,7 +132,10 @@ class Authenticator:
 
     def would_block(self, headers: Mapping[str, str]) -> bool:
         """Whether `authenticate` would do network I/O now (a JWKS fetch)."""
-        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+        authorization = headers.get("authorization")
+        if not authorization or self._verifier is None:  # mTLS and proxy callers: no token
+            return False
+        scheme, _, token = authorization.strip().partition(" ")
         if self._verifier is None or scheme.lower() != "bearer" or not token.strip():
             return False
         return self._verifier.would_fetch(token.strip())

@@ -37,7 +37,6 @@ log = logging.getLogger("trustplane.envoy")
 
 REMOVE_HEADERS = "x-envoy-auth-headers-to-remove"
 _GRPC_CODES = {200: code_pb2.OK, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
-_JSON_BODY = {"content-type": "application/json"}
 
 
 def check_facts(attributes: external_auth_pb2.AttributeContext) -> tuple[HttpFacts, str | None]:
@@ -103,7 +102,9 @@ def _fill_denied(
     denied = response.denied_response
     denied.status.code = http_code
     _add_headers(denied.headers, headers)
-    _add_headers(denied.headers, _JSON_BODY)
+    content_type = denied.headers.add().header
+    content_type.key = "content-type"
+    content_type.value = "application/json"
     denied.body = body
 
 
