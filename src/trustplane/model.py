@@ -222,14 +222,21 @@ def refusal(error: str, revision: str | None = None, revocation_epoch: int = 0) 
     )
 
 
+_MS_MASK = (1 << 48) - 1
+_VERSION_AND_VARIANT = (0x7 << 76) | (0b10 << 62)
+_RAND_A_MASK = 0xFFF << 64  # rand_a: bits 62-73 of the random draw, moved up two bits
+_RAND_B_MASK = (1 << 62) - 1
+
+
 def new_decision_id() -> str:
     """A UUIDv7 (RFC 9562): time-ordered, so ids sort the way decisions happened."""
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(_random.take(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
+    value = (
+        ((ms & _MS_MASK) << 80)
+        | _VERSION_AND_VARIANT
+        | ((rand << 2) & _RAND_A_MASK)
+        | (rand & _RAND_B_MASK)
+    )
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

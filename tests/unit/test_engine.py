@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -394,6 +395,27 @@ def test_a_repeated_request_is_answered_from_the_cache_with_a_new_decision_id() 
         first.shadow_changes,
     )
     assert again.as_dict()["cached"] is True
+
+
+def test_a_cached_answer_carries_every_field_of_the_first() -> None:
+    """The cache hit builds its Decision field by field: a new field must be carried too."""
+    evaluator = cached_evaluator()
+    first = ask(evaluator, "ann", "read")
+    again = ask(evaluator, "ann", "read")
+    fresh = {"decision_id", "eval_micros", "timestamp", "cached", "ttl_seconds", "revocation_epoch"}
+    expected = dataclasses.replace(first, **{f: getattr(again, f) for f in fresh})
+    assert again == expected
+    assert {f.name for f in dataclasses.fields(Decision)} == fresh | {
+        "effect",
+        "reasons",
+        "shadow_effect",
+        "shadow_reasons",
+        "shadow_changes",
+        "errors",
+        "revision",
+        "grant_ids",
+        "exception_ids",
+    }, "a new Decision field: carry it in Evaluator.evaluate's cache hit"
 
 
 def test_the_cache_tells_apart_context_and_properties() -> None:

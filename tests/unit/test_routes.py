@@ -111,6 +111,86 @@ routes:
     assert "missing" not in request.context, "an unknown value is left out, not sent as null"
 
 
+def test_routes_starting_with_a_parameter_keep_their_place_in_the_order() -> None:
+    routes = table(
+        """
+routes:
+  - path: /files/special
+    action: billing:read
+    resource: {type: Dataset, id: special}
+  - path: /{anything}/special
+    action: ops:read-logs
+    resource: {type: Service, id: "{anything}"}
+  - path: /files/{rest...}
+    action: billing:read
+    resource: {type: Dataset, id: "{rest}"}
+  - path: /{rest...}
+    action: admin:console-login
+    resource: {type: Service, id: console}
+"""
+    )
+
+    def action(path: str) -> tuple[str, str] | None:
+        found = routes.match("GET", "h", path)
+        return None if found is None else (found.route.action, found.route.resource_id)
+
+    assert action("/files/special") == ("billing:read", "special")
+    assert action("/other/special") == ("ops:read-logs", "{anything}")
+    assert action("/files/x") == ("billing:read", "{rest}")
+    assert action("/other/x") == ("admin:console-login", "console")
+    assert action("/") == ("admin:console-login", "console")
+
+
+def test_context_references_name_every_kind_of_fact() -> None:
+    routes = table(
+        """
+context:
+  who: ${credential.subject}
+  method: ${request.method}
+  host: ${request.host}
+  path: ${request.path}
+  tls: ${request.tls}
+  sni: ${request.sni}
+  agent: "ua=${headers.user-agent}"
+  tenant: ${extensions.tenant}
+  absent: ${headers.x-absent}
+routes:
+  - path: /ops/services/{service}/logs
+    action: ops:read-logs
+    resource: {type: Service, id: "{service}"}
+    context:
+      nested: {list: ["${params.service}", 1], text: plain}
+"""
+    )
+    found = routes.match("GET", "h", "/ops/services/a%2Fb/logs")
+    assert found is not None
+    facts = HttpFacts(
+        "get",
+        "H.example:8443",
+        "/ops/services/a%2Fb/logs?q=1",
+        tls=True,
+        sni="h.example",
+        credential={"subject": "from-facts"},
+        headers={"user-agent": "curl"},
+        extensions={"tenant": "t1"},
+    )
+    request = routes.access_request(found, EntityRef("User", "alice"), facts, {"subject": "bob"})
+    assert str(request.resource) == 'Service::"a/b"'
+    assert request.context == {
+        "who": "bob",
+        "method": "GET",
+        "host": "h.example",
+        "path": "/ops/services/a%2Fb/logs",
+        "tls": True,
+        "sni": "h.example",
+        "agent": "ua=curl",
+        "tenant": "t1",
+        "nested": {"list": ["a/b", 1], "text": "plain"},
+    }
+    fallback = routes.access_request(found, EntityRef("User", "alice"), facts)
+    assert fallback.context["who"] == "from-facts"
+
+
 @pytest.mark.parametrize(
     ("route", "expected"),
     [

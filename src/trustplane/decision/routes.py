@@ -159,31 +159,61 @@ class RouteTable:
         self.context = context
         self.workload_type = workload_type
         self.workload_id_attribute = workload_id_attribute
+        # Candidates by the request's first path segment, in table order (so the first match
+        # still wins): the routes whose template starts with that literal, and those starting
+        # with a parameter. Most requests are then tried against a few routes, not all.
+        # A table is not modified once built.
+        firsts = {_first_literal(r) for r in routes} - {None}
+        self._open_first = tuple(r for r in routes if _first_literal(r) is None)
+        self._by_first = {
+            first: tuple(r for r in routes if _first_literal(r) in (first, None))
+            for first in firsts
+        }
 
     def match(self, method: str, host: str, path: str) -> RouteMatch | None:
         """The first route matching the request, with its path parameters decoded."""
         method = method.upper()
         host = normalise_host(host)
         segments = split_path(path)
-        for route in self.routes:
+        for route in self._by_first.get(segments[0], self._open_first):
             params = route.match(method, host, segments)
             if params is not None:
-                return RouteMatch(route, {k: unquote(v) for k, v in params.items()})
+                decoded = {k: unquote(v) for k, v in params.items()} if params else {}
+                return RouteMatch(route, decoded)
         return None
 
     def access_request(
-        self, found: RouteMatch, principal: EntityRef, facts: HttpFacts
+        self,
+        found: RouteMatch,
+        principal: EntityRef,
+        facts: HttpFacts,
+        credential: Mapping[str, Any] | None = None,
     ) -> AccessRequest:
+        """`credential`: what `${credential.*}` names; `facts.credential` when not given."""
         route = found.route
-        values = _reference_values(facts, found.params)
-        resource_id = _PARAM.sub(lambda m: found.params.get(m.group(1), ""), route.resource_id)
-        context = {k: _resolve(v, values) for k, v in {**self.context, **route.context}.items()}
+        params = found.params
+        if credential is None:
+            credential = facts.credential
+        references = _References(facts, params, credential)
+        resource_id = route.resource_id
+        if "{" in resource_id:
+            resource_id = _PARAM.sub(lambda m: params.get(m.group(1), ""), resource_id)
+        context = {}
+        for key, value in {**self.context, **route.context}.items():
+            value = _resolve(value, references)
+            if value is not None:
+                context[key] = value
         return AccessRequest(
             principal=principal,
             action=EntityRef("Action", route.action),
             resource=EntityRef(route.resource_type, resource_id),
-            context={k: v for k, v in context.items() if v is not None},
+            context=context,
         )
+
+
+def _first_literal(route: Route) -> str | None:
+    """The literal first segment of a route's template; None for a parameter."""
+    return route.segments[0].literal if route.segments else None
 
 
 def normalise_host(host: str) -> str:
@@ -202,28 +232,52 @@ def split_path(path: str) -> list[str]:
     return path[1:].split("/")
 
 
-def _reference_values(facts: HttpFacts, params: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "request.method": facts.method.upper(),
-        "request.host": normalise_host(facts.host),
-        "request.path": facts.path.split("?", 1)[0],
-        "request.source_ip": facts.source_ip,
-        "request.tls": facts.tls,
-        "request.sni": facts.sni,
-    }
-    for key, value in facts.credential.items():
-        values[f"credential.{key}"] = value
-    for key, value in facts.headers.items():
-        values[f"headers.{key}"] = value
-    for key, value in facts.extensions.items():
-        values[f"extensions.{key}"] = value
-    for key, value in params.items():
-        values[f"params.{key}"] = value
-    return values
+class _References:
+    """What `${...}` names for one request, looked up by name when a context value asks (most
+    contexts name a few references: building every `headers.*` entry up front costs more)."""
+
+    __slots__ = ("_credential", "_facts", "_params")
+
+    def __init__(
+        self, facts: HttpFacts, params: Mapping[str, str], credential: Mapping[str, Any]
+    ) -> None:
+        self._facts = facts
+        self._params = params
+        self._credential = credential
+
+    def get(self, name: str, default: Any = None) -> Any:
+        prefix, dot, key = name.partition(".")
+        if not dot:
+            return default
+        facts = self._facts
+        if prefix == "credential":
+            return self._credential.get(key, default)
+        if prefix == "headers":
+            return facts.headers.get(key, default)
+        if prefix == "extensions":
+            return facts.extensions.get(key, default)
+        if prefix == "params":
+            return self._params.get(key, default)
+        if prefix == "request":
+            if key == "method":
+                return facts.method.upper()
+            if key == "host":
+                return normalise_host(facts.host)
+            if key == "path":
+                return facts.path.split("?", 1)[0]
+            if key == "source_ip":
+                return facts.source_ip
+            if key == "tls":
+                return facts.tls
+            if key == "sni":
+                return facts.sni
+        return default
 
 
-def _resolve(value: Any, values: Mapping[str, Any]) -> Any:
+def _resolve(value: Any, values: _References) -> Any:
     if isinstance(value, str):
+        if "${" not in value:  # a literal: nothing to look up
+            return value
         whole = _REF.fullmatch(value)
         if whole:
             return values.get(whole.group(1))

@@ -81,12 +81,28 @@ def credential_from_token(token: VerifiedToken, now: float | None = None) -> Cre
 class ProxyTrust:
     """Which peers may speak for the original request through forwarded headers."""
 
+    # Answers are remembered per peer address string: parsing the address costs more than the
+    # rest of authentication, and the peers (proxies, Envoys) are few. The networks never
+    # change for an instance, so an answer never goes stale; the bound only caps memory.
+    CACHE_SIZE = 1024
+
     def __init__(self, networks: Sequence[IPv4Network | IPv6Network]) -> None:
         self._networks = tuple(networks)
+        self._answers: dict[str, bool] = {}
 
     def trusts(self, peer: str | None) -> bool:
         if not peer or not self._networks:
             return False
+        known = self._answers.get(peer)
+        if known is not None:
+            return known
+        trusted = self._check(peer)
+        if len(self._answers) >= self.CACHE_SIZE:
+            self._answers.clear()
+        self._answers[peer] = trusted
+        return trusted
+
+    def _check(self, peer: str) -> bool:
         try:
             address = ip_address(peer)
         except ValueError:
@@ -116,7 +132,10 @@ class Authenticator:
 
     def would_block(self, headers: Mapping[str, str]) -> bool:
         """Whether `authenticate` would do network I/O now (a JWKS fetch)."""
-        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+        authorization = headers.get("authorization")
+        if not authorization or self._verifier is None:  # mTLS and proxy callers: no token
+            return False
+        scheme, _, token = authorization.strip().partition(" ")
         if self._verifier is None or scheme.lower() != "bearer" or not token.strip():
             return False
         return self._verifier.would_fetch(token.strip())

@@ -4,7 +4,6 @@ their protocol (forward-auth, Envoy HTTP and gRPC ext_authz)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -132,8 +131,7 @@ class HttpEnforcer:
             why = "the active bundle has no routes.yaml" if routes is None else "no route matched"
             decision = await self._pdp.refuse(request, f"no_route_matched: {why} ({where})")
             return Verdict(403, decision, ("no_route_matched",), principal, credential)
-        facts = dataclasses.replace(facts, credential=credential.facts())
-        request = routes.access_request(found, principal, facts)
+        request = routes.access_request(found, principal, facts, credential.facts())
         decision = await self._pdp.decide(request)
         if decision.allowed:
             return Verdict(200, decision, (), principal, credential)

@@ -23,8 +23,8 @@ import grpc
 import orjson
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from envoy.type.v3 import http_status_pb2
-from google.rpc import code_pb2, status_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+from google.rpc import code_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -42,66 +42,70 @@ _GRPC_CODES = {200: code_pb2.OK, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PE
 def check_facts(attributes: external_auth_pb2.AttributeContext) -> tuple[HttpFacts, str | None]:
     """The held request as facts, and the peer's SPIFFE ID when Envoy verified one."""
     http = attributes.request.http
-    headers = {k.lower(): v for k, v in http.headers.items()}
+    # Protobuf maps are read by key: their `items()` is the generic Mapping one, several
+    # Python calls per header.
+    held = http.headers
+    headers = {k.lower(): held[k] for k in held}
     if not headers and http.header_map.headers:
         headers = {
             h.key.lower(): h.value or h.raw_value.decode("utf-8", "replace")
             for h in http.header_map.headers
         }
     source = attributes.source
-    tls = bool(attributes.tls_session.sni) or bool(source.certificate) or http.scheme == "https"
+    extensions = attributes.context_extensions
+    sni = attributes.tls_session.sni
+    tls = bool(sni) or bool(source.certificate) or http.scheme == "https"
     facts = HttpFacts(
         method=(http.method or "GET").upper(),
         host=http.host or headers.get(":authority", headers.get("host", "")),
         path=http.path or "/",
         source_ip=source.address.socket_address.address,
         tls=tls,
-        sni=attributes.tls_session.sni,
+        sni=sni,
         headers=headers,
-        extensions=dict(attributes.context_extensions),
+        extensions=dict(extensions) if extensions else {},  # usually none: skip the copy
     )
     principal = source.principal if source.principal.startswith("spiffe://") else None
     return facts, principal
 
 
 def check_response(verdict: Verdict, strip_credential: bool) -> external_auth_pb2.CheckResponse:
-    headers = [
-        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k.lower(), value=v))
-        for k, v in verdict.headers().items()
-    ]
+    # Messages are filled in place (`add()`, field assignment): constructing each header as
+    # its own message and copying it in costs about three times as much per answer.
+    response = external_auth_pb2.CheckResponse()
     if verdict.status == 200:
-        return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=code_pb2.OK),
-            ok_response=external_auth_pb2.OkHttpResponse(
-                headers=headers,
-                headers_to_remove=["authorization"] if strip_credential else [],
-            ),
-        )
-    return _denied(
-        _GRPC_CODES.get(verdict.status, code_pb2.PERMISSION_DENIED),
-        verdict.status,
-        headers,
-        orjson.dumps(verdict.body()).decode(),
-    )
+        response.status.code = code_pb2.OK
+        ok = response.ok_response
+        ok.SetInParent()  # present even when it carries nothing
+        _add_headers(ok.headers, verdict.headers())
+        if strip_credential:
+            ok.headers_to_remove.append("authorization")
+        return response
+    response.status.code = _GRPC_CODES.get(verdict.status, code_pb2.PERMISSION_DENIED)
+    _fill_denied(response, verdict.status, verdict.headers(), orjson.dumps(verdict.body()).decode())
+    return response
 
 
-def _denied(
-    grpc_code: int, http_code: int, headers: list[base_pb2.HeaderValueOption], body: str
-) -> external_auth_pb2.CheckResponse:
-    headers = [
-        *headers,
-        base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key="content-type", value="application/json")
-        ),
-    ]
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=grpc_code),
-        denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=http_code),
-            headers=headers,
-            body=body,
-        ),
-    )
+def _add_headers(
+    field: RepeatedCompositeFieldContainer[base_pb2.HeaderValueOption], headers: Mapping[str, str]
+) -> None:
+    """Append `headers` (names lower-cased) to a repeated `HeaderValueOption` field."""
+    for key, value in headers.items():
+        header = field.add().header
+        header.key = key.lower()
+        header.value = value
+
+
+def _fill_denied(
+    response: external_auth_pb2.CheckResponse, http_code: int, headers: Mapping[str, str], body: str
+) -> None:
+    denied = response.denied_response
+    denied.status.code = http_code
+    _add_headers(denied.headers, headers)
+    content_type = denied.headers.add().header
+    content_type.key = "content-type"
+    content_type.value = "application/json"
+    denied.body = body
 
 
 class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
@@ -122,8 +126,9 @@ class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type:
     ) -> external_auth_pb2.CheckResponse:
         """The answer to one Check; `peer` in gRPC's form (`ipv4:127.0.0.1:5555`)."""
         try:
-            facts, spiffe_id = check_facts(request.attributes)
-            certificate = request.attributes.source.certificate or None
+            attributes = request.attributes
+            facts, spiffe_id = check_facts(attributes)
+            certificate = attributes.source.certificate or None
             verdict = await self._enforcer.judge(
                 facts, facts.headers, _peer_address(peer), spiffe_id, certificate
             )
@@ -136,7 +141,10 @@ class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type:
 def unavailable() -> external_auth_pb2.CheckResponse:
     """The deny sent when no decision could be made (Envoy passes the 503 to the client)."""
     body = orjson.dumps({"decision": False, "reasons": ["pdp_error"]}).decode()
-    return _denied(code_pb2.UNAVAILABLE, 503, [], body)
+    response = external_auth_pb2.CheckResponse()
+    response.status.code = code_pb2.UNAVAILABLE
+    _fill_denied(response, 503, {}, body)
+    return response
 
 
 def _peer_address(peer: str) -> str | None:

@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from trustplane.model import AccessRequest, Decision, Effect
+from trustplane.model import AccessRequest, Decision, Effect, PolicyReason
 from trustplane.store.tables import checkpoints, decisions, ledger_lock
 from trustplane.telemetry.checkpoint import (
     Checkpoint,
@@ -124,7 +124,10 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
     """The ledger record of a decision, with masked input."""
     effect, shadow = _EFFECT_TEXT[decision.effect], _EFFECT_TEXT[decision.shadow_effect]
     document, masked = masker.apply(request.as_document())
-    determining = [r.policy_id for r in decision.reasons]
+    # Each list is built once and only when there is something in it (most are empty).
+    determining = _policy_ids(decision.reasons)
+    shadow_ids = _policy_ids(decision.shadow_reasons)
+    changed_ids = _policy_ids(decision.shadow_changes)
     record = {
         "kind": "decision",
         "decision_id": decision.decision_id,
@@ -134,23 +137,21 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
         "decision": effect,
         "shadow": shadow,
         "reasons": determining,
-        "shadow_reasons": [r.policy_id for r in decision.shadow_reasons],
-        "would_change": [r.policy_id for r in decision.shadow_changes],
+        "shadow_reasons": shadow_ids,
+        "would_change": changed_ids,
         "errors": list(decision.errors),
         "revision": decision.revision,
         "eval_micros": decision.eval_micros,
     }
+    named = determining + shadow_ids + changed_ids
     if decision.grant_ids:  # decisions under a grant: `access activity GRANT` finds them
         record["grants"] = list(decision.grant_ids)
+        named += [f"grant:{g}" for g in decision.grant_ids]
     if decision.exception_ids:
         record["exceptions"] = list(decision.exception_ids)
+        named += [f"exception:{e}" for e in decision.exception_ids]
     data = canonical_json(record)
-    policies = dict.fromkeys(
-        determining
-        + [r.policy_id for r in decision.shadow_reasons + decision.shadow_changes]
-        + [f"grant:{g}" for g in decision.grant_ids]
-        + [f"exception:{e}" for e in decision.exception_ids]
-    )
+    policies = dict.fromkeys(named)
     return LedgerEntry(
         decision_id=decision.decision_id,
         ts=decision.timestamp,
@@ -165,6 +166,10 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
         record=data,
         leaf_hash=leaf_hash(data),
     )
+
+
+def _policy_ids(reasons: tuple[PolicyReason, ...]) -> list[str]:
+    return [r.policy_id for r in reasons] if reasons else []
 
 
 def admin_entry(

@@ -35,11 +35,25 @@ class Masker:
         masked: list[str] = []
         result = document
         for pointer, path in zip(self.pointers, self._paths, strict=True):
-            if path:
-                result, hit = _erase(result, path)
-                if hit:
-                    masked.append(pointer)
+            # Most documents hold none of the masked values: look before copying anything.
+            if path and _holds(result, path):
+                result, _ = _erase(result, path)
+                masked.append(pointer)
         return result, masked
+
+
+def _holds(node: Any, path: tuple[str, ...]) -> bool:
+    """Whether `path` addresses a value in `node` (exactly when `_erase` would erase one)."""
+    for key in path:
+        if isinstance(node, dict):
+            if key not in node:
+                return False
+            node = node[key]
+        elif isinstance(node, list) and _is_index(key) and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return False
+    return True
 
 
 def _erase(node: Any, path: tuple[str, ...]) -> tuple[Any, bool]:
