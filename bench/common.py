@@ -191,6 +191,32 @@ def reset_generation(evaluator: Any) -> None:
         evaluator._generation = evaluator._compile(datetime.fromtimestamp(evaluator._clock(), UTC))
 
 
+class CpuSteal:
+    """The share of CPU time the hypervisor gave to other guests (`steal` in /proc/stat) while
+    a benchmark ran: on a shared VM this, more than anything in the code, moves the latency
+    tail. None where /proc/stat has no steal column."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int] | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except OSError:
+            return None
+        if len(fields) < 8:
+            return None
+        ticks = [int(f) for f in fields[:8]]
+        return ticks[7], sum(ticks)
+
+    def percent(self) -> float | None:
+        end = self._read()
+        if self._start is None or end is None or end[1] == self._start[1]:
+            return None
+        return round(100 * (end[0] - self._start[0]) / (end[1] - self._start[1]), 1)
+
+
 def replace_section(path: Path, name: str, text: str, heading: str) -> None:
     """Put `text` between the `<!-- bench:NAME:start/end -->` markers of `path`, replacing what
     was there; the first time, append it under `## heading`."""

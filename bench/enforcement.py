@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -41,7 +42,7 @@ from typing import Any
 import httpx
 
 import httpbench
-from common import BENCH_DIR, ROOT, replace_section
+from common import BENCH_DIR, ROOT, CpuSteal, replace_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 EDGE_ENV = {
@@ -346,7 +347,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def run(sizes: Sizes, log: Any, python_client: bool = False) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"loadavg_start": round(os.getloadavg()[0], 2)}
+    steal = CpuSteal()
     with tempfile.TemporaryDirectory(prefix="tp-bench-edge-") as tmp:
         workdir = Path(tmp)
         log("starting trustplane serve (shop bundle, batch ledger; both transports) and no-ops")
@@ -385,6 +387,7 @@ def run(sizes: Sizes, log: Any, python_client: bool = False) -> dict[str, Any]:
                 runs = results[f"grpc_open_{name}_runs"]
                 results[f"grpc_open_{name}"] = median_run(runs)
                 log(f"gRPC Check, {name}: closed loop x{sizes.concurrency}")
+                results.setdefault("cpu_steal_grpc_open_percent", steal.percent())
                 results[f"grpc_closed_{name}"] = grpcload(
                     port, rate=0, seconds=sizes.closed_s, concurrency=sizes.concurrency, **load
                 )
@@ -466,7 +469,9 @@ def report(results: dict[str, Any], sizes: Sizes, quick: bool) -> str:
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node() or 'this machine'} "
         f"({platform.machine()}, {httpbench.os.cpu_count()} cores, Python "
         f"{platform.python_version()}); command: "
-        f"`.venv/bin/python bench/enforcement.py{' --quick' if quick else ''}`.",
+        f"`.venv/bin/python bench/enforcement.py{' --quick' if quick else ''}`. Load average "
+        f"at start {results.get('loadavg_start')}; CPU steal (time the hypervisor gave other "
+        f"guests) during the open-loop runs: {results.get('cpu_steal_grpc_open_percent')}%.",
         "",
         "### gRPC ext_authz `Authorization/Check` (ledger on, batch)",
         "",
