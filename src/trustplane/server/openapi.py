@@ -8,9 +8,18 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from trustplane import __version__
-from trustplane.server.admin import ActivateBody, RollbackBody
+from trustplane.server.admin import ActivateBody, RevokeBody, RollbackBody
 from trustplane.server.attestations import AttestBody
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
+from trustplane.server.governance_api import (
+    AccessRequestBody,
+    BreakGlassBody,
+    CommentBody,
+    ExceptionBody,
+    ReasonBody,
+    ReviewBody,
+)
+from trustplane.server.identity import EntryBody, RotateBody
 
 _REF = "#/components/schemas/{model}"
 
@@ -29,11 +38,16 @@ _PROBLEM = {
 
 
 def _admin(
-    summary: str, *, body: str | None = None, params: list[str] | None = None, method: str = "get"
+    summary: str,
+    *,
+    body: str | None = None,
+    params: list[str] | None = None,
+    method: str = "get",
+    tag: str = "admin",
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
-        "tags": ["admin"],
+        "tags": [tag],
         "security": [{"adminToken": []}],
         "responses": {"200": {"description": "OK"}, "401": _PROBLEM, "4XX": _PROBLEM},
     }
@@ -53,7 +67,22 @@ def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
             (m, "validation")
-            for m in (EvaluationRequest, EvaluationsRequest, ActivateBody, RollbackBody, AttestBody)
+            for m in (
+                EvaluationRequest,
+                EvaluationsRequest,
+                ActivateBody,
+                RollbackBody,
+                RevokeBody,
+                AttestBody,
+                AccessRequestBody,
+                CommentBody,
+                ReasonBody,
+                BreakGlassBody,
+                ReviewBody,
+                ExceptionBody,
+                EntryBody,
+                RotateBody,
+            )
         ],
         ref_template=_REF.replace("{model}", "{model}"),
     )
@@ -103,7 +132,7 @@ def openapi_document() -> dict[str, Any]:
             "application/json": {"schema": {"$ref": _REF.format(model="EvaluationsRequest")}}
         }
     }
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "trustplane",
@@ -143,6 +172,25 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
                 for method in ("get", "post", "put", "patch", "delete", "head", "options")
+            },
+            **{
+                path: {
+                    method: {
+                        "summary": "Envoy ext_authz, HTTP mode",
+                        "description": "Envoy sends the held request's method, path (after "
+                        "`path_prefix: /v1/envoy/http`) and headers. 200 allows (with "
+                        "x-envoy-auth-headers-to-remove when strip_credential is on); any "
+                        "other status is the answer Envoy gives the client.",
+                        "tags": ["enforcement"],
+                        "responses": {
+                            "200": {"description": "Allowed"},
+                            "401": {"description": "No valid credential"},
+                            "403": {"description": "Denied"},
+                        },
+                    }
+                    for method in ("get", "post", "put", "patch", "delete", "options")
+                }
+                for path in ("/v1/envoy/http", "/v1/envoy/http/{path}")
             },
             "/v1/admission": {
                 "post": {
@@ -260,6 +308,16 @@ def openapi_document() -> dict[str, Any]:
             "/v1/ledger/proof/consistency": _admin(
                 "RFC 9162 consistency proof", params=["first", "second"]
             ),
+            "/v1/revocations": {
+                **_admin(
+                    "Revoke a principal, credential, certificate, grant, exception or session",
+                    body="RevokeBody",
+                    method="post",
+                ),
+                **_admin("Revocations in force, with the revocation epoch"),
+            },
+            **_governance_paths(),
+            **_identity_paths(),
         },
         "components": {
             "schemas": components,
@@ -269,3 +327,123 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+    _declare_path_parameters(document["paths"])
+    return document
+
+
+def _governance_paths() -> dict[str, Any]:
+    """JIT access, break-glass and the exception register (server/governance_api.py)."""
+
+    def op(summary: str, **kwargs: Any) -> dict[str, Any]:
+        return _admin(summary, tag="governance", **kwargs)
+
+    return {
+        "/v1/access/requests": {
+            **op("Request a role for a while", body="AccessRequestBody", method="post"),
+            **op("Access requests", params=["status"]),
+        },
+        "/v1/access/requests/{request_id}": op("One access request and its approvals"),
+        "/v1/access/requests/{request_id}/approve": op(
+            "Approve (never your own request)", body="CommentBody", method="post"
+        ),
+        "/v1/access/requests/{request_id}/deny": op(
+            "Deny, with a reason", body="ReasonBody", method="post"
+        ),
+        "/v1/access/grants": op("Grants, active and past", params=["active"]),
+        "/v1/access/grants/{grant_id}/revoke": op(
+            "End a grant now", body="ReasonBody", method="post"
+        ),
+        "/v1/access/grants/{grant_id}/activity": op("Decisions made under a grant"),
+        "/v1/break-glass": {
+            **op("Open a break-glass session", body="BreakGlassBody", method="post"),
+            **op("Break-glass sessions", params=["overdue"]),
+        },
+        "/v1/break-glass/{session_id}/review": op(
+            "Close a session's review (not its opener)", body="ReviewBody", method="post"
+        ),
+        "/v1/exceptions": {
+            **op("Propose an exception to one forbid policy", body="ExceptionBody", method="post"),
+            **op("The exception register", params=["status", "expiring"]),
+        },
+        "/v1/exceptions/{exception_id}/approve": op(
+            "Approve an exception", body="CommentBody", method="post"
+        ),
+        "/v1/exceptions/{exception_id}/revoke": op(
+            "End an exception now", body="ReasonBody", method="post"
+        ),
+    }
+
+
+def _identity_paths() -> dict[str, Any]:
+    """The identity plane's HTTP surface (server/identity.py)."""
+
+    def public(summary: str) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": summary,
+                "tags": ["identity"],
+                "responses": {"200": {"description": "OK"}},
+            }
+        }
+
+    def op(summary: str, **kwargs: Any) -> dict[str, Any]:
+        return _admin(summary, tag="identity", **kwargs)
+
+    return {
+        "/v1/identity/bundle": public(
+            "The trust domain's SPIFFE bundle (JWKS with x509-svid keys)"
+        ),
+        "/.well-known/openid-configuration": public("OIDC discovery for JWT-SVID verifiers"),
+        "/v1/identity/jwks": public("The JWT-SVID signing keys"),
+        "/v1/token": {
+            "post": {
+                "summary": "RFC 8693 token exchange: a CI or workload token for a JWT-SVID",
+                "tags": ["identity"],
+                "requestBody": {
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["grant_type", "subject_token", "subject_token_type"],
+                                "properties": {
+                                    "grant_type": {"type": "string"},
+                                    "subject_token": {"type": "string"},
+                                    "subject_token_type": {"type": "string"},
+                                    "audience": {"type": "string"},
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "200": {"description": "The issued token (RFC 8693 section 2.2.1)"},
+                    "400": {"description": "RFC 6749 error: invalid_request, invalid_grant, …"},
+                },
+            }
+        },
+        "/v1/identity/entries": {
+            **op("Register a workload (SPIFFE ID and selectors)", body="EntryBody", method="post"),
+            **op("Registration entries"),
+        },
+        "/v1/identity/entries/{entry_id}": op("Remove a registration entry", method="delete"),
+        "/v1/identity/keys": op("The CA and JWT keys and their rotation states"),
+        "/v1/identity/rotate": op(
+            "Prepare, activate or retire a key", body="RotateBody", method="post"
+        ),
+        "/v1/identity/inventory": op("Identities issued and seen, with flags"),
+    }
+
+
+def _declare_path_parameters(paths: dict[str, Any]) -> None:
+    """Every `{name}` in a path is a required string parameter of each of its operations."""
+    for path, operations in paths.items():
+        names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
+        for operation in operations.values():
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            missing = [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                for n in names
+                if n not in declared
+            ]
+            if missing:
+                operation["parameters"] = [*operation.get("parameters", []), *missing]
