@@ -221,9 +221,18 @@ class Settings(BaseSettings):
         "hands each call's bytes to this process; `python`, grpcio's asyncio server; `auto`, "
         "native when installed. Same answers either way; the front costs far less per call.",
     )
+    grpc_answer_timeout_ms: int = Field(
+        10_000,
+        ge=50,
+        le=60_000,
+        description="On the compiled front: a call the serving process has not answered in "
+        "this time ends UNAVAILABLE (a deny at Envoy, whose own ext_authz timeout is usually "
+        "shorter).",
+    )
     grpc_native_binary: Path | None = Field(
         None,
-        description="Path of trustplane-extauthz (default: beside this Python, then PATH).",
+        description="Path of trustplane-extauthz (default: beside this Python; PATH is not "
+        "searched, since it answers every Envoy authorization call).",
     )
     strip_credential: bool = Field(
         False,

@@ -238,3 +238,44 @@ def test_with_workers_each_has_a_front_on_the_port_holding_nothing_else(
             stub: Any = external_auth_pb2_grpc.AuthorizationStub(channel)
             request = check("POST", "/payments/v1/charges", principal=CHECKOUT)
             assert stub.Check(request, timeout=5).status.code == code_pb2.OK
+
+
+def test_a_stalled_serving_process_fails_calls_closed_without_stalling_the_front(
+    front_binary: str, tmp_path: Path
+) -> None:
+    """While the serving process does not read (stopped here), calls end UNAVAILABLE within
+    the answer timeout and the front keeps serving gRPC; once it reads again, calls are
+    answered."""
+    port = free_port()
+    with running_server(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'store.db'}",
+        SHOP,
+        watch="false",
+        grpc_port=port,
+        grpc_transport="native",
+        grpc_answer_timeout_ms=500,
+    ) as srv:
+        request = check("POST", "/payments/v1/charges", principal=CHECKOUT)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=10)
+            stub: Any = external_auth_pb2_grpc.AuthorizationStub(channel)
+            assert stub.Check(request, timeout=5).status.code == code_pb2.OK
+            os.kill(srv.process.pid, signal.SIGSTOP)
+            try:
+                # Big enough together (800 KB) to fill the socket's buffer several times over.
+                padded = check(
+                    "POST", "/payments/v1/charges", {"x-padding": "p" * 4096}, principal=CHECKOUT
+                )
+                calls = [stub.Check.future(padded) for _ in range(200)]  # no deadline
+                unknown = channel.unary_unary("/envoy.service.auth.v2.Authorization/Check")
+                with pytest.raises(grpc.RpcError) as raised:
+                    unknown(b"", timeout=2)
+                assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                for call in calls:
+                    with pytest.raises(grpc.RpcError) as failed:
+                        call.result(timeout=5)
+                    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            finally:
+                os.kill(srv.process.pid, signal.SIGCONT)
+            assert stub.Check(request, timeout=5).status.code == code_pb2.OK

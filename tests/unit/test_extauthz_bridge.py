@@ -105,3 +105,10 @@ def test_a_frame_length_out_of_bounds_closes_the_connection() -> None:
     transport, answers = _feed([struct.pack("<I", 1 << 30) + b"\0" * 16])
     assert transport.closed
     assert answers == {}
+
+
+def test_a_peer_longer_than_its_frame_closes_the_connection() -> None:
+    frame = struct.pack("<IQH", 8 + 2 + 3, 9, 500) + b"abc"  # says 500 peer bytes, holds 3
+    transport, answers = _feed([frame + _call(10, "ipv4:10.0.0.1:80", "/next")])
+    assert transport.closed
+    assert answers == {}  # and nothing was decided on a request read from the next frame

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
+import os
 import socket
 import struct
 import sys
@@ -41,8 +41,8 @@ _CALL_HEAD = struct.Struct("<IQH")  # length, call id, peer length; then peer, m
 _ANSWER_HEAD = struct.Struct("<IQB")  # length, call id, kind; then message
 _ANSWER_OK, _ANSWER_INVALID = 0, 1
 _MAX_FRAME = 8 << 20  # the front's own limit; grpc caps a message at 4 MiB before that
-_ANSWER_TIMEOUT_MS = 10_000  # the front fails a call closed after this (Envoy's own is 200 ms)
 _START_TIMEOUT = 10.0
+_FRONT_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 _RESTART_BACKOFF = (0.2, 5.0)
 
 
@@ -58,14 +58,10 @@ class ExtAuthzServer(Protocol):
 
 def find_binary(configured: Path | None) -> Path | None:
     """`grpc_native_binary`, else trustplane-extauthz beside this interpreter (the venv's bin,
-    where bootstrap puts it), else on PATH."""
-    if configured is not None:
-        return configured if configured.is_file() else None
-    beside = Path(sys.executable).parent / BINARY_NAME
-    if beside.is_file():
-        return beside
-    found = shutil.which(BINARY_NAME)
-    return Path(found) if found else None
+    where bootstrap puts it). Not looked up on PATH: whatever runs here answers every Envoy
+    authorization call, so it is only ever the one built for this install or one named."""
+    path = configured if configured is not None else Path(sys.executable).parent / BINARY_NAME
+    return path if path.is_file() else None
 
 
 def require_transport(settings: Settings) -> Path | None:
@@ -93,7 +89,7 @@ async def start_ext_authz(
             log.info("%s is not installed: ext_authz gRPC is served by grpcio", BINARY_NAME)
         aio = await _AioServer.start(service, host, port)
         return aio, "python"
-    front = NativeFront(service, binary, host, port)
+    front = NativeFront(service, binary, host, port, settings.grpc_answer_timeout_ms)
     await front.start()
     return front, "native"
 
@@ -116,11 +112,19 @@ class NativeFront:
     """The front process, the socket it calls, and a supervisor that starts a new front on the
     same port if it dies (calls fail closed meanwhile: Envoy cannot connect)."""
 
-    def __init__(self, service: EnvoyAuthorization, binary: Path, host: str, port: int) -> None:
+    def __init__(
+        self,
+        service: EnvoyAuthorization,
+        binary: Path,
+        host: str,
+        port: int,
+        answer_timeout_ms: int = 10_000,
+    ) -> None:
         self._service = service
         self._binary = binary
         self._host = host
         self.port = port
+        self._answer_timeout_ms = answer_timeout_ms
         self._process: asyncio.subprocess.Process | None = None
         self._bridge: _Bridge | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -140,6 +144,8 @@ class NativeFront:
     async def _spawn(self) -> None:
         # A socketpair, not a path: only the child holds the other end.
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Only what grpc itself reads: the front has no use for the database URL or secrets.
+        env = {k: v for k, v in os.environ.items() if k.startswith("GRPC_") or k in _FRONT_ENV}
         try:
             self._process = await asyncio.create_subprocess_exec(
                 str(self._binary),
@@ -148,12 +154,13 @@ class NativeFront:
                 "--backend-fd",
                 str(theirs.fileno()),
                 "--timeout-ms",
-                str(_ANSWER_TIMEOUT_MS),
+                str(self._answer_timeout_ms),
                 stdin=asyncio.subprocess.PIPE,  # the front exits when this closes
                 stdout=asyncio.subprocess.PIPE,
                 pass_fds=(theirs.fileno(),),
+                env=env,
             )
-        except OSError:
+        except BaseException:  # OSError, or cancelled by stop() while starting
             ours.close()
             raise
         finally:
@@ -200,6 +207,11 @@ class NativeFront:
                 log.warning("%s restarted on %s", self._binary.name, self._address())
             except (NativeFrontError, OSError) as exc:
                 log.error("restarting %s failed: %s", self._binary.name, exc)
+                backoff = min(backoff * 2, _RESTART_BACKOFF[1])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the supervisor die silently
+                log.exception("restarting %s failed", self._binary.name)
                 backoff = min(backoff * 2, _RESTART_BACKOFF[1])
 
     async def stop(self) -> None:
@@ -263,6 +275,10 @@ class _Bridge(asyncio.Protocol):
             if len(buffer) - at < 4 + length:
                 break
             _, call_id, peer_length = _CALL_HEAD.unpack_from(buffer, at)
+            if peer_length > length - (_CALL_HEAD.size - 4):
+                log.error("malformed frame from %s; closing its connection", BINARY_NAME)
+                self._transport.close()
+                return
             start = at + _CALL_HEAD.size
             peer = bytes(buffer[start : start + peer_length]).decode(errors="replace")
             message = bytes(buffer[start + peer_length : at + 4 + length])

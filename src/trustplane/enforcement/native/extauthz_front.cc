@@ -10,7 +10,9 @@
 // one method name and moves opaque bytes.
 //
 // Fail closed: a call the serving process has not answered within --timeout-ms ends with
-// UNAVAILABLE (Envoy denies it unless failure_mode_allow is set, which it must not be). If the
+// UNAVAILABLE (Envoy denies it unless failure_mode_allow is set, which it must not be), and so
+// does a call that finds 16 MiB of calls still queued for a serving process that is not
+// reading. No gRPC thread ever waits on the socket: one thread writes, one reads. If the
 // serving process's end of the socket closes, every waiting call ends UNAVAILABLE and the front
 // exits: its parent restarts it with a new socket. Any other method is UNIMPLEMENTED.
 //
@@ -35,7 +37,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -53,6 +57,7 @@ using Clock = std::chrono::steady_clock;
 
 const char kMethod[] = "/envoy.service.auth.v3.Authorization/Check";
 constexpr uint32_t kMaxFrame = 8u << 20;  // above grpc's 4 MiB receive limit
+constexpr size_t kMaxQueued = 16u << 20;  // calls not yet written to a serving process that lags
 
 struct Args {
   std::string listen;
@@ -65,6 +70,16 @@ struct Args {
   std::exit(2);
 }
 
+int Number(const std::string& flag, const std::string& value) {
+  char* end = nullptr;
+  errno = 0;
+  long n = std::strtol(value.c_str(), &end, 10);
+  if (errno != 0 || end == value.c_str() || *end != '\0' || n < 0 || n > 1 << 30) {
+    Fail(flag + " needs a non-negative integer, not '" + value + "'");
+  }
+  return static_cast<int>(n);
+}
+
 Args Parse(int argc, char** argv) {
   Args args;
   for (int i = 1; i < argc; ++i) {
@@ -74,9 +89,9 @@ Args Parse(int argc, char** argv) {
     if (flag == "--listen") {
       args.listen = value;
     } else if (flag == "--backend-fd") {
-      args.backend_fd = std::atoi(value.c_str());
+      args.backend_fd = Number(flag, value);
     } else if (flag == "--timeout-ms") {
-      args.timeout_ms = std::atoi(value.c_str());
+      args.timeout_ms = Number(flag, value);
     } else {
       Fail("unknown flag " + flag);
     }
@@ -107,9 +122,12 @@ class Backend {
 
   void Start() {
     std::thread([this] { Run(); }).detach();
+    std::thread([this] { Write(); }).detach();
   }
 
-  // Sends a call; false if the serving process is not connected (the caller fails closed).
+  // Queues a call for the serving process; false if it cannot be (not connected, or the
+  // queue is full because the serving process is not reading): the caller then fails closed.
+  // Never blocks, so gRPC's threads keep serving (and timing out) whatever the socket does.
   bool Send(uint64_t id, CheckReactor* call, const std::string& peer, const std::string& message);
   // The answer of `id` no longer matters (the call was cancelled or timed out).
   CheckReactor* Take(uint64_t id);
@@ -121,15 +139,19 @@ class Backend {
   };
 
   void Run();
+  void Write();
   void ReadAnswers(int fd);
   void FailAll(const char* why);
   void ExpireOverdue();
 
   int fd_;
   int timeout_ms_;
-  std::mutex mu_;  // guards fd_ writes and waiting_
+  std::mutex mu_;  // guards waiting_ and lost_
   bool lost_ = false;
   std::map<uint64_t, Waiting> waiting_;
+  std::mutex out_mu_;  // guards out_; never held while the socket is written
+  std::condition_variable out_ready_;
+  std::string out_;  // frames not yet written, at most kMaxQueued bytes
 };
 
 class CheckReactor final : public grpc::ServerGenericBidiReactor {
@@ -199,21 +221,48 @@ bool Backend::Send(uint64_t id, CheckReactor* call, const std::string& peer,
   frame.push_back(static_cast<char>(peer_len >> 8));
   frame.append(peer, 0, peer_len);
   frame.append(message);
-  std::lock_guard<std::mutex> lock(mu_);
-  if (lost_) return false;
-  waiting_[id] = Waiting{call, Clock::now() + std::chrono::milliseconds(timeout_ms_)};
-  size_t sent = 0;
-  while (sent < frame.size()) {
-    ssize_t n = ::send(fd_, frame.data() + sent, frame.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) {
-      if (n < 0 && errno == EINTR) continue;
-      waiting_.erase(id);
-      ::shutdown(fd_, SHUT_RDWR);  // the reader sees it, fails the rest, and the front exits
-      return false;
-    }
-    sent += static_cast<size_t>(n);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (lost_) return false;
+    // Waiting before queued: the answer can only come after the frame is written.
+    waiting_[id] = Waiting{call, Clock::now() + std::chrono::milliseconds(timeout_ms_)};
   }
-  return true;
+  bool queued = false;
+  {
+    std::lock_guard<std::mutex> lock(out_mu_);
+    if (out_.size() + frame.size() <= kMaxQueued) {
+      out_.append(frame);
+      queued = true;
+    }
+  }
+  if (queued) {
+    out_ready_.notify_one();
+    return true;
+  }
+  // Not queued: end the call here unless a timeout or a lost connection already took it.
+  return Take(id) != call;
+}
+
+void Backend::Write() {
+  std::string writing;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(out_mu_);
+      out_ready_.wait(lock, [this] { return !out_.empty(); });
+      writing.swap(out_);
+    }
+    size_t sent = 0;
+    while (sent < writing.size()) {
+      ssize_t n = ::send(fd_, writing.data() + sent, writing.size() - sent, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        ::shutdown(fd_, SHUT_RDWR);  // the reader sees it, fails every call, and the front exits
+        return;
+      }
+      sent += static_cast<size_t>(n);
+    }
+    writing.clear();
+  }
 }
 
 CheckReactor* Backend::Take(uint64_t id) {
@@ -351,8 +400,13 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   // The parent holds our stdin: when it is gone, so are we.
   char byte;
-  while (::read(0, &byte, 1) > 0) {
+  while (true) {
+    ssize_t n = ::read(0, &byte, 1);
+    if (n > 0 || (n < 0 && errno == EINTR)) continue;
+    break;
   }
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  return 0;
+  // Not a return: the backend's threads still run, and must not outlive what they use.
+  std::fflush(stderr);
+  std::_Exit(0);
 }
