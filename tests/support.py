@@ -206,6 +206,11 @@ def required_binary(name: str, *fallbacks: str) -> str:
     return found
 
 
+def extauthz_front() -> str:
+    """The compiled ext_authz front bootstrap builds (skip without it; fail under CI=true)."""
+    return required_binary("trustplane-extauthz", str(REPO / ".venv/bin/trustplane-extauthz"))
+
+
 def start_listening(
     argv: list[str], url: str, log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:

@@ -19,7 +19,7 @@ from google.rpc import code_pb2
 
 from tests.conftest import SHOP
 from tests.issuer import Jwks, Key, issuer_settings, user_token
-from tests.support import REPO, Server, free_port, required_binary, running_server
+from tests.support import REPO, Server, extauthz_front, free_port, running_server
 from trustplane.config import Settings
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def grpc_port() -> int:
 @pytest.fixture(scope="module", params=["native", "python"])
 def transport(request: pytest.FixtureRequest) -> str:
     if request.param == "native":
-        required_binary("trustplane-extauthz", str(REPO / ".venv/bin/trustplane-extauthz"))
+        extauthz_front()
     return str(request.param)
 
 

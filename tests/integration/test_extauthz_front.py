@@ -20,11 +20,10 @@ from google.rpc import code_pb2
 from tests.conftest import SHOP
 from tests.integration.test_envoy import CHECKOUT, check
 from tests.support import (
-    REPO,
     TRUSTPLANE,
     Server,
+    extauthz_front,
     free_port,
-    required_binary,
     running_server,
     server_env,
     wait_for,
@@ -37,7 +36,7 @@ FRONT = "trustplane-extauthz"
 
 @pytest.fixture(scope="module")
 def front_binary() -> str:
-    return required_binary(FRONT, str(REPO / ".venv/bin" / FRONT))
+    return extauthz_front()
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +138,9 @@ def test_serve_stops_its_front_with_it(front_binary: str, tmp_path: Path) -> Non
         grpc_transport="native",
     ) as srv:
         (pid,) = _front_pids(srv)
+        assert Path(f"/proc/{pid}").exists()
         srv.stop(signal.SIGTERM)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=10)
+    assert wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=10)
 
 
 def test_native_without_the_binary_is_a_clear_error(tmp_path: Path) -> None:
