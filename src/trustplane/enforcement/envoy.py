@@ -157,6 +157,11 @@ def _peer_address(peer: str) -> str | None:
     return None
 
 
+def grpc_address(host: str, port: int) -> str:
+    """`host:port` as gRPC spells a listening address (IPv6 in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def start_grpc_server(
     service: EnvoyAuthorization, host: str, port: int
 ) -> tuple[grpc.aio.Server, int]:
@@ -164,8 +169,7 @@ async def start_grpc_server(
     the same port); returns the server and the bound port."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    bound = server.add_insecure_port(grpc_address(host, port))
     await server.start()
     return server, bound
 

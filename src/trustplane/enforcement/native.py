@@ -32,7 +32,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.message import DecodeError
 
 from trustplane.config import ConfigError, GrpcTransport, Settings
-from trustplane.enforcement.envoy import EnvoyAuthorization, start_grpc_server
+from trustplane.enforcement.envoy import EnvoyAuthorization, grpc_address, start_grpc_server
 
 log = logging.getLogger("trustplane.envoy")
 
@@ -80,9 +80,11 @@ def require_transport(settings: Settings) -> Path | None:
 
 
 async def start_ext_authz(
-    settings: Settings, service: EnvoyAuthorization, host: str, port: int
+    settings: Settings, service: EnvoyAuthorization
 ) -> tuple[ExtAuthzServer, str]:
-    """The ext_authz server the settings ask for, started; and the transport's name."""
+    """The ext_authz server the settings ask for on `host`:`grpc_port`, started; and the
+    transport's name."""
+    host, port = settings.host, settings.grpc_port
     binary = require_transport(settings)
     if binary is None:
         if settings.grpc_transport is GrpcTransport.AUTO:
@@ -139,7 +141,7 @@ class NativeFront:
         self._supervisor = asyncio.create_task(self._supervise(), name="extauthz-front")
 
     def _address(self) -> str:
-        return f"[{self._host}]:{self.port}" if ":" in self._host else f"{self._host}:{self.port}"
+        return grpc_address(self._host, self.port)
 
     async def _spawn(self) -> None:
         # A socketpair, not a path: only the child holds the other end.
@@ -269,15 +271,13 @@ class _Bridge(asyncio.Protocol):
         while len(buffer) - at >= 4:
             length = int.from_bytes(buffer[at : at + 4], "little")
             if length < _CALL_HEAD.size - 4 or length > _MAX_FRAME:
-                log.error("malformed frame from %s; closing its connection", BINARY_NAME)
-                self._transport.close()
+                self._refuse_stream()
                 return
             if len(buffer) - at < 4 + length:
                 break
             _, call_id, peer_length = _CALL_HEAD.unpack_from(buffer, at)
             if peer_length > length - (_CALL_HEAD.size - 4):
-                log.error("malformed frame from %s; closing its connection", BINARY_NAME)
-                self._transport.close()
+                self._refuse_stream()
                 return
             start = at + _CALL_HEAD.size
             peer = bytes(buffer[start : start + peer_length]).decode(errors="replace")
@@ -287,6 +287,12 @@ class _Bridge(asyncio.Protocol):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         del buffer[:at]
+
+    def _refuse_stream(self) -> None:
+        """Not the front's framing: nothing more on this connection can be trusted to line up."""
+        log.error("malformed frame from %s; closing its connection", BINARY_NAME)
+        if self._transport is not None:
+            self._transport.close()
 
     async def _answer(self, call_id: int, peer: str, message: bytes) -> None:
         try:

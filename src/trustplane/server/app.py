@@ -147,9 +147,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         grpc_server = None
         if settings.grpc_enabled:
             service = EnvoyAuthorization(enforcer, settings.strip_credential)
-            grpc_server, transport = await start_ext_authz(
-                settings, service, settings.host, settings.grpc_port
-            )
+            grpc_server, transport = await start_ext_authz(settings, service)
             log.info(
                 "Envoy ext_authz gRPC on %s:%d (%s transport)",
                 settings.host,
