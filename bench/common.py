@@ -7,6 +7,7 @@ import json
 import math
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,11 @@ def reset_generation(evaluator: Any) -> None:
     figures."""
     if hasattr(evaluator, "_generation") and hasattr(evaluator, "_compile"):
         evaluator._generation = evaluator._compile(datetime.fromtimestamp(evaluator._clock(), UTC))
+
+
+def log(message: str) -> None:
+    """A timestamped progress line on stderr (stdout carries the results)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 class CpuSteal:

@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 
 import httpbench
-from common import BENCH_DIR, ROOT, CpuSteal, replace_section
+from common import BENCH_DIR, ROOT, CpuSteal, log, replace_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 EDGE_ENV = {
@@ -564,9 +564,6 @@ def main(argv: list[str] | None = None) -> None:
         serve_noop_native(args.serve_noop_native)
         return
     sizes = QUICK if args.quick else FULL
-
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     results = run(sizes, log, python_client=args.python_client)
     section = report(results, sizes, args.quick)

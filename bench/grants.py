@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 import uuid
@@ -32,7 +31,7 @@ from typing import Any
 import httpx
 
 import httpbench
-from common import ROOT, replace_section
+from common import ROOT, log, replace_section
 from revocation import pg_schema, summary
 from trustplane.governance.access import insert_grant
 from trustplane.governance.records import Grant, changed
@@ -150,9 +149,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
-
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     result = run(args.trials, log)
     section = report(result, args.trials)

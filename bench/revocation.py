@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 import uuid
@@ -31,7 +30,7 @@ from typing import Any
 import httpx
 
 import httpbench
-from common import ROOT, percentile, replace_section
+from common import ROOT, log, percentile, replace_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 PG = "postgresql://127.0.0.1:5432/test"
@@ -154,9 +153,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
-
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     result = run(args.trials, log)
     section = report(result, args.trials)
