@@ -40,7 +40,9 @@ BINARY_NAME = "trustplane-extauthz"
 _CALL_HEAD = struct.Struct("<IQH")  # length, call id, peer length; then peer, message
 _ANSWER_HEAD = struct.Struct("<IQB")  # length, call id, kind; then message
 _ANSWER_OK, _ANSWER_INVALID = 0, 1
-_MAX_FRAME = 8 << 20  # the front's own limit; grpc caps a message at 4 MiB before that
+MAX_FRAME = 8 << 20
+"""Longest frame either side accepts; grpc caps a message at 4 MiB before that. The front
+is given it on its command line, so the limit is defined here only."""
 _START_TIMEOUT = 10.0
 _FRONT_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 _RESTART_BACKOFF = (0.2, 5.0)
@@ -155,6 +157,8 @@ class NativeFront:
                 self._address(),
                 "--backend-fd",
                 str(theirs.fileno()),
+                "--max-frame",
+                str(MAX_FRAME),
                 "--timeout-ms",
                 str(self._answer_timeout_ms),
                 stdin=asyncio.subprocess.PIPE,  # the front exits when this closes
@@ -270,7 +274,7 @@ class _Bridge(asyncio.Protocol):
         at = 0
         while len(buffer) - at >= 4:
             length = int.from_bytes(buffer[at : at + 4], "little")
-            if length < _CALL_HEAD.size - 4 or length > _MAX_FRAME:
+            if length < _CALL_HEAD.size - 4 or length > MAX_FRAME:
                 self._refuse_stream()
                 return
             if len(buffer) - at < 4 + length:

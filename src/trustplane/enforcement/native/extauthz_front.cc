@@ -25,7 +25,8 @@
 //            error text, the call ends INVALID_ARGUMENT), message
 // `length` counts the bytes after itself.
 //
-// Usage: trustplane-extauthz --listen HOST:PORT --backend-fd FD [--timeout-ms N]
+// Usage: trustplane-extauthz --listen HOST:PORT --backend-fd FD --max-frame BYTES [--timeout-ms N]
+// The frame limit is the serving process's (native.py MAX_FRAME), passed here so it lives in one place.
 // Prints "ready PORT" on stdout once it serves; exits when stdin closes (its parent is gone).
 
 #include <grpcpp/generic/async_generic_service.h>
@@ -56,13 +57,13 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 const char kMethod[] = "/envoy.service.auth.v3.Authorization/Check";
-constexpr uint32_t kMaxFrame = 8u << 20;  // above grpc's 4 MiB receive limit
 constexpr size_t kMaxQueued = 16u << 20;  // calls not yet written to a serving process that lags
 
 struct Args {
   std::string listen;
   int backend_fd = -1;
   int timeout_ms = 5000;
+  int max_frame = 0;
 };
 
 [[noreturn]] void Fail(const std::string& message) {
@@ -90,6 +91,8 @@ Args Parse(int argc, char** argv) {
       args.listen = value;
     } else if (flag == "--backend-fd") {
       args.backend_fd = Number(flag, value);
+    } else if (flag == "--max-frame") {
+      args.max_frame = Number(flag, value);
     } else if (flag == "--timeout-ms") {
       args.timeout_ms = Number(flag, value);
     } else {
@@ -98,6 +101,7 @@ Args Parse(int argc, char** argv) {
   }
   if (args.listen.empty() || args.backend_fd < 0) Fail("--listen and --backend-fd are required");
   if (args.timeout_ms <= 0) Fail("--timeout-ms must be positive");
+  if (args.max_frame < 9) Fail("--max-frame is required (at least 9 bytes)");
   return args;
 }
 
@@ -118,7 +122,8 @@ class CheckReactor;
 // The one connection to the serving process, and the calls waiting for its answer.
 class Backend {
  public:
-  Backend(int fd, int timeout_ms) : fd_(fd), timeout_ms_(timeout_ms) {}
+  Backend(int fd, int timeout_ms, uint32_t max_frame)
+      : fd_(fd), timeout_ms_(timeout_ms), max_frame_(max_frame) {}
 
   void Start() {
     std::thread([this] { Run(); }).detach();
@@ -146,6 +151,7 @@ class Backend {
 
   int fd_;
   int timeout_ms_;
+  uint32_t max_frame_;  // answers longer than this are not our peer's framing
   std::mutex mu_;  // guards waiting_ and lost_
   bool lost_ = false;
   std::map<uint64_t, Waiting> waiting_;
@@ -305,7 +311,7 @@ void Backend::ReadAnswers(int fd) {
     while (buffer.size() - at >= 4) {
       const auto* head = reinterpret_cast<const unsigned char*>(buffer.data() + at);
       uint32_t length = static_cast<uint32_t>(GetU(head, 4));
-      if (length < 9 || length > kMaxFrame) return;  // not our peer's framing: reconnect
+      if (length < 9 || length > max_frame_) return;  // not our peer's framing: reconnect
       if (buffer.size() - at < 4 + static_cast<size_t>(length)) break;
       uint64_t id = GetU(head + 4, 8);
       int kind = head[12];
@@ -385,7 +391,7 @@ void CloseInherited(int keep) {
 int main(int argc, char** argv) {
   Args args = Parse(argc, argv);
   CloseInherited(args.backend_fd);
-  Backend backend(args.backend_fd, args.timeout_ms);
+  Backend backend(args.backend_fd, args.timeout_ms, static_cast<uint32_t>(args.max_frame));
   backend.Start();
   ExtAuthz service(&backend);
   int port = 0;
