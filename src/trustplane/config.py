@@ -158,7 +158,8 @@ class Settings(BaseSettings):
     )
     trusted_bundle_keys: list[Path] = Field(
         default_factory=list,
-        description="Ed25519 public keys (PEM); when set, only bundles signed by one load.",
+        description="Paths of Ed25519 public-key PEM files; when set, only bundles signed by "
+        "one of those keys load.",
     )
     decision_cache_size: int = Field(
         10_000,
