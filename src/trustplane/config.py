@@ -89,15 +89,6 @@ class AdmissionModes(BaseModel):
     warn: list[str] = Field(default_factory=lambda: ["pss-restricted"])
     audit: list[str] = Field(default_factory=lambda: ["pss-restricted", "zero-trust"])
 
-    @field_validator("enforce", "warn", "audit")
-    @classmethod
-    def _known_packs(cls, value: list[str]) -> list[str]:
-        from trustplane.posture.packs import PackRef
-
-        for item in value:
-            PackRef.parse(item)
-        return value
-
 
 class PostureExemption(BaseModel):
     """An exception to one posture rule (admission, `trustplane scan --exemptions`): whose it is,
@@ -381,30 +372,6 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
-        return value
-
-    @field_validator("admission_rule_files")
-    @classmethod
-    def _valid_rules(cls, value: list[Path]) -> list[Path]:
-        from trustplane.posture.packs import load_rule_file
-        from trustplane.posture.rules import RuleError
-
-        for path in value:
-            try:
-                load_rule_file(path)
-            except RuleError as exc:
-                raise ValueError("; ".join(exc.problems)) from None
-        return value
-
-    @field_validator("admission_exemptions")
-    @classmethod
-    def _known_rules(cls, value: list[PostureExemption]) -> list[PostureExemption]:
-        from trustplane.posture.packs import shipped_rule_ids
-
-        known = shipped_rule_ids() if value else set()
-        for item in value:
-            if item.rule not in known:
-                raise ValueError(f"exemption for unknown rule {item.rule!r}")
         return value
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ from tests.support import REPO
 from trustplane.config import ConfigError, Settings, load_settings
 from trustplane.enforcement.admission import AdmissionRequest, AdmissionWebhook, warning
 from trustplane.posture.engine import Finding
+from trustplane.posture.packs import check_admission_settings
 from trustplane.posture.rules import Mode, Severity
 
 
@@ -137,5 +138,8 @@ def test_a_broken_rule_file_is_a_configuration_error_naming_file_and_line(tmp_pa
     rules = tmp_path / "rules.yaml"
     rules.write_text("id: x\ndescription: d\nseverity: high\nmatch: {kinds: [Pod]}\n"
                      "expression: 'containers.all(c,'\nmessage: m\n")  # fmt: skip
+    settings = load_settings(overrides={"admission_rule_files": [str(rules)]})
     with pytest.raises(ConfigError, match=rf"{rules}:5: invalid CEL"):
-        load_settings(overrides={"admission_rule_files": [str(rules)]})
+        check_admission_settings(settings)
+    with pytest.raises(ConfigError, match=rf"{rules}:5: invalid CEL"):
+        AdmissionWebhook(None, settings)

@@ -38,6 +38,7 @@ from trustplane.decision.signing import (
     load_trusted_key,
     sign_bundle,
 )
+from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.model import AccessRequest
 from trustplane.server.admin_auth import AdminPolicyError
 from trustplane.server.runtime import NotInitialisedError, initialise, load_verifier
@@ -192,6 +193,9 @@ def serve(
     )
     if settings.bundle_dir is None:
         raise CliError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
+    from trustplane.posture.packs import check_admission_settings
+
+    check_admission_settings(settings)  # before anything is created or listens
     if init_if_needed and not settings.ledger_key_file.exists():
         initialise(settings)
     if settings.grpc_enabled:
@@ -366,7 +370,10 @@ def _load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
     except SigningError as exc:
         raise CliError(str(exc)) from None
     return LoadOptions(
-        trusted_keys=keys, expiry_warning_days=settings.expiry_warning_days, run_tests=run_tests
+        trusted_keys=keys,
+        expiry_warning_days=settings.expiry_warning_days,
+        run_tests=run_tests,
+        extra_files=BUNDLE_FILES,
     )
 
 

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trustplane.config import AdmissionModes, Settings
+from trustplane.decision.point import PolicyDecisionPoint
 from trustplane.model import (
     AccessRequest,
     Decision,
@@ -36,11 +37,10 @@ from trustplane.model import (
 )
 from trustplane.posture.engine import Engine, Finding, select
 from trustplane.posture.image_attestations import AttestationIndex, unattested_function
-from trustplane.posture.packs import PackRef, load_rule_file, selection
+from trustplane.posture.packs import PackRef, check_admission_settings, load_rule_file, selection
 from trustplane.posture.rules import Mode, exemptions_by_rule
 from trustplane.posture.workloads import pod_of
-from trustplane.server.pdp import PolicyDecisionPoint
-from trustplane.server.problems import json_response, parse_model, read_body
+from trustplane.problems import json_response, parse_model, read_body
 
 API_VERSION = "admission.k8s.io/v1"
 MAX_WARNING = 120
@@ -95,6 +95,7 @@ class AdmissionWebhook:
     ) -> None:
         """`attestations`: the index `unattested` answers from; None (no identity plane): no
         image counts as attested, and the refusal says why."""
+        check_admission_settings(settings)
         self._pdp = pdp
         self._functions = {"unattested": unattested_function(attestations)}
         self._limit = settings.max_body_bytes

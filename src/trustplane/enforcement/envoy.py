@@ -31,7 +31,7 @@ from starlette.responses import Response
 from trustplane.decision.routes import HttpFacts
 from trustplane.enforcement.enforcer import HttpEnforcer, Verdict
 from trustplane.enforcement.forward_auth import original_request
-from trustplane.server.problems import json_response
+from trustplane.problems import json_response
 
 log = logging.getLogger("trustplane.envoy")
 

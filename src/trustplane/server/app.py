@@ -26,14 +26,13 @@ from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAut
 from trustplane.enforcement.native import start_ext_authz
 from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
+from trustplane.problems import Problem, json_response
 from trustplane.server.admin import AdminApi
 from trustplane.server.attestations import AttestationsApi, attestation_routes
 from trustplane.server.authzen import AuthZenApi
 from trustplane.server.governance_api import GovernanceApi, governance_routes
 from trustplane.server.identity import IdentityApi, identity_routes
 from trustplane.server.openapi import openapi_document
-from trustplane.server.pdp import PolicyDecisionPoint
-from trustplane.server.problems import Problem, json_response
 from trustplane.server.runtime import Runtime
 from trustplane.telemetry.recorder import RecordingError
 
@@ -43,7 +42,7 @@ log = logging.getLogger("trustplane.server")
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     """The app for `runtime`. With `manage_runtime`, the app's lifespan starts the runtime
     (bundle, ledger writer, file watcher, SIGHUP reload) and drains it on shutdown."""
-    pdp = PolicyDecisionPoint(runtime)
+    pdp = runtime.decision_point()
     authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
     admin = AdminApi(runtime)
     settings = runtime.settings

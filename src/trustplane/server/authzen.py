@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trustplane.model import AccessRequest, Decision, EntityRef
-from trustplane.server.problems import Problem, json_response, parse_model, read_body
+from trustplane.problems import Problem, json_response, parse_model, read_body
 
 MAX_EVALUATIONS = 1000
 
