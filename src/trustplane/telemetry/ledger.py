@@ -101,6 +101,33 @@ def canonical_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+def _record_bytes(record: dict[str, Any]) -> bytes:
+    """The record's canonical JSON, whatever it holds. Requests are checked when parsed
+    (decision/requests.py: check_values), but a decision that was counted must be recorded even
+    if a value slipped past (a claim of a trusted token, a future adapter): such values are
+    written as strings and the record says so (`"unencodable": true`)."""
+    try:
+        return canonical_json(record)
+    except orjson.JSONEncodeError:
+        return canonical_json({**_encodable(record, 0), "unencodable": True})
+
+
+def _encodable(value: Any, depth: int) -> Any:
+    if depth > 200:  # orjson refuses 255 levels
+        return "(nested too deeply to record)"
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, dict):
+        return {_encodable(str(k), depth): _encodable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(v, depth + 1) for v in value]
+    return _encodable(str(value), depth)
+
+
 def rfc3339(ts: float) -> str:
     """UTC with microseconds and a Z, e.g. 2026-11-22T07:16:22.123456Z."""
     seconds = int(ts)
@@ -150,7 +177,7 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
     if decision.exception_ids:
         record["exceptions"] = list(decision.exception_ids)
         named += [f"exception:{e}" for e in decision.exception_ids]
-    data = canonical_json(record)
+    data = _record_bytes(record)
     policies = dict.fromkeys(named)
     return LedgerEntry(
         decision_id=decision.decision_id,
@@ -199,7 +226,7 @@ def admin_entry(
         "decision": effect,
         "details": details or {},
     }
-    data = canonical_json(record)
+    data = _record_bytes(record)
     return LedgerEntry(
         decision_id=record_id,
         ts=ts,
