@@ -127,8 +127,8 @@ def test_every_counted_decision_is_recorded(tmp_path: Path, database_url: str) -
                     "/access/v1/evaluations", json={"evaluations": [GOOD, GOOD]}
                 ).status_code
             )
-            note(client.get("/v1/forward-auth", headers={"x-forwarded-uri": "/x"}).status_code)
-            note(client.get("/v1/envoy/http/x").status_code)
+            note(client.get("/v1/forward-auth", headers={"x-forwarded-uri": "/x%00y"}).status_code)
+            note(client.get("/v1/envoy/http/x%00y").status_code)
             note(
                 client.post(
                     "/access/v1/evaluation", content=b'{"context": {"n": 1e999}}'
