@@ -137,6 +137,13 @@ class Settings(BaseSettings):
     checkpoint_interval_ms: int = Field(
         1000, ge=100, le=60_000, description="Checkpoint signing interval while decisions flow."
     )
+    ledger_ready_max_lag_ms: int = Field(
+        10_000,
+        ge=100,
+        le=3_600_000,
+        description="/readyz answers 503 once the oldest decision not yet in the ledger is "
+        "older than this, or while ledger commits fail.",
+    )
     ledger_origin: str = Field(
         "trustplane.local/decisions", description="Origin line of signed checkpoints."
     )

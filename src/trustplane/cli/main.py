@@ -688,6 +688,12 @@ def audit_verify(
                 if report.unanchored
                 else ""
             )
+            + (
+                f"; {report.quarantined} quarantined (kept in ledger_quarantine: the store "
+                "refused them as rows)"
+                if report.quarantined
+                else ""
+            )
         )
     if not report.ok:
         raise typer.Exit(1)

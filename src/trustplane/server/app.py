@@ -63,6 +63,9 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         if not runtime.feed.healthy:
             reason = "change feed lost: changes made elsewhere may not be seen"
             return json_response({"status": "not ready", "reason": reason}, 503)
+        ledger = runtime.recorder.health()
+        if ledger is not None:
+            return json_response({"status": "not ready", "reason": ledger}, 503)
         return json_response({"status": "ready", "revision": active.bundle.revision})
 
     async def metrics(request: Request) -> Response:

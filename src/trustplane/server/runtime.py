@@ -186,6 +186,7 @@ class Runtime:
             flush_interval=settings.flush_interval_ms / 1000,
             checkpoint_interval=settings.checkpoint_interval_ms / 1000,
             sink=sink,
+            max_lag=settings.ledger_ready_max_lag_ms / 1000,
         )
         self._appender = sink
         self.bundles = BundleManager(

@@ -91,8 +91,23 @@ decisions = Table(
     Column("revision", String(64), nullable=True),
     Column("record", LargeBinary, nullable=False),  # canonical JSON: the leaf's data
     Column("leaf_hash", LargeBinary(32), nullable=False),
+    # Committed after its caller was answered 503 (sync durability): never delivered.
+    Column("undelivered", Boolean, nullable=False, server_default=false()),
     Index("ix_decisions_principal_ts", "principal", "ts"),
     Index("ix_decisions_ts", "ts"),
+)
+
+# A record the store refused as a `decisions` row: its leaf keeps its place (`seq`) in the tree
+# and its canonical bytes are here with the reason (telemetry/ledger.py, audit verify).
+ledger_quarantine = Table(
+    "ledger_quarantine",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("decision_id", String(64), nullable=False),
+    Column("record", LargeBinary, nullable=False),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 checkpoints = Table(
