@@ -19,7 +19,8 @@ AUDIENCE = "trustplane"
 class Jwks:
     """A JWKS document served over loopback, which a test can rotate; counts fetches."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """`port`: 0 for any; a stopped issuer's port to start it again at the same URI."""
         self.keys: list[dict[str, Any]] = []
         self.fetches = 0
         self.down = False
@@ -42,7 +43,7 @@ class Jwks:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.uri = f"http://127.0.0.1:{self.server.server_port}/jwks.json"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -12,6 +12,13 @@ Rules, from RFC 8725 (JWT best current practices):
   algorithm;
 - an unknown `kid` triggers one JWKS refresh (the issuer may have rotated), at most once per
   `min_refresh_seconds`, so a stream of junk tokens cannot turn into a stream of fetches.
+
+When the issuer cannot be reached (an identity-provider outage), the keys already fetched keep
+verifying for a bounded time: until `jwks_max_stale_seconds` after the last successful fetch.
+After that every token of that issuer is refused (`token_issuer_unreachable`): an attacker who
+cuts the issuer off must not freeze a key set the issuer has meanwhile revoked. An unknown
+`kid` while the issuer is down is refused with the same code, not `token_unknown_key`: the
+key may well exist, trustplane cannot know, and the operator needs to see the outage.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ class Issuer:
     algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
     leeway_seconds: int = 60
     required_claims: tuple[str, ...] = ("exp", "iss", "aud", "sub")
+    jwks_cache_seconds: float = 300
+    jwks_max_stale_seconds: float = 3600
 
     def __post_init__(self) -> None:
         unsupported = sorted(set(self.algorithms) - SUPPORTED_ALGORITHMS)
@@ -64,6 +73,11 @@ class Issuer:
             raise ValueError(f"issuer {self.issuer}: at least one audience is required")
         if self.leeway_seconds < 0 or self.leeway_seconds > 600:
             raise ValueError(f"issuer {self.issuer}: leeway_seconds must be within 0..600")
+        if self.jwks_cache_seconds <= 0 or self.jwks_max_stale_seconds < 0:
+            raise ValueError(
+                f"issuer {self.issuer}: jwks_cache_seconds must be positive and "
+                "jwks_max_stale_seconds not negative"
+            )
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,8 @@ class VerifiedToken:
 
 
 class JwksCache:
-    """The keys of one issuer, fetched from its JWKS URI and kept for `max_age_seconds`."""
+    """The keys of one issuer, fetched from its JWKS URI and kept for `max_age_seconds`; while
+    the issuer cannot be reached, used until `max_stale_seconds` after the last good fetch."""
 
     def __init__(
         self,
@@ -85,15 +100,20 @@ class JwksCache:
         *,
         max_age_seconds: float = 300,
         min_refresh_seconds: float = 30,
+        max_stale_seconds: float = 3600,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.uri = uri
         self._client = client
         self._max_age = max_age_seconds
         self._min_refresh = min_refresh_seconds
+        # never shorter than the cache itself: keys are not dropped before a refresh is due
+        self._max_stale = max(max_stale_seconds, max_age_seconds)
         self._clock = clock
         self._keys: dict[str | None, PyJWK] = {}
-        self._fetched_at: float | None = None
+        self._fetched_at: float | None = None  # the last attempt (rate limit)
+        self._loaded_at: float | None = None  # the last attempt that succeeded
+        self._failure: str | None = None  # why the last attempt failed, None when it did not
         self._lock = threading.Lock()
         self.fetches = 0
 
@@ -113,26 +133,41 @@ class JwksCache:
             now = self._clock()
             if self._due(now, kid):
                 self._refresh(now)
+            failure, loaded_at = self._failure, self._loaded_at
             found = self._keys.get(kid)
+        if loaded_at is None:
+            raise TokenRejected("token_jwks_unavailable", f"cannot load {self.uri}: {failure}")
+        if now - loaded_at >= self._max_stale:
+            raise TokenRejected(
+                "token_issuer_unreachable",
+                f"the keys of {self.uri} were last loaded {int(now - loaded_at)} s ago, "
+                f"longer than jwks_max_stale_seconds ({int(self._max_stale)}); "
+                f"the issuer cannot be reached: {failure}",
+            )
+        if found is None and failure is not None:
+            raise TokenRejected(
+                "token_issuer_unreachable",
+                f"key {kid!r} is not among the cached keys and {self.uri} cannot be reached "
+                f"to look for it: {failure}",
+            )
         if found is None:
             raise TokenRejected("token_unknown_key", f"no key {kid!r} in the JWKS of {self.uri}")
         return found
 
     def _refresh(self, now: float) -> None:
         self.fetches += 1
+        self._fetched_at = now  # failures count against the refresh rate limit too
         try:
             response = self._client.get(self.uri)
             response.raise_for_status()
             keys = PyJWKSet.from_dict(response.json()).keys
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
-            self._fetched_at = now  # failures count against the refresh rate limit too
-            if not self._keys:
-                raise TokenRejected(
-                    "token_jwks_unavailable", f"cannot load {self.uri}: {exc}"
-                ) from None
-            return  # keep serving the keys we have: they are public and still valid
+            # keep serving the keys we have (they are public) until they grow too stale
+            self._failure = str(exc) or type(exc).__name__
+            return
         self._keys = {k.key_id: k for k in keys}
-        self._fetched_at = now
+        self._loaded_at = now
+        self._failure = None
 
 
 class TokenVerifier:
@@ -144,11 +179,19 @@ class TokenVerifier:
         client: httpx.Client | None = None,
         *,
         min_refresh_seconds: float = 30,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client or httpx.Client(timeout=5.0, follow_redirects=False)
         self._issuers = {i.issuer: i for i in issuers}
         self._jwks = {
-            i.issuer: JwksCache(i.jwks_uri, self._client, min_refresh_seconds=min_refresh_seconds)
+            i.issuer: JwksCache(
+                i.jwks_uri,
+                self._client,
+                max_age_seconds=i.jwks_cache_seconds,
+                min_refresh_seconds=min(min_refresh_seconds, i.jwks_cache_seconds),
+                max_stale_seconds=i.jwks_max_stale_seconds,
+                clock=clock,
+            )
             for i in issuers
         }
 
@@ -253,6 +296,8 @@ def verifier_from_settings(issuers: Sequence[Any]) -> TokenVerifier | None:
                 audiences=tuple(i.audiences),
                 algorithms=tuple(i.algorithms),
                 leeway_seconds=i.leeway_seconds,
+                jwks_cache_seconds=i.jwks_cache_seconds,
+                jwks_max_stale_seconds=i.jwks_max_stale_seconds,
             )
             for i in issuers
         ]
