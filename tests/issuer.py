@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,9 +25,13 @@ class Jwks:
         self.keys: list[dict[str, Any]] = []
         self.fetches = 0
         self.down = False
+        self.clock_offset = 0.0  # seconds this issuer's clock (its Date header) is ahead
         jwks = self
 
         class Handler(BaseHTTPRequestHandler):
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return formatdate(time.time() + jwks.clock_offset, usegmt=True)
+
             def do_GET(self) -> None:
                 jwks.fetches += 1
                 if jwks.down:

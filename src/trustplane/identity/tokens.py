@@ -19,14 +19,22 @@ After that every token of that issuer is refused (`token_issuer_unreachable`): a
 cuts the issuer off must not freeze a key set the issuer has meanwhile revoked. An unknown
 `kid` while the issuer is down is refused with the same code, not `token_unknown_key`: the
 key may well exist, trustplane cannot know, and the operator needs to see the outage.
+
+Clocks: `exp`, `nbf` and `iat` are checked with the issuer's `leeway_seconds`; a refusal names
+the claim and by how much it missed (`token_expired: exp was 90 s ago, beyond the leeway of
+60 s`). Each JWKS response's `Date` header tells how far the issuer's clock is from ours; that
+skew goes to `on_clock_skew` (the `trustplane_issuer_clock_skew_seconds{issuer}` gauge) and is
+logged when it exceeds the leeway, since the issuer's fresh tokens will then be refused.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -38,6 +46,11 @@ SUPPORTED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+log = logging.getLogger("trustplane.identity.tokens")
+
+ClockSkewObserver = Callable[[str, float], None]
+"""Called with (issuer, seconds its clock is ahead of ours; negative when behind)."""
 
 
 class TokenRejected(Exception):
@@ -102,8 +115,12 @@ class JwksCache:
         min_refresh_seconds: float = 30,
         max_stale_seconds: float = 3600,
         clock: Callable[[], float] = time.monotonic,
+        on_date: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_date(skew)`: called after each JWKS response that carries a `Date` header, with
+        how many seconds the server's clock is ahead of ours."""
         self.uri = uri
+        self._on_date = on_date
         self._client = client
         self._max_age = max_age_seconds
         self._min_refresh = min_refresh_seconds
@@ -168,6 +185,17 @@ class JwksCache:
         self._keys = {k.key_id: k for k in keys}
         self._loaded_at = now
         self._failure = None
+        self._observe_date(response)
+
+    def _observe_date(self, response: httpx.Response) -> None:
+        date = response.headers.get("date")
+        if self._on_date is None or not date:
+            return
+        try:
+            theirs = parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return  # a Date header we cannot read tells nothing about the issuer's clock
+        self._on_date(theirs - time.time())
 
 
 class TokenVerifier:
@@ -180,9 +208,11 @@ class TokenVerifier:
         *,
         min_refresh_seconds: float = 30,
         clock: Callable[[], float] = time.monotonic,
+        on_clock_skew: ClockSkewObserver | None = None,
     ) -> None:
         self._client = client or httpx.Client(timeout=5.0, follow_redirects=False)
         self._issuers = {i.issuer: i for i in issuers}
+        self._on_clock_skew = on_clock_skew
         self._jwks = {
             i.issuer: JwksCache(
                 i.jwks_uri,
@@ -191,9 +221,26 @@ class TokenVerifier:
                 min_refresh_seconds=min(min_refresh_seconds, i.jwks_cache_seconds),
                 max_stale_seconds=i.jwks_max_stale_seconds,
                 clock=clock,
+                on_date=self._skew_observer(i),
             )
             for i in issuers
         }
+
+    def _skew_observer(self, issuer: Issuer) -> Callable[[float], None]:
+        def observe(skew: float) -> None:
+            if abs(skew) > issuer.leeway_seconds:
+                log.warning(
+                    "issuer %s: its clock is %d s %s ours, beyond its leeway of %d s: tokens "
+                    "it issues are refused until the clocks agree (or leeway_seconds is raised)",
+                    issuer.issuer,
+                    abs(round(skew)),
+                    "ahead of" if skew > 0 else "behind",
+                    issuer.leeway_seconds,
+                )
+            if self._on_clock_skew is not None:
+                self._on_clock_skew(issuer.issuer, skew)
+
+        return observe
 
     def jwks(self, issuer: str) -> JwksCache:
         return self._jwks[issuer]
@@ -239,7 +286,7 @@ class TokenVerifier:
                 "token_key_mismatch",
                 f"key {kid!r} is {key.key_type}, {algorithm} needs {expected_type}",
             )
-        claims = self._decode(token, key, algorithm, issuer)
+        claims = self._decode(token, key, algorithm, issuer, unverified)
         return VerifiedToken(
             issuer=issuer.issuer,
             subject=str(claims.get("sub", "")),
@@ -249,7 +296,9 @@ class TokenVerifier:
         )
 
     @staticmethod
-    def _decode(token: str, key: PyJWK, algorithm: str, issuer: Issuer) -> dict[str, Any]:
+    def _decode(
+        token: str, key: PyJWK, algorithm: str, issuer: Issuer, unverified: Mapping[str, Any]
+    ) -> dict[str, Any]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -261,13 +310,16 @@ class TokenVerifier:
                 options={"require": list(issuer.required_claims)},
             )
         except jwt.ExpiredSignatureError:
-            raise TokenRejected("token_expired", "the token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise TokenRejected("token_not_yet_valid", "the token is not valid yet (nbf)") from None
-        except jwt.InvalidIssuedAtError:
             raise TokenRejected(
-                "token_not_yet_valid", "the token was issued in the future"
+                "token_expired", _time_claim(unverified, "exp", issuer.leeway_seconds)
             ) from None
+        except jwt.ImmatureSignatureError as exc:
+            claim = "iat" if "(iat)" in str(exc) else "nbf"
+            raise TokenRejected(
+                "token_not_yet_valid", _time_claim(unverified, claim, issuer.leeway_seconds)
+            ) from None
+        except jwt.InvalidIssuedAtError:
+            raise TokenRejected("token_invalid", "iat is not a number") from None
         except jwt.InvalidAudienceError:
             raise TokenRejected(
                 "token_wrong_audience", f"audience is not one of {list(issuer.audiences)}"
@@ -283,9 +335,25 @@ class TokenVerifier:
         return claims
 
 
-def verifier_from_settings(issuers: Sequence[Any]) -> TokenVerifier | None:
+def _time_claim(claims: Mapping[str, Any], claim: str, leeway: int) -> str:
+    """Which time claim missed, and by how much, for the refusal a person reads."""
+    value = claims.get(claim)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return f"{claim} is not valid"
+    delta = round(value - time.time())
+    when = (
+        f"{claim} is {delta} s ahead of this server's clock"
+        if delta > 0
+        else (f"{claim} was {-delta} s ago")
+    )
+    return f"{when}, beyond the leeway of {leeway} s"
+
+
+def verifier_from_settings(
+    issuers: Sequence[Any], on_clock_skew: ClockSkewObserver | None = None
+) -> TokenVerifier | None:
     """A verifier for the configured `issuers` (config.IssuerSettings); None when there are
-    none."""
+    none. `on_clock_skew`: where each issuer's observed clock skew goes (a metric)."""
     if not issuers:
         return None
     return TokenVerifier(
@@ -300,5 +368,6 @@ def verifier_from_settings(issuers: Sequence[Any]) -> TokenVerifier | None:
                 jwks_max_stale_seconds=i.jwks_max_stale_seconds,
             )
             for i in issuers
-        ]
+        ],
+        on_clock_skew=on_clock_skew,
     )
