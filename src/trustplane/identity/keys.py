@@ -392,7 +392,13 @@ class IdentityKeys:
     def advance(self) -> list[str]:
         """The automatic schedule: prepare at half the active key's life, activate at five
         sixths (the new key has then been published for a third of a lifetime), retire what is
-        due. Returns what it did, for the log."""
+        due. Returns what it did, for the log.
+
+        A key's life is counted from its creation, not its activation (as SPIRE counts it):
+        a key is then active for half a lifetime and keeps a sixth of it (28 hours of a 7-day
+        CA) after it is superseded, every generation alike. Counted from activation, the time
+        a key waited as prepared came off the next generation's life, and the life left at
+        supersession shrank towards an eighth."""
         now = self._clock()
         done: list[str] = []
         records = self.records()
@@ -401,7 +407,7 @@ class IdentityKeys:
             prepared = [r for r in records if r.kind is kind and r.state is KeyState.PREPARED]
             if not active:
                 continue
-            start = active[0].activated_at or active[0].created_at
+            start = active[0].created_at
             life = active[0].not_after - start
             age = now - start
             try:  # another process may have taken the step first: then there is nothing to do

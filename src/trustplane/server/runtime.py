@@ -245,7 +245,9 @@ class Runtime:
         self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
         self.identity: IdentityService | None = None
         if identity_configured(settings):
-            self.identity = IdentityService(settings, self.engine, inventory=self.inventory)
+            self.identity = IdentityService(
+                settings, self.engine, inventory=self.inventory, metrics=self.metrics
+            )
             self.feed.subscribe(KEYS_TOPIC, self.identity.refresh_keys)
             self.feed.subscribe(ENTRIES_TOPIC, self.identity.entries.refresh)
         # Image attestations are countersigned with the trust domain's keys: with the plane.

@@ -119,6 +119,15 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.certificate_expiry = Gauge(
+            "trustplane_certificate_expiry_timestamp_seconds",
+            "When each certificate the identity plane depends on expires (unix time), by kind: "
+            "ca, jwt_key, serving (the HTTPS certificate), x509_svid (the soonest held by a "
+            "connected workload).",
+            ["kind"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         # governance/: elevated access in force, and break-glass that must be loud.
         self.grants_active = Gauge(
             "trustplane_grants_active",
