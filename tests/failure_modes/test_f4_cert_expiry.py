@@ -187,3 +187,32 @@ def test_expiry_gauges_in_a_real_server(tmp_path: Path, database_url: str) -> No
     certificate = x509.load_der_x509_certificate(base64.b64decode(ca["x5c"][0]))
     assert samples['{kind="ca"}'] == not_after(certificate)
     assert samples['{kind="jwt_key"}'] > time.time() + 86_400
+
+
+def test_a_superseded_ca_outlives_every_svid_it_may_have_signed(
+    engine: Engine, clock: Clock
+) -> None:
+    """Generation after generation, a CA keeps at least `svid_max_ttl_seconds` of life when it
+    is superseded, so no SVID is cut short by its CA (a schedule counted from activation let
+    that margin shrink towards an eighth of a lifetime: 21 hours of a 7-day CA)."""
+    from trustplane.identity.kek import Kek
+    from trustplane.identity.keys import IdentityKeys, KeyKind
+
+    raw = new_kek()
+    kek = Kek(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    keys = IdentityKeys(
+        engine, kek, TRUST_DOMAIN, ca_ttl_seconds=7 * 86_400, svid_max_ttl_seconds=86_400,
+        clock=clock,
+    )  # fmt: skip
+    keys.initialise()
+    for _ in range(60 * 24):  # sixty days, hour by hour
+        clock.now += HOUR
+        keys.advance()
+    superseded = [
+        r
+        for r in keys.records(include_retired=True)
+        if r.kind is KeyKind.X509 and r.superseded_at is not None
+    ]
+    assert len(superseded) >= 7
+    for record in superseded:
+        assert record.not_after - record.superseded_at >= 86_400, record
