@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,13 +20,18 @@ AUDIENCE = "trustplane"
 class Jwks:
     """A JWKS document served over loopback, which a test can rotate; counts fetches."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """`port`: 0 for any; a stopped issuer's port to start it again at the same URI."""
         self.keys: list[dict[str, Any]] = []
         self.fetches = 0
         self.down = False
+        self.clock_offset = 0.0  # seconds this issuer's clock (its Date header) is ahead
         jwks = self
 
         class Handler(BaseHTTPRequestHandler):
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return formatdate(time.time() + jwks.clock_offset, usegmt=True)
+
             def do_GET(self) -> None:
                 jwks.fetches += 1
                 if jwks.down:
@@ -42,7 +48,7 @@ class Jwks:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.uri = f"http://127.0.0.1:{self.server.server_port}/jwks.json"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

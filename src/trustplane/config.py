@@ -60,6 +60,17 @@ class IssuerSettings(BaseModel):
         description="Signature algorithms this issuer uses (asymmetric only).",
     )
     leeway_seconds: int = Field(60, ge=0, le=600, description="Clock skew allowed.")
+    jwks_cache_seconds: int = Field(
+        300, ge=1, le=86_400, description="How long fetched JWKS keys are used before a refresh."
+    )
+    jwks_max_stale_seconds: int = Field(
+        3600,
+        ge=0,
+        le=7 * 86_400,
+        description="While the issuer cannot be reached, how long after the last successful "
+        "fetch its cached keys still verify; after that its tokens are refused "
+        "(token_issuer_unreachable).",
+    )
 
 
 class ExchangeRuleSettings(BaseModel):

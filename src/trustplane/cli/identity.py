@@ -198,17 +198,37 @@ def rotate_cmd(
         ),
     ] = "next",
     kind: Annotated[str | None, typer.Option(help="x509 or jwt (default: both).")] = None,
+    emergency: Annotated[
+        bool,
+        typer.Option(
+            "--emergency",
+            help="A key is compromised: retire it now (every SVID it signed stops verifying) "
+            "and activate a fresh one.",
+        ),
+    ] = False,
+    kid: Annotated[
+        str | None,
+        typer.Option(help="With --emergency: the compromised key (default: the active one)."),
+    ] = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One rotation step: prepare (publish a new key) → activate (it signs) → retire (the old
-    key leaves the bundles once everything it signed has expired)."""
+    key leaves the bundles once everything it signed has expired). --emergency skips the wait."""
     if step not in ("next", "prepare", "activate", "retire"):
         raise CliError("--step must be next, prepare, activate or retire")
     if kind not in (None, "x509", "jwt"):
         raise CliError("--kind must be x509 or jwt")
+    if kid is not None and not emergency:
+        raise CliError("--kid names a compromised key: use it with --emergency")
+    if emergency and step != "next":
+        raise CliError("--emergency is a step of its own: leave out --step")
     settings = _ctx(ctx).settings()
-    body: dict[str, Any] = {"step": step, **({"kind": kind} if kind else {})}
+    body: dict[str, Any] = {
+        "step": "emergency" if emergency else step,
+        **({"kind": kind} if kind else {}),
+        **({"kid": kid} if kid else {}),
+    }
     doc = _http("POST", _server(settings, url), "/v1/identity/rotate", _token(settings), body)
     result = doc.json()
     if as_json:

@@ -41,7 +41,12 @@ from trustplane.decision.signing import (
 from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.model import AccessRequest
 from trustplane.server.admin_auth import AdminPolicyError
-from trustplane.server.runtime import NotInitialisedError, initialise, load_verifier
+from trustplane.server.runtime import (
+    NotInitialisedError,
+    initialise,
+    load_verifier,
+    rotate_ledger_key,
+)
 from trustplane.store.database import StoreError, create_store_engine, is_migrated, sqlite_path
 from trustplane.store.tables import decisions as decisions_table
 from trustplane.telemetry.checkpoint import CheckpointError, open_checkpoint
@@ -645,7 +650,10 @@ def _store_engine(settings: Settings) -> Any:
 def audit_verify(
     ctx: typer.Context,
     key: Annotated[
-        str | None, typer.Option(help="Checkpoint verifier key (default: state_dir/ledger.pub).")
+        str | None,
+        typer.Option(
+            help="Checkpoint verifier key (default: every key in state_dir/ledger.pub).",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -807,6 +815,23 @@ def _verify_consistency_doc(proof: dict[str, Any], verifier: Any) -> bool:
     old_root = old.root_hash if old else base64.b64decode(proof["first_root"])
     path = [base64.b64decode(h) for h in proof["consistency_path"]]
     return verify_consistency(proof["first"], new.size, old_root, new.root_hash, path)
+
+
+@audit_app.command("rotate-key")
+def audit_rotate_key(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Replace the checkpoint signing key; checkpoints the old key signed keep verifying (its
+    verifier key stays in state_dir/ledger.pub). Restart serving processes to sign with it."""
+    settings = _ctx(ctx).settings()
+    try:
+        old, new = rotate_ledger_key(settings)
+    except CheckpointError as exc:
+        raise CliError(f"bad ledger key at {settings.ledger_key_file}: {exc}") from None
+    if as_json:
+        _emit_json({"old_verifier_key": old, "verifier_key": new})
+        return
+    out.print(f"[green]✓[/] checkpoint key rotated: new verifier key {new}")
+    out.print(f"  the old key {old} still verifies the checkpoints it signed")
+    out.print("  restart serving processes so they sign with the new key")
 
 
 @audit_app.command("export")

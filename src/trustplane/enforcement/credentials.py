@@ -17,6 +17,7 @@ from cryptography import x509
 from trustplane.config import Settings
 from trustplane.identity.human import authentication_strength
 from trustplane.identity.tokens import (
+    ClockSkewObserver,
     TokenRejected,
     TokenVerifier,
     VerifiedToken,
@@ -122,8 +123,10 @@ class Authenticator:
         self._identity_header = identity_header.lower() if identity_header else None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Authenticator:
-        verifier = verifier_from_settings(settings.issuers)
+    def from_settings(
+        cls, settings: Settings, on_clock_skew: ClockSkewObserver | None = None
+    ) -> Authenticator:
+        verifier = verifier_from_settings(settings.issuers, on_clock_skew)
         return cls(verifier, ProxyTrust(settings.trusted_proxies), settings.identity_header)
 
     @property

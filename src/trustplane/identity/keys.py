@@ -7,7 +7,9 @@ change feed so every serving process reloads its `KeySet`:
 - active: signs new SVIDs (exactly one per kind once initialised);
 - superseded: no longer signs, still published, because SVIDs it signed are still live;
 - retired: removed from bundles, once every SVID it could have signed has expired
-  (superseded_at + the longest SVID lifetime allowed, or its own expiry).
+  (superseded_at + the longest SVID lifetime allowed, or its own expiry);
+- compromised: removed from bundles at once by an emergency rotation (`emergency`), so every
+  SVID it signed stops verifying; it no longer vouches for anything it signed before either.
 
 Private keys are sealed with the KEK (`kek.py`) before they reach the store.
 """
@@ -51,6 +53,7 @@ class KeyState(StrEnum):
     ACTIVE = "active"
     SUPERSEDED = "superseded"
     RETIRED = "retired"
+    COMPROMISED = "compromised"
 
 
 PUBLISHED = (KeyState.PREPARED, KeyState.ACTIVE, KeyState.SUPERSEDED)
@@ -194,7 +197,7 @@ class IdentityKeys:
     def records(self, *, include_retired: bool = False) -> list[KeyRecord]:
         query = select(identity_keys).order_by(identity_keys.c.created_at)
         if not include_retired:
-            query = query.where(identity_keys.c.state != KeyState.RETIRED.value)
+            query = query.where(identity_keys.c.state.in_([s.value for s in PUBLISHED]))
         with self._engine.connect() as connection:
             return [_record(row) for row in connection.execute(query)]
 
@@ -233,7 +236,10 @@ class IdentityKeys:
         not stop the keys that do open from verifying)."""
         with self._engine.connect() as connection:
             rows = connection.execute(
-                select(identity_keys).where(identity_keys.c.kind == KeyKind.JWT.value)
+                select(identity_keys).where(
+                    identity_keys.c.kind == KeyKind.JWT.value,
+                    identity_keys.c.state != KeyState.COMPROMISED.value,
+                )
             ).all()
         keys: dict[str, ec.EllipticCurvePublicKey] = {}
         for row in rows:
@@ -344,10 +350,55 @@ class IdentityKeys:
                     retired.append(record)
         return retired
 
+    def emergency(self, kind: KeyKind | None = None, kid: str | None = None) -> list[str]:
+        """Retire a compromised key at once, without waiting for what it signed to expire: it
+        leaves every bundle in this one transaction, so every SVID it signed stops verifying
+        wherever bundles are followed, and a fresh key of its kind becomes active (a prepared
+        key is not trusted to take over: it was sealed with the same KEK, in the same store).
+
+        `kid` names the compromised key (any published state); without it the active key of
+        `kind` (both kinds when None) is the one compromised. Returns what it did, for the
+        log and the caller."""
+        now = self._clock()
+        done: list[str] = []
+        with self._engine.begin() as connection:
+            announce(connection, TOPIC)
+            published = [
+                record for state in PUBLISHED for record in self._in_state(connection, kind, state)
+            ]
+            if kid is not None:
+                victims = [r for r in published if r.kid == kid]
+                if not victims:
+                    raise RotationError(f"no published key {kid!r}: see `trustplane identity keys`")
+            else:
+                victims = [r for r in published if r.state is KeyState.ACTIVE]
+            for victim in victims:
+                self._set_state(connection, victim.kid, KeyState.COMPROMISED, retired_at=now)
+                done.append(f"retired compromised {victim.kind.value} key {victim.kid}")
+                log.warning(
+                    "identity key %s (%s) retired as compromised: every SVID it signed stops "
+                    "verifying",
+                    victim.kid,
+                    victim.kind.value,
+                )
+            for replaced in sorted({v.kind for v in victims if v.state is KeyState.ACTIVE}):
+                for prepared in self._in_state(connection, replaced, KeyState.PREPARED):
+                    self._set_state(connection, prepared.kid, KeyState.RETIRED, retired_at=now)
+                    done.append(f"retired prepared {replaced.value} key {prepared.kid}")
+                fresh = self._create(connection, replaced, KeyState.ACTIVE)
+                done.append(f"activated {replaced.value} key {fresh.kid}")
+        return done
+
     def advance(self) -> list[str]:
         """The automatic schedule: prepare at half the active key's life, activate at five
         sixths (the new key has then been published for a third of a lifetime), retire what is
-        due. Returns what it did, for the log."""
+        due. Returns what it did, for the log.
+
+        A key's life is counted from its creation, not its activation (as SPIRE counts it):
+        a key is then active for half a lifetime and keeps a sixth of it (28 hours of a 7-day
+        CA) after it is superseded, every generation alike. Counted from activation, the time
+        a key waited as prepared came off the next generation's life, and the life left at
+        supersession shrank towards an eighth."""
         now = self._clock()
         done: list[str] = []
         records = self.records()
@@ -356,7 +407,7 @@ class IdentityKeys:
             prepared = [r for r in records if r.kind is kind and r.state is KeyState.PREPARED]
             if not active:
                 continue
-            start = active[0].activated_at or active[0].created_at
+            start = active[0].created_at
             life = active[0].not_after - start
             age = now - start
             try:  # another process may have taken the step first: then there is nothing to do

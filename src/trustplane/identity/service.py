@@ -1,11 +1,23 @@
 """The identity plane as one object: keys, registration entries, inventory and the settings that
-shape SVIDs. The HTTP server, the Workload API and the CLI all go through it."""
+shape SVIDs. The HTTP server, the Workload API and the CLI all go through it.
+
+Its background pass (`tick`, every minute while serving) advances the key rotation schedule
+and exports when each certificate the plane depends on expires
+(`trustplane_certificate_expiry_timestamp_seconds{kind}`: the active CA and JWT key, the HTTPS
+serving certificate, the soonest-expiring X.509-SVID held by a connected workload), so an
+alert can fire before anything lapses. Time comes from `clock`, so a test can run days of
+rotation in a moment.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 
+from cryptography import x509
 from sqlalchemy import Engine
 
 from trustplane.config import Settings
@@ -13,6 +25,7 @@ from trustplane.identity.entries import EntryIndex, EntryStore, RegistrationEntr
 from trustplane.identity.inventory import Inventory
 from trustplane.identity.kek import Kek, load_kek
 from trustplane.identity.keys import IdentityKeys, KeySet
+from trustplane.telemetry.metrics import Metrics
 
 log = logging.getLogger("trustplane.identity")
 
@@ -30,16 +43,24 @@ class IdentityService:
         engine: Engine,
         kek: Kek | None = None,
         inventory: Inventory | None = None,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.trust_domain = settings.trust_domain
+        self.clock = clock
+        self.metrics = metrics
         self.key_store = IdentityKeys(
             engine,
             kek or load_kek(settings),
             settings.trust_domain,
             ca_ttl_seconds=settings.ca_ttl_seconds,
             svid_max_ttl_seconds=settings.svid_max_ttl_seconds,
+            clock=clock,
         )
+        # not_after of the X.509-SVID each open Workload API stream last pushed, by stream
+        self.held_svids: dict[int, float] = {}
         self.entry_store = EntryStore(engine, settings.trust_domain, settings.svid_max_ttl_seconds)
         self.entries = EntryIndex(self.entry_store)
         self.inventory = inventory or Inventory(engine)
@@ -67,6 +88,7 @@ class IdentityService:
             )
         self._keys = keys
         self.entries.refresh()
+        self.export_expiry()
 
     def refresh_keys(self, _topic: str = "") -> None:
         keys = self.key_store.load()
@@ -91,13 +113,53 @@ class IdentityService:
             self._thread.join(timeout=10)
         self.inventory.stop()
 
+    def tick(self) -> list[str]:
+        """One background pass: the rotation schedule (when enabled), then the expiry gauges.
+        Returns the rotation steps taken."""
+        steps: list[str] = []
+        if self.settings.identity_rotation:
+            steps = self.key_store.advance()
+            for step in steps:
+                log.info("identity key rotation: %s", step)
+            self.refresh_keys()
+        self.export_expiry()
+        return steps
+
+    def expiries(self) -> dict[str, float]:
+        """When each certificate or key the plane depends on expires (unix time), by kind."""
+        found: dict[str, float] = {}
+        keys = self._keys
+        ca = keys.x509_signer.certificate if keys and keys.x509_signer else None
+        if ca is not None:  # the certificate's own not_after (whole seconds), what TLS checks
+            found["ca"] = ca.not_valid_after_utc.timestamp()
+        if keys is not None and keys.jwt_signer is not None:
+            found["jwt_key"] = keys.jwt_signer.record.not_after
+        serving = self._serving_certificate_path()
+        if serving is not None:
+            try:
+                certificate = x509.load_pem_x509_certificate(serving.read_bytes())
+                found["serving"] = certificate.not_valid_after_utc.timestamp()
+            except (OSError, ValueError):
+                pass  # not issued yet, or being replaced: the next pass reads it
+        held = list(self.held_svids.values())
+        if held:
+            found["x509_svid"] = min(held)
+        return found
+
+    def _serving_certificate_path(self) -> Path | None:
+        if self.settings.tls_from_ca:
+            return self.settings.state_dir / "tls" / "serving.pem"
+        return self.settings.tls_cert_file
+
+    def export_expiry(self) -> None:
+        if self.metrics is None:
+            return
+        for kind, not_after in self.expiries().items():
+            self.metrics.certificate_expiry.labels(kind).set(not_after)
+
     def _run(self) -> None:
         while not self._stop.wait(ROTATION_CHECK_SECONDS):
-            if not self.settings.identity_rotation:
-                continue
             try:
-                for step in self.key_store.advance():
-                    log.info("identity key rotation: %s", step)
-                self.refresh_keys()
+                self.tick()
             except Exception:
                 log.exception("identity key rotation failed; will retry")

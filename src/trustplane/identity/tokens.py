@@ -12,14 +12,29 @@ Rules, from RFC 8725 (JWT best current practices):
   algorithm;
 - an unknown `kid` triggers one JWKS refresh (the issuer may have rotated), at most once per
   `min_refresh_seconds`, so a stream of junk tokens cannot turn into a stream of fetches.
+
+When the issuer cannot be reached (an identity-provider outage), the keys already fetched keep
+verifying for a bounded time: until `jwks_max_stale_seconds` after the last successful fetch.
+After that every token of that issuer is refused (`token_issuer_unreachable`): an attacker who
+cuts the issuer off must not freeze a key set the issuer has meanwhile revoked. An unknown
+`kid` while the issuer is down is refused with the same code, not `token_unknown_key`: the
+key may well exist, trustplane cannot know, and the operator needs to see the outage.
+
+Clocks: `exp`, `nbf` and `iat` are checked with the issuer's `leeway_seconds`; a refusal names
+the claim and by how much it missed (`token_expired: exp was 90 s ago, beyond the leeway of
+60 s`). Each JWKS response's `Date` header tells how far the issuer's clock is from ours; that
+skew goes to `on_clock_skew` (the `trustplane_issuer_clock_skew_seconds{issuer}` gauge) and is
+logged when it exceeds the leeway, since the issuer's fresh tokens will then be refused.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -31,6 +46,11 @@ SUPPORTED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+log = logging.getLogger("trustplane.identity.tokens")
+
+ClockSkewObserver = Callable[[str, float], None]
+"""Called with (issuer, seconds its clock is ahead of ours; negative when behind)."""
 
 
 class TokenRejected(Exception):
@@ -52,6 +72,8 @@ class Issuer:
     algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
     leeway_seconds: int = 60
     required_claims: tuple[str, ...] = ("exp", "iss", "aud", "sub")
+    jwks_cache_seconds: float = 300
+    jwks_max_stale_seconds: float = 3600
 
     def __post_init__(self) -> None:
         unsupported = sorted(set(self.algorithms) - SUPPORTED_ALGORITHMS)
@@ -64,6 +86,11 @@ class Issuer:
             raise ValueError(f"issuer {self.issuer}: at least one audience is required")
         if self.leeway_seconds < 0 or self.leeway_seconds > 600:
             raise ValueError(f"issuer {self.issuer}: leeway_seconds must be within 0..600")
+        if self.jwks_cache_seconds <= 0 or self.jwks_max_stale_seconds < 0:
+            raise ValueError(
+                f"issuer {self.issuer}: jwks_cache_seconds must be positive and "
+                "jwks_max_stale_seconds not negative"
+            )
 
 
 @dataclass(frozen=True)
@@ -76,7 +103,8 @@ class VerifiedToken:
 
 
 class JwksCache:
-    """The keys of one issuer, fetched from its JWKS URI and kept for `max_age_seconds`."""
+    """The keys of one issuer, fetched from its JWKS URI and kept for `max_age_seconds`; while
+    the issuer cannot be reached, used until `max_stale_seconds` after the last good fetch."""
 
     def __init__(
         self,
@@ -85,15 +113,24 @@ class JwksCache:
         *,
         max_age_seconds: float = 300,
         min_refresh_seconds: float = 30,
+        max_stale_seconds: float = 3600,
         clock: Callable[[], float] = time.monotonic,
+        on_date: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_date(skew)`: called after each JWKS response that carries a `Date` header, with
+        how many seconds the server's clock is ahead of ours."""
         self.uri = uri
+        self._on_date = on_date
         self._client = client
         self._max_age = max_age_seconds
         self._min_refresh = min_refresh_seconds
+        # never shorter than the cache itself: keys are not dropped before a refresh is due
+        self._max_stale = max(max_stale_seconds, max_age_seconds)
         self._clock = clock
         self._keys: dict[str | None, PyJWK] = {}
-        self._fetched_at: float | None = None
+        self._fetched_at: float | None = None  # the last attempt (rate limit)
+        self._loaded_at: float | None = None  # the last attempt that succeeded
+        self._failure: str | None = None  # why the last attempt failed, None when it did not
         self._lock = threading.Lock()
         self.fetches = 0
 
@@ -113,26 +150,52 @@ class JwksCache:
             now = self._clock()
             if self._due(now, kid):
                 self._refresh(now)
+            failure, loaded_at = self._failure, self._loaded_at
             found = self._keys.get(kid)
+        if loaded_at is None:
+            raise TokenRejected("token_jwks_unavailable", f"cannot load {self.uri}: {failure}")
+        if now - loaded_at >= self._max_stale:
+            raise TokenRejected(
+                "token_issuer_unreachable",
+                f"the keys of {self.uri} were last loaded {int(now - loaded_at)} s ago, "
+                f"longer than jwks_max_stale_seconds ({int(self._max_stale)}); "
+                f"the issuer cannot be reached: {failure}",
+            )
+        if found is None and failure is not None:
+            raise TokenRejected(
+                "token_issuer_unreachable",
+                f"key {kid!r} is not among the cached keys and {self.uri} cannot be reached "
+                f"to look for it: {failure}",
+            )
         if found is None:
             raise TokenRejected("token_unknown_key", f"no key {kid!r} in the JWKS of {self.uri}")
         return found
 
     def _refresh(self, now: float) -> None:
         self.fetches += 1
+        self._fetched_at = now  # failures count against the refresh rate limit too
         try:
             response = self._client.get(self.uri)
             response.raise_for_status()
             keys = PyJWKSet.from_dict(response.json()).keys
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
-            self._fetched_at = now  # failures count against the refresh rate limit too
-            if not self._keys:
-                raise TokenRejected(
-                    "token_jwks_unavailable", f"cannot load {self.uri}: {exc}"
-                ) from None
-            return  # keep serving the keys we have: they are public and still valid
+            # keep serving the keys we have (they are public) until they grow too stale
+            self._failure = str(exc) or type(exc).__name__
+            return
         self._keys = {k.key_id: k for k in keys}
-        self._fetched_at = now
+        self._loaded_at = now
+        self._failure = None
+        self._observe_date(response)
+
+    def _observe_date(self, response: httpx.Response) -> None:
+        date = response.headers.get("date")
+        if self._on_date is None or not date:
+            return
+        try:
+            theirs = parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return  # a Date header we cannot read tells nothing about the issuer's clock
+        self._on_date(theirs - time.time())
 
 
 class TokenVerifier:
@@ -144,13 +207,40 @@ class TokenVerifier:
         client: httpx.Client | None = None,
         *,
         min_refresh_seconds: float = 30,
+        clock: Callable[[], float] = time.monotonic,
+        on_clock_skew: ClockSkewObserver | None = None,
     ) -> None:
         self._client = client or httpx.Client(timeout=5.0, follow_redirects=False)
         self._issuers = {i.issuer: i for i in issuers}
+        self._on_clock_skew = on_clock_skew
         self._jwks = {
-            i.issuer: JwksCache(i.jwks_uri, self._client, min_refresh_seconds=min_refresh_seconds)
+            i.issuer: JwksCache(
+                i.jwks_uri,
+                self._client,
+                max_age_seconds=i.jwks_cache_seconds,
+                min_refresh_seconds=min(min_refresh_seconds, i.jwks_cache_seconds),
+                max_stale_seconds=i.jwks_max_stale_seconds,
+                clock=clock,
+                on_date=self._skew_observer(i),
+            )
             for i in issuers
         }
+
+    def _skew_observer(self, issuer: Issuer) -> Callable[[float], None]:
+        def observe(skew: float) -> None:
+            if abs(skew) > issuer.leeway_seconds:
+                log.warning(
+                    "issuer %s: its clock is %d s %s ours, beyond its leeway of %d s: tokens "
+                    "it issues are refused until the clocks agree (or leeway_seconds is raised)",
+                    issuer.issuer,
+                    abs(round(skew)),
+                    "ahead of" if skew > 0 else "behind",
+                    issuer.leeway_seconds,
+                )
+            if self._on_clock_skew is not None:
+                self._on_clock_skew(issuer.issuer, skew)
+
+        return observe
 
     def jwks(self, issuer: str) -> JwksCache:
         return self._jwks[issuer]
@@ -196,7 +286,7 @@ class TokenVerifier:
                 "token_key_mismatch",
                 f"key {kid!r} is {key.key_type}, {algorithm} needs {expected_type}",
             )
-        claims = self._decode(token, key, algorithm, issuer)
+        claims = self._decode(token, key, algorithm, issuer, unverified)
         return VerifiedToken(
             issuer=issuer.issuer,
             subject=str(claims.get("sub", "")),
@@ -206,7 +296,9 @@ class TokenVerifier:
         )
 
     @staticmethod
-    def _decode(token: str, key: PyJWK, algorithm: str, issuer: Issuer) -> dict[str, Any]:
+    def _decode(
+        token: str, key: PyJWK, algorithm: str, issuer: Issuer, unverified: Mapping[str, Any]
+    ) -> dict[str, Any]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -218,13 +310,16 @@ class TokenVerifier:
                 options={"require": list(issuer.required_claims)},
             )
         except jwt.ExpiredSignatureError:
-            raise TokenRejected("token_expired", "the token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise TokenRejected("token_not_yet_valid", "the token is not valid yet (nbf)") from None
-        except jwt.InvalidIssuedAtError:
             raise TokenRejected(
-                "token_not_yet_valid", "the token was issued in the future"
+                "token_expired", _time_claim(unverified, "exp", issuer.leeway_seconds)
             ) from None
+        except jwt.ImmatureSignatureError as exc:
+            claim = "iat" if "(iat)" in str(exc) else "nbf"
+            raise TokenRejected(
+                "token_not_yet_valid", _time_claim(unverified, claim, issuer.leeway_seconds)
+            ) from None
+        except jwt.InvalidIssuedAtError:
+            raise TokenRejected("token_invalid", "iat is not a number") from None
         except jwt.InvalidAudienceError:
             raise TokenRejected(
                 "token_wrong_audience", f"audience is not one of {list(issuer.audiences)}"
@@ -240,9 +335,25 @@ class TokenVerifier:
         return claims
 
 
-def verifier_from_settings(issuers: Sequence[Any]) -> TokenVerifier | None:
+def _time_claim(claims: Mapping[str, Any], claim: str, leeway: int) -> str:
+    """Which time claim missed, and by how much, for the refusal a person reads."""
+    value = claims.get(claim)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return f"{claim} is not valid"
+    delta = round(value - time.time())
+    when = (
+        f"{claim} is {delta} s ahead of this server's clock"
+        if delta > 0
+        else (f"{claim} was {-delta} s ago")
+    )
+    return f"{when}, beyond the leeway of {leeway} s"
+
+
+def verifier_from_settings(
+    issuers: Sequence[Any], on_clock_skew: ClockSkewObserver | None = None
+) -> TokenVerifier | None:
     """A verifier for the configured `issuers` (config.IssuerSettings); None when there are
-    none."""
+    none. `on_clock_skew`: where each issuer's observed clock skew goes (a metric)."""
     if not issuers:
         return None
     return TokenVerifier(
@@ -253,7 +364,10 @@ def verifier_from_settings(issuers: Sequence[Any]) -> TokenVerifier | None:
                 audiences=tuple(i.audiences),
                 algorithms=tuple(i.algorithms),
                 leeway_seconds=i.leeway_seconds,
+                jwks_cache_seconds=i.jwks_cache_seconds,
+                jwks_max_stale_seconds=i.jwks_max_stale_seconds,
             )
             for i in issuers
-        ]
+        ],
+        on_clock_skew=on_clock_skew,
     )

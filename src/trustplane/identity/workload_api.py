@@ -101,31 +101,39 @@ class _Servicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         return self._service.keys.sequence, self._service.entries.generation
 
     async def FetchX509SVID(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        while True:
-            entries = await self._entries(context)
-            version = self._version()
-            keys = self._service.keys
-            bundle = x509_bundle_der(keys)
-            now = time.time()
-            svids = []
-            refresh_at = now + 3600.0
-            for entry in _unique(entries):
-                ttl = self._service.x509_ttl(entry)
-                svid = issue_x509_svid(keys, entry.spiffe_id, ttl, now=now)
-                refresh_at = min(refresh_at, now + (svid.expires_at - now) / 2)
-                self._service.inventory.seen(str(entry.spiffe_id), "workload", entry.owner, ttl)
-                svids.append(
-                    workload_pb2.X509SVID(
-                        spiffe_id=str(entry.spiffe_id),
-                        x509_svid=svid.chain_der(),
-                        x509_svid_key=svid.key_der(),
-                        bundle=bundle,
+        clock = self._service.clock  # the service's clock: a test can run hours in a moment
+        stream = id(context)
+        try:
+            while True:
+                entries = await self._entries(context)
+                version = self._version()
+                keys = self._service.keys
+                bundle = x509_bundle_der(keys)
+                now = clock()
+                svids = []
+                refresh_at = now + 3600.0
+                expires_at = float("inf")
+                for entry in _unique(entries):
+                    ttl = self._service.x509_ttl(entry)
+                    svid = issue_x509_svid(keys, entry.spiffe_id, ttl, now=now)
+                    refresh_at = min(refresh_at, now + (svid.expires_at - now) / 2)
+                    expires_at = min(expires_at, svid.expires_at)
+                    self._service.inventory.seen(str(entry.spiffe_id), "workload", entry.owner, ttl)
+                    svids.append(
+                        workload_pb2.X509SVID(
+                            spiffe_id=str(entry.spiffe_id),
+                            x509_svid=svid.chain_der(),
+                            x509_svid_key=svid.key_der(),
+                            bundle=bundle,
+                        )
                     )
-                )
-            yield workload_pb2.X509SVIDResponse(svids=svids)
-            # push a new SVID at half-life, or at once when keys or entries change
-            while time.time() < refresh_at and self._version() == version:
-                await asyncio.sleep(min(WATCH_INTERVAL, max(0.0, refresh_at - time.time())))
+                self._service.held_svids[stream] = expires_at
+                yield workload_pb2.X509SVIDResponse(svids=svids)
+                # push a new SVID at half-life, or at once when keys or entries change
+                while clock() < refresh_at and self._version() == version:
+                    await asyncio.sleep(min(WATCH_INTERVAL, max(0.0, refresh_at - clock())))
+        finally:
+            self._service.held_svids.pop(stream, None)
 
     async def FetchX509Bundles(self, request: Any, context: Any) -> AsyncIterator[Any]:
         while True:

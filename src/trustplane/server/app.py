@@ -46,10 +46,11 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
     admin = AdminApi(runtime)
     settings = runtime.settings
-    enforcer = HttpEnforcer(pdp, Authenticator.from_settings(settings), runtime.seen)
+    skew = runtime.metrics.observe_issuer_clock_skew
+    enforcer = HttpEnforcer(pdp, Authenticator.from_settings(settings, skew), runtime.seen)
     forward_auth = ForwardAuth(enforcer)
     envoy_http = EnvoyHttp(enforcer, settings.strip_credential)
-    identity = IdentityApi(runtime, admin, verifier_from_settings(settings.issuers))
+    identity = IdentityApi(runtime, admin, verifier_from_settings(settings.issuers, skew))
     admission = AdmissionWebhook(pdp, settings, runtime.attestations)
     attestations = AttestationsApi(runtime, pdp, admin)
 

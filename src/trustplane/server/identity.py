@@ -47,16 +47,25 @@ class EntryBody(BaseModel):
 
 class RotateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    step: StrictStr = Field("next", pattern="^(next|prepare|activate|retire)$")
+    step: StrictStr = Field("next", pattern="^(next|prepare|activate|retire|emergency)$")
     kind: KeyKind | None = None
+    # emergency only: the compromised key (default: the active key of `kind`, or of both)
+    kid: StrictStr | None = Field(None, min_length=1, max_length=64)
 
 
-def rotate_step(service: IdentityService, step: str, kind: KeyKind | None) -> list[str]:
+def rotate_step(
+    service: IdentityService, step: str, kind: KeyKind | None, kid: str | None = None
+) -> list[str]:
     """One rotation step for `kind` (both kinds when None). `next` prepares where nothing is
-    prepared and activates where something is; every step also retires what is due."""
+    prepared and activates where something is; every step also retires what is due.
+    `emergency` retires a compromised key (`kid`, else the active one) at once."""
     keys = service.key_store
+    if step == "emergency":  # a compromised key leaves the bundles now, not when due
+        done = keys.emergency(kind, kid)
+        service.refresh_keys()
+        return done
     kinds = [kind] if kind else list(KeyKind)
-    done: list[str] = []
+    done = []
     prepared = {r.kind for r in keys.records() if r.state.value == "prepared"}
     for k in kinds:
         action = step if step != "next" else ("activate" if k in prepared else "prepare")
@@ -202,7 +211,9 @@ class IdentityApi:
         body = parse_model(RotateBody, raw) if raw.strip() else RotateBody()
         service = self._service()
         try:
-            done = await run_in_threadpool(rotate_step, service, body.step, body.kind)
+            if body.kid is not None and body.step != "emergency":
+                raise RotationError("kid names a compromised key: only with step emergency")
+            done = await run_in_threadpool(rotate_step, service, body.step, body.kind, body.kid)
         except RotationError as exc:
             raise Problem(409, "rotation-refused", "Rotation step refused", str(exc)) from None
         return json_response({"done": done})

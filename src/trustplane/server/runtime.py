@@ -138,17 +138,52 @@ def load_signer(settings: Settings) -> NoteSigner:
         ) from None
 
 
-def load_verifier(settings: Settings, key: str | None = None) -> NoteVerifier:
-    """The checkpoint verifier: an explicit key, else state_dir/ledger.pub."""
+def load_verifier(settings: Settings, key: str | None = None) -> list[NoteVerifier]:
+    """The checkpoint verifiers: an explicit key, else every key in state_dir/ledger.pub (the
+    current key first, then the keys `rotate_ledger_key` replaced, so checkpoints they signed
+    keep verifying)."""
     if key is None:
         path = settings.state_dir / "ledger.pub"
         try:
-            key = path.read_text().strip()
+            keys = path.read_text().split()
         except FileNotFoundError:
             raise NotInitialisedError(
                 f"no ledger public key at {path}: run `trustplane init` first (or pass --key)"
             ) from None
-    return NoteVerifier.from_verifier_key(key)
+        return [NoteVerifier.from_verifier_key(k) for k in keys]
+    return [NoteVerifier.from_verifier_key(key)]
+
+
+def rotate_ledger_key(settings: Settings) -> tuple[str, str]:
+    """Replace the checkpoint signing key (a suspected compromise, or routine hygiene); returns
+    (old, new) verifier keys. The old verifier key stays in ledger.pub after the new one, so
+    every checkpoint it signed still verifies; serving processes sign with the new key from
+    their next start. ledger.pub is written before the private key, so a crash in between
+    leaves a key file whose checkpoints still verify."""
+    old = load_signer(settings)
+    new = NoteSigner.generate(old.name)
+    public = settings.state_dir / "ledger.pub"
+    try:
+        previous = public.read_text().split()
+    except FileNotFoundError:
+        previous = [old.verifier_key()]
+    if old.verifier_key() not in previous:
+        previous.insert(0, old.verifier_key())
+    _replace_file(public, "".join(k + "\n" for k in [new.verifier_key(), *previous]), 0o644)
+    _replace_file(settings.ledger_key_file, new.signer_key() + "\n", 0o600)
+    return old.verifier_key(), new.verifier_key()
+
+
+def _replace_file(path: Path, text: str, mode: int) -> None:
+    """Write `text` to `path` whole or not at all (a temporary file renamed over it)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(temporary, mode)
+    os.replace(temporary, path)
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -214,7 +249,9 @@ class Runtime:
         self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
         self.identity: IdentityService | None = None
         if identity_configured(settings):
-            self.identity = IdentityService(settings, self.engine, inventory=self.inventory)
+            self.identity = IdentityService(
+                settings, self.engine, inventory=self.inventory, metrics=self.metrics
+            )
             self.feed.subscribe(KEYS_TOPIC, self.identity.refresh_keys)
             self.feed.subscribe(ENTRIES_TOPIC, self.identity.entries.refresh)
         # Image attestations are countersigned with the trust domain's keys: with the plane.

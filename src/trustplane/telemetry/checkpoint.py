@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -300,13 +301,19 @@ def _note_str(note: str | bytes) -> str:
     return note
 
 
-def open_note(note: str | bytes, verifier: NoteVerifier) -> str:
+def open_note(note: str | bytes, verifier: NoteVerifier | Sequence[NoteVerifier]) -> str:
     """Return the text of ``note`` once a valid signature by ``verifier`` is found in it.
 
     Follows signed-note: signatures by other keys are ignored (that is how witnesses cosign and
     keys rotate), but a signature that claims to be by ``verifier`` and fails rejects the note.
-    ``note`` may be the UTF-8 bytes as received off the wire.
+    ``verifier`` may be several keys (the current checkpoint key and those it replaced): a
+    valid signature by any of them opens the note. ``note`` may be the UTF-8 bytes as received
+    off the wire.
     """
+    trusted = [verifier] if isinstance(verifier, NoteVerifier) else list(verifier)
+    if not trusted:
+        raise CheckpointError("no verifier key to open the note with")
+    known = {(v.name, v.key_id): v for v in trusted}
     note = _note_str(note)
     i = _has_control(note, allow_newline=True)
     if i >= 0:
@@ -338,18 +345,18 @@ def open_note(note: str | bytes, verifier: NoteVerifier) -> str:
         raw = _b64decode(b64, f"signature line {n}")
         if len(raw) < 5:
             raise CheckpointError(f"malformed signature line {n}: signature too short")
-        if name != verifier.name or raw[:4] != verifier.key_id:
+        signer = known.get((name, raw[:4]))
+        if signer is None:
             continue  # someone else's key (or an unknown one sharing a name or ID): ignore
-        if not verifier.verify(message, raw[4:]):
+        if not signer.verify(message, raw[4:]):
             raise CheckpointError(
                 f"signature mismatch on line {n}: invalid signature for key "
-                f"{verifier.name}+{verifier.key_id.hex()}"
+                f"{signer.name}+{signer.key_id.hex()}"
             )
         verified = True
     if not verified:
-        raise CheckpointError(
-            f"unknown key: note has no signature by {verifier.name}+{verifier.key_id.hex()}"
-        )
+        names = ", ".join(f"{v.name}+{v.key_id.hex()}" for v in trusted)
+        raise CheckpointError(f"unknown key: note has no signature by {names}")
     return text
 
 
@@ -440,7 +447,9 @@ def sign_checkpoint(cp: Checkpoint, signer: NoteSigner) -> str:
     return sign_note(cp.body(), signer)
 
 
-def open_checkpoint(note: str | bytes, verifier: NoteVerifier) -> Checkpoint:
+def open_checkpoint(
+    note: str | bytes, verifier: NoteVerifier | Sequence[NoteVerifier]
+) -> Checkpoint:
     """Verify that ``note`` carries a valid signature by ``verifier``, then parse its checkpoint.
 
     Raises :class:`CheckpointError` if the note is malformed, lacks such a signature, has a

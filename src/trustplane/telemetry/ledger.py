@@ -628,7 +628,7 @@ class VerifyReport:
 
 def verify_ledger(
     engine: Engine,
-    verifier: NoteVerifier,
+    verifier: NoteVerifier | Sequence[NoteVerifier],
     *,
     progress: Callable[[int], None] | None = None,
     max_problems: int = 100,

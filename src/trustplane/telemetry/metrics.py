@@ -115,6 +115,24 @@ class Metrics:
         self.checkpoints = Counter(
             "trustplane_ledger_checkpoints", "Signed checkpoints produced.", registry=r
         )
+        # identity/: what the identity plane sees of the clocks and credentials it depends on.
+        self.issuer_clock_skew = Gauge(
+            "trustplane_issuer_clock_skew_seconds",
+            "How far each token issuer's clock is ahead of ours (negative: behind), from the "
+            "Date header of its JWKS responses.",
+            ["issuer"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.certificate_expiry = Gauge(
+            "trustplane_certificate_expiry_timestamp_seconds",
+            "When each certificate the identity plane depends on expires (unix time), by kind: "
+            "ca, jwt_key, serving (the HTTPS certificate), x509_svid (the soonest held by a "
+            "connected workload).",
+            ["kind"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         # governance/: elevated access in force, and break-glass that must be loud.
         self.grants_active = Gauge(
             "trustplane_grants_active",
@@ -135,6 +153,9 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+
+    def observe_issuer_clock_skew(self, issuer: str, seconds: float) -> None:
+        self.issuer_clock_skew.labels(issuer).set(seconds)
 
     def exposition(self) -> bytes:
         """The text format for /metrics: this process, or every worker's values combined."""
