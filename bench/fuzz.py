@@ -39,6 +39,7 @@ from tests.fuzz.harness import (
     AdmissionFuzzer,
     GrpcFuzzer,
     HttpFuzzer,
+    ProxyFuzzer,
     Tally,
     Target,
     Violation,
@@ -83,6 +84,7 @@ def server(kind: str, directory: Path, transport: str) -> Iterator[Target]:
             watch="false",
             grpc_port=port,
             grpc_transport=transport,
+            trusted_proxies=["127.0.0.1/32"],
         ) as srv,
     ):
         yield Target(srv.url, srv.token, kind, url, {transport: port})
@@ -113,6 +115,7 @@ def run_backend(kind: str, examples: int) -> list[Tally]:
                 jobs.append(("http", (operation, True)))
         for transport in transports:
             jobs += [("grpc-raw", transport), ("grpc-typed", transport)]
+        jobs += [("proxy", "/v1/forward-auth"), ("proxy", "/v1/envoy/http")]
         jobs += [("admission-random", None), ("admission-hostile", None)]
         started = time.monotonic()
         for index, (job, arg) in enumerate(jobs, 1):
@@ -121,6 +124,12 @@ def run_backend(kind: str, examples: int) -> list[Tally]:
             if job == "http":
                 operation, admin = arg
                 tally = http.fuzz(operation, examples, admin=admin)
+            elif job == "proxy":
+                proxy = ProxyFuzzer(main)
+                try:
+                    tally = proxy.fuzz(arg, examples)
+                finally:
+                    proxy.close()
             elif job.startswith("grpc"):
                 target = targets[arg]
                 grpc_fuzzer = GrpcFuzzer(target, arg)

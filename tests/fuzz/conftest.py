@@ -44,6 +44,7 @@ def target(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -
         watch="false",
         grpc_port=port,
         grpc_transport=transport,
+        trusted_proxies=["127.0.0.1/32"],
     ) as srv:
         yield Target(
             srv.url,

@@ -21,6 +21,7 @@ from tests.fuzz.harness import (
     AdmissionFuzzer,
     GrpcFuzzer,
     HttpFuzzer,
+    ProxyFuzzer,
     Target,
     Violation,
     check_invariants,
@@ -81,6 +82,19 @@ def test_grpc_check(target: Target, python_target: Target, transport: str, strat
         tally = (
             fuzzer.fuzz_raw(EXAMPLES * 2) if strategy == "raw" else fuzzer.fuzz_typed(EXAMPLES * 2)
         )
+    finally:
+        fuzzer.close()
+    assert tally.cases > 0
+    settle(tally.violations)
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/forward-auth", "/v1/envoy/http"])
+def test_proxy_headers(target: Target, endpoint: str) -> None:
+    """Forward-auth and Envoy's HTTP mode as a trusted proxy calls them, with the headers the
+    OpenAPI document cannot describe: never a 5xx, never an allow without a credential."""
+    fuzzer = ProxyFuzzer(target)
+    try:
+        tally = fuzzer.fuzz(endpoint, EXAMPLES * 3)
     finally:
         fuzzer.close()
     assert tally.cases > 0
