@@ -16,6 +16,7 @@ Envoy's own `failure_mode_allow` should stay false.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 
@@ -24,6 +25,7 @@ import orjson
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2
 from starlette.requests import Request
 from starlette.responses import Response
@@ -162,13 +164,35 @@ def grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+async def _check_bytes(
+    service: EnvoyAuthorization, message: bytes, context: grpc.aio.ServicerContext
+) -> external_auth_pb2.CheckResponse:
+    try:
+        request = external_auth_pb2.CheckRequest.FromString(message)
+    except DecodeError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed CheckRequest: {exc}")
+    return await service.answer(request, context.peer())
+
+
 async def start_grpc_server(
     service: EnvoyAuthorization, host: str, port: int
 ) -> tuple[grpc.aio.Server, int]:
     """Serve ext_authz with grpcio on host:port (SO_REUSEPORT, so every worker process binds
     the same port); returns the server and the bound port."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
+    # Bytes in, parsed here: grpcio's own deserializer would answer a malformed frame UNKNOWN
+    # (an error Envoy's failure_mode_allow lets through); the compiled front and this refuse it
+    # alike, INVALID_ARGUMENT naming the problem.
+    handler = grpc.unary_unary_rpc_method_handler(
+        functools.partial(_check_bytes, service),
+        response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(SERVICE, {"Check": handler})]
+    )
     bound = server.add_insecure_port(grpc_address(host, port))
     await server.start()
     return server, bound
