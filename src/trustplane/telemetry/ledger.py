@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from trustplane.model import AccessRequest, Decision, Effect, PolicyReason
+from trustplane.model import CALLING_PEP, AccessRequest, Decision, Effect, PolicyReason
 from trustplane.store.tables import checkpoints, decisions, ledger_lock
 from trustplane.telemetry.checkpoint import (
     Checkpoint,
@@ -143,6 +143,9 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
         "revision": decision.revision,
         "eval_micros": decision.eval_micros,
     }
+    pep = CALLING_PEP.get()
+    if pep is not None:  # asked through a decision endpoint: which enforcement point asked
+        record["pep"] = pep
     named = determining + shadow_ids + changed_ids
     if decision.grant_ids:  # decisions under a grant: `access activity GRANT` finds them
         record["grants"] = list(decision.grant_ids)
