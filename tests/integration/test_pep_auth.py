@@ -314,3 +314,31 @@ def test_serve_refuses_a_host_beyond_loopback_without_pep_auth(tmp_path: Path) -
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "0.0.0.0" in lines[0] and "pep_auth" in lines[0], refused.stderr
     assert not (tmp_path / "state").exists()  # nothing started, nothing created
+
+
+def test_the_override_flag_lets_serve_past_the_listening_rule(tmp_path: Path) -> None:
+    """With --allow-unauthenticated-peps the rule passes, and serve goes on to its next
+    check (here: no bundle), so nothing is bound in this test."""
+    env = {"TRUSTPLANE_STATE_DIR": str(tmp_path / "state"), "TRUSTPLANE_HOST": "0.0.0.0"}
+    result = run_cli("serve", "--allow-unauthenticated-peps", env=env)
+    assert result.returncode == 2
+    assert "no bundle" in result.stderr and "pep_auth" not in result.stderr
+
+
+def test_pep_cli_errors_are_one_line(tmp_path: Path) -> None:
+    env = {"TRUSTPLANE_STATE_DIR": str(tmp_path / "state")}
+    assert run_cli("init", env=env).returncode == 0
+    for args, words in [
+        (("pep", "add", "Edge Proxy"), "1-63 characters"),
+        (("pep", "remove", "ghost"), "no PEP named 'ghost'"),
+    ]:
+        result = run_cli(*args, env=env)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], result.stderr
+    added = run_cli("pep", "add", "edge", env=env)
+    assert added.returncode == 0 and "tpp_" in added.stdout
+    again = run_cli("pep", "add", "edge", env=env)
+    assert again.returncode == 2 and "already registered" in again.stderr
+    listed = run_cli("pep", "list", env=env)
+    assert "edge" in listed.stdout and "tpp_" not in listed.stdout
