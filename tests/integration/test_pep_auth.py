@@ -6,6 +6,7 @@ loopback without PEP authentication."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
@@ -34,6 +35,7 @@ from tests.support import (
     wait_ready,
 )
 from trustplane.config import Settings
+from trustplane.enforcement.asgi import RemotePdp
 from trustplane.identity.kek import load_kek, new_kek
 from trustplane.identity.keys import IdentityKeys
 from trustplane.identity.spiffe_id import SpiffeId
@@ -342,3 +344,23 @@ def test_pep_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert again.returncode == 2 and "already registered" in again.stderr
     listed = run_cli("pep", "list", env=env)
     assert "edge" in listed.stdout and "tpp_" not in listed.stdout
+
+
+def test_the_asgi_middleware_asks_as_a_pep(server: Server, token: str) -> None:
+    """RemotePdp sends its PEP token beside the end user's credential; without one the
+    server refuses it and the middleware fails closed (no answer, not a 401 of the user's)."""
+    ca_file = Path(server.env["TRUSTPLANE_STATE_DIR"]) / "ca.pem"
+
+    async def ask(pep_token: str | None) -> Any:
+        transport = httpx.AsyncHTTPTransport(verify=_trusting(ca_file))
+        pdp = RemotePdp(server.url, transport=transport, pep_token=pep_token, retries=0)
+        try:
+            return await pdp.enforce("GET", "/orders", {"host": "shop.example"}, "127.0.0.1")
+        finally:
+            await pdp.aclose()
+
+    answer = asyncio.run(ask(token))
+    assert answer.status == 401 and answer.reasons == ("credential_missing",)
+    assert _recorded_pep(server, answer.decision_id) == "edge-nginx"
+    with pytest.raises(httpx.HTTPStatusError):
+        asyncio.run(ask(None))
