@@ -364,3 +364,16 @@ def test_the_asgi_middleware_asks_as_a_pep(server: Server, token: str) -> None:
     assert _recorded_pep(server, answer.decision_id) == "edge-nginx"
     with pytest.raises(httpx.HTTPStatusError):
         asyncio.run(ask(None))
+
+
+def test_the_admission_webhook_answers_registered_peps_only(server: Server, token: str) -> None:
+    """The kube-apiserver authenticates like any PEP (its webhook kubeconfig's token)."""
+    from tests.integration.test_admission import RESTRICTED_POD, review
+
+    body = review(RESTRICTED_POD, "uid-pep")
+    _refused(server.client.post("/v1/admission", json=body), "pep_credential_missing")
+    answer = server.client.post(
+        "/v1/admission", json=body, headers={"authorization": f"Bearer {token}"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["response"]["uid"] == "uid-pep"
