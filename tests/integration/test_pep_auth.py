@@ -377,3 +377,28 @@ def test_the_admission_webhook_answers_registered_peps_only(server: Server, toke
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["response"]["uid"] == "uid-pep"
+
+
+def test_a_ca_rotated_in_while_serving_is_trusted_for_pep_certificates(
+    server: Server, mesh: str, tmp_path: Path
+) -> None:
+    """Last in the module: it changes the trust domain's active CA."""
+    for _ in range(2):  # prepare, then activate, a new CA
+        rotated = server.client.post(
+            "/v1/identity/rotate", json={"kind": "x509"}, headers=server.admin
+        )
+        assert rotated.status_code == 200, rotated.text
+    ca_file = Path(server.env["TRUSTPLANE_STATE_DIR"]) / "ca.pem"
+    pep_cert = _client_certificate(server, MESH_PEP, tmp_path)  # from the new CA
+
+    def asked() -> httpx.Response | None:
+        try:
+            with httpx.Client(
+                base_url=server.url, timeout=10, verify=_trusting(ca_file, pep_cert)
+            ) as client:
+                return _ok(client.post("/access/v1/evaluation", json=QUESTION))
+        except httpx.TransportError:  # the handshake before the server reloaded its CAs
+            return None
+
+    answer = wait_for(asked)
+    assert _recorded_pep(server, answer.json()["context"]["decision_id"]) == mesh

@@ -9,19 +9,25 @@ latency is observed under that name.
 mTLS: when the server serves HTTPS and PEP authentication is on with the identity plane, the
 TLS layer asks for a client certificate (optional at the handshake, since people's browsers
 and the webhook's kube-apiserver may have none) and verifies it against the trust domain's CA
-bundle, written at start-up to `state_dir/tls/pep-ca.pem`. uvicorn does not put the peer's
-certificate in the ASGI scope, so `TlsPeerProtocol` (uvicorn's httptools protocol) adds it as
-the ASGI TLS extension (`scope["extensions"]["tls"]["client_cert_chain"]`).
+bundle, written at start-up to `state_dir/tls/pep-ca.pem`; whenever the change feed announces a
+change of the trust domain's keys, the file is rewritten and loaded into each serving
+SSLContext (`PepClientTrust` keeps them), so a CA that rotation adds is trusted from the next
+handshake on. A retired one stays trusted for PEPs until a restart: an SSLContext's trust store
+only grows. uvicorn does not put the peer's certificate in the ASGI
+scope, so `TlsPeerProtocol` (uvicorn's httptools protocol) adds it as the ASGI TLS extension
+(`scope["extensions"]["tls"]["client_cert_chain"]`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography import x509
 from starlette.requests import Request
@@ -37,10 +43,12 @@ from trustplane.enforcement.pep import (
     PepStore,
     PepUnauthenticated,
 )
+from trustplane.identity.keys import TOPIC as KEYS_TOPIC
 from trustplane.identity.keys import published_ca_certificates
 from trustplane.model import CALLING_PEP
 from trustplane.server.problems import Problem
 from trustplane.server.runtime import Runtime
+from trustplane.server.tls import ContextFactory
 from trustplane.store.database import create_store_engine
 
 log = logging.getLogger("trustplane.pep")
@@ -76,6 +84,16 @@ class PepGate:
         def revoked(token_id: str | None, serial: int | None) -> str | None:
             found = revocations.credential(token_id) or revocations.certificate(serial)
             return None if found is None else f"revoked: {found.target} ({found.reason})"
+
+        ca_file = pep_ca_path(settings) if _pep_mtls(settings) else None
+        if ca_file is not None:
+            engine = runtime.engine
+
+            def trust_new_cas(_topic: str) -> None:
+                if _write_ca_bundle(engine, ca_file):
+                    PepClientTrust.reload(ca_file)
+
+            runtime.feed.subscribe(KEYS_TOPIC, trust_new_cas)
 
         authenticator = PepAuthenticator(
             settings.pep_auth,
@@ -186,23 +204,69 @@ class TlsPeerProtocol(HttpToolsProtocol):
             self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
 
 
-def client_ca_file(settings: Settings) -> Path | None:
-    """The trust domain's CA bundle for verifying PEP client certificates, written now; None
-    when PEP mTLS does not apply (plain HTTP, pep_auth off, no identity plane). CAs added by a
-    later rotation are trusted after a restart (docs/threat-model.md)."""
+@dataclass(frozen=True)
+class PepClientTrust:
+    """uvicorn's `ssl_context_factory` when PEPs may present client certificates: builds the
+    context as it would have been built (`inner`, or uvicorn's default), and keeps it so that
+    CAs added later can be loaded into it. Runs in every serving process (pickled to workers).
+    OpenSSL locks a context's trust store, so loading from the change feed's thread while
+    the event loop handshakes is safe."""
+
+    inner: ContextFactory | None = None
+    contexts: ClassVar[list[ssl.SSLContext]] = []
+
+    def __call__(self, config: Any, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        context = self.inner(config, default) if self.inner is not None else default()
+        PepClientTrust.contexts.append(context)
+        return context
+
+    @classmethod
+    def reload(cls, ca_file: Path) -> None:
+        for context in cls.contexts:
+            try:
+                context.load_verify_locations(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as exc:  # keep the CAs it has
+                log.error("PEP client CA bundle %s not loaded: %s", ca_file, exc)
+                return
+        if cls.contexts:
+            log.info("PEP client CA bundle reloaded from %s", ca_file)
+
+
+def _pep_mtls(settings: Settings) -> bool:
+    """PEPs may present client certificates: HTTPS, the identity plane, pep_auth on."""
     serves_tls = settings.tls_from_ca or settings.tls_cert_file is not None
     identity = settings.identity_kek is not None or settings.identity_kek_file is not None
-    if not serves_tls or not identity or settings.pep_auth is PepAuth.OFF:
+    return serves_tls and identity and settings.pep_auth is not PepAuth.OFF
+
+
+def pep_ca_path(settings: Settings) -> Path:
+    return settings.state_dir / "tls" / "pep-ca.pem"
+
+
+def _write_ca_bundle(engine: Any, path: Path) -> bool:
+    """Write the published CAs to `path` (replaced by a rename, so a reader never sees half
+    a file); False when there are none."""
+    pems = published_ca_certificates(engine)
+    if not pems:
+        return False
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text("".join(pems))
+    os.replace(temporary, path)
+    return True
+
+
+def client_ca_file(settings: Settings) -> Path | None:
+    """The trust domain's CA bundle for verifying PEP client certificates, written now; None
+    when PEP mTLS does not apply (plain HTTP, pep_auth off, no identity plane)."""
+    if not _pep_mtls(settings):
         return None
     engine = create_store_engine(settings.effective_database_url)
     try:
-        pems = published_ca_certificates(engine)
+        path = pep_ca_path(settings)
+        if not _write_ca_bundle(engine, path):
+            log.warning("no trust-domain CA yet: PEP client certificates cannot be verified")
+            return None
     finally:
         engine.dispose()
-    if not pems:
-        log.warning("no trust-domain CA yet: PEP client certificates cannot be verified")
-        return None
-    path = settings.state_dir / "tls" / "pep-ca.pem"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_text("".join(pems))
     return path

@@ -25,7 +25,7 @@ from trustplane.config import Settings
 from trustplane.decision.manager import BundleManager, reload_or_log
 from trustplane.enforcement.pep import check_listen_policy
 from trustplane.server.app import create_app
-from trustplane.server.pep_gate import TlsPeerProtocol, client_ca_file
+from trustplane.server.pep_gate import PepClientTrust, TlsPeerProtocol, client_ca_file
 from trustplane.server.runtime import Runtime, load_options
 from trustplane.server.tls import serving_certificate
 from trustplane.store.bundles import BundleStore
@@ -108,6 +108,9 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
     tls = serving_certificate(settings)
     # PEPs may authenticate with a client certificate of the trust domain (server/pep_gate.py).
     client_ca = client_ca_file(settings) if tls else None
+    context_factory = tls.context_factory if tls else None
+    if client_ca is not None:
+        context_factory = PepClientTrust(context_factory)
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -121,7 +124,7 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
         workers=settings.workers,
         ssl_certfile=tls.cert_file if tls else None,
         ssl_keyfile=tls.key_file if tls else None,
-        ssl_context_factory=tls.context_factory if tls else None,
+        ssl_context_factory=context_factory,
         ssl_cert_reqs=ssl.CERT_OPTIONAL if client_ca else ssl.CERT_NONE,
         ssl_ca_certs=str(client_ca) if client_ca else None,
         http=TlsPeerProtocol if client_ca else "auto",
