@@ -42,6 +42,12 @@ class GrpcTransport(StrEnum):
     PYTHON = "python"  # grpcio's asyncio server
 
 
+class PepAuth(StrEnum):
+    OFF = "off"  # decision endpoints answer whoever connects (loopback only, see pep_auth)
+    OPTIONAL = "optional"  # a credential, when presented, must be valid; none is anonymous
+    REQUIRED = "required"  # every call names a registered PEP or is refused
+
+
 class Durability(StrEnum):
     BATCH = "batch"
     SYNC = "sync"
@@ -248,6 +254,22 @@ class Settings(BaseSettings):
         False,
         description="Ask Envoy to remove the caller's Authorization header before the request "
         "goes upstream (the upstream gets the identity headers instead).",
+    )
+    pep_auth: PepAuth = Field(
+        PepAuth.OFF,
+        description="Authentication of the enforcement points calling the decision endpoints "
+        "(AuthZEN, forward-auth, Envoy HTTP and gRPC ext_authz, admission): a per-PEP token "
+        "(`trustplane pep add`), an mTLS client certificate or a JWT-SVID (audience "
+        "pep_audience) of a registered PEP. `serve` refuses a host beyond loopback unless this "
+        "is `required` or allow_unauthenticated_peps is set.",
+    )
+    pep_audience: str = Field(
+        "trustplane-pep", min_length=1, description="Audience a PEP's JWT-SVID must carry."
+    )
+    allow_unauthenticated_peps: bool = Field(
+        False,
+        description="Serve beyond loopback although pep_auth is not `required`: anyone who "
+        "can connect then gets decisions and names any principal (docs/threat-model.md).",
     )
     watch: bool = Field(True, description="Reload the bundle when its files change.")
     expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")

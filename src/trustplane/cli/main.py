@@ -184,8 +184,17 @@ def serve(
     init_if_needed: Annotated[
         bool, typer.Option("--init", help="Run `init` first if the state directory is new.")
     ] = False,
+    allow_unauthenticated_peps: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-unauthenticated-peps",
+            help="Serve beyond loopback without pep_auth=required (anyone who can connect "
+            "gets decisions).",
+        ),
+    ] = None,
 ) -> None:
     """Serve decisions (AuthZEN), the admin API and metrics."""
+    from trustplane.enforcement.pep import check_listen_policy
     from trustplane.server.serve import serve as run_server
 
     settings = _ctx(ctx).settings(
@@ -195,7 +204,9 @@ def serve(
         durability=durability,
         watch=watch,
         workers=workers,
+        allow_unauthenticated_peps=allow_unauthenticated_peps,
     )
+    check_listen_policy(settings)
     if settings.bundle_dir is None:
         raise CliError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
     from trustplane.posture.packs import check_admission_settings
@@ -1057,3 +1068,8 @@ def main() -> None:
         _fail(str(exc))
     except BrokenPipeError:
         raise SystemExit(0) from None
+
+
+from trustplane.cli.pep import pep_app  # noqa: E402  (same)
+
+app.add_typer(pep_app, name="pep")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Mapping
 
 import grpc
@@ -33,6 +34,8 @@ from starlette.responses import Response
 from trustplane.decision.routes import HttpFacts
 from trustplane.enforcement.enforcer import HttpEnforcer, Verdict
 from trustplane.enforcement.forward_auth import original_request
+from trustplane.enforcement.pep import ANONYMOUS, PepAuthenticator, PepLatency, PepUnauthenticated
+from trustplane.model import CALLING_PEP
 from trustplane.problems import json_response
 
 log = logging.getLogger("trustplane.envoy")
@@ -112,21 +115,59 @@ def _fill_denied(
 
 class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """`envoy.service.auth.v3.Authorization`: `Check` on grpc.aio, `answer` for any transport
-    (the compiled front hands it the same messages)."""
+    (the compiled front hands it the same messages). With `pep`, the calling Envoy must
+    authenticate (the call's `authorization` metadata: a PEP token or JWT-SVID) as pep_auth
+    says; a refused one gets a deny with status UNAUTHENTICATED and no decision is made."""
 
-    def __init__(self, enforcer: HttpEnforcer, strip_credential: bool = False) -> None:
+    def __init__(
+        self,
+        enforcer: HttpEnforcer,
+        strip_credential: bool = False,
+        pep: PepAuthenticator | None = None,
+        latency: PepLatency | None = None,
+    ) -> None:
         self._enforcer = enforcer
         self._strip = strip_credential
+        self._pep = pep
+        self._latency = latency
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
-        return await self.answer(request, context.peer())
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else None
+                break
+        return await self.answer(request, context.peer(), authorization)
 
     async def answer(
+        self, request: external_auth_pb2.CheckRequest, peer: str, authorization: str | None = None
+    ) -> external_auth_pb2.CheckResponse:
+        """The answer to one Check; `peer` in gRPC's form (`ipv4:127.0.0.1:5555`);
+        `authorization`: the call's `authorization` metadata (the calling PEP's credential)."""
+        started = time.perf_counter()
+        pep = ANONYMOUS
+        if self._pep is not None:
+            try:
+                pep = self._pep.authenticate(authorization)
+            except PepUnauthenticated as exc:
+                self._observe(ANONYMOUS, started)
+                return pep_refused(exc)
+        token = CALLING_PEP.set(pep)
+        try:
+            return await self._decide(request, peer)
+        finally:
+            CALLING_PEP.reset(token)
+            self._observe(pep, started)
+
+    def _observe(self, pep: str, started: float) -> None:
+        if self._latency is not None:
+            self._latency.observe(pep, time.perf_counter() - started)
+
+    async def _decide(
         self, request: external_auth_pb2.CheckRequest, peer: str
     ) -> external_auth_pb2.CheckResponse:
-        """The answer to one Check; `peer` in gRPC's form (`ipv4:127.0.0.1:5555`)."""
         try:
             attributes = request.attributes
             facts, spiffe_id = check_facts(attributes)
@@ -138,6 +179,17 @@ class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type:
         except Exception:
             log.exception("ext_authz Check failed; denying")
             return unavailable()
+
+
+def pep_refused(exc: PepUnauthenticated) -> external_auth_pb2.CheckResponse:
+    """The deny sent to a caller that is not a registered PEP: no decision was made, and the
+    status says why (an Envoy that sees it has a credential to fix; it must not allow)."""
+    body = orjson.dumps({"decision": False, "reasons": [exc.code], "detail": exc.detail}).decode()
+    response = external_auth_pb2.CheckResponse()
+    response.status.code = code_pb2.UNAUTHENTICATED
+    response.status.message = f"{exc.code}: {exc.detail}"
+    _fill_denied(response, 403, {}, body)
+    return response
 
 
 def unavailable() -> external_auth_pb2.CheckResponse:

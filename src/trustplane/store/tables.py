@@ -305,3 +305,15 @@ attestations = Table(
     Index("ix_attestations_digest", "digest"),
     Index("ix_attestations_created_at", "created_at"),
 )
+
+# enforcement/pep.py: the policy enforcement points allowed to ask for decisions. A PEP proves
+# itself with a token (only its sha256 is kept) or, when `spiffe_id` is set, with an mTLS client
+# certificate or JWT-SVID naming that SPIFFE ID; `name` is what decision records and metrics show.
+peps = Table(
+    "peps",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("token_sha256", String(64), nullable=True, unique=True),
+    Column("spiffe_id", String(2048), nullable=True, unique=True),
+    Column("created_at", Float, nullable=False),
+)

@@ -34,7 +34,7 @@ from sqlalchemy.exc import (
     StatementError,
 )
 
-from trustplane.model import AccessRequest, Decision, Effect, PolicyReason
+from trustplane.model import CALLING_PEP, AccessRequest, Decision, Effect, PolicyReason
 from trustplane.store.tables import checkpoints, decisions, ledger_lock, ledger_quarantine
 from trustplane.store.text import column_text
 from trustplane.telemetry.checkpoint import (
@@ -198,6 +198,9 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
         "revision": decision.revision,
         "eval_micros": decision.eval_micros,
     }
+    pep = CALLING_PEP.get()
+    if pep is not None:  # asked through a decision endpoint: which enforcement point asked
+        record["pep"] = pep
     named = determining + shadow_ids + changed_ids
     if decision.grant_ids:  # decisions under a grant: `access activity GRANT` finds them
         record["grants"] = list(decision.grant_ids)

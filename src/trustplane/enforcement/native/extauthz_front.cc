@@ -20,7 +20,9 @@
 // no other process can reach the serving process through it.
 //
 // Wire format on the socket, little-endian:
-//   call   → u32 length, u64 id, u16 peer length, peer (grpc's "ipv4:a.b.c.d:port"), message
+//   call   → u32 length, u64 id, u16 peer length, peer (grpc's "ipv4:a.b.c.d:port"),
+//            u16 credential length, credential (the call's `authorization` metadata, which
+//            authenticates the calling PEP; empty when absent), message
 //   answer ← u32 length, u64 id, u8 kind (0: message is a CheckResponse; 1: message is an
 //            error text, the call ends INVALID_ARGUMENT), message
 // `length` counts the bytes after itself.
@@ -133,7 +135,8 @@ class Backend {
   // Queues a call for the serving process; false if it cannot be (not connected, or the
   // queue is full because the serving process is not reading): the caller then fails closed.
   // Never blocks, so gRPC's threads keep serving (and timing out) whatever the socket does.
-  bool Send(uint64_t id, CheckReactor* call, const std::string& peer, const std::string& message);
+  bool Send(uint64_t id, CheckReactor* call, const std::string& peer,
+            const std::string& credential, const std::string& message);
   // The answer of `id` no longer matters (the call was cancelled or timed out).
   CheckReactor* Take(uint64_t id);
 
@@ -179,7 +182,11 @@ class CheckReactor final : public grpc::ServerGenericBidiReactor {
       return;
     }
     for (const auto& s : slices) message.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    if (!backend_->Send(id_, this, ctx_->peer(), message)) {
+    std::string credential;
+    const auto& metadata = ctx_->client_metadata();
+    auto found = metadata.find("authorization");
+    if (found != metadata.end()) credential.assign(found->second.data(), found->second.size());
+    if (!backend_->Send(id_, this, ctx_->peer(), credential, message)) {
       End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "trustplane decision service unavailable"));
     }
   }
@@ -217,15 +224,20 @@ class CheckReactor final : public grpc::ServerGenericBidiReactor {
 };
 
 bool Backend::Send(uint64_t id, CheckReactor* call, const std::string& peer,
-                   const std::string& message) {
+                   const std::string& credential, const std::string& message) {
   std::string frame;
   uint16_t peer_len = static_cast<uint16_t>(std::min<size_t>(peer.size(), 0xffff));
-  frame.reserve(4 + 8 + 2 + peer_len + message.size());
-  PutU32(frame, static_cast<uint32_t>(8 + 2 + peer_len + message.size()));
+  // A credential longer than 64 KiB is no PEP's: sent empty, the call is judged without one.
+  uint16_t credential_len = credential.size() <= 0xffff ? static_cast<uint16_t>(credential.size()) : 0;
+  frame.reserve(4 + 8 + 2 + peer_len + 2 + credential_len + message.size());
+  PutU32(frame, static_cast<uint32_t>(8 + 2 + peer_len + 2 + credential_len + message.size()));
   PutU64(frame, id);
   frame.push_back(static_cast<char>(peer_len & 0xff));
   frame.push_back(static_cast<char>(peer_len >> 8));
   frame.append(peer, 0, peer_len);
+  frame.push_back(static_cast<char>(credential_len & 0xff));
+  frame.push_back(static_cast<char>(credential_len >> 8));
+  frame.append(credential, 0, credential_len);
   frame.append(message);
   {
     std::lock_guard<std::mutex> lock(mu_);
