@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import SHOP
 from tests.support import TRUSTPLANE, Server, free_port, run_cli, server_env, wait_for, wait_ready
@@ -383,3 +385,76 @@ def test_a_flag_of_another_type_is_refused_not_read_as_false(server: Server) -> 
         "object.spec.containers[0].securityContext.privileged: expected a boolean, got an integer"
         in answer["status"]["message"]
     )
+
+
+def _paths(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """Every place in `value` a sub-value sits (not the root)."""
+    out: list[tuple[str | int, ...]] = [path] if path else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out.extend(_paths(item, (*path, key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out.extend(_paths(item, (*path, index)))
+    return out
+
+
+def _type_of(value: Any) -> str:
+    return "int" if isinstance(value, int) and not isinstance(value, bool) else type(value).__name__
+
+
+WRONG_VALUES = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.lists(st.one_of(st.integers(), st.text(max_size=3)), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.one_of(st.integers(), st.text(max_size=3)), max_size=2),
+)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[str]]:
+    """A privileged workload of some kind with one to three sub-values replaced by a value of
+    another type; the kind and the paths replaced, as the engine would name them."""
+    kind = draw(st.sampled_from(sorted(POD_PATHS)))
+    obj = as_kind(privileged_pod(), kind)
+    chosen = draw(st.lists(st.sampled_from(_paths(obj)), min_size=1, max_size=3, unique=True))
+    names = []
+    for path in chosen:
+        parent: Any = obj
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            old = parent[path[-1]]
+        except (KeyError, IndexError, TypeError):
+            continue  # under a value an earlier replacement already took away
+        new = draw(WRONG_VALUES.filter(lambda v, old=old: _type_of(v) != _type_of(old)))
+        parent[path[-1]] = new
+        names.append("object" + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path))
+    return kind, obj, names
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=mutated())
+def test_a_privileged_workload_mutated_anywhere_is_never_allowed_and_never_a_5xx(
+    server: Server, case: tuple[str, dict[str, Any], list[str]]
+) -> None:
+    """Replacing sub-values by values of other types cannot make hostNetwork and a privileged
+    container go away without leaving the object unreadable: the answer is a refusal — 422 or
+    400 naming a replaced field, or 403 from the rules when no replaced field is one they read —
+    and never a server error."""
+    kind, obj, replaced = case
+    response = server.client.post("/v1/admission", json=review_of(obj, "uid-fuzz", kind=kind))
+    assert response.status_code == 200, response.text
+    answer = response.json()["response"]
+    assert answer["allowed"] is False, (obj, answer)
+    status = answer["status"]
+    message = status["message"].replace('["', ".").replace('"]', "")  # map keys as fields
+    if status["code"] in (400, 422):
+        named = [part.split(": ")[0] for part in message.split(" reviewed: ", 1)[1].split("; ")]
+        assert any(n == r or n.startswith(r + ".") or n.startswith(r + "[")
+                   for n in named for r in replaced), (replaced, message)  # fmt: skip
+    else:
+        assert status["code"] == 403, answer
+        assert "pss-baseline/privileged" in message or "pss-baseline/hostNamespaces" in message
