@@ -53,6 +53,7 @@ MAX_WARNING = 120
 REVIEWED_SUBRESOURCES = ("", "ephemeralcontainers")
 # The reason recorded for an object that cannot be reviewed (no rule of any pack has this id).
 UNREADABLE_POLICY = "trustplane/unreadable-object"
+MAX_PROBLEMS = 10  # named in a refusal; a pod of 5,000 malformed containers gets a short answer
 
 
 class _Lenient(BaseModel):
@@ -136,8 +137,10 @@ class AdmissionWebhook:
         reviewed = req.operation in ("CREATE", "UPDATE") and req.object is not None
         if reviewed and (req.subResource or "") in REVIEWED_SUBRESOURCES:
             try:
-                obj = _readable(req)
-                if not _same_pod(req):
+                obj = _of_request_kind(req)
+                if _same_pod(req):  # not reviewed, but never unread: refused if unreadable
+                    _readable(obj)
+                else:
                     engine = self._namespaces.get(req.namespace, self._default)
                     findings = engine.evaluate(obj, namespace=req.namespace, strict=True)
             except _Refusal as refusal:
@@ -170,9 +173,10 @@ class AdmissionWebhook:
     ) -> tuple[dict[str, Any], Decision, list[Finding]]:
         """The answer for an object that cannot be reviewed: refused in every mode, recorded
         with the problems as its reason and errors."""
-        message = "refused by trustplane: the object cannot be reviewed: " + "; ".join(
-            refusal.problems
-        )
+        shown = refusal.problems[:MAX_PROBLEMS]
+        message = "refused by trustplane: the object cannot be reviewed: " + "; ".join(shown)
+        if len(refusal.problems) > len(shown):
+            message += f" (and {len(refusal.problems) - len(shown)} more)"
         reason = PolicyReason(
             policy_id=UNREADABLE_POLICY,
             effect="forbid",
@@ -187,7 +191,7 @@ class AdmissionWebhook:
             shadow_effect=Effect.DENY,
             shadow_reasons=(reason,),
             shadow_changes=(),
-            errors=tuple(refusal.problems),
+            errors=tuple(shown),
             revision=None,
             eval_micros=int((time.perf_counter() - started) * 1e6),
             timestamp=time.time(),
@@ -209,22 +213,26 @@ class _Refusal(Exception):
         self.problems = problems
 
 
-def _readable(req: AdmissionRequest) -> dict[str, Any]:
+def _of_request_kind(req: AdmissionRequest) -> dict[str, Any]:
     """The object under review, its kind the request's: an object without a kind is what the
-    request says it is; one claiming any other kind (`"pod"`, `"Pd"`, `7`) is refused (400), and
-    so is one a rule could not read completely (422) — before `_same_pod` compares anything."""
+    request says it is; one claiming any other kind (`"pod"`, `"Pd"`, `7`) is refused (400)."""
     obj = req.object or {}
     kind = obj.get("kind")
     if kind is None or kind == "":
-        obj = {**obj, "kind": req.kind.kind}
-    elif kind != req.kind.kind:
+        return {**obj, "kind": req.kind.kind}
+    if kind != req.kind.kind:
         got = f'"{kind}"' if isinstance(kind, str) else f"{kind!r}, not a string"
         expected = f'expected "{req.kind.kind}" (request.kind.kind)'
         raise _Refusal(400, "BadRequest", [f"object.kind: {expected}, got {got}"])
+    return obj
+
+
+def _readable(obj: dict[str, Any]) -> None:
+    """Refuses (422) an object a rule could not read completely (the engine checks the same
+    before it evaluates; this is for an update `_same_pod` lets through unevaluated)."""
     found = problems(obj)
     if found:
         raise _Refusal(422, "Invalid", found)
-    return obj
 
 
 def _same_pod(req: AdmissionRequest) -> bool:

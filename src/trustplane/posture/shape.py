@@ -20,7 +20,7 @@ closed, with a message naming the field (`engine.py`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,68 +146,133 @@ KINDS: dict[str, Obj] = {kind: _pod_kind(path) for kind, path in POD_PATHS.items
 KINDS["ConfigMap"] = Obj({"metadata": METADATA, "data": MapOf(STRING)})
 OTHER = Obj({"metadata": METADATA})  # any other kind: what the engine itself reads
 
+# A check walks a value, `trail` holding the keys that lead to it; a path string is only made
+# for a problem (making one for every field visited doubled the cost of a check).
+Trail = list[str | int]
+Check = Callable[[Any, Trail, list[tuple[Trail, str]]], None]
+
 
 def problems(obj: Mapping[str, Any], root: str = "object") -> list[str]:
     """What keeps the engine from reading `obj` completely, each naming its field path; empty
     when every field a rule reads has its type. Null fields count as unset (the engine drops
     them, as the API server does when it decodes an object)."""
     kind = obj.get("kind")
-    out: list[str] = []
     if not isinstance(kind, str):
-        out.append(f"{root}.kind: expected a string, got {_type_name(kind)}")
-        return out
-    _check(KINDS.get(kind, OTHER), obj, root, out)
+        return [f"{root}.kind: expected a string, got {_type_name(kind)}"]
+    found: list[tuple[Trail, str]] = []
+    _CHECKS.get(kind, _OTHER)(obj, [], found)
+    return [f"{_path(root, trail)}: {problem}" for trail, problem in found]
+
+
+def _path(root: str, trail: Trail) -> str:
+    out = root
+    for key in trail:
+        if isinstance(key, int):
+            out += f"[{key}]"
+        elif isinstance(key, _MapKey):
+            out += f'["{key}"]'
+        else:
+            out += f".{key}"
     return out
 
 
-def _check(shape: Shape, value: Any, path: str, out: list[str]) -> None:
+class _MapKey(str):
+    """A key of a map (a label, an annotation): shown as `labels["app"]`, not `labels.app`."""
+
+    __slots__ = ()
+
+
+def _compile(shape: Shape) -> Check:
     if shape is None:
-        return
+        return _anything
     if isinstance(shape, Scalar):
-        _check_scalar(shape, value, path, out)
-    elif isinstance(shape, Obj):
+        return _scalar(shape)
+    if isinstance(shape, Obj):
+        return _object(shape)
+    if isinstance(shape, ListOf):
+        return _list(_compile(shape.item))
+    return _map(_compile(shape.value) if shape.value is not None else None)
+
+
+def _anything(value: Any, trail: Trail, out: list[tuple[Trail, str]]) -> None:
+    return None
+
+
+def _scalar(shape: Scalar) -> Check:
+    low, high = shape.bounds
+
+    def string(value: Any, trail: Trail, out: list[tuple[Trail, str]]) -> None:
+        if not isinstance(value, str):
+            out.append((list(trail), f"expected a string, got {_type_name(value)}"))
+
+    def boolean(value: Any, trail: Trail, out: list[tuple[Trail, str]]) -> None:
+        if not isinstance(value, bool):
+            out.append((list(trail), f"expected a boolean, got {_type_name(value)}"))
+
+    def integer(value: Any, trail: Trail, out: list[tuple[Trail, str]]) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            out.append((list(trail), f"expected an integer, got {_type_name(value)}"))
+        elif not low <= value <= high:
+            out.append((list(trail), f"expected an integer from {low} to {high}, got {value}"))
+
+    return {"string": string, "boolean": boolean}.get(shape.kind, integer)
+
+
+def _object(shape: Obj) -> Check:
+    fields = [(name, _compile(inner)) for name, inner in shape.fields.items()]
+    required = shape.required
+
+    def check(value: Any, trail: Trail, out: list[tuple[Trail, str]]) -> None:
         if not isinstance(value, dict):
-            out.append(f"{path}: expected an object, got {_type_name(value)}")
+            out.append((list(trail), f"expected an object, got {_type_name(value)}"))
             return
-        for name in shape.required:
+        for name in required:
             if value.get(name) is None:
-                out.append(f"{path}.{name}: required field is missing")
-        for name, inner in shape.fields.items():
+                out.append(([*trail, name], "required field is missing"))
+        for name, inner in fields:
             item = value.get(name)
             if item is not None:
-                _check(inner, item, f"{path}.{name}", out)
-    elif isinstance(shape, ListOf):
+                trail.append(name)
+                inner(item, trail, out)
+                trail.pop()
+
+    return check
+
+
+def _list(item_check: Check) -> Check:
+    def check(value: Any, trail: Trail, out: list[tuple[Trail, str]]) -> None:
         if not isinstance(value, list):
-            out.append(f"{path}: expected a list, got {_type_name(value)}")
+            out.append((list(trail), f"expected a list, got {_type_name(value)}"))
             return
         for index, item in enumerate(value):
+            trail.append(index)
             if item is None:
-                out.append(f"{path}[{index}]: expected a value, got null")
+                out.append((list(trail), "expected a value, got null"))
             else:
-                _check(shape.item, item, f"{path}[{index}]", out)
-    else:
+                item_check(item, trail, out)
+            trail.pop()
+
+    return check
+
+
+def _map(value_check: Check | None) -> Check:
+    def check(value: Any, trail: Trail, out: list[tuple[Trail, str]]) -> None:
         if not isinstance(value, dict):
-            out.append(f"{path}: expected an object, got {_type_name(value)}")
+            out.append((list(trail), f"expected an object, got {_type_name(value)}"))
+            return
+        if value_check is None:
             return
         for key, item in value.items():
             if item is not None:
-                _check(shape.value, item, f'{path}["{key}"]', out)
+                trail.append(_MapKey(key))
+                value_check(item, trail, out)
+                trail.pop()
+
+    return check
 
 
-def _check_scalar(shape: Scalar, value: Any, path: str, out: list[str]) -> None:
-    if shape.kind == "string":
-        ok = isinstance(value, str)
-    elif shape.kind == "boolean":
-        ok = isinstance(value, bool)
-    else:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        if ok and not shape.bounds[0] <= value <= shape.bounds[1]:
-            low, high = shape.bounds
-            out.append(f"{path}: expected an integer from {low} to {high}, got {value}")
-            return
-    if not ok:
-        article = "an" if shape.kind == "integer" else "a"
-        out.append(f"{path}: expected {article} {shape.kind}, got {_type_name(value)}")
+_CHECKS: dict[str, Check] = {kind: _compile(shape) for kind, shape in KINDS.items()}
+_OTHER = _compile(OTHER)
 
 
 def _type_name(value: Any) -> str:
