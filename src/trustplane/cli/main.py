@@ -29,7 +29,7 @@ from trustplane import __version__
 from trustplane.cli.scan import scan as scan_command
 from trustplane.config import ConfigError, Durability, Settings, load_settings
 from trustplane.decision.bundle import SIGNATURE_FILE, BundleError, BundleSource, parse_rfc3339
-from trustplane.decision.loader import LoadOptions, load_bundle
+from trustplane.decision.loader import LoadedBundle, LoadOptions, load_bundle
 from trustplane.decision.requests import RequestError, parse_entity, parse_request
 from trustplane.decision.signing import (
     SigningError,
@@ -37,6 +37,7 @@ from trustplane.decision.signing import (
     load_private_key,
     load_trusted_key,
     sign_bundle,
+    verify_bundle,
 )
 from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.model import AccessRequest
@@ -402,12 +403,23 @@ def _bundle_source(directory: Path) -> BundleSource:
     return BundleSource.from_dir(directory)
 
 
+def _load_for_json(directory: Path, settings: Settings, as_json: bool) -> LoadedBundle:
+    """Load without running tests; with --json a refused bundle is a JSON document on stdout
+    (`valid: false` and every problem) and exit 1, so scripts read one stream."""
+    try:
+        return load_bundle(_bundle_source(directory), _load_options(settings, False))
+    except BundleError as exc:
+        if not as_json:
+            raise
+        _emit_json({"valid": False, "problems": [p.as_dict() for p in exc.problems]})
+        raise typer.Exit(1) from None
+
+
 @policy_app.command("validate")
 def policy_validate(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt = False) -> None:
     """Parse, check annotations and validate against the schema (no tests)."""
     settings = _ctx(ctx).settings()
-    loaded = load_bundle(_bundle_source(directory), _load_options(settings, False))
-    bundle = loaded.bundle
+    bundle = _load_for_json(directory, settings, as_json).bundle
     if as_json:
         _emit_json(
             {
@@ -416,6 +428,7 @@ def policy_validate(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt =
                 "revision": bundle.revision,
                 "policies": [p.summary() for p in bundle.policies],
                 "warnings": [w.as_dict() for w in bundle.warnings],
+                "problems": [],
             }
         )
         return
@@ -427,42 +440,124 @@ def policy_validate(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt =
 
 
 @policy_app.command("test")
-def policy_test(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt = False) -> None:
-    """Run the bundle's tests; exit 1 if any fails."""
-    settings = _ctx(ctx).settings()
-    loaded = load_bundle(_bundle_source(directory), _load_options(settings, False))
-    from trustplane.decision.testing import run_tests
+def policy_test(
+    ctx: typer.Context,
+    directory: BundleArg,
+    as_json: JsonOpt = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show every test, not only failures.")
+    ] = False,
+    keyword: Annotated[
+        str | None,
+        typer.Option("-k", help="Run only tests whose name contains this text (any case)."),
+    ] = None,
+) -> None:
+    """Run the bundle's tests and report coverage (policies no test reaches); exit 1 if any
+    test fails."""
+    from trustplane.decision.testing import coverage, run_tests
 
-    results = run_tests(loaded.evaluator, loaded.bundle.tests)
+    settings = _ctx(ctx).settings()
+    loaded = _load_for_json(directory, settings, as_json)
+    tests = loaded.bundle.tests
+    if keyword is not None:
+        tests = [t for t in tests if keyword.lower() in t.name.lower()]
+        if not tests:
+            raise CliError(f"no test name contains {keyword!r} ({len(loaded.bundle.tests)} tests)")
+    results = run_tests(loaded.evaluator, tests)
     failed = [r for r in results if not r.passed]
+    covered = coverage(loaded.bundle.policies, results)
     if as_json:
         _emit_json(
             {
                 "passed": len(results) - len(failed),
                 "failed": len(failed),
                 "results": [r.as_dict() for r in results],
+                "coverage": covered.as_dict(),
             }
         )
     else:
-        table = Table("", "test", "file", "decision", "shadow")
-        table.add_column("determining", overflow="fold")
-        for r in results:
-            mark = "[green]✓[/]" if r.passed else "[red]✗[/]"
-            table.add_row(
-                mark,
-                r.test.name,
-                f"{r.test.file}:{r.test.line}",
-                r.decision.effect.value,
-                r.decision.shadow_effect.value,
-                ", ".join(sorted(x.policy_id for x in r.decision.reasons)),
-            )
-        out.print(table)
+        if verbose:
+            table = Table("", "test", "decision", "shadow")
+            table.add_column("determining", overflow="fold")
+            for r in results:
+                mark = "[green]✓[/]" if r.passed else "[red]✗[/]"
+                table.add_row(
+                    mark,
+                    f"{r.test.name}\n[dim]{r.test.file}:{r.test.line}[/]",
+                    r.decision.effect.value,
+                    r.decision.shadow_effect.value,
+                    ", ".join(sorted(x.policy_id for x in r.decision.reasons)),
+                )
+            out.print(table)
         for r in failed:
             out.print(
-                f"[red]FAIL[/] {r.test.file}:{r.test.line} {r.test.name}: {'; '.join(r.failures)}"
+                f"[red]FAIL[/] {r.test.file}:{r.test.line} {r.test.name}: {'; '.join(r.failures)}",
+                highlight=False,
             )
-        out.print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+        out.print(
+            f"{len(results) - len(failed)} passed, {len(failed)} failed; coverage "
+            f"{len(covered.reached)}/{covered.total} policies",
+            highlight=False,
+        )
+        for info in covered.missed:
+            out.print(
+                f"  [yellow]not reached[/] {info.policy_id} ({info.file}:{info.line})",
+                highlight=False,
+            )
     if failed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("new")
+def policy_new(
+    directory: Annotated[Path, typer.Argument(help="Directory to create (must not exist).")],
+    name: Annotated[
+        str | None, typer.Option(help="Bundle name (default: the directory's).")
+    ] = None,
+) -> None:
+    """Scaffold a bundle that validates and passes its tests: schema, one policy, entities,
+    a test file and trustplane.yaml, ready to edit."""
+    from trustplane.decision.scaffold import write_scaffold
+
+    if directory.exists():
+        raise CliError(f"{directory} exists; `policy new` only creates a new directory")
+    files = write_scaffold(directory, name or directory.name)
+    out.print(f"[green]✓[/] created {directory} ({', '.join(files)})")
+    out.print(f"  next: trustplane policy test {directory}")
+
+
+@policy_app.command("verify")
+def policy_verify(
+    directory: BundleArg,
+    keys: Annotated[
+        list[Path], typer.Option("--key", help="Ed25519 public key (PEM); repeat for several.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check bundle.sig against trusted public keys, locally: exit 0 when a key signed exactly
+    these files, 1 otherwise, naming what does not match."""
+    trusted = [load_trusted_key(k) for k in keys]
+    source = _bundle_source(directory)
+    problems = verify_bundle(source, trusted)
+    if as_json:
+        _emit_json(
+            {
+                "verified": not problems,
+                "revision": source.revision,
+                "keys": [k.key_id for k in trusted],
+                "problems": [p.as_dict() for p in problems],
+            }
+        )
+    elif problems:
+        for problem in problems:
+            err.print(f"[red]✗[/] {problem}", highlight=False, markup=False)
+    else:
+        out.print(
+            f"[green]✓[/] signature valid: revision {source.revision} "
+            f"({len(source.manifest())} files)",
+            highlight=False,
+        )
+    if problems:
         raise typer.Exit(1)
 
 

@@ -426,20 +426,41 @@ def parse_rfc3339(value: str) -> datetime | None:
 def _validate_against_schema(
     policies: list[PolicyInfo], schema: Any, problems: list[BundleProblem]
 ) -> None:
+    """One problem per distinct mistake: Cedar reports a typo once per policy and per action it
+    checks, so errors that differ only in those are folded into one, located at the first policy
+    and naming how many actions and other policies it touches. Sorted, so the order is stable."""
     text = "\n".join(p.text for p in policies)
     result = cedarpy.validate_policies(text, schema)
     if result.validation_passed:
         return
+    folded: dict[str, tuple[set[str], set[int | None]]] = {}
     for error in result.errors:
-        index = _policy_index(error.policy_id)
-        info = policies[index] if index is not None and index < len(policies) else None
         message = re.sub(r"for policy `policy\d+`, ", "", error.error)
-        if info is None:
-            problems.append(BundleProblem("*.cedar", f"schema validation: {message}"))
+        actions = set(re.findall(r' for (Action::"[^"]*")', message))
+        message = re.sub(r' for Action::"[^"]*"', "", message)
+        seen_actions, indexes = folded.setdefault(message, (set(), set()))
+        seen_actions.update(actions)
+        indexes.add(_policy_index(error.policy_id))
+    found: list[BundleProblem] = []
+    for message, (actions, indexes) in folded.items():
+        infos = sorted(
+            (policies[i] for i in indexes if i is not None and i < len(policies)),
+            key=lambda info: (info.file, info.line),
+        )
+        detail = f"schema validation: {message}"
+        if len(actions) > 1:
+            detail += f" (for {len(actions)} actions)"
+        elif actions:
+            detail += f" (for {next(iter(actions))})"
+        if len(infos) > 1:
+            others = ", ".join(f"{i.policy_id} ({i.file}:{i.line})" for i in infos[1:])
+            detail += f"; also in {others}"
+        if not infos:
+            found.append(BundleProblem("*.cedar", detail))
         else:
-            problems.append(
-                BundleProblem(info.file, f"schema validation: {message}", info.line, info.policy_id)
-            )
+            first = infos[0]
+            found.append(BundleProblem(first.file, detail, first.line, first.policy_id))
+    problems.extend(sorted(found, key=lambda p: (p.file, p.line or 0, p.message)))
 
 
 def _policy_index(cedar_id: str) -> int | None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from trustplane.decision.bundle import BundleProblem, parse_rfc3339, read_yaml
+from trustplane.decision.bundle import BundleProblem, PolicyInfo, parse_rfc3339, read_yaml
 from trustplane.decision.engine import Evaluator
 from trustplane.decision.requests import RequestError, parse_entity, parse_request
 from trustplane.decision.routes import HttpFacts, RouteTable
@@ -215,3 +215,38 @@ def failure_problems(results: list[TestResult]) -> list[BundleProblem]:
         for r in results
         if not r.passed
     ]
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which policies the tests reach: a policy is reached when it determines (or errors in)
+    the enforced or the shadow answer of at least one test, like `opa test --coverage` for the
+    rules a test evaluates. A policy no test reaches is one nobody has checked."""
+
+    reached: tuple[PolicyInfo, ...]
+    missed: tuple[PolicyInfo, ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.reached) + len(self.missed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policies": self.total,
+            "reached": len(self.reached),
+            "percent": round(100 * len(self.reached) / self.total, 1) if self.total else 100.0,
+            "not_reached": [
+                {"id": p.policy_id, "file": p.file, "line": p.line} for p in self.missed
+            ],
+        }
+
+
+def coverage(policies: list[PolicyInfo], results: list[TestResult]) -> Coverage:
+    seen = {
+        reason.policy_id
+        for result in results
+        for reason in (*result.decision.reasons, *result.decision.shadow_reasons)
+    }
+    reached = tuple(p for p in policies if p.policy_id in seen)
+    missed = tuple(p for p in policies if p.policy_id not in seen)
+    return Coverage(reached, missed)
