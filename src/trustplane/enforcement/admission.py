@@ -222,10 +222,14 @@ def _of_request_kind(req: AdmissionRequest) -> dict[str, Any]:
     if kind is None or kind == "":
         return {**obj, "kind": req.kind.kind}
     if kind != req.kind.kind:
-        got = f'"{kind}"' if isinstance(kind, str) else f"{kind!r}, not a string"
+        got = f'"{_cut(kind)}"' if isinstance(kind, str) else f"{_cut(repr(kind))}, not a string"
         expected = f'expected "{req.kind.kind}" (request.kind.kind)'
         raise _Refusal(400, "BadRequest", [f"object.kind: {expected}, got {got}"])
     return obj
+
+
+def _cut(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _readable(obj: dict[str, Any]) -> None:

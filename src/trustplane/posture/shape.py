@@ -169,8 +169,8 @@ def _path(root: str, trail: Trail) -> str:
     for key in trail:
         if isinstance(key, int):
             out += f"[{key}]"
-        elif isinstance(key, _MapKey):
-            out += f'["{key}"]'
+        elif isinstance(key, _MapKey):  # a key is as long as the caller likes: cut
+            out += f'["{key if len(key) <= 64 else key[:63] + "…"}"]'
         else:
             out += f".{key}"
     return out
