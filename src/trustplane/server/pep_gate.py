@@ -42,6 +42,7 @@ from trustplane.enforcement.pep import (
     PepRegistry,
     PepStore,
     PepUnauthenticated,
+    refusal_counter,
 )
 from trustplane.identity.keys import TOPIC as KEYS_TOPIC
 from trustplane.identity.keys import published_ca_certificates
@@ -101,6 +102,7 @@ class PepGate:
             settings.pep_audience,
             keys=(lambda: identity.keys) if identity is not None else None,
             revoked=revoked,
+            refused=refusal_counter(runtime.metrics.registry),
         )
         return cls(authenticator, PepLatency(runtime.metrics.registry), registry)
 
