@@ -60,6 +60,12 @@ def _counts(server: Server) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
+def _refusals(server: Server) -> dict[str, float]:
+    text = server.client.get("/metrics").text
+    pattern = r'^trustplane_pep_refusals_total\{reason="([^"]*)"\} (\S+)$'
+    return {m.group(1): float(m.group(2)) for m in re.finditer(pattern, text, re.MULTILINE)}
+
+
 def _check() -> external_auth_pb2.CheckRequest:
     ctx = attribute_context_pb2.AttributeContext
     return external_auth_pb2.CheckRequest(
@@ -73,6 +79,7 @@ def test_metrics_show_decision_latency_for_each_pep(server: Server) -> None:
     gateway = _add(server, "api-gateway")
     mesh = _add(server, "mesh-envoy")
     before = _counts(server)
+    refusals_before = _refusals(server)
     for _ in range(3):
         assert _ask(server, gateway).status_code == 200
     port = int(server.env["TRUSTPLANE_GRPC_PORT"])
@@ -89,6 +96,9 @@ def test_metrics_show_decision_latency_for_each_pep(server: Server) -> None:
     assert after["mesh-envoy"] - before.get("mesh-envoy", 0) == 2
     assert after["anonymous"] - before.get("anonymous", 0) == 2  # refused callers: one series
     assert set(after) == {"api-gateway", "mesh-envoy", "anonymous"}
+    refusals_after = _refusals(server)
+    for reason in ("pep_token_unknown", "pep_credential_missing"):  # and why they were refused
+        assert refusals_after[reason] - refusals_before.get(reason, 0) == 1
     text = server.client.get("/metrics").text
     assert re.search(r'trustplane_pep_decision_seconds_bucket\{le="[^"]+",pep="mesh-envoy"\}', text)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -190,14 +190,17 @@ class PepAuthenticator:
         audience: str,
         keys: Callable[[], KeySet] | None = None,
         revoked: Callable[[str | None, int | None], str | None] | None = None,
+        refused: Callable[[str], None] | None = None,
     ) -> None:
         """`keys`: the trust domain's keys (JWT-SVIDs), None without the identity plane;
-        `revoked(token_id, certificate_serial)`: why a credential is revoked, or None."""
+        `revoked(token_id, certificate_serial)`: why a credential is revoked, or None;
+        `refused(code)`: told of every refusal (the refusals metric)."""
         self.mode = mode
         self._registry = registry
         self._audience = audience
         self._keys = keys
         self._revoked = revoked
+        self._refused = refused
 
     def authenticate(
         self,
@@ -208,6 +211,16 @@ class PepAuthenticator:
         """The calling PEP's name (or `anonymous`), or PepUnauthenticated. `authorization`: the
         `Bearer` credential the PEP sent; `peer_spiffe_id`: the SPIFFE ID of the client
         certificate the TLS handshake verified against the trust domain's CA."""
+        try:
+            return self._authenticate(authorization, peer_spiffe_id, peer_serial)
+        except PepUnauthenticated as exc:
+            if self._refused is not None:
+                self._refused(exc.code)
+            raise
+
+    def _authenticate(
+        self, authorization: str | None, peer_spiffe_id: str | None, peer_serial: int | None
+    ) -> str:
         if self.mode is PepAuth.OFF:
             return ANONYMOUS
         if authorization:
@@ -285,6 +298,20 @@ class PepLatency:
             child = self._histogram.labels(label)
             self._children[pep] = child
         child.observe(seconds)
+
+
+def refusal_counter(registry: CollectorRegistry) -> Callable[[str], None]:
+    """`trustplane_pep_refusals_total{reason}`: decision endpoint calls refused because no
+    registered PEP made them (probing shows here, not in the ledger: no decision is made).
+    Reasons are the authenticator's fixed codes, so the label is bounded."""
+    counter = Counter(
+        "trustplane_pep_refusals",
+        "Decision endpoint calls refused before any decision: the caller is not an "
+        "authenticated, registered PEP; by reason.",
+        ["reason"],
+        registry=registry,
+    )
+    return lambda code: counter.labels(code).inc()
 
 
 def is_loopback(host: str) -> bool:

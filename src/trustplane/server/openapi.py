@@ -324,11 +324,45 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {
                 "adminToken": {"type": "http", "scheme": "bearer"},
                 "jwtSvid": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT-SVID"},
+                "pepToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A PEP's token (trustplane pep add) or JWT-SVID (audience "
+                    "pep_audience).",
+                },
+                "pepHeader": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Trustplane-PEP-Authorization",
+                    "description": "`Bearer <PEP token or JWT-SVID>` where Authorization is "
+                    "the end user's (forward-auth, Envoy HTTP).",
+                },
+                "pepMtls": {
+                    "type": "mutualTLS",
+                    "description": "A client certificate of a registered SPIFFE ID.",
+                },
             },
         },
     }
     _declare_path_parameters(document["paths"])
+    _pep_security(document["paths"])
     return document
+
+
+def _pep_security(paths: dict[str, Any]) -> None:
+    """The decision endpoints answer registered PEPs when pep_auth asks (`{}`: none needed
+    when it is off); a refused PEP gets a 401 problem document."""
+    for path, header in (
+        ("/access/v1/evaluation", "pepToken"),
+        ("/access/v1/evaluations", "pepToken"),
+        ("/v1/admission", "pepToken"),
+        ("/v1/forward-auth", "pepHeader"),
+        ("/v1/envoy/http", "pepHeader"),
+        ("/v1/envoy/http/{path}", "pepHeader"),
+    ):
+        for operation in paths[path].values():
+            operation["security"] = [{}, {header: []}, {"pepMtls": []}]
+            operation["responses"].setdefault("401", _PROBLEM)
 
 
 def _governance_paths() -> dict[str, Any]:

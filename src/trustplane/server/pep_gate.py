@@ -42,6 +42,7 @@ from trustplane.enforcement.pep import (
     PepRegistry,
     PepStore,
     PepUnauthenticated,
+    refusal_counter,
 )
 from trustplane.identity.keys import TOPIC as KEYS_TOPIC
 from trustplane.identity.keys import published_ca_certificates
@@ -101,6 +102,7 @@ class PepGate:
             settings.pep_audience,
             keys=(lambda: identity.keys) if identity is not None else None,
             revoked=revoked,
+            refused=refusal_counter(runtime.metrics.registry),
         )
         return cls(authenticator, PepLatency(runtime.metrics.registry), registry)
 
@@ -123,20 +125,22 @@ class PepGate:
         name = header.encode()
         authenticate = self.authenticator.authenticate
         observe = self.latency.observe
+        asks = self.authenticator.mode is not PepAuth.OFF
 
         async def guarded(request: Request) -> Response:
             started = time.perf_counter()
-            scope = request.scope
-            credential = None
-            kept = []
-            for key, value in scope["headers"]:
-                if key == name:
-                    credential = value.decode("latin-1")
-                else:
-                    kept.append((key, value))
-            if credential is not None and name != b"authorization":
-                scope["headers"] = kept  # before anything reads request.headers
-            spiffe_id, serial = self._peer(scope)
+            credential = spiffe_id = serial = None
+            if asks:  # off: nothing to read, nobody refused (still timed and named)
+                scope = request.scope
+                headers = scope["headers"]
+                for key, value in headers:
+                    if key == name:
+                        credential = value.decode("latin-1")
+                        break
+                if credential is not None and name != b"authorization":
+                    # Before anything reads request.headers: the handler never sees it.
+                    scope["headers"] = [item for item in headers if item[0] != name]
+                spiffe_id, serial = self._peer(scope)
             try:
                 pep = authenticate(credential, spiffe_id, serial)
             except PepUnauthenticated as exc:
