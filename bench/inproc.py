@@ -129,7 +129,6 @@ class PdpHarness:
     committed that run's decisions, so work deferred to the writer thread counts."""
 
     def __init__(self, what_if_fix: bool, cache_size: int = 0, appender: str = "thread") -> None:
-        from trustplane.server.pdp import PolicyDecisionPoint
 
         self._tmp = tempfile.TemporaryDirectory(prefix="tp-bench-pdp-")
         self.runtime = make_runtime(Path(self._tmp.name) / "state", SHOP, cache_size, appender)
@@ -138,7 +137,7 @@ class PdpHarness:
         self.covered_at_start = generation_covers_now(evaluator)
         if what_if_fix:
             reset_generation(evaluator)
-        self.pdp = PolicyDecisionPoint(self.runtime)
+        self.pdp = self.runtime.decision_point()
         self.decided = 0
         self.caller_us: list[float] = []
         self.drain_timeouts = 0

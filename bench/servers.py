@@ -87,7 +87,7 @@ def apply_no_ledger() -> None:
 
 
 def apply_cached_decision() -> None:
-    from trustplane.server.pdp import PolicyDecisionPoint
+    from trustplane.decision.point import PolicyDecisionPoint
 
     cached: dict[str, Any] = {}
 

@@ -33,11 +33,18 @@ if [[ ! -f "$stamp" ]]; then
 fi
 
 apt_install() {
-  # Debian packages, installed once (quietly); false if they could not be.
+  # Debian packages, installed once; false if they could not be (or the user opted out).
+  # Usage: apt_install "why they are needed" package...
+  local why=$1
+  shift
+  if [[ "${TRUSTPLANE_NO_APT:-}" == 1 ]]; then
+    echo "==> not installing $* (TRUSTPLANE_NO_APT=1): $why" >&2
+    return 1
+  fi
   command -v apt-get >/dev/null || return 1
   local sudo_cmd=""
   [[ "$(id -u)" != 0 ]] && sudo_cmd="sudo"
-  echo "==> installing $* (Debian packages)" >&2
+  echo "==> installing Debian packages $* — $why (opt out: TRUSTPLANE_NO_APT=1)" >&2
   $sudo_cmd apt-get install -y -qq "$@" >/dev/null 2>&1 || {
     $sudo_cmd apt-get update -qq >/dev/null 2>&1
     $sudo_cmd apt-get install -y -qq "$@" >/dev/null 2>&1
@@ -50,7 +57,8 @@ if [[ -n "$extras" ]]; then
   command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
   command -v caddy >/dev/null || missing+=(caddy)
   if ((${#missing[@]})); then
-    apt_install "${missing[@]}" ||
+    apt_install "the test suite drives real proxies (nginx auth_request, Caddy forward_auth)" \
+      "${missing[@]}" ||
       echo "warning: ${missing[*]} not installed; their tests will be skipped" >&2
   fi
 fi
@@ -64,11 +72,12 @@ front_stamp=".venv/.extauthz-$(sha256sum "$front_src" | cut -c1-16)"
 if [[ ! -f "$front_stamp" || ! -x "$front_bin" ]]; then
   if ! command -v g++ >/dev/null || ! command -v pkg-config >/dev/null ||
     ! pkg-config --exists grpc++ 2>/dev/null; then
-    apt_install g++ pkg-config libgrpc++-dev || true
+    apt_install "to build the compiled ext_authz gRPC front (optional; grpcio serves without it)" \
+      g++ pkg-config libgrpc++-dev || true
   fi
   echo "==> building trustplane-extauthz (g++, libgrpc++)" >&2
   # shellcheck disable=SC2046  # pkg-config prints several flags
-  if g++ -O2 -std=c++17 -Wall -o "$front_bin.new" "$front_src" \
+  if g++ -O2 -std=c++17 -Wall -Wextra -Werror -o "$front_bin.new" "$front_src" \
     $(pkg-config --cflags --libs grpc++ 2>/dev/null) 2>.venv/extauthz-build.log; then
     mv "$front_bin.new" "$front_bin"
     rm -f .venv/.extauthz-*

@@ -123,6 +123,7 @@ def running_server(
     bundle: Path,
     *,
     wait_path: str = "/readyz",
+    ready_timeout: float = 30,
     **settings: Any,
 ) -> Iterator[Server]:
     """`trustplane init` then `trustplane serve` as a subprocess; waits until `wait_path`
@@ -144,7 +145,7 @@ def running_server(
         token=(state_dir / "admin.token").read_text().strip(),
     )
     try:
-        wait_ready(server, path=wait_path)
+        wait_ready(server, timeout=ready_timeout, path=wait_path)
         yield server
     finally:
         server.stop()

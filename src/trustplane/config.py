@@ -42,6 +42,12 @@ class GrpcTransport(StrEnum):
     PYTHON = "python"  # grpcio's asyncio server
 
 
+class PepAuth(StrEnum):
+    OFF = "off"  # decision endpoints answer whoever connects (loopback only, see pep_auth)
+    OPTIONAL = "optional"  # a credential, when presented, must be valid; none is anonymous
+    REQUIRED = "required"  # every call names a registered PEP or is refused
+
+
 class Durability(StrEnum):
     BATCH = "batch"
     SYNC = "sync"
@@ -100,15 +106,6 @@ class AdmissionModes(BaseModel):
     warn: list[str] = Field(default_factory=lambda: ["pss-restricted"])
     audit: list[str] = Field(default_factory=lambda: ["pss-restricted", "zero-trust"])
 
-    @field_validator("enforce", "warn", "audit")
-    @classmethod
-    def _known_packs(cls, value: list[str]) -> list[str]:
-        from trustplane.posture.packs import PackRef
-
-        for item in value:
-            PackRef.parse(item)
-        return value
-
 
 class PostureExemption(BaseModel):
     """An exception to one posture rule (admission, `trustplane scan --exemptions`): whose it is,
@@ -157,6 +154,13 @@ class Settings(BaseSettings):
     checkpoint_interval_ms: int = Field(
         1000, ge=100, le=60_000, description="Checkpoint signing interval while decisions flow."
     )
+    ledger_ready_max_lag_ms: int = Field(
+        10_000,
+        ge=100,
+        le=3_600_000,
+        description="/readyz answers 503 once the oldest decision not yet in the ledger is "
+        "older than this, or while ledger commits fail.",
+    )
     ledger_origin: str = Field(
         "trustplane.local/decisions", description="Origin line of signed checkpoints."
     )
@@ -169,7 +173,8 @@ class Settings(BaseSettings):
     )
     trusted_bundle_keys: list[Path] = Field(
         default_factory=list,
-        description="Ed25519 public keys (PEM); when set, only bundles signed by one load.",
+        description="Paths of Ed25519 public-key PEM files; when set, only bundles signed by "
+        "one of those keys load.",
     )
     decision_cache_size: int = Field(
         10_000,
@@ -249,6 +254,22 @@ class Settings(BaseSettings):
         False,
         description="Ask Envoy to remove the caller's Authorization header before the request "
         "goes upstream (the upstream gets the identity headers instead).",
+    )
+    pep_auth: PepAuth = Field(
+        PepAuth.OFF,
+        description="Authentication of the enforcement points calling the decision endpoints "
+        "(AuthZEN, forward-auth, Envoy HTTP and gRPC ext_authz, admission): a per-PEP token "
+        "(`trustplane pep add`), an mTLS client certificate or a JWT-SVID (audience "
+        "pep_audience) of a registered PEP. `serve` refuses a host beyond loopback unless this "
+        "is `required` or allow_unauthenticated_peps is set.",
+    )
+    pep_audience: str = Field(
+        "trustplane-pep", min_length=1, description="Audience a PEP's JWT-SVID must carry."
+    )
+    allow_unauthenticated_peps: bool = Field(
+        False,
+        description="Serve beyond loopback although pep_auth is not `required`: anyone who "
+        "can connect then gets decisions and names any principal (docs/threat-model.md).",
     )
     watch: bool = Field(True, description="Reload the bundle when its files change.")
     expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")
@@ -391,30 +412,6 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
-        return value
-
-    @field_validator("admission_rule_files")
-    @classmethod
-    def _valid_rules(cls, value: list[Path]) -> list[Path]:
-        from trustplane.posture.packs import load_rule_file
-        from trustplane.posture.rules import RuleError
-
-        for path in value:
-            try:
-                load_rule_file(path)
-            except RuleError as exc:
-                raise ValueError("; ".join(exc.problems)) from None
-        return value
-
-    @field_validator("admission_exemptions")
-    @classmethod
-    def _known_rules(cls, value: list[PostureExemption]) -> list[PostureExemption]:
-        from trustplane.posture.packs import shipped_rule_ids
-
-        known = shipped_rule_ids() if value else set()
-        for item in value:
-            if item.rule not in known:
-                raise ValueError(f"exemption for unknown rule {item.rule!r}")
         return value
 
     @model_validator(mode="after")

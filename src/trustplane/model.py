@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -240,3 +241,11 @@ def new_decision_id() -> str:
     )
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# The enforcement point on whose behalf the current request is answered (a registered PEP's
+# name, or "anonymous"), set by the PEP gate around each decision endpoint call and read where
+# the decision record is built. A context variable rather than a parameter: every adapter's
+# record path (decide, refuse, record) then names its PEP without each signature carrying it,
+# and each asyncio task (one per HTTP request or gRPC call) has its own value.
+CALLING_PEP: ContextVar[str | None] = ContextVar("calling_pep", default=None)

@@ -15,13 +15,8 @@ import pytest
 from tests.conftest import SHOP
 from tests.issuer import Jwks, Key, claims, issuer_settings, rsa_key
 from tests.support import Server, running_server
-from trustplane.identity.human import (
-    StepUp,
-    StepUpError,
-    authentication_strength,
-    parse_step_up,
-    step_up_challenge,
-)
+from trustplane.decision.step_up import StepUp, StepUpError, parse_step_up, step_up_challenge
+from trustplane.identity.human import authentication_strength
 
 NOW = 1_900_000_000
 

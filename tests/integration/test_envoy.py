@@ -160,6 +160,20 @@ def test_an_empty_check_request_is_denied_not_crashed(stub: Any) -> None:
     assert response.denied_response.status.code == 401
 
 
+def test_bytes_that_are_not_a_check_request_are_refused_by_name_on_every_transport(
+    server: Server, grpc_port: int
+) -> None:
+    """Found by the fuzz suite: grpcio's transport answered a corrupt frame UNKNOWN (an error
+    that Envoy's failure_mode_allow would let through) where the compiled front refuses it."""
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        call = channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")
+        for frame in (b"\xff\xff\xff\xff not protobuf", b'\n\x06\n\x04"\x02\xc3('):
+            with pytest.raises(grpc.RpcError) as raised:
+                call(frame, timeout=5)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "malformed CheckRequest" in (raised.value.details() or "")
+
+
 def test_unmapped_route_is_denied(stub: Any, key: Key) -> None:
     response = stub.Check(
         check("DELETE", "/payments/v1/charges", {"authorization": f"Bearer {user_token(key)}"})

@@ -13,7 +13,8 @@ from sqlalchemy import Engine
 
 from tests.conftest import SHOP
 from trustplane.decision.bundle import Bundle, BundleSource
-from trustplane.decision.loader import load_bundle
+from trustplane.decision.loader import LoadOptions, load_bundle
+from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.governance.outbox import Outbox, WebhookFormat, backoff, webhook_body
 from trustplane.governance.records import Actor, Conflict, GovernanceError, NotFound, Refused
 from trustplane.governance.service import Governance
@@ -54,7 +55,7 @@ class Hook:
 
 @pytest.fixture(scope="module")
 def bundle() -> Bundle:
-    return load_bundle(BundleSource.from_dir(SHOP)).bundle
+    return load_bundle(BundleSource.from_dir(SHOP), LoadOptions(extra_files=BUNDLE_FILES)).bundle
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from trustplane.enforcement.asgi import LocalPdp, RemotePdp, TrustplaneMiddlewar
 from trustplane.enforcement.credentials import Authenticator
 from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.sdk import AsyncClient, Client, SdkMetrics
-from trustplane.server.pdp import PolicyDecisionPoint
 from trustplane.server.runtime import Runtime, initialise
 
 pytestmark = pytest.mark.slow
@@ -235,7 +234,7 @@ def local_runtime(tmp_path: Path, issuer: Jwks) -> Iterator[Runtime]:
 
 def test_middleware_with_an_in_process_pdp(local_runtime: Runtime, key: Key) -> None:
     enforcer = HttpEnforcer(
-        PolicyDecisionPoint(local_runtime), Authenticator.from_settings(local_runtime.settings)
+        local_runtime.decision_point(), Authenticator.from_settings(local_runtime.settings)
     )
     allowed, denied = requests(
         protected(LocalPdp(enforcer)),

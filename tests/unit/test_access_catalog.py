@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 
 from tests.conftest import SHOP
 from trustplane.decision.bundle import BundleError, BundleSource, compile_bundle
-from trustplane.governance.catalog import DurationError, parse_duration
+from trustplane.governance.catalog import (
+    BUNDLE_FILES,
+    DurationError,
+    access_catalog,
+    parse_duration,
+)
 from trustplane.server.admin_auth import AdminAuthorizer, AdminCaller, AdminPolicyError, Target
 
 GOOD = (SHOP / "access.yaml").read_text()
@@ -21,13 +26,13 @@ GOOD = (SHOP / "access.yaml").read_text()
 def compile_with(shop_copy: Path, text: str) -> list[str]:
     (shop_copy / "access.yaml").write_text(text)
     with pytest.raises(BundleError) as info:
-        compile_bundle(BundleSource.from_dir(shop_copy))
+        compile_bundle(BundleSource.from_dir(shop_copy), extra_files=BUNDLE_FILES)
     return [str(p) for p in info.value.problems]
 
 
 def test_the_shop_declares_requestable_roles_profiles_and_exception_rules() -> None:
-    bundle = compile_bundle(BundleSource.from_dir(SHOP))
-    access = bundle.access
+    bundle = compile_bundle(BundleSource.from_dir(SHOP), extra_files=BUNDLE_FILES)
+    access = access_catalog(bundle)
     assert set(access.requestable) == {'Role::"sre"', 'Role::"security"'}
     sre = access.requestable['Role::"sre"']
     assert (sre.max_seconds, sre.approvals, sre.ticket_required) == (4 * 3600, 1, True)

@@ -18,7 +18,7 @@ from trustplane.enforcement.native import _Bridge
 class _Service:
     """Answers with the held request's path in the denied body, so answers can be matched."""
 
-    async def answer(self, request: Any, peer: str) -> Any:
+    async def answer(self, request: Any, peer: str, credential: str | None = None) -> Any:
         path = request.attributes.request.http.path
         return external_auth_pb2.CheckResponse(
             denied_response=external_auth_pb2.DeniedHttpResponse(body=f"{peer} {path}")
@@ -43,8 +43,8 @@ def _call(call_id: int, peer: str, path: str) -> bytes:
         attributes=ctx(request=ctx.Request(http=ctx.HttpRequest(path=path)))
     ).SerializeToString()
     peer_bytes = peer.encode()
-    head = struct.pack("<IQH", 8 + 2 + len(peer_bytes) + len(message), call_id, len(peer_bytes))
-    return head + peer_bytes + message
+    head = struct.pack("<IQH", 8 + 2 + len(peer_bytes) + 2 + len(message), call_id, len(peer_bytes))
+    return head + peer_bytes + struct.pack("<H", 0) + message
 
 
 def _answers(data: bytes) -> dict[int, tuple[int, bytes]]:
@@ -93,7 +93,7 @@ def test_every_call_is_answered_once_whatever_the_reads(paths: list[str], cuts: 
 
 def test_a_message_that_is_not_a_check_request_is_answered_with_an_error() -> None:
     garbage = b"\xff\xff\xff\xff"
-    frame = struct.pack("<IQH", 8 + 2 + len(garbage), 7, 0) + garbage
+    frame = struct.pack("<IQH", 8 + 2 + 2 + len(garbage), 7, 0) + b"\0\0" + garbage
     transport, answers = _feed([frame])
     kind, message = answers[7]
     assert kind == 1
@@ -108,7 +108,7 @@ def test_a_frame_length_out_of_bounds_closes_the_connection() -> None:
 
 
 def test_a_peer_longer_than_its_frame_closes_the_connection() -> None:
-    frame = struct.pack("<IQH", 8 + 2 + 3, 9, 500) + b"abc"  # says 500 peer bytes, holds 3
+    frame = struct.pack("<IQH", 8 + 2 + 2 + 3, 9, 500) + b"abc\0\0"  # says 500 peer bytes
     transport, answers = _feed([frame + _call(10, "ipv4:10.0.0.1:80", "/next")])
     assert transport.closed
     assert answers == {}  # and nothing was decided on a request read from the next frame

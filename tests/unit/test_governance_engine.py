@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tests.conftest import SHOP
 from trustplane.decision.bundle import BundleSource
 from trustplane.decision.loader import LoadedBundle, LoadOptions, load_bundle
+from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.model import AccessRequest, Effect, Elevation, EntityRef, ExceptionRef, GrantRef
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -29,7 +30,8 @@ LOGS = AccessRequest(
 @pytest.fixture(scope="module")
 def shop() -> LoadedBundle:
     return load_bundle(
-        BundleSource.from_dir(SHOP), LoadOptions(decision_cache_size=100, decision_ttl_seconds=60)
+        BundleSource.from_dir(SHOP),
+        LoadOptions(decision_cache_size=100, decision_ttl_seconds=60, extra_files=BUNDLE_FILES),
     )
 
 

@@ -13,6 +13,7 @@ from tests.support import REPO
 from trustplane.config import ConfigError, Settings, load_settings
 from trustplane.enforcement.admission import AdmissionRequest, AdmissionWebhook, warning
 from trustplane.posture.engine import Finding
+from trustplane.posture.packs import check_admission_settings
 from trustplane.posture.rules import Mode, Severity
 
 
@@ -137,5 +138,31 @@ def test_a_broken_rule_file_is_a_configuration_error_naming_file_and_line(tmp_pa
     rules = tmp_path / "rules.yaml"
     rules.write_text("id: x\ndescription: d\nseverity: high\nmatch: {kinds: [Pod]}\n"
                      "expression: 'containers.all(c,'\nmessage: m\n")  # fmt: skip
+    settings = load_settings(overrides={"admission_rule_files": [str(rules)]})
     with pytest.raises(ConfigError, match=rf"{rules}:5: invalid CEL"):
-        load_settings(overrides={"admission_rule_files": [str(rules)]})
+        check_admission_settings(settings)
+    with pytest.raises(ConfigError, match=rf"{rules}:5: invalid CEL"):
+        AdmissionWebhook(None, settings)
+
+
+def test_an_unreadable_object_is_refused_with_at_most_ten_fields_named() -> None:
+    webhook = AdmissionWebhook(None, Settings())
+    pod = {"kind": "Pod", "metadata": {}, "spec": {"containers": [{"image": "x"}] * 25}}
+    answer, decision, findings = webhook.review(request(pod))
+    response = answer["response"]
+    assert response["allowed"] is False and findings == []
+    assert response["status"]["code"] == 422
+    message = response["status"]["message"]
+    assert "object.spec.containers[9].name: required field is missing" in message
+    assert "containers[10]" not in message and message.endswith("(and 15 more)")
+    assert [r.policy_id for r in decision.reasons] == ["trustplane/unreadable-object"]
+    assert len(decision.errors) == 10
+
+
+def test_an_unchanged_update_is_not_reviewed_but_still_refused_when_unreadable() -> None:
+    webhook = AdmissionWebhook(None, Settings())
+    old = {"kind": "Pod", "metadata": {}, "spec": {"hostNetwork": "yes", "containers": []}}
+    relabelled = {**old, "metadata": {"labels": {"v": "2"}}}
+    answer, _, _ = webhook.review(request(relabelled, operation="UPDATE", oldObject=old))
+    assert answer["response"]["status"]["code"] == 422
+    assert "object.spec.hostNetwork: expected a boolean" in answer["response"]["status"]["message"]

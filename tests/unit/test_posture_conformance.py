@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.corpus import psa_corpus
 from trustplane.posture.conformance import main, run
@@ -40,9 +41,15 @@ def test_the_report_names_each_disagreement(
     shutil.copy(source / "fail" / "privileged0.yaml", target / "fail" / "hostports9.yaml")
     # A privileged pod filed as passing: refused.
     shutil.copy(source / "fail" / "privileged0.yaml", target / "pass" / "privileged9.yaml")
+    # A privileged pod that cannot be read: refused, but not by the privileged check.
+    unreadable = yaml.safe_load((source / "fail" / "privileged0.yaml").read_text())
+    unreadable["metadata"] = "broken"
+    (target / "fail" / "privileged8.yaml").write_text(yaml.safe_dump(unreadable))
     assert main([str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "baseline    v1.37     1/3     33.33%" in out
+    assert "fail/privileged8.yaml: not evaluated: rule could not be evaluated: the object" in out
+    assert "object.metadata: expected an object, got a string" in out
+    assert "baseline    v1.37     1/4     25.00%" in out
     assert "fail/hostports9.yaml: expected hostports among the reasons, got privileged" in out
     assert "pass/privileged9.yaml: refused: privileged: containers" in out
 

@@ -113,7 +113,14 @@ def test_messages_name_the_offending_containers_and_where_the_pod_is() -> None:
 
 def test_objects_that_run_no_pod_are_not_reviewed_by_pod_rules() -> None:
     assert RESTRICTED.evaluate({"kind": "Service", "metadata": {"name": "s"}}) == []
-    assert RESTRICTED.evaluate({"kind": "Deployment", "spec": "nonsense"}) == []
+
+
+def test_a_workload_whose_pod_cannot_be_read_fails_every_pod_rule() -> None:
+    findings = RESTRICTED.evaluate({"kind": "Deployment", "spec": "nonsense"})
+    assert findings and all(f.error for f in findings)
+    assert {f.rule_id for f in findings} == {s.rule.id for s in RESTRICTED.selected}
+    assert findings[0].path == "spec.template.spec"
+    assert findings[0].message.endswith("object.spec: expected an object, got a string")
 
 
 def test_null_fields_count_as_unset() -> None:
@@ -182,10 +189,41 @@ def test_a_rule_that_cannot_be_evaluated_is_a_violation() -> None:
     (finding,) = Engine(select(load_rules(broken, "r.yaml"), None)).evaluate(pod())
     assert finding.error
     assert finding.mode is Mode.ENFORCE
-    assert "could not be evaluated" in finding.message
+    assert finding.message == (
+        "rule could not be evaluated: object.spec.nodeName is not set"
+        " (the rule reads spec.nodeName unguarded)"
+    )
     not_bool = RULE.replace('"!(has(spec.hostNetwork) && spec.hostNetwork)"', "\"'text'\"")
     (finding,) = Engine(select(load_rules(not_bool, "r.yaml"), None)).evaluate(pod())
     assert "expression gave str" in finding.message
+
+
+def test_a_field_a_rule_reads_unguarded_is_named_where_it_is_missing() -> None:
+    """CEL says only `KeyError('imagePullPolicy')`; the message says which container lacks it,
+    in whichever workload the pod sits."""
+    rule = RULE.replace(
+        '"!(has(spec.hostNetwork) && spec.hostNetwork)"',
+        "\"containers.all(c, c.imagePullPolicy == 'Always')\"",
+    )
+    engine = Engine(select(load_rules(rule, "r.yaml"), None))
+    manifest = pod(initContainers=[{"name": "init", "imagePullPolicy": "Always"}, {"name": "x"}])
+    manifest["spec"]["containers"][0]["imagePullPolicy"] = "Always"
+    (finding,) = engine.evaluate(wrap(manifest, "CronJob"))
+    assert finding.error
+    assert finding.message == (
+        "rule could not be evaluated: object.spec.jobTemplate.spec.template.spec"
+        ".initContainers[1].imagePullPolicy is not set (the rule reads c.imagePullPolicy unguarded)"
+    )
+    nested = RULE.replace(
+        '"!(has(spec.hostNetwork) && spec.hostNetwork)"',
+        "\"spec.volumes.all(v, v.emptyDir['medium'] == '')\"",
+    )
+    engine = Engine(select(load_rules(nested, "r.yaml"), None))
+    manifest = pod(
+        volumes=[{"name": "a", "emptyDir": {"medium": ""}}, {"name": "b", "emptyDir": {}}]
+    )
+    (finding,) = engine.evaluate(manifest)
+    assert "object.spec.volumes[1].emptyDir.medium is not set" in finding.message
 
 
 def test_rules_can_match_kinds_other_than_pods() -> None:

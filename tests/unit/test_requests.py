@@ -160,3 +160,33 @@ def test_quoted_form_round_trips_through_str(etype: str, eid: str) -> None:
 @given(eid=_ID)
 def test_any_action_string_is_an_action_id(eid: str) -> None:
     assert parse_entity(eid, "action", default_type="Action") == EntityRef("Action", eid)
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        ({"context": {"n": 2**64}}, "request.context.n"),
+        ({"context": {"n": -(2**63) - 1}}, "request.context.n"),
+        ({"context": {"a": [0, {"b": 2**63}]}}, "request.context.a[1].b"),
+        ({"context": {"s": "\ud800"}}, "request.context.s"),
+        ({"principal": {"type": "User", "id": "a", "properties": {"n": 2**70}}}, None),
+    ],
+)
+def test_values_a_decision_could_not_be_recorded_with_are_refused(
+    document: dict[str, Any], field: str | None
+) -> None:
+    base = {"principal": "User:alice", "action": "view", "resource": "Doc:x", **document}
+    with pytest.raises(RequestError) as caught:
+        parse_request(base)
+    assert caught.value.field == (field or "request.principal.properties.n")
+    assert "outside the signed 64-bit range" in str(caught.value) or "surrogate" in str(
+        caught.value
+    )
+
+
+def test_the_edges_of_the_64_bit_range_are_accepted() -> None:
+    context = {"max": 2**63 - 1, "min": -(2**63), "flag": True, "f": 1e300}
+    request = parse_request(
+        {"principal": "User:alice", "action": "view", "resource": "Doc:x", "context": context}
+    )
+    assert request.context == context

@@ -38,6 +38,7 @@ from trustplane.decision.signing import (
     load_trusted_key,
     sign_bundle,
 )
+from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.model import AccessRequest
 from trustplane.server.admin_auth import AdminPolicyError
 from trustplane.server.runtime import (
@@ -183,8 +184,17 @@ def serve(
     init_if_needed: Annotated[
         bool, typer.Option("--init", help="Run `init` first if the state directory is new.")
     ] = False,
+    allow_unauthenticated_peps: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-unauthenticated-peps",
+            help="Serve beyond loopback without pep_auth=required (anyone who can connect "
+            "gets decisions).",
+        ),
+    ] = None,
 ) -> None:
     """Serve decisions (AuthZEN), the admin API and metrics."""
+    from trustplane.enforcement.pep import check_listen_policy
     from trustplane.server.serve import serve as run_server
 
     settings = _ctx(ctx).settings(
@@ -194,9 +204,14 @@ def serve(
         durability=durability,
         watch=watch,
         workers=workers,
+        allow_unauthenticated_peps=allow_unauthenticated_peps,
     )
+    check_listen_policy(settings)
     if settings.bundle_dir is None:
         raise CliError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
+    from trustplane.posture.packs import check_admission_settings
+
+    check_admission_settings(settings)  # before anything is created or listens
     if init_if_needed and not settings.ledger_key_file.exists():
         initialise(settings)
     if settings.grpc_enabled:
@@ -371,7 +386,10 @@ def _load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
     except SigningError as exc:
         raise CliError(str(exc)) from None
     return LoadOptions(
-        trusted_keys=keys, expiry_warning_days=settings.expiry_warning_days, run_tests=run_tests
+        trusted_keys=keys,
+        expiry_warning_days=settings.expiry_warning_days,
+        run_tests=run_tests,
+        extra_files=BUNDLE_FILES,
     )
 
 
@@ -687,6 +705,12 @@ def audit_verify(
             + (
                 f"; {report.unanchored} records after the newest checkpoint"
                 if report.unanchored
+                else ""
+            )
+            + (
+                f"; {report.quarantined} quarantined (kept in ledger_quarantine: the store "
+                "refused them as rows)"
+                if report.quarantined
                 else ""
             )
         )
@@ -1044,3 +1068,8 @@ def main() -> None:
         _fail(str(exc))
     except BrokenPipeError:
         raise SystemExit(0) from None
+
+
+from trustplane.cli.pep import pep_app  # noqa: E402  (same)
+
+app.add_typer(pep_app, name="pep")

@@ -10,7 +10,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -20,7 +20,7 @@ import cedarpy
 import yaml
 
 from trustplane.decision.source import PolicySource, split_policies
-from trustplane.identity.human import StepUpError, parse_step_up
+from trustplane.decision.step_up import StepUpError, parse_step_up
 
 SCHEMA_FILE = "schema.cedarschema"
 ENTITIES_FILE = "entities.json"
@@ -140,7 +140,7 @@ class PolicyInfo:
     line: int
     text: str
     est: dict[str, Any] = field(repr=False, compare=False)
-    step_up: str | None = None  # identity/human.py parses it: acr_values=... max_age=...
+    step_up: str | None = None  # decision/step_up.py parses it: acr_values=... max_age=...
 
     def applies_at(self, now: datetime) -> bool:
         return self.expires is None or now < self.expires
@@ -173,7 +173,8 @@ class Bundle:
     tests: list[Any]  # list[trustplane.decision.testing.PolicyTest]
     warnings: list[BundleProblem]
     routes: Any = None  # trustplane.decision.routes.RouteTable, when the bundle has routes.yaml
-    access: Any = None  # trustplane.governance.catalog.AccessCatalog (access.yaml)
+    # What other planes' bundle files compiled to (governance's access.yaml), by file name.
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def revision(self) -> str:
@@ -186,15 +187,33 @@ class Bundle:
         return None
 
 
+@dataclass(frozen=True)
+class ExtraFile:
+    """A bundle file another plane reads (governance's `access.yaml`), compiled with the bundle
+    so that a problem in it refuses the whole bundle like any other problem.
+
+    `parse(text, entities, problems)` gets the file's text (None when the bundle has none) and
+    the bundle's entities, appends what is wrong to `problems` and returns what it compiled,
+    which lands in `Bundle.extras[name]`. Whoever loads bundles (the server's runtime, the CLI)
+    passes the extra files it knows; the decision plane imports no other plane for them.
+    """
+
+    name: str
+    parse: Callable[[str | None, list[dict[str, Any]], list[BundleProblem]], Any]
+
+
 def compile_bundle(
-    source: BundleSource, *, now: datetime | None = None, expiry_warning_days: int = 7
+    source: BundleSource,
+    *,
+    now: datetime | None = None,
+    expiry_warning_days: int = 7,
+    extra_files: Sequence[ExtraFile] = (),
 ) -> Bundle:
     """Parse, check annotations and validate in strict mode; raise BundleError listing all
     problems. Tests are parsed here but run by the loader, which needs an evaluator."""
     # Both modules import this one for BundleProblem.
     from trustplane.decision.routes import ROUTES_FILE, parse_routes
     from trustplane.decision.testing import parse_test_file
-    from trustplane.governance.catalog import ACCESS_FILE, AccessCatalog, parse_access
 
     now = now or datetime.now(UTC)
     problems: list[BundleProblem] = []
@@ -223,12 +242,10 @@ def compile_bundle(
     routes_text = source.text(ROUTES_FILE)
     routes = None if routes_text is None else parse_routes(routes_text, schema, problems)
 
-    access_text = source.text(ACCESS_FILE)
-    access = (
-        AccessCatalog()
-        if access_text is None and not entities
-        else parse_access(access_text or "{}", entities, problems)
-    )
+    extras = {
+        extra.name: extra.parse(source.text(extra.name), entities, problems)
+        for extra in extra_files
+    }
 
     tests = []
     for path in sorted(source.files):
@@ -248,7 +265,7 @@ def compile_bundle(
         tests=tests,
         warnings=warnings,
         routes=routes,
-        access=access,
+        extras=extras,
     )
 
 

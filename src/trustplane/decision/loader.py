@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from trustplane.decision.bundle import Bundle, BundleError, BundleSource, compile_bundle
+from trustplane.decision.bundle import (
+    Bundle,
+    BundleError,
+    BundleSource,
+    ExtraFile,
+    compile_bundle,
+)
 from trustplane.decision.engine import Evaluator
 from trustplane.decision.signing import TrustedKey, verify_bundle
 from trustplane.decision.testing import TestResult, failure_problems, run_tests
@@ -22,6 +28,7 @@ class LoadOptions:
     run_tests: bool = True
     decision_cache_size: int = 0
     decision_ttl_seconds: int = 0
+    extra_files: tuple[ExtraFile, ...] = ()  # other planes' bundle files (see ExtraFile)
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,10 @@ def load_bundle(
         if problems:
             raise BundleError(problems)
     bundle = compile_bundle(
-        source, now=now or datetime.now(UTC), expiry_warning_days=options.expiry_warning_days
+        source,
+        now=now or datetime.now(UTC),
+        expiry_warning_days=options.expiry_warning_days,
+        extra_files=options.extra_files,
     )
     evaluator = Evaluator(
         bundle,

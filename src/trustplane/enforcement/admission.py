@@ -6,6 +6,10 @@ enforced, warned about, audited; `Settings.admission`, `admission_namespaces`), 
 the rule's own mode. The answer echoes the request's uid; a refusal carries status 403 and a
 message listing every failed enforce rule; warn-mode findings become `warnings` (≤ 120
 characters each); an update that leaves the pod as it was is allowed unreviewed, as in PSA.
+An object the engine cannot read completely is refused whatever the namespace's modes: status
+400 when `object.kind` is not `request.kind.kind` (a review answers for the kind the API server
+asked about, never for one the object claims), 422 when a field a rule reads has another type
+(`posture/shape.py`); the message names the field path.
 Every review except a dry run is recorded in the decision ledger through the PDP's recorder:
 reasons are the enforced rules that refused, the shadow answer is what enforcing the warn and
 audit findings too would give (so `trustplane decisions --shadow-mismatch` lists what
@@ -26,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trustplane.config import AdmissionModes, Settings
+from trustplane.decision.point import PolicyDecisionPoint
 from trustplane.model import (
     AccessRequest,
     Decision,
@@ -34,18 +39,21 @@ from trustplane.model import (
     PolicyReason,
     new_decision_id,
 )
-from trustplane.posture.engine import Engine, Finding, select
+from trustplane.posture.engine import Engine, Finding, Unreadable, select
 from trustplane.posture.image_attestations import AttestationIndex, unattested_function
-from trustplane.posture.packs import PackRef, load_rule_file, selection
+from trustplane.posture.packs import PackRef, check_admission_settings, load_rule_file, selection
 from trustplane.posture.rules import Mode, exemptions_by_rule
+from trustplane.posture.shape import problems
 from trustplane.posture.workloads import pod_of
-from trustplane.server.pdp import PolicyDecisionPoint
-from trustplane.server.problems import json_response, parse_model, read_body
+from trustplane.problems import json_response, parse_model, read_body
 
 API_VERSION = "admission.k8s.io/v1"
 MAX_WARNING = 120
 # Subresources whose requests carry a pod to review; others (status, exec, log …) are allowed.
 REVIEWED_SUBRESOURCES = ("", "ephemeralcontainers")
+# The reason recorded for an object that cannot be reviewed (no rule of any pack has this id).
+UNREADABLE_POLICY = "trustplane/unreadable-object"
+MAX_PROBLEMS = 10  # named in a refusal; a pod of 5,000 malformed containers gets a short answer
 
 
 class _Lenient(BaseModel):
@@ -95,6 +103,7 @@ class AdmissionWebhook:
     ) -> None:
         """`attestations`: the index `unattested` answers from; None (no identity plane): no
         image counts as attested, and the refusal says why."""
+        check_admission_settings(settings)
         self._pdp = pdp
         self._functions = {"unattested": unattested_function(attestations)}
         self._limit = settings.max_body_bytes
@@ -127,12 +136,18 @@ class AdmissionWebhook:
         started = time.perf_counter()
         findings: list[Finding] = []
         reviewed = req.operation in ("CREATE", "UPDATE") and req.object is not None
-        if reviewed and (req.subResource or "") in REVIEWED_SUBRESOURCES and not _same_pod(req):
-            engine = self._namespaces.get(req.namespace, self._default)
-            obj = req.object or {}
-            if not obj.get("kind"):  # the request says what it is even if the object does not
-                obj = {**obj, "kind": req.kind.kind}
-            findings = engine.evaluate(obj, namespace=req.namespace)
+        if reviewed and (req.subResource or "") in REVIEWED_SUBRESOURCES:
+            try:
+                obj = _of_request_kind(req)
+                if _same_pod(req):  # not reviewed, but never unread: refused if unreadable
+                    _readable(obj)
+                else:
+                    engine = self._namespaces.get(req.namespace, self._default)
+                    findings = engine.evaluate(obj, namespace=req.namespace, strict=True)
+            except _Refusal as refusal:
+                return self._refuse(req, refusal, started)
+            except Unreadable as exc:
+                return self._refuse(req, _Refusal(422, "Invalid", exc.problems), started)
         refused = [f for f in findings if f.mode is Mode.ENFORCE]
         warned = [f for f in findings if f.mode is Mode.WARN]
         decision = _decision(findings, refused, started)
@@ -153,6 +168,72 @@ class AdmissionWebhook:
                 f"{f.rule_id}: {f.message}" for f in audited
             )
         return {"response": response}, decision, findings
+
+    def _refuse(
+        self, req: AdmissionRequest, refusal: _Refusal, started: float
+    ) -> tuple[dict[str, Any], Decision, list[Finding]]:
+        """The answer for an object that cannot be reviewed: refused in every mode, recorded
+        with the problems as its reason and errors."""
+        shown = refusal.problems[:MAX_PROBLEMS]
+        message = "refused by trustplane: the object cannot be reviewed: " + "; ".join(shown)
+        if len(refusal.problems) > len(shown):
+            message += f" (and {len(refusal.problems) - len(shown)} more)"
+        reason = PolicyReason(
+            policy_id=UNREADABLE_POLICY,
+            effect="forbid",
+            mode=Mode.ENFORCE.value,
+            owner="trustplane",
+            description=message,
+        )
+        decision = Decision(
+            decision_id=new_decision_id(),
+            effect=Effect.DENY,
+            reasons=(reason,),
+            shadow_effect=Effect.DENY,
+            shadow_reasons=(reason,),
+            shadow_changes=(),
+            errors=tuple(shown),
+            revision=None,
+            eval_micros=int((time.perf_counter() - started) * 1e6),
+            timestamp=time.time(),
+        )
+        response = {
+            "uid": req.uid,
+            "allowed": False,
+            "status": {"code": refusal.code, "reason": refusal.reason, "message": message},
+            "auditAnnotations": {"trustplane-decision": decision.decision_id},
+        }
+        return {"response": response}, decision, []
+
+
+class _Refusal(Exception):
+    def __init__(self, code: int, reason: str, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.code = code
+        self.reason = reason
+        self.problems = problems
+
+
+def _of_request_kind(req: AdmissionRequest) -> dict[str, Any]:
+    """The object under review, its kind the request's: an object without a kind is what the
+    request says it is; one claiming any other kind (`"pod"`, `"Pd"`, `7`) is refused (400)."""
+    obj = req.object or {}
+    kind = obj.get("kind")
+    if kind is None or kind == "":
+        return {**obj, "kind": req.kind.kind}
+    if kind != req.kind.kind:
+        got = f'"{kind}"' if isinstance(kind, str) else f"{kind!r}, not a string"
+        expected = f'expected "{req.kind.kind}" (request.kind.kind)'
+        raise _Refusal(400, "BadRequest", [f"object.kind: {expected}, got {got}"])
+    return obj
+
+
+def _readable(obj: dict[str, Any]) -> None:
+    """Refuses (422) an object a rule could not read completely (the engine checks the same
+    before it evaluates; this is for an update `_same_pod` lets through unevaluated)."""
+    found = problems(obj)
+    if found:
+        raise _Refusal(422, "Invalid", found)
 
 
 def _same_pod(req: AdmissionRequest) -> bool:

@@ -13,6 +13,7 @@ Two ways to ask:
 - `RemotePdp(url)`: a trustplane server's forward-auth endpoint, with the request described in
   `X-Original-*` headers; the app's address must be in the server's `trusted_proxies`. The
   server authenticates the caller's token and maps the route with its bundle's routes.yaml.
+  Where the server requires PEP authentication, pass `pep_token` (`trustplane pep add`).
 - `LocalPdp(enforcer)`: in the same process, through `HttpEnforcer` (no network hop).
 
 Fail closed: when the PDP cannot answer, the request gets 503 and the app is not called,
@@ -38,6 +39,7 @@ from trustplane.enforcement.enforcer import (
     HttpEnforcer,
 )
 from trustplane.enforcement.forward_auth import original_request
+from trustplane.enforcement.pep import PEP_HEADER
 from trustplane.enforcement.sdk import SdkMetrics, asend_with_retries, default_sdk_metrics
 
 log = logging.getLogger("trustplane.asgi")
@@ -71,8 +73,14 @@ class RemotePdp:
         timeout: float = 1.0,
         retries: int = 2,
         transport: httpx.AsyncBaseTransport | None = None,
+        pep_token: str | None = None,
     ) -> None:
-        self._http = httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport)
+        """`pep_token`: this app's PEP token, sent in X-Trustplane-PEP-Authorization (its
+        `Authorization` is the end user's)."""
+        headers = {PEP_HEADER: f"Bearer {pep_token}"} if pep_token else None
+        self._http = httpx.AsyncClient(
+            base_url=url, timeout=timeout, transport=transport, headers=headers
+        )
         self._retries = retries
 
     async def aclose(self) -> None:
@@ -91,7 +99,9 @@ class RemotePdp:
             if name in headers:
                 ask[name] = headers[name]
         response = await self._get(ask)
-        if response.status_code not in (200, 401, 403):
+        refused_pep = response.headers.get("content-type", "").startswith("application/problem")
+        if response.status_code not in (200, 401, 403) or refused_pep:
+            # No decision (this app is not a PEP the server accepts, or it failed): fail closed.
             raise httpx.HTTPStatusError(
                 f"forward-auth answered {response.status_code}",
                 request=response.request,

@@ -10,11 +10,11 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from trustplane.decision.point import PolicyDecisionPoint
 from trustplane.decision.routes import HttpFacts, RouteMatch, RouteTable, split_path
+from trustplane.decision.step_up import parse_step_up, step_up_challenge
 from trustplane.enforcement.credentials import Authenticator, Credential, CredentialRejected
-from trustplane.identity.human import parse_step_up, step_up_challenge
 from trustplane.model import AccessRequest, Decision, EntityRef
-from trustplane.server.pdp import PolicyDecisionPoint
 
 ANONYMOUS = EntityRef("Anonymous", "anonymous")
 DECISION_HEADER = "X-Trustplane-Decision-Id"

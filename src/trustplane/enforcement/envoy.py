@@ -16,7 +16,9 @@ Envoy's own `failure_mode_allow` should stay false.
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Mapping
 
 import grpc
@@ -24,6 +26,7 @@ import orjson
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,7 +34,9 @@ from starlette.responses import Response
 from trustplane.decision.routes import HttpFacts
 from trustplane.enforcement.enforcer import HttpEnforcer, Verdict
 from trustplane.enforcement.forward_auth import original_request
-from trustplane.server.problems import json_response
+from trustplane.enforcement.pep import ANONYMOUS, PepAuthenticator, PepLatency, PepUnauthenticated
+from trustplane.model import CALLING_PEP
+from trustplane.problems import json_response
 
 log = logging.getLogger("trustplane.envoy")
 
@@ -110,21 +115,59 @@ def _fill_denied(
 
 class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """`envoy.service.auth.v3.Authorization`: `Check` on grpc.aio, `answer` for any transport
-    (the compiled front hands it the same messages)."""
+    (the compiled front hands it the same messages). With `pep`, the calling Envoy must
+    authenticate (the call's `authorization` metadata: a PEP token or JWT-SVID) as pep_auth
+    says; a refused one gets a deny with status UNAUTHENTICATED and no decision is made."""
 
-    def __init__(self, enforcer: HttpEnforcer, strip_credential: bool = False) -> None:
+    def __init__(
+        self,
+        enforcer: HttpEnforcer,
+        strip_credential: bool = False,
+        pep: PepAuthenticator | None = None,
+        latency: PepLatency | None = None,
+    ) -> None:
         self._enforcer = enforcer
         self._strip = strip_credential
+        self._pep = pep
+        self._latency = latency
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
-        return await self.answer(request, context.peer())
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else None
+                break
+        return await self.answer(request, context.peer(), authorization)
 
     async def answer(
+        self, request: external_auth_pb2.CheckRequest, peer: str, authorization: str | None = None
+    ) -> external_auth_pb2.CheckResponse:
+        """The answer to one Check; `peer` in gRPC's form (`ipv4:127.0.0.1:5555`);
+        `authorization`: the call's `authorization` metadata (the calling PEP's credential)."""
+        started = time.perf_counter()
+        pep = ANONYMOUS
+        if self._pep is not None:
+            try:
+                pep = self._pep.authenticate(authorization)
+            except PepUnauthenticated as exc:
+                self._observe(ANONYMOUS, started)
+                return pep_refused(exc)
+        token = CALLING_PEP.set(pep)
+        try:
+            return await self._decide(request, peer)
+        finally:
+            CALLING_PEP.reset(token)
+            self._observe(pep, started)
+
+    def _observe(self, pep: str, started: float) -> None:
+        if self._latency is not None:
+            self._latency.observe(pep, time.perf_counter() - started)
+
+    async def _decide(
         self, request: external_auth_pb2.CheckRequest, peer: str
     ) -> external_auth_pb2.CheckResponse:
-        """The answer to one Check; `peer` in gRPC's form (`ipv4:127.0.0.1:5555`)."""
         try:
             attributes = request.attributes
             facts, spiffe_id = check_facts(attributes)
@@ -136,6 +179,17 @@ class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type:
         except Exception:
             log.exception("ext_authz Check failed; denying")
             return unavailable()
+
+
+def pep_refused(exc: PepUnauthenticated) -> external_auth_pb2.CheckResponse:
+    """The deny sent to a caller that is not a registered PEP: no decision was made, and the
+    status says why (an Envoy that sees it has a credential to fix; it must not allow)."""
+    body = orjson.dumps({"decision": False, "reasons": [exc.code], "detail": exc.detail}).decode()
+    response = external_auth_pb2.CheckResponse()
+    response.status.code = code_pb2.UNAUTHENTICATED
+    response.status.message = f"{exc.code}: {exc.detail}"
+    _fill_denied(response, 403, {}, body)
+    return response
 
 
 def unavailable() -> external_auth_pb2.CheckResponse:
@@ -162,13 +216,35 @@ def grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+async def _check_bytes(
+    service: EnvoyAuthorization, message: bytes, context: grpc.aio.ServicerContext
+) -> external_auth_pb2.CheckResponse:
+    try:
+        request = external_auth_pb2.CheckRequest.FromString(message)
+    except DecodeError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed CheckRequest: {exc}")
+    return await service.answer(request, context.peer())
+
+
 async def start_grpc_server(
     service: EnvoyAuthorization, host: str, port: int
 ) -> tuple[grpc.aio.Server, int]:
     """Serve ext_authz with grpcio on host:port (SO_REUSEPORT, so every worker process binds
     the same port); returns the server and the bound port."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
+    # Bytes in, parsed here: grpcio's own deserializer would answer a malformed frame UNKNOWN
+    # (an error Envoy's failure_mode_allow lets through); the compiled front and this refuse it
+    # alike, INVALID_ARGUMENT naming the problem.
+    handler = grpc.unary_unary_rpc_method_handler(
+        functools.partial(_check_bytes, service),
+        response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(SERVICE, {"Check": handler})]
+    )
     bound = server.add_insecure_port(grpc_address(host, port))
     await server.start()
     return server, bound

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from trustplane.decision.routes import HttpFacts
 from trustplane.enforcement.enforcer import HttpEnforcer
-from trustplane.server.problems import json_response
+from trustplane.problems import json_response
 
 # Proxies call with the original method (Traefik) or GET (nginx, Caddy); accept them all.
 FORWARD_AUTH_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

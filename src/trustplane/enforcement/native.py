@@ -37,10 +37,15 @@ from trustplane.enforcement.envoy import EnvoyAuthorization, grpc_address, start
 log = logging.getLogger("trustplane.envoy")
 
 BINARY_NAME = "trustplane-extauthz"
-_CALL_HEAD = struct.Struct("<IQH")  # length, call id, peer length; then peer, message
+# length, call id, peer length; then peer, u16 credential length, credential (the call's
+# `authorization` metadata: the calling PEP's), message
+_CALL_HEAD = struct.Struct("<IQH")
+_CREDENTIAL_HEAD = struct.Struct("<H")
 _ANSWER_HEAD = struct.Struct("<IQB")  # length, call id, kind; then message
 _ANSWER_OK, _ANSWER_INVALID = 0, 1
-_MAX_FRAME = 8 << 20  # the front's own limit; grpc caps a message at 4 MiB before that
+MAX_FRAME = 8 << 20
+"""Longest frame either side accepts; grpc caps a message at 4 MiB before that. The front
+is given it on its command line, so the limit is defined here only."""
 _START_TIMEOUT = 10.0
 _FRONT_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 _RESTART_BACKOFF = (0.2, 5.0)
@@ -155,6 +160,8 @@ class NativeFront:
                 self._address(),
                 "--backend-fd",
                 str(theirs.fileno()),
+                "--max-frame",
+                str(MAX_FRAME),
                 "--timeout-ms",
                 str(self._answer_timeout_ms),
                 stdin=asyncio.subprocess.PIPE,  # the front exits when this closes
@@ -270,20 +277,28 @@ class _Bridge(asyncio.Protocol):
         at = 0
         while len(buffer) - at >= 4:
             length = int.from_bytes(buffer[at : at + 4], "little")
-            if length < _CALL_HEAD.size - 4 or length > _MAX_FRAME:
+            fixed = _CALL_HEAD.size - 4 + _CREDENTIAL_HEAD.size
+            if length < fixed or length > MAX_FRAME:
                 self._refuse_stream()
                 return
             if len(buffer) - at < 4 + length:
                 break
             _, call_id, peer_length = _CALL_HEAD.unpack_from(buffer, at)
-            if peer_length > length - (_CALL_HEAD.size - 4):
+            if peer_length > length - fixed:
                 self._refuse_stream()
                 return
             start = at + _CALL_HEAD.size
             peer = bytes(buffer[start : start + peer_length]).decode(errors="replace")
-            message = bytes(buffer[start + peer_length : at + 4 + length])
+            start += peer_length
+            (credential_length,) = _CREDENTIAL_HEAD.unpack_from(buffer, start)
+            if credential_length > length - fixed - peer_length:
+                self._refuse_stream()
+                return
+            start += _CREDENTIAL_HEAD.size
+            credential = bytes(buffer[start : start + credential_length]).decode(errors="replace")
+            message = bytes(buffer[start + credential_length : at + 4 + length])
             at += 4 + length
-            task = asyncio.create_task(self._answer(call_id, peer, message))
+            task = asyncio.create_task(self._answer(call_id, peer, credential or None, message))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         del buffer[:at]
@@ -294,13 +309,16 @@ class _Bridge(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def _answer(self, call_id: int, peer: str, message: bytes) -> None:
+    async def _answer(
+        self, call_id: int, peer: str, credential: str | None, message: bytes
+    ) -> None:
         try:
             request = external_auth_pb2.CheckRequest.FromString(message)
         except DecodeError as exc:
             self._write(call_id, _ANSWER_INVALID, f"malformed CheckRequest: {exc}".encode())
             return
-        response = await self._service.answer(request, peer)  # never raises: denies instead
+        # Never raises: denies instead.
+        response = await self._service.answer(request, peer, credential)
         self._write(call_id, _ANSWER_OK, response.SerializeToString())
 
     def _write(self, call_id: int, kind: int, message: bytes) -> None:

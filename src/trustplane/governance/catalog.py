@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trustplane.decision.bundle import BundleProblem, read_yaml
+from trustplane.decision.bundle import Bundle, BundleProblem, ExtraFile, read_yaml
 from trustplane.decision.requests import RequestError, parse_entity
 
 ACCESS_FILE = "access.yaml"
@@ -335,3 +335,21 @@ def _human(seconds: int) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def _compile_access(
+    text: str | None, entities: list[dict[str, Any]], problems: list[BundleProblem]
+) -> AccessCatalog:
+    if text is None and not entities:
+        return AccessCatalog()
+    return parse_access(text or "{}", entities, problems)
+
+
+BUNDLE_FILES: tuple[ExtraFile, ...] = (ExtraFile(ACCESS_FILE, _compile_access),)
+"""The bundle files governance reads; whoever loads bundles passes them (LoadOptions)."""
+
+
+def access_catalog(bundle: Bundle) -> AccessCatalog:
+    """The bundle's compiled access.yaml (empty when the bundle has none)."""
+    catalog = bundle.extras.get(ACCESS_FILE)
+    return catalog if isinstance(catalog, AccessCatalog) else AccessCatalog()

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from trustplane.decision.requests import RequestError, parse_entity
-from trustplane.governance.catalog import AccessCatalog
+from trustplane.governance.catalog import AccessCatalog, access_catalog
 from trustplane.governance.records import (
     Actor,
     Clock,
@@ -52,7 +52,7 @@ class ExceptionService:
         bundle = self._bundle()
         if bundle is None:
             raise Conflict("no active policy bundle: there is no policy to make an exception to")
-        return bundle, bundle.access or AccessCatalog()
+        return bundle, access_catalog(bundle)
 
     def create(
         self,

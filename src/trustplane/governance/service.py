@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from trustplane.governance.access import AccessService
 from trustplane.governance.breakglass import BreakGlassService
-from trustplane.governance.catalog import AccessCatalog
+from trustplane.governance.catalog import AccessCatalog, access_catalog
 from trustplane.governance.exceptions import ExceptionService
 from trustplane.governance.outbox import Outbox, WebhookFormat
 from trustplane.governance.records import Clock
@@ -46,7 +46,7 @@ class Governance:
             active = bundle()
             if active is None:
                 return None
-            return active.access or AccessCatalog(), str(active.revision)
+            return access_catalog(active), str(active.revision)
 
         self.access = AccessService(engine, catalog, clock)
         self.break_glass = BreakGlassService(engine, catalog, clock)

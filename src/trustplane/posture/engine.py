@@ -10,8 +10,14 @@ Variables every expression sees:
 - `params`: values the operator configures for a pack (approved registries, …).
 
 Null values are dropped before evaluation, as the API server does when it decodes an object, so
-`has(x.f)` means "set"; YAML timestamps become the strings kubectl would send. An expression
-that fails at run time is a violation (fail closed), and so is an object CEL cannot hold.
+`has(x.f)` means "set"; YAML timestamps become the strings kubectl would send. Before any rule
+runs, every field the shipped rules read is checked for its type (`posture/shape.py`): an object
+the engine cannot read completely — a string where the pod's metadata belongs, a privileged
+flag that is not a boolean, a value CEL cannot hold — is not reviewed by guesswork. `evaluate`
+reports it as a failing finding of every rule that applies (what `trustplane scan` shows);
+with `strict=True` it raises `Unreadable` naming each field (the admission webhook refuses the
+object with that). An expression that fails at run time is a violation too (fail closed); a
+field it reads that is not set is named by its path in the object.
 
 Turning Python values into CEL values is most of the cost of a review (about 0.7 ms per copy of
 a 10-container pod), so only the variables some selected rule names are built, once per object.
@@ -20,6 +26,7 @@ a 10-container pod), so only the variables some selected rule names are built, o
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +35,16 @@ import cel
 
 from trustplane.posture.functions import CUSTOM_FUNCTIONS, SERVICE_FUNCTIONS
 from trustplane.posture.rules import Exemption, Mode, Rule, Severity, Variant
-from trustplane.posture.workloads import pod_of
+from trustplane.posture.shape import problems
+from trustplane.posture.workloads import POD_PATHS, PodView, pod_of
+
+
+class Unreadable(Exception):
+    """The object cannot be read completely: `problems` name each field and what is wrong."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +140,19 @@ class Engine:
         obj: Mapping[str, Any],
         namespace: str | None = None,
         today: dt.date | None = None,
+        *,
+        strict: bool = False,
     ) -> list[Finding]:
-        """Every violation in `obj` (an empty list: compliant)."""
+        """Every violation in `obj` (an empty list: compliant). An object the engine cannot
+        read completely fails every rule that applies to its kind, or, with `strict`, raises
+        `Unreadable` whether or not any rule applies."""
         today = today or dt.datetime.now(dt.UTC).date()
         clean: dict[str, Any] = _plain(dict(obj))
-        kind = str(clean.get("kind", ""))
-        metadata = clean.get("metadata") if isinstance(clean.get("metadata"), dict) else {}
-        assert isinstance(metadata, dict)
+        unreadable = problems(clean)
+        if unreadable:
+            return self._unreadable(clean, unreadable, strict)
+        kind = str(clean["kind"])
+        metadata = clean.get("metadata") or {}
         namespace = namespace if namespace is not None else str(metadata.get("namespace", ""))
         findings: list[Finding] = []
         variables: dict[str, Any] = {
@@ -159,16 +181,28 @@ class Engine:
         try:
             context = cel.Context(variables, functions=self._functions)
         except Exception as exc:  # a value CEL cannot represent: every rule fails closed
-            reason = f"rule could not be evaluated: the object cannot be read: {exc}"
-            pod_path = pod.spec_path if pod is not None else ""
-            findings.extend(_finding(s, "", reason) for s in direct)
-            findings.extend(_finding(s, pod_path, reason) for s in pod_rules)
-            return findings
+            return self._unreadable(clean, [f"object: cannot be read: {exc}"], strict)
+        reader = _Reader(clean, pod, self._params)
         for selected in direct:
-            self._run(selected, context, "", namespace, labels, today, findings)
+            self._run(selected, context, "", namespace, labels, today, findings, reader)
         if pod is not None:
             for selected in pod_rules:
-                self._run(selected, context, pod.spec_path, namespace, labels, today, findings)
+                self._run(
+                    selected, context, pod.spec_path, namespace, labels, today, findings, reader
+                )
+        return findings
+
+    def _unreadable(self, obj: dict[str, Any], found: list[str], strict: bool) -> list[Finding]:
+        if strict:
+            raise Unreadable(found)
+        kind = obj.get("kind")
+        reason = "rule could not be evaluated: the object cannot be read: " + "; ".join(found)
+        direct = self._by_kind.get(kind, []) if isinstance(kind, str) else []
+        path = POD_PATHS.get(kind) if isinstance(kind, str) else None
+        findings = [_finding(s, "", reason) for s in direct]
+        if path is not None:
+            spec_path = ".".join((*path, "spec"))
+            findings.extend(_finding(s, spec_path, reason) for s in self._pod_rules)
         return findings
 
     def _run(
@@ -180,6 +214,7 @@ class Engine:
         labels: dict[str, str],
         today: dt.date,
         findings: list[Finding],
+        reader: _Reader,
     ) -> None:
         rule = selected.rule
         exemptions = (*rule.exemptions, *self._exemptions.get(rule.id, ()))
@@ -188,7 +223,8 @@ class Engine:
         try:
             result = selected.variant.program.execute(context)
         except Exception as exc:  # the library raises KeyError, TypeError, RuntimeError …
-            findings.append(_finding(selected, path, f"rule could not be evaluated: {exc!r}"))
+            detail = reader.explain(exc, selected.variant.program.source)
+            findings.append(_finding(selected, path, f"rule could not be evaluated: {detail}"))
             return
         if result is True or (isinstance(result, list) and not result):
             return
@@ -249,3 +285,70 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dt.date):  # and datetime
         return value.isoformat()
     return value
+
+
+_COMPREHENSION = re.compile(
+    r"([A-Za-z_][\w.]*)\s*\.\s*(?:all|exists|exists_one|map|filter)\(\s*([A-Za-z_]\w*)\s*,"
+)
+Node = tuple[str, Any]  # where a value sits in the object ("object.spec.containers[0]"), it
+
+
+class _Reader:
+    """Names the field behind a rule's run-time error: CEL reports a field that is not set as
+    `KeyError('name')`; the rule's source says which selections end in that field, and the
+    object says where one of them is missing (`object.spec.initContainers[1].name`)."""
+
+    def __init__(self, obj: dict[str, Any], pod: PodView | None, params: dict[str, Any]) -> None:
+        self._roots: dict[str, list[Node]] = {
+            "object": [("object", obj)],
+            "objectMetadata": [("object.metadata", obj.get("metadata") or {})],
+            "params": [("params", params)],
+        }
+        if pod is not None:
+            base = ".".join(("object", *pod.path))
+            self._roots["metadata"] = [(f"{base}.metadata", pod.metadata)]
+            self._roots["spec"] = [(f"{base}.spec", pod.spec)]
+            self._containers = [
+                (f"{base}.spec.{key}[{i}]", item)
+                for key in ("initContainers", "containers", "ephemeralContainers")
+                for i, item in enumerate(pod.spec.get(key) or [])
+            ]
+        else:
+            self._containers = []
+
+    def explain(self, exc: Exception, source: str) -> str:
+        if not isinstance(exc, KeyError) or not exc.args or not isinstance(exc.args[0], str):
+            return repr(exc)
+        key = exc.args[0]
+        binds = {var: coll for coll, var in _COMPREHENSION.findall(source)}
+        name = re.escape(key)
+        pattern = rf"([A-Za-z_][\w.]*?)\s*(?:\.\s*{name}\b|\[\s*[\"']{name}[\"']\s*\])"
+        selections = [m.group(1) for m in re.finditer(pattern, source)]
+        for selection in selections:
+            for path, value in self._nodes(selection, binds, 0):
+                if isinstance(value, dict) and key not in value:
+                    return f"{path}.{key} is not set (the rule reads {selection}.{key} unguarded)"
+        return f"the field {key!r} it reads is not set (read without has())"
+
+    def _nodes(self, expr: str, binds: dict[str, str], depth: int) -> list[Node]:
+        head, *steps = [part.strip() for part in expr.split(".")]
+        if head == "containers":
+            nodes = list(self._containers)
+        elif head in self._roots:
+            nodes = list(self._roots[head])
+        elif binds.get(head, "").strip() == "containers":
+            nodes = list(self._containers)
+        elif head in binds and depth < 8:  # a comprehension's variable: each element
+            nodes = [
+                (f"{path}[{i}]", item)
+                for path, value in self._nodes(binds[head], binds, depth + 1)
+                if isinstance(value, list)
+                for i, item in enumerate(value)
+            ]
+        else:
+            return []
+        for step in steps:
+            nodes = [
+                (f"{p}.{step}", v[step]) for p, v in nodes if isinstance(v, dict) and step in v
+            ]
+        return nodes

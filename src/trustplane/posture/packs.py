@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from trustplane.config import ConfigError, Settings
 from trustplane.posture.engine import Selected, select
 from trustplane.posture.rules import Mode, Rule, RuleError, load_rules, minor
 
@@ -97,3 +98,30 @@ def selection(refs: list[tuple[PackRef, Mode]]) -> list[Selected]:
 
 def shipped_rule_ids() -> set[str]:
     return {rule.id for name in pack_names() for rule in load_pack(name).rules}
+
+
+def check_admission_settings(settings: Settings) -> None:
+    """Refuse admission settings the engine cannot use (an unknown pack, a rule file that does
+    not compile, an exemption for a rule nobody ships), naming the setting; the server runs this
+    before it listens, and the webhook before it is built."""
+    problems: list[str] = []
+    modes = {"admission": settings.admission}
+    modes.update({f"admission_namespaces.{n}": m for n, m in settings.admission_namespaces.items()})
+    for where, mode in modes.items():
+        for kind in ("enforce", "warn", "audit"):
+            for item in getattr(mode, kind):
+                try:
+                    PackRef.parse(item)
+                except ValueError as exc:
+                    problems.append(f"{where}.{kind}: {exc}")
+    for path in settings.admission_rule_files:
+        try:
+            load_rule_file(path)
+        except RuleError as exc:
+            problems.append("admission_rule_files: " + "; ".join(exc.problems))
+    known = shipped_rule_ids() if settings.admission_exemptions else set()
+    for item in settings.admission_exemptions:
+        if item.rule not in known:
+            problems.append(f"admission_exemptions: exemption for unknown rule {item.rule!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))

@@ -18,7 +18,9 @@ from starlette.responses import Response
 from trustplane.decision.bundle import BundleError
 from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.manager import ActivationError
+from trustplane.governance.catalog import access_catalog
 from trustplane.governance.records import Actor, GovernanceError
+from trustplane.problems import Problem, json_response, parse_model, read_body
 from trustplane.recovery.revocation import RevocationError, RevocationKind
 from trustplane.server.admin_auth import (
     AdminAuthenticator,
@@ -27,7 +29,6 @@ from trustplane.server.admin_auth import (
     AdminUnauthenticated,
     Target,
 )
-from trustplane.server.problems import Problem, json_response, parse_model, read_body
 from trustplane.server.runtime import Runtime
 from trustplane.telemetry.ledger import (
     DecisionQuery,
@@ -112,8 +113,9 @@ class AdminApi:
 
     def _roles(self, principal: str) -> frozenset[str]:
         active = self._runtime.bundles.active
-        access = None if active is None else active.bundle.access
-        return frozenset() if access is None else access.roles_of(principal)
+        if active is None:
+            return frozenset()
+        return access_catalog(active.bundle).roles_of(principal)
 
     def caller(self, request: Request) -> AdminCaller:
         """Authenticate (blocking: may fetch an issuer's JWKS); 401 naming what is missing."""

@@ -24,16 +24,17 @@ from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.envoy import EnvoyAuthorization, EnvoyHttp
 from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth
 from trustplane.enforcement.native import start_ext_authz
+from trustplane.enforcement.pep import PEP_HEADER
 from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
+from trustplane.problems import Problem, json_response
 from trustplane.server.admin import AdminApi
 from trustplane.server.attestations import AttestationsApi, attestation_routes
 from trustplane.server.authzen import AuthZenApi
 from trustplane.server.governance_api import GovernanceApi, governance_routes
 from trustplane.server.identity import IdentityApi, identity_routes
 from trustplane.server.openapi import openapi_document
-from trustplane.server.pdp import PolicyDecisionPoint
-from trustplane.server.problems import Problem, json_response
+from trustplane.server.pep_gate import PepGate
 from trustplane.server.runtime import Runtime
 from trustplane.telemetry.recorder import RecordingError
 
@@ -43,7 +44,7 @@ log = logging.getLogger("trustplane.server")
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     """The app for `runtime`. With `manage_runtime`, the app's lifespan starts the runtime
     (bundle, ledger writer, file watcher, SIGHUP reload) and drains it on shutdown."""
-    pdp = PolicyDecisionPoint(runtime)
+    pdp = runtime.decision_point()
     authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
     admin = AdminApi(runtime)
     settings = runtime.settings
@@ -54,6 +55,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     identity = IdentityApi(runtime, admin, verifier_from_settings(settings.issuers, skew))
     admission = AdmissionWebhook(pdp, settings, runtime.attestations)
     attestations = AttestationsApi(runtime, pdp, admin)
+    gate = PepGate.for_runtime(runtime)  # every decision endpoint: registered PEPs only
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -65,6 +67,9 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         if not runtime.feed.healthy:
             reason = "change feed lost: changes made elsewhere may not be seen"
             return json_response({"status": "not ready", "reason": reason}, 503)
+        ledger = runtime.recorder.health()
+        if ledger is not None:
+            return json_response({"status": "not ready", "reason": ledger}, 503)
         return json_response({"status": "ready", "revision": active.bundle.revision})
 
     async def metrics(request: Request) -> Response:
@@ -74,17 +79,26 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         return json_response(openapi_document())
 
     routes = [
-        Route("/access/v1/evaluation", authzen.evaluation, methods=["POST"]),
-        Route("/access/v1/evaluations", authzen.evaluations, methods=["POST"]),
+        Route("/access/v1/evaluation", gate.guard(authzen.evaluation), methods=["POST"]),
+        Route("/access/v1/evaluations", gate.guard(authzen.evaluations), methods=["POST"]),
         Route("/.well-known/authzen-configuration", authzen.configuration, methods=["GET"]),
-        Route("/v1/forward-auth", forward_auth.handle, methods=list(FORWARD_AUTH_METHODS)),
-        Route(EnvoyHttp.PREFIX, envoy_http.handle, methods=list(FORWARD_AUTH_METHODS)),
+        # Here `Authorization` is the end user's (the held request's): the PEP uses its own.
         Route(
-            EnvoyHttp.PREFIX + "/{path:path}",
-            envoy_http.handle,
+            "/v1/forward-auth",
+            gate.guard(forward_auth.handle, PEP_HEADER),
             methods=list(FORWARD_AUTH_METHODS),
         ),
-        Route(AdmissionWebhook.PATH, admission.handle, methods=["POST"]),
+        Route(
+            EnvoyHttp.PREFIX,
+            gate.guard(envoy_http.handle, PEP_HEADER),
+            methods=list(FORWARD_AUTH_METHODS),
+        ),
+        Route(
+            EnvoyHttp.PREFIX + "/{path:path}",
+            gate.guard(envoy_http.handle, PEP_HEADER),
+            methods=list(FORWARD_AUTH_METHODS),
+        ),
+        Route(AdmissionWebhook.PATH, gate.guard(admission.handle), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -145,9 +159,12 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             yield
             return
         await run_in_threadpool(runtime.start)
+        gate.started()
         grpc_server = None
         if settings.grpc_enabled:
-            service = EnvoyAuthorization(enforcer, settings.strip_credential)
+            service = EnvoyAuthorization(
+                enforcer, settings.strip_credential, gate.authenticator, gate.latency
+            )
             grpc_server, transport = await start_ext_authz(settings, service)
             log.info(
                 "Envoy ext_authz gRPC on %s:%d (%s transport)",

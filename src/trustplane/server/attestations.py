@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from trustplane.decision.point import PolicyDecisionPoint
 from trustplane.identity.dsse import sign_envelope
 from trustplane.identity.service import IdentityService
 from trustplane.identity.spiffe_id import SpiffeId, SpiffeIdError
@@ -40,9 +41,8 @@ from trustplane.posture.image_attestations import (
     row_envelope,
     token_fingerprint,
 )
+from trustplane.problems import Problem, json_response, parse_model, read_body
 from trustplane.server.admin import AdminApi
-from trustplane.server.pdp import PolicyDecisionPoint
-from trustplane.server.problems import Problem, json_response, parse_model, read_body
 from trustplane.server.runtime import Runtime
 
 REALM = 'Bearer realm="trustplane-attestations"'

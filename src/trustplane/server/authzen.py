@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.requests import Request
 from starlette.responses import Response
 
+from trustplane.decision.requests import RequestError, check_values
 from trustplane.model import AccessRequest, Decision, EntityRef
-from trustplane.server.problems import Problem, json_response, parse_model, read_body
+from trustplane.problems import Problem, json_response, parse_model, read_body
 
 MAX_EVALUATIONS = 1000
 
@@ -85,6 +86,45 @@ def to_access_request(
     )
 
 
+def check_recordable(
+    where: str,
+    subject: Subject | None,
+    action: Action | None,
+    resource: Resource | None,
+    context: dict[str, Any] | None,
+) -> None:
+    """A 422 naming the member (`context.n`, pointer `/context/n`) of any value a decision could
+    not be recorded with (an integer beyond 64 bits); called while parsing, before anything is
+    evaluated, so a refused batch is refused whole and nothing of it is counted or recorded."""
+    prefix = where + "." if where else ""
+    parts: list[tuple[str, Any]] = [
+        ("subject", subject.properties if subject else None),
+        ("action", action.properties if action else None),
+        ("resource", resource.properties if resource else None),
+    ]
+    try:
+        for name, properties in parts:
+            if properties:
+                check_values(
+                    properties, f"{prefix}{name}.properties", f"{_ptr(where)}/{name}/properties"
+                )
+        if context:
+            check_values(context, f"{prefix}context", f"{_ptr(where)}/context")
+    except RequestError as exc:
+        raise Problem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            str(exc),
+            [{"pointer": exc.pointer or "", "detail": exc.message, "code": "unrecordable_value"}],
+        ) from None
+
+
+def _ptr(where: str) -> str:
+    """`evaluations[2]` → `/evaluations/2`."""
+    return "".join("/" + part.rstrip("]") for part in where.replace("[", ".").split(".") if part)
+
+
 def decision_body(decision: Decision) -> dict[str, Any]:
     details = decision.as_dict()
     allowed = details.pop("decision") == "allow"
@@ -98,6 +138,7 @@ class AuthZenApi:
 
     async def evaluation(self, request: Request) -> Response:
         body = parse_model(EvaluationRequest, await read_body(request, self._limit))
+        check_recordable("", body.subject, body.action, body.resource, body.context)
         decision = await self._pdp.decide(
             to_access_request(body.subject, body.action, body.resource, body.context)
         )
@@ -107,8 +148,12 @@ class AuthZenApi:
         body = parse_model(EvaluationsRequest, await read_body(request, self._limit))
         items = body.evaluations or [EvaluationItem()]
         semantic = body.options.evaluations_semantic if body.options else Semantic.EXECUTE_ALL
+        check_recordable("", body.subject, body.action, body.resource, body.context)
         requests = []
         for index, item in enumerate(items):  # resolve defaults first: all-or-nothing on errors
+            if body.evaluations:
+                where = f"evaluations[{index}]"
+                check_recordable(where, item.subject, item.action, item.resource, item.context)
             subject = item.subject or body.subject
             action = item.action or body.action
             resource = item.resource or body.resource

@@ -21,9 +21,9 @@ from starlette.routing import Route
 from trustplane.decision.requests import RequestError, parse_entity
 from trustplane.governance.catalog import DurationError, parse_duration
 from trustplane.governance.records import GovernanceError
+from trustplane.problems import Problem, json_response, parse_model, read_body
 from trustplane.server.admin import AdminApi, governance_actor, governance_problem
 from trustplane.server.admin_auth import AdminCaller, Target
-from trustplane.server.problems import Problem, json_response, parse_model, read_body
 from trustplane.server.runtime import Runtime
 from trustplane.telemetry.ledger import DecisionQuery, query_decisions
 

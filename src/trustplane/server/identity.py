@@ -28,8 +28,8 @@ from trustplane.identity.inventory import DriftCheck, inventory_report
 from trustplane.identity.keys import KeyKind, RotationError
 from trustplane.identity.service import IdentityService
 from trustplane.identity.tokens import TokenVerifier
+from trustplane.problems import Problem, json_response, parse_model, read_body
 from trustplane.server.admin import AdminApi
-from trustplane.server.problems import Problem, json_response, parse_model, read_body
 from trustplane.server.runtime import Runtime
 
 FORM = "application/x-www-form-urlencoded"

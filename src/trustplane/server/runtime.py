@@ -20,8 +20,10 @@ from sqlalchemy import Engine, insert, select
 from trustplane.config import Durability, LedgerAppender, Settings
 from trustplane.decision.loader import LoadOptions
 from trustplane.decision.manager import BundleManager, follow_or_log
+from trustplane.decision.point import PolicyDecisionPoint
 from trustplane.decision.signing import load_trusted_key
 from trustplane.enforcement.credentials import Credential
+from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.governance.outbox import WebhookFormat
 from trustplane.governance.records import TOPIC as GOVERNANCE_TOPIC
 from trustplane.governance.service import Governance
@@ -123,6 +125,7 @@ def load_options(settings: Settings) -> LoadOptions:
         expiry_warning_days=settings.expiry_warning_days,
         decision_cache_size=settings.decision_cache_size,
         decision_ttl_seconds=settings.decision_ttl_seconds,
+        extra_files=BUNDLE_FILES,
     )
 
 
@@ -218,6 +221,7 @@ class Runtime:
             flush_interval=settings.flush_interval_ms / 1000,
             checkpoint_interval=settings.checkpoint_interval_ms / 1000,
             sink=sink,
+            max_lag=settings.ledger_ready_max_lag_ms / 1000,
         )
         self._appender = sink
         self.bundles = BundleManager(
@@ -259,6 +263,16 @@ class Runtime:
             )
             self.feed.subscribe(ATTESTATIONS_TOPIC, self.attestations.refresh)
             self.feed.subscribe(KEYS_TOPIC, self.attestations.refresh)  # a key seen late
+
+    def decision_point(self) -> PolicyDecisionPoint:
+        """The decision path over this runtime's bundles, revocations, grants and ledger."""
+        return PolicyDecisionPoint(
+            bundles=self.bundles,
+            revocations=self.revocations,
+            elevation=self.governance.state.elevation,
+            recorder=self.recorder,
+            metrics=self.metrics,
+        )
 
     def start(self) -> None:
         """Activate the bundle (a worker serves what its supervisor activated) and start the

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import ssl
 from typing import Any
 
 import uvicorn
@@ -22,7 +23,9 @@ from uvicorn.supervisors import Multiprocess
 
 from trustplane.config import Settings
 from trustplane.decision.manager import BundleManager, reload_or_log
+from trustplane.enforcement.pep import check_listen_policy
 from trustplane.server.app import create_app
+from trustplane.server.pep_gate import PepClientTrust, TlsPeerProtocol, client_ca_file
 from trustplane.server.runtime import Runtime, load_options
 from trustplane.server.tls import serving_certificate
 from trustplane.store.bundles import BundleStore
@@ -33,6 +36,7 @@ WORKER_SETTINGS_ENV = "_TRUSTPLANE_WORKER_SETTINGS"  # outside TRUSTPLANE_*: not
 
 
 def serve(settings: Settings) -> None:
+    check_listen_policy(settings)
     _configure_logging(settings)
     if settings.workers == 1:
         config = _uvicorn_config(settings, create_app(Runtime(settings)))
@@ -102,6 +106,11 @@ def worker_app() -> Starlette:
 
 def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvicorn.Config:
     tls = serving_certificate(settings)
+    # PEPs may authenticate with a client certificate of the trust domain (server/pep_gate.py).
+    client_ca = client_ca_file(settings) if tls else None
+    context_factory = tls.context_factory if tls else None
+    if client_ca is not None:
+        context_factory = PepClientTrust(context_factory)
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -115,7 +124,10 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
         workers=settings.workers,
         ssl_certfile=tls.cert_file if tls else None,
         ssl_keyfile=tls.key_file if tls else None,
-        ssl_context_factory=tls.context_factory if tls else None,
+        ssl_context_factory=context_factory,
+        ssl_cert_reqs=ssl.CERT_OPTIONAL if client_ca else ssl.CERT_NONE,
+        ssl_ca_certs=str(client_ca) if client_ca else None,
+        http=TlsPeerProtocol if client_ca else "auto",
     )
 
 

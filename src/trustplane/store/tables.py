@@ -91,8 +91,23 @@ decisions = Table(
     Column("revision", String(64), nullable=True),
     Column("record", LargeBinary, nullable=False),  # canonical JSON: the leaf's data
     Column("leaf_hash", LargeBinary(32), nullable=False),
+    # Committed after its caller was answered 503 (sync durability): never delivered.
+    Column("undelivered", Boolean, nullable=False, server_default=false()),
     Index("ix_decisions_principal_ts", "principal", "ts"),
     Index("ix_decisions_ts", "ts"),
+)
+
+# A record the store refused as a `decisions` row: its leaf keeps its place (`seq`) in the tree
+# and its canonical bytes are here with the reason (telemetry/ledger.py, audit verify).
+ledger_quarantine = Table(
+    "ledger_quarantine",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("decision_id", String(64), nullable=False),
+    Column("record", LargeBinary, nullable=False),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 checkpoints = Table(
@@ -289,4 +304,16 @@ attestations = Table(
     Column("envelope", Text, nullable=False),
     Index("ix_attestations_digest", "digest"),
     Index("ix_attestations_created_at", "created_at"),
+)
+
+# enforcement/pep.py: the policy enforcement points allowed to ask for decisions. A PEP proves
+# itself with a token (only its sha256 is kept) or, when `spiffe_id` is set, with an mTLS client
+# certificate or JWT-SVID naming that SPIFFE ID; `name` is what decision records and metrics show.
+peps = Table(
+    "peps",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("token_sha256", String(64), nullable=True, unique=True),
+    Column("spiffe_id", String(2048), nullable=True, unique=True),
+    Column("created_at", Float, nullable=False),
 )

@@ -82,8 +82,9 @@ class AppenderProcess:
         with self._lock:
             skip = self._unsure
             self._unsure = True
-            start, count = self._call(("append", list(entries), skip))
+            start, count, quarantined = self._call(("append", list(entries), skip))
             self._unsure = False
+        self._ledger.quarantined += quarantined
         self._ledger.note_committed(entries, start, count)
         return self._ledger.size
 
@@ -187,7 +188,9 @@ def _serve(conn: Connection) -> None:
                 return  # the serving process is gone
             try:
                 if message[0] == "append":
-                    reply: Any = ledger.append_batch(message[1], skip_recorded=message[2])
+                    before = ledger.quarantined
+                    start, count = ledger.append_batch(message[1], skip_recorded=message[2])
+                    reply: Any = (start, count, ledger.quarantined - before)
                 elif message[0] == "checkpoint":
                     reply = ledger.checkpoint() is not None
                 else:

@@ -5,12 +5,18 @@ Several appenders may share one store (serving workers, replicas on PostgreSQL).
 transaction first updates the single `ledger_lock` row, which serialises appenders in the
 database; holding it, the appender loads any leaves others committed since its last append, then
 inserts after them. The tree in the store is never forked, and no appender has to retry.
+
+A record the store refuses as a `decisions` row (a data error, not a lost connection) never
+blocks the records behind it: the batch is split until the refused record stands alone, and that
+record goes to `ledger_quarantine` with the reason, keeping its leaf's place in the tree. Leaves
+are read from both tables, so proofs, export and `audit verify` cover quarantined records too.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,11 +24,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, func, insert, select, union_all, update
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StatementError,
+)
 
-from trustplane.model import AccessRequest, Decision, Effect, PolicyReason
-from trustplane.store.tables import checkpoints, decisions, ledger_lock
+from trustplane.model import CALLING_PEP, AccessRequest, Decision, Effect, PolicyReason
+from trustplane.store.tables import checkpoints, decisions, ledger_lock, ledger_quarantine
+from trustplane.store.text import column_text
 from trustplane.telemetry.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -33,6 +47,8 @@ from trustplane.telemetry.checkpoint import (
 )
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.merkle import Frontier, MerkleTree, ProofError, leaf_hash
+
+log = logging.getLogger("trustplane.ledger")
 
 _LOAD_CHUNK = 50_000
 _ROWS_PER_STATEMENT = 500
@@ -75,22 +91,34 @@ class LedgerEntry:
     leaf_hash: bytes
 
     def values(self, seq: int) -> tuple[Any, ...]:
-        """Column values in `_COLUMNS` order."""
+        """Column values in `_COLUMNS` order: text in the form every backend stores
+        (store/text.py); the record keeps the exact values."""
         return (
             seq,
             self.decision_id,
             self.ts,
             self.kind,
-            self.principal[:400],
-            self.action[:400],
-            self.resource[:400],
+            column_text(self.principal, 400),
+            column_text(self.action, 400),
+            column_text(self.resource, 400),
             self.decision,
             self.shadow,
-            self.policies,
-            self.revision,
+            column_text(self.policies),
+            None if self.revision is None else column_text(self.revision, 64),
             self.record,
             self.leaf_hash,
         )
+
+
+def refused_by_store(exc: BaseException) -> bool:
+    """Whether the store refused the data itself (a value no column takes, a duplicate id), as
+    opposed to being unreachable or misconfigured: only then does retrying the same rows fail
+    the same way forever."""
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, DataError | IntegrityError) and not exc.connection_invalidated
+    if isinstance(exc, OperationalError | InterfaceError):
+        return False
+    return isinstance(exc, StatementError | UnicodeError | ValueError | OverflowError)
 
 
 def _b64(data: bytes) -> str:
@@ -99,6 +127,33 @@ def _b64(data: bytes) -> str:
 
 def canonical_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _record_bytes(record: dict[str, Any]) -> bytes:
+    """The record's canonical JSON, whatever it holds. Requests are checked when parsed
+    (decision/requests.py: check_values), but a decision that was counted must be recorded even
+    if a value slipped past (a claim of a trusted token, a future adapter): such values are
+    written as strings and the record says so (`"unencodable": true`)."""
+    try:
+        return canonical_json(record)
+    except orjson.JSONEncodeError:
+        return canonical_json({**_encodable(record, 0), "unencodable": True})
+
+
+def _encodable(value: Any, depth: int) -> Any:
+    if depth > 200:  # orjson refuses 255 levels
+        return "(nested too deeply to record)"
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, dict):
+        return {_encodable(str(k), depth): _encodable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(v, depth + 1) for v in value]
+    return _encodable(str(value), depth)
 
 
 def rfc3339(ts: float) -> str:
@@ -143,6 +198,9 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
         "revision": decision.revision,
         "eval_micros": decision.eval_micros,
     }
+    pep = CALLING_PEP.get()
+    if pep is not None:  # asked through a decision endpoint: which enforcement point asked
+        record["pep"] = pep
     named = determining + shadow_ids + changed_ids
     if decision.grant_ids:  # decisions under a grant: `access activity GRANT` finds them
         record["grants"] = list(decision.grant_ids)
@@ -150,7 +208,7 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
     if decision.exception_ids:
         record["exceptions"] = list(decision.exception_ids)
         named += [f"exception:{e}" for e in decision.exception_ids]
-    data = canonical_json(record)
+    data = _record_bytes(record)
     policies = dict.fromkeys(named)
     return LedgerEntry(
         decision_id=decision.decision_id,
@@ -199,7 +257,7 @@ def admin_entry(
         "decision": effect,
         "details": details or {},
     }
-    data = canonical_json(record)
+    data = _record_bytes(record)
     return LedgerEntry(
         decision_id=record_id,
         ts=ts,
@@ -240,6 +298,7 @@ class Ledger:
         self.origin = origin
         self._tree = MerkleTree()
         self._append_lock = threading.Lock()
+        self.quarantined = 0  # records this process put in quarantine (or was told of)
         self._catch_up()
         self._last_checkpoint_size = self._max_checkpoint_size()
 
@@ -264,28 +323,95 @@ class Ledger:
     def append_batch(
         self, entries: Sequence[LedgerEntry], *, skip_recorded: bool = False
     ) -> tuple[int, int]:
-        """Commit `entries`; returns (first sequence number, number of records written).
+        """Commit `entries`; returns (first sequence number, number of records written; -1 when
+        they are not contiguous, so a process told of them reloads the tree).
         `skip_recorded` leaves out entries whose decision id is already stored: a batch sent
         again after its first commit went unacknowledged."""
         if not entries:
             return self.size, 0
+        try:
+            return self._append_once(entries, skip_recorded)
+        except Exception as exc:
+            if not refused_by_store(exc):
+                raise
+            log.warning(
+                "the store refused a batch of %d ledger records (%s); isolating the record",
+                len(entries),
+                _reason(exc),
+            )
+        return self._append_isolating(entries, skip_recorded)
+
+    def _append_isolating(
+        self, entries: Sequence[LedgerEntry], skip_recorded: bool
+    ) -> tuple[int, int]:
+        """Halve the batch until the refused records stand alone, committing every other part
+        in order; each refused record is quarantined in its turn (O(k log n) transactions)."""
+        try:
+            return self._append_once(entries, skip_recorded)
+        except Exception as exc:
+            if not refused_by_store(exc):
+                raise
+            if len(entries) == 1:
+                return self._quarantine(entries[0], exc, skip_recorded)
+        middle = len(entries) // 2
+        start, first = self._append_isolating(entries[:middle], skip_recorded)
+        second_start, second = self._append_isolating(entries[middle:], skip_recorded)
+        contiguous = first >= 0 and second >= 0 and second_start == start + first
+        return start, first + second if contiguous else -1
+
+    def _append_once(self, entries: Sequence[LedgerEntry], skip_recorded: bool) -> tuple[int, int]:
         with self._append_lock, self._engine.begin() as connection:
-            locked = connection.execute(
-                update(ledger_lock)
-                .where(ledger_lock.c.id == 1)
-                .values(appends=ledger_lock.c.appends + 1)
-            ).rowcount
-            if locked != 1:
-                raise LedgerError("the ledger_lock row is missing: run `trustplane init`")
-            self._catch_up(connection)  # leaves other appenders committed since our last append
+            start = self._locked(connection)
             if skip_recorded:
                 entries = self._not_recorded(connection, entries)
-            start = self._tree.size
             self._insert(connection, entries, start)
             # Leaves join the in-memory tree only once the commit below has succeeded.
         for entry in entries:
             self._tree.append(entry.leaf_hash)
         return start, len(entries)
+
+    def _locked(self, connection: Connection) -> int:
+        """Take the ledger lock and load what others appended; returns the next sequence
+        number."""
+        locked = connection.execute(
+            update(ledger_lock)
+            .where(ledger_lock.c.id == 1)
+            .values(appends=ledger_lock.c.appends + 1)
+        ).rowcount
+        if locked != 1:
+            raise LedgerError("the ledger_lock row is missing: run `trustplane init`")
+        self._catch_up(connection)  # leaves other appenders committed since our last append
+        return self._tree.size
+
+    def _quarantine(
+        self, entry: LedgerEntry, exc: BaseException, skip_recorded: bool
+    ) -> tuple[int, int]:
+        """Keep a record the store refused as a row: its leaf takes the next place in the tree,
+        its canonical bytes and the reason go to `ledger_quarantine`."""
+        reason = _reason(exc)
+        with self._append_lock, self._engine.begin() as connection:
+            seq = self._locked(connection)
+            if skip_recorded and not self._not_recorded(connection, [entry]):
+                return seq, 0
+            connection.execute(
+                insert(ledger_quarantine).values(
+                    seq=seq,
+                    decision_id=column_text(entry.decision_id, 64),
+                    record=entry.record,
+                    leaf_hash=entry.leaf_hash,
+                    reason=column_text(reason, 2000),
+                    created_at=time.time(),
+                )
+            )
+        self._tree.append(entry.leaf_hash)
+        self.quarantined += 1
+        log.error(
+            "ledger record %s (seq %d) quarantined: the store refused it as a row: %s",
+            column_text(entry.decision_id, 64),
+            seq,
+            reason,
+        )
+        return seq, 1
 
     def note_committed(self, entries: Sequence[LedgerEntry], start: int, count: int) -> None:
         """Another process (the appender) committed `entries` at `start`: extend the in-memory
@@ -304,12 +430,13 @@ class Ledger:
         stored: set[str] = set()
         for offset in range(0, len(ids), _ROWS_PER_STATEMENT):
             chunk = ids[offset : offset + _ROWS_PER_STATEMENT]
-            stored.update(
-                row[0]
-                for row in connection.execute(
-                    select(decisions.c.decision_id).where(decisions.c.decision_id.in_(chunk))
+            for table in (decisions, ledger_quarantine):
+                stored.update(
+                    row[0]
+                    for row in connection.execute(
+                        select(table.c.decision_id).where(table.c.decision_id.in_(chunk))
+                    )
                 )
-            )
         return [e for e in entries if e.decision_id not in stored]
 
     def _insert(self, connection: Connection, entries: Sequence[LedgerEntry], start: int) -> None:
@@ -336,11 +463,14 @@ class Ledger:
             return
         while True:
             start = self._tree.size
+            leaves = union_all(
+                select(decisions.c.seq, decisions.c.leaf_hash).where(decisions.c.seq >= start),
+                select(ledger_quarantine.c.seq, ledger_quarantine.c.leaf_hash).where(
+                    ledger_quarantine.c.seq >= start
+                ),
+            ).subquery()
             rows = connection.execute(
-                select(decisions.c.seq, decisions.c.leaf_hash)
-                .where(decisions.c.seq >= start)
-                .order_by(decisions.c.seq)
-                .limit(_LOAD_CHUNK)
+                select(leaves.c.seq, leaves.c.leaf_hash).order_by(leaves.c.seq).limit(_LOAD_CHUNK)
             ).all()
             if not rows:
                 return
@@ -401,11 +531,13 @@ class Ledger:
 
     def inclusion_proof(self, decision_id: str, tree_size: int | None = None) -> dict[str, Any]:
         with self._engine.connect() as connection:
-            row = connection.execute(
-                select(decisions.c.seq, decisions.c.leaf_hash).where(
-                    decisions.c.decision_id == decision_id
-                )
-            ).first()
+            row = None
+            for table in (decisions, ledger_quarantine):  # a quarantined leaf is in the tree
+                row = connection.execute(
+                    select(table.c.seq, table.c.leaf_hash).where(table.c.decision_id == decision_id)
+                ).first()
+                if row is not None:
+                    break
         if row is None:
             raise LedgerError(f"decision {decision_id} is not in the ledger (yet)")
         seq, stored_hash = int(row[0]), bytes(row[1])
@@ -460,6 +592,13 @@ class Ledger:
         return stored.note if stored else None
 
 
+def _reason(exc: BaseException) -> str:
+    """One line: the driver's own message when there is one (SQL and parameters left out)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text}"[:1000]
+
+
 def _stored(row: Any) -> StoredCheckpoint:
     return StoredCheckpoint(int(row.size), bytes(row.root_hash), row.note, float(row.created_at))
 
@@ -473,6 +612,7 @@ class VerifyReport:
     checkpoints: int = 0
     problems: list[str] | None = None
     unanchored: int = 0  # records after the newest checkpoint: hash-checked, not yet signed
+    quarantined: int = 0  # of `records`: leaves whose row the store refused (ledger_quarantine)
 
     @property
     def ok(self) -> bool:
@@ -484,6 +624,7 @@ class VerifyReport:
             "records": self.records,
             "checkpoints": self.checkpoints,
             "records_after_last_checkpoint": self.unanchored,
+            "quarantined": self.quarantined,
             "problems": self.problems or [],
         }
 
@@ -507,6 +648,9 @@ def verify_ledger(
             _stored(r)
             for r in connection.execute(select(checkpoints).order_by(checkpoints.c.size)).all()
         ]
+        report.quarantined = int(
+            connection.execute(select(func.count()).select_from(ledger_quarantine)).scalar_one()
+        )
     report.checkpoints = len(stored_checkpoints)
     pending = iter(stored_checkpoints)
     next_checkpoint = next(pending, None)
@@ -573,11 +717,15 @@ def verify_ledger(
 
 
 def _stream_records(engine: Engine) -> Iterator[Any]:
+    """Every leaf's (seq, decision id, record, leaf hash) in order, quarantined ones included."""
+    q = ledger_quarantine.c
+    leaves = union_all(
+        select(decisions.c.seq, decisions.c.decision_id, decisions.c.record, decisions.c.leaf_hash),
+        select(q.seq, q.decision_id, q.record, q.leaf_hash),
+    ).subquery()
     with engine.connect() as connection:
         result = connection.execution_options(yield_per=10_000).execute(
-            select(
-                decisions.c.seq, decisions.c.decision_id, decisions.c.record, decisions.c.leaf_hash
-            ).order_by(decisions.c.seq)
+            select(leaves).order_by(leaves.c.seq)
         )
         yield from result
 
@@ -601,12 +749,12 @@ def query_decisions(engine: Engine, query: DecisionQuery) -> list[dict[str, Any]
     """Recent decisions matching every given filter, newest first unless `ascending`."""
     statement = select(decisions.c.seq, decisions.c.record)
     if query.principal:
-        statement = statement.where(decisions.c.principal == query.principal)
+        statement = statement.where(decisions.c.principal == column_text(query.principal, 400))
     if query.decision:
         statement = statement.where(decisions.c.decision == query.decision)
     if query.policy:
         statement = statement.where(
-            decisions.c.policies.contains(f" {query.policy} ", autoescape=True)
+            decisions.c.policies.contains(f" {column_text(query.policy)} ", autoescape=True)
         )
     if query.shadow_mismatch is True:
         statement = statement.where(decisions.c.decision != decisions.c.shadow)
@@ -626,12 +774,20 @@ def query_decisions(engine: Engine, query: DecisionQuery) -> list[dict[str, Any]
 
 
 def get_decision(engine: Engine, decision_id: str) -> dict[str, Any] | None:
+    """The record of `decision_id`; a quarantined one says so (`quarantined`: the reason)."""
     with engine.connect() as connection:
         row = connection.execute(
             select(decisions.c.seq, decisions.c.record).where(
                 decisions.c.decision_id == decision_id
             )
         ).first()
+        if row is None:
+            q = ledger_quarantine.c
+            held = connection.execute(
+                select(q.seq, q.record, q.reason).where(q.decision_id == decision_id)
+            ).first()
+            if held is not None:
+                return {"seq": int(held[0]), **orjson.loads(held[1]), "quarantined": held[2]}
     return None if row is None else {"seq": int(row[0]), **orjson.loads(row[1])}
 
 

@@ -107,6 +107,11 @@ class Metrics:
             "Ledger commits that failed and were retried.",
             registry=r,
         )
+        self.ledger_quarantined = Counter(
+            "trustplane_ledger_quarantined",
+            "Records the store refused as rows, kept in ledger_quarantine (see audit verify).",
+            registry=r,
+        )
         self.checkpoints = Counter(
             "trustplane_ledger_checkpoints", "Signed checkpoints produced.", registry=r
         )

@@ -3,7 +3,9 @@
 `batch`: the caller returns at once; a writer thread commits everything queued at least every
 flush interval. `sync`: the caller waits for the group commit that contains its record (all
 records queued while the previous commit ran go in the next one). A failed commit keeps the
-records queued and retries; a graceful stop drains the queue before returning.
+records queued and retries; a graceful stop drains the queue before returning. A record the
+store refuses is quarantined by the ledger (telemetry/ledger.py) rather than retried, so it never
+blocks the records behind it; `health()` names a ledger that is not draining (/readyz).
 
 The caller builds its record (masking, canonical JSON, leaf hash) when it submits: that work is
 spread evenly over requests, and the writer thread holds the GIL only briefly between SQLite
@@ -57,8 +59,10 @@ class DecisionRecorder:
         flush_interval: float = 0.05,
         checkpoint_interval: float = 1.0,
         sink: LedgerSink | None = None,
+        max_lag: float = 10.0,
     ) -> None:
-        """`sink` commits the batches: by default this process, through `ledger`."""
+        """`sink` commits the batches: by default this process, through `ledger`. `max_lag`:
+        how old the oldest uncommitted record may grow before `health()` reports it."""
         self.ledger = ledger
         self._sink = sink or LocalSink(ledger)
         self.masker = masker
@@ -72,6 +76,10 @@ class DecisionRecorder:
         self._thread: threading.Thread | None = None
         self._last_checkpoint = 0.0
         self._last_flush = 0.0
+        self.max_lag = max_lag
+        self._failure: str | None = None  # the last commit's error, until one succeeds
+        self._inflight: float | None = None  # enqueue time of the oldest record being committed
+        self._quarantined = ledger.quarantined
         self.metrics.ledger_size.set(ledger.size)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -96,6 +104,27 @@ class DecisionRecorder:
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    def health(self) -> str | None:
+        """Why the ledger is not draining (None when it is): the writer is failing or gone, or
+        the oldest record not yet committed is older than `max_lag`."""
+        with self._cond:
+            waiting = len(self._queue)
+            oldest = [
+                t for t in (self._inflight, self._queue[0].enqueued if waiting else None) if t
+            ]
+            thread = self._thread
+        if thread is not None and not thread.is_alive():
+            return "the ledger writer has stopped"
+        if self._failure is not None:
+            return f"ledger commits are failing ({self._failure}); {waiting} records waiting"
+        age = time.monotonic() - min(oldest) if oldest else 0.0
+        if age > self.max_lag:
+            return (
+                f"ledger not draining: the oldest uncommitted record is {age:.0f}s old "
+                f"(limit {self.max_lag:.0f}s); {waiting} records waiting"
+            )
+        return None
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -173,7 +202,9 @@ class DecisionRecorder:
             try:
                 self._flush()
                 backoff = 0.05
-            except Exception:
+                self._failure = None
+            except Exception as exc:
+                self._failure = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
                 self.metrics.ledger_write_failures.inc()
                 log.exception("ledger commit failed; %d records kept for retry", self.pending)
                 time.sleep(backoff)
@@ -214,6 +245,7 @@ class DecisionRecorder:
             with self._cond:
                 take = min(len(self._queue), _MAX_BATCH, due)
                 batch = [self._queue.popleft() for _ in range(take)]
+                self._inflight = batch[0].enqueued if batch else None
             due -= take
             try:
                 entries = [p.entry for p in batch]
@@ -221,9 +253,14 @@ class DecisionRecorder:
             except Exception:
                 with self._cond:
                     self._queue.extendleft(reversed(batch))  # keep order, retry later
+                    self._inflight = None
                 self._update_gauges()
                 raise
+            self._inflight = None
             self.metrics.ledger_size.set(size)
+            if self.ledger.quarantined != self._quarantined:
+                self.metrics.ledger_quarantined.inc(self.ledger.quarantined - self._quarantined)
+                self._quarantined = self.ledger.quarantined
             for pending in batch:
                 if pending.waiter is not None:
                     pending.waiter()

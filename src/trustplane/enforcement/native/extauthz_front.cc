@@ -20,12 +20,15 @@
 // no other process can reach the serving process through it.
 //
 // Wire format on the socket, little-endian:
-//   call   → u32 length, u64 id, u16 peer length, peer (grpc's "ipv4:a.b.c.d:port"), message
+//   call   → u32 length, u64 id, u16 peer length, peer (grpc's "ipv4:a.b.c.d:port"),
+//            u16 credential length, credential (the call's `authorization` metadata, which
+//            authenticates the calling PEP; empty when absent), message
 //   answer ← u32 length, u64 id, u8 kind (0: message is a CheckResponse; 1: message is an
 //            error text, the call ends INVALID_ARGUMENT), message
 // `length` counts the bytes after itself.
 //
-// Usage: trustplane-extauthz --listen HOST:PORT --backend-fd FD [--timeout-ms N]
+// Usage: trustplane-extauthz --listen HOST:PORT --backend-fd FD --max-frame BYTES [--timeout-ms N]
+// The frame limit is the serving process's (native.py MAX_FRAME), passed here so it lives in one place.
 // Prints "ready PORT" on stdout once it serves; exits when stdin closes (its parent is gone).
 
 #include <grpcpp/generic/async_generic_service.h>
@@ -56,13 +59,13 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 const char kMethod[] = "/envoy.service.auth.v3.Authorization/Check";
-constexpr uint32_t kMaxFrame = 8u << 20;  // above grpc's 4 MiB receive limit
 constexpr size_t kMaxQueued = 16u << 20;  // calls not yet written to a serving process that lags
 
 struct Args {
   std::string listen;
   int backend_fd = -1;
   int timeout_ms = 5000;
+  int max_frame = 0;
 };
 
 [[noreturn]] void Fail(const std::string& message) {
@@ -90,6 +93,8 @@ Args Parse(int argc, char** argv) {
       args.listen = value;
     } else if (flag == "--backend-fd") {
       args.backend_fd = Number(flag, value);
+    } else if (flag == "--max-frame") {
+      args.max_frame = Number(flag, value);
     } else if (flag == "--timeout-ms") {
       args.timeout_ms = Number(flag, value);
     } else {
@@ -98,6 +103,7 @@ Args Parse(int argc, char** argv) {
   }
   if (args.listen.empty() || args.backend_fd < 0) Fail("--listen and --backend-fd are required");
   if (args.timeout_ms <= 0) Fail("--timeout-ms must be positive");
+  if (args.max_frame < 9) Fail("--max-frame is required (at least 9 bytes)");
   return args;
 }
 
@@ -118,7 +124,8 @@ class CheckReactor;
 // The one connection to the serving process, and the calls waiting for its answer.
 class Backend {
  public:
-  Backend(int fd, int timeout_ms) : fd_(fd), timeout_ms_(timeout_ms) {}
+  Backend(int fd, int timeout_ms, uint32_t max_frame)
+      : fd_(fd), timeout_ms_(timeout_ms), max_frame_(max_frame) {}
 
   void Start() {
     std::thread([this] { Run(); }).detach();
@@ -128,7 +135,8 @@ class Backend {
   // Queues a call for the serving process; false if it cannot be (not connected, or the
   // queue is full because the serving process is not reading): the caller then fails closed.
   // Never blocks, so gRPC's threads keep serving (and timing out) whatever the socket does.
-  bool Send(uint64_t id, CheckReactor* call, const std::string& peer, const std::string& message);
+  bool Send(uint64_t id, CheckReactor* call, const std::string& peer,
+            const std::string& credential, const std::string& message);
   // The answer of `id` no longer matters (the call was cancelled or timed out).
   CheckReactor* Take(uint64_t id);
 
@@ -146,6 +154,7 @@ class Backend {
 
   int fd_;
   int timeout_ms_;
+  uint32_t max_frame_;  // answers longer than this are not our peer's framing
   std::mutex mu_;  // guards waiting_ and lost_
   bool lost_ = false;
   std::map<uint64_t, Waiting> waiting_;
@@ -173,7 +182,11 @@ class CheckReactor final : public grpc::ServerGenericBidiReactor {
       return;
     }
     for (const auto& s : slices) message.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    if (!backend_->Send(id_, this, ctx_->peer(), message)) {
+    std::string credential;
+    const auto& metadata = ctx_->client_metadata();
+    auto found = metadata.find("authorization");
+    if (found != metadata.end()) credential.assign(found->second.data(), found->second.size());
+    if (!backend_->Send(id_, this, ctx_->peer(), credential, message)) {
       End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "trustplane decision service unavailable"));
     }
   }
@@ -211,15 +224,20 @@ class CheckReactor final : public grpc::ServerGenericBidiReactor {
 };
 
 bool Backend::Send(uint64_t id, CheckReactor* call, const std::string& peer,
-                   const std::string& message) {
+                   const std::string& credential, const std::string& message) {
   std::string frame;
   uint16_t peer_len = static_cast<uint16_t>(std::min<size_t>(peer.size(), 0xffff));
-  frame.reserve(4 + 8 + 2 + peer_len + message.size());
-  PutU32(frame, static_cast<uint32_t>(8 + 2 + peer_len + message.size()));
+  // A credential longer than 64 KiB is no PEP's: sent empty, the call is judged without one.
+  uint16_t credential_len = credential.size() <= 0xffff ? static_cast<uint16_t>(credential.size()) : 0;
+  frame.reserve(4 + 8 + 2 + peer_len + 2 + credential_len + message.size());
+  PutU32(frame, static_cast<uint32_t>(8 + 2 + peer_len + 2 + credential_len + message.size()));
   PutU64(frame, id);
   frame.push_back(static_cast<char>(peer_len & 0xff));
   frame.push_back(static_cast<char>(peer_len >> 8));
   frame.append(peer, 0, peer_len);
+  frame.push_back(static_cast<char>(credential_len & 0xff));
+  frame.push_back(static_cast<char>(credential_len >> 8));
+  frame.append(credential, 0, credential_len);
   frame.append(message);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -305,7 +323,7 @@ void Backend::ReadAnswers(int fd) {
     while (buffer.size() - at >= 4) {
       const auto* head = reinterpret_cast<const unsigned char*>(buffer.data() + at);
       uint32_t length = static_cast<uint32_t>(GetU(head, 4));
-      if (length < 9 || length > kMaxFrame) return;  // not our peer's framing: reconnect
+      if (length < 9 || length > max_frame_) return;  // not our peer's framing: reconnect
       if (buffer.size() - at < 4 + static_cast<size_t>(length)) break;
       uint64_t id = GetU(head + 4, 8);
       int kind = head[12];
@@ -385,7 +403,7 @@ void CloseInherited(int keep) {
 int main(int argc, char** argv) {
   Args args = Parse(argc, argv);
   CloseInherited(args.backend_fd);
-  Backend backend(args.backend_fd, args.timeout_ms);
+  Backend backend(args.backend_fd, args.timeout_ms, static_cast<uint32_t>(args.max_frame));
   backend.Start();
   ExtAuthz service(&backend);
   int port = 0;

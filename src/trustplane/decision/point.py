@@ -1,49 +1,73 @@
 """The decision path: active bundle → evaluate → metrics → ledger. Reads memory only.
 
-Every adapter (AuthZEN today; Envoy, forward-auth and admission later) answers through here, so
-every decision is counted and recorded the same way.
+Every adapter (AuthZEN, Envoy, forward-auth, admission) answers through here, so every decision
+is counted and recorded the same way. It is built from its collaborators, not from the server's
+runtime, so it can be tested alone and no plane has to import the server.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 from trustplane.decision.bundle import Bundle
+from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.routes import RouteTable
-from trustplane.model import AccessRequest, Decision, Effect, refusal
-from trustplane.recovery.revocation import Revocation
-from trustplane.server.runtime import Runtime
+from trustplane.model import AccessRequest, Decision, Effect, Elevation, refusal
+from trustplane.recovery.revocation import Revocation, RevocationList
+from trustplane.telemetry.metrics import Metrics
+from trustplane.telemetry.recorder import DecisionRecorder
 
 NO_BUNDLE = "no active policy bundle: denying by default"
 
 
+class ActiveBundle(Protocol):
+    """Whatever holds the bundle being served (decision/manager.py's BundleManager)."""
+
+    active: LoadedBundle | None
+
+
 class PolicyDecisionPoint:
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-        self._metrics = runtime.metrics
-        self._recorder = runtime.recorder
+    def __init__(
+        self,
+        *,
+        bundles: ActiveBundle,
+        revocations: RevocationList,
+        elevation: Callable[[AccessRequest], Elevation | None],
+        recorder: DecisionRecorder,
+        metrics: Metrics,
+    ) -> None:
+        """`elevation(request)`: the grants and exceptions held for the request's flow
+        (governance/state.py), looked up in memory on every evaluation."""
+        self._bundles = bundles
+        self._revocations = revocations
+        self._elevation = elevation
+        self._metrics = metrics
+        self._recorder = recorder
         # Labelled children resolved once: `.labels()` costs more than the increment.
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
 
     def active_bundle(self) -> Bundle | None:
-        active = self._runtime.bundles.active
+        active = self._bundles.active
         return None if active is None else active.bundle
 
     def revoked_credential(self, token_id: str | None) -> Revocation | None:
         """The revocation of a credential (by its JWT id), if any."""
-        return self._runtime.revocations.credential(token_id)
+        return self._revocations.credential(token_id)
 
     def revoked_certificate(self, serial: str | int | None) -> Revocation | None:
         """The revocation of an X.509 certificate (by serial number), if any."""
-        return self._runtime.revocations.certificate(serial)
+        return self._revocations.certificate(serial)
 
     def routes(self) -> RouteTable | None:
         """The active bundle's route mapping (routes.yaml), if it has one."""
-        active = self._runtime.bundles.active
+        active = self._bundles.active
         return None if active is None else active.bundle.routes
 
     def evaluate(self, request: AccessRequest) -> Decision:
-        active = self._runtime.bundles.active
-        revocations = self._runtime.revocations
+        active = self._bundles.active
+        revocations = self._revocations
         # The epoch goes in every decision: caches outside this process compare it to drop
         # answers given before a revocation.
         epoch = revocations.epoch
@@ -58,7 +82,7 @@ class PolicyDecisionPoint:
             decision = refusal(NO_BUNDLE, None, epoch)
         else:
             # Grants and exceptions from memory; the evaluator checks their windows itself.
-            elevation = self._runtime.governance.state.elevation(request)
+            elevation = self._elevation(request)
             decision = active.evaluator.evaluate(
                 request, revocation_epoch=epoch, elevation=elevation
             )
@@ -74,11 +98,11 @@ class PolicyDecisionPoint:
     async def refuse(self, request: AccessRequest, reason: str) -> Decision:
         """A deny settled before any policy is asked (no valid credential, no route), counted
         and recorded like every other decision."""
-        active = self._runtime.bundles.active
+        active = self._bundles.active
         decision = refusal(
             reason,
             active.bundle.revision if active is not None else None,
-            self._runtime.revocations.epoch,
+            self._revocations.epoch,
         )
         self._observe(decision)
         await self._recorder.record(request, decision)
