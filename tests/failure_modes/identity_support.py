@@ -20,14 +20,6 @@ from trustplane.identity.kek import new_kek
 TRUST_DOMAIN = "example.test"
 
 
-def kek_file(directory: Path) -> Path:
-    """A key-encryption key only its owner can read, beside (not in) the state directory."""
-    path = directory / "identity.kek"
-    path.write_text(new_kek())
-    path.chmod(0o600)
-    return path
-
-
 @contextlib.contextmanager
 def identity_server(state: Path, database_url: str, **settings: Any) -> Iterator[Server]:
     """`trustplane serve` of the shop with the identity plane (and a Workload API socket when

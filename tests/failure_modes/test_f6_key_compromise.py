@@ -176,3 +176,42 @@ def test_checkpoint_key_rotation_keeps_old_checkpoints_verifying(
     alone = run_cli("audit", "verify", "--json", "--key", keys["verifier_key"], env=env)
     assert alone.returncode == 1
     assert any("checkpoint at size 3" in p for p in json.loads(alone.stdout)["problems"])
+
+
+def test_the_serving_certificate_of_a_compromised_ca_is_replaced_at_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    """HTTPS from the trust-domain CA (tls_from_ca): after an emergency rotation the serving
+    certificate the compromised CA signed is replaced at the next look, not at half its life."""
+    from cryptography import x509 as x509_
+
+    from trustplane.config import Settings
+    from trustplane.identity.kek import new_kek
+    from trustplane.identity.service import IdentityService
+    from trustplane.server.tls import CaServingCertificate
+    from trustplane.store.database import create_store_engine, migrate
+
+    settings = Settings(
+        trust_domain=TRUST_DOMAIN,
+        identity_kek=new_kek(),
+        state_dir=tmp_path / "state",
+        database_url=database_url,
+        tls_from_ca=True,
+        tls_dns_names=["127.0.0.1"],
+    )
+    engine = create_store_engine(database_url)
+    migrate(engine)
+    try:
+        service = IdentityService(settings, engine)
+        service.key_store.initialise()
+        serving = CaServingCertificate(settings)
+        assert serving.renew_if_due() == "there is none yet"
+        assert serving.renew_if_due() is None, "fresh: nothing to do"
+        before = x509_.load_pem_x509_certificate(serving.path.read_bytes())
+        service.key_store.emergency(None)
+        assert serving.renew_if_due() == "its CA is no longer published (retired or compromised)"
+        after = x509_.load_pem_x509_certificate(serving.path.read_bytes())
+        assert after.serial_number != before.serial_number
+        assert serving.renew_if_due() is None
+    finally:
+        engine.dispose()

@@ -312,7 +312,8 @@ def inventory_cmd(
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Every identity issued or seen, flagged: no owner, unused, long-lived credentials."""
+    """Every identity issued or seen, flagged: no owner, unused, long-lived credentials, and
+    drift from the registration entries (unregistered, foreign_trust_domain, not_observed)."""
     settings = _ctx(ctx).settings()
     path = f"/v1/identity/inventory?unused_days={unused_days}&long_lived_seconds={long_lived}"
     doc = _admin(settings, "GET", path, url)
@@ -329,8 +330,8 @@ def inventory_cmd(
             item["principal"],
             item["kind"],
             item["owner"] or "",
-            _when(item["first_seen"]),
-            _when(item["last_seen"]),
+            _when(item["first_seen"]) if item["first_seen"] else "never",
+            _when(item["last_seen"]) if item["last_seen"] else "never",
             f"{item['max_lifetime_seconds']}s",
             f"[yellow]{flags}[/]" if flags else "",
         )

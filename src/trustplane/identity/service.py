@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from trustplane.config import Settings
 from trustplane.identity.entries import EntryIndex, EntryStore, RegistrationEntry
-from trustplane.identity.inventory import Inventory
+from trustplane.identity.inventory import DriftCheck, Inventory
 from trustplane.identity.kek import Kek, load_kek
 from trustplane.identity.keys import IdentityKeys, KeySet
 from trustplane.telemetry.metrics import Metrics
@@ -61,6 +61,15 @@ class IdentityService:
         )
         # not_after of the X.509-SVID each open Workload API stream last pushed, by stream
         self.held_svids: dict[int, float] = {}
+        self.drift = DriftCheck(
+            settings.trust_domain,
+            lambda: (
+                self.entries.generation,
+                (str(e.spiffe_id) for e in self.entries.snapshot()),
+            ),
+            [rule.spiffe_id for rule in settings.token_exchange_rules],
+        )
+        self._drift_reported: set[tuple[str, str]] = set()
         self.entry_store = EntryStore(engine, settings.trust_domain, settings.svid_max_ttl_seconds)
         self.entries = EntryIndex(self.entry_store)
         self.inventory = inventory or Inventory(engine)
@@ -94,6 +103,27 @@ class IdentityService:
         keys = self.key_store.load()
         if keys.x509_signer is not None and keys.jwt_signer is not None:
             self._keys = keys
+
+    def observe(self, spiffe_id: str) -> str | None:
+        """A SPIFFE ID seen in use (at an enforcement point): its drift from the registration
+        entries, if any, counted every time and logged once per identity."""
+        kind = self.drift.kind(spiffe_id)
+        if kind is None:
+            return None
+        if self.metrics is not None:
+            self.metrics.identity_drift.labels(kind).inc()
+        if (spiffe_id, kind) not in self._drift_reported:
+            if len(self._drift_reported) >= 10_000:
+                self._drift_reported.clear()  # bounded: a flood of made-up IDs logs again
+            self._drift_reported.add((spiffe_id, kind))
+            log.warning(
+                "identity drift: %s is in use but %s",
+                spiffe_id,
+                "no registration entry or token-exchange rule names it"
+                if kind == "unregistered"
+                else f"it is not of trust domain {self.trust_domain}",
+            )
+        return kind
 
     def x509_ttl(self, entry: RegistrationEntry) -> int:
         return entry.x509_ttl_seconds or self.settings.x509_svid_ttl_seconds

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from trustplane.identity.bundle import oidc_discovery, oidc_jwks, spiffe_bundle
 from trustplane.identity.entries import EntryError
 from trustplane.identity.exchange import ExchangeError, TokenExchange
-from trustplane.identity.inventory import inventory_report
+from trustplane.identity.inventory import DriftCheck, inventory_report
 from trustplane.identity.keys import KeyKind, RotationError
 from trustplane.identity.service import IdentityService
 from trustplane.identity.tokens import TokenVerifier
@@ -237,6 +237,15 @@ class IdentityApi:
                         [{"pointer": name, "detail": "must be a number", "code": "invalid"}],
                     ) from None
         await run_in_threadpool(self._runtime.inventory.flush)
+        service = self._runtime.identity
+        if service is not None:  # drift: registered entries against identities in use
+            entries = await run_in_threadpool(service.entry_store.list)
+            options["registered"] = [(str(e.spiffe_id), e.owner) for e in entries]
+            options["drift"] = DriftCheck(
+                service.trust_domain,
+                lambda: (0, [spiffe_id for spiffe_id, _ in options["registered"]]),
+                [rule.spiffe_id for rule in self._runtime.settings.token_exchange_rules],
+            )
         items = await run_in_threadpool(lambda: inventory_report(self._runtime.engine, **options))
         return json_response({"identities": [i.as_dict() for i in items]})
 

@@ -312,6 +312,8 @@ class Runtime:
             kind = "ci" if credential.issuer in self._ci_issuers else "human"
             principal = f"{credential.issuer}#{credential.subject}"
         self.inventory.seen(principal, kind, "", credential.lifetime_seconds)
+        if self.identity is not None and credential.subject.startswith("spiffe://"):
+            self.identity.observe(credential.subject)  # drift from the registration entries
 
     def check_admin_token(self, token: str) -> bool:
         digest = hashlib.sha256(token.encode()).hexdigest()

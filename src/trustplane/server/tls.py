@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from trustplane.config import ConfigError, Settings
 from trustplane.identity.kek import KekError, load_kek
-from trustplane.identity.keys import IdentityKeys, KeySet
+from trustplane.identity.keys import IdentityKeys, KeySet, published_ca_certificates
 from trustplane.identity.serving import issue_serving_certificate, subject_alt_names
 from trustplane.identity.svid import SvidError
 from trustplane.store.database import create_store_engine
@@ -96,7 +97,26 @@ class CaServingCertificate:
             return "it names no hosts"
         if set(san.value) != self._names:
             return "tls_dns_names changed"
+        if not self._issuer_published(certificate):
+            return "its CA is no longer published (retired or compromised)"
         return None
+
+    def _issuer_published(self, certificate: x509.Certificate) -> bool:
+        """Whether a CA still in the bundles signed `certificate`: after an emergency
+        rotation the certificate a compromised CA signed is replaced at the next look, not at
+        half its life."""
+        engine = create_store_engine(self._settings.effective_database_url)
+        try:
+            published = published_ca_certificates(engine)
+        finally:
+            engine.dispose()
+        for pem in published:
+            try:
+                certificate.verify_directly_issued_by(x509.load_pem_x509_certificate(pem.encode()))
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+        return False
 
     def renew_if_due(self, now: float | None = None) -> str | None:
         """Issue and write a new certificate when one is due; returns why it did, or None."""

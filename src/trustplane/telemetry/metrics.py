@@ -133,6 +133,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self.identity_drift = Counter(
+            "trustplane_identity_drift",
+            "SPIFFE IDs seen in use that drift from the registration entries, by kind "
+            "(unregistered, foreign_trust_domain); one count per sighting.",
+            ["kind"],
+            registry=r,
+        )
         # governance/: elevated access in force, and break-glass that must be loud.
         self.grants_active = Gauge(
             "trustplane_grants_active",
