@@ -19,6 +19,7 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -264,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DOCS, help="markdown file to update")
     parser.add_argument("--label", default="", help="a line saying what this run is")
     args = parser.parse_args(argv)
+    # Ctrl-C (or kill -INT) stops the run and its servers cleanly, even when started with `&`
+    # by a shell that ignores SIGINT in background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     if "postgres" in backends and not pg_available():
         parser.error("PostgreSQL at 127.0.0.1:5432 is unreachable")

@@ -279,11 +279,12 @@ class HttpFuzzer:
         mode: GenerationMode,
     ) -> None:
         tally.case()
-        reproduction = _curl(case, self.target.url, admin)
+        if headers is not None:  # authenticated fuzz: the token replaces any generated one
+            kept = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+            case.headers = {**kept, **headers}
+        reproduction = _curl(case, self.target.url, self.target.token)
         try:
-            response = case.call(
-                base_url=self.target.url, session=self.session, headers=headers, timeout=30
-            )
+            response = case.call(base_url=self.target.url, session=self.session, timeout=30)
         except requests.RequestException as exc:
             tally.statuses["no answer"] += 1
             tally.violations.append(
@@ -334,14 +335,12 @@ def _allowed_evaluations(response: Any) -> bool:
     return False
 
 
-def _curl(case: Any, base_url: str, admin: bool) -> str:
+def _curl(case: Any, base_url: str, token: str) -> str:
     try:
         command = case.as_curl_command(base_url=base_url)
     except Exception as exc:  # reproduction is best effort; the finding still counts
         command = f"{case!r} ({type(exc).__name__} building curl)"
-    if admin:
-        command += "  # with -H 'Authorization: Bearer <admin token>'"
-    return command[:1500]
+    return command.replace(token, "<admin token>")[:1500]
 
 
 # -- gRPC ext_authz Check --------------------------------------------------------------------
