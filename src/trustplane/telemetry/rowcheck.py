@@ -61,9 +61,9 @@ def query_columns(record: Mapping[str, Any]) -> tuple[Any, ...]:
             columns = (
                 record["decision_id"],
                 kind,
-                _entity(request.get("principal")),
-                _entity(request.get("action")),
-                _entity(request.get("resource")),
+                _entity(request, "principal"),
+                _entity(request, "action"),
+                _entity(request, "resource"),
                 record["decision"],
                 record["shadow"],
                 # ' id1 id2 ' (each id once, in order): `--policy X` matches on ' X '.
@@ -91,13 +91,11 @@ def query_columns(record: Mapping[str, Any]) -> tuple[Any, ...]:
     return columns
 
 
-def _entity(doc: Any) -> str:
+def _entity(request: Mapping[str, Any], name: str) -> str:
     """`Type::"id"` as the request named it; empty when masking erased the type or id (what
     the ledger does not hold, a query cannot find)."""
     try:
-        kind, ident = doc["type"], doc["id"]
+        doc = request[name]
+        return f'{doc["type"]}::"{doc["id"]}"'[:COLUMN_LIMIT]
     except (KeyError, TypeError):
         return ""
-    if type(kind) is not str or type(ident) is not str:
-        return ""
-    return f'{kind}::"{ident}"'[:COLUMN_LIMIT]
