@@ -141,7 +141,8 @@ def test_records_after_the_last_checkpoint_are_reported_not_yet_proven(
 
     tail = verify(env)
     assert "✓ ledger intact: 9 records" in tail
-    assert "4 records not yet proven: seq 5..8 (after the newest checkpoint (size 5" in tail
+    assert "4 records not yet proven: seq 5..8; they come after the newest checkpoint" in tail
+    assert "(size 5, signed 20" in tail
 
     # The two newest records are deleted: nothing signed covered them. Verify cannot see the
     # removal, but it says which records it could not prove, and can refuse to pass.

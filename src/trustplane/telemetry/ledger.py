@@ -500,17 +500,16 @@ class VerifyReport:
             return ""
         first, last = self.unproven_range or (0, 0)
         newest = self.newest_checkpoint
-        after = (
-            f"the newest checkpoint (size {newest.size}, signed {rfc3339(newest.created_at)})"
-            if newest is not None and newest.size == self.proven
-            else "the newest checkpoint that verified"
-            if self.proven
-            else "no signed checkpoint yet"
-        )
+        if not self.proven:
+            where = "no checkpoint covers any record yet"
+        elif newest is not None and newest.size == self.proven:
+            signed = rfc3339(newest.created_at)
+            where = f"they come after the newest checkpoint (size {newest.size}, signed {signed})"
+        else:
+            where = f"they come after the newest checkpoint that verified (size {self.proven})"
         return (
-            f"{self.unanchored} records not yet proven: seq {first}..{last} "
-            f"({'after ' if self.proven else ''}{after}); their removal would go unnoticed "
-            "until a checkpoint covers them"
+            f"{self.unanchored} records not yet proven: seq {first}..{last}; {where}; "
+            "removing them would go unnoticed until a checkpoint covers them"
         )
 
     def as_dict(self) -> dict[str, Any]:
