@@ -152,7 +152,11 @@ class Settings(BaseSettings):
     )
     flush_interval_ms: int = Field(50, ge=1, le=1000, description="Ledger flush interval.")
     checkpoint_interval_ms: int = Field(
-        1000, ge=100, le=60_000, description="Checkpoint signing interval while decisions flow."
+        1000,
+        ge=100,
+        le=60_000,
+        description="Interval between signed checkpoints, each covering every record in the "
+        "store (a clean stop signs one too): how long a record can stay not yet proven.",
     )
     ledger_ready_max_lag_ms: int = Field(
         10_000,

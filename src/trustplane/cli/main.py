@@ -21,6 +21,7 @@ import cedarpy
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import func, select
@@ -761,9 +762,17 @@ def audit_verify(
             help="Checkpoint verifier key (default: every key in state_dir/ledger.pub).",
         ),
     ] = None,
+    require_checkpointed: Annotated[
+        bool,
+        typer.Option(
+            "--require-checkpointed",
+            help="Fail when any record is not yet covered by a signed checkpoint.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recompute the Merkle tree from the store and check every signed checkpoint."""
+    """Recompute the Merkle tree from the store, check every signed checkpoint and every
+    record's query columns; report the records no checkpoint covers yet."""
     settings = _ctx(ctx).settings()
     try:
         verifier = load_verifier(settings, key)
@@ -784,7 +793,10 @@ def audit_verify(
     ) as progress:
         task = progress.add_task("verify", total=total)
         report = verify_ledger(
-            engine, verifier, progress=lambda n: progress.update(task, completed=n)
+            engine,
+            verifier,
+            progress=lambda n: progress.update(task, completed=n),
+            require_checkpointed=require_checkpointed,
         )
     elapsed = time.perf_counter() - started
     engine.dispose()
@@ -792,16 +804,13 @@ def audit_verify(
         _emit_json({**report.as_dict(), "seconds": round(elapsed, 3)})
     else:
         for problem in report.problems or []:
-            out.print(f"[red]✗[/] {problem}")
-        status = "[green]✓ ledger intact[/]" if report.ok else "[red]✗ ledger tampered[/]"
+            out.print(f"[red]✗[/] {escape(problem)}", highlight=False)
+        if report.not_listed:
+            out.print(f"[red]✗[/] … and {report.not_listed} more problems not listed")
+        status = "[green]✓ ledger intact[/]" if report.intact else "[red]✗ ledger tampered[/]"
         out.print(
             f"{status}: {report.records} records, {report.checkpoints} checkpoints "
-            f"verified in {elapsed:.2f}s"
-            + (
-                f"; {report.unanchored} records after the newest checkpoint"
-                if report.unanchored
-                else ""
-            )
+            f"verified in {elapsed:.2f}s; {report.proven} records proven by a signed checkpoint"
             + (
                 f"; {report.quarantined} quarantined (kept in ledger_quarantine: the store "
                 "refused them as rows)"
@@ -809,6 +818,14 @@ def audit_verify(
                 else ""
             )
         )
+        if report.unanchored:
+            mark = "[red]✗[/]" if require_checkpointed else "[yellow]![/]"
+            out.print(f"{mark} {report.unproven_line()}", highlight=False)
+            if require_checkpointed:
+                out.print(
+                    "[red]✗ not every record is checkpointed[/] (--require-checkpointed)",
+                    highlight=False,
+                )
     if not report.ok:
         raise typer.Exit(1)
 

@@ -47,6 +47,7 @@ from trustplane.telemetry.checkpoint import (
 )
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.merkle import Frontier, MerkleTree, ProofError, leaf_hash
+from trustplane.telemetry.rowcheck import QUERY_COLUMNS, RecordError, query_columns
 
 log = logging.getLogger("trustplane.ledger")
 
@@ -201,26 +202,31 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
     pep = CALLING_PEP.get()
     if pep is not None:  # asked through a decision endpoint: which enforcement point asked
         record["pep"] = pep
-    named = determining + shadow_ids + changed_ids
     if decision.grant_ids:  # decisions under a grant: `access activity GRANT` finds them
         record["grants"] = list(decision.grant_ids)
-        named += [f"grant:{g}" for g in decision.grant_ids]
     if decision.exception_ids:
         record["exceptions"] = list(decision.exception_ids)
-        named += [f"exception:{e}" for e in decision.exception_ids]
+    return _entry(record, decision.timestamp)
+
+
+def _entry(record: dict[str, Any], ts: float) -> LedgerEntry:
+    """The record's leaf and the query columns derived from it by `rowcheck.query_columns`,
+    the function `audit verify` checks stored columns with."""
     data = _record_bytes(record)
-    policies = dict.fromkeys(named)
+    decision_id, kind, principal, action, resource, effect, shadow, policies, revision = (
+        query_columns(record)
+    )
     return LedgerEntry(
-        decision_id=decision.decision_id,
-        ts=decision.timestamp,
-        kind="decision",
-        principal=str(request.principal),
-        action=str(request.action),
-        resource=str(request.resource),
+        decision_id=decision_id,
+        ts=ts,
+        kind=kind,
+        principal=principal,
+        action=action,
+        resource=resource,
         decision=effect,
         shadow=shadow,
-        policies=" " + " ".join(policies) + " " if policies else " ",
-        revision=decision.revision,
+        policies=policies,
+        revision=revision,
         record=data,
         leaf_hash=leaf_hash(data),
     )
@@ -257,21 +263,7 @@ def admin_entry(
         "decision": effect,
         "details": details or {},
     }
-    data = _record_bytes(record)
-    return LedgerEntry(
-        decision_id=record_id,
-        ts=ts,
-        kind="admin",
-        principal=actor,
-        action=action,
-        resource=target,
-        decision=effect,
-        shadow=effect,
-        policies=" " + " ".join(f"admin:{action}".split()) + " ",
-        revision=None,
-        record=data,
-        leaf_hash=leaf_hash(data),
-    )
+    return _entry(record, ts)
 
 
 @dataclass(frozen=True)
@@ -360,14 +352,16 @@ class Ledger:
         return start, first + second if contiguous else -1
 
     def _append_once(self, entries: Sequence[LedgerEntry], skip_recorded: bool) -> tuple[int, int]:
-        with self._append_lock, self._engine.begin() as connection:
-            start = self._locked(connection)
-            if skip_recorded:
-                entries = self._not_recorded(connection, entries)
-            self._insert(connection, entries, start)
-            # Leaves join the in-memory tree only once the commit below has succeeded.
-        for entry in entries:
-            self._tree.append(entry.leaf_hash)
+        with self._append_lock:
+            with self._engine.begin() as connection:
+                start = self._locked(connection)
+                if skip_recorded:
+                    entries = self._not_recorded(connection, entries)
+                self._insert(connection, entries, start)
+            # Leaves join the in-memory tree only once the commit above has succeeded, and
+            # under the lock, so a concurrent `checkpoint()` catching up cannot load them twice.
+            for entry in entries:
+                self._tree.append(entry.leaf_hash)
         return start, len(entries)
 
     def _locked(self, connection: Connection) -> int:
@@ -389,21 +383,22 @@ class Ledger:
         """Keep a record the store refused as a row: its leaf takes the next place in the tree,
         its canonical bytes and the reason go to `ledger_quarantine`."""
         reason = _reason(exc)
-        with self._append_lock, self._engine.begin() as connection:
-            seq = self._locked(connection)
-            if skip_recorded and not self._not_recorded(connection, [entry]):
-                return seq, 0
-            connection.execute(
-                insert(ledger_quarantine).values(
-                    seq=seq,
-                    decision_id=column_text(entry.decision_id, 64),
-                    record=entry.record,
-                    leaf_hash=entry.leaf_hash,
-                    reason=column_text(reason, 2000),
-                    created_at=time.time(),
+        with self._append_lock:
+            with self._engine.begin() as connection:
+                seq = self._locked(connection)
+                if skip_recorded and not self._not_recorded(connection, [entry]):
+                    return seq, 0
+                connection.execute(
+                    insert(ledger_quarantine).values(
+                        seq=seq,
+                        decision_id=column_text(entry.decision_id, 64),
+                        record=entry.record,
+                        leaf_hash=entry.leaf_hash,
+                        reason=column_text(reason, 2000),
+                        created_at=time.time(),
+                    )
                 )
-            )
-        self._tree.append(entry.leaf_hash)
+            self._tree.append(entry.leaf_hash)  # under the lock, as in _append_once
         self.quarantined += 1
         log.error(
             "ledger record %s (seq %d) quarantined: the store refused it as a row: %s",
@@ -482,8 +477,11 @@ class Ledger:
     # -- checkpoints --------------------------------------------------------------------------
 
     def checkpoint(self, force: bool = False) -> StoredCheckpoint | None:
-        """Sign and store a checkpoint of the current tree if it grew since the last one."""
-        size = self._tree.size
+        """Sign and store a checkpoint of every record in the store (this process's and any
+        other appender's) if the tree grew since the last one signed here."""
+        with self._append_lock:
+            self._catch_up()  # leaves another worker, replica or process committed
+            size = self._tree.size
         if size == self._last_checkpoint_size and not force:
             return None
         root = self._tree.root(size)
@@ -608,24 +606,75 @@ def _stored(row: Any) -> StoredCheckpoint:
 
 @dataclass
 class VerifyReport:
+    """What `audit verify` found. `problems` are signs of tampering; records after the newest
+    checkpoint that matched (`unanchored`) are hash- and column-checked but not yet proven: a
+    signed checkpoint would show their removal, nothing shows it before one is signed."""
+
     records: int = 0
     checkpoints: int = 0
     problems: list[str] | None = None
-    unanchored: int = 0  # records after the newest checkpoint: hash-checked, not yet signed
+    unanchored: int = 0  # records after the newest checkpoint that verified: not yet proven
     quarantined: int = 0  # of `records`: leaves whose row the store refused (ledger_quarantine)
+    proven: int = 0  # records covered by that checkpoint
+    newest_checkpoint: StoredCheckpoint | None = None
+    column_mismatches: list[dict[str, Any]] | None = None
+    not_listed: int = 0  # problems beyond `max_problems`, counted only
+    require_checkpointed: bool = False
+
+    @property
+    def intact(self) -> bool:
+        """Nothing altered, inserted or removed as far as the records and checkpoints show."""
+        return not self.problems and not self.not_listed
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return self.intact and not (self.require_checkpointed and self.unanchored)
+
+    @property
+    def unproven_range(self) -> tuple[int, int] | None:
+        """First and last sequence number not yet under a checkpoint, if any."""
+        return (self.proven, self.records - 1) if self.unanchored else None
+
+    def unproven_line(self) -> str:
+        """One line on the records no checkpoint covers yet (empty when there are none)."""
+        if not self.unanchored:
+            return ""
+        first, last = self.unproven_range or (0, 0)
+        newest = self.newest_checkpoint
+        if not self.proven:
+            where = "no checkpoint covers any record yet"
+        elif newest is not None and newest.size == self.proven:
+            signed = rfc3339(newest.created_at)
+            where = f"they come after the newest checkpoint (size {newest.size}, signed {signed})"
+        else:
+            where = f"they come after the newest checkpoint that verified (size {self.proven})"
+        return (
+            f"{self.unanchored} records not yet proven: seq {first}..{last}; {where}; "
+            "removing them would go unnoticed until a checkpoint covers them"
+        )
 
     def as_dict(self) -> dict[str, Any]:
+        span = self.unproven_range
         return {
             "ok": self.ok,
+            "intact": self.intact,
             "records": self.records,
             "checkpoints": self.checkpoints,
+            "newest_checkpoint": (
+                None if self.newest_checkpoint is None else self.newest_checkpoint.as_dict()
+            ),
+            "proven_records": self.proven,
             "records_after_last_checkpoint": self.unanchored,
             "quarantined": self.quarantined,
+            "not_yet_proven": {
+                "records": self.unanchored,
+                "first_seq": span[0] if span else None,
+                "last_seq": span[1] if span else None,
+            },
+            "require_checkpointed": self.require_checkpointed,
             "problems": self.problems or [],
+            "problems_not_listed": self.not_listed,
+            "column_mismatches": self.column_mismatches or [],
         }
 
 
@@ -635,14 +684,20 @@ def verify_ledger(
     *,
     progress: Callable[[int], None] | None = None,
     max_problems: int = 100,
+    require_checkpointed: bool = False,
 ) -> VerifyReport:
-    """Recompute every leaf and the tree from the store and check every signed checkpoint.
+    """Recompute every leaf and the tree from the store, check every signed checkpoint, and
+    check every row's query columns against the record they were derived from.
 
-    Names each record whose content no longer matches its leaf hash, every gap, and every
-    checkpoint whose signature or root does not match the recomputed tree."""
-    report = VerifyReport(problems=[])
+    Names each record whose content no longer matches its leaf hash, each query column that no
+    longer matches its record (by sequence number and column), every gap, and every checkpoint
+    whose signature or root does not match the recomputed tree. Reads each row once, streamed.
+    `require_checkpointed` makes records that no checkpoint covers yet a failure (`ok`)."""
+    report = VerifyReport(problems=[], column_mismatches=[])
+    report.require_checkpointed = require_checkpointed
     problems = report.problems
-    assert problems is not None
+    mismatches = report.column_mismatches
+    assert problems is not None and mismatches is not None
     with engine.connect() as connection:
         stored_checkpoints = [
             _stored(r)
@@ -652,10 +707,17 @@ def verify_ledger(
             connection.execute(select(func.count()).select_from(ledger_quarantine)).scalar_one()
         )
     report.checkpoints = len(stored_checkpoints)
+    report.newest_checkpoint = stored_checkpoints[-1] if stored_checkpoints else None
     pending = iter(stored_checkpoints)
     next_checkpoint = next(pending, None)
     frontier = Frontier()
     last_good = 0
+
+    def problem(text: str) -> None:
+        if len(problems) < max_problems:
+            problems.append(text)
+        else:
+            report.not_listed += 1
 
     # Signatures first, independently of the records, so a forged checkpoint is named even
     # when records are missing.
@@ -687,16 +749,53 @@ def verify_ledger(
     while next_checkpoint is not None and next_checkpoint.size == 0:
         check_checkpoint(next_checkpoint, frontier.root())
         next_checkpoint = next(pending, None)
-    for seq, decision_id, record, stored_hash in _stream_records(engine):
+
+    def column_problems(row: Sequence[Any], record: bytes) -> None:
+        seq, decision_id = row[0], row[1]
+        found = _column_mismatches(row, record)
+        for column, _value, expected in found:
+            if column == "decision_id":
+                decision_id = expected  # name the record by the id it was signed with
+        for column, stored, expected in found:
+            if len(mismatches) < max_problems:
+                mismatches.append(
+                    {
+                        "seq": seq,
+                        "decision_id": decision_id,
+                        "column": column,
+                        "stored": stored,
+                        "record": expected,
+                    }
+                )
+            problem(
+                f"record seq {seq} (decision {decision_id}): query column {column} holds "
+                f"{_shown(stored)} but its signed record says {_shown(expected)}"
+            )
+
+    # The loop runs once per record; the column check's common case (everything matches) is
+    # inlined and costs one parse, one derivation and two comparisons (docs/benchmarks.md §4).
+    loads = orjson.loads
+    for row in _stream_rows(engine):
+        seq, record, stored_hash = row[0], bytes(row[_RECORD]), bytes(row[_LEAF_HASH])
         if seq != frontier.size:
             problems.append(f"records missing: expected seq {frontier.size}, found {seq}")
             break
-        recomputed = leaf_hash(bytes(record))
-        if recomputed != bytes(stored_hash) and len(problems) < max_problems:
-            problems.append(
-                f"record seq {seq} (decision {decision_id}) was altered: its content no "
+        recomputed = leaf_hash(record)
+        if recomputed != stored_hash:
+            problem(
+                f"record seq {seq} (decision {row[1]}) was altered: its content no "
                 "longer matches its leaf hash"
             )
+        else:  # an altered record's columns are moot: the record itself is named above
+            try:
+                document = loads(record)
+                matches = (
+                    query_columns(document) == row[1:_TS] and rfc3339(row[_TS]) == document["time"]
+                )
+            except Exception:  # anything unexpected is sorted out, and named, just below
+                matches = False
+            if not matches:
+                column_problems(row, record)
         frontier.append(recomputed)
         report.records += 1
         while next_checkpoint is not None and next_checkpoint.size == frontier.size:
@@ -709,11 +808,56 @@ def verify_ledger(
             f"checkpoint at size {next_checkpoint.size} covers records that are missing "
             f"(only {frontier.size} found)"
         )
-    newest = stored_checkpoints[-1].size if stored_checkpoints else 0
-    report.unanchored = max(0, report.records - newest)
+    report.proven = min(last_good, report.records)
+    report.unanchored = report.records - report.proven
     if progress is not None:
         progress(report.records)
     return report
+
+
+# The columns `_stream_rows` reads, in order: seq, then the query columns, then ts, the record
+# and its leaf hash.
+_VERIFY_COLUMNS = ("seq", *QUERY_COLUMNS, "ts", "record", "leaf_hash")
+_TS = 1 + len(QUERY_COLUMNS)
+_RECORD, _LEAF_HASH = _TS + 1, _TS + 2
+
+
+def _column_mismatches(row: Sequence[Any], record: bytes) -> list[tuple[str, Any, Any]]:
+    """(column, stored value, value derived from the record) for each query column of `row`
+    that its record does not support."""
+    try:
+        document = orjson.loads(record)
+        expected = query_columns(document)
+    except (orjson.JSONDecodeError, RecordError) as exc:
+        return [("record", "(unreadable)", f"a ledger record ({exc})")]
+    stored = tuple(row[1:_TS])
+    found = (
+        []
+        if stored == expected  # the common case, compared in one step
+        else [
+            (column, value, want)
+            for column, value, want in zip(QUERY_COLUMNS, stored, expected, strict=True)
+            if value != want
+        ]
+    )
+    ts, time_text = row[_TS], document.get("time")
+    if type(ts) is not float or rfc3339(ts) != time_text:
+        found.append(("ts", ts, time_text))
+    return found
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _stream_rows(engine: Engine) -> Iterator[Any]:
+    """Every row verify needs, in ledger order, in batches of 10,000 (one read of each row)."""
+    with engine.connect() as connection:
+        result = connection.execution_options(yield_per=10_000).execute(
+            select(*(decisions.c[name] for name in _VERIFY_COLUMNS)).order_by(decisions.c.seq)
+        )
+        yield from result
 
 
 def _stream_records(engine: Engine) -> Iterator[Any]:
