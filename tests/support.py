@@ -151,7 +151,7 @@ def running_server(
         server.stop()
 
 
-def wait_ready(server: Server, timeout: float = 30, path: str = "/readyz") -> None:
+def wait_ready(server: Server, timeout: float = 90, path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
