@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -206,7 +207,7 @@ def report(
     seconds: float,
 ) -> str:
     lines = [
-        "",
+        f"<!-- fuzz-run backends={','.join(results)} -->",
         f"**{label}**" if label else "",
         "",
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on commit {commit()}; machine: {before} "
@@ -258,6 +259,35 @@ def report(
     return "\n".join(lines)
 
 
+_RUN = re.compile(r"^<!-- fuzz-run backends=([a-z,]+) -->$", re.MULTILINE)
+
+
+def kept_runs(path: Path, backends: list[str]) -> str:
+    """The runs already in `path`'s fuzz section on other backends only (a SQLite run then a
+    PostgreSQL run keep both), to be followed by this run's figures."""
+    if not path.exists():
+        return ""
+    current = path.read_text()
+    start, end = "<!-- bench:fuzz:start -->", "<!-- bench:fuzz:end -->"
+    if start not in current or end not in current:
+        return ""
+    section = current.split(start, 1)[1].split(end, 1)[0]
+    marks = list(_RUN.finditer(section))
+    if not marks:  # one run without its mark: its backends are its headings
+        found = re.findall(r"^### (sqlite|postgres):", section, re.MULTILINE)
+        runs = [(found, section)] if found else []
+    else:
+        runs = [
+            (
+                m.group(1).split(","),
+                section[m.start() : (marks[i + 1].start() if i + 1 < len(marks) else len(section))],
+            )
+            for i, m in enumerate(marks)
+        ]
+    kept = [text.strip("\n") for kinds, text in runs if not set(kinds) & set(backends)]
+    return "\n\n".join(kept) + "\n\n" if kept else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=1000, help="cases per endpoint")
@@ -281,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     results = {kind: run_backend(kind, args.examples) for kind in backends}
     text = report(results, command, args.label, before, time.monotonic() - started)
+    text = kept_runs(args.out, backends) + text.lstrip("\n")
     replace_section(args.out, "fuzz", text, "Fuzzing from the API description")
     print(text)
     log(f"figures written to {args.out}")
