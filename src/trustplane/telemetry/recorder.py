@@ -301,7 +301,9 @@ class DecisionRecorder:
                         f"ledger queue full ({len(self._queue)} records waiting for the store)"
                     )
             self._queue.append(pending)
-            if (
+            if self._spooling:  # the spooler, not only the writer, must hear of it
+                self._cond.notify_all()
+            elif (
                 self.durability is Durability.SYNC
                 or pending.waiter is not None
                 or len(self._queue) >= _MAX_BATCH
@@ -339,9 +341,13 @@ class DecisionRecorder:
                 backoff = 0.05
                 self._failure = None
             except Exception as exc:
+                first = self._failure is None
                 self._failure = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
                 self.metrics.ledger_write_failures.inc()
-                log.exception("ledger commit failed; %d records kept for retry", self.pending)
+                if first:
+                    log.exception("ledger commit failed; %d records kept for retry", self.pending)
+                else:
+                    log.warning("ledger commit failed again: %s", self._failure)
                 with self._cond:
                     if self._spool is not None and self.durability is Durability.BATCH:
                         self._enter_spooling()
@@ -350,7 +356,10 @@ class DecisionRecorder:
                         # Every batch record ends on disk (the spooler's last round); records
                         # that needed the store itself were answered 503 by now.
                         return
-                    self._cond.wait(backoff)
+                    # The whole backoff: arrivals wake the spooler, not another attempt.
+                    deadline = time.monotonic() + backoff
+                    while not self._stopping and (left := deadline - time.monotonic()) > 0:
+                        self._cond.wait(left)
                 backoff = min(backoff * 2, 2.0)
                 continue
             self._maybe_checkpoint()
