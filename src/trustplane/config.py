@@ -165,6 +165,20 @@ class Settings(BaseSettings):
         description="/readyz answers 503 once the oldest decision not yet in the ledger is "
         "older than this, or while ledger commits fail.",
     )
+    ledger_queue_max: int = Field(
+        100_000,
+        ge=100,
+        le=10_000_000,
+        description="Decisions held in memory for the ledger; beyond that (and while the store "
+        "fails) batch decisions go to the disk spool, and sync ones are answered 503.",
+    )
+    ledger_spool_max_mb: int = Field(
+        1024,
+        ge=1,
+        le=1_048_576,
+        description="Largest disk spool (state_dir/ledger-spool) of decisions the store has not "
+        "taken; once full, decisions are answered 503 rather than left unrecorded.",
+    )
     ledger_origin: str = Field(
         "trustplane.local/decisions", description="Origin line of signed checkpoints."
     )

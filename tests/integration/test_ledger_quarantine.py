@@ -145,6 +145,18 @@ def test_a_nul_in_a_request_never_stalls_the_ledger(
             "/v1/decisions", params={"principal": 'User::"x\u0000y"'}, headers=server.admin
         ).json()["decisions"]
         assert [d["decision_id"] for d in found] == [ids[0]]
+        # Another table: a value PostgreSQL refuses is a 422 naming the problem, never a 500.
+        revoke = client.post(
+            "/v1/revocations",
+            json={"kind": "principal", "target": 'User::"x\u0000y"', "reason": "nul"},
+            headers=server.admin,
+        )
+        if "postgresql" in database_url:
+            assert revoke.status_code == 422, revoke.text
+            assert revoke.json()["type"].endswith("value-not-storable")
+        else:
+            assert revoke.status_code == 201, revoke.text
+        assert client.get("/readyz").status_code == 200
         env = server.env
     verify = run_cli("audit", "verify", "--json", env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr

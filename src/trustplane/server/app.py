@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -144,6 +145,27 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             request.url.path
         )
 
+    async def on_store(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DBAPIError)
+        if isinstance(exc, DataError):  # the store refused a value this request carried
+            log.warning("the store refused a value on %s: %s", request.url.path, exc.orig)
+            return Problem(
+                422,
+                "value-not-storable",
+                "Value not storable",
+                "the store refused a value of this request (for example a NUL character)",
+            ).response(request.url.path)
+        if not (isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated):
+            return await on_error(request, exc)
+        log.warning("the store is unavailable on %s: %s", request.url.path, exc.orig)
+        return Problem(
+            503,
+            "store-unavailable",
+            "Store unavailable",
+            "the store cannot be reached; try again",
+            headers={"Retry-After": "5"},
+        ).response(request.url.path)
+
     async def on_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
         return Problem(
@@ -202,6 +224,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             Problem: on_problem,
             HTTPException: on_http,
             RecordingError: on_recording,
+            DBAPIError: on_store,
             Exception: on_error,
         },
         lifespan=lifespan,

@@ -45,6 +45,7 @@ from trustplane.telemetry.ledger import Ledger
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics, multiprocess_dir
 from trustplane.telemetry.recorder import DecisionRecorder
+from trustplane.telemetry.spool import Spool
 
 log = logging.getLogger("trustplane")
 
@@ -222,6 +223,8 @@ class Runtime:
             checkpoint_interval=settings.checkpoint_interval_ms / 1000,
             sink=sink,
             max_lag=settings.ledger_ready_max_lag_ms / 1000,
+            queue_max=settings.ledger_queue_max,
+            spool=Spool(settings.state_dir / "ledger-spool", settings.ledger_spool_max_mb << 20),
         )
         self._appender = sink
         self.bundles = BundleManager(

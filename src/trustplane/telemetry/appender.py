@@ -36,8 +36,9 @@ class AppenderError(Exception):
 
 
 class LedgerSink(Protocol):
-    def append(self, entries: Sequence[LedgerEntry]) -> int:
-        """Commit `entries`; returns the tree size this process now knows."""
+    def append(self, entries: Sequence[LedgerEntry], skip_recorded: bool = False) -> int:
+        """Commit `entries` (with `skip_recorded`, those not already stored: a replay); returns
+        the tree size this process now knows."""
 
     def checkpoint(self) -> bool:
         """Sign a checkpoint if the tree grew; True if one was signed."""
@@ -52,7 +53,10 @@ class LocalSink:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
-    def append(self, entries: Sequence[LedgerEntry]) -> int:
+    def append(self, entries: Sequence[LedgerEntry], skip_recorded: bool = False) -> int:
+        if skip_recorded:
+            self._ledger.append_batch(entries, skip_recorded=True)
+            return self._ledger.size
         return self._ledger.append(entries)
 
     def checkpoint(self) -> bool:
@@ -78,9 +82,9 @@ class AppenderProcess:
         with self._lock:
             self._ensure_child()
 
-    def append(self, entries: Sequence[LedgerEntry]) -> int:
+    def append(self, entries: Sequence[LedgerEntry], skip_recorded: bool = False) -> int:
         with self._lock:
-            skip = self._unsure
+            skip = self._unsure or skip_recorded
             self._unsure = True
             start, count, quarantined = self._call(("append", list(entries), skip))
             self._unsure = False

@@ -408,6 +408,22 @@ class Ledger:
         )
         return seq, 1
 
+    def mark_undelivered(self, decision_ids: Sequence[str]) -> None:
+        """These decisions were committed after their callers had been answered 503 (sync
+        durability): say so in `decisions.undelivered`, so no one takes them for answers a
+        client received."""
+        with self._engine.begin() as connection:
+            for offset in range(0, len(decision_ids), _ROWS_PER_STATEMENT):
+                connection.execute(
+                    update(decisions)
+                    .where(
+                        decisions.c.decision_id.in_(
+                            decision_ids[offset : offset + _ROWS_PER_STATEMENT]
+                        )
+                    )
+                    .values(undelivered=True)
+                )
+
     def note_committed(self, entries: Sequence[LedgerEntry], start: int, count: int) -> None:
         """Another process (the appender) committed `entries` at `start`: extend the in-memory
         tree, from the store if anything else was appended or skipped meanwhile."""

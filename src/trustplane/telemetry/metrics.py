@@ -107,6 +107,19 @@ class Metrics:
             "Ledger commits that failed and were retried.",
             registry=r,
         )
+        self.ledger_degraded = Gauge(
+            "trustplane_ledger_degraded",
+            "1 while the ledger is degraded: the store is not taking records (or could not keep "
+            "up) and answered decisions are spooled to disk until it does.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.ledger_spooled = Gauge(
+            "trustplane_ledger_spooled",
+            "Decisions answered and held in the disk spool, waiting for the store.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.ledger_quarantined = Counter(
             "trustplane_ledger_quarantined",
             "Records the store refused as rows, kept in ledger_quarantine (see audit verify).",
