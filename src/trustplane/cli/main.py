@@ -180,6 +180,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve decisions (AuthZEN), the admin API and metrics."""
+    from trustplane.server.serve import ServeError
     from trustplane.server.serve import serve as run_server
 
     settings = _ctx(ctx).settings(
@@ -205,7 +206,10 @@ def serve(
         f"(ledger: {settings.durability.value}, "
         f"workers: {settings.workers})"
     )
-    run_server(settings)
+    try:
+        run_server(settings)
+    except ServeError as exc:
+        raise CliError(str(exc)) from None
 
 
 # -- check ------------------------------------------------------------------------------------

@@ -166,7 +166,8 @@ async def start_grpc_server(
     service: EnvoyAuthorization, host: str, port: int
 ) -> tuple[grpc.aio.Server, int]:
     """Serve ext_authz with grpcio on host:port (SO_REUSEPORT, so every worker process binds
-    the same port); returns the server and the bound port."""
+    the same port; the serving parent's claim keeps other servers off it, server/ports.py);
+    returns the server and the bound port."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
     bound = server.add_insecure_port(grpc_address(host, port))

@@ -23,7 +23,7 @@ from trustplane.enforcement.credentials import Authenticator
 from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.envoy import EnvoyAuthorization, EnvoyHttp
 from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth
-from trustplane.enforcement.native import start_ext_authz
+from trustplane.enforcement.native import ExtAuthzServer, start_ext_authz
 from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
 from trustplane.server.admin import AdminApi
@@ -42,7 +42,8 @@ log = logging.getLogger("trustplane.server")
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     """The app for `runtime`. With `manage_runtime`, the app's lifespan starts the runtime
-    (bundle, ledger writer, file watcher, SIGHUP reload) and drains it on shutdown."""
+    (bundle, ledger writer, file watcher, SIGHUP reload) and drains it on shutdown.
+    `app.state.listeners` holds what the serving layer starts once HTTP listens."""
     pdp = PolicyDecisionPoint(runtime)
     authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
     admin = AdminApi(runtime)
@@ -54,10 +55,15 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     admission = AdmissionWebhook(pdp, settings, runtime.attestations)
     attestations = AttestationsApi(runtime, pdp, admin)
 
+    listeners = Listeners(runtime, enforcer)
+
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        if manage_runtime and not listeners.started:
+            reason = "starting: ext_authz gRPC and the Workload API are not listening yet"
+            return json_response({"status": "not ready", "reason": reason}, 503)
         active = runtime.bundles.active
         if active is None:
             return json_response({"status": "not ready", "reason": "no active bundle"}, 503)
@@ -144,20 +150,6 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             yield
             return
         await run_in_threadpool(runtime.start)
-        grpc_server = None
-        if settings.grpc_enabled:
-            service = EnvoyAuthorization(enforcer, settings.strip_credential)
-            grpc_server, transport = await start_ext_authz(settings, service)
-            log.info(
-                "Envoy ext_authz gRPC on %s:%d (%s transport)",
-                settings.host,
-                grpc_server.port,
-                transport,
-            )
-        workload_api = None  # one process owns the socket: `identity agent` serves it for N
-        if settings.workload_socket and runtime.identity is not None and settings.workers == 1:
-            workload_api = WorkloadApiServer(runtime.identity, settings.workload_socket)
-            await workload_api.start()
         _freeze_startup_heap()
         tasks = [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.watch else []
         loop = asyncio.get_running_loop()
@@ -172,13 +164,10 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
                 task.cancel()
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
-            if grpc_server is not None:
-                await grpc_server.stop()  # answers in flight are recorded before close
-            if workload_api is not None:
-                await workload_api.stop()
+            await listeners.stop()  # answers in flight are recorded before close
             await run_in_threadpool(runtime.close)
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={
             Problem: on_problem,
@@ -188,6 +177,48 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.state.listeners = listeners
+    return app
+
+
+class Listeners:
+    """What takes traffic besides the HTTP socket: Envoy's ext_authz gRPC and the SPIFFE
+    Workload API socket. The serving layer (server/serve.py) starts them only once the HTTP
+    socket listens and the app has started, so nothing reaches a server that is not whole, and
+    a server that cannot listen on HTTP never takes a gRPC call. The app's shutdown stops them
+    before the runtime closes."""
+
+    def __init__(self, runtime: Runtime, enforcer: HttpEnforcer) -> None:
+        self._runtime = runtime
+        self._enforcer = enforcer
+        self._grpc: ExtAuthzServer | None = None
+        self._workload_api: WorkloadApiServer | None = None
+        self.started = False
+
+    async def start(self) -> None:
+        runtime, settings = self._runtime, self._runtime.settings
+        if settings.grpc_enabled:
+            service = EnvoyAuthorization(self._enforcer, settings.strip_credential)
+            self._grpc, transport = await start_ext_authz(settings, service)
+            log.info(
+                "Envoy ext_authz gRPC on %s:%d (%s transport)",
+                settings.host,
+                self._grpc.port,
+                transport,
+            )
+        # One process owns the socket: `identity agent` serves it for several workers.
+        if settings.workload_socket and runtime.identity is not None and settings.workers == 1:
+            self._workload_api = WorkloadApiServer(runtime.identity, settings.workload_socket)
+            await self._workload_api.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        grpc_server, self._grpc = self._grpc, None
+        if grpc_server is not None:
+            await grpc_server.stop()  # answers in flight are recorded before close
+        workload_api, self._workload_api = self._workload_api, None
+        if workload_api is not None:
+            await workload_api.stop()
 
 
 def _freeze_startup_heap() -> None:
