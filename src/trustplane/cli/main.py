@@ -38,6 +38,7 @@ from trustplane.decision.signing import (
     load_trusted_key,
     sign_bundle,
 )
+from trustplane.identity.kek import KekError
 from trustplane.model import AccessRequest
 from trustplane.server.admin_auth import AdminPolicyError
 from trustplane.server.runtime import NotInitialisedError, initialise, load_verifier
@@ -180,7 +181,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve decisions (AuthZEN), the admin API and metrics."""
-    from trustplane.server.serve import ServeError
+    from trustplane.server.serve import ServeError, preflight
     from trustplane.server.serve import serve as run_server
 
     settings = _ctx(ctx).settings(
@@ -191,8 +192,7 @@ def serve(
         watch=watch,
         workers=workers,
     )
-    if settings.bundle_dir is None:
-        raise CliError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
+    preflight(settings)  # before `--init` creates anything
     if init_if_needed and not settings.ledger_key_file.exists():
         initialise(settings)
     if settings.grpc_enabled:
@@ -1013,6 +1013,7 @@ def main() -> None:
     except (
         CliError,
         ConfigError,
+        KekError,
         StoreError,
         NotInitialisedError,
         SigningError,

@@ -27,6 +27,7 @@ from trustplane.governance.records import TOPIC as GOVERNANCE_TOPIC
 from trustplane.governance.service import Governance
 from trustplane.identity.entries import TOPIC as ENTRIES_TOPIC
 from trustplane.identity.inventory import Inventory
+from trustplane.identity.kek import load_kek
 from trustplane.identity.keys import TOPIC as KEYS_TOPIC
 from trustplane.identity.service import IdentityService
 from trustplane.posture.image_attestations import TOPIC as ATTESTATIONS_TOPIC
@@ -63,7 +64,10 @@ class InitResult:
 
 def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
     """Create the state directory, ledger signing key, schema and a bootstrap admin token.
-    Idempotent: existing keys and tokens are kept unless `new_token` asks for another."""
+    Idempotent: existing keys and tokens are kept unless `new_token` asks for another.
+    A KEK that would be refused is refused before anything is created."""
+    if identity_configured(settings):
+        load_kek(settings)
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)

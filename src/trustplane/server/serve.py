@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -26,12 +27,14 @@ from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from trustplane.config import Settings
+from trustplane.config import ConfigError, Settings
+from trustplane.decision.bundle import BUNDLE_SUFFIXES, BundleError, BundleSource
 from trustplane.decision.manager import BundleManager, reload_or_log
+from trustplane.identity.kek import load_kek
 from trustplane.server.app import create_app
 from trustplane.server.listening import ListeningServer, use_listening_workers
 from trustplane.server.ports import ClaimedPorts, claim_ports
-from trustplane.server.runtime import Runtime, load_options
+from trustplane.server.runtime import Runtime, identity_configured, load_options
 from trustplane.server.tls import serving_certificate
 from trustplane.store.bundles import BundleStore
 from trustplane.store.database import create_store_engine, migrate
@@ -40,7 +43,36 @@ from trustplane.telemetry.metrics import MULTIPROCESS_ENV, Metrics, multiprocess
 WORKER_SETTINGS_ENV = "_TRUSTPLANE_WORKER_SETTINGS"  # outside TRUSTPLANE_*: not a setting
 
 
+def preflight(settings: Settings) -> None:
+    """Refuse, in one line each, what would leave a server up but unable to serve: checked
+    before anything is created or listens (`trustplane serve` runs it before `--init`)."""
+    require_bundle_dir(settings.bundle_dir)
+    if identity_configured(settings):
+        load_kek(settings)  # a KEK file others may read, or none where one is configured
+
+
+def require_bundle_dir(directory: Path | None) -> None:
+    """A directory holding bundle files. Their content is not judged here: a broken bundle is
+    refused by the bundle manager, which keeps the last good one serving."""
+    if directory is None:
+        raise ConfigError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
+    if not directory.exists():
+        raise ConfigError(f"bundle directory {directory} does not exist")
+    if not directory.is_dir():
+        raise ConfigError(f"bundle directory {directory} is not a directory")
+    try:
+        files = BundleSource.from_dir(directory).files
+    except BundleError:
+        return  # too large, say: the manager refuses it with every problem named
+    except OSError as exc:
+        raise ConfigError(f"bundle directory {directory} cannot be read: {exc.strerror}") from None
+    if not files:
+        kinds = ", ".join(f"*{suffix}" for suffix in BUNDLE_SUFFIXES)
+        raise ConfigError(f"bundle directory {directory} holds no bundle files ({kinds})")
+
+
 def serve(settings: Settings) -> None:
+    preflight(settings)
     _configure_logging(settings)
     ports = claim_ports(settings)  # before anything starts: a held port refuses here
     try:
