@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from trustplane.decision.manager import reload_or_log
+from trustplane.decision.watch import BundleWatcher
 from trustplane.enforcement.admission import AdmissionWebhook
 from trustplane.enforcement.credentials import Authenticator
 from trustplane.enforcement.enforcer import HttpEnforcer
@@ -238,11 +239,26 @@ async def _watch_bundle(runtime: Runtime) -> None:
     directory = runtime.bundles.bundle_dir
     if directory is None:
         return
-    from watchfiles import awatch
+
+    async def reload(changed: str) -> None:
+        before = runtime.bundles.active
+        loaded = await run_in_threadpool(reload_or_log, runtime.bundles, "file-change", changed)
+        if loaded is None:
+            return  # refused, and logged with its problems and what changed
+        if before is not None and before.bundle.revision == loaded.bundle.revision:
+            log.info("bundle files changed (%s); content unchanged", changed)
+        else:
+            was = before.bundle.revision[:12] if before is not None else "none"
+            log.info(
+                "bundle %s reloaded after file changes (%s): revision %s, was %s",
+                loaded.bundle.name,
+                changed,
+                loaded.bundle.revision[:12],
+                was,
+            )
 
     try:
-        async for _changes in awatch(directory, debounce=300, step=100):
-            await _reload(runtime, "file-change")
+        await BundleWatcher(directory, reload).run()
     except asyncio.CancelledError:
         raise
     except Exception:
