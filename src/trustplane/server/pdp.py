@@ -20,6 +20,7 @@ class PolicyDecisionPoint:
         self._runtime = runtime
         self._metrics = runtime.metrics
         self._recorder = runtime.recorder
+        self._deny_spike = runtime.deny_spike
         # Labelled children resolved once: `.labels()` costs more than the increment.
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
@@ -62,6 +63,7 @@ class PolicyDecisionPoint:
             decision = active.evaluator.evaluate(
                 request, revocation_epoch=epoch, elevation=elevation
             )
+            self._deny_spike.observe(decision.effect is Effect.DENY)  # the bundle's own answers
         self._observe(decision)
         return decision
 

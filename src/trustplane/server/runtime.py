@@ -40,6 +40,7 @@ from trustplane.store.feed import ChangeFeed
 from trustplane.store.tables import admin_tokens
 from trustplane.telemetry.appender import AppenderProcess
 from trustplane.telemetry.checkpoint import NoteSigner, NoteVerifier
+from trustplane.telemetry.deny_spike import DenySpikeDetector
 from trustplane.telemetry.ledger import Ledger
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics, multiprocess_dir
@@ -189,11 +190,18 @@ class Runtime:
             sink=sink,
         )
         self._appender = sink
+        self.deny_spike = DenySpikeDetector(
+            self.metrics.deny_spike,
+            threshold=settings.deny_spike_threshold,
+            window_seconds=settings.deny_spike_window_seconds,
+            min_decisions=settings.deny_spike_decisions,
+        )
         self.bundles = BundleManager(
             BundleStore(self.engine),
             load_options(settings),
             self.metrics,
             bundle_dir=settings.bundle_dir,
+            on_activate=lambda loaded: self.deny_spike.activated(loaded.bundle.revision),
         )
         self.feed = ChangeFeed(self.engine, poll_interval=settings.change_poll_ms / 1000)
         self.feed.subscribe(BUNDLES_TOPIC, lambda _topic: follow_or_log(self.bundles))
