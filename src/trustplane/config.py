@@ -290,6 +290,23 @@ class Settings(BaseSettings):
         "can connect then gets decisions and names any principal (docs/threat-model.md).",
     )
     watch: bool = Field(True, description="Reload the bundle when its files change.")
+    deny_spike_threshold: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="Alarm when, after a bundle activation, the share of denied decisions "
+        "rises by this much or more over the share before it (0.3: from 5 % to 35 %).",
+    )
+    deny_spike_decisions: int = Field(
+        100,
+        ge=1,
+        description="Decisions compared on each side of an activation for the deny-spike alarm.",
+    )
+    deny_spike_window_seconds: float = Field(
+        300,
+        gt=0,
+        description="How long after an activation its decisions are gathered for the alarm.",
+    )
     expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")
     log_level: str = Field("info", description="Python logging level.")
     switch_interval_us: int = Field(

@@ -59,7 +59,8 @@ def test_workers_share_one_ledger_metrics_and_active_bundle(
         watch="false",
         workers=WORKERS,
     ) as server:
-        wait_for(lambda: len(re.findall(r"Application startup complete", server.log())) == WORKERS)
+        # A worker is whole once its ext_authz gRPC listens (it starts after HTTP listens).
+        wait_for(lambda: server.log().count("ext_authz gRPC on") == WORKERS, timeout=30)
         pids = set(re.findall(r"Started server process \[(\d+)\]", server.log()))
         assert len(pids) == WORKERS, server.log()
 
@@ -93,7 +94,7 @@ def test_workers_share_one_ledger_metrics_and_active_bundle(
         victim = int(sorted(pids)[0])
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: len(re.findall(r"Started server process", server.log())) > WORKERS)
-        wait_for(lambda: server.log().count("Application startup complete") > WORKERS)
+        wait_for(lambda: server.log().count("ext_authz gRPC on") > WORKERS)
         assert revisions_seen(server, tries=20) == first
 
         # SIGHUP to the supervisor reloads the directory for every worker.

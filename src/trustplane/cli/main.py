@@ -41,6 +41,7 @@ from trustplane.decision.signing import (
     verify_bundle,
 )
 from trustplane.governance.catalog import BUNDLE_FILES
+from trustplane.identity.kek import KekError
 from trustplane.model import AccessRequest
 from trustplane.server.admin_auth import AdminPolicyError
 from trustplane.server.runtime import (
@@ -197,6 +198,7 @@ def serve(
 ) -> None:
     """Serve decisions (AuthZEN), the admin API and metrics."""
     from trustplane.enforcement.pep import check_listen_policy
+    from trustplane.server.serve import ServeError, preflight
     from trustplane.server.serve import serve as run_server
 
     settings = _ctx(ctx).settings(
@@ -209,11 +211,7 @@ def serve(
         allow_unauthenticated_peps=allow_unauthenticated_peps,
     )
     check_listen_policy(settings)
-    if settings.bundle_dir is None:
-        raise CliError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
-    from trustplane.posture.packs import check_admission_settings
-
-    check_admission_settings(settings)  # before anything is created or listens
+    preflight(settings)  # before `--init` creates anything
     if init_if_needed and not settings.ledger_key_file.exists():
         initialise(settings)
     if settings.grpc_enabled:
@@ -227,7 +225,10 @@ def serve(
         f"(ledger: {settings.durability.value}, "
         f"workers: {settings.workers})"
     )
-    run_server(settings)
+    try:
+        run_server(settings)
+    except ServeError as exc:
+        raise CliError(str(exc)) from None
 
 
 # -- check ------------------------------------------------------------------------------------
@@ -1170,6 +1171,7 @@ def main() -> None:
     except (
         CliError,
         ConfigError,
+        KekError,
         StoreError,
         NotInitialisedError,
         SigningError,

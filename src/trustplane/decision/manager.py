@@ -190,18 +190,21 @@ def follow_or_log(manager: BundleManager) -> None:
         log.error("activation made elsewhere cannot be followed: %s", exc)
 
 
-def reload_or_log(manager: BundleManager, reason: str) -> None:
+def reload_or_log(manager: BundleManager, reason: str, detail: str = "") -> LoadedBundle | None:
     """Reload the bundle directory for a trigger nobody waits on (file change, SIGHUP): a
-    refusal is logged with every problem, and the active bundle keeps serving."""
+    refusal is logged with every problem (and `detail`, what set it off), and the active
+    bundle keeps serving. Returns the bundle serving after it, None when refused."""
     if manager.bundle_dir is None:
-        return
+        return None
+    trigger = f"{reason}: {detail}" if detail else reason
     try:
-        manager.reload(reason)
+        return manager.reload(reason)
     except BundleError as exc:
         log.error(
             "reload (%s) refused; the active bundle keeps serving:\n  %s",
-            reason,
+            trigger,
             "\n  ".join(str(p) for p in exc.problems),
         )
     except ActivationError as exc:
-        log.error("reload (%s) refused: %s", reason, exc)
+        log.error("reload (%s) refused: %s", trigger, exc)
+    return None

@@ -15,6 +15,7 @@ from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.routes import RouteTable
 from trustplane.model import AccessRequest, Decision, Effect, Elevation, refusal
 from trustplane.recovery.revocation import Revocation, RevocationList
+from trustplane.telemetry.deny_spike import DenySpikeDetector
 from trustplane.telemetry.metrics import Metrics
 from trustplane.telemetry.recorder import DecisionRecorder
 
@@ -36,14 +37,17 @@ class PolicyDecisionPoint:
         elevation: Callable[[AccessRequest], Elevation | None],
         recorder: DecisionRecorder,
         metrics: Metrics,
+        deny_spike: DenySpikeDetector | None = None,
     ) -> None:
         """`elevation(request)`: the grants and exceptions held for the request's flow
-        (governance/state.py), looked up in memory on every evaluation."""
+        (governance/state.py), looked up in memory on every evaluation; `deny_spike` watches
+        the bundle's own answers after each activation."""
         self._bundles = bundles
         self._revocations = revocations
         self._elevation = elevation
         self._metrics = metrics
         self._recorder = recorder
+        self._deny_spike = deny_spike
         # Labelled children resolved once: `.labels()` costs more than the increment.
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
@@ -86,6 +90,8 @@ class PolicyDecisionPoint:
             decision = active.evaluator.evaluate(
                 request, revocation_epoch=epoch, elevation=elevation
             )
+            if self._deny_spike is not None:  # the bundle's own answers, not refusals
+                self._deny_spike.observe(decision.effect is Effect.DENY)
         self._observe(decision)
         return decision
 

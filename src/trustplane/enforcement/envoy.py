@@ -233,7 +233,8 @@ async def start_grpc_server(
     service: EnvoyAuthorization, host: str, port: int
 ) -> tuple[grpc.aio.Server, int]:
     """Serve ext_authz with grpcio on host:port (SO_REUSEPORT, so every worker process binds
-    the same port); returns the server and the bound port."""
+    the same port; the serving parent's claim keeps other servers off it, server/ports.py);
+    returns the server and the bound port."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     # Bytes in, parsed here: grpcio's own deserializer would answer a malformed frame UNKNOWN
     # (an error Envoy's failure_mode_allow lets through); the compiled front and this refuse it

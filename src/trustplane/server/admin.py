@@ -82,6 +82,7 @@ def bundle_status(runtime: Runtime) -> dict[str, Any]:
         "last_error": [p.as_dict() for p in manager.last_error.problems]
         if manager.last_error
         else None,
+        "deny_spike": runtime.deny_spike.alarm.as_dict() if runtime.deny_spike.alarm else None,
     }
     return status
 

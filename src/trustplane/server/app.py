@@ -19,12 +19,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from trustplane.decision.manager import reload_or_log
+from trustplane.decision.watch import BundleWatcher
 from trustplane.enforcement.admission import AdmissionWebhook
 from trustplane.enforcement.credentials import Authenticator
 from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.envoy import EnvoyAuthorization, EnvoyHttp
 from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth
-from trustplane.enforcement.native import start_ext_authz
+from trustplane.enforcement.native import ExtAuthzServer, start_ext_authz
 from trustplane.enforcement.pep import PEP_HEADER
 from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
@@ -44,7 +45,8 @@ log = logging.getLogger("trustplane.server")
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     """The app for `runtime`. With `manage_runtime`, the app's lifespan starts the runtime
-    (bundle, ledger writer, file watcher, SIGHUP reload) and drains it on shutdown."""
+    (bundle, ledger writer, file watcher, SIGHUP reload) and drains it on shutdown.
+    `app.state.listeners` holds what the serving layer starts once HTTP listens."""
     pdp = runtime.decision_point()
     authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
     admin = AdminApi(runtime)
@@ -58,10 +60,15 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     attestations = AttestationsApi(runtime, pdp, admin)
     gate = PepGate.for_runtime(runtime)  # every decision endpoint: registered PEPs only
 
+    listeners = Listeners(runtime, enforcer, gate)
+
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        if manage_runtime and not listeners.started:
+            reason = "starting: ext_authz gRPC and the Workload API are not listening yet"
+            return json_response({"status": "not ready", "reason": reason}, 503)
         active = runtime.bundles.active
         if active is None:
             return json_response({"status": "not ready", "reason": "no active bundle"}, 503)
@@ -182,22 +189,6 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             return
         await run_in_threadpool(runtime.start)
         gate.started()
-        grpc_server = None
-        if settings.grpc_enabled:
-            service = EnvoyAuthorization(
-                enforcer, settings.strip_credential, gate.authenticator, gate.latency
-            )
-            grpc_server, transport = await start_ext_authz(settings, service)
-            log.info(
-                "Envoy ext_authz gRPC on %s:%d (%s transport)",
-                settings.host,
-                grpc_server.port,
-                transport,
-            )
-        workload_api = None  # one process owns the socket: `identity agent` serves it for N
-        if settings.workload_socket and runtime.identity is not None and settings.workers == 1:
-            workload_api = WorkloadApiServer(runtime.identity, settings.workload_socket)
-            await workload_api.start()
         _freeze_startup_heap()
         tasks = [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.watch else []
         loop = asyncio.get_running_loop()
@@ -212,13 +203,10 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
                 task.cancel()
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
-            if grpc_server is not None:
-                await grpc_server.stop()  # answers in flight are recorded before close
-            if workload_api is not None:
-                await workload_api.stop()
+            await listeners.stop()  # answers in flight are recorded before close
             await run_in_threadpool(runtime.close)
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={
             Problem: on_problem,
@@ -229,6 +217,54 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.state.listeners = listeners
+    return app
+
+
+class Listeners:
+    """What takes traffic besides the HTTP socket: Envoy's ext_authz gRPC and the SPIFFE
+    Workload API socket. The serving layer (server/serve.py) starts them only once the HTTP
+    socket listens and the app has started, so nothing reaches a server that is not whole, and
+    a server that cannot listen on HTTP never takes a gRPC call. The app's shutdown stops them
+    before the runtime closes."""
+
+    def __init__(self, runtime: Runtime, enforcer: HttpEnforcer, gate: PepGate) -> None:
+        self._runtime = runtime
+        self._enforcer = enforcer
+        self._gate = gate
+        self._grpc: ExtAuthzServer | None = None
+        self._workload_api: WorkloadApiServer | None = None
+        self.started = False
+
+    async def start(self) -> None:
+        runtime, settings = self._runtime, self._runtime.settings
+        if settings.grpc_enabled:
+            service = EnvoyAuthorization(
+                self._enforcer,
+                settings.strip_credential,
+                self._gate.authenticator,
+                self._gate.latency,
+            )
+            self._grpc, transport = await start_ext_authz(settings, service)
+            log.info(
+                "Envoy ext_authz gRPC on %s:%d (%s transport)",
+                settings.host,
+                self._grpc.port,
+                transport,
+            )
+        # One process owns the socket: `identity agent` serves it for several workers.
+        if settings.workload_socket and runtime.identity is not None and settings.workers == 1:
+            self._workload_api = WorkloadApiServer(runtime.identity, settings.workload_socket)
+            await self._workload_api.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        grpc_server, self._grpc = self._grpc, None
+        if grpc_server is not None:
+            await grpc_server.stop()  # answers in flight are recorded before close
+        workload_api, self._workload_api = self._workload_api, None
+        if workload_api is not None:
+            await workload_api.stop()
 
 
 def _freeze_startup_heap() -> None:
@@ -248,11 +284,26 @@ async def _watch_bundle(runtime: Runtime) -> None:
     directory = runtime.bundles.bundle_dir
     if directory is None:
         return
-    from watchfiles import awatch
+
+    async def reload(changed: str) -> None:
+        before = runtime.bundles.active
+        loaded = await run_in_threadpool(reload_or_log, runtime.bundles, "file-change", changed)
+        if loaded is None:
+            return  # refused, and logged with its problems and what changed
+        if before is not None and before.bundle.revision == loaded.bundle.revision:
+            log.info("bundle files changed (%s); content unchanged", changed)
+        else:
+            was = before.bundle.revision[:12] if before is not None else "none"
+            log.info(
+                "bundle %s reloaded after file changes (%s): revision %s, was %s",
+                loaded.bundle.name,
+                changed,
+                loaded.bundle.revision[:12],
+                was,
+            )
 
     try:
-        async for _changes in awatch(directory, debounce=300, step=100):
-            await _reload(runtime, "file-change")
+        await BundleWatcher(directory, reload).run()
     except asyncio.CancelledError:
         raise
     except Exception:

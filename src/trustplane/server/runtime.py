@@ -29,6 +29,7 @@ from trustplane.governance.records import TOPIC as GOVERNANCE_TOPIC
 from trustplane.governance.service import Governance
 from trustplane.identity.entries import TOPIC as ENTRIES_TOPIC
 from trustplane.identity.inventory import Inventory
+from trustplane.identity.kek import load_kek
 from trustplane.identity.keys import TOPIC as KEYS_TOPIC
 from trustplane.identity.service import IdentityService
 from trustplane.posture.image_attestations import TOPIC as ATTESTATIONS_TOPIC
@@ -41,6 +42,7 @@ from trustplane.store.feed import ChangeFeed
 from trustplane.store.tables import admin_tokens
 from trustplane.telemetry.appender import AppenderProcess
 from trustplane.telemetry.checkpoint import NoteSigner, NoteVerifier
+from trustplane.telemetry.deny_spike import DenySpikeDetector
 from trustplane.telemetry.ledger import Ledger
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics, multiprocess_dir
@@ -66,7 +68,10 @@ class InitResult:
 
 def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
     """Create the state directory, ledger signing key, schema and a bootstrap admin token.
-    Idempotent: existing keys and tokens are kept unless `new_token` asks for another."""
+    Idempotent: existing keys and tokens are kept unless `new_token` asks for another.
+    A KEK that would be refused is refused before anything is created."""
+    if identity_configured(settings):
+        load_kek(settings)
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
@@ -227,11 +232,18 @@ class Runtime:
             spool=Spool(settings.state_dir / "ledger-spool", settings.ledger_spool_max_mb << 20),
         )
         self._appender = sink
+        self.deny_spike = DenySpikeDetector(
+            self.metrics.deny_spike,
+            threshold=settings.deny_spike_threshold,
+            window_seconds=settings.deny_spike_window_seconds,
+            min_decisions=settings.deny_spike_decisions,
+        )
         self.bundles = BundleManager(
             BundleStore(self.engine),
             load_options(settings),
             self.metrics,
             bundle_dir=settings.bundle_dir,
+            on_activate=lambda loaded: self.deny_spike.activated(loaded.bundle.revision),
         )
         self.feed = ChangeFeed(self.engine, poll_interval=settings.change_poll_ms / 1000)
         self.feed.subscribe(BUNDLES_TOPIC, lambda _topic: follow_or_log(self.bundles))
@@ -275,6 +287,7 @@ class Runtime:
             elevation=self.governance.state.elevation,
             recorder=self.recorder,
             metrics=self.metrics,
+            deny_spike=self.deny_spike,
         )
 
     def start(self) -> None:

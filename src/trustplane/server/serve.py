@@ -6,6 +6,11 @@ bundle authority: it activates the directory's bundle before the workers start a
 SIGHUP, and the workers serve the store's newest activation and follow every later one (see
 BundleManager.follow), so a restarted worker never undoes a rollback. The workers share the
 store: the ledger serialises their appends.
+
+Start-up order (server/ports.py has the why): the parent binds the HTTP socket and claims the
+gRPC port before anything else, refusing with one line if either is held; each serving process
+starts its app, listens on HTTP, and only then starts ext_authz gRPC and the Workload API
+(`app.state.listeners`), so nothing takes traffic for a server that is not whole.
 """
 
 from __future__ import annotations
@@ -15,18 +20,25 @@ import logging
 import os
 import shutil
 import ssl
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from trustplane.config import Settings
+from trustplane.config import ConfigError, Settings
+from trustplane.decision.bundle import BUNDLE_SUFFIXES, BundleError, BundleSource
 from trustplane.decision.manager import BundleManager, reload_or_log
 from trustplane.enforcement.pep import check_listen_policy
+from trustplane.identity.kek import load_kek
+from trustplane.posture.packs import check_admission_settings
 from trustplane.server.app import create_app
+from trustplane.server.listening import ListeningServer, use_listening_workers
 from trustplane.server.pep_gate import PepClientTrust, TlsPeerProtocol, client_ca_file
-from trustplane.server.runtime import Runtime, load_options
+from trustplane.server.ports import ClaimedPorts, claim_ports
+from trustplane.server.runtime import Runtime, identity_configured, load_options
 from trustplane.server.tls import serving_certificate
 from trustplane.store.bundles import BundleStore
 from trustplane.store.database import create_store_engine, migrate
@@ -35,13 +47,57 @@ from trustplane.telemetry.metrics import MULTIPROCESS_ENV, Metrics, multiprocess
 WORKER_SETTINGS_ENV = "_TRUSTPLANE_WORKER_SETTINGS"  # outside TRUSTPLANE_*: not a setting
 
 
+def preflight(settings: Settings) -> None:
+    """Refuse, in one line each, what would leave a server up but unable to serve: checked
+    before anything is created or listens (`trustplane serve` runs it before `--init`)."""
+    require_bundle_dir(settings.bundle_dir)
+    check_admission_settings(settings)
+    if identity_configured(settings):
+        load_kek(settings)  # a KEK file others may read, or none where one is configured
+
+
+def require_bundle_dir(directory: Path | None) -> None:
+    """A directory holding bundle files. Their content is not judged here: a broken bundle is
+    refused by the bundle manager, which keeps the last good one serving."""
+    if directory is None:
+        raise ConfigError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
+    if not directory.exists():
+        raise ConfigError(f"bundle directory {directory} does not exist")
+    if not directory.is_dir():
+        raise ConfigError(f"bundle directory {directory} is not a directory")
+    try:
+        files = BundleSource.from_dir(directory).files
+    except BundleError:
+        return  # too large, say: the manager refuses it with every problem named
+    except OSError as exc:
+        raise ConfigError(f"bundle directory {directory} cannot be read: {exc.strerror}") from None
+    if not files:
+        kinds = ", ".join(f"*{suffix}" for suffix in BUNDLE_SUFFIXES)
+        raise ConfigError(f"bundle directory {directory} holds no bundle files ({kinds})")
+
+
 def serve(settings: Settings) -> None:
     check_listen_policy(settings)
+    preflight(settings)
     _configure_logging(settings)
-    if settings.workers == 1:
-        config = _uvicorn_config(settings, create_app(Runtime(settings)))
-        uvicorn.Server(config).run()
-        return
+    ports = claim_ports(settings)  # before anything starts: a held port refuses here
+    try:
+        if settings.workers == 1:
+            server = ListeningServer(_uvicorn_config(settings, create_app(Runtime(settings))))
+            server.run(sockets=[ports.http])
+            if server.failed_to_start is not None:
+                raise ServeError(server.failed_to_start)
+            return
+        _serve_workers(settings, ports)
+    finally:
+        ports.close()
+
+
+class ServeError(Exception):
+    """The server could not start serving; the message says why (the log has details)."""
+
+
+def _serve_workers(settings: Settings, ports: ClaimedPorts) -> None:
     authority = _BundleAuthority(settings)  # migrates the store and activates the bundle
     metrics_dir = multiprocess_dir(settings.state_dir)
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at zero, like one process
@@ -49,18 +105,23 @@ def serve(settings: Settings) -> None:
     os.environ[MULTIPROCESS_ENV] = str(metrics_dir)
     os.environ[WORKER_SETTINGS_ENV] = _worker_settings(settings)
     config = _uvicorn_config(settings, "trustplane.server.serve:worker_app", factory=True)
+    supervisor = _Supervisor(config, sockets=[ports.http], on_hup=authority.reload)
     try:
-        _Supervisor(config, sockets=[config.bind_socket()], on_hup=authority.reload).run()
+        supervisor.run()
     finally:
         authority.close()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        raise ServeError("a worker process failed to start; its error is in the log above")
 
 
 class _Supervisor(Multiprocess):
-    """uvicorn's supervisor, with SIGHUP reloading the bundle instead of restarting workers."""
+    """uvicorn's supervisor, with SIGHUP reloading the bundle instead of restarting workers,
+    and workers that start the app's other listeners once HTTP listens."""
 
     def __init__(self, config: uvicorn.Config, sockets: list[Any], on_hup: Any) -> None:
         super().__init__(config, sockets)
         self._on_hup = on_hup
+        use_listening_workers()
 
     def handle_hup(self) -> None:
         self._on_hup("sighup")
@@ -119,6 +180,10 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # A new worker answers its supervisor's health check only once its interpreter has
+        # imported uvicorn; on a loaded host that took more than uvicorn's 5 s, and the
+        # supervisor killed and restarted workers that were merely slow, over and over.
+        timeout_worker_healthcheck=30,
         server_header=False,
         factory=factory,
         workers=settings.workers,

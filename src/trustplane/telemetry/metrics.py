@@ -77,6 +77,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.deny_spike = Gauge(
+            "trustplane_deny_spike",
+            "1 while the revision's deny rate rose past deny_spike_threshold after activation.",
+            ["revision"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.bundle_info = Gauge(
             "trustplane_bundle_active",
             "1 for the active bundle revision.",
