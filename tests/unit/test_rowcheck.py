@@ -65,7 +65,7 @@ def test_the_writer_stores_what_query_columns_derives_from_the_record(
     row = stored(entry)
     derived = dict(zip(QUERY_COLUMNS, query_columns(orjson.loads(entry.record)), strict=True))
     assert {c: row[c] for c in QUERY_COLUMNS} == derived
-    assert row["principal"] == column_text(f'User::"{principal}"', 400)
+    assert row["principal"] == column_text(f'User::"{principal}"', 400)  # what backends take
     for reason in reasons:
         assert f" {column_text(reason.policy_id)} " in row["policies"]  # type: ignore[operator]
     for grant in grants:
