@@ -173,6 +173,10 @@ class AdminAuthenticator:
             verifier = verifier_from_settings(settings.admin_issuers)
         self._verifier = verifier
 
+    def trusts_proxy(self, peer: str | None) -> bool:
+        """Whether `peer` is a proxy whose forwarded client certificate is believed."""
+        return self._proxies.trusts(peer)
+
     def authenticate(
         self, headers: Mapping[str, str], peer: str | None, roles: Any = None
     ) -> AdminCaller:

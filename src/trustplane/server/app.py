@@ -26,7 +26,8 @@ from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAut
 from trustplane.enforcement.native import start_ext_authz
 from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
-from trustplane.server.admin import AdminApi
+from trustplane.server.admin import AdminApi, admin_routes
+from trustplane.server.admin_gate import AdminGate
 from trustplane.server.attestations import AttestationsApi, attestation_routes
 from trustplane.server.authzen import AuthZenApi
 from trustplane.server.governance_api import GovernanceApi, governance_routes
@@ -45,14 +46,14 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     (bundle, ledger writer, file watcher, SIGHUP reload) and drains it on shutdown."""
     pdp = PolicyDecisionPoint(runtime)
     authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
-    admin = AdminApi(runtime)
+    gate = AdminGate(runtime)  # every admin route goes through it (server/admin_gate.py)
     settings = runtime.settings
     enforcer = HttpEnforcer(pdp, Authenticator.from_settings(settings), runtime.seen)
     forward_auth = ForwardAuth(enforcer)
     envoy_http = EnvoyHttp(enforcer, settings.strip_credential)
-    identity = IdentityApi(runtime, admin, verifier_from_settings(settings.issuers))
+    identity = IdentityApi(runtime, verifier_from_settings(settings.issuers))
     admission = AdmissionWebhook(pdp, settings, runtime.attestations)
-    attestations = AttestationsApi(runtime, pdp, admin)
+    attestations = AttestationsApi(runtime, pdp)
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -88,22 +89,10 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/v1/bundle", admin.status, methods=["GET"]),
-        Route("/v1/bundle/revisions", admin.revisions, methods=["GET"]),
-        Route("/v1/bundle/reload", admin.reload, methods=["POST"]),
-        Route("/v1/bundle/activate", admin.activate, methods=["POST"]),
-        Route("/v1/bundle/rollback", admin.rollback, methods=["POST"]),
-        Route("/v1/revocations", admin.revoke, methods=["POST"]),
-        Route("/v1/revocations", admin.revocations, methods=["GET"]),
-        Route("/v1/decisions", admin.decisions, methods=["GET"]),
-        Route("/v1/decisions/{decision_id}", admin.decision, methods=["GET"]),
-        Route("/v1/ledger/checkpoint", admin.checkpoint, methods=["GET"]),
-        Route("/v1/ledger/checkpoints", admin.checkpoints, methods=["GET"]),
-        Route("/v1/ledger/proof/inclusion", admin.inclusion, methods=["GET"]),
-        Route("/v1/ledger/proof/consistency", admin.consistency, methods=["GET"]),
-        *identity_routes(identity),
-        *attestation_routes(attestations),
-        *governance_routes(GovernanceApi(runtime, admin)),
+        *admin_routes(AdminApi(runtime), gate),
+        *identity_routes(identity, gate),
+        *attestation_routes(attestations, gate),
+        *governance_routes(GovernanceApi(runtime), gate),
     ]
 
     async def on_problem(request: Request, exc: Exception) -> Response:
