@@ -81,6 +81,7 @@ class IdentityApi:
                 verifier,
                 runtime.settings.token_exchange_rules,
                 self._revoked,
+                reserved_audiences=(runtime.settings.admin_audience,),
             )
 
     def _revoked(self, token_id: str | None, spiffe_id: str) -> str | None:
