@@ -48,6 +48,7 @@ from trustplane.server.admin_auth import (
 from trustplane.server.problems import Problem, read_body
 from trustplane.server.runtime import Runtime
 from trustplane.telemetry.ledger import admin_entry
+from trustplane.telemetry.recorder import RecordingError
 
 UNAUTHENTICATED = "unauthenticated"  # the ledger's actor for a caller who did not prove who
 
@@ -218,6 +219,9 @@ class GatedEndpoint:
             return response
         except Problem as problem:
             status, refused = problem.status, problem.detail
+            raise
+        except RecordingError as exc:  # answered 503 (server/app.py)
+            status, refused = 503, str(exc)
             raise
         finally:
             await run_in_threadpool(gate.record, call, status, refused)
