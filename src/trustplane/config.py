@@ -94,6 +94,12 @@ class ExchangeRuleSettings(BaseModel):
     spiffe_id: str = Field(description="SPIFFE ID issued; `{claim}` is replaced by its value.")
     ttl_seconds: int = Field(600, ge=30, le=900, description="Lifetime of the JWT-SVID.")
     owner: str = Field("", description="Who answers for this rule (inventory).")
+    audiences: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="The only audiences a pipeline may ask for under this rule (default: any "
+        "but admin_audience, which no rule can grant).",
+    )
 
 
 class AdmissionModes(BaseModel):
@@ -448,6 +454,24 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
         return value
+
+    @model_validator(mode="after")
+    def _admin_audience_reserved(self) -> Settings:
+        """A JWT-SVID for `admin_audience` is an admin API credential: token exchange must
+        never mint one (see identity/exchange.py, which refuses it at exchange time too)."""
+        reserved = self.admin_audience
+        for index, rule in enumerate(self.token_exchange_rules):
+            if rule.audiences is not None and reserved in rule.audiences:
+                raise ValueError(
+                    f"token_exchange_rules[{index}] ({rule.name}): audience {reserved!r} is "
+                    "admin_audience, reserved for the admin API: no exchange rule can grant it"
+                )
+        if self.identity_issuer == reserved:
+            raise ValueError(
+                f"identity_issuer {reserved!r} equals admin_audience: JWT-SVIDs addressed to "
+                "the issuer (token exchange's default audience) would be admin API credentials"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

@@ -1,13 +1,21 @@
-"""Trust rules of the token exchange: conditions on claims and the SPIFFE ID they issue."""
+"""Trust rules of the token exchange: conditions on claims and the SPIFFE ID they issue; the
+admin API's audience, which no rule grants and no exchanged JWT-SVID carries into the admin API."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trustplane.config import ExchangeRuleSettings
+from trustplane.config import ConfigError, ExchangeRuleSettings, load_settings
 from trustplane.identity.exchange import ExchangeError, render_spiffe_id, rule_mismatch
+from trustplane.identity.keys import IdentityKeys
+from trustplane.identity.spiffe_id import SpiffeId
+from trustplane.identity.svid import issue_jwt_svid
+from trustplane.server.admin_auth import AdminAuthenticator, AdminCaller, AdminUnauthenticated
 
 RULE = ExchangeRuleSettings(
     name="deploy",
@@ -41,3 +49,36 @@ def test_claim_values_cannot_escape_the_spiffe_id_template() -> None:
         assert refused.value.error == "invalid_grant"
     with pytest.raises(ExchangeError, match="claim 'repository' is missing"):
         render_spiffe_id(RULE.spiffe_id, {})
+
+
+# -- the admin audience is reserved -------------------------------------------------------------
+
+
+def test_no_exchange_rule_can_grant_the_admin_audience() -> None:
+    rule = {**RULE.model_dump(), "audiences": ["deploy-api", "trustplane-admin"]}
+    with pytest.raises(ConfigError, match=r"token_exchange_rules\[0\] \(deploy\).*reserved"):
+        load_settings(overrides={"token_exchange_rules": [rule]})
+    mine = {**rule, "audiences": ["ops-admin"]}
+    with pytest.raises(ConfigError, match="'ops-admin' is admin_audience, reserved"):
+        load_settings(overrides={"token_exchange_rules": [mine], "admin_audience": "ops-admin"})
+    with pytest.raises(ConfigError, match="identity_issuer 'trustplane-admin' equals"):
+        load_settings(overrides={"identity_issuer": "trustplane-admin"})
+    fine = load_settings(overrides={"token_exchange_rules": [{**rule, "audiences": ["a"]}]})
+    assert fine.token_exchange_rules[0].audiences == ["a"]
+
+
+def test_a_jwt_svid_from_token_exchange_is_not_an_admin_credential(
+    identity_keys: IdentityKeys,
+) -> None:
+    keys = identity_keys.load()
+    settings = load_settings(overrides={"trust_domain": "example.test"})
+    authn = AdminAuthenticator(settings, lambda token: False, SimpleNamespace(keys=keys))
+    workload = SpiffeId.parse("spiffe://example.test/ci/org/app")
+
+    def caller(**extra: Any) -> AdminCaller:
+        svid = issue_jwt_svid(keys, workload, ["trustplane-admin"], 300, extra_claims=extra)
+        return authn.authenticate({"authorization": f"Bearer {svid.token}"}, None)
+
+    assert caller() == AdminCaller("workload", str(workload))
+    with pytest.raises(AdminUnauthenticated, match="token exchange"):
+        caller(trust_rule="deploy", ci={"repository": "org/app"})

@@ -170,6 +170,60 @@ def test_token_exchange_with_several_audiences(server: Server, idp_key: Key) -> 
     assert issued["aud"] == ["deploy-api", "registry"]
 
 
+ADMIN_READS = ("/v1/bundle", "/v1/identity/entries", "/v1/identity/inventory")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize("audiences", [["trustplane-admin"], ["deploy-api", "trustplane-admin"]])
+def test_token_exchange_never_mints_an_admin_api_credential(
+    server: Server, idp_key: Key, audiences: list[str]
+) -> None:
+    form = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", pipeline_token(idp_key)),
+        ("subject_token_type", JWT_TYPE),
+        *(("audience", a) for a in audiences),
+    ]
+    response = server.client.post(
+        "/v1/token",
+        content=urlencode(form),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 403, response.text
+    body = response.json()
+    assert body["error"] == "invalid_target" and "access_token" not in body
+    assert (
+        "'trustplane-admin' is reserved for the trustplane admin API" in (body["error_description"])
+    )
+    # What a pipeline can get is no admin credential either.
+    token = exchange(server, pipeline_token(idp_key)).json()["access_token"]
+    for path in ADMIN_READS:
+        assert server.client.get(path, headers=bearer(token)).status_code == 401, path
+
+
+def test_a_workload_svid_reads_only_what_the_admin_policy_gives_workloads(
+    server: Server, socket_path: Path
+) -> None:
+    exe = os.readlink(f"/proc/{os.getpid()}/exe")
+    monitor = f"spiffe://{TRUST_DOMAIN}/ns/ops/sa/monitor"
+    selectors = ["--selector", f"unix:uid:{os.getuid()}", "--selector", f"unix:path:{exe}"]
+    created = cli(server, "identity", "entry", "create", monitor, *selectors, "--json")
+    try:
+        with spiffe.WorkloadApiClient(socket_path=f"unix:{socket_path}") as client:
+            token = client.fetch_jwt_svid(audience={"trustplane-admin"}).token
+    finally:
+        cli(server, "identity", "entry", "delete", created["id"], "--json")
+    for path in ADMIN_READS:
+        refused = server.client.get(path, headers=bearer(token))
+        assert refused.status_code == 403, (path, refused.text)
+        assert f"{monitor} may not" in refused.json()["detail"]
+    witnessed = server.client.get("/v1/ledger/checkpoints", headers=bearer(token))
+    assert witnessed.status_code == 200, "workloads may witness the ledger"
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

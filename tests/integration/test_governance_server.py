@@ -351,12 +351,14 @@ def test_an_mtls_workload_is_an_admin_caller_until_its_certificate_is_revoked(
     server: Server,
 ) -> None:
     robot = {"x-forwarded-client-cert": xfcc_for("spiffe://trustplane.local/ops/robot", 0xC0FFEE)}
-    assert server.client.get("/v1/bundle", headers=robot).status_code == 200, "workloads read"
+    assert server.client.get("/v1/bundle", headers=robot).status_code == 403, "workloads may not"
+    witness = server.client.get("/v1/ledger/checkpoints", headers=robot)
+    assert witness.status_code == 200, "workloads may witness the ledger"
     write = server.client.post("/v1/bundle/reload", headers=robot)
     assert write.status_code == 403 and "spiffe://trustplane.local/ops/robot" in write.text
     body = {"kind": "certificate", "target": "00:c0:ff:ee", "reason": "robot key leaked"}
     assert server.client.post("/v1/revocations", json=body, headers=server.admin).status_code == 201
-    refused = server.client.get("/v1/bundle", headers=robot)
+    refused = server.client.get("/v1/ledger/checkpoints", headers=robot)
     assert refused.status_code == 401 and "robot key leaked" in refused.json()["detail"]
 
 

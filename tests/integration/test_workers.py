@@ -104,6 +104,6 @@ def test_workers_share_one_ledger_metrics_and_active_bundle(
     assert "Traceback" not in server.log()
     report = json.loads(run_cli("audit", "verify", "--json", env=server.env).stdout)
     assert report["ok"] is True and report["problems"] == []
-    # Every answer from every worker, and the two admin actions (reload, rollback).
-    assert report["records"] == len(ids) + 2, "every answer from every worker is in the ledger"
+    # Every answer from every worker, and the three admin calls (reload, rollback, the history).
+    assert report["records"] == len(ids) + 3, "every answer from every worker is in the ledger"
     assert report["records_after_last_checkpoint"] == 0

@@ -113,7 +113,9 @@ def test_the_shipped_admin_policies() -> None:
     assert not allowed(ALICE, "breakglass:review", Target("session", opened_by='User::"alice"'))
     assert allowed(BOOT, "bundle:write", Target("bundle")), "first setup"
     assert not allowed(ALICE, "bundle:write", Target("bundle"))
-    assert allowed(ROBOT, "ledger:read", Target("ledger"))
+    assert allowed(ROBOT, "ledger:read", Target("ledger")), "workloads witness the ledger"
+    for action in ("bundle:read", "identity:read", "decisions:read", "attestation:read"):
+        assert not allowed(ROBOT, action, Target(action.split(":")[0])), action
     assert not allowed(ROBOT, "revocation:write", Target("revocation"))
     assert not allowed(ALICE, "access:revoke", Target("grant", requester='User::"bob"'))
     assert allowed(ALICE, "access:revoke", Target("grant", requester='User::"alice"'))

@@ -4,15 +4,18 @@ JWT-SVID out, only when a trust rule's conditions on the token's claims all hold
 The subject token is verified by `tokens.TokenVerifier` (issuer's JWKS, allowed algorithms,
 audience, expiry). Trust rules come from the settings (`token_exchange_rules`); each names an
 issuer, conditions on claims (exact values, or a prefix ending in `*`), the SPIFFE ID to issue
-(`{claim}` is replaced by the claim's value) and a lifetime of at most 15 minutes. The first
-rule that matches wins; rules are tried in order. Errors are RFC 6749 section 5.2 codes.
+(`{claim}` is replaced by the claim's value), a lifetime of at most 15 minutes and, optionally,
+the only audiences it issues for. The first rule that matches wins; rules are tried in order.
+The admin API's audience (`admin_audience`) is never granted: the settings refuse a rule that
+lists it, and an exchange asking for it is refused (403 `invalid_target`) before the token is
+even looked at. Errors are RFC 6749 section 5.2 codes.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,12 +104,15 @@ class TokenExchange:
         verifier: TokenVerifier | None,
         rules: Sequence[ExchangeRuleSettings],
         revoked: Callable[[str | None, str], str | None],
+        reserved_audiences: Collection[str] = (),
     ) -> None:
-        """`revoked(token_id, spiffe_id)` names a revocation that forbids the exchange."""
+        """`revoked(token_id, spiffe_id)` names a revocation that forbids the exchange;
+        `reserved_audiences` (the admin API's) are never granted, whatever the rule."""
         self._service = service
         self._verifier = verifier
         self._rules = tuple(rules)
         self._revoked = revoked
+        self._reserved = frozenset(reserved_audiences)
 
     def exchange(
         self, form: Mapping[str, str], audiences: Sequence[str] | None = None
@@ -134,8 +140,24 @@ class TokenExchange:
             raise ExchangeError("invalid_request", "delegation (actor_token) is not supported")
         given = audiences if audiences is not None else [form.get("audience", "")]
         audience = [a for a in given if a] or [self._service.issuer]
+        reserved = sorted(self._reserved.intersection(audience))
+        if reserved:
+            raise ExchangeError(
+                "invalid_target",
+                f"audience {reserved[0]!r} is reserved for the trustplane admin API: token "
+                "exchange never grants it",
+                403,
+            )
         verified = self._verify(subject_token)
         rule, spiffe_id = self._match(verified)
+        if rule.audiences is not None:
+            outside = [a for a in audience if a not in rule.audiences]
+            if outside:
+                raise ExchangeError(
+                    "invalid_target",
+                    f"rule {rule.name} does not issue for audience {outside[0]!r} "
+                    f"(it issues for {', '.join(rule.audiences)})",
+                )
         revocation = self._revoked(
             verified.claims.get("jti") if isinstance(verified.claims.get("jti"), str) else None,
             str(spiffe_id),

@@ -1,9 +1,11 @@
-"""The admin API under /v1/: bundle status and lifecycle, decision queries, ledger proofs.
+"""The admin API under /v1/: bundle status and lifecycle, revocations, decision queries,
+ledger proofs.
 
-Every call is authenticated (`server/admin_auth.py`: an OIDC token, a JWT-SVID, mTLS through a
-trusted proxy, or the bootstrap token of `trustplane init`) and authorized by the admin Cedar
-policy set; refusals and every change are recorded in the ledger with who, what and why.
-Blocking store work runs in a worker thread so the event loop keeps answering.
+Every call reaches these handlers through the admin gate (`server/admin_gate.py`): it is
+authenticated (`server/admin_auth.py`: an OIDC token, a JWT-SVID, mTLS through a trusted proxy,
+or the bootstrap token of `trustplane init`), authorized by the admin Cedar policy set, and
+recorded in the ledger with who, what and why, reads and refusals included. Blocking store
+work runs in a worker thread so the event loop keeps answering.
 """
 
 from __future__ import annotations
@@ -14,43 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from trustplane.decision.bundle import BundleError
 from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.manager import ActivationError
-from trustplane.governance.catalog import access_catalog
 from trustplane.governance.records import Actor, GovernanceError
 from trustplane.problems import Problem, json_response, parse_model, read_body
 from trustplane.recovery.revocation import RevocationError, RevocationKind
-from trustplane.server.admin_auth import (
-    AdminAuthenticator,
-    AdminAuthorizer,
-    AdminCaller,
-    AdminUnauthenticated,
-    Target,
-)
+from trustplane.server.admin_auth import AdminCaller, Target
+from trustplane.server.admin_gate import AdminCall, AdminGate
 from trustplane.server.runtime import Runtime
-from trustplane.telemetry.ledger import (
-    DecisionQuery,
-    LedgerError,
-    admin_entry,
-    get_decision,
-    query_decisions,
-)
-
-# Admin actions of the routes that do not name theirs: the path's family, read or write.
-_FAMILIES = (
-    ("/v1/bundle", "bundle"),
-    ("/v1/decisions", "decisions"),
-    ("/v1/ledger", "ledger"),
-    ("/v1/revocations", "revocation"),
-    ("/v1/identity", "identity"),
-)
-
-
-def route_action(method: str, path: str) -> str:
-    family = next((name for prefix, name in _FAMILIES if path.startswith(prefix)), "bundle")
-    return f"{family}:{'read' if method in ('GET', 'HEAD') else 'write'}"
+from trustplane.telemetry.ledger import DecisionQuery, LedgerError, get_decision, query_decisions
 
 
 class ActivateBody(BaseModel):
@@ -102,158 +79,61 @@ def _describe(loaded: LoadedBundle) -> dict[str, Any]:
 
 
 class AdminApi:
+    """Handlers of the bundle, revocation, decision and ledger routes. The gate
+    (`server/admin_gate.py`) has authenticated and authorized each call before it gets here,
+    and records it once it is answered; a handler says what the record should add."""
+
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._limit = runtime.settings.max_body_bytes
-        self._authn = AdminAuthenticator(
-            runtime.settings, runtime.check_admin_token, runtime.identity
-        )
-        self.authorizer = AdminAuthorizer(runtime.settings.admin_policy_dir)
 
-    # -- who is calling, and may they --------------------------------------------------------
-
-    def _roles(self, principal: str) -> frozenset[str]:
-        active = self._runtime.bundles.active
-        if active is None:
-            return frozenset()
-        return access_catalog(active.bundle).roles_of(principal)
-
-    def caller(self, request: Request) -> AdminCaller:
-        """Authenticate (blocking: may fetch an issuer's JWKS); 401 naming what is missing."""
-        peer = request.client.host if request.client else None
-        try:
-            caller = self._authn.authenticate(request.headers, peer, self._roles)
-            revocations = self._runtime.revocations
-            revoked = revocations.named(caller.principal or caller.name)
-            if revoked is None:
-                revoked = revocations.credential(caller.token_id)
-            if revoked is None:
-                revoked = revocations.certificate(caller.certificate_serial)
-            if revoked is not None:
-                raise AdminUnauthenticated(
-                    f"revoked: {revoked.target} ({revoked.reason})", "invalid_token"
-                )
-        except AdminUnauthenticated as exc:
-            challenge = 'Bearer realm="trustplane-admin"'
-            if exc.error:
-                challenge += f', error="{exc.error}"'
-            raise Problem(
-                401,
-                "unauthenticated",
-                "Authentication failed" if exc.error else "Authentication required",
-                exc.detail,
-                headers={"WWW-Authenticate": challenge},
-            ) from None
-        return caller
-
-    def check(self, caller: AdminCaller, action: str, target: Target, wait: bool = True) -> None:
-        """403 (recorded in the ledger) unless the admin policies allow `action`."""
-        verdict = self.authorizer.authorize(caller, action, target)
-        if verdict.allowed:
-            return
-        details = {"policies": list(verdict.policies)}
-        self.audit(caller, action, target, "", False, details, wait=wait)
-        because = ", ".join(verdict.policies) or "no admin policy permits it"
-        if verdict.errors:
-            because += f"; errors: {'; '.join(verdict.errors)}"
-        raise Problem(
-            403,
-            "forbidden",
-            "Admin action refused",
-            f"{caller.name} may not {action} on {target.label()} ({because})",
-        )
-
-    def audit(
-        self,
-        caller: AdminCaller,
-        action: str,
-        target: Target,
-        reason: str,
-        allowed: bool,
-        details: dict[str, Any] | None = None,
-        wait: bool = True,
-    ) -> None:
-        """Record an admin action (or a refused attempt) in the ledger; with `wait`, once
-        committed (never `wait` on the event loop)."""
-        self._runtime.recorder.record_entry_blocking(
-            admin_entry(caller.name, action, target.label(), reason, allowed, details), wait=wait
-        )
-
-    def authenticate(self, request: Request) -> str:
-        """Authenticate and authorize the route's action from an event loop (the identity
-        routes); writes are queued for the ledger. Returns the caller's name for the audit
-        trail. An OIDC caller whose issuer's keys are not cached yet waits for one JWKS fetch."""
-        caller = self.caller(request)
-        action = route_action(request.method, request.url.path)
-        target = Target(action.split(":")[0], request.url.path)
-        self.check(caller, action, target, wait=False)
-        if not action.endswith(":read"):
-            self.audit(caller, action, target, "", True, wait=False)
-        return caller.name
-
-    async def guard(
-        self, request: Request, action: str | None = None, target: Target | None = None
-    ) -> AdminCaller:
-        """`caller` and `check` off the event loop; reads are not recorded, refusals are."""
-        caller = await run_in_threadpool(self.caller, request)
-        action = action or route_action(request.method, request.url.path)
-        target = target or Target(action.split(":")[0])
-        await run_in_threadpool(self.check, caller, action, target)
-        return caller
-
-    async def status(self, request: Request) -> Response:
-        await self.guard(request)
+    async def status(self, request: Request, call: AdminCall) -> Response:
         return json_response(bundle_status(self._runtime))
 
-    async def revisions(self, request: Request) -> Response:
-        await self.guard(request)
+    async def revisions(self, request: Request, call: AdminCall) -> Response:
         manager = self._runtime.bundles
         history = await run_in_threadpool(manager.history, 100)
         return json_response({"activations": [a.as_dict() for a in history]})
 
-    async def reload(self, request: Request) -> Response:
-        caller = await self.guard(request)
+    async def reload(self, request: Request, call: AdminCall) -> Response:
         loaded = await self._lifecycle(
-            self._runtime.bundles.reload, reason="api", actor=caller.name
+            self._runtime.bundles.reload, reason="api", actor=call.caller.name
         )
-        await self._done(caller, "bundle:write", "reload", loaded)
+        _done(call, "reload", loaded)
         return json_response({"active": _describe(loaded)})
 
-    async def activate(self, request: Request) -> Response:
-        caller = await self.guard(request)
+    async def activate(self, request: Request, call: AdminCall) -> Response:
         body = parse_model(ActivateBody, await read_body(request, self._limit))
         loaded = await self._lifecycle(
-            self._runtime.bundles.activate_revision, body.revision, reason="api", actor=caller.name
+            self._runtime.bundles.activate_revision,
+            body.revision,
+            reason="api",
+            actor=call.caller.name,
         )
-        await self._done(caller, "bundle:write", "activate", loaded)
+        _done(call, "activate", loaded)
         return json_response({"active": _describe(loaded)})
 
-    async def rollback(self, request: Request) -> Response:
-        caller = await self.guard(request)
+    async def rollback(self, request: Request, call: AdminCall) -> Response:
         raw = await read_body(request, self._limit)
         body = parse_model(RollbackBody, raw) if raw.strip() else RollbackBody()
         loaded = await self._lifecycle(
-            self._runtime.bundles.rollback, actor=caller.name, to=body.to
+            self._runtime.bundles.rollback, actor=call.caller.name, to=body.to
         )
-        await self._done(caller, "bundle:write", "rollback", loaded)
+        _done(call, "rollback", loaded)
         return json_response({"active": _describe(loaded)})
 
-    async def _done(self, caller: AdminCaller, action: str, what: str, loaded: Any) -> None:
-        target = Target("bundle", loaded.bundle.revision)
-        await run_in_threadpool(self.audit, caller, action, target, what, True, {"step": what})
-
-    async def revoke(self, request: Request) -> Response:
+    async def revoke(self, request: Request, call: AdminCall) -> Response:
         """Revoke a principal, a credential (JWT id or certificate serial), a grant, an
         exception or a break-glass session: every serving process stops honouring it within the
         change feed's latency. Revoking again answers the existing revocation (200, not 201)."""
-        caller = await self.guard(request, "revocation:write", Target("revocation"))
         body = parse_model(RevokeBody, await read_body(request, self._limit))
+        call.note(Target(body.kind.value, body.target.strip()), body.reason)
         if body.kind in GOVERNED_KINDS:
-            return await self._revoke_governed(caller, body)
+            return await self._revoke_governed(call, body)
         store = self._runtime.revocation_store
         try:
             revocation, created = await run_in_threadpool(
-                store.revoke, body.kind, body.target, body.reason, caller.name
+                store.revoke, body.kind, body.target, body.reason, call.caller.name
             )
         except RevocationError as exc:
             raise Problem(
@@ -264,16 +144,13 @@ class AdminApi:
                 [{"pointer": "/target", "detail": str(exc), "code": "invalid"}],
             ) from None
         await run_in_threadpool(self._runtime.revocations.refresh)  # this node: at once
-        target = Target(body.kind.value, revocation.target)
-        await run_in_threadpool(
-            self.audit, caller, "revocation:write", target, body.reason, True, {"new": created}
-        )
+        call.note(Target(body.kind.value, revocation.target), new=created)
         return json_response({**revocation.as_dict(), "created": created}, 201 if created else 200)
 
-    async def _revoke_governed(self, caller: AdminCaller, body: RevokeBody) -> Response:
+    async def _revoke_governed(self, call: AdminCall, body: RevokeBody) -> Response:
         """Grants, exceptions and break-glass sessions live in governance; same answer shape."""
         governance = self._runtime.governance
-        actor = governance_actor(caller)
+        actor = governance_actor(call.caller)
         try:
             if body.kind is RevocationKind.EXCEPTION:
                 item, created = await run_in_threadpool(
@@ -291,22 +168,18 @@ class AdminApi:
             raise governance_problem(exc) from None
         await run_in_threadpool(governance.state.refresh)
         await run_in_threadpool(self._runtime.revocations.refresh)
-        target = Target(body.kind.value, body.target.strip())
-        await run_in_threadpool(
-            self.audit, caller, "revocation:write", target, body.reason, True, {"new": created}
-        )
+        call.note(new=created)
         document = {
             "kind": body.kind.value,
             "target": body.target.strip(),
             "reason": body.reason,
-            "actor": caller.name,
+            "actor": call.caller.name,
             "created_at": done,
             "created": created,
         }
         return json_response(document, 201 if created else 200)
 
-    async def revocations(self, request: Request) -> Response:
-        await self.guard(request)
+    async def revocations(self, request: Request, call: AdminCall) -> Response:
         items, epoch = await run_in_threadpool(self._runtime.revocation_store.all)
         return json_response({"epoch": epoch, "revocations": [r.as_dict() for r in items]})
 
@@ -325,8 +198,7 @@ class AdminApi:
         except ActivationError as exc:
             raise Problem(409, "activation-refused", "Activation refused", str(exc)) from None
 
-    async def decisions(self, request: Request) -> Response:
-        await self.guard(request)
+    async def decisions(self, request: Request, call: AdminCall) -> Response:
         params = request.query_params
         unknown = set(params) - {
             "principal",
@@ -355,8 +227,7 @@ class AdminApi:
         rows = await run_in_threadpool(query_decisions, self._runtime.engine, query)
         return json_response({"decisions": rows})
 
-    async def decision(self, request: Request) -> Response:
-        await self.guard(request)
+    async def decision(self, request: Request, call: AdminCall) -> Response:
         decision_id = request.path_params["decision_id"]
         row = await run_in_threadpool(get_decision, self._runtime.engine, decision_id)
         if row is None:
@@ -368,8 +239,7 @@ class AdminApi:
             )
         return json_response(row)
 
-    async def checkpoint(self, request: Request) -> Response:
-        await self.guard(request)
+    async def checkpoint(self, request: Request, call: AdminCall) -> Response:
         latest = await run_in_threadpool(self._runtime.ledger.latest_checkpoint)
         if latest is None:
             raise Problem(404, "not-found", "No checkpoint", "no checkpoint has been signed yet")
@@ -377,8 +247,7 @@ class AdminApi:
             {**latest.as_dict(), "verifier_key": self._runtime.ledger.verifier_key}
         )
 
-    async def checkpoints(self, request: Request) -> Response:
-        await self.guard(request)
+    async def checkpoints(self, request: Request, call: AdminCall) -> Response:
         limit = _int_param(request.query_params.get("limit"), "limit", 100, 1, 1000)
         rows = await run_in_threadpool(self._runtime.ledger.list_checkpoints, limit)
         return json_response(
@@ -388,8 +257,7 @@ class AdminApi:
             }
         )
 
-    async def inclusion(self, request: Request) -> Response:
-        await self.guard(request)
+    async def inclusion(self, request: Request, call: AdminCall) -> Response:
         decision_id = request.query_params.get("decision_id")
         if not decision_id:
             raise _bad_query("decision_id", "is required")
@@ -397,8 +265,7 @@ class AdminApi:
         tree_size = None if size is None else _int_param(size, "tree_size", 0, 0, 2**62)
         return await self._proof(self._runtime.ledger.inclusion_proof, decision_id, tree_size)
 
-    async def consistency(self, request: Request) -> Response:
-        await self.guard(request)
+    async def consistency(self, request: Request, call: AdminCall) -> Response:
         first = _int_param(request.query_params.get("first"), "first", None, 0, 2**62)
         second_raw = request.query_params.get("second")
         second = None if second_raw is None else _int_param(second_raw, "second", 0, 0, 2**62)
@@ -410,6 +277,29 @@ class AdminApi:
         except LedgerError as exc:
             raise Problem(404, "proof-unavailable", "Proof unavailable", str(exc)) from None
         return json_response(proof)
+
+
+def _done(call: AdminCall, step: str, loaded: LoadedBundle) -> None:
+    call.note(Target("bundle", loaded.bundle.revision), step, step=step)
+
+
+def admin_routes(api: AdminApi, gate: AdminGate) -> list[Route]:
+    """The bundle, revocation, decision and ledger routes, each behind the admin gate."""
+    return [
+        gate.route("GET", "/v1/bundle", api.status),
+        gate.route("GET", "/v1/bundle/revisions", api.revisions),
+        gate.route("POST", "/v1/bundle/reload", api.reload),
+        gate.route("POST", "/v1/bundle/activate", api.activate),
+        gate.route("POST", "/v1/bundle/rollback", api.rollback),
+        gate.route("POST", "/v1/revocations", api.revoke),
+        gate.route("GET", "/v1/revocations", api.revocations),
+        gate.route("GET", "/v1/decisions", api.decisions),
+        gate.route("GET", "/v1/decisions/{decision_id}", api.decision),
+        gate.route("GET", "/v1/ledger/checkpoint", api.checkpoint),
+        gate.route("GET", "/v1/ledger/checkpoints", api.checkpoints),
+        gate.route("GET", "/v1/ledger/proof/inclusion", api.inclusion),
+        gate.route("GET", "/v1/ledger/proof/consistency", api.consistency),
+    ]
 
 
 GOVERNED_KINDS = frozenset({RevocationKind.GRANT, RevocationKind.EXCEPTION, RevocationKind.SESSION})

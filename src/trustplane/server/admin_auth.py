@@ -1,7 +1,8 @@
 """The admin API's own zero trust: who is calling (authentication) and may they (Cedar).
 
 Callers prove who they are with, in order of preference:
-- a JWT-SVID of this trust domain with audience `admin_audience` (a workload),
+- a JWT-SVID of this trust domain with audience `admin_audience` (a workload; never one minted
+  by token exchange, which refuses that audience and whose SVIDs carry `trust_rule`),
 - an OIDC token from one of `admin_issuers` (a person: `admin_subject_type::"<sub>"`),
 - mTLS terminated by a trusted proxy, which forwards the client certificate's SPIFFE ID in
   `X-Forwarded-Client-Cert` (a workload; when the proxy forwards the certificate too, `Cert=`,
@@ -173,6 +174,10 @@ class AdminAuthenticator:
             verifier = verifier_from_settings(settings.admin_issuers)
         self._verifier = verifier
 
+    def trusts_proxy(self, peer: str | None) -> bool:
+        """Whether `peer` is a proxy whose forwarded client certificate is believed."""
+        return self._proxies.trusts(peer)
+
     def authenticate(
         self, headers: Mapping[str, str], peer: str | None, roles: Any = None
     ) -> AdminCaller:
@@ -216,6 +221,12 @@ class AdminAuthenticator:
                         f"JWT-SVID refused: {exc.detail}", "invalid_token"
                     ) from None
             else:
+                if "trust_rule" in svid.claims:  # minted by token exchange: never an admin
+                    raise AdminUnauthenticated(
+                        "a JWT-SVID from token exchange (POST /v1/token) is not an admin API "
+                        "credential",
+                        "invalid_token",
+                    )
                 jti = svid.claims.get("jti")
                 return AdminCaller(
                     "workload", str(svid.spiffe_id), token_id=jti if isinstance(jti, str) else None

@@ -30,7 +30,8 @@ from trustplane.enforcement.pep import PEP_HEADER
 from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
 from trustplane.problems import Problem, json_response
-from trustplane.server.admin import AdminApi
+from trustplane.server.admin import AdminApi, admin_routes
+from trustplane.server.admin_gate import AdminGate
 from trustplane.server.attestations import AttestationsApi, attestation_routes
 from trustplane.server.authzen import AuthZenApi
 from trustplane.server.governance_api import GovernanceApi, governance_routes
@@ -49,18 +50,18 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     `app.state.listeners` holds what the serving layer starts once HTTP listens."""
     pdp = runtime.decision_point()
     authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
-    admin = AdminApi(runtime)
+    admin_gate = AdminGate(runtime)  # every admin route goes through it (server/admin_gate.py)
     settings = runtime.settings
     skew = runtime.metrics.observe_issuer_clock_skew
     enforcer = HttpEnforcer(pdp, Authenticator.from_settings(settings, skew), runtime.seen)
     forward_auth = ForwardAuth(enforcer)
     envoy_http = EnvoyHttp(enforcer, settings.strip_credential)
-    identity = IdentityApi(runtime, admin, verifier_from_settings(settings.issuers, skew))
+    identity = IdentityApi(runtime, verifier_from_settings(settings.issuers, skew))
     admission = AdmissionWebhook(pdp, settings, runtime.attestations)
-    attestations = AttestationsApi(runtime, pdp, admin)
-    gate = PepGate.for_runtime(runtime)  # every decision endpoint: registered PEPs only
+    attestations = AttestationsApi(runtime, pdp)
+    pep_gate = PepGate.for_runtime(runtime)  # every decision endpoint: registered PEPs only
 
-    listeners = Listeners(runtime, enforcer, gate)
+    listeners = Listeners(runtime, enforcer, pep_gate)
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -87,46 +88,34 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         return json_response(openapi_document())
 
     routes = [
-        Route("/access/v1/evaluation", gate.guard(authzen.evaluation), methods=["POST"]),
-        Route("/access/v1/evaluations", gate.guard(authzen.evaluations), methods=["POST"]),
+        Route("/access/v1/evaluation", pep_gate.guard(authzen.evaluation), methods=["POST"]),
+        Route("/access/v1/evaluations", pep_gate.guard(authzen.evaluations), methods=["POST"]),
         Route("/.well-known/authzen-configuration", authzen.configuration, methods=["GET"]),
         # Here `Authorization` is the end user's (the held request's): the PEP uses its own.
         Route(
             "/v1/forward-auth",
-            gate.guard(forward_auth.handle, PEP_HEADER),
+            pep_gate.guard(forward_auth.handle, PEP_HEADER),
             methods=list(FORWARD_AUTH_METHODS),
         ),
         Route(
             EnvoyHttp.PREFIX,
-            gate.guard(envoy_http.handle, PEP_HEADER),
+            pep_gate.guard(envoy_http.handle, PEP_HEADER),
             methods=list(FORWARD_AUTH_METHODS),
         ),
         Route(
             EnvoyHttp.PREFIX + "/{path:path}",
-            gate.guard(envoy_http.handle, PEP_HEADER),
+            pep_gate.guard(envoy_http.handle, PEP_HEADER),
             methods=list(FORWARD_AUTH_METHODS),
         ),
-        Route(AdmissionWebhook.PATH, gate.guard(admission.handle), methods=["POST"]),
+        Route(AdmissionWebhook.PATH, pep_gate.guard(admission.handle), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/v1/bundle", admin.status, methods=["GET"]),
-        Route("/v1/bundle/revisions", admin.revisions, methods=["GET"]),
-        Route("/v1/bundle/reload", admin.reload, methods=["POST"]),
-        Route("/v1/bundle/activate", admin.activate, methods=["POST"]),
-        Route("/v1/bundle/rollback", admin.rollback, methods=["POST"]),
-        Route("/v1/revocations", admin.revoke, methods=["POST"]),
-        Route("/v1/revocations", admin.revocations, methods=["GET"]),
-        Route("/v1/decisions", admin.decisions, methods=["GET"]),
-        Route("/v1/decisions/{decision_id}", admin.decision, methods=["GET"]),
-        Route("/v1/ledger/checkpoint", admin.checkpoint, methods=["GET"]),
-        Route("/v1/ledger/checkpoints", admin.checkpoints, methods=["GET"]),
-        Route("/v1/ledger/proof/inclusion", admin.inclusion, methods=["GET"]),
-        Route("/v1/ledger/proof/consistency", admin.consistency, methods=["GET"]),
-        *identity_routes(identity),
-        *attestation_routes(attestations),
-        *governance_routes(GovernanceApi(runtime, admin)),
+        *admin_routes(AdminApi(runtime), admin_gate),
+        *identity_routes(identity, admin_gate),
+        *attestation_routes(attestations, admin_gate),
+        *governance_routes(GovernanceApi(runtime), admin_gate),
     ]
 
     async def on_problem(request: Request, exc: Exception) -> Response:
@@ -188,7 +177,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             yield
             return
         await run_in_threadpool(runtime.start)
-        gate.started()
+        pep_gate.started()
         _freeze_startup_heap()
         tasks = [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.watch else []
         loop = asyncio.get_running_loop()

@@ -42,7 +42,7 @@ from trustplane.posture.image_attestations import (
     token_fingerprint,
 )
 from trustplane.problems import Problem, json_response, parse_model, read_body
-from trustplane.server.admin import AdminApi
+from trustplane.server.admin_gate import AdminCall, AdminGate
 from trustplane.server.runtime import Runtime
 
 REALM = 'Bearer realm="trustplane-attestations"'
@@ -78,10 +78,9 @@ class AttestBody(BaseModel):
 
 
 class AttestationsApi:
-    def __init__(self, runtime: Runtime, pdp: PolicyDecisionPoint, admin: AdminApi) -> None:
+    def __init__(self, runtime: Runtime, pdp: PolicyDecisionPoint) -> None:
         self._runtime = runtime
         self._pdp = pdp
-        self._admin = admin
         self._limit = runtime.settings.max_body_bytes
 
     def _service(self) -> IdentityService:
@@ -150,8 +149,7 @@ class AttestationsApi:
             stored.as_dict(), 201, headers={"Location": f"/v1/attestations?digest={ref.digest}"}
         )
 
-    async def query(self, request: Request) -> Response:
-        self._admin.authenticate(request)
+    async def query(self, request: Request, call: AdminCall) -> Response:
         service = self._service()
         query = _query(request)
         store = self._runtime.attestation_store
@@ -178,10 +176,10 @@ class AttestationsApi:
                 )
         return json_response({"attestations": items})
 
-    async def withdraw(self, request: Request) -> Response:
+    async def withdraw(self, request: Request, call: AdminCall) -> Response:
         """Withdraw an attestation: its digest stops counting at every node once the change
         feed is heard (at once on this one). The withdrawal is a ledger record."""
-        actor = self._admin.authenticate(request)
+        actor = call.caller.name
         self._service()
         body = parse_model(WithdrawBody, await read_body(request, self._limit))
         attestation_id = request.path_params["attestation_id"]
@@ -192,6 +190,7 @@ class AttestationsApi:
                 404, "not-found", "Attestation not found", f"no attestation {attestation_id}"
             )
         context = {"attestation_id": row.id, "signer": row.signer, "reason": body.reason}
+        call.note(reason=body.reason, image=row.image, signer=row.signer)
         await self._pdp.record(
             AccessRequest(
                 principal=EntityRef("Admin", actor),
@@ -327,9 +326,10 @@ def _accepted(now: float) -> Decision:
     )
 
 
-def attestation_routes(api: AttestationsApi) -> list[Route]:
+def attestation_routes(api: AttestationsApi, gate: AdminGate) -> list[Route]:
+    """CI's own route (its JWT-SVID is checked here), then the admin ones behind the gate."""
     return [
         Route("/v1/attestations", api.create, methods=["POST"]),
-        Route("/v1/attestations", api.query, methods=["GET"]),
-        Route("/v1/attestations/{attestation_id}", api.withdraw, methods=["DELETE"]),
+        gate.route("GET", "/v1/attestations", api.query),
+        gate.route("DELETE", "/v1/attestations/{attestation_id}", api.withdraw),
     ]

@@ -7,7 +7,8 @@ Public (verifiers and pipelines need them without an admin token):
 - `POST /v1/token`: RFC 8693 token exchange for CI (errors in RFC 6749 form, never problem+json,
   because OAuth clients parse `error`).
 
-Admin (bearer admin token): registration entries, keys and rotation, the inventory.
+Admin (behind the admin gate, `server/admin_gate.py`): registration entries, keys and rotation,
+the inventory.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from trustplane.identity.keys import KeyKind, RotationError
 from trustplane.identity.service import IdentityService
 from trustplane.identity.tokens import TokenVerifier
 from trustplane.problems import Problem, json_response, parse_model, read_body
-from trustplane.server.admin import AdminApi
+from trustplane.server.admin_gate import AdminCall, AdminGate
 from trustplane.server.runtime import Runtime
 
 FORM = "application/x-www-form-urlencoded"
@@ -79,9 +80,8 @@ def rotate_step(
 
 
 class IdentityApi:
-    def __init__(self, runtime: Runtime, admin: AdminApi, verifier: TokenVerifier | None) -> None:
+    def __init__(self, runtime: Runtime, verifier: TokenVerifier | None) -> None:
         self._runtime = runtime
-        self._admin = admin
         self._limit = runtime.settings.max_body_bytes
         self._exchange: TokenExchange | None = None
         if runtime.identity is not None:
@@ -90,6 +90,7 @@ class IdentityApi:
                 verifier,
                 runtime.settings.token_exchange_rules,
                 self._revoked,
+                reserved_audiences=(runtime.settings.admin_audience,),
             )
 
     def _revoked(self, token_id: str | None, spiffe_id: str) -> str | None:
@@ -146,13 +147,12 @@ class IdentityApi:
 
     # -- admin ---------------------------------------------------------------------------------
 
-    async def entries(self, request: Request) -> Response:
-        self._admin.authenticate(request)
+    async def entries(self, request: Request, call: AdminCall) -> Response:
         items = await run_in_threadpool(self._service().entry_store.list)
         return json_response({"entries": [e.as_dict() for e in items]})
 
-    async def create_entry(self, request: Request) -> Response:
-        actor = self._admin.authenticate(request)
+    async def create_entry(self, request: Request, call: AdminCall) -> Response:
+        actor = call.caller.name
         body = parse_model(EntryBody, await read_body(request, self._limit))
         service = self._service()
         try:
@@ -177,10 +177,10 @@ class IdentityApi:
                 [{"pointer": pointer, "detail": str(exc), "code": "invalid"}],
             ) from None
         await run_in_threadpool(service.entries.refresh)
+        call.note(entry=entry.id, spiffe_id=body.spiffe_id)
         return json_response(entry.as_dict(), 201)
 
-    async def delete_entry(self, request: Request) -> Response:
-        self._admin.authenticate(request)
+    async def delete_entry(self, request: Request, call: AdminCall) -> Response:
         service = self._service()
         try:
             entry = await run_in_threadpool(
@@ -189,10 +189,10 @@ class IdentityApi:
         except EntryError as exc:
             raise Problem(404, "not-found", "Entry not found", str(exc)) from None
         await run_in_threadpool(service.entries.refresh)
+        call.note(spiffe_id=str(entry.spiffe_id))
         return json_response(entry.as_dict())
 
-    async def keys(self, request: Request) -> Response:
-        self._admin.authenticate(request)
+    async def keys(self, request: Request, call: AdminCall) -> Response:
         service = self._service()
         records = await run_in_threadpool(service.key_store.records, include_retired=True)
         return json_response(
@@ -205,8 +205,7 @@ class IdentityApi:
             }
         )
 
-    async def rotate(self, request: Request) -> Response:
-        self._admin.authenticate(request)
+    async def rotate(self, request: Request, call: AdminCall) -> Response:
         raw = await read_body(request, self._limit)
         body = parse_model(RotateBody, raw) if raw.strip() else RotateBody()
         service = self._service()
@@ -216,12 +215,12 @@ class IdentityApi:
             done = await run_in_threadpool(rotate_step, service, body.step, body.kind, body.kid)
         except RotationError as exc:
             raise Problem(409, "rotation-refused", "Rotation step refused", str(exc)) from None
+        call.note(done=done)
         return json_response({"done": done})
 
-    async def inventory(self, request: Request) -> Response:
+    async def inventory(self, request: Request, call: AdminCall) -> Response:
         """Served with or without the identity plane: callers seen at the enforcement points
         are recorded either way."""
-        self._admin.authenticate(request)
         params = request.query_params
         options: dict[str, Any] = {}
         for name, cast in (("unused_days", float), ("long_lived_seconds", int)):
@@ -250,16 +249,17 @@ class IdentityApi:
         return json_response({"identities": [i.as_dict() for i in items]})
 
 
-def identity_routes(api: IdentityApi) -> list[Route]:
+def identity_routes(api: IdentityApi, gate: AdminGate) -> list[Route]:
+    """The public routes, then the admin ones behind the gate."""
     return [
         Route("/v1/identity/bundle", api.bundle, methods=["GET"]),
         Route("/.well-known/openid-configuration", api.discovery, methods=["GET"]),
         Route("/v1/identity/jwks", api.jwks, methods=["GET"]),
         Route("/v1/token", api.token, methods=["POST"]),
-        Route("/v1/identity/entries", api.entries, methods=["GET"]),
-        Route("/v1/identity/entries", api.create_entry, methods=["POST"]),
-        Route("/v1/identity/entries/{entry_id}", api.delete_entry, methods=["DELETE"]),
-        Route("/v1/identity/keys", api.keys, methods=["GET"]),
-        Route("/v1/identity/rotate", api.rotate, methods=["POST"]),
-        Route("/v1/identity/inventory", api.inventory, methods=["GET"]),
+        gate.route("GET", "/v1/identity/entries", api.entries),
+        gate.route("POST", "/v1/identity/entries", api.create_entry),
+        gate.route("DELETE", "/v1/identity/entries/{entry_id}", api.delete_entry),
+        gate.route("GET", "/v1/identity/keys", api.keys),
+        gate.route("POST", "/v1/identity/rotate", api.rotate),
+        gate.route("GET", "/v1/identity/inventory", api.inventory),
     ]

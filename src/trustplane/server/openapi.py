@@ -9,6 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from trustplane import __version__
 from trustplane.server.admin import ActivateBody, RevokeBody, RollbackBody
+from trustplane.server.admin_gate import admin_route
 from trustplane.server.attestations import AttestBody
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
 from trustplane.server.governance_api import (
@@ -346,6 +347,7 @@ def openapi_document() -> dict[str, Any]:
     }
     _declare_path_parameters(document["paths"])
     _pep_security(document["paths"])
+    _name_admin_actions(document["paths"])
     return document
 
 
@@ -363,6 +365,16 @@ def _pep_security(paths: dict[str, Any]) -> None:
         for operation in paths[path].values():
             operation["security"] = [{}, {header: []}, {"pepMtls": []}]
             operation["responses"].setdefault("401", _PROBLEM)
+
+
+def _name_admin_actions(paths: dict[str, Any]) -> None:
+    """Each admin operation names the admin action the gate asks Cedar about, from the gate's
+    own table (server/admin_gate.py), so the document and the gate cannot disagree."""
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            route = admin_route(method, path)
+            if route is not None:
+                operation["x-trustplane-admin-action"] = route.action
 
 
 def _governance_paths() -> dict[str, Any]:
