@@ -226,7 +226,7 @@ async def _check_bytes(
         request = external_auth_pb2.CheckRequest.FromString(message)
     except DecodeError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed CheckRequest: {exc}")
-    return await service.answer(request, context.peer())
+    return await service.Check(request, context)  # reads the PEP's `authorization` metadata
 
 
 async def start_grpc_server(
