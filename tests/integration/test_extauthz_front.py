@@ -28,6 +28,7 @@ from tests.support import (
     server_env,
     wait_for,
 )
+from trustplane.enforcement.native import MAX_FRAME
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +171,11 @@ def test_the_front_exits_when_its_parent_goes(front_binary: str) -> None:
     ours, theirs = socket.socketpair()
     port = free_port()
     front = subprocess.Popen(
-        [front_binary, "--listen", f"127.0.0.1:{port}", "--backend-fd", str(theirs.fileno())],
+        [
+            front_binary,
+            *("--listen", f"127.0.0.1:{port}", "--backend-fd", str(theirs.fileno())),
+            *("--max-frame", str(MAX_FRAME)),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         pass_fds=(theirs.fileno(),),
