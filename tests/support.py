@@ -239,3 +239,19 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def newest_checkpoint_size(database_url: str) -> int | None:
+    """The size of the newest checkpoint in the store, read directly: asking the admin API
+    would itself add an admin record to the ledger."""
+    from sqlalchemy import func, select
+
+    from trustplane.store.database import create_store_engine
+    from trustplane.store.tables import checkpoints
+
+    engine = create_store_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(select(func.max(checkpoints.c.size))).scalar_one()
+    finally:
+        engine.dispose()

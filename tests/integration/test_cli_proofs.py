@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 
 from tests.conftest import SHOP
-from tests.support import run_cli, running_server, wait_for
+from tests.support import newest_checkpoint_size, run_cli, running_server, wait_for
 from trustplane.store.database import create_store_engine
-from trustplane.store.tables import checkpoints, decisions
+from trustplane.store.tables import decisions
 
 pytestmark = pytest.mark.slow
 
@@ -21,15 +21,6 @@ BODY = {
     "resource": {"type": "Api", "id": "payments.charge"},
     "context": {"mfa": False, "auth_age_seconds": 30, "risk_score": 5},
 }
-
-
-def newest_checkpoint_size(database_url: str) -> int | None:
-    engine = create_store_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return connection.execute(select(func.max(checkpoints.c.size))).scalar_one()
-    finally:
-        engine.dispose()
 
 
 def test_proofs_verify_and_a_forged_leaf_does_not(tmp_path: Path, database_url: str) -> None:
