@@ -7,10 +7,8 @@ Changes go through the running server's admin API (the KEK stays with the server
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -358,6 +356,9 @@ def agent_cmd(
 ) -> None:
     """Serve the SPIFFE Workload API on a unix socket from this store (as `serve` does when
     workload_socket is set), e.g. on each node beside a `serve --workers N` elsewhere."""
+    import asyncio
+    import signal
+
     from trustplane.identity.entries import TOPIC as ENTRIES_TOPIC
     from trustplane.identity.keys import TOPIC as KEYS_TOPIC
     from trustplane.identity.service import IdentityService

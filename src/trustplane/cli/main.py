@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from trustplane import __version__
@@ -789,6 +788,7 @@ def audit_verify(
 ) -> None:
     """Recompute the Merkle tree from the store, check every signed checkpoint and every
     record's query columns; report the records no checkpoint covers yet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from sqlalchemy import func, select
 
     from trustplane.server.runtime import load_verifier

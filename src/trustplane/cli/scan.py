@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -86,6 +85,8 @@ def scan(
     ] = None,
 ) -> None:
     """Scan Kubernetes manifests, CI pipelines and secrets with the admission rule packs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     from trustplane.posture.rules import Severity
     from trustplane.posture.scan import Scanner, collect
 
