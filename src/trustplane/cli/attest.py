@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-import httpx
 import typer
 from rich.table import Table
 
@@ -33,7 +32,6 @@ from trustplane.cli.main import (
     _when,
     out,
 )
-from trustplane.posture.image_attestations import AttestationError, ImageRef
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -80,6 +78,8 @@ def attest_cmd(
 ) -> None:
     """Attest an image digest with this pipeline's trustplane identity; admission's
     zero-trust/image-attested admits images attested by an allowed signer."""
+    from trustplane.posture.image_attestations import AttestationError, ImageRef
+
     token, ci_token = token or None, ci_token or None  # an empty variable is no credential
     if (token is None) == (ci_token is None):
         raise CliError(
@@ -122,6 +122,8 @@ def _predicate(path: Path | None) -> dict[str, Any]:
 
 
 def _exchange(base: str, subject_token: str) -> str:
+    import httpx
+
     form = {
         "grant_type": EXCHANGE,
         "subject_token": subject_token,

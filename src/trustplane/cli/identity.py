@@ -7,10 +7,8 @@ Changes go through the running server's admin API (the KEK stays with the server
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,12 +30,6 @@ from trustplane.cli.main import (
     _when,
     out,
 )
-from trustplane.identity.entries import EntryError
-from trustplane.identity.kek import KekError, write_kek_file
-from trustplane.identity.keys import KeyKind, RotationError, published_ca_certificates
-from trustplane.identity.service import IdentityNotInitialised, IdentityService
-from trustplane.identity.spiffe_id import SpiffeIdError
-from trustplane.store.feed import ChangeFeed
 
 identity_app: typer.Typer = typer.Typer(
     help="SPIFFE identities: trust-domain keys, registration entries, Workload API, inventory.",
@@ -49,6 +41,12 @@ identity_app.add_typer(entry_app, name="entry")
 
 @contextlib.contextmanager
 def _identity_errors() -> Any:
+    from trustplane.identity.entries import EntryError
+    from trustplane.identity.kek import KekError
+    from trustplane.identity.keys import RotationError
+    from trustplane.identity.service import IdentityNotInitialised
+    from trustplane.identity.spiffe_id import SpiffeIdError
+
     try:
         yield
     except (KekError, EntryError, IdentityNotInitialised, SpiffeIdError, RotationError) as exc:
@@ -60,6 +58,8 @@ def new_kek_cmd(
     output: Annotated[Path, typer.Option("--out", "-o", help="File to create (mode 0600).")],
 ) -> None:
     """Create a key-encryption key file for identity_kek_file (never overwrites)."""
+    from trustplane.identity.kek import write_kek_file
+
     with _identity_errors():
         write_kek_file(output)
     out.print(f"[green]✓[/] key-encryption key written to {output} (0600); keep a backup")
@@ -68,6 +68,8 @@ def new_kek_cmd(
 @identity_app.command("init")
 def init_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Create the trust domain's CA and JWT signing key in the store (idempotent)."""
+    from trustplane.identity.service import IdentityService
+
     settings = _ctx(ctx).settings()
     engine = _store_engine(settings)
     try:
@@ -103,6 +105,9 @@ def import_cmd(
 ) -> None:
     """Import an existing CA (--cert and --key) or JWT signing key (--key): active when the
     trust domain has none of that kind yet, else prepared for the next `rotate`."""
+    from trustplane.identity.keys import KeyKind
+    from trustplane.identity.service import IdentityService
+
     settings = _ctx(ctx).settings()
     try:
         key_pem = key.read_bytes()
@@ -136,6 +141,8 @@ def bundle_cmd(
     to trustplane's CA-issued HTTPS certificate (tls_from_ca), e.g. the caBundle of a
     ValidatingWebhookConfiguration. Every published CA is included, the prepared one too, so
     a bundle taken after a rotation's prepare step keeps working once it activates."""
+    from trustplane.identity.keys import published_ca_certificates
+
     if pem and b64:
         raise CliError("give --pem or --base64, not both")
     settings = _ctx(ctx).settings()
@@ -349,9 +356,14 @@ def agent_cmd(
 ) -> None:
     """Serve the SPIFFE Workload API on a unix socket from this store (as `serve` does when
     workload_socket is set), e.g. on each node beside a `serve --workers N` elsewhere."""
+    import asyncio
+    import signal
+
     from trustplane.identity.entries import TOPIC as ENTRIES_TOPIC
     from trustplane.identity.keys import TOPIC as KEYS_TOPIC
+    from trustplane.identity.service import IdentityService
     from trustplane.identity.workload_api import WorkloadApiServer
+    from trustplane.store.feed import ChangeFeed
 
     settings = _ctx(ctx).settings()
     path = socket_path or settings.workload_socket

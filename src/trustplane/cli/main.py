@@ -14,54 +14,27 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import cedarpy
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import func, select
 
 from trustplane import __version__
 from trustplane.cli.scan import scan as scan_command
-from trustplane.config import ConfigError, Durability, Settings, load_settings
-from trustplane.decision.bundle import SIGNATURE_FILE, BundleError, BundleSource, parse_rfc3339
-from trustplane.decision.loader import LoadedBundle, LoadOptions, load_bundle
-from trustplane.decision.requests import RequestError, parse_entity, parse_request
-from trustplane.decision.signing import (
-    SigningError,
-    generate_keypair,
-    load_private_key,
-    load_trusted_key,
-    sign_bundle,
-    verify_bundle,
-)
-from trustplane.governance.catalog import BUNDLE_FILES
-from trustplane.identity.kek import KekError
-from trustplane.model import AccessRequest
-from trustplane.server.admin_auth import AdminPolicyError
-from trustplane.server.runtime import (
-    NotInitialisedError,
-    initialise,
-    load_verifier,
-    rotate_ledger_key,
-)
-from trustplane.store.database import StoreError, create_store_engine, is_migrated, sqlite_path
-from trustplane.store.tables import decisions as decisions_table
-from trustplane.telemetry.checkpoint import CheckpointError, open_checkpoint
-from trustplane.telemetry.ledger import (
-    DecisionQuery,
-    Ledger,
-    LedgerError,
-    iter_records,
-    query_decisions,
-    verify_ledger,
-)
-from trustplane.telemetry.merkle import verify_consistency, verify_inclusion
+
+if TYPE_CHECKING:
+    import httpx
+
+    from trustplane.config import Settings
+    from trustplane.decision.bundle import BundleSource
+    from trustplane.decision.loader import LoadedBundle, LoadOptions
+    from trustplane.model import AccessRequest
+    from trustplane.telemetry.ledger import Ledger
+
 
 app = typer.Typer(
     name="trustplane",
@@ -95,6 +68,8 @@ class Context:
     overrides: dict[str, Any]
 
     def settings(self, **extra: Any) -> Settings:
+        from trustplane.config import load_settings
+
         return load_settings(self.config, {**self.overrides, **extra})
 
 
@@ -147,6 +122,8 @@ def init(
     as_json: JsonOpt = False,
 ) -> None:
     """Create the state directory, ledger signing key, database schema and admin token."""
+    from trustplane.server.runtime import initialise
+
     settings = _ctx(ctx).settings()
     result = initialise(settings, new_token=new_token)
     if as_json:
@@ -169,6 +146,14 @@ def init(
         out.print(f"[green]✓[/] trust domain {settings.trust_domain}: created {key}")
 
 
+class LedgerDurability(StrEnum):
+    """The choices of `config.Durability`, repeated here so `--help` need not import the
+    settings (pydantic); `tests/unit/test_cli_imports.py` keeps the two in step."""
+
+    BATCH = "batch"
+    SYNC = "sync"
+
+
 @app.command()
 def serve(
     ctx: typer.Context,
@@ -177,7 +162,7 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
-    durability: Annotated[Durability | None, typer.Option(help="Ledger durability.")] = None,
+    durability: Annotated[LedgerDurability | None, typer.Option(help="Ledger durability.")] = None,
     watch: Annotated[
         bool | None, typer.Option("--watch/--no-watch", help="Reload when bundle files change.")
     ] = None,
@@ -198,6 +183,7 @@ def serve(
 ) -> None:
     """Serve decisions (AuthZEN), the admin API and metrics."""
     from trustplane.enforcement.pep import check_listen_policy
+    from trustplane.server.runtime import initialise
     from trustplane.server.serve import ServeError, preflight
     from trustplane.server.serve import serve as run_server
 
@@ -205,7 +191,7 @@ def serve(
         bundle_dir=bundle,
         host=host,
         port=port,
-        durability=durability,
+        durability=None if durability is None else durability.value,
         watch=watch,
         workers=workers,
         allow_unauthenticated_peps=allow_unauthenticated_peps,
@@ -258,6 +244,9 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate one request: prints decision, reasons and shadow; exit 0 allow, 1 deny."""
+    from trustplane.decision.bundle import parse_rfc3339
+    from trustplane.decision.loader import load_bundle
+
     access = _build_request(request, principal, action, resource, context)
     if url:
         decision_doc = _remote_check(url, access)
@@ -286,6 +275,9 @@ def _build_request(
     resource: str | None,
     context: str | None,
 ) -> AccessRequest:
+    from trustplane.decision.requests import RequestError, parse_entity, parse_request
+    from trustplane.model import AccessRequest
+
     try:
         if raw is not None:
             if raw == "-":
@@ -384,6 +376,10 @@ def _print_decision(doc: dict[str, Any]) -> None:
 
 
 def _load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
+    from trustplane.decision.loader import LoadOptions
+    from trustplane.decision.signing import SigningError, load_trusted_key
+    from trustplane.governance.catalog import BUNDLE_FILES
+
     try:
         keys = [load_trusted_key(p) for p in settings.trusted_bundle_keys]
     except SigningError as exc:
@@ -400,6 +396,8 @@ BundleArg = Annotated[Path, typer.Argument(help="Bundle directory.")]
 
 
 def _bundle_source(directory: Path) -> BundleSource:
+    from trustplane.decision.bundle import BundleSource
+
     if not directory.is_dir():
         raise CliError(f"bundle directory {directory} does not exist")
     return BundleSource.from_dir(directory)
@@ -408,6 +406,9 @@ def _bundle_source(directory: Path) -> BundleSource:
 def _load_for_json(directory: Path, settings: Settings, as_json: bool) -> LoadedBundle:
     """Load without running tests; with --json a refused bundle is a JSON document on stdout
     (`valid: false` and every problem) and exit 1, so scripts read one stream."""
+    from trustplane.decision.bundle import BundleError
+    from trustplane.decision.loader import load_bundle
+
     try:
         return load_bundle(_bundle_source(directory), _load_options(settings, False))
     except BundleError as exc:
@@ -538,6 +539,8 @@ def policy_verify(
 ) -> None:
     """Check bundle.sig against trusted public keys, locally: exit 0 when a key signed exactly
     these files, 1 otherwise, naming what does not match."""
+    from trustplane.decision.signing import load_trusted_key, verify_bundle
+
     trusted = [load_trusted_key(k) for k in keys]
     source = _bundle_source(directory)
     problems = verify_bundle(source, trusted)
@@ -571,6 +574,8 @@ def policy_fmt(
     ] = False,
 ) -> None:
     """Format every .cedar file with Cedar's formatter."""
+    import cedarpy
+
     if not directory.is_dir():
         raise CliError(f"bundle directory {directory} does not exist")
     changed = []
@@ -597,6 +602,8 @@ def policy_keygen(
     out_prefix: Annotated[Path, typer.Option("--out", help="Writes PREFIX.key and PREFIX.pub.")],
 ) -> None:
     """Create an Ed25519 key pair for signing bundles."""
+    from trustplane.decision.signing import generate_keypair
+
     private, public = out_prefix.with_suffix(".key"), out_prefix.with_suffix(".pub")
     if private.exists():
         raise CliError(f"{private} exists; refusing to overwrite a key")
@@ -610,6 +617,9 @@ def policy_sign(
     key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM).")],
 ) -> None:
     """Write bundle.sig: a detached signature over every bundle file's hash."""
+    from trustplane.decision.bundle import SIGNATURE_FILE
+    from trustplane.decision.signing import load_private_key, sign_bundle
+
     private_key = load_private_key(key)
     source = _bundle_source(directory)
     (directory / SIGNATURE_FILE).write_bytes(sign_bundle(source, private_key))
@@ -721,6 +731,8 @@ def _admin(settings: Settings, method: str, path: str, url: str | None, body: An
 def _http(
     method: str, base: str, path: str, token: str | None, body: dict[str, Any] | None = None
 ) -> httpx.Response:
+    import httpx
+
     headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
         response = httpx.request(method, base + path, json=body, headers=headers, timeout=30)
@@ -742,6 +754,8 @@ def _http(
 
 
 def _store_engine(settings: Settings) -> Any:
+    from trustplane.store.database import create_store_engine, is_migrated, sqlite_path
+
     url = settings.effective_database_url
     missing = CliError(f"no trustplane store at {url}: run `trustplane init`")
     path = sqlite_path(url)
@@ -774,6 +788,14 @@ def audit_verify(
 ) -> None:
     """Recompute the Merkle tree from the store, check every signed checkpoint and every
     record's query columns; report the records no checkpoint covers yet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from sqlalchemy import func, select
+
+    from trustplane.server.runtime import load_verifier
+    from trustplane.store.tables import decisions as decisions_table
+    from trustplane.telemetry.checkpoint import CheckpointError
+    from trustplane.telemetry.ledger import verify_ledger
+
     settings = _ctx(ctx).settings()
     try:
         verifier = load_verifier(settings, key)
@@ -842,6 +864,8 @@ def audit_proof(
     as_json: JsonOpt = False,
 ) -> None:
     """RFC 9162 inclusion proof of a decision in a signed checkpoint, verified here."""
+    from trustplane.server.runtime import load_verifier
+
     settings = _ctx(ctx).settings()
     verifier = load_verifier(settings, key)
     with _read_only_ledger(settings) as ledger:
@@ -868,6 +892,8 @@ def audit_consistency(
     as_json: JsonOpt = False,
 ) -> None:
     """RFC 9162 consistency proof between two checkpoints, verified here."""
+    from trustplane.server.runtime import load_verifier
+
     settings = _ctx(ctx).settings()
     verifier = load_verifier(settings, key)
     with _read_only_ledger(settings) as ledger:
@@ -892,6 +918,8 @@ def audit_consistency(
 @contextlib.contextmanager
 def _read_only_ledger(settings: Settings) -> Iterator[Ledger]:
     """The store's ledger without its signing key: proofs and queries only."""
+    from trustplane.telemetry.ledger import Ledger, LedgerError
+
     engine = _store_engine(settings)
     try:
         yield Ledger(engine, None, settings.ledger_origin)
@@ -914,6 +942,9 @@ def _report_proof(
 
 
 def _verify_inclusion_doc(proof: dict[str, Any], verifier: Any) -> bool:
+    from trustplane.telemetry.checkpoint import CheckpointError, open_checkpoint
+    from trustplane.telemetry.merkle import verify_inclusion
+
     if proof["checkpoint"] is None:
         return False
     try:
@@ -931,6 +962,9 @@ def _verify_inclusion_doc(proof: dict[str, Any], verifier: Any) -> bool:
 
 
 def _verify_consistency_doc(proof: dict[str, Any], verifier: Any) -> bool:
+    from trustplane.telemetry.checkpoint import CheckpointError, open_checkpoint
+    from trustplane.telemetry.merkle import verify_consistency
+
     try:
         old = open_checkpoint(proof["first_checkpoint"], verifier) if proof["first"] else None
         new = open_checkpoint(proof["second_checkpoint"], verifier)
@@ -945,6 +979,9 @@ def _verify_consistency_doc(proof: dict[str, Any], verifier: Any) -> bool:
 def audit_rotate_key(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Replace the checkpoint signing key; checkpoints the old key signed keep verifying (its
     verifier key stays in state_dir/ledger.pub). Restart serving processes to sign with it."""
+    from trustplane.server.runtime import rotate_ledger_key
+    from trustplane.telemetry.checkpoint import CheckpointError
+
     settings = _ctx(ctx).settings()
     try:
         old, new = rotate_ledger_key(settings)
@@ -966,6 +1003,8 @@ def audit_export(
     ] = None,
 ) -> None:
     """Write every ledger record as JSON Lines, in ledger order."""
+    from trustplane.telemetry.ledger import iter_records
+
     settings = _ctx(ctx).settings()
     engine = _store_engine(settings)
     count = 0
@@ -992,6 +1031,8 @@ def audit_tail(
     as_json: JsonOpt = False,
 ) -> None:
     """The most recent ledger records; with -f, follow new ones."""
+    from trustplane.telemetry.ledger import DecisionQuery, query_decisions
+
     settings = _ctx(ctx).settings()
     engine = _store_engine(settings)
     newest = query_decisions(engine, DecisionQuery(limit=1))
@@ -1026,6 +1067,9 @@ def decisions_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Query recent decisions from the store."""
+    from trustplane.decision.requests import RequestError, parse_entity
+    from trustplane.telemetry.ledger import DecisionQuery, query_decisions
+
     if decision not in (None, "allow", "deny"):
         raise CliError("--decision must be allow or deny")
     settings = _ctx(ctx).settings()
@@ -1160,28 +1204,44 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+# The errors `main` prints as one line (exit 2), named rather than imported: each lives in a
+# module that a command loads only when it needs it, and an exception can only be an instance
+# of a class whose module is already loaded, so nothing is imported to test for one.
+_ONE_LINE_ERRORS = (
+    ("trustplane.config", "ConfigError"),
+    ("trustplane.identity.kek", "KekError"),
+    ("trustplane.store.database", "StoreError"),
+    ("trustplane.server.runtime", "NotInitialisedError"),
+    ("trustplane.decision.signing", "SigningError"),
+    ("trustplane.telemetry.checkpoint", "CheckpointError"),
+    ("trustplane.telemetry.ledger", "LedgerError"),
+    ("trustplane.server.admin_auth", "AdminPolicyError"),
+)
+
+
+def _is_loaded_error(exc: BaseException, module: str, name: str) -> bool:
+    loaded = sys.modules.get(module)
+    cls = getattr(loaded, name, None) if loaded is not None else None
+    return isinstance(cls, type) and isinstance(exc, cls)
+
+
 def main() -> None:
     try:
         app()
-    except BundleError as exc:
-        err.print(f"[red]bundle refused[/] ({len(exc.problems)} problem(s)):", highlight=False)
-        for problem in exc.problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
-        raise SystemExit(1) from None
-    except (
-        CliError,
-        ConfigError,
-        KekError,
-        StoreError,
-        NotInitialisedError,
-        SigningError,
-        CheckpointError,
-        LedgerError,
-        AdminPolicyError,
-    ) as exc:
-        _fail(str(exc))
-    except BrokenPipeError:
-        raise SystemExit(0) from None
+    except Exception as exc:
+        if _is_loaded_error(exc, "trustplane.decision.bundle", "BundleError"):
+            problems = exc.problems  # type: ignore[attr-defined]
+            err.print(f"[red]bundle refused[/] ({len(problems)} problem(s)):", highlight=False)
+            for problem in problems:
+                err.print(f"  {problem}", highlight=False, markup=False)
+            raise SystemExit(1) from None
+        if isinstance(exc, CliError) or any(
+            _is_loaded_error(exc, module, name) for module, name in _ONE_LINE_ERRORS
+        ):
+            _fail(str(exc))
+        if isinstance(exc, BrokenPipeError):
+            raise SystemExit(0) from None
+        raise
 
 
 from trustplane.cli.pep import pep_app  # noqa: E402  (same)

@@ -14,7 +14,6 @@ import typer
 from rich.table import Table
 
 from trustplane.cli.main import CliError, JsonOpt, _ctx, _emit_json, _store_engine, _when, out
-from trustplane.enforcement.pep import PepError, PepStore
 
 pep_app: typer.Typer = typer.Typer(
     help="Enforcement points (PEPs) allowed to ask for decisions when pep_auth is on.",
@@ -39,6 +38,8 @@ def add_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Register a PEP; prints its token once (keep it in the PEP's secret store)."""
+    from trustplane.enforcement.pep import PepError, PepStore
+
     engine = _store_engine(_ctx(ctx).settings())
     try:
         token = PepStore(engine).add(name, spiffe_id)
@@ -59,6 +60,8 @@ def add_cmd(
 @pep_app.command("list")
 def list_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """The registered PEPs (never their tokens)."""
+    from trustplane.enforcement.pep import PepStore
+
     engine = _store_engine(_ctx(ctx).settings())
     try:
         records = PepStore(engine).list()
@@ -80,6 +83,8 @@ def list_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @pep_app.command("remove")
 def remove_cmd(ctx: typer.Context, name: NameArg) -> None:
     """Unregister a PEP: its token or SPIFFE ID stops being accepted."""
+    from trustplane.enforcement.pep import PepError, PepStore
+
     engine = _store_engine(_ctx(ctx).settings())
     try:
         PepStore(engine).remove(name)

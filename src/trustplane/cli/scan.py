@@ -10,31 +10,24 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from trustplane.posture.engine import Engine, Selected, select
-from trustplane.posture.packs import PackRef, load_rule_file, selection
-from trustplane.posture.rules import (
-    Mode,
-    RuleError,
-    Severity,
-    exemptions_by_rule,
-    load_exemptions,
-)
-from trustplane.posture.sarif import sarif
-from trustplane.posture.scan import Scanner, ScanResult, collect
+if TYPE_CHECKING:
+    from trustplane.posture.engine import Engine, Selected
+    from trustplane.posture.scan import ScanResult
+
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 DEFAULT_PACKS = ["pss-restricted", "zero-trust"]
-COLOURS = {Severity.LOW: "cyan", Severity.MEDIUM: "yellow", Severity.HIGH: "red",
-           Severity.CRITICAL: "bold red"}  # fmt: skip
+# Keyed by `Severity` value (an IntEnum: LOW=1 … CRITICAL=4), so the posture engine is imported
+# only when a scan runs.
+COLOURS = {1: "cyan", 2: "yellow", 3: "red", 4: "bold red"}
 
 
 class Format(StrEnum):
@@ -92,6 +85,11 @@ def scan(
     ] = None,
 ) -> None:
     """Scan Kubernetes manifests, CI pipelines and secrets with the admission rule packs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from trustplane.posture.rules import Severity
+    from trustplane.posture.scan import Scanner, collect
+
     fmt = Format.JSON if as_json else output_format
     engine, descriptions = _engine(
         pack or DEFAULT_PACKS, rules or [], _params(param or []), exemptions
@@ -134,6 +132,10 @@ def scan(
 def _engine(
     packs: list[str], rule_files: list[Path], params: dict[str, Any], exemptions: Path | None
 ) -> tuple[Engine, dict[str, str]]:
+    from trustplane.posture.engine import Engine, select
+    from trustplane.posture.packs import PackRef, load_rule_file, selection
+    from trustplane.posture.rules import Mode, RuleError, exemptions_by_rule, load_exemptions
+
     try:
         chosen: list[Selected] = selection([(PackRef.parse(p), Mode.ENFORCE) for p in packs])
         for path in rule_files:
@@ -171,6 +173,8 @@ def _params(items: list[str]) -> dict[str, Any]:
 
 
 def _report(result: ScanResult, fmt: Format, output: Path | None) -> None:
+    from trustplane.posture.sarif import sarif
+
     if fmt is Format.SARIF:
         text = json.dumps(sarif(result.findings), indent=2) + "\n"
     elif fmt is Format.JSON:

@@ -6,6 +6,7 @@ first, so an author fixes a broken bundle in one round trip.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -534,8 +535,21 @@ class YamlFile:
         return yaml_item_lines(self.root, key)
 
 
+_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: str, text: str, problems: list[BundleProblem]) -> YamlFile | None:
     """Parse `text`; on a syntax error, add the problem with its line and return None."""
+    with contextlib.suppress(yaml.YAMLError):
+        # libyaml when present: bundle YAML (tests above all) is parsed on every load, and the
+        # pure-Python parser costs most of a `trustplane check`. One parse gives both the node
+        # tree and the data. A refused text is parsed again below so that problems read the same.
+        loader = _FAST_LOADER(text)
+        try:
+            root = loader.get_single_node()
+            return YamlFile(None if root is None else loader.construct_document(root), root)
+        finally:
+            loader.dispose()
     try:
         return YamlFile(yaml.safe_load(text), yaml.compose(text))
     except yaml.YAMLError as exc:
