@@ -255,3 +255,18 @@ def newest_checkpoint_size(database_url: str) -> int | None:
             return connection.execute(select(func.max(checkpoints.c.size))).scalar_one()
     finally:
         engine.dispose()
+
+
+def ledger_rows(database_url: str) -> int:
+    """How many records the store holds (read directly, not through the recorded admin API)."""
+    from sqlalchemy import func, select
+
+    from trustplane.store.database import create_store_engine
+    from trustplane.store.tables import decisions
+
+    engine = create_store_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(decisions)).scalar_one())
+    finally:
+        engine.dispose()

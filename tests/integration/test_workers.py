@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.integration.test_bundle_lifecycle import edit_description
-from tests.support import Server, run_cli, running_server, wait_for
+from tests.support import Server, ledger_rows, run_cli, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +89,10 @@ def test_workers_share_one_ledger_metrics_and_active_bundle(
         history = fresh(server, "GET", "/v1/bundle/revisions", headers=server.admin).json()
         reasons = [a["reason"] for a in history["activations"]]
         assert reasons == ["rollback", "api", "startup"], "the supervisor records startup once"
+
+        # Batch durability commits within flush_interval_ms: let the last answers (the history
+        # read included) reach the store before a worker is killed with them in its queue.
+        wait_for(lambda: ledger_rows(database_url) == len(ids) + 3, timeout=15)
 
         # A worker that dies is replaced; the new one serves the rollback, not the directory.
         victim = int(sorted(pids)[0])
