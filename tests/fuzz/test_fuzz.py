@@ -107,6 +107,7 @@ def test_admission_random_reviews(target: Target) -> None:
         tally = fuzzer.fuzz_random(EXAMPLES * 2)
     finally:
         fuzzer.close()
+    assert tally.cases > 0
     settle(tally.violations)
 
 
@@ -118,6 +119,7 @@ def test_admission_never_admits_a_hostile_pod_however_wrapped(target: Target) ->
         tally = fuzzer.fuzz_hostile(EXAMPLES * 3)
     finally:
         fuzzer.close()
+    assert tally.cases > 0
     settle(tally.violations)
 
 

@@ -74,7 +74,8 @@ def test_a_swapped_symlink_is_followed(tmp_path: Path, database_url: str) -> Non
         os.replace(tmp_path / "current.new", current)  # atomic, as `ln -sfn` + `mv -T`
         second = serves(server, "(v2)", first)
         edit_description(releases / "v2", "(v2 edited)")
-        serves(server, "(v2 edited)", second)
+        third = serves(server, "(v2 edited)", second)
+        assert len({first, second, third}) == 3
 
 
 def configmap_revision(volume: Path, name: str, files: dict[str, str]) -> None:
@@ -106,4 +107,4 @@ def test_a_configmap_volume_swap_is_followed(tmp_path: Path, database_url: str) 
         edit_description(edited, "(configmap v2)")
         files[POLICY_FILE] = (edited / POLICY_FILE).read_text()
         configmap_revision(volume, "..2026_01_01_00_05_00.2", files)
-        serves(server, "(configmap v2)", first)
+        assert serves(server, "(configmap v2)", first) != first

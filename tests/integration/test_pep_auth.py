@@ -202,6 +202,7 @@ def test_authzen_refuses_a_missing_or_wrong_credential(server: Server, token: st
         "/access/v1/evaluations", json={"evaluations": [QUESTION]}, headers={}
     )
     _refused(batch, "pep_credential_missing")
+    assert batch.status_code == 401  # the whole batch, not item by item
 
 
 def test_a_removed_pep_is_refused(server: Server, token: str) -> None:
