@@ -33,9 +33,9 @@ def identity_server(state: Path, database_url: str, **settings: Any) -> Iterator
         state,
         database_url,
         SHOP,
-        watch="false",
-        trust_domain=TRUST_DOMAIN,
-        identity_kek_file=kek,
+        policy__watch="false",
+        identity__trust_domain=TRUST_DOMAIN,
+        identity__kek_file=kek,
         **settings,
     ) as server:
         yield server

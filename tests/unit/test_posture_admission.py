@@ -76,10 +76,9 @@ def test_the_guide_s_configuration_is_valid() -> None:
 
     text = (REPO / "docs" / "posture.md").read_text()
     values = tomllib.loads(text.split("```toml\n", 1)[1].split("```", 1)[0])
-    values.pop("tls_cert_file")  # files the guide creates with openssl
-    values.pop("tls_key_file")
+    values.pop("tls")  # files the guide creates with openssl
     settings = Settings(**values)
-    assert settings.admission_namespaces["payments"].enforce == ["pss-restricted", "zero-trust"]
+    assert settings.admission.namespaces["payments"].enforce == ["pss-restricted", "zero-trust"]
     webhook = AdmissionWebhook(None, settings)
     assert webhook.review(request({"kind": "Pod", "metadata": {}, "spec": {}}))[0]["response"]
 
@@ -125,7 +124,7 @@ def test_the_operator_s_rule_files_are_reviewed_in_every_namespace(tmp_path: Pat
         "message: containers {offenders} use the latest tag\n"
     )
     quiet = {"enforce": [], "warn": [], "audit": []}  # no packs: only the operator's rules
-    settings = Settings(admission_rule_files=[rules], admission_namespaces={"quiet": quiet})
+    settings = Settings(admission={"rule_files": [rules], "namespaces": {"quiet": quiet}})
     webhook = AdmissionWebhook(None, settings)
     containers = [{"name": "a", "image": "x:latest"}]
     pod = {"kind": "Pod", "metadata": {}, "spec": {"containers": containers}}
@@ -138,9 +137,9 @@ def test_a_broken_rule_file_is_a_configuration_error_naming_file_and_line(tmp_pa
     rules = tmp_path / "rules.yaml"
     rules.write_text("id: x\ndescription: d\nseverity: high\nmatch: {kinds: [Pod]}\n"
                      "expression: 'containers.all(c,'\nmessage: m\n")  # fmt: skip
-    settings = load_settings(overrides={"admission_rule_files": [str(rules)]})
+    settings = load_settings(overrides={"admission": {"rule_files": [str(rules)]}})
     with pytest.raises(ConfigError, match=rf"{rules}:5: invalid CEL"):
-        check_admission_settings(settings)
+        check_admission_settings(settings.admission)
     with pytest.raises(ConfigError, match=rf"{rules}:5: invalid CEL"):
         AdmissionWebhook(None, settings)
 

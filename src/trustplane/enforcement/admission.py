@@ -2,7 +2,7 @@
 
 The objects under review go through the posture engine (`posture/`), the same one
 `trustplane scan` uses. Each namespace has Pod Security Admission-style modes (rule packs
-enforced, warned about, audited; `Settings.admission`, `admission_namespaces`), each capped by
+enforced, warned about, audited; `Settings.admission`, `admission.namespaces`), each capped by
 the rule's own mode. The answer echoes the request's uid; a refusal carries status 403 and a
 message listing every failed enforce rule; warn-mode findings become `warnings` (≤ 120
 characters each); an update that leaves the pod as it was is allowed unreviewed, as in PSA.
@@ -103,18 +103,18 @@ class AdmissionWebhook:
     ) -> None:
         """`attestations`: the index `unattested` answers from; None (no identity plane): no
         image counts as attested, and the refusal says why."""
-        check_admission_settings(settings)
+        check_admission_settings(settings.admission)
         self._pdp = pdp
         self._functions = {"unattested": unattested_function(attestations)}
-        self._limit = settings.max_body_bytes
-        self._params = settings.admission_params
-        self._exemptions = exemptions_by_rule(settings.admission_exemptions)
+        self._limit = settings.server.max_body_bytes
+        self._params = settings.admission.params
+        self._exemptions = exemptions_by_rule(settings.admission.exemptions)
         self._own_rules = [
-            rule for path in settings.admission_rule_files for rule in load_rule_file(path)
+            rule for path in settings.admission.rule_files for rule in load_rule_file(path)
         ]
         self._default = self._engine(settings.admission)
         self._namespaces = {
-            name: self._engine(modes) for name, modes in settings.admission_namespaces.items()
+            name: self._engine(modes) for name, modes in settings.admission.namespaces.items()
         }
 
     def _engine(self, modes: AdmissionModes) -> Engine:

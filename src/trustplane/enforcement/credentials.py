@@ -1,6 +1,6 @@
 """Who is calling: a verified bearer JWT, or the identity header of a trusted proxy.
 
-Forwarded headers are only believed from `trusted_proxies`; from anyone else they are ignored
+Forwarded headers are only believed from `server.trusted_proxies`; from anyone else they are ignored
 and the request is judged without them (so a caller cannot name itself in `X-Forwarded-User`).
 """
 
@@ -126,8 +126,10 @@ class Authenticator:
     def from_settings(
         cls, settings: Settings, on_clock_skew: ClockSkewObserver | None = None
     ) -> Authenticator:
-        verifier = verifier_from_settings(settings.issuers, on_clock_skew)
-        return cls(verifier, ProxyTrust(settings.trusted_proxies), settings.identity_header)
+        verifier = verifier_from_settings(settings.pep.issuers, on_clock_skew)
+        return cls(
+            verifier, ProxyTrust(settings.server.trusted_proxies), settings.pep.identity_header
+        )
 
     @property
     def proxies(self) -> ProxyTrust:

@@ -48,33 +48,35 @@ class IdentityService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.trust_domain = settings.trust_domain
+        self.trust_domain = settings.identity.trust_domain
         self.clock = clock
         self.metrics = metrics
         self.key_store = IdentityKeys(
             engine,
             kek or load_kek(settings),
-            settings.trust_domain,
-            ca_ttl_seconds=settings.ca_ttl_seconds,
-            svid_max_ttl_seconds=settings.svid_max_ttl_seconds,
+            settings.identity.trust_domain,
+            ca_ttl_seconds=settings.identity.ca_ttl_seconds,
+            svid_max_ttl_seconds=settings.identity.svid_max_ttl_seconds,
             clock=clock,
         )
         # not_after of the X.509-SVID each open Workload API stream last pushed, by stream
         self.held_svids: dict[int, float] = {}
         self.drift = DriftCheck(
-            settings.trust_domain,
+            settings.identity.trust_domain,
             lambda: (
                 self.entries.generation,
                 (str(e.spiffe_id) for e in self.entries.snapshot()),
             ),
-            [rule.spiffe_id for rule in settings.token_exchange_rules],
+            [rule.spiffe_id for rule in settings.identity.exchange_rules],
         )
         self._drift_reported: set[tuple[str, str]] = set()
-        self.entry_store = EntryStore(engine, settings.trust_domain, settings.svid_max_ttl_seconds)
+        self.entry_store = EntryStore(
+            engine, settings.identity.trust_domain, settings.identity.svid_max_ttl_seconds
+        )
         self.entries = EntryIndex(self.entry_store)
         self.inventory = inventory or Inventory(engine)
-        self.issuer = settings.identity_issuer or (
-            settings.server_url or f"http://{settings.host}:{settings.port}"
+        self.issuer = settings.identity.issuer or (
+            settings.cli.server_url or f"http://{settings.server.host}:{settings.server.port}"
         )
         self._keys: KeySet | None = None
         self._stop = threading.Event()
@@ -126,10 +128,10 @@ class IdentityService:
         return kind
 
     def x509_ttl(self, entry: RegistrationEntry) -> int:
-        return entry.x509_ttl_seconds or self.settings.x509_svid_ttl_seconds
+        return entry.x509_ttl_seconds or self.settings.identity.x509_svid_ttl_seconds
 
     def jwt_ttl(self, entry: RegistrationEntry) -> int:
-        return entry.jwt_ttl_seconds or self.settings.jwt_svid_ttl_seconds
+        return entry.jwt_ttl_seconds or self.settings.identity.jwt_svid_ttl_seconds
 
     def start_background(self) -> None:
         """Flush the inventory and (when enabled) advance the rotation schedule."""
@@ -147,7 +149,7 @@ class IdentityService:
         """One background pass: the rotation schedule (when enabled), then the expiry gauges.
         Returns the rotation steps taken."""
         steps: list[str] = []
-        if self.settings.identity_rotation:
+        if self.settings.identity.rotation:
             steps = self.key_store.advance()
             for step in steps:
                 log.info("identity key rotation: %s", step)
@@ -177,9 +179,9 @@ class IdentityService:
         return found
 
     def _serving_certificate_path(self) -> Path | None:
-        if self.settings.tls_from_ca:
+        if self.settings.tls.from_ca:
             return self.settings.state_dir / "tls" / "serving.pem"
-        return self.settings.tls_cert_file
+        return self.settings.tls.cert_file
 
     def export_expiry(self) -> None:
         if self.metrics is None:

@@ -234,10 +234,10 @@ class AdminGate:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         settings = runtime.settings
-        self._limit = settings.max_body_bytes
-        self._sync = settings.durability is Durability.SYNC
+        self._limit = settings.server.max_body_bytes
+        self._sync = settings.ledger.durability is Durability.SYNC
         self._authn = AdminAuthenticator(settings, runtime.check_admin_token, runtime.identity)
-        self.authorizer = AdminAuthorizer(settings.admin_policy_dir)
+        self.authorizer = AdminAuthorizer(settings.admin.policy_dir)
 
     def route(
         self, method: str, path: str, handler: Handler, resolve: Resolver | None = None

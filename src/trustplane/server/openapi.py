@@ -180,7 +180,7 @@ def openapi_document() -> dict[str, Any]:
                         "summary": "Envoy ext_authz, HTTP mode",
                         "description": "Envoy sends the held request's method, path (after "
                         "`path_prefix: /v1/envoy/http`) and headers. 200 allows (with "
-                        "x-envoy-auth-headers-to-remove when strip_credential is on); any "
+                        "x-envoy-auth-headers-to-remove when pep.strip_credential is on); any "
                         "other status is the answer Envoy gives the client.",
                         "tags": ["enforcement"],
                         "responses": {
@@ -197,7 +197,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Kubernetes validating admission webhook",
                     "description": "admission.k8s.io/v1 AdmissionReview in and out (serve over "
-                    "HTTPS: tls_cert_file, tls_key_file). The posture rule packs of the "
+                    "HTTPS: tls.cert_file, tls.key_file). The posture rule packs of the "
                     "request's namespace decide `allowed`; refusals carry status 403 listing "
                     "each failed rule, warn-mode findings come back as `warnings`. Every "
                     "review except a dry run is recorded in the decision ledger.",
@@ -329,7 +329,7 @@ def openapi_document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "A PEP's token (trustplane pep add) or JWT-SVID (audience "
-                    "pep_audience).",
+                    "pep.audience).",
                 },
                 "pepHeader": {
                     "type": "apiKey",
@@ -352,7 +352,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _pep_security(paths: dict[str, Any]) -> None:
-    """The decision endpoints answer registered PEPs when pep_auth asks (`{}`: none needed
+    """The decision endpoints answer registered PEPs when pep.auth asks (`{}`: none needed
     when it is off); a refused PEP gets a 401 problem document."""
     for path, header in (
         ("/access/v1/evaluation", "pepToken"),

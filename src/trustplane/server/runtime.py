@@ -77,7 +77,7 @@ def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
     os.chmod(state, 0o700)
     created_key = False
     if not settings.ledger_key_file.exists():
-        signer = NoteSigner.generate(settings.ledger_origin)
+        signer = NoteSigner.generate(settings.ledger.origin)
         _write_secret(settings.ledger_key_file, signer.signer_key() + "\n")
         (state / "ledger.pub").write_text(signer.verifier_key() + "\n")
         created_key = True
@@ -109,7 +109,7 @@ def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
 
 def identity_configured(settings: Settings) -> bool:
     """The identity plane runs where a key-encryption key is configured."""
-    return settings.identity_kek is not None or settings.identity_kek_file is not None
+    return settings.identity.kek is not None or settings.identity.kek_file is not None
 
 
 def create_admin_token(engine: Engine, label: str) -> str:
@@ -127,10 +127,10 @@ def create_admin_token(engine: Engine, label: str) -> str:
 
 def load_options(settings: Settings) -> LoadOptions:
     return LoadOptions(
-        trusted_keys=[load_trusted_key(p) for p in settings.trusted_bundle_keys],
-        expiry_warning_days=settings.expiry_warning_days,
-        decision_cache_size=settings.decision_cache_size,
-        decision_ttl_seconds=settings.decision_ttl_seconds,
+        trusted_keys=[load_trusted_key(p) for p in settings.policy.trusted_key_files],
+        expiry_warning_days=settings.policy.expiry_warning_days,
+        decision_cache_size=settings.policy.decision_cache_size,
+        decision_ttl_seconds=settings.policy.decision_ttl_seconds,
         extra_files=BUNDLE_FILES,
     )
 
@@ -205,17 +205,20 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics(
-            multiprocess=multiprocess_dir(settings.state_dir) if settings.workers > 1 else None
+            multiprocess=multiprocess_dir(settings.state_dir)
+            if settings.server.workers > 1
+            else None
         )
         self.engine = create_store_engine(
-            settings.effective_database_url, sync_commit=settings.durability is Durability.SYNC
+            settings.effective_database_url,
+            sync_commit=settings.ledger.durability is Durability.SYNC,
         )
         migrate(self.engine)
         signer = load_signer(settings)
-        self.ledger = Ledger(self.engine, signer, settings.ledger_origin)
-        self.masker = Masker(settings.mask)
+        self.ledger = Ledger(self.engine, signer, settings.ledger.origin)
+        self.masker = Masker(settings.ledger.mask)
         sink = None
-        if settings.ledger_appender is LedgerAppender.PROCESS:
+        if settings.ledger.appender is LedgerAppender.PROCESS:
             sink = AppenderProcess(
                 self.ledger, settings.effective_database_url, signer.signer_key()
             )
@@ -223,29 +226,29 @@ class Runtime:
             self.ledger,
             self.masker,
             self.metrics,
-            durability=settings.durability,
-            flush_interval=settings.flush_interval_ms / 1000,
-            checkpoint_interval=settings.checkpoint_interval_ms / 1000,
+            durability=settings.ledger.durability,
+            flush_interval=settings.ledger.flush_interval_ms / 1000,
+            checkpoint_interval=settings.ledger.checkpoint_interval_ms / 1000,
             sink=sink,
-            max_lag=settings.ledger_ready_max_lag_ms / 1000,
-            queue_max=settings.ledger_queue_max,
-            spool=Spool(settings.state_dir / "ledger-spool", settings.ledger_spool_max_mb << 20),
+            max_lag=settings.ledger.ready_max_lag_ms / 1000,
+            queue_max=settings.ledger.queue_max,
+            spool=Spool(settings.state_dir / "ledger-spool", settings.ledger.spool_max_mb << 20),
         )
         self._appender = sink
         self.deny_spike = DenySpikeDetector(
             self.metrics.deny_spike,
-            threshold=settings.deny_spike_threshold,
-            window_seconds=settings.deny_spike_window_seconds,
-            min_decisions=settings.deny_spike_decisions,
+            threshold=settings.governance.deny_spike_threshold,
+            window_seconds=settings.governance.deny_spike_window_seconds,
+            min_decisions=settings.governance.deny_spike_decisions,
         )
         self.bundles = BundleManager(
             BundleStore(self.engine),
             load_options(settings),
             self.metrics,
-            bundle_dir=settings.bundle_dir,
+            bundle_dir=settings.policy.bundle_dir,
             on_activate=lambda loaded: self.deny_spike.activated(loaded.bundle.revision),
         )
-        self.feed = ChangeFeed(self.engine, poll_interval=settings.change_poll_ms / 1000)
+        self.feed = ChangeFeed(self.engine, poll_interval=settings.store.change_poll_ms / 1000)
         self.feed.subscribe(BUNDLES_TOPIC, lambda _topic: follow_or_log(self.bundles))
         self.revocation_store = RevocationStore(self.engine)
         self.revocations = RevocationList(self.revocation_store)
@@ -254,13 +257,13 @@ class Runtime:
             self.engine,
             lambda: None if self.bundles.active is None else self.bundles.active.bundle,
             self.metrics,
-            webhook_url=settings.webhook_url,
-            webhook_format=WebhookFormat(settings.webhook_format),
-            interval=settings.governance_interval_ms / 1000,
+            webhook_url=settings.governance.webhook_url,
+            webhook_format=WebhookFormat(settings.governance.webhook_format),
+            interval=settings.governance.interval_ms / 1000,
         )
         self.feed.subscribe(GOVERNANCE_TOPIC, self.governance.state.refresh)
         self._token_hashes: set[str] = set()
-        self._ci_issuers = {rule.issuer for rule in settings.token_exchange_rules}
+        self._ci_issuers = {rule.issuer for rule in settings.identity.exchange_rules}
         self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
         self.identity: IdentityService | None = None
         if identity_configured(settings):
@@ -293,9 +296,9 @@ class Runtime:
     def start(self) -> None:
         """Activate the bundle (a worker serves what its supervisor activated) and start the
         ledger writer."""
-        if self.settings.switch_interval_us:
-            sys.setswitchinterval(self.settings.switch_interval_us / 1_000_000)
-        self.bundles.start(follow_store=self.settings.workers > 1)
+        if self.settings.server.switch_interval_us:
+            sys.setswitchinterval(self.settings.server.switch_interval_us / 1_000_000)
+        self.bundles.start(follow_store=self.settings.server.workers > 1)
         self.feed.start()
         self.revocations.refresh()  # after the feed's baseline: a later revocation is heard
         self.governance.start()  # grants and exceptions in memory, then housekeeping
