@@ -8,11 +8,8 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from trustplane import __version__
-from trustplane.server.admin import ActivateBody, RevokeBody, RollbackBody
-from trustplane.server.admin_gate import admin_route
-from trustplane.server.attestations import AttestBody
-from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
-from trustplane.server.governance_api import (
+from trustplane.server.admin.bundle import ActivateBody, RollbackBody
+from trustplane.server.admin.governance import (
     AccessRequestBody,
     BreakGlassBody,
     CommentBody,
@@ -20,6 +17,10 @@ from trustplane.server.governance_api import (
     ReasonBody,
     ReviewBody,
 )
+from trustplane.server.admin.revocations import RevokeBody
+from trustplane.server.admin_gate import admin_route
+from trustplane.server.attestations import AttestBody
+from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
 from trustplane.server.identity import EntryBody, RotateBody
 
 _REF = "#/components/schemas/{model}"
@@ -378,7 +379,7 @@ def _name_admin_actions(paths: dict[str, Any]) -> None:
 
 
 def _governance_paths() -> dict[str, Any]:
-    """JIT access, break-glass and the exception register (server/governance_api.py)."""
+    """JIT access, break-glass and the exception register (server/admin/governance.py)."""
 
     def op(summary: str, **kwargs: Any) -> dict[str, Any]:
         return _admin(summary, tag="governance", **kwargs)
