@@ -87,6 +87,7 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("POST", "/v1/bundle/rollback", "bundle:write", "bundle"),
     ("GET", "/v1/revocations", "revocation:read", "revocation"),
     ("POST", "/v1/revocations", "revocation:write", "revocation"),
+    ("POST", "/v1/revocations/{revocation_id}/lift", "revocation:write", "revocation"),
     ("GET", "/v1/decisions", "decisions:read", "decisions"),
     ("GET", "/v1/decisions/{decision_id}", "decisions:read", "decisions"),
     ("GET", "/v1/ledger/checkpoint", "ledger:read", "ledger"),

@@ -17,7 +17,7 @@ from trustplane.server.admin.governance import (
     ReasonBody,
     ReviewBody,
 )
-from trustplane.server.admin.revocations import RevokeBody
+from trustplane.server.admin.revocations import LiftBody, RevokeBody
 from trustplane.server.admin_gate import admin_route
 from trustplane.server.attestations import AttestBody
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
@@ -75,6 +75,7 @@ def openapi_document() -> dict[str, Any]:
                 ActivateBody,
                 RollbackBody,
                 RevokeBody,
+                LiftBody,
                 AttestBody,
                 AccessRequestBody,
                 CommentBody,
@@ -316,8 +317,17 @@ def openapi_document() -> dict[str, Any]:
                     body="RevokeBody",
                     method="post",
                 ),
-                **_admin("Revocations in force, with the revocation epoch"),
+                **_admin(
+                    "Revocations in force (ended=true: lifted and expired ones too), with the "
+                    "revocation epoch",
+                    params=["ended"],
+                ),
             },
+            "/v1/revocations/{revocation_id}/lift": _admin(
+                "Lift a revocation in force (by id or a unique id prefix)",
+                body="LiftBody",
+                method="post",
+            ),
             **_governance_paths(),
             **_identity_paths(),
         },

@@ -22,7 +22,9 @@ from trustplane.decision.requests import RequestError, parse_entity
 from trustplane.governance.catalog import DurationError, parse_duration
 from trustplane.governance.records import GovernanceError
 from trustplane.problems import Problem, json_response, parse_model
+from trustplane.recovery.revocation import RevocationError, RevocationKind
 from trustplane.server.admin.common import bad_query, governance_actor, governance_problem
+from trustplane.server.admin.revocations import caller_of, revocation_problem
 from trustplane.server.admin_auth import Target
 from trustplane.server.admin_gate import AdminCall, AdminGate
 from trustplane.server.runtime import Runtime
@@ -211,12 +213,7 @@ class GovernanceApi:
         reason = parse_model(ReasonBody, await call.body(request)).reason
         call.note(reason=reason)
         grant_id = request.path_params["grant_id"]
-        revoked, created = await self._call(
-            self._gov.access.revoke, governance_actor(call.caller), grant_id, reason
-        )
-        await self._changed()
-        call.note(new=created)
-        return json_response({**revoked.as_dict(), "created": created}, 201 if created else 200)
+        return await self._revoke(call, RevocationKind.GRANT, grant_id, reason)
 
     async def activity(self, request: Request, call: AdminCall) -> Response:
         """Decisions made while the grant applied (the ledger, by grant id)."""
@@ -309,12 +306,20 @@ class GovernanceApi:
         reason = parse_model(ReasonBody, await call.body(request)).reason
         call.note(reason=reason)
         exception_id = request.path_params["exception_id"]
-        revoked, created = await self._call(
-            self._gov.exceptions.revoke, governance_actor(call.caller), exception_id, reason
-        )
-        await self._changed()
-        call.note(new=created)
-        return json_response({**revoked.as_dict(), "created": created}, 201 if created else 200)
+        return await self._revoke(call, RevocationKind.EXCEPTION, exception_id, reason)
+
+    async def _revoke(
+        self, call: AdminCall, kind: RevocationKind, target: str, reason: str
+    ) -> Response:
+        """Through the revocation service, like every revocation; answers the record."""
+        service = self._runtime.revocation_service
+        try:
+            revoked = await self._call(service.revoke, caller_of(call.caller), kind, target, reason)
+        except RevocationError as exc:
+            raise revocation_problem(exc) from None
+        call.note(new=revoked.created)
+        document = {**(revoked.record or {}), "created": revoked.created}
+        return json_response(document, 201 if revoked.created else 200)
 
 
 def routes(runtime: Runtime, gate: AdminGate) -> list[Route]:
