@@ -7,13 +7,18 @@ list, in memory, before any policy: a revoked principal is denied whatever the b
 revoked credential (a JWT id, or an X.509 certificate by its serial number) is refused whatever
 its signature and expiry say.
 
-Grants, exceptions and break-glass sessions are revoked in governance (`governance/access.py`,
-`governance/exceptions.py`) through the same admin call; those revocations also move this
-list's epoch, so every cache outside the process forgets answers given under them.
+A revocation may carry an expiry: past it, the list no longer denies (checked on each lookup,
+so every process stops at the same instant), and housekeeping records it as expired. One in
+force may be lifted. Lifted and expired revocations stay in the table as history; one
+revocation is in force per target. Revoking twice is the same revocation (idempotent), never a
+second row in force.
+
+Grants, exceptions and break-glass sessions are revoked in governance, whose records hold them;
+`service.py` is the one entry point for every kind. Those revocations also move this list's
+epoch, so every cache outside the process forgets answers given under them.
 
 The list's `epoch` (the topic's version) travels in every decision, so caches outside the
-process (the SDK's) can tell that what they hold predates a revocation and drop it. Revoking
-twice is the same revocation (idempotent), never a second row.
+process (the SDK's) can tell that what they hold predates a revocation and drop it.
 """
 
 from __future__ import annotations
@@ -306,8 +311,9 @@ class RevocationStore:
 class RevocationList:
     """What the decision path asks: in memory, replaced whole on each refresh."""
 
-    def __init__(self, store: RevocationStore) -> None:
+    def __init__(self, store: RevocationStore, clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._clock = clock
         self._principals: dict[str, Revocation] = {}
         self._credentials: dict[str, Revocation] = {}
         self._certificates: dict[str, Revocation] = {}
@@ -328,13 +334,13 @@ class RevocationList:
     def principal(self, ref: EntityRef) -> Revocation | None:
         if not self._principals:
             return None
-        return _in_force(self._principals.get(str(ref)))
+        return self._in_force(self._principals.get(str(ref)))
 
     def named(self, principal: str | None) -> Revocation | None:
         """The revocation of a principal given as entity text (User::"alice"), if any."""
         if principal is None or not self._principals:
             return None
-        return _in_force(self._principals.get(principal))
+        return self._in_force(self._principals.get(principal))
 
     def certificate(self, serial: str | int | None) -> Revocation | None:
         """The revocation of an X.509 certificate by serial (an int or hex text), if any."""
@@ -342,22 +348,21 @@ class RevocationList:
             return None
         text = format(serial, "x") if isinstance(serial, int) else serial
         try:
-            return _in_force(self._certificates.get(normalise_serial(text)))
+            return self._in_force(self._certificates.get(normalise_serial(text)))
         except RevocationError:
             return None
 
     def credential(self, token_id: str | None) -> Revocation | None:
         if token_id is None or not self._credentials:
             return None
-        return _in_force(self._credentials.get(token_id))
+        return self._in_force(self._credentials.get(token_id))
 
-
-def _in_force(found: Revocation | None) -> Revocation | None:
-    """A revocation past its expiry no longer denies, in every process, from that instant:
-    the list holds it until housekeeping records the expiry and the feed reloads it."""
-    if found is None or found.expires_at is None or time.time() < found.expires_at:
-        return found
-    return None
+    def _in_force(self, found: Revocation | None) -> Revocation | None:
+        """A revocation past its expiry no longer denies, in every process, from that instant:
+        the list holds it until housekeeping records the expiry and the feed reloads it."""
+        if found is None or found.expires_at is None or self._clock() < found.expires_at:
+            return found
+        return None
 
 
 def _revocation(row: Any) -> Revocation:
