@@ -19,9 +19,9 @@ from trustplane.server.admin.governance import (
 )
 from trustplane.server.admin.revocations import LiftBody, RevokeBody
 from trustplane.server.admin_gate import admin_route
-from trustplane.server.attestations import AttestBody
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
 from trustplane.server.identity import EntryBody, RotateBody
+from trustplane.server.image_attestations import AttestBody
 
 _REF = "#/components/schemas/{model}"
 

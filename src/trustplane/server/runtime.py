@@ -39,9 +39,9 @@ from trustplane.posture.image_attestations import AttestationIndex, AttestationS
 from trustplane.recovery.revocation import TOPIC as REVOCATIONS_TOPIC
 from trustplane.recovery.revocation import RevocationKind, RevocationList, RevocationStore
 from trustplane.recovery.service import Caller, RevocationService
-from trustplane.store.bundles import BUNDLES_TOPIC, BundleStore
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.feed import ChangeFeed
+from trustplane.store.policy_revisions import BUNDLES_TOPIC, BundleStore
 from trustplane.store.tables import admin_tokens
 from trustplane.telemetry.appender import AppenderProcess
 from trustplane.telemetry.checkpoint import NoteSigner, NoteVerifier
