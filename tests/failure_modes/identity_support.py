@@ -23,7 +23,7 @@ TRUST_DOMAIN = "example.test"
 @contextlib.contextmanager
 def identity_server(state: Path, database_url: str, **settings: Any) -> Iterator[Server]:
     """`trustplane serve` of the shop with the identity plane (and a Workload API socket when
-    `workload_socket` is given)."""
+    `identity__workload_socket` is given)."""
     state.mkdir(parents=True, exist_ok=True)
     kek = state.parent / f"{state.name}.kek"
     if not kek.exists():

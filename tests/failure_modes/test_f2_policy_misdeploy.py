@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_bundle_lifecycle import (
+from tests.decision.test_bundle_lifecycle import (
     REFUND,
     break_bundle,
     edit_description,
@@ -20,7 +20,7 @@ from tests.support import Server, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
-DECISIONS = 20  # deny_spike_decisions for these servers: each side of an activation
+DECISIONS = 20  # governance.deny_spike_decisions for these servers: each side of an activation
 
 DENY_EVERYTHING = """@id("deny-everything")
 @owner("platform")
