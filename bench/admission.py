@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.tlscert import self_signed
 
-from trustplane.config import Settings
+from trustplane.config import AdmissionSettings
 from trustplane.enforcement.admission import AdmissionReview, AdmissionWebhook
 from trustplane.posture.engine import Engine
 from trustplane.posture.functions import CUSTOM_FUNCTIONS
@@ -162,8 +162,7 @@ def in_process(quick: bool) -> dict[str, Any]:
         for program in programs:
             program.execute(context)
 
-    settings = Settings(admission={**MODES, "params": PARAMS})
-    webhook = AdmissionWebhook(None, settings)
+    webhook = AdmissionWebhook(None, AdmissionSettings(**MODES, params=PARAMS))
     body = review_body(obj, "bench")
 
     def review(payload: bytes) -> bytes:

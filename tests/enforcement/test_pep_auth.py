@@ -145,7 +145,7 @@ def _keys(server: Server) -> Any:
     )
     engine = create_store_engine(settings.effective_database_url)
     try:
-        return IdentityKeys(engine, load_kek(settings), TRUST_DOMAIN).load()
+        return IdentityKeys(engine, load_kek(settings.identity), TRUST_DOMAIN).load()
     finally:
         engine.dispose()
 

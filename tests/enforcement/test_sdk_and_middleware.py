@@ -25,7 +25,7 @@ from tests.issuer import Jwks, Key, issuer_settings, user_token
 from tests.support import Server, free_port
 from trustplane.config import load_settings
 from trustplane.enforcement.asgi import LocalPdp, RemotePdp, TrustplaneMiddleware
-from trustplane.enforcement.credentials import Authenticator
+from trustplane.enforcement.credentials import Authenticator, ProxyTrust
 from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.sdk import AsyncClient, Client, SdkMetrics
 from trustplane.server.runtime import Runtime, initialise
@@ -233,7 +233,11 @@ def local_runtime(tmp_path: Path, issuer: Jwks) -> Iterator[Runtime]:
 
 def test_middleware_with_an_in_process_pdp(local_runtime: Runtime, key: Key) -> None:
     enforcer = HttpEnforcer(
-        local_runtime.decision_point(), Authenticator.from_settings(local_runtime.settings)
+        local_runtime.decision_point(),
+        Authenticator.from_settings(
+            local_runtime.settings.pep,
+            ProxyTrust(local_runtime.settings.server.trusted_proxies),
+        ),
     )
     allowed, denied = requests(
         protected(LocalPdp(enforcer)),

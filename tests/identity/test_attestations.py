@@ -31,7 +31,7 @@ from tests.support import (
     wait_for,
     wait_ready,
 )
-from trustplane.config import Settings
+from trustplane.config import IdentitySettings
 from trustplane.identity.dsse import sign_envelope
 from trustplane.identity.kek import Kek, load_kek, new_kek
 from trustplane.identity.keys import IdentityKeys
@@ -253,7 +253,7 @@ def _mint(server: Server, trust_domain: str, spiffe_id: str, tmp_path: Path, **k
     if trust_domain == TRUST_DOMAIN:
         url = server.env["TRUSTPLANE_STORE__URL"]
         kek: Kek = load_kek(
-            Settings(identity={"kek_file": Path(server.env["TRUSTPLANE_IDENTITY__KEK_FILE"])})
+            IdentitySettings(kek_file=Path(server.env["TRUSTPLANE_IDENTITY__KEK_FILE"]))
         )
     else:
         url = f"sqlite:///{tmp_path / 'foreign.db'}"
@@ -403,9 +403,7 @@ def test_an_attestation_stored_by_another_replica_reaches_admission_through_the_
     )
     engine = create_store_engine(server.env["TRUSTPLANE_STORE__URL"])
     try:
-        kek = load_kek(
-            Settings(identity={"kek_file": Path(server.env["TRUSTPLANE_IDENTITY__KEK_FILE"])})
-        )
+        kek = load_kek(IdentitySettings(kek_file=Path(server.env["TRUSTPLANE_IDENTITY__KEK_FILE"])))
         signer = IdentityKeys(engine, kek, TRUST_DOMAIN).load().jwt_signer
         assert signer is not None
         ref = ImageRef.parse(image)

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trustplane.config import ConfigError, ExchangeRuleSettings, load_settings
+from trustplane.enforcement.credentials import ProxyTrust
 from trustplane.identity.exchange import ExchangeError, render_spiffe_id, rule_mismatch
 from trustplane.identity.keys import IdentityKeys
 from trustplane.identity.spiffe_id import SpiffeId
@@ -74,7 +75,9 @@ def test_a_jwt_svid_from_token_exchange_is_not_an_admin_credential(
 ) -> None:
     keys = identity_keys.load()
     settings = load_settings(overrides={"identity": {"trust_domain": "example.test"}})
-    authn = AdminAuthenticator(settings, lambda token: False, SimpleNamespace(keys=keys))
+    authn = AdminAuthenticator(
+        settings.admin, ProxyTrust([]), lambda token: False, SimpleNamespace(keys=keys)
+    )
     workload = SpiffeId.parse("spiffe://example.test/ci/org/app")
 
     def caller(**extra: Any) -> AdminCaller:

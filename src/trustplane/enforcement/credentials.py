@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
-from trustplane.config import Settings
+from trustplane.config import PepSettings
 from trustplane.identity.human import authentication_strength
 from trustplane.identity.tokens import (
     ClockSkewObserver,
@@ -124,12 +124,15 @@ class Authenticator:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, on_clock_skew: ClockSkewObserver | None = None
+        cls,
+        settings: PepSettings,
+        proxies: ProxyTrust,
+        on_clock_skew: ClockSkewObserver | None = None,
     ) -> Authenticator:
-        verifier = verifier_from_settings(settings.pep.issuers, on_clock_skew)
-        return cls(
-            verifier, ProxyTrust(settings.server.trusted_proxies), settings.pep.identity_header
-        )
+        """The authenticator of the enforcement points: the `[pep]` issuers and identity
+        header, forwarded headers believed from `proxies` (`server.trusted_proxies`)."""
+        verifier = verifier_from_settings(settings.issuers, on_clock_skew)
+        return cls(verifier, proxies, settings.identity_header)
 
     @property
     def proxies(self) -> ProxyTrust:

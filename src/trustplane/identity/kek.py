@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from trustplane.config import Settings
+from trustplane.config import IdentitySettings
 
 KEK_BYTES = 32
 _NONCE_BYTES = 12
@@ -55,12 +55,12 @@ def _decode(text: str, origin: str) -> bytes:
     return raw
 
 
-def load_kek(settings: Settings) -> Kek:
+def load_kek(settings: IdentitySettings) -> Kek:
     """The configured KEK. A file readable by group or others is refused: it would let any
     local user unseal the trust domain's keys."""
-    if settings.identity.kek is not None:
-        return Kek(_decode(settings.identity.kek.get_secret_value(), "TRUSTPLANE_IDENTITY__KEK"))
-    path = settings.identity.kek_file
+    if settings.kek is not None:
+        return Kek(_decode(settings.kek.get_secret_value(), "TRUSTPLANE_IDENTITY__KEK"))
+    path = settings.kek_file
     if path is None:
         raise KekError(
             "no key-encryption key: set identity.kek_file (a 0600 file made with "

@@ -53,7 +53,7 @@ class IdentityService:
         self.metrics = metrics
         self.key_store = IdentityKeys(
             engine,
-            kek or load_kek(settings),
+            kek or load_kek(settings.identity),
             settings.identity.trust_domain,
             ca_ttl_seconds=settings.identity.ca_ttl_seconds,
             svid_max_ttl_seconds=settings.identity.svid_max_ttl_seconds,

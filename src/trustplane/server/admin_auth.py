@@ -27,7 +27,7 @@ from typing import Any
 
 import cedarpy
 
-from trustplane.config import Settings
+from trustplane.config import AdminSettings
 from trustplane.decision.requests import RequestError, parse_entity
 from trustplane.enforcement.credentials import (
     CredentialRejected,
@@ -160,18 +160,20 @@ class AdminAuthorizer:
 class AdminAuthenticator:
     def __init__(
         self,
-        settings: Settings,
+        settings: AdminSettings,
+        proxies: ProxyTrust,
         check_bootstrap: Any,
         identity: Any = None,
         verifier: TokenVerifier | None = None,
     ) -> None:
-        """`check_bootstrap(token) -> bool`; `identity`: the identity plane (JWT-SVIDs)."""
+        """`check_bootstrap(token) -> bool`; `identity`: the identity plane (JWT-SVIDs);
+        `proxies`: whose forwarded client certificates are believed."""
         self._settings = settings
         self._check_bootstrap = check_bootstrap
         self._identity = identity
-        self._proxies = ProxyTrust(settings.server.trusted_proxies)
+        self._proxies = proxies
         if verifier is None:
-            verifier = verifier_from_settings(settings.admin.issuers)
+            verifier = verifier_from_settings(settings.issuers)
         self._verifier = verifier
 
     def trusts_proxy(self, peer: str | None) -> bool:
@@ -203,7 +205,7 @@ class AdminAuthenticator:
         )
 
     def _bootstrap(self, token: str) -> AdminCaller:
-        if not self._settings.admin.bootstrap_token:
+        if not self._settings.bootstrap_token:
             raise AdminUnauthenticated(
                 "the bootstrap token is turned off (admin.bootstrap_token = false)", "invalid_token"
             )
@@ -214,7 +216,7 @@ class AdminAuthenticator:
     def _jwt(self, token: str, roles: Any) -> AdminCaller:
         if self._identity is not None:
             try:
-                svid = validate_jwt_svid(self._identity.keys, token, self._settings.admin.audience)
+                svid = validate_jwt_svid(self._identity.keys, token, self._settings.audience)
             except SvidError as exc:
                 if exc.code not in ("token_unknown_key", "token_alg_not_allowed"):
                     raise AdminUnauthenticated(
@@ -241,13 +243,11 @@ class AdminAuthenticator:
         except TokenRejected as exc:
             raise AdminUnauthenticated(f"{exc.code}: {exc.detail}", "invalid_token") from None
         try:
-            ref = parse_entity(
-                {"type": self._settings.admin.subject_type, "id": verified.subject}, "sub"
-            )
+            ref = parse_entity({"type": self._settings.subject_type, "id": verified.subject}, "sub")
         except RequestError as exc:
             raise AdminUnauthenticated(f"token subject unusable: {exc}", "invalid_token") from None
         principal = str(ref)
-        claimed = verified.claims.get(self._settings.admin.groups_claim) or []
+        claimed = verified.claims.get(self._settings.groups_claim) or []
         groups = (
             {g for g in claimed if isinstance(g, str) and g} if isinstance(claimed, list) else set()
         )

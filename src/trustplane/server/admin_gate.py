@@ -36,7 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from trustplane.config import Durability
-from trustplane.enforcement.credentials import xfcc_spiffe_id
+from trustplane.enforcement.credentials import ProxyTrust, xfcc_spiffe_id
 from trustplane.governance.catalog import access_catalog
 from trustplane.problems import Problem, read_body
 from trustplane.server.admin_auth import (
@@ -237,7 +237,12 @@ class AdminGate:
         settings = runtime.settings
         self._limit = settings.server.max_body_bytes
         self._sync = settings.ledger.durability is Durability.SYNC
-        self._authn = AdminAuthenticator(settings, runtime.check_admin_token, runtime.identity)
+        self._authn = AdminAuthenticator(
+            settings.admin,
+            ProxyTrust(settings.server.trusted_proxies),
+            runtime.check_admin_token,
+            runtime.identity,
+        )
         self.authorizer = AdminAuthorizer(settings.admin.policy_dir)
 
     def route(

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from trustplane.decision.manager import reload_or_log
 from trustplane.decision.watch import BundleWatcher
 from trustplane.enforcement.admission import AdmissionWebhook
-from trustplane.enforcement.credentials import Authenticator
+from trustplane.enforcement.credentials import Authenticator, ProxyTrust
 from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.envoy import EnvoyAuthorization, EnvoyHttp
 from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth
@@ -52,11 +52,22 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     admin_gate = AdminGate(runtime)  # every admin route goes through it (server/admin_gate.py)
     settings = runtime.settings
     skew = runtime.metrics.observe_issuer_clock_skew
-    enforcer = HttpEnforcer(pdp, Authenticator.from_settings(settings, skew), runtime.seen)
+    enforcer = HttpEnforcer(
+        pdp,
+        Authenticator.from_settings(
+            settings.pep, ProxyTrust(settings.server.trusted_proxies), skew
+        ),
+        runtime.seen,
+    )
     forward_auth = ForwardAuth(enforcer)
     envoy_http = EnvoyHttp(enforcer, settings.pep.strip_credential)
     identity = IdentityApi(runtime, verifier_from_settings(settings.pep.issuers, skew))
-    admission = AdmissionWebhook(pdp, settings, runtime.attestations)
+    admission = AdmissionWebhook(
+        pdp,
+        settings.admission,
+        runtime.attestations,
+        max_body_bytes=settings.server.max_body_bytes,
+    )
     attestations = AttestationsApi(runtime, pdp)
     pep_gate = PepGate.for_runtime(runtime)  # every decision endpoint: registered PEPs only
 

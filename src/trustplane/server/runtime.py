@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
-from trustplane.config import Durability, LedgerAppender, Settings
+from trustplane.config import Durability, LedgerAppender, PolicySettings, Settings
 from trustplane.decision.loader import LoadOptions
 from trustplane.decision.manager import BundleManager, follow_or_log
 from trustplane.decision.point import PolicyDecisionPoint
@@ -50,7 +50,6 @@ from trustplane.telemetry.ledger import Ledger
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics, multiprocess_dir
 from trustplane.telemetry.recorder import DecisionRecorder
-from trustplane.telemetry.spool import Spool
 
 log = logging.getLogger("trustplane")
 
@@ -73,8 +72,8 @@ def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
     """Create the state directory, ledger signing key, schema and a bootstrap admin token.
     Idempotent: existing keys and tokens are kept unless `new_token` asks for another.
     A KEK that would be refused is refused before anything is created."""
-    if identity_configured(settings):
-        load_kek(settings)
+    if settings.identity.configured:
+        load_kek(settings.identity)
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
@@ -95,7 +94,7 @@ def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
             token = create_admin_token(engine, label="bootstrap")
             _write_secret(settings.admin_token_file, token + "\n")
         identity_created: tuple[str, ...] = ()
-        if identity_configured(settings):
+        if settings.identity.configured:
             created = IdentityService(settings, engine).key_store.initialise()
             identity_created = tuple(f"{r.kind.value} {r.kid}" for r in created)
     finally:
@@ -108,11 +107,6 @@ def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
         created_key,
         identity_created,
     )
-
-
-def identity_configured(settings: Settings) -> bool:
-    """The identity plane runs where a key-encryption key is configured."""
-    return settings.identity.kek is not None or settings.identity.kek_file is not None
 
 
 def create_admin_token(engine: Engine, label: str) -> str:
@@ -128,12 +122,13 @@ def create_admin_token(engine: Engine, label: str) -> str:
     return token
 
 
-def load_options(settings: Settings) -> LoadOptions:
+def load_options(settings: PolicySettings) -> LoadOptions:
+    """How bundles load under the `[policy]` settings."""
     return LoadOptions(
-        trusted_keys=[load_trusted_key(p) for p in settings.policy.trusted_key_files],
-        expiry_warning_days=settings.policy.expiry_warning_days,
-        decision_cache_size=settings.policy.decision_cache_size,
-        decision_ttl_seconds=settings.policy.decision_ttl_seconds,
+        trusted_keys=[load_trusted_key(p) for p in settings.trusted_key_files],
+        expiry_warning_days=settings.expiry_warning_days,
+        decision_cache_size=settings.decision_cache_size,
+        decision_ttl_seconds=settings.decision_ttl_seconds,
         extra_files=BUNDLE_FILES,
     )
 
@@ -225,17 +220,13 @@ class Runtime:
             sink = AppenderProcess(
                 self.ledger, settings.effective_database_url, signer.signer_key()
             )
-        self.recorder = DecisionRecorder(
+        self.recorder = DecisionRecorder.from_settings(
             self.ledger,
             self.masker,
             self.metrics,
-            durability=settings.ledger.durability,
-            flush_interval=settings.ledger.flush_interval_ms / 1000,
-            checkpoint_interval=settings.ledger.checkpoint_interval_ms / 1000,
-            sink=sink,
-            max_lag=settings.ledger.ready_max_lag_ms / 1000,
-            queue_max=settings.ledger.queue_max,
-            spool=Spool(settings.state_dir / "ledger-spool", settings.ledger.spool_max_mb << 20),
+            settings.ledger,
+            settings.state_dir / "ledger-spool",
+            sink,
         )
         self._appender = sink
         self.deny_spike = DenySpikeDetector(
@@ -246,7 +237,7 @@ class Runtime:
         )
         self.bundles = BundleManager(
             BundleStore(self.engine),
-            load_options(settings),
+            load_options(settings.policy),
             self.metrics,
             bundle_dir=settings.policy.bundle_dir,
             on_activate=lambda loaded: self.deny_spike.activated(loaded.bundle.revision),
@@ -269,7 +260,7 @@ class Runtime:
         self._ci_issuers = {rule.issuer for rule in settings.identity.exchange_rules}
         self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
         self.identity: IdentityService | None = None
-        if identity_configured(settings):
+        if settings.identity.configured:
             self.identity = IdentityService(
                 settings, self.engine, inventory=self.inventory, metrics=self.metrics
             )

@@ -38,7 +38,7 @@ from trustplane.server.app import create_app
 from trustplane.server.listening import ListeningServer, use_listening_workers
 from trustplane.server.pep_gate import PepClientTrust, TlsPeerProtocol, client_ca_file
 from trustplane.server.ports import ClaimedPorts, claim_ports
-from trustplane.server.runtime import Runtime, identity_configured, load_options
+from trustplane.server.runtime import Runtime, load_options
 from trustplane.server.tls import serving_certificate
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.policy_revisions import BundleStore
@@ -52,8 +52,8 @@ def preflight(settings: Settings) -> None:
     before anything is created or listens (`trustplane serve` runs it before `--init`)."""
     require_bundle_dir(settings.policy.bundle_dir)
     check_admission_settings(settings.admission)
-    if identity_configured(settings):
-        load_kek(settings)  # a KEK file others may read, or none where one is configured
+    if settings.identity.configured:
+        load_kek(settings.identity)  # a KEK file others may read, or none where one is configured
 
 
 def require_bundle_dir(directory: Path | None) -> None:
@@ -137,7 +137,7 @@ class _BundleAuthority:
         migrate(self._engine)  # once, before the workers open the store side by side
         self._bundles = BundleManager(
             BundleStore(self._engine),
-            load_options(settings),
+            load_options(settings.policy),
             Metrics(),
             bundle_dir=settings.policy.bundle_dir,
         )

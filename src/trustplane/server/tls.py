@@ -153,7 +153,9 @@ class CaServingCertificate:
             )
         engine = create_store_engine(settings.effective_database_url)
         try:
-            return IdentityKeys(engine, load_kek(settings), settings.identity.trust_domain).load()
+            return IdentityKeys(
+                engine, load_kek(settings.identity), settings.identity.trust_domain
+            ).load()
         except KekError as exc:
             raise ConfigError(f"tls.from_ca: {exc}") from None
         finally:
