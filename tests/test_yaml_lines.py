@@ -80,6 +80,5 @@ def test_a_syntax_error_names_file_line_and_reason(
 def test_several_documents_where_one_is_expected(parser: str) -> None:
     with pytest.raises(YamlError) as info:
         read_document("a: 1\n---\nb: 2\n", "settings.yaml")
-    assert str(info.value) == (
-        "settings.yaml:2: invalid YAML: but found another document"
-    ), "where the second document starts"
+    message = "settings.yaml:2: invalid YAML: but found another document"
+    assert str(info.value) == message, "the line where the second document starts"
