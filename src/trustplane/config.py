@@ -152,6 +152,35 @@ class PostureExemption(BaseModel):
         return self
 
 
+class TrustSettings(BaseModel):
+    """The trust plane (docs/trust.md). Weights and thresholds are in the bundle's trust.yaml;
+    these are the deployment's facts: who may supply trust values, and the address lists and
+    databases the network signals read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trusted_peps: list[str] = Field(
+        default_factory=list,
+        description="Registered PEPs (`trustplane pep add`) whose `context.trust` values are "
+        "believed; from any other caller they are ignored and the record says so.",
+    )
+    geoip: bool = Field(
+        True,
+        description="Country and ASN of the source address from the database geoip2fast ships "
+        "(the `country` and `asn` signals).",
+    )
+    bad_networks_files: list[Path] = Field(
+        default_factory=list,
+        description="Files of known-bad networks, one CIDR a line (# comments): the "
+        "`bad_network` signal.",
+    )
+    corporate_networks_files: list[Path] = Field(
+        default_factory=list,
+        description="Files of corporate networks, one CIDR a line: the `corporate_network` "
+        "signal (usually a negative weight).",
+    )
+
+
 class ConfigError(TrustplaneError):
     """A configuration value or file is wrong; the message names which."""
 
@@ -674,6 +703,7 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     governance: GovernanceSettings = Field(default_factory=GovernanceSettings)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
     cli: CliSettings = Field(default_factory=CliSettings)
 
     @model_validator(mode="after")
