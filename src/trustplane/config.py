@@ -753,73 +753,6 @@ class Settings(BaseSettings):
     def admin_token_file(self) -> Path:
         return self.state_dir / "admin.token"
 
-    # -- read by the CLI until it reads the sections itself --------------------------------------
-
-    @property
-    def trust_domain(self) -> str:
-        return self.identity.trust_domain
-
-    @property
-    def workload_socket(self) -> Path | None:
-        return self.identity.workload_socket
-
-    @property
-    def change_poll_ms(self) -> int:
-        return self.store.change_poll_ms
-
-    @property
-    def grpc_enabled(self) -> bool:
-        return self.grpc.enabled
-
-    @property
-    def tls_cert_file(self) -> Path | None:
-        return self.tls.cert_file
-
-    @property
-    def tls_from_ca(self) -> bool:
-        return self.tls.from_ca
-
-    @property
-    def bundle_dir(self) -> Path | None:
-        return self.policy.bundle_dir
-
-    @property
-    def host(self) -> str:
-        return self.server.host
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def durability(self) -> Durability:
-        return self.ledger.durability
-
-    @property
-    def workers(self) -> int:
-        return self.server.workers
-
-    @property
-    def trusted_bundle_keys(self) -> list[Path]:
-        return self.policy.trusted_key_files
-
-    @property
-    def expiry_warning_days(self) -> int:
-        return self.policy.expiry_warning_days
-
-    @property
-    def server_url(self) -> str | None:
-        return self.cli.server_url
-
-    @property
-    def admin_token(self) -> str | None:
-        token = self.cli.admin_token
-        return None if token is None else token.get_secret_value()
-
-    @property
-    def ledger_origin(self) -> str:
-        return self.ledger.origin
-
 
 SECTIONS: tuple[str, ...] = tuple(
     name
@@ -854,15 +787,14 @@ def config_file_path(config_file: Path | None = None) -> Path | None:
 
 
 def _nested(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Overrides as nested dicts: `{"policy.watch": False}`, `{"policy": {"watch": False}}`
-    and a name from before the sections (`{"watch": False}`) all become the second; None
-    (a flag not given) is dropped."""
+    """Overrides as nested dicts: `{"policy.watch": False}` and `{"policy": {"watch": False}}`
+    both become the second; None (a flag not given) is dropped."""
     flat: dict[str, Any] = {}
     for key, value in overrides.items():
         if key in SECTIONS and isinstance(value, dict):
             flat.update({f"{key}.{name}": item for name, item in value.items()})
         else:
-            flat[RENAMED.get(key, key)] = value
+            flat[key] = value
     nested: dict[str, Any] = {}
     for dotted, value in flat.items():
         if value is None:

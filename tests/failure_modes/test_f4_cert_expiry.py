@@ -88,7 +88,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 @pytest.fixture
 def service(settings: Settings, engine: Engine, clock: Clock) -> Iterator[IdentityService]:
-    service = IdentityService(settings, engine, metrics=Metrics(), clock=clock)
+    service = IdentityService.from_settings(settings, engine, metrics=Metrics(), clock=clock)
     service.key_store.initialise()
     service.load()
     service.entry_store.create(

@@ -198,7 +198,7 @@ def test_the_serving_certificate_of_a_compromised_ca_is_replaced_at_once(
     engine = create_store_engine(database_url)
     migrate(engine)
     try:
-        service = IdentityService(settings, engine)
+        service = IdentityService.from_settings(settings, engine)
         service.key_store.initialise()
         serving = CaServingCertificate(settings)
         assert serving.renew_if_due() == "there is none yet"

@@ -38,7 +38,7 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
 @pytest.fixture
 def service(sqlite_engine: Engine, kek: Kek) -> Iterator[IdentityService]:
     settings = Settings(identity={"trust_domain": TRUST_DOMAIN, "kek": new_kek()})
-    service = IdentityService(settings, sqlite_engine, kek)
+    service = IdentityService.from_settings(settings, sqlite_engine, kek)
     service.key_store.initialise()
     service.load()
     yield service

@@ -179,7 +179,7 @@ def _read_only_ledger(settings: Settings) -> Iterator[Ledger]:
 
     engine = store_engine(settings)
     try:
-        yield Ledger(engine, None, settings.ledger_origin)
+        yield Ledger(engine, None, settings.ledger.origin)
     except LedgerError as exc:
         raise CliError(str(exc)) from None
     finally:

@@ -92,18 +92,19 @@ def print_warnings(warnings: list[str]) -> None:
 
 
 def server_url(settings: Settings, url: str | None) -> str:
-    return (url or settings.server_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    default = f"http://{settings.server.host}:{settings.server.port}"
+    return (url or settings.cli.server_url or default).rstrip("/")
 
 
 def admin_token(settings: Settings) -> str:
-    if settings.admin_token:
-        return settings.admin_token
+    if settings.cli.admin_token is not None:
+        return settings.cli.admin_token.get_secret_value()
     try:
         return settings.admin_token_file.read_text().strip()
     except FileNotFoundError:
         raise CliError(
             f"no admin token: {settings.admin_token_file} is missing; run "
-            "`trustplane init` or set TRUSTPLANE_ADMIN_TOKEN"
+            "`trustplane init` or set TRUSTPLANE_CLI__ADMIN_TOKEN"
         ) from None
 
 
@@ -166,12 +167,12 @@ def load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
     from trustplane.governance.catalog import BUNDLE_FILES
 
     try:
-        keys = [load_trusted_key(p) for p in settings.trusted_bundle_keys]
+        keys = [load_trusted_key(p) for p in settings.policy.trusted_key_files]
     except SigningError as exc:
         raise CliError(str(exc)) from None
     return LoadOptions(
         trusted_keys=keys,
-        expiry_warning_days=settings.expiry_warning_days,
+        expiry_warning_days=settings.policy.expiry_warning_days,
         run_tests=run_tests,
         extra_files=BUNDLE_FILES,
     )

@@ -67,7 +67,7 @@ def root(
         ),
     ] = False,
 ) -> None:
-    ctx.obj = Context(config, {"state_dir": state_dir, "database_url": database_url})
+    ctx.obj = Context(config, {"state_dir": state_dir, "store": {"url": database_url}})
 
 
 app.add_typer(policy.policy_app, name="policy")

@@ -31,7 +31,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.message import DecodeError
 
-from trustplane.config import ConfigError, GrpcTransport, Settings
+from trustplane.config import ConfigError, GrpcSettings, GrpcTransport
 from trustplane.enforcement.envoy import EnvoyAuthorization, grpc_address, start_grpc_server
 from trustplane.retry import Backoff, Retry
 
@@ -71,13 +71,13 @@ def find_binary(configured: Path | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def require_transport(settings: Settings) -> Path | None:
+def require_transport(settings: GrpcSettings) -> Path | None:
     """The front's binary when the settings will use it; refuses `native` without one."""
-    if settings.grpc.transport is GrpcTransport.PYTHON:
+    if settings.transport is GrpcTransport.PYTHON:
         return None
-    binary = find_binary(settings.grpc.native_binary)
-    if settings.grpc.transport is GrpcTransport.NATIVE and binary is None:
-        where = settings.grpc.native_binary or f"{Path(sys.executable).parent}/{BINARY_NAME}"
+    binary = find_binary(settings.native_binary)
+    if settings.transport is GrpcTransport.NATIVE and binary is None:
+        where = settings.native_binary or f"{Path(sys.executable).parent}/{BINARY_NAME}"
         raise ConfigError(
             f"grpc.transport is native but {where} does not exist: run scripts/bootstrap.sh "
             "(it builds the front with g++, pkg-config and libgrpc++-dev), or set "
@@ -87,18 +87,18 @@ def require_transport(settings: Settings) -> Path | None:
 
 
 async def start_ext_authz(
-    settings: Settings, service: EnvoyAuthorization
+    settings: GrpcSettings, host: str, service: EnvoyAuthorization
 ) -> tuple[ExtAuthzServer, str]:
-    """The ext_authz server the settings ask for on `host`:`grpc.port`, started; and the
-    transport's name."""
-    host, port = settings.server.host, settings.grpc.port
+    """The ext_authz server the `[grpc]` settings ask for on `host`:`grpc.port`, started; and
+    the transport's name."""
+    port = settings.port
     binary = require_transport(settings)
     if binary is None:
-        if settings.grpc.transport is GrpcTransport.AUTO:
+        if settings.transport is GrpcTransport.AUTO:
             log.info("%s is not installed: ext_authz gRPC is served by grpcio", BINARY_NAME)
         aio = await _AioServer.start(service, host, port)
         return aio, "python"
-    front = NativeFront(service, binary, host, port, settings.grpc.answer_timeout_ms)
+    front = NativeFront(service, binary, host, port, settings.answer_timeout_ms)
     await front.start()
     return front, "native"
 

@@ -245,7 +245,9 @@ class Listeners:
                 self._gate.authenticator,
                 self._gate.latency,
             )
-            self._grpc, transport = await start_ext_authz(settings, service)
+            self._grpc, transport = await start_ext_authz(
+                settings.grpc, settings.server.host, service
+            )
             log.info(
                 "Envoy ext_authz gRPC on %s:%d (%s transport)",
                 settings.server.host,

@@ -97,7 +97,7 @@ def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
             _write_secret(settings.admin_token_file, token + "\n")
         identity_created: tuple[str, ...] = ()
         if settings.identity.configured:
-            created = IdentityService(settings, engine).key_store.initialise()
+            created = IdentityService.from_settings(settings, engine).key_store.initialise()
             identity_created = tuple(f"{r.kind.value} {r.kid}" for r in created)
     finally:
         engine.dispose()
@@ -263,7 +263,7 @@ class Runtime:
         self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
         self.identity: IdentityService | None = None
         if settings.identity.configured:
-            self.identity = IdentityService(
+            self.identity = IdentityService.from_settings(
                 settings, self.engine, inventory=self.inventory, metrics=self.metrics
             )
             self.feed.subscribe(KEYS_TOPIC, self.identity.refresh_keys)
