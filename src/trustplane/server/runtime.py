@@ -51,6 +51,8 @@ from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics, multiprocess_dir
 from trustplane.telemetry.recorder import DecisionRecorder
 from trustplane.telemetry.spool import Spool
+from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
+from trustplane.trust.service import assessor_from_settings
 
 log = logging.getLogger("trustplane")
 
@@ -134,7 +136,7 @@ def load_options(settings: Settings) -> LoadOptions:
         expiry_warning_days=settings.expiry_warning_days,
         decision_cache_size=settings.decision_cache_size,
         decision_ttl_seconds=settings.decision_ttl_seconds,
-        extra_files=BUNDLE_FILES,
+        extra_files=BUNDLE_FILES + TRUST_FILES,
     )
 
 
@@ -300,6 +302,7 @@ class Runtime:
             recorder=self.recorder,
             metrics=self.metrics,
             deny_spike=self.deny_spike,
+            trust=assessor_from_settings(self.settings),
         )
 
     def start(self) -> None:
