@@ -49,8 +49,8 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate one request: prints decision, reasons and shadow; exit 0 allow, 1 deny."""
-    from trustplane.decision.bundle import parse_rfc3339
     from trustplane.decision.loader import load_bundle
+    from trustplane.decision.policy_bundle import parse_rfc3339
 
     access = _build_request(request, principal, action, resource, context)
     if url:

@@ -3,7 +3,7 @@
 errors that end a command.
 
 Imported by `--help` itself, so nothing here imports more than Typer and Rich at module level:
-each helper imports what it needs when it is called (`tests/unit/test_cli_imports.py`).
+each helper imports what it needs when it is called (`tests/cli/test_cli_imports.py`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     import httpx
 
     from trustplane.config import Settings
-    from trustplane.decision.bundle import BundleSource
     from trustplane.decision.loader import LoadOptions
+    from trustplane.decision.policy_bundle import BundleSource
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -153,7 +153,7 @@ def store_engine(settings: Settings) -> Any:
 
 
 def bundle_source(directory: Path) -> BundleSource:
-    from trustplane.decision.bundle import BundleSource
+    from trustplane.decision.policy_bundle import BundleSource
 
     if not directory.is_dir():
         raise CliError(f"bundle directory {directory} does not exist")
@@ -210,7 +210,7 @@ def exit_for(exc: Exception) -> None:
     """Turn an error the CLI knows into its message and exit code (1 for a refused bundle,
     2 for the rest, 0 for a closed pipe); return for anything else, which the caller re-raises
     as a bug."""
-    if is_loaded_error(exc, "trustplane.decision.bundle", "BundleError"):
+    if is_loaded_error(exc, "trustplane.decision.policy_bundle", "BundleError"):
         problems = exc.problems  # type: ignore[attr-defined]
         err.print(f"[red]bundle refused[/] ({len(problems)} problem(s)):", highlight=False)
         for problem in problems:

@@ -17,7 +17,17 @@ from typing import Annotated
 import typer
 
 from trustplane import __version__
-from trustplane.cli import access, attest, audit, check, decisions, identity, pep, policy, revoke
+from trustplane.cli import (
+    access,
+    audit,
+    check,
+    decisions,
+    identity,
+    image_attestations,
+    pep,
+    policy,
+    revoke,
+)
 from trustplane.cli import serve as serve_commands
 from trustplane.cli.common import Context, exit_for
 from trustplane.cli.scan import scan
@@ -70,8 +80,8 @@ app.command("decisions")(decisions.decisions_cmd)
 app.command("revoke")(revoke.revoke_cmd)
 app.command("revocations")(revoke.revocations_cmd)
 app.add_typer(identity.identity_app, name="identity")
-app.command("attest")(attest.attest_cmd)
-app.add_typer(attest.attestations_app, name="attestations")
+app.command("attest")(image_attestations.attest_cmd)
+app.add_typer(image_attestations.attestations_app, name="attestations")
 app.add_typer(access.access_app, name="access")
 app.add_typer(access.break_glass_app, name="break-glass")
 app.add_typer(access.exceptions_app, name="exceptions")

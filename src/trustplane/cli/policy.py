@@ -38,8 +38,8 @@ BundleArg = Annotated[Path, typer.Argument(help="Bundle directory.")]
 def _load_for_json(directory: Path, settings: Settings, as_json: bool) -> LoadedBundle:
     """Load without running tests; with --json a refused bundle is a JSON document on stdout
     (`valid: false` and every problem) and exit 1, so scripts read one stream."""
-    from trustplane.decision.bundle import BundleError
     from trustplane.decision.loader import load_bundle
+    from trustplane.decision.policy_bundle import BundleError
 
     try:
         return load_bundle(bundle_source(directory), load_options(settings, False))
@@ -252,7 +252,7 @@ def policy_sign(
     key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM).")],
 ) -> None:
     """Write bundle.sig: a detached signature over every bundle file's hash."""
-    from trustplane.decision.bundle import SIGNATURE_FILE
+    from trustplane.decision.policy_bundle import SIGNATURE_FILE
     from trustplane.decision.signing import load_private_key, sign_bundle
 
     private_key = load_private_key(key)

@@ -44,7 +44,7 @@ def init(
 
 class LedgerDurability(StrEnum):
     """The choices of `config.Durability`, repeated here so `--help` need not import the
-    settings (pydantic); `tests/unit/test_cli_imports.py` keeps the two in step."""
+    settings (pydantic); `tests/cli/test_cli_imports.py` keeps the two in step."""
 
     BATCH = "batch"
     SYNC = "sync"
