@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import SHOP, store_url
-from tests.support import Server, authzen, running_server, wait_for
+from tests.support import Server, authzen, run_cli, running_server, wait_for
 from trustplane.recovery.revocation import EXPIRY_ACTOR
 from trustplane.store.database import create_store_engine
 from trustplane.store.tables import decisions
@@ -212,3 +212,62 @@ def test_expiry_and_lift_reach_every_replica_and_expiry_is_recorded_once(
         assert lift_record["details"]["revocation"] == carol["id"]
         assert a.client.get("/readyz").status_code == 200
         assert b.client.get("/readyz").status_code == 200
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def cli(server: Server, *args: str) -> Any:
+    return run_cli(*args, env={**server.env, "TRUSTPLANE_SERVER_URL": server.url})
+
+
+def test_the_cli_revokes_until_an_expiry_and_lifts_by_prefix(server: Server) -> None:
+    done = cli(
+        server, "revoke", "principal", 'User::"dave"', "--reason", "on leave", "--expires", "1h"
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'revoked principal User::"dave" until' in done.stdout
+    listed = json.loads(cli(server, "revocations", "--json").stdout)["revocations"]
+    (dave,) = [r for r in listed if r["target"] == 'User::"dave"']
+    assert dave["expires_at"] == pytest.approx(time.time() + 3600, abs=60)
+    table = cli(server, "revocations")
+    assert table.returncode == 0 and dave["id"] in table.stdout, "the whole id, to type back"
+    lifted = cli(server, "revoke", "lift", dave["id"][:8], "--reason", "back early")
+    assert lifted.returncode == 0, lifted.stderr
+    assert 'lifted the revocation of principal User::"dave"' in lifted.stdout
+    assert dave["id"] in lifted.stdout
+    again = cli(server, "revoke", "lift", dave["id"], "--reason", "twice")
+    assert again.returncode == 0 and "(it already was)" in again.stdout
+    history = json.loads(cli(server, "revocations", "--all", "--json").stdout)["revocations"]
+    (ended,) = [r for r in history if r["id"] == dave["id"]]
+    assert (ended["state"], ended["end_reason"]) == ("lifted", "back early")
+    in_force = json.loads(cli(server, "revocations", "--json").stdout)["revocations"]
+    assert dave["id"] not in [r["id"] for r in in_force]
+
+
+def test_the_cli_warns_about_an_unknown_principal_and_needs_force(server: Server) -> None:
+    refused = cli(server, "revoke", "principal", 'User::"daev"', "--reason", "typo")
+    assert refused.returncode == 2
+    assert 'warning: principal User::"daev" is not known' in refused.stderr
+    assert "nothing was revoked" in refused.stderr and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    forced = cli(server, "revoke", "principal", 'User::"daev"', "--reason", "sure", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert 'revoked principal User::"daev"' in forced.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("revoke", "lift", "0000dead", "--reason", "r"), "no revocation 0000dead"),
+        (("revoke", "lift", "0000dead"), "--reason is required"),
+        (("revoke", "credential", "j", "--reason", "r", "--expires", "soon"), "duration"),
+        (("revoke", "lift", "0000dead", "--reason", "r", "--force"), "not to lifting"),
+        (("revoke", "person", "x", "--reason", "r"), "KIND must be one of"),
+    ],
+)
+def test_the_cli_names_what_is_wrong(server: Server, args: tuple[str, ...], message: str) -> None:
+    done = cli(server, *args)
+    assert done.returncode == 2, done.stdout
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
