@@ -114,8 +114,15 @@ def admin(settings: Settings, method: str, path: str, url: str | None, body: Any
 
 
 def http(
-    method: str, base: str, path: str, token: str | None, body: dict[str, Any] | None = None
+    method: str,
+    base: str,
+    path: str,
+    token: str | None,
+    body: dict[str, Any] | None = None,
+    accept: tuple[int, ...] = (),
 ) -> httpx.Response:
+    """The answer to one call; an error status other than those in `accept` ends the
+    command with the problem's detail."""
     import httpx
 
     headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -123,7 +130,7 @@ def http(
         response = httpx.request(method, base + path, json=body, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the server at {base}: {exc}") from None
-    if response.status_code >= 400:
+    if response.status_code >= 400 and response.status_code not in accept:
         try:
             problem = response.json()
             detail = problem.get("detail", response.text)
