@@ -19,7 +19,7 @@ from trustplane.telemetry.deny_spike import DenySpikeDetector
 from trustplane.telemetry.metrics import Metrics
 from trustplane.telemetry.recorder import DecisionRecorder
 
-NO_BUNDLE = "no active policy bundle: denying by default"
+NO_BUNDLE = "no_active_bundle: no active policy bundle, denying by default"
 
 
 class ActiveBundle(Protocol):
@@ -78,7 +78,7 @@ class PolicyDecisionPoint:
         revoked = revocations.principal(request.principal)
         if revoked is not None:  # before any policy (and any cached answer)
             decision = refusal(
-                f"revoked: {revoked.target} ({revoked.reason})",
+                f"principal_revoked: {revoked.target} ({revoked.reason})",
                 active.bundle.revision if active is not None else None,
                 epoch,
             )

@@ -1,5 +1,5 @@
-"""The admin API under /v1/: bundle status and lifecycle, revocations, decision queries,
-ledger proofs.
+"""The admin API under /v1/: bundle status and lifecycle, and revocations (decision queries
+and the ledger: `server/ledger_api.py`).
 
 Every call reaches these handlers through the admin gate (`server/admin_gate.py`): it is
 authenticated (`server/admin_auth.py`: an OIDC token, a JWT-SVID, mTLS through a trusted proxy,
@@ -27,7 +27,6 @@ from trustplane.recovery.revocation import RevocationError, RevocationKind
 from trustplane.server.admin_auth import AdminCaller, Target
 from trustplane.server.admin_gate import AdminCall, AdminGate
 from trustplane.server.runtime import Runtime
-from trustplane.telemetry.ledger import DecisionQuery, LedgerError, get_decision, query_decisions
 
 
 class ActivateBody(BaseModel):
@@ -79,7 +78,7 @@ def _describe(loaded: LoadedBundle) -> dict[str, Any]:
 
 
 class AdminApi:
-    """Handlers of the bundle, revocation, decision and ledger routes. The gate
+    """Handlers of the bundle and revocation routes. The gate
     (`server/admin_gate.py`) has authenticated and authorized each call before it gets here,
     and records it once it is answered; a handler says what the record should add."""
 
@@ -198,93 +197,13 @@ class AdminApi:
         except ActivationError as exc:
             raise Problem(409, "activation-refused", "Activation refused", str(exc)) from None
 
-    async def decisions(self, request: Request, call: AdminCall) -> Response:
-        params = request.query_params
-        unknown = set(params) - {
-            "principal",
-            "decision",
-            "policy",
-            "shadow_mismatch",
-            "since",
-            "limit",
-        }
-        if unknown:
-            raise _bad_query(sorted(unknown)[0], "unknown query parameter")
-        decision = params.get("decision")
-        if decision not in (None, "allow", "deny"):
-            raise _bad_query("decision", "must be allow or deny")
-        mismatch = params.get("shadow_mismatch")
-        if mismatch not in (None, "true", "false"):
-            raise _bad_query("shadow_mismatch", "must be true or false")
-        query = DecisionQuery(
-            principal=params.get("principal"),
-            decision=decision,
-            policy=params.get("policy"),
-            shadow_mismatch=None if mismatch is None else mismatch == "true",
-            since=_float_param(params.get("since"), "since"),
-            limit=_int_param(params.get("limit"), "limit", 50, 1, 1000),
-        )
-        rows = await run_in_threadpool(query_decisions, self._runtime.engine, query)
-        return json_response({"decisions": rows})
-
-    async def decision(self, request: Request, call: AdminCall) -> Response:
-        decision_id = request.path_params["decision_id"]
-        row = await run_in_threadpool(get_decision, self._runtime.engine, decision_id)
-        if row is None:
-            raise Problem(
-                404,
-                "not-found",
-                "Decision not found",
-                f"no recorded decision {decision_id} (recording may still be pending)",
-            )
-        return json_response(row)
-
-    async def checkpoint(self, request: Request, call: AdminCall) -> Response:
-        latest = await run_in_threadpool(self._runtime.ledger.latest_checkpoint)
-        if latest is None:
-            raise Problem(404, "not-found", "No checkpoint", "no checkpoint has been signed yet")
-        return json_response(
-            {**latest.as_dict(), "verifier_key": self._runtime.ledger.verifier_key}
-        )
-
-    async def checkpoints(self, request: Request, call: AdminCall) -> Response:
-        limit = _int_param(request.query_params.get("limit"), "limit", 100, 1, 1000)
-        rows = await run_in_threadpool(self._runtime.ledger.list_checkpoints, limit)
-        return json_response(
-            {
-                "checkpoints": [c.as_dict() for c in rows],
-                "verifier_key": self._runtime.ledger.verifier_key,
-            }
-        )
-
-    async def inclusion(self, request: Request, call: AdminCall) -> Response:
-        decision_id = request.query_params.get("decision_id")
-        if not decision_id:
-            raise _bad_query("decision_id", "is required")
-        size = request.query_params.get("tree_size")
-        tree_size = None if size is None else _int_param(size, "tree_size", 0, 0, 2**62)
-        return await self._proof(self._runtime.ledger.inclusion_proof, decision_id, tree_size)
-
-    async def consistency(self, request: Request, call: AdminCall) -> Response:
-        first = _int_param(request.query_params.get("first"), "first", None, 0, 2**62)
-        second_raw = request.query_params.get("second")
-        second = None if second_raw is None else _int_param(second_raw, "second", 0, 0, 2**62)
-        return await self._proof(self._runtime.ledger.consistency_proof, first, second)
-
-    async def _proof(self, fn: Any, *args: Any) -> Response:
-        try:
-            proof = await run_in_threadpool(fn, *args)
-        except LedgerError as exc:
-            raise Problem(404, "proof-unavailable", "Proof unavailable", str(exc)) from None
-        return json_response(proof)
-
 
 def _done(call: AdminCall, step: str, loaded: LoadedBundle) -> None:
     call.note(Target("bundle", loaded.bundle.revision), step, step=step)
 
 
 def admin_routes(api: AdminApi, gate: AdminGate) -> list[Route]:
-    """The bundle, revocation, decision and ledger routes, each behind the admin gate."""
+    """The bundle and revocation routes, each behind the admin gate."""
     return [
         gate.route("GET", "/v1/bundle", api.status),
         gate.route("GET", "/v1/bundle/revisions", api.revisions),
@@ -293,12 +212,6 @@ def admin_routes(api: AdminApi, gate: AdminGate) -> list[Route]:
         gate.route("POST", "/v1/bundle/rollback", api.rollback),
         gate.route("POST", "/v1/revocations", api.revoke),
         gate.route("GET", "/v1/revocations", api.revocations),
-        gate.route("GET", "/v1/decisions", api.decisions),
-        gate.route("GET", "/v1/decisions/{decision_id}", api.decision),
-        gate.route("GET", "/v1/ledger/checkpoint", api.checkpoint),
-        gate.route("GET", "/v1/ledger/checkpoints", api.checkpoints),
-        gate.route("GET", "/v1/ledger/proof/inclusion", api.inclusion),
-        gate.route("GET", "/v1/ledger/proof/consistency", api.consistency),
     ]
 
 
@@ -315,36 +228,3 @@ def governance_problem(exc: GovernanceError) -> Problem:
     )
     titles = {404: "Not found", 409: "Conflict", 403: "Refused", 422: "Invalid request"}
     return Problem(exc.status, exc.code, titles.get(exc.status, "Refused"), str(exc), errors)
-
-
-def _bad_query(name: str, message: str) -> Problem:
-    return Problem(
-        400,
-        "invalid-query",
-        "Invalid query parameter",
-        f"{name}: {message}",
-        [{"pointer": f"?{name}", "detail": message, "code": "invalid"}],
-    )
-
-
-def _int_param(raw: str | None, name: str, default: int | None, low: int, high: int) -> int:
-    if raw is None:
-        if default is None:
-            raise _bad_query(name, "is required")
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _bad_query(name, "must be an integer") from None
-    if not low <= value <= high:
-        raise _bad_query(name, f"must be between {low} and {high}")
-    return value
-
-
-def _float_param(raw: str | None, name: str) -> float | None:
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise _bad_query(name, "must be a UNIX timestamp") from None

@@ -36,6 +36,7 @@ from trustplane.server.attestations import AttestationsApi, attestation_routes
 from trustplane.server.authzen import AuthZenApi
 from trustplane.server.governance_api import GovernanceApi, governance_routes
 from trustplane.server.identity import IdentityApi, identity_routes
+from trustplane.server.ledger_api import LedgerApi, ledger_routes
 from trustplane.server.openapi import openapi_document
 from trustplane.server.pep_gate import PepGate
 from trustplane.server.runtime import Runtime
@@ -113,6 +114,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *admin_routes(AdminApi(runtime), admin_gate),
+        *ledger_routes(LedgerApi(runtime), admin_gate),
         *identity_routes(identity, admin_gate),
         *attestation_routes(attestations, admin_gate),
         *governance_routes(GovernanceApi(runtime), admin_gate),
