@@ -124,8 +124,8 @@ def median_ratio(per_round: list[dict[str, float]], name: str, base: str) -> flo
 
 def load_shop() -> Any:
     """The example estate, loaded the way the server loads it (compiled and tested)."""
-    from trustplane.decision.bundle import BundleSource
     from trustplane.decision.loader import load_bundle
+    from trustplane.decision.policy_bundle import BundleSource
 
     return load_bundle(BundleSource.from_dir(SHOP))
 

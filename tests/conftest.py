@@ -1,4 +1,5 @@
-"""Shared fixtures: a store on SQLite and on PostgreSQL, settings, bundles, a real server.
+"""Shared fixtures: a store on SQLite and on PostgreSQL, settings, bundles, a checkpoint signer, a
+token issuer on loopback (module-scoped: one key and JWKS server per test module) and a real server.
 
 PostgreSQL runs at 127.0.0.1:5432 (trust auth, database `test`). Each test gets its own schema,
 dropped afterwards. Outside CI an unreachable PostgreSQL skips its leg; with CI=true it fails.
@@ -16,10 +17,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from tests.support import PG_BASE_URL, REPO, pg_available
+from tests.issuer import Jwks, Key, issuer_settings, rsa_key
+from tests.support import PG_BASE_URL, REPO, Server, pg_available, running_server
 from trustplane.store.database import create_store_engine, migrate
+from trustplane.telemetry.checkpoint import NoteSigner
 
 SHOP = REPO / "examples" / "shop"
+ORIGIN = "test.example/ledger"
 
 
 DB_PARAMS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -79,3 +83,41 @@ def shop_copy(tmp_path: Path) -> Path:
     target = tmp_path / "shop"
     shutil.copytree(SHOP, target)
     return target
+
+
+@pytest.fixture
+def signer() -> NoteSigner:
+    return NoteSigner.generate(ORIGIN)
+
+
+@pytest.fixture(scope="module")
+def key() -> Key:
+    """The issuer's signing key."""
+    return rsa_key("idp-1")
+
+
+@pytest.fixture(scope="module")
+def issuer(key: Key) -> Iterator[Jwks]:
+    """The issuer's JWKS, served over loopback."""
+    jwks = Jwks()
+    jwks.keys = [key.jwk()]
+    yield jwks
+    jwks.close()
+
+
+@pytest.fixture(scope="module")
+def server(
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory, issuer: Jwks
+) -> Iterator[Server]:
+    """A real `trustplane serve` of the shop, module-wide, for the enforcement tests: it trusts
+    the issuer's tokens and forwarded headers from 127.0.0.1 (where the proxies under test and
+    the test clients connect from). Modules that need another server define their own."""
+    with running_server(
+        tmp_path_factory.mktemp("state"),
+        module_database_url,
+        SHOP,
+        watch="false",
+        issuers=issuer_settings(issuer),
+        trusted_proxies=["127.0.0.1/32"],
+    ) as srv:
+        yield srv

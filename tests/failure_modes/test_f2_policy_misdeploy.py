@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_bundle_lifecycle import (
+from tests.decision.test_bundle_lifecycle import (
     REFUND,
     break_bundle,
     edit_description,

@@ -19,10 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, delete, insert, select
 
-from tests.conftest import SHOP
-from tests.integration.conftest import ORIGIN
-from tests.integration.test_ledger_store import decision, request
+from tests.conftest import ORIGIN, SHOP
 from tests.support import Server, run_cli, running_server, wait_for
+from tests.telemetry.test_ledger_store import decision, request
 from trustplane.store.database import create_store_engine
 from trustplane.store.tables import decisions, ledger_lock
 from trustplane.telemetry.appender import LocalSink

@@ -16,15 +16,15 @@ from sqlalchemy import Engine
 
 from tests.identity.conftest import TRUST_DOMAIN
 from trustplane.config import ExchangeRuleSettings
-from trustplane.identity.attestation import (
+from trustplane.identity.entries import EntryError, EntryStore, parse_selector
+from trustplane.identity.inventory import Inventory, inventory_report
+from trustplane.identity.workload_attestation import (
     AttestationError,
     Attestor,
     PeerCred,
     peer_credentials,
     process_start_time,
 )
-from trustplane.identity.entries import EntryError, EntryStore, parse_selector
-from trustplane.identity.inventory import Inventory, inventory_report
 
 
 def test_peer_credentials_and_selectors_of_this_process() -> None:

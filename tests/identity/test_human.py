@@ -192,7 +192,7 @@ def test_step_up_reason_is_in_the_authzen_answer(server: Server) -> None:
 
 
 def test_a_bad_step_up_annotation_refuses_the_bundle(tmp_path: Path) -> None:
-    from trustplane.decision.bundle import BundleError, BundleSource, compile_bundle
+    from trustplane.decision.policy_bundle import BundleError, BundleSource, compile_bundle
 
     bundle = tmp_path / "shop"
     shutil.copytree(SHOP, bundle, ignore=shutil.ignore_patterns("tests"))

@@ -17,7 +17,6 @@ from sqlalchemy import Engine, select
 
 from tests.identity.conftest import TRUST_DOMAIN, Clock
 from trustplane.config import Settings
-from trustplane.identity.bundle import jwt_bundle_json, spiffe_bundle, x509_bundle_der
 from trustplane.identity.kek import Kek, KekError, load_kek, new_kek, write_kek_file
 from trustplane.identity.keys import IdentityKeys, KeyKind, KeySet, KeyState, RotationError
 from trustplane.identity.spiffe_id import SpiffeId
@@ -28,6 +27,7 @@ from trustplane.identity.svid import (
     issue_x509_svid,
     validate_jwt_svid,
 )
+from trustplane.identity.trust_bundle import jwt_bundle_json, spiffe_bundle, x509_bundle_der
 from trustplane.store.tables import identity_keys as keys_table
 
 WORKLOAD = SpiffeId.parse(f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/checkout")

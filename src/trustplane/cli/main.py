@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     import httpx
 
     from trustplane.config import Settings
-    from trustplane.decision.bundle import BundleSource
     from trustplane.decision.loader import LoadedBundle, LoadOptions
+    from trustplane.decision.policy_bundle import BundleSource
     from trustplane.model import AccessRequest
     from trustplane.telemetry.ledger import Ledger
 
@@ -148,7 +148,7 @@ def init(
 
 class LedgerDurability(StrEnum):
     """The choices of `config.Durability`, repeated here so `--help` need not import the
-    settings (pydantic); `tests/unit/test_cli_imports.py` keeps the two in step."""
+    settings (pydantic); `tests/cli/test_cli_imports.py` keeps the two in step."""
 
     BATCH = "batch"
     SYNC = "sync"
@@ -244,8 +244,8 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate one request: prints decision, reasons and shadow; exit 0 allow, 1 deny."""
-    from trustplane.decision.bundle import parse_rfc3339
     from trustplane.decision.loader import load_bundle
+    from trustplane.decision.policy_bundle import parse_rfc3339
 
     access = _build_request(request, principal, action, resource, context)
     if url:
@@ -396,7 +396,7 @@ BundleArg = Annotated[Path, typer.Argument(help="Bundle directory.")]
 
 
 def _bundle_source(directory: Path) -> BundleSource:
-    from trustplane.decision.bundle import BundleSource
+    from trustplane.decision.policy_bundle import BundleSource
 
     if not directory.is_dir():
         raise CliError(f"bundle directory {directory} does not exist")
@@ -406,8 +406,8 @@ def _bundle_source(directory: Path) -> BundleSource:
 def _load_for_json(directory: Path, settings: Settings, as_json: bool) -> LoadedBundle:
     """Load without running tests; with --json a refused bundle is a JSON document on stdout
     (`valid: false` and every problem) and exit 1, so scripts read one stream."""
-    from trustplane.decision.bundle import BundleError
     from trustplane.decision.loader import load_bundle
+    from trustplane.decision.policy_bundle import BundleError
 
     try:
         return load_bundle(_bundle_source(directory), _load_options(settings, False))
@@ -617,7 +617,7 @@ def policy_sign(
     key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM).")],
 ) -> None:
     """Write bundle.sig: a detached signature over every bundle file's hash."""
-    from trustplane.decision.bundle import SIGNATURE_FILE
+    from trustplane.decision.policy_bundle import SIGNATURE_FILE
     from trustplane.decision.signing import load_private_key, sign_bundle
 
     private_key = load_private_key(key)
@@ -1185,8 +1185,8 @@ def _when(ts: float) -> str:
 
 # -- entry point ------------------------------------------------------------------------------
 
-from trustplane.cli.attest import attest_cmd, attestations_app  # noqa: E402  (same)
 from trustplane.cli.identity import identity_app  # noqa: E402  (it uses the helpers above)
+from trustplane.cli.image_attestations import attest_cmd, attestations_app  # noqa: E402  (same)
 
 app.add_typer(identity_app, name="identity")
 app.command("attest")(attest_cmd)
@@ -1229,7 +1229,7 @@ def main() -> None:
     try:
         app()
     except Exception as exc:
-        if _is_loaded_error(exc, "trustplane.decision.bundle", "BundleError"):
+        if _is_loaded_error(exc, "trustplane.decision.policy_bundle", "BundleError"):
             problems = exc.problems  # type: ignore[attr-defined]
             err.print(f"[red]bundle refused[/] ({len(problems)} problem(s)):", highlight=False)
             for problem in problems:

@@ -29,7 +29,7 @@ from typing import Any
 import cedarpy
 import orjson
 
-from trustplane.decision.bundle import Bundle, PolicyInfo, first_nonconforming
+from trustplane.decision.policy_bundle import Bundle, PolicyInfo, first_nonconforming
 from trustplane.model import (
     AccessRequest,
     Decision,

@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from trustplane.decision.bundle import (
+from trustplane.decision.engine import Evaluator
+from trustplane.decision.policy_bundle import (
     Bundle,
     BundleError,
     BundleSource,
     ExtraFile,
     compile_bundle,
 )
-from trustplane.decision.engine import Evaluator
 from trustplane.decision.signing import TrustedKey, verify_bundle
 from trustplane.decision.testing import TestResult, failure_problems, run_tests
 

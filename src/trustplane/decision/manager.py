@@ -11,9 +11,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from trustplane.decision.bundle import BundleError, BundleProblem, BundleSource
 from trustplane.decision.loader import LoadedBundle, LoadOptions, load_bundle
-from trustplane.store.bundles import Activation, BundleStore
+from trustplane.decision.policy_bundle import BundleError, BundleProblem, BundleSource
+from trustplane.store.policy_revisions import Activation, BundleStore
 from trustplane.telemetry.metrics import Metrics
 
 log = logging.getLogger("trustplane.bundle")

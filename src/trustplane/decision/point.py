@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from trustplane.decision.bundle import Bundle
 from trustplane.decision.loader import LoadedBundle
+from trustplane.decision.policy_bundle import Bundle
 from trustplane.decision.routes import RouteTable
 from trustplane.model import AccessRequest, Decision, Effect, Elevation, refusal
 from trustplane.recovery.revocation import Revocation, RevocationList

@@ -35,7 +35,7 @@ from urllib.parse import unquote
 
 import cedarpy
 
-from trustplane.decision.bundle import BundleProblem, read_yaml
+from trustplane.decision.policy_bundle import BundleProblem, read_yaml
 from trustplane.model import AccessRequest, EntityRef
 
 ROUTES_FILE = "routes.yaml"

@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from trustplane.decision.bundle import (
+from trustplane.decision.policy_bundle import (
     SIGNATURE_FILE,
     BundleProblem,
     BundleSource,

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from trustplane.decision.bundle import BundleProblem, PolicyInfo, parse_rfc3339, read_yaml
 from trustplane.decision.engine import Evaluator
+from trustplane.decision.policy_bundle import BundleProblem, PolicyInfo, parse_rfc3339, read_yaml
 from trustplane.decision.requests import RequestError, parse_entity, parse_request
 from trustplane.decision.routes import HttpFacts, RouteTable
 from trustplane.model import AccessRequest, Decision, EntityRef, refusal

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trustplane.decision.bundle import Bundle, BundleProblem, ExtraFile, read_yaml
+from trustplane.decision.policy_bundle import Bundle, BundleProblem, ExtraFile, read_yaml
 from trustplane.decision.requests import RequestError, parse_entity
 
 ACCESS_FILE = "access.yaml"

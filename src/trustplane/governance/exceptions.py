@@ -38,7 +38,7 @@ from trustplane.governance.records import (
 )
 from trustplane.store.tables import access_approvals, policy_exceptions
 
-# The active bundle (trustplane.decision.bundle.Bundle), or None.
+# The active bundle (trustplane.decision.policy_bundle.Bundle), or None.
 BundleSource = Callable[[], Any]
 
 

@@ -1,8 +1,8 @@
 """Workload registration entries: which SPIFFE ID a caller of the Workload API gets.
 
 An entry holds a SPIFFE ID and unix selectors; a caller matches when every selector of the entry
-is among the selectors attested for it (`attestation.py`). Entries live in the store and are
-announced on the change feed; each serving process keeps them in an `EntryIndex` in memory.
+is among the selectors attested for it (`workload_attestation.py`). Entries live in the store
+and are announced on the change feed; each serving process keeps them in an `EntryIndex` in memory.
 """
 
 from __future__ import annotations

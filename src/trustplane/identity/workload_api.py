@@ -34,17 +34,17 @@ import grpc
 from google.protobuf import struct_pb2
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
-from trustplane.identity.attestation import (
+from trustplane.identity.entries import RegistrationEntry
+from trustplane.identity.service import IdentityService
+from trustplane.identity.spiffe_id import SpiffeId
+from trustplane.identity.svid import SvidError, issue_jwt_svid, issue_x509_svid, validate_jwt_svid
+from trustplane.identity.trust_bundle import jwt_bundle_json, x509_bundle_der
+from trustplane.identity.workload_attestation import (
     AttestationError,
     Attestor,
     PeerCred,
     peer_credentials,
 )
-from trustplane.identity.bundle import jwt_bundle_json, x509_bundle_der
-from trustplane.identity.entries import RegistrationEntry
-from trustplane.identity.service import IdentityService
-from trustplane.identity.spiffe_id import SpiffeId
-from trustplane.identity.svid import SvidError, issue_jwt_svid, issue_x509_svid, validate_jwt_svid
 
 log = logging.getLogger("trustplane.identity.workload")
 

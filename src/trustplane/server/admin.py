@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trustplane.decision.bundle import BundleError
 from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.manager import ActivationError
+from trustplane.decision.policy_bundle import BundleError
 from trustplane.governance.records import Actor, GovernanceError
 from trustplane.problems import Problem, json_response, parse_model, read_body
 from trustplane.recovery.revocation import RevocationError, RevocationKind

@@ -149,7 +149,7 @@ OPEN_ROUTES: tuple[OpenRoute, ...] = (
     OpenRoute("/v1/token", "RFC 8693 exchange: the CI token is the credential"),
     OpenRoute(
         "/v1/attestations",
-        "CI attests with a JWT-SVID checked by the handler (server/attestations.py)",
+        "CI attests with a JWT-SVID checked by the handler (server/image_attestations.py)",
         frozenset({"POST"}),
     ),
 )

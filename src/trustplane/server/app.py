@@ -32,10 +32,10 @@ from trustplane.identity.workload_api import WorkloadApiServer
 from trustplane.problems import Problem, json_response
 from trustplane.server.admin import AdminApi, admin_routes
 from trustplane.server.admin_gate import AdminGate
-from trustplane.server.attestations import AttestationsApi, attestation_routes
 from trustplane.server.authzen import AuthZenApi
 from trustplane.server.governance_api import GovernanceApi, governance_routes
 from trustplane.server.identity import IdentityApi, identity_routes
+from trustplane.server.image_attestations import AttestationsApi, attestation_routes
 from trustplane.server.ledger_api import LedgerApi, ledger_routes
 from trustplane.server.openapi import openapi_document
 from trustplane.server.pep_gate import PepGate

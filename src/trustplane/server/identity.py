@@ -22,13 +22,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trustplane.identity.bundle import oidc_discovery, oidc_jwks, spiffe_bundle
 from trustplane.identity.entries import EntryError
 from trustplane.identity.exchange import ExchangeError, TokenExchange
 from trustplane.identity.inventory import DriftCheck, inventory_report
 from trustplane.identity.keys import KeyKind, RotationError
 from trustplane.identity.service import IdentityService
 from trustplane.identity.tokens import TokenVerifier
+from trustplane.identity.trust_bundle import oidc_discovery, oidc_jwks, spiffe_bundle
 from trustplane.problems import Problem, json_response, parse_model, read_body
 from trustplane.server.admin_gate import AdminCall, AdminGate
 from trustplane.server.runtime import Runtime

@@ -10,7 +10,6 @@ from pydantic.json_schema import models_json_schema
 from trustplane import __version__
 from trustplane.server.admin import ActivateBody, RevokeBody, RollbackBody
 from trustplane.server.admin_gate import admin_route
-from trustplane.server.attestations import AttestBody
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
 from trustplane.server.governance_api import (
     AccessRequestBody,
@@ -21,6 +20,7 @@ from trustplane.server.governance_api import (
     ReviewBody,
 )
 from trustplane.server.identity import EntryBody, RotateBody
+from trustplane.server.image_attestations import AttestBody
 from trustplane.server.ledger_api import CHECKPOINT_PARAMS, DECISION_PARAMS, PAGE_PARAMS
 
 _REF = "#/components/schemas/{model}"

@@ -36,9 +36,9 @@ from trustplane.posture.image_attestations import TOPIC as ATTESTATIONS_TOPIC
 from trustplane.posture.image_attestations import AttestationIndex, AttestationStore
 from trustplane.recovery.revocation import TOPIC as REVOCATIONS_TOPIC
 from trustplane.recovery.revocation import RevocationList, RevocationStore
-from trustplane.store.bundles import BUNDLES_TOPIC, BundleStore
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.feed import ChangeFeed
+from trustplane.store.policy_revisions import BUNDLES_TOPIC, BundleStore
 from trustplane.store.tables import admin_tokens
 from trustplane.telemetry.appender import AppenderProcess
 from trustplane.telemetry.checkpoint import NoteSigner, NoteVerifier

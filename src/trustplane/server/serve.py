@@ -29,8 +29,8 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from trustplane.config import ConfigError, Settings
-from trustplane.decision.bundle import BUNDLE_SUFFIXES, BundleError, BundleSource
 from trustplane.decision.manager import BundleManager, reload_or_log
+from trustplane.decision.policy_bundle import BUNDLE_SUFFIXES, BundleError, BundleSource
 from trustplane.enforcement.pep import check_listen_policy
 from trustplane.identity.kek import load_kek
 from trustplane.posture.packs import check_admission_settings
@@ -40,8 +40,8 @@ from trustplane.server.pep_gate import PepClientTrust, TlsPeerProtocol, client_c
 from trustplane.server.ports import ClaimedPorts, claim_ports
 from trustplane.server.runtime import Runtime, identity_configured, load_options
 from trustplane.server.tls import serving_certificate
-from trustplane.store.bundles import BundleStore
 from trustplane.store.database import create_store_engine, migrate
+from trustplane.store.policy_revisions import BundleStore
 from trustplane.telemetry.metrics import MULTIPROCESS_ENV, Metrics, multiprocess_dir
 
 WORKER_SETTINGS_ENV = "_TRUSTPLANE_WORKER_SETTINGS"  # outside TRUSTPLANE_*: not a setting

@@ -18,7 +18,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from google.rpc import code_pb2
 
 from tests.conftest import SHOP
-from tests.integration.test_envoy import CHECKOUT, check
+from tests.enforcement.test_envoy import CHECKOUT, check
 from tests.support import (
     TRUSTPLANE,
     Server,

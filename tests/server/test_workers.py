@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_bundle_lifecycle import edit_description
+from tests.decision.test_bundle_lifecycle import edit_description
 from tests.support import Server, ledger_rows, run_cli, running_server, wait_for
 
 pytestmark = pytest.mark.slow

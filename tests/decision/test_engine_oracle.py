@@ -13,8 +13,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trustplane.decision.bundle import BundleSource, compile_bundle
 from trustplane.decision.engine import Evaluator
+from trustplane.decision.policy_bundle import BundleSource, compile_bundle
 from trustplane.model import AccessRequest, Effect, EntityRef
 
 SCHEMA = """

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SHOP
-from trustplane.decision.bundle import BundleSource
 from trustplane.decision.loader import LoadedBundle, LoadOptions, load_bundle
+from trustplane.decision.policy_bundle import BundleSource
 from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.model import AccessRequest, Effect, Elevation, EntityRef, ExceptionRef, GrantRef
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from tests.conftest import SHOP
-from trustplane.decision.bundle import Bundle, BundleSource
 from trustplane.decision.loader import LoadOptions, load_bundle
+from trustplane.decision.policy_bundle import Bundle, BundleSource
 from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.governance.outbox import Outbox, WebhookFormat, backoff, webhook_body
 from trustplane.governance.records import Actor, Conflict, GovernanceError, NotFound, Refused

@@ -58,7 +58,7 @@ def test_the_report_names_each_disagreement(
 def test_every_fixture_gets_its_verdict_in_every_workload_kind(level: str) -> None:
     import yaml
 
-    from tests.unit.test_posture_engine import wrap
+    from tests.posture.test_engine import wrap
     from trustplane.posture.engine import Engine, select
     from trustplane.posture.packs import load_pack
     from trustplane.posture.workloads import POD_PATHS

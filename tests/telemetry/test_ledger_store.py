@@ -10,7 +10,7 @@ import time
 import pytest
 from sqlalchemy import Engine, delete, select, update
 
-from tests.integration.conftest import ORIGIN
+from tests.conftest import ORIGIN
 from trustplane.config import Durability
 from trustplane.model import AccessRequest, Decision, Effect, EntityRef, new_decision_id
 from trustplane.store.database import create_store_engine

@@ -33,7 +33,7 @@ from tests.support import (
     server_env,
     wait_for,
 )
-from trustplane.decision.bundle import BundleSource
+from trustplane.decision.policy_bundle import BundleSource
 from trustplane.model import AccessRequest, Decision, Effect, EntityRef, new_decision_id
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.tables import checkpoints, decisions

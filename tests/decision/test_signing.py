@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import write_bundle
-from trustplane.decision.bundle import BundleError, BundleSource
 from trustplane.decision.loader import LoadOptions, load_bundle
+from trustplane.decision.policy_bundle import BundleError, BundleSource
 from trustplane.decision.signing import (
     SigningError,
     TrustedKey,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import SHOP
-from trustplane.decision.bundle import BundleProblem, read_yaml, yaml_item_lines
+from trustplane.decision.policy_bundle import BundleProblem, read_yaml, yaml_item_lines
 
 SHOP_YAML = sorted(SHOP.rglob("*.yaml"))
 

@@ -14,9 +14,9 @@ import cedarpy
 import pytest
 
 from tests.support import REPO
-from trustplane.decision.bundle import BundleSource, compile_bundle
 from trustplane.decision.engine import Evaluator
 from trustplane.decision.loader import LoadOptions, load_bundle
+from trustplane.decision.policy_bundle import BundleSource, compile_bundle
 from trustplane.model import AccessRequest, Decision, Effect, EntityRef
 
 SCHEMA = """

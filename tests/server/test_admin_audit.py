@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from tests.integration.test_governance_server import xfcc_for
+from tests.governance.test_governance_server import xfcc_for
 from tests.issuer import claims, rsa_key
 from tests.support import Server, wait_for
 

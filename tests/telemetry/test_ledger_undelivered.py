@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import pytest
 from sqlalchemy import Engine, select
 
-from tests.integration.conftest import ORIGIN
-from tests.integration.test_ledger_store import decision, request
+from tests.conftest import ORIGIN
+from tests.telemetry.test_ledger_store import decision, request
 from trustplane.config import Durability
 from trustplane.store.tables import decisions
 from trustplane.telemetry.appender import LocalSink

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from tests.conftest import SHOP
-from tests.integration.conftest import ORIGIN
-from tests.integration.test_ledger_store import decision, entries
+from tests.conftest import ORIGIN, SHOP
 from tests.support import run_cli, running_server, wait_for
+from tests.telemetry.test_ledger_store import decision, entries
 from trustplane.config import Durability
 from trustplane.model import AccessRequest, EntityRef
 from trustplane.store.tables import decisions, ledger_quarantine

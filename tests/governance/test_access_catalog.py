@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import SHOP
-from trustplane.decision.bundle import BundleError, BundleSource, compile_bundle
+from trustplane.decision.policy_bundle import BundleError, BundleSource, compile_bundle
 from trustplane.governance.catalog import (
     BUNDLE_FILES,
     DurationError,

@@ -369,7 +369,7 @@ def test_the_asgi_middleware_asks_as_a_pep(server: Server, token: str) -> None:
 
 def test_the_admission_webhook_answers_registered_peps_only(server: Server, token: str) -> None:
     """The kube-apiserver authenticates like any PEP (its webhook kubeconfig's token)."""
-    from tests.integration.test_admission import RESTRICTED_POD, review
+    from tests.enforcement.test_admission import RESTRICTED_POD, review
 
     body = review(RESTRICTED_POD, "uid-pep")
     _refused(server.client.post("/v1/admission", json=body), "pep_credential_missing")

@@ -13,7 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import SHOP
-from trustplane.decision.bundle import BundleError, BundleProblem, BundleSource, compile_bundle
+from trustplane.decision.policy_bundle import (
+    BundleError,
+    BundleProblem,
+    BundleSource,
+    compile_bundle,
+)
 from trustplane.decision.routes import HttpFacts, RouteTable, parse_routes
 from trustplane.model import EntityRef
 

@@ -9,7 +9,7 @@ import signal
 
 from sqlalchemy import Engine, func, select
 
-from tests.integration.test_ledger_store import ORIGIN, decision, entries, request
+from tests.telemetry.test_ledger_store import ORIGIN, decision, entries, request
 from trustplane.store.tables import decisions
 from trustplane.telemetry.appender import AppenderProcess
 from trustplane.telemetry.checkpoint import NoteSigner

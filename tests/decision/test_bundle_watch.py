@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHOP
-from tests.integration.test_bundle_lifecycle import (
+from tests.decision.test_bundle_lifecycle import (
     POLICY_FILE,
     break_bundle,
     edit_description,

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.support import REPO, write_bundle
-from trustplane.decision.bundle import (
+from trustplane.decision.loader import LoadOptions, load_bundle
+from trustplane.decision.policy_bundle import (
     BundleError,
     BundleProblem,
     BundleSource,
     compile_bundle,
 )
-from trustplane.decision.loader import LoadOptions, load_bundle
 from trustplane.model import AccessRequest, EntityRef
 
 SHOP = REPO / "examples" / "shop"
