@@ -130,3 +130,24 @@ def test_determining_policies_are_the_enforced_reasons_or_the_refusing_admin_pol
     admin = {"kind": "admin", "decision": "deny", "details": {"status": 403, "policies": ["x"]}}
     assert determining_policies(admin) == ["x"]
     assert determining_policies(_decision("deny", ["credential_missing: no"], [])) == []
+
+
+def test_a_query_travels_to_the_admin_api_as_the_parameters_it_was_built_from() -> None:
+    query = DecisionQuery(
+        principal=entity_filter("erin", "principal"),
+        action=entity_filter("payments:refund", "action"),
+        decision="deny",
+        shadow_mismatch=True,
+        since=parse_time("2026-12-03T10:00:00Z", "since"),
+        until=parse_time("1h", "until", NOW),
+        limit=7,
+    )
+    assert query.as_params() == {
+        "principal": "erin",
+        "action": "payments:refund",
+        "decision": "deny",
+        "shadow_mismatch": "true",
+        "since": "2026-12-03T10:00:00.000000Z",
+        "until": "2026-12-03T11:00:00.000000Z",
+        "limit": "7",
+    }

@@ -89,6 +89,7 @@ class EntityFilter:
     """What a principal, action or resource filter matches in its column: any of `exact`, or,
     when `any_type` is set, that id under any entity type (`Type::"id"`)."""
 
+    text: str  # as the caller wrote it
     exact: tuple[str, ...]
     any_type: str | None = None
 
@@ -100,12 +101,12 @@ def entity_filter(text: str, field: str) -> EntityFilter:
     if not text or len(text) > 400:
         raise QueryError(field, "must be 1 to 400 characters")
     if _QUOTED.match(text):
-        return EntityFilter((text,))
+        return EntityFilter(text, (text,))
     exact = [text]
     short = _SHORT.match(text)
     if short:
         exact.append(f'{short["type"]}::"{short["id"]}"')
-    return EntityFilter(tuple(exact), text)
+    return EntityFilter(text, tuple(exact), text)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,25 @@ class DecisionQuery:
     after_seq: int | None = None
     limit: int = 50
     ascending: bool = False
+
+    def as_params(self) -> dict[str, str]:
+        """The query as `GET /v1/decisions` parameters (times as RFC 3339, in UTC)."""
+        params: dict[str, str] = {"limit": str(self.limit)}
+        for name in ("principal", "action", "resource"):
+            value = getattr(self, name)
+            if value is not None:
+                params[name] = value if isinstance(value, str) else value.text
+        for name in ("decision", "policy", "kind"):
+            if getattr(self, name):
+                params[name] = getattr(self, name)
+        if self.shadow_mismatch is not None:
+            params["shadow_mismatch"] = "true" if self.shadow_mismatch else "false"
+        for name in ("since", "until"):
+            moment = getattr(self, name)
+            if moment is not None:
+                stamp = datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds")
+                params[name] = stamp.replace("+00:00", "Z")
+        return params
 
     def check(self, name: Any = lambda field: field) -> DecisionQuery:
         """Refuse combinations no record can match; `name(field)` spells a field for the
