@@ -89,12 +89,13 @@ class LedgerApi:
         remote verification reads), and where the next page starts."""
         params = request.query_params
         _known(params, CHECKPOINT_PARAMS)
-        limit = int_param(params.get("limit"), "limit", 100, 1, 1000)
+        paged = params.get("from_size") is not None
+        limit = int_param(params.get("limit"), "limit", 100, 1, _PAGE_LIMIT if paged else 1000)
         keys = {
             "verifier_key": self._runtime.ledger.verifier_key,
             "verifier_keys": verifier_keys(self._runtime.settings),
         }
-        if params.get("from_size") is None:
+        if not paged:
             rows = await run_in_threadpool(self._runtime.ledger.list_checkpoints, limit)
             return json_response({"checkpoints": [c.as_dict() for c in rows], **keys})
         start = int_param(params.get("from_size"), "from_size", 0, 0, _LARGEST)

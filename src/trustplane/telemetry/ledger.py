@@ -713,6 +713,10 @@ class LedgerSource(Protocol):
 
     def quarantined_count(self) -> int: ...
 
+    def records_expected(self) -> int:
+        """How many rows `rows` will yield (for a progress bar)."""
+        ...
+
     def rows(self) -> Iterator[Sequence[Any]]:
         """Every `decisions` row in ledger order, as `_VERIFY_COLUMNS`."""
         ...
@@ -768,16 +772,24 @@ class ApiSource:
         self._page = page
         self._size: int | None = None
         self._quarantined: list[tuple[int, str, bytes, bytes]] | None = None
+        self._checkpoints: list[StoredCheckpoint] | None = None
         self.verifier_keys: list[str] = []  # what the server says it verifies with
 
     def checkpoints(self) -> list[StoredCheckpoint]:
+        """Read once: the first call also learns the server's verifier keys."""
+        if self._checkpoints is None:
+            self._checkpoints = self._read_checkpoints()
+        return self._checkpoints
+
+    def _read_checkpoints(self) -> list[StoredCheckpoint]:
         found: list[StoredCheckpoint] = []
         start: int | None = 0
         while start is not None:
             doc = self._fetch(
                 "/v1/ledger/checkpoints", {"from_size": str(start), "limit": str(self._page)}
             )
-            self.verifier_keys = list(doc.get("verifier_keys") or [doc.get("verifier_key")])
+            published = doc.get("verifier_keys") or [doc.get("verifier_key")]
+            self.verifier_keys = [str(k) for k in published if k]
             found.extend(_checkpoint_from(item) for item in doc["checkpoints"])
             start = doc.get("next_from_size")
         return found
