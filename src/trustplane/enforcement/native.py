@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 
 from trustplane.config import ConfigError, GrpcTransport, Settings
 from trustplane.enforcement.envoy import EnvoyAuthorization, grpc_address, start_grpc_server
+from trustplane.retry import Backoff, Retry
 
 log = logging.getLogger("trustplane.envoy")
 
@@ -48,7 +49,8 @@ MAX_FRAME = 8 << 20
 is given it on its command line, so the limit is defined here only."""
 _START_TIMEOUT = 10.0
 _FRONT_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
-_RESTART_BACKOFF = (0.2, 5.0)
+_FIRST_RESTART = 0.2  # seconds after the front exited
+_RESTART_BACKOFF = Backoff(first=0.4, cap=5.0)  # after each failed restart
 
 
 class NativeFrontError(Exception):
@@ -196,7 +198,9 @@ class NativeFront:
         self.port = int(words[1])  # port 0 asked for any: a restart comes back on this one
 
     async def _supervise(self) -> None:
-        backoff = _RESTART_BACKOFF[0]
+        """Restart the front each time it exits: 0.2 s after the exit, then after each failed
+        restart twice as long as before (at most 5 s), until one starts."""
+        restarts = Retry(_RESTART_BACKOFF, retry_on=Exception, on_failure=self._restart_failed)
         while not self._stopping:
             assert self._process is not None
             status = await self._process.wait()
@@ -209,19 +213,17 @@ class NativeFront:
                 self._binary.name,
                 status,
             )
-            await asyncio.sleep(backoff)
-            try:
-                await self._spawn()
-                backoff = _RESTART_BACKOFF[0]
-                log.warning("%s restarted on %s", self._binary.name, self._address())
-            except (NativeFrontError, OSError) as exc:
-                log.error("restarting %s failed: %s", self._binary.name, exc)
-                backoff = min(backoff * 2, _RESTART_BACKOFF[1])
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never let the supervisor die silently
-                log.exception("restarting %s failed", self._binary.name)
-                backoff = min(backoff * 2, _RESTART_BACKOFF[1])
+            await asyncio.sleep(_FIRST_RESTART)
+            await restarts.acall(self._spawn)
+            log.warning("%s restarted on %s", self._binary.name, self._address())
+
+    def _restart_failed(self, exc: BaseException, failures: int) -> None:
+        if isinstance(exc, NativeFrontError | OSError):
+            log.error("restarting %s failed: %s", self._binary.name, exc)
+        else:  # never let the supervisor die silently
+            log.error("restarting %s failed", self._binary.name, exc_info=exc)
+        if self._bridge is not None:
+            self._bridge.close()
 
     async def stop(self) -> None:
         """Stop taking calls and let the front finish those in flight (it allows them 2 s);

@@ -98,9 +98,9 @@ def parse_trust(text: str, problems: list[BundleProblem]) -> TrustPolicy:
         return DEFAULT_POLICY
     data = document.data or {}
     if not isinstance(data, dict):
-        problems.append(BundleProblem(TRUST_FILE, "must be a mapping", _line(document.root)))
+        problems.append(BundleProblem(TRUST_FILE, "must be a mapping", _line(document.node)))
         return DEFAULT_POLICY
-    root = document.root
+    root = document.node
 
     def problem(message: str, node: yaml.Node | None) -> None:
         problems.append(BundleProblem(TRUST_FILE, message, _line(node)))
