@@ -65,6 +65,11 @@ def ask(assessor: TrustAssessor, bundle: Bundle, address: str, who: str = "alice
     return {s["name"]: s for s in record["signals"]} | {"_": record}
 
 
+def quiet(found: dict) -> list[str]:
+    """The signals that moved nothing, recorded by name only."""
+    return list(found["_"]["quiet"])
+
+
 def test_cidr_lists_and_countries(tmp_path: Path) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_text("# scanners\n203.0.113.0/24\n2001:db8:bad::/48\n")
@@ -81,10 +86,10 @@ def test_cidr_lists_and_countries(tmp_path: Path) -> None:
         scanner["bad_network"]["points"] == 80
         and "203.0.113.0/24" in scanner["bad_network"]["explanation"]
     )
-    assert scanner["country"]["observed"] is None  # a documentation address has no country
+    assert "country" in quiet(scanner)  # a documentation address has no country
     office = ask(assessor, bundle, LONDON)
     assert office["corporate_network"]["points"] == -10
-    assert office["country"]["observed"] == "GB" and office["country"]["points"] == 0
+    assert "country" in quiet(office)  # GB is allowed
     abroad = ask(assessor, bundle, NEW_YORK)
     assert abroad["country"]["observed"] == "US" and abroad["country"]["points"] == 20
     assert abroad["_"]["score"] == 20
@@ -108,11 +113,11 @@ def test_impossible_travel_and_new_country_across_replicas(engine: Engine, tmp_p
     )
     bundle = Bundle(impossible_travel=65, new_country=15)
     first = ask(one, bundle, LONDON)
-    assert first["new_country"]["explanation"] == "first sighting of this principal"
+    assert quiet(first) == ["impossible_travel", "new_country"]  # a first sighting
     assert first["_"]["score"] == 0
     clock.now += 60
     again = ask(two, bundle, LONDON)
-    assert again["_"]["score"] == 0 and again["impossible_travel"]["observed"]["km"] == 0
+    assert again["_"]["score"] == 0 and "impossible_travel" in quiet(again)
     clock.now += 600  # ten minutes later, 5,570 km away, on the other replica
     flown = ask(one, bundle, NEW_YORK)
     assert flown["impossible_travel"]["points"] == 65
@@ -121,6 +126,6 @@ def test_impossible_travel_and_new_country_across_replicas(engine: Engine, tmp_p
     assert flown["impossible_travel"]["source"] == "store"
     clock.now += 12 * 3600  # twelve hours later: a flight, not impossible; US is known now
     home = ask(two, bundle, LONDON)
-    assert home["impossible_travel"]["points"] == 0 and home["new_country"]["points"] == 0
+    assert quiet(home) == ["impossible_travel", "new_country"]
     other = ask(two, bundle, NEW_YORK, who="bob")
     assert other["_"]["score"] == 0, "each principal has a history of its own"

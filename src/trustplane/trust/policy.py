@@ -60,11 +60,12 @@ class SignalRule:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: the assessor memoises per policy
 class TrustPolicy:
     rules: Mapping[str, SignalRule]
     thresholds: tuple[tuple[str, int], ...] = DEFAULT_THRESHOLDS
     declared: bool = False  # the bundle has trust.yaml: Cedar gets context.trust
+    _params: Mapping[str, Mapping[str, Any]] = field(init=False, repr=False)
 
     def level(self, score: int) -> str:
         level = "low"
@@ -74,7 +75,11 @@ class TrustPolicy:
         return level
 
     def params(self) -> Mapping[str, Mapping[str, Any]]:
-        return {name: rule.params for name, rule in self.rules.items() if rule.params}
+        return self._params
+
+    def __post_init__(self) -> None:
+        params = {name: rule.params for name, rule in self.rules.items() if rule.params}
+        object.__setattr__(self, "_params", MappingProxyType(params))
 
 
 DEFAULT_WEIGHTS = {
