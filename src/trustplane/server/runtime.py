@@ -303,7 +303,7 @@ class Runtime:
             recorder=self.recorder,
             metrics=self.metrics,
             deny_spike=self.deny_spike,
-            trust=assessor_from_settings(self.settings.trust),
+            trust=assessor_from_settings(self.settings, self.engine),
         )
 
     def start(self) -> None:
