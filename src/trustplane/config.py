@@ -133,6 +133,35 @@ class PostureExemption(BaseModel):
         return self
 
 
+class TrustSettings(BaseModel):
+    """The trust plane (docs/trust.md). Weights and thresholds are in the bundle's trust.yaml;
+    these are the deployment's facts: who may supply trust values, and the address lists and
+    databases the network signals read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trusted_peps: list[str] = Field(
+        default_factory=list,
+        description="Registered PEPs (`trustplane pep add`) whose `context.trust` values are "
+        "believed; from any other caller they are ignored and the record says so.",
+    )
+    geoip: bool = Field(
+        True,
+        description="Country and ASN of the source address from the database geoip2fast ships "
+        "(the `country` and `asn` signals).",
+    )
+    bad_networks_files: list[Path] = Field(
+        default_factory=list,
+        description="Files of known-bad networks, one CIDR a line (# comments): the "
+        "`bad_network` signal.",
+    )
+    corporate_networks_files: list[Path] = Field(
+        default_factory=list,
+        description="Files of corporate networks, one CIDR a line: the `corporate_network` "
+        "signal (usually a negative weight).",
+    )
+
+
 class ConfigError(Exception):
     """A configuration value or file is wrong; the message names which."""
 
@@ -438,6 +467,9 @@ class Settings(BaseSettings):
     )
     server_url: str | None = Field(
         None, description="Server the CLI talks to; default: http://host:port."
+    )
+    trust: TrustSettings = Field(
+        default_factory=TrustSettings, description="The trust plane (TRUSTPLANE_TRUST__…)."
     )
 
     @field_validator("mask")

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from trustplane.config import load_settings
+from trustplane.server.admin import RESOURCES
 from trustplane.server.admin_gate import (
     ADMIN_ROUTES,
     OPEN_ROUTES,
@@ -91,6 +92,35 @@ def test_a_handler_for_a_route_the_table_lacks_is_refused(runtime: Runtime) -> N
         gate.route("POST", unlisted, handler)
     with pytest.raises(AdminRouteError, match="PUT /v1/bundle"):
         gate.route("PUT", "/v1/bundle", handler)
+
+
+def test_a_resource_module_and_the_table_must_agree_on_the_action(runtime: Runtime) -> None:
+    async def handler(request: Request, call: AdminCall) -> Response:
+        return Response("never")
+
+    gate = AdminGate(runtime)
+    with pytest.raises(AdminRouteError, match=r"declared as bundle:read .* as bundle:write"):
+        gate.route("POST", "/v1/bundle/reload", handler, action="bundle:read")
+    served = gate.route("POST", "/v1/bundle/reload", handler, action="bundle:write")
+    assert served.path == "/v1/bundle/reload"
+
+
+def test_every_resource_module_route_is_in_the_table_with_its_action(runtime: Runtime) -> None:
+    gate = AdminGate(runtime)
+    declared: dict[tuple[str, str], str] = {}
+    for module in RESOURCES:
+        for route in module.routes(runtime, gate):
+            endpoint = route.endpoint.__self__  # type: ignore[attr-defined]
+            assert isinstance(endpoint, GatedEndpoint)
+            key = (endpoint.route.method, route.path)
+            assert key not in declared, f"{key} is served by two resource modules"
+            declared[key] = endpoint.route.action
+    for key, action in declared.items():
+        assert ADMIN_ROUTES[key].action == action
+    resource_paths = {"/v1/bundle", "/v1/revocations", "/v1/decisions", "/v1/ledger", "/v1/access"}
+    resource_paths |= {"/v1/break-glass", "/v1/exceptions"}
+    expected = {k for k in ADMIN_ROUTES if any(k[1].startswith(p) for p in resource_paths)}
+    assert set(declared) == expected, "a table route of these resources is served by no module"
 
 
 @pytest.mark.parametrize(

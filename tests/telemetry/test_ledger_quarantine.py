@@ -147,7 +147,12 @@ def test_a_nul_in_a_request_never_stalls_the_ledger(
         # Another table: a value PostgreSQL refuses is a 422 naming the problem, never a 500.
         revoke = client.post(
             "/v1/revocations",
-            json={"kind": "principal", "target": 'User::"x\u0000y"', "reason": "nul"},
+            json={
+                "kind": "principal",
+                "target": 'User::"x\u0000y"',
+                "reason": "nul",
+                "force": True,
+            },
             headers=server.admin,
         )
         if "postgresql" in database_url:

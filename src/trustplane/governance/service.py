@@ -18,7 +18,7 @@ from trustplane.governance.breakglass import BreakGlassService
 from trustplane.governance.catalog import AccessCatalog, access_catalog
 from trustplane.governance.exceptions import ExceptionService
 from trustplane.governance.outbox import Outbox, WebhookFormat
-from trustplane.governance.records import Clock
+from trustplane.governance.records import Actor, Clock, GovernanceError
 from trustplane.governance.state import GovernanceState
 from trustplane.telemetry.metrics import Metrics
 
@@ -74,6 +74,26 @@ class Governance:
             self._thread.join(10)
             self._thread = None
         self.outbox.close()
+
+    def revoke(
+        self, what: str, target: str, reason: str, actor: Actor
+    ) -> tuple[float, bool, dict[str, Any]]:
+        """Revoke a grant, an exception or a break-glass session (`what`: grant, exception or
+        session) for the revocation service (`recovery/service.py`): when it was revoked,
+        whether by this call, and the record's document. This process applies it at once."""
+        now = time.time()
+        if what == "exception":
+            item, created = self.exceptions.revoke(actor, target, reason)
+            revoked_at, document = item.revoked_at, item.as_dict(now)
+        else:
+            if what == "session":  # refuse before revoking a grant that is not a session
+                found = self.access.grant(target)
+                if found.kind != "break-glass":
+                    raise GovernanceError(f"{target} is not a break-glass session", "target")
+            grant, created = self.access.revoke(actor, target, reason)
+            revoked_at, document = grant.revoked_at, grant.as_dict(now)
+        self.state.refresh()
+        return revoked_at or now, created, document
 
     def tick(self) -> None:
         """One round of housekeeping and delivery (the thread's body; tests call it)."""

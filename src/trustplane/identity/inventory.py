@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, or_, select, update
 
 from trustplane.identity.spiffe_id import SpiffeId, SpiffeIdError
 from trustplane.store.tables import identity_inventory
@@ -167,6 +167,21 @@ class Inventory:
             known.count += 1
             known.lifetime = max(known.lifetime, lifetime_seconds)
             known.owner = owner or known.owner
+
+    def knows(self, name: str) -> bool:
+        """Whether an identity named `name` has been issued, seen or registered: a SPIFFE ID,
+        or the subject of a bearer token (`issuer#subject`)."""
+        with self._lock:
+            if any(p == name or p.endswith(f"#{name}") for p in self._pending):
+                return True
+        column = identity_inventory.c.principal
+        with self._engine.connect() as connection:
+            found = connection.execute(
+                select(column)
+                .where(or_(column == name, column.endswith(f"#{name}", autoescape=True)))
+                .limit(1)
+            ).first()
+        return found is not None
 
     def flush(self) -> int:
         with self._lock:

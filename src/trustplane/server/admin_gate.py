@@ -87,6 +87,7 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("POST", "/v1/bundle/rollback", "bundle:write", "bundle"),
     ("GET", "/v1/revocations", "revocation:read", "revocation"),
     ("POST", "/v1/revocations", "revocation:write", "revocation"),
+    ("POST", "/v1/revocations/{revocation_id}/lift", "revocation:write", "revocation"),
     ("GET", "/v1/decisions", "decisions:read", "decisions"),
     ("GET", "/v1/decisions/{decision_id}", "decisions:read", "decisions"),
     ("GET", "/v1/ledger/checkpoint", "ledger:read", "ledger"),
@@ -240,15 +241,29 @@ class AdminGate:
         self.authorizer = AdminAuthorizer(settings.admin_policy_dir)
 
     def route(
-        self, method: str, path: str, handler: Handler, resolve: Resolver | None = None
+        self,
+        method: str,
+        path: str,
+        handler: Handler,
+        resolve: Resolver | None = None,
+        *,
+        action: str | None = None,
     ) -> Route:
         """The Starlette route serving `handler` behind the gate. `resolve(request, call)`
-        builds the target when the admin policy needs the object's attributes."""
+        builds the target when the admin policy needs the object's attributes. `action`, the
+        admin action the handler's module declares, must be the table's: a module and the
+        table that disagree stop the server at start-up rather than authorize the wrong
+        thing."""
         entry = admin_route(method, path)
         if entry is None:
             raise AdminRouteError(
                 f"{method} {path} has no entry in the admin route table "
                 "(server/admin_gate.py ADMIN_ROUTES): it is not served"
+            )
+        if action is not None and action != entry.action:
+            raise AdminRouteError(
+                f"{method} {path} is declared as {action} but the admin route table "
+                f"(server/admin_gate.py ADMIN_ROUTES) lists it as {entry.action}"
             )
         endpoint = GatedEndpoint(self, entry, handler, resolve)
         return Route(path, endpoint.handle, methods=[entry.method])

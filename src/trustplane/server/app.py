@@ -30,10 +30,9 @@ from trustplane.enforcement.pep import PEP_HEADER
 from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
 from trustplane.problems import Problem, json_response
-from trustplane.server.admin import AdminApi, admin_routes
+from trustplane.server.admin import admin_routes
 from trustplane.server.admin_gate import AdminGate
 from trustplane.server.authzen import AuthZenApi
-from trustplane.server.governance_api import GovernanceApi, governance_routes
 from trustplane.server.identity import IdentityApi, identity_routes
 from trustplane.server.image_attestations import AttestationsApi, attestation_routes
 from trustplane.server.openapi import openapi_document
@@ -112,10 +111,9 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        *admin_routes(AdminApi(runtime), admin_gate),
+        *admin_routes(runtime, admin_gate),
         *identity_routes(identity, admin_gate),
         *attestation_routes(attestations, admin_gate),
-        *governance_routes(GovernanceApi(runtime), admin_gate),
     ]
 
     async def on_problem(request: Request, exc: Exception) -> Response:

@@ -8,10 +8,8 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from trustplane import __version__
-from trustplane.server.admin import ActivateBody, RevokeBody, RollbackBody
-from trustplane.server.admin_gate import admin_route
-from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
-from trustplane.server.governance_api import (
+from trustplane.server.admin.bundle import ActivateBody, RollbackBody
+from trustplane.server.admin.governance import (
     AccessRequestBody,
     BreakGlassBody,
     CommentBody,
@@ -19,6 +17,9 @@ from trustplane.server.governance_api import (
     ReasonBody,
     ReviewBody,
 )
+from trustplane.server.admin.revocations import LiftBody, RevokeBody
+from trustplane.server.admin_gate import admin_route
+from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
 from trustplane.server.identity import EntryBody, RotateBody
 from trustplane.server.image_attestations import AttestBody
 
@@ -74,6 +75,7 @@ def openapi_document() -> dict[str, Any]:
                 ActivateBody,
                 RollbackBody,
                 RevokeBody,
+                LiftBody,
                 AttestBody,
                 AccessRequestBody,
                 CommentBody,
@@ -315,8 +317,17 @@ def openapi_document() -> dict[str, Any]:
                     body="RevokeBody",
                     method="post",
                 ),
-                **_admin("Revocations in force, with the revocation epoch"),
+                **_admin(
+                    "Revocations in force (ended=true: lifted and expired ones too), with the "
+                    "revocation epoch",
+                    params=["ended"],
+                ),
             },
+            "/v1/revocations/{revocation_id}/lift": _admin(
+                "Lift a revocation in force (by id or a unique id prefix)",
+                body="LiftBody",
+                method="post",
+            ),
             **_governance_paths(),
             **_identity_paths(),
         },
@@ -378,7 +389,7 @@ def _name_admin_actions(paths: dict[str, Any]) -> None:
 
 
 def _governance_paths() -> dict[str, Any]:
-    """JIT access, break-glass and the exception register (server/governance_api.py)."""
+    """JIT access, break-glass and the exception register (server/admin/governance.py)."""
 
     def op(summary: str, **kwargs: Any) -> dict[str, Any]:
         return _admin(summary, tag="governance", **kwargs)

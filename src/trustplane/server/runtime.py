@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
@@ -26,6 +27,7 @@ from trustplane.enforcement.credentials import Credential
 from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.governance.outbox import WebhookFormat
 from trustplane.governance.records import TOPIC as GOVERNANCE_TOPIC
+from trustplane.governance.records import Actor
 from trustplane.governance.service import Governance
 from trustplane.identity.entries import TOPIC as ENTRIES_TOPIC
 from trustplane.identity.inventory import Inventory
@@ -35,7 +37,8 @@ from trustplane.identity.service import IdentityService
 from trustplane.posture.image_attestations import TOPIC as ATTESTATIONS_TOPIC
 from trustplane.posture.image_attestations import AttestationIndex, AttestationStore
 from trustplane.recovery.revocation import TOPIC as REVOCATIONS_TOPIC
-from trustplane.recovery.revocation import RevocationList, RevocationStore
+from trustplane.recovery.revocation import RevocationKind, RevocationList, RevocationStore
+from trustplane.recovery.service import Caller, RevocationService
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.feed import ChangeFeed
 from trustplane.store.policy_revisions import BUNDLES_TOPIC, BundleStore
@@ -48,6 +51,8 @@ from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics, multiprocess_dir
 from trustplane.telemetry.recorder import DecisionRecorder
 from trustplane.telemetry.spool import Spool
+from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
+from trustplane.trust.service import assessor_from_settings
 
 log = logging.getLogger("trustplane")
 
@@ -131,7 +136,7 @@ def load_options(settings: Settings) -> LoadOptions:
         expiry_warning_days=settings.expiry_warning_days,
         decision_cache_size=settings.decision_cache_size,
         decision_ttl_seconds=settings.decision_ttl_seconds,
-        extra_files=BUNDLE_FILES,
+        extra_files=BUNDLE_FILES + TRUST_FILES,
     )
 
 
@@ -278,6 +283,15 @@ class Runtime:
             )
             self.feed.subscribe(ATTESTATIONS_TOPIC, self.attestations.refresh)
             self.feed.subscribe(KEYS_TOPIC, self.attestations.refresh)  # a key seen late
+        # Every kind of revocation, its expiry and its lifting: one service (recovery/).
+        self.revocation_service = RevocationService(
+            self.revocation_store,
+            self.revocations,
+            self._revoke_governed,
+            known=self.known_principal,
+            record=lambda entry: self.recorder.record_entry_blocking(entry, wait=True),
+            interval=settings.governance_interval_ms / 1000,
+        )
 
     def decision_point(self) -> PolicyDecisionPoint:
         """The decision path over this runtime's bundles, revocations, grants and ledger."""
@@ -288,6 +302,7 @@ class Runtime:
             recorder=self.recorder,
             metrics=self.metrics,
             deny_spike=self.deny_spike,
+            trust=assessor_from_settings(self.settings),
         )
 
     def start(self) -> None:
@@ -298,6 +313,7 @@ class Runtime:
         self.bundles.start(follow_store=self.settings.workers > 1)
         self.feed.start()
         self.revocations.refresh()  # after the feed's baseline: a later revocation is heard
+        self.revocation_service.start()  # records expiries as they fall due
         self.governance.start()  # grants and exceptions in memory, then housekeeping
         if self.identity is not None:
             self.identity.load()  # refuses to serve a trust domain without keys
@@ -316,9 +332,31 @@ class Runtime:
         else:
             self.inventory.stop()
         self.feed.stop()
+        self.revocation_service.stop()
         self.governance.stop()
         self.recorder.stop()
         self.engine.dispose()
+
+    def _revoke_governed(
+        self, kind: RevocationKind, target: str, reason: str, caller: Caller
+    ) -> tuple[float, bool, dict[str, Any]]:
+        actor = Actor(caller.name, caller.principal, caller.bootstrap)
+        return self.governance.revoke(kind.value, target, reason, actor)
+
+    def known_principal(self, principal: str) -> bool:
+        """Whether an entity of the active bundle or an identity of the inventory has this
+        name (entity text such as User::"alice"): revoking a name nobody has is a typo."""
+        kind, _, quoted = principal.partition("::")
+        name = quoted[1:-1].replace('\\"', '"')
+        active = self.bundles.active
+        if active is not None:
+            for entity in active.bundle.entities:
+                uid = entity.get("uid") if isinstance(entity, dict) else None
+                if isinstance(uid, dict) and "__entity" in uid:
+                    uid = uid["__entity"]
+                if isinstance(uid, dict) and uid.get("type") == kind and uid.get("id") == name:
+                    return True
+        return self.inventory.knows(name)
 
     def seen(self, credential: Credential) -> None:
         """An authenticated caller at an enforcement point, for the identity inventory."""

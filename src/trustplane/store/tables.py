@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 metadata = MetaData()
@@ -57,12 +58,25 @@ revocations = Table(
     "revocations",
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("kind", String(16), nullable=False),  # principal | credential
-    Column("target", String(512), nullable=False),  # User::"alice", or a JWT id
+    Column("kind", String(16), nullable=False),  # principal | credential | certificate
+    Column("target", String(512), nullable=False),  # User::"alice", a JWT id, a serial
     Column("reason", Text, nullable=False),
     Column("actor", String(256), nullable=False),
     Column("created_at", Float, nullable=False),
-    UniqueConstraint("kind", "target", name="uq_revocations_kind_target"),
+    Column("expires_at", Float, nullable=True),  # None: until lifted
+    Column("ended", String(8), nullable=True),  # None (in force) | lifted | expired
+    Column("ended_at", Float, nullable=True),
+    Column("ended_by", String(256), nullable=True),
+    Column("end_reason", Text, nullable=True),
+    # One revocation in force per target; lifted and expired ones stay as history.
+    Index(
+        "uq_revocations_in_force",
+        "kind",
+        "target",
+        unique=True,
+        sqlite_where=text("ended IS NULL"),
+        postgresql_where=text("ended IS NULL"),
+    ),
 )
 
 # One row; every ledger append updates it first, which takes the database's write lock (SQLite)

@@ -206,6 +206,8 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
         record["grants"] = list(decision.grant_ids)
     if decision.exception_ids:
         record["exceptions"] = list(decision.exception_ids)
+    if decision.trust is not None:  # the score with each signal's value, points and source
+        record["trust"] = decision.trust
     return _entry(record, decision.timestamp)
 
 

@@ -16,7 +16,7 @@ from tests.conftest import SHOP
 from tests.issuer import Jwks, Key, claims, issuer_settings, rsa_key
 from tests.support import Server, running_server
 from trustplane.decision.step_up import StepUp, StepUpError, parse_step_up, step_up_challenge
-from trustplane.identity.human import authentication_strength
+from trustplane.trust.authentication import authentication_strength
 
 NOW = 1_900_000_000
 

@@ -22,7 +22,9 @@ from trustplane.decision.requests import RequestError, parse_entity
 from trustplane.governance.catalog import DurationError, parse_duration
 from trustplane.governance.records import GovernanceError
 from trustplane.problems import Problem, json_response, parse_model
-from trustplane.server.admin import governance_actor, governance_problem
+from trustplane.recovery.revocation import RevocationError, RevocationKind
+from trustplane.server.admin.common import bad_query, governance_actor, governance_problem
+from trustplane.server.admin.revocations import caller_of, revocation_problem
 from trustplane.server.admin_auth import Target
 from trustplane.server.admin_gate import AdminCall, AdminGate
 from trustplane.server.runtime import Runtime
@@ -172,7 +174,7 @@ class GovernanceApi:
     async def list_requests(self, request: Request, call: AdminCall) -> Response:
         status = request.query_params.get("status")
         if status not in (None, "pending", "approved", "denied", "expired"):
-            raise _bad_query("status", "must be pending, approved, denied or expired")
+            raise bad_query("status", "must be pending, approved, denied or expired")
         items = await self._call(self._gov.access.find, status)
         return json_response({"requests": [r.as_dict() for r in items]})
 
@@ -211,12 +213,7 @@ class GovernanceApi:
         reason = parse_model(ReasonBody, await call.body(request)).reason
         call.note(reason=reason)
         grant_id = request.path_params["grant_id"]
-        revoked, created = await self._call(
-            self._gov.access.revoke, governance_actor(call.caller), grant_id, reason
-        )
-        await self._changed()
-        call.note(new=created)
-        return json_response({**revoked.as_dict(), "created": created}, 201 if created else 200)
+        return await self._revoke(call, RevocationKind.GRANT, grant_id, reason)
 
     async def activity(self, request: Request, call: AdminCall) -> Response:
         """Decisions made while the grant applied (the ledger, by grant id)."""
@@ -289,7 +286,7 @@ class GovernanceApi:
         window = None if expiring is None else _seconds(expiring, "?expiring")
         status = params.get("status")
         if status not in (None, "pending", "approved", "denied"):
-            raise _bad_query("status", "must be pending, approved or denied")
+            raise bad_query("status", "must be pending, approved or denied")
         items = await self._call(self._gov.exceptions.find, window, status)
         return json_response({"exceptions": [e.as_dict() for e in items]})
 
@@ -309,60 +306,87 @@ class GovernanceApi:
         reason = parse_model(ReasonBody, await call.body(request)).reason
         call.note(reason=reason)
         exception_id = request.path_params["exception_id"]
-        revoked, created = await self._call(
-            self._gov.exceptions.revoke, governance_actor(call.caller), exception_id, reason
-        )
-        await self._changed()
-        call.note(new=created)
-        return json_response({**revoked.as_dict(), "created": created}, 201 if created else 200)
+        return await self._revoke(call, RevocationKind.EXCEPTION, exception_id, reason)
+
+    async def _revoke(
+        self, call: AdminCall, kind: RevocationKind, target: str, reason: str
+    ) -> Response:
+        """Through the revocation service, like every revocation; answers the record."""
+        service = self._runtime.revocation_service
+        try:
+            revoked = await self._call(service.revoke, caller_of(call.caller), kind, target, reason)
+        except RevocationError as exc:
+            raise revocation_problem(exc) from None
+        call.note(new=revoked.created)
+        document = {**(revoked.record or {}), "created": revoked.created}
+        return json_response(document, 201 if revoked.created else 200)
 
 
-def _bad_query(name: str, message: str) -> Problem:
-    return Problem(
-        400,
-        "invalid-query",
-        "Invalid query parameter",
-        f"{name}: {message}",
-        [{"pointer": f"?{name}", "detail": message, "code": "invalid"}],
-    )
-
-
-def governance_routes(api: GovernanceApi, gate: AdminGate) -> list[Route]:
-    """Every governance route, behind the admin gate."""
+def routes(runtime: Runtime, gate: AdminGate) -> list[Route]:
+    """Every governance route, each with its admin action, behind the gate. A resolver builds
+    the target the admin policies see (who asked, who opened, which tier)."""
+    api = GovernanceApi(runtime)
     access = "/v1/access"
     return [
-        gate.route("POST", f"{access}/requests", api.request_access),
-        gate.route("GET", f"{access}/requests", api.list_requests),
-        gate.route("GET", f"{access}/requests/{{request_id}}", api.get_request),
+        gate.route("POST", f"{access}/requests", api.request_access, action="access:request"),
+        gate.route("GET", f"{access}/requests", api.list_requests, action="access:read"),
         gate.route(
-            "POST", f"{access}/requests/{{request_id}}/approve", api.approve, api.request_target
+            "GET", f"{access}/requests/{{request_id}}", api.get_request, action="access:read"
         ),
-        gate.route("POST", f"{access}/requests/{{request_id}}/deny", api.deny, api.request_target),
-        gate.route("GET", f"{access}/grants", api.list_grants),
         gate.route(
-            "POST", f"{access}/grants/{{grant_id}}/revoke", api.revoke_grant, api.grant_target
+            "POST",
+            f"{access}/requests/{{request_id}}/approve",
+            api.approve,
+            api.request_target,
+            action="access:approve",
         ),
-        gate.route("GET", f"{access}/grants/{{grant_id}}/activity", api.activity),
-        gate.route("POST", "/v1/break-glass", api.open_break_glass),
-        gate.route("GET", "/v1/break-glass", api.list_break_glass),
+        gate.route(
+            "POST",
+            f"{access}/requests/{{request_id}}/deny",
+            api.deny,
+            api.request_target,
+            action="access:deny",
+        ),
+        gate.route("GET", f"{access}/grants", api.list_grants, action="access:read"),
+        gate.route(
+            "POST",
+            f"{access}/grants/{{grant_id}}/revoke",
+            api.revoke_grant,
+            api.grant_target,
+            action="access:revoke",
+        ),
+        gate.route(
+            "GET", f"{access}/grants/{{grant_id}}/activity", api.activity, action="access:read"
+        ),
+        gate.route("POST", "/v1/break-glass", api.open_break_glass, action="breakglass:open"),
+        gate.route("GET", "/v1/break-glass", api.list_break_glass, action="breakglass:read"),
         gate.route(
             "POST",
             "/v1/break-glass/{session_id}/review",
             api.review_break_glass,
             api.session_target,
+            action="breakglass:review",
         ),
-        gate.route("POST", "/v1/exceptions", api.create_exception, api.new_exception_target),
-        gate.route("GET", "/v1/exceptions", api.list_exceptions),
+        gate.route(
+            "POST",
+            "/v1/exceptions",
+            api.create_exception,
+            api.new_exception_target,
+            action="exception:request",
+        ),
+        gate.route("GET", "/v1/exceptions", api.list_exceptions, action="exception:read"),
         gate.route(
             "POST",
             "/v1/exceptions/{exception_id}/approve",
             api.approve_exception,
             api.exception_target,
+            action="exception:approve",
         ),
         gate.route(
             "POST",
             "/v1/exceptions/{exception_id}/revoke",
             api.revoke_exception,
             api.exception_target,
+            action="exception:revoke",
         ),
     ]

@@ -1,0 +1,224 @@
+"""What every `trustplane` command shares: the consoles, the option types, the root context
+(config file and overrides), one way to print (`emit`), admin API calls, store access and the
+errors that end a command.
+
+Imported by `--help` itself, so nothing here imports more than Typer and Rich at module level:
+each helper imports what it needs when it is called (`tests/cli/test_cli_imports.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    import httpx
+
+    from trustplane.config import Settings
+    from trustplane.decision.loader import LoadOptions
+    from trustplane.decision.policy_bundle import BundleSource
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL.")]
+
+Doc = TypeVar("Doc")
+
+
+class CliError(Exception):
+    """An error to print as one line and exit 2."""
+
+
+@dataclass
+class Context:
+    """The root options (`--config`, `--state-dir`, `--database-url`), kept for the command
+    that runs; settings are loaded only by commands that need them."""
+
+    config: Path | None
+    overrides: dict[str, Any]
+
+    def settings(self, **extra: Any) -> Settings:
+        from trustplane.config import load_settings
+
+        return load_settings(self.config, {**self.overrides, **extra})
+
+
+def root_context(ctx: typer.Context) -> Context:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Context)
+    return obj
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def emit(doc: Doc, as_json: bool, render: Callable[[Doc], None], lines: bool = False) -> None:
+    """Print a command's answer: the document as JSON for scripts, or `render(doc)` for
+    people. Every command prints through here, so both forms come from the same document.
+    With `lines`, `doc` is a list written as JSON Lines (one record a line, for `tail -f`)."""
+    if not as_json:
+        render(doc)
+    elif lines:
+        for item in doc:  # type: ignore[attr-defined]
+            sys.stdout.write(json.dumps(item, default=str) + "\n")
+    else:
+        emit_json(doc)
+
+
+def when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+
+
+# -- server client ----------------------------------------------------------------------------
+
+
+def server_url(settings: Settings, url: str | None) -> str:
+    return (url or settings.server_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+
+
+def admin_token(settings: Settings) -> str:
+    if settings.admin_token:
+        return settings.admin_token
+    try:
+        return settings.admin_token_file.read_text().strip()
+    except FileNotFoundError:
+        raise CliError(
+            f"no admin token: {settings.admin_token_file} is missing; run "
+            "`trustplane init` or set TRUSTPLANE_ADMIN_TOKEN"
+        ) from None
+
+
+def admin(settings: Settings, method: str, path: str, url: str | None, body: Any = None) -> Any:
+    """One admin API call with the configured token; the JSON answer."""
+    return http(method, server_url(settings, url), path, admin_token(settings), body).json()
+
+
+def http(
+    method: str, base: str, path: str, token: str | None, body: dict[str, Any] | None = None
+) -> httpx.Response:
+    import httpx
+
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(method, base + path, json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the server at {base}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            problem = response.json()
+            detail = problem.get("detail", response.text)
+            for item in problem.get("errors") or []:
+                detail += f"\n  {item.get('detail')}"
+        except ValueError:
+            detail = response.text
+        raise CliError(f"{method} {path}: {response.status_code}: {detail}")
+    return response
+
+
+# -- store and bundles ------------------------------------------------------------------------
+
+
+def store_engine(settings: Settings) -> Any:
+    from trustplane.store.database import create_store_engine, is_migrated, sqlite_path
+
+    url = settings.effective_database_url
+    missing = CliError(f"no trustplane store at {url}: run `trustplane init`")
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise missing  # checked first: opening SQLite would create an empty file
+    engine = create_store_engine(url)
+    if not is_migrated(engine):
+        engine.dispose()
+        raise missing
+    return engine
+
+
+def bundle_source(directory: Path) -> BundleSource:
+    from trustplane.decision.policy_bundle import BundleSource
+
+    if not directory.is_dir():
+        raise CliError(f"bundle directory {directory} does not exist")
+    return BundleSource.from_dir(directory)
+
+
+def load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
+    from trustplane.decision.loader import LoadOptions
+    from trustplane.decision.signing import SigningError, load_trusted_key
+    from trustplane.governance.catalog import BUNDLE_FILES
+
+    try:
+        keys = [load_trusted_key(p) for p in settings.trusted_bundle_keys]
+    except SigningError as exc:
+        raise CliError(str(exc)) from None
+    return LoadOptions(
+        trusted_keys=keys,
+        expiry_warning_days=settings.expiry_warning_days,
+        run_tests=run_tests,
+        extra_files=BUNDLE_FILES,
+    )
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", highlight=False)
+    raise SystemExit(2)
+
+
+# The errors `main` prints as one line (exit 2), named rather than imported: each lives in a
+# module that a command loads only when it needs it, and an exception can only be an instance
+# of a class whose module is already loaded, so nothing is imported to test for one.
+ONE_LINE_ERRORS = (
+    ("trustplane.config", "ConfigError"),
+    ("trustplane.identity.kek", "KekError"),
+    ("trustplane.store.database", "StoreError"),
+    ("trustplane.server.runtime", "NotInitialisedError"),
+    ("trustplane.decision.signing", "SigningError"),
+    ("trustplane.telemetry.checkpoint", "CheckpointError"),
+    ("trustplane.telemetry.ledger", "LedgerError"),
+    ("trustplane.server.admin_auth", "AdminPolicyError"),
+)
+
+
+def is_loaded_error(exc: BaseException, module: str, name: str) -> bool:
+    loaded = sys.modules.get(module)
+    cls = getattr(loaded, name, None) if loaded is not None else None
+    return isinstance(cls, type) and isinstance(exc, cls)
+
+
+def exit_for(exc: Exception) -> None:
+    """Turn an error the CLI knows into its message and exit code (1 for a refused bundle,
+    2 for the rest, 0 for a closed pipe); return for anything else, which the caller re-raises
+    as a bug."""
+    if is_loaded_error(exc, "trustplane.decision.policy_bundle", "BundleError"):
+        problems = exc.problems  # type: ignore[attr-defined]
+        err.print(f"[red]bundle refused[/] ({len(problems)} problem(s)):", highlight=False)
+        for problem in problems:
+            err.print(f"  {problem}", highlight=False, markup=False)
+        raise SystemExit(1) from None
+    if isinstance(exc, CliError) or any(
+        is_loaded_error(exc, module, name) for module, name in ONE_LINE_ERRORS
+    ):
+        fail(str(exc))
+    if isinstance(exc, BrokenPipeError):
+        raise SystemExit(0) from None
