@@ -36,6 +36,19 @@ class EntityRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Evidence:
+    """What an enforcement point of this PDP verified about a request, for the trust plane:
+    the verified token's authentication claims (`amr`, `acr`, `auth_time`, `iat`, `exp`) and
+    the original client's address (forwarded headers only from trusted proxies). Built by the
+    PDP's own adapters, never from what a caller writes in the request's context."""
+
+    claims: dict[str, Any] | None = None
+    source_ip: str | None = None
+    workload: bool = False
+    source: str = "pdp"  # who vouches for it: `token`, `mtls`, `proxy`
+
+
+@dataclass(frozen=True, slots=True)
 class AccessRequest:
     """One question: may `principal` perform `action` on `resource` given `context`?"""
 
@@ -43,6 +56,8 @@ class AccessRequest:
     action: EntityRef
     resource: EntityRef
     context: dict[str, Any] = field(default_factory=dict)
+    # What the enforcement point verified about the caller (never part of the Cedar request).
+    evidence: Evidence | None = None
 
     def as_document(self) -> dict[str, Any]:
         """The request as a JSON document (the shape masking pointers address)."""
@@ -112,6 +127,8 @@ class Decision:
     # Governance: the grants (JIT or break-glass) and exceptions in force for this request.
     grant_ids: tuple[str, ...] = ()
     exception_ids: tuple[str, ...] = ()
+    # The trust plane's assessment: score, level and each signal with its value and source.
+    trust: dict[str, Any] | None = None
 
     @property
     def allowed(self) -> bool:
@@ -139,6 +156,7 @@ class Decision:
             "revocation_epoch": self.revocation_epoch,
             **({"grants": list(self.grant_ids)} if self.grant_ids else {}),
             **({"exceptions": list(self.exception_ids)} if self.exception_ids else {}),
+            **({"trust": self.trust} if self.trust is not None else {}),
         }
 
 
@@ -207,7 +225,9 @@ os.register_at_fork(after_in_child=_fresh_pool_after_fork)
 
 
 def refusal(error: str, revision: str | None = None, revocation_epoch: int = 0) -> Decision:
-    """A deny settled before any policy is asked (no bundle, revoked, no credential, no route)."""
+    """A deny settled before any policy is asked (no bundle, revoked, no credential, no route).
+    `error` starts with the reason's code, `code: detail` (`credential_missing: no credential`):
+    the ledger's queries read the code from it (telemetry/query.py)."""
     return Decision(
         decision_id=new_decision_id(),
         effect=Effect.DENY,

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from tests.conftest import SHOP
-from trustplane.decision.policy_bundle import BundleProblem, read_yaml, yaml_item_lines
+from trustplane.decision.policy_bundle import BundleProblem, read_yaml
+from trustplane.yaml_lines import Document
 
 SHOP_YAML = sorted(SHOP.rglob("*.yaml"))
 
@@ -26,7 +27,7 @@ def test_a_bundle_file_reads_as_the_pure_python_parser_reads_it(path: Path) -> N
     pure_root = yaml.compose(text, Loader=yaml.SafeLoader)
     keys = list(parsed.data) if isinstance(parsed.data, dict) else []
     for key in keys:
-        assert parsed.item_lines(key) == yaml_item_lines(pure_root, key)
+        assert parsed.item_lines(key) == Document(0, parsed.data, pure_root).item_lines(key)
 
 
 def test_a_yaml_syntax_error_names_the_same_line_and_reason_as_before() -> None:
@@ -42,4 +43,4 @@ def test_a_yaml_syntax_error_names_the_same_line_and_reason_as_before() -> None:
 
 def test_an_empty_file_reads_as_no_data() -> None:
     parsed = read_yaml("access.yaml", "", [])
-    assert parsed is not None and parsed.data is None and parsed.root is None
+    assert parsed is not None and parsed.data is None and parsed.node is None

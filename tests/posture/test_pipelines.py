@@ -8,7 +8,7 @@ from pathlib import Path
 
 from trustplane.posture.pipelines import github_workflow, gitlab_ci
 from trustplane.posture.secrets import find_secrets, is_placeholder
-from trustplane.posture.yamldocs import read_documents
+from trustplane.yaml_lines import read_documents
 
 SHA = "e3dd6a429d7300a6a4c196c26e071d42e0343502"
 

@@ -235,7 +235,7 @@ def root(
         ),
     ] = False,
 ) -> None:
-    ctx.obj = Context(config, {"state_dir": state_dir, "database_url": database_url})
+    ctx.obj = Context(config, {"state_dir": state_dir, "store": {"url": database_url}})
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ runtime, so it can be tested alone and no plane has to import the server.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import replace
+from typing import Any, Protocol
 
 from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.policy_bundle import Bundle
@@ -19,7 +20,11 @@ from trustplane.telemetry.deny_spike import DenySpikeDetector
 from trustplane.telemetry.metrics import Metrics
 from trustplane.telemetry.recorder import DecisionRecorder
 
-NO_BUNDLE = "no active policy bundle: denying by default"
+NO_BUNDLE = "no_active_bundle: no active policy bundle, denying by default"
+
+# trust/assessor.TrustAssessor: the request Cedar sees (context.trust) and the assessment the
+# decision carries (score, level, each signal with its value and source).
+Assess = Callable[[AccessRequest, Bundle | None], tuple[AccessRequest, dict[str, Any]]]
 
 
 class ActiveBundle(Protocol):
@@ -38,6 +43,7 @@ class PolicyDecisionPoint:
         recorder: DecisionRecorder,
         metrics: Metrics,
         deny_spike: DenySpikeDetector | None = None,
+        trust: Assess | None = None,
     ) -> None:
         """`elevation(request)`: the grants and exceptions held for the request's flow
         (governance/state.py), looked up in memory on every evaluation; `deny_spike` watches
@@ -48,6 +54,7 @@ class PolicyDecisionPoint:
         self._metrics = metrics
         self._recorder = recorder
         self._deny_spike = deny_spike
+        self._trust = trust
         # Labelled children resolved once: `.labels()` costs more than the increment.
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
@@ -75,10 +82,13 @@ class PolicyDecisionPoint:
         # The epoch goes in every decision: caches outside this process compare it to drop
         # answers given before a revocation.
         epoch = revocations.epoch
+        assessment = None
+        if self._trust is not None:  # the trust plane scores every request, refused or not
+            request, assessment = self._trust(request, active.bundle if active else None)
         revoked = revocations.principal(request.principal)
         if revoked is not None:  # before any policy (and any cached answer)
             decision = refusal(
-                f"revoked: {revoked.target} ({revoked.reason})",
+                f"principal_revoked: {revoked.target} ({revoked.reason})",
                 active.bundle.revision if active is not None else None,
                 epoch,
             )
@@ -92,6 +102,8 @@ class PolicyDecisionPoint:
             )
             if self._deny_spike is not None:  # the bundle's own answers, not refusals
                 self._deny_spike.observe(decision.effect is Effect.DENY)
+        if assessment is not None:
+            decision = replace(decision, trust=assessment)
         self._observe(decision)
         return decision
 

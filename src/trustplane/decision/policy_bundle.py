@@ -6,7 +6,6 @@ first, so an author fixes a broken bundle in one round trip.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -18,10 +17,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cedarpy
-import yaml
 
 from trustplane.decision.source import PolicySource, split_policies
 from trustplane.decision.step_up import StepUpError, parse_step_up
+from trustplane.yaml_lines import Document, YamlError, read_document
 
 SCHEMA_FILE = "schema.cedarschema"
 ENTITIES_FILE = "entities.json"
@@ -524,55 +523,11 @@ def _locate_entity_error(entities: list[dict[str, Any]], schema: Any, exc: Value
     )
 
 
-@dataclass(frozen=True)
-class YamlFile:
-    """A parsed YAML bundle file with its node tree, for problems that name a line."""
-
-    data: Any
-    root: yaml.Node | None
-
-    def item_lines(self, key: str) -> list[int]:
-        return yaml_item_lines(self.root, key)
-
-
-_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def read_yaml(path: str, text: str, problems: list[BundleProblem]) -> YamlFile | None:
-    """Parse `text`; on a syntax error, add the problem with its line and return None."""
-    with contextlib.suppress(yaml.YAMLError):
-        # libyaml when present: bundle YAML (tests above all) is parsed on every load, and the
-        # pure-Python parser costs most of a `trustplane check`. One parse gives both the node
-        # tree and the data. A refused text is parsed again below so that problems read the same.
-        loader = _FAST_LOADER(text)
-        try:
-            root = loader.get_single_node()
-            return YamlFile(None if root is None else loader.construct_document(root), root)
-        finally:
-            loader.dispose()
+def read_yaml(path: str, text: str, problems: list[BundleProblem]) -> Document | None:
+    """Parse `text` (`trustplane.yaml_lines`); on a syntax error, add the problem with its line
+    and return None."""
     try:
-        return YamlFile(yaml.safe_load(text), yaml.compose(text))
-    except yaml.YAMLError as exc:
-        problems.append(
-            BundleProblem(path, f"invalid YAML: {yaml_reason(exc)}", yaml_error_line(exc))
-        )
+        return read_document(text, path)
+    except YamlError as exc:
+        problems.append(BundleProblem(path, f"invalid YAML: {exc.reason}", exc.line))
         return None
-
-
-def yaml_item_lines(root: yaml.Node | None, key: str) -> list[int]:
-    """1-based line of each item of the top-level list `key` (for problems that name a line)."""
-    if not isinstance(root, yaml.MappingNode):
-        return []
-    for name, value in root.value:
-        if getattr(name, "value", None) == key and isinstance(value, yaml.SequenceNode):
-            return [int(node.start_mark.line) + 1 for node in value.value]
-    return []
-
-
-def yaml_error_line(exc: yaml.YAMLError) -> int | None:
-    mark = getattr(exc, "problem_mark", None)
-    return None if mark is None else int(mark.line) + 1
-
-
-def yaml_reason(exc: yaml.YAMLError) -> str:
-    return str(getattr(exc, "problem", None) or exc)

@@ -1,6 +1,6 @@
 """Who is calling: a verified bearer JWT, or the identity header of a trusted proxy.
 
-Forwarded headers are only believed from `trusted_proxies`; from anyone else they are ignored
+Forwarded headers are only believed from `server.trusted_proxies`; from anyone else they are ignored
 and the request is judged without them (so a caller cannot name itself in `X-Forwarded-User`).
 """
 
@@ -14,8 +14,7 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
-from trustplane.config import Settings
-from trustplane.identity.human import authentication_strength
+from trustplane.config import PepSettings
 from trustplane.identity.tokens import (
     ClockSkewObserver,
     TokenRejected,
@@ -23,6 +22,7 @@ from trustplane.identity.tokens import (
     VerifiedToken,
     verifier_from_settings,
 )
+from trustplane.trust.authentication import authentication_strength
 
 
 class CredentialRejected(Exception):
@@ -44,11 +44,14 @@ class Credential:
     auth_age_seconds: int
     token_id: str | None = None
     workload: bool = False  # a SPIFFE ID from mTLS: the caller is a workload, not a person
-    mfa_strength: str = "none"  # none | otp | phishing_resistant (identity/human.py)
+    mfa_strength: str = "none"  # none | otp | phishing_resistant (trust/authentication.py)
     lifetime_seconds: int = 0  # exp - iat of a token (the identity inventory flags long ones)
     # The serial of the mTLS client certificate, when the proxy that verified it passed it on
     # (Envoy's `source.certificate`, `Cert=` in X-Forwarded-Client-Cert): revocable by serial.
     certificate_serial: int | None = None
+    # The verified token's authentication claims (amr, acr, auth_time, iat, exp): what the
+    # trust plane weighs (trust/authentication.py). None for mTLS and proxy callers.
+    claims: dict[str, Any] | None = None
 
     def facts(self) -> dict[str, Any]:
         """What routes.yaml may reference as `${credential.*}`."""
@@ -59,6 +62,9 @@ class Credential:
             "mfa_strength": self.mfa_strength,
             "auth_age_seconds": self.auth_age_seconds,
         }
+
+
+AUTHENTICATION_CLAIMS = ("amr", "acr", "auth_time", "iat", "exp")
 
 
 def credential_from_token(token: VerifiedToken, now: float | None = None) -> Credential:
@@ -76,6 +82,7 @@ def credential_from_token(token: VerifiedToken, now: float | None = None) -> Cre
         token_id=jti if isinstance(jti, str) else None,
         mfa_strength=strength.mfa_strength,
         lifetime_seconds=lifetime,
+        claims={k: token.claims[k] for k in AUTHENTICATION_CLAIMS if k in token.claims},
     )
 
 
@@ -124,10 +131,15 @@ class Authenticator:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, on_clock_skew: ClockSkewObserver | None = None
+        cls,
+        settings: PepSettings,
+        proxies: ProxyTrust,
+        on_clock_skew: ClockSkewObserver | None = None,
     ) -> Authenticator:
+        """The authenticator of the enforcement points: the `[pep]` issuers and identity
+        header, forwarded headers believed from `proxies` (`server.trusted_proxies`)."""
         verifier = verifier_from_settings(settings.issuers, on_clock_skew)
-        return cls(verifier, ProxyTrust(settings.trusted_proxies), settings.identity_header)
+        return cls(verifier, proxies, settings.identity_header)
 
     @property
     def proxies(self) -> ProxyTrust:

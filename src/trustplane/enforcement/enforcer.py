@@ -5,7 +5,7 @@ their protocol (forward-auth, Envoy HTTP and gRPC ext_authz)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +14,7 @@ from trustplane.decision.point import PolicyDecisionPoint
 from trustplane.decision.routes import HttpFacts, RouteMatch, RouteTable, split_path
 from trustplane.decision.step_up import parse_step_up, step_up_challenge
 from trustplane.enforcement.credentials import Authenticator, Credential, CredentialRejected
-from trustplane.model import AccessRequest, Decision, EntityRef
+from trustplane.model import AccessRequest, Decision, EntityRef, Evidence
 
 ANONYMOUS = EntityRef("Anonymous", "anonymous")
 DECISION_HEADER = "X-Trustplane-Decision-Id"
@@ -132,6 +132,12 @@ class HttpEnforcer:
             decision = await self._pdp.refuse(request, f"no_route_matched: {why} ({where})")
             return Verdict(403, decision, ("no_route_matched",), principal, credential)
         request = routes.access_request(found, principal, facts, credential.facts())
+        # What this PDP verified itself, for the trust plane (never the caller's word).
+        vouched = "mtls" if credential.workload else "token" if credential.claims else "proxy"
+        evidence = Evidence(
+            credential.claims, facts.source_ip or None, credential.workload, vouched
+        )
+        request = replace(request, evidence=evidence)
         decision = await self._pdp.decide(request)
         if decision.allowed:
             return Verdict(200, decision, (), principal, credential)

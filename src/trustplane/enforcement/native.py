@@ -12,7 +12,7 @@ policy: a wrong answer cannot come from it, only no answer (UNAVAILABLE, a deny 
 The socketpair has no path: only the front this process started holds the other end. If the
 front dies, a supervisor starts a new one on the same port with a new pair.
 
-`start_ext_authz` picks the transport from settings (`grpc_transport`).
+`start_ext_authz` picks the transport from settings (`grpc.transport`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.message import DecodeError
 
-from trustplane.config import ConfigError, GrpcTransport, Settings
+from trustplane.config import ConfigError, GrpcSettings, GrpcTransport
 from trustplane.enforcement.envoy import EnvoyAuthorization, grpc_address, start_grpc_server
+from trustplane.retry import Backoff, Retry
 
 log = logging.getLogger("trustplane.envoy")
 
@@ -48,7 +49,8 @@ MAX_FRAME = 8 << 20
 is given it on its command line, so the limit is defined here only."""
 _START_TIMEOUT = 10.0
 _FRONT_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
-_RESTART_BACKOFF = (0.2, 5.0)
+_FIRST_RESTART = 0.2  # seconds after the front exited
+_RESTART_BACKOFF = Backoff(first=0.4, cap=5.0)  # after each failed restart
 
 
 class NativeFrontError(Exception):
@@ -62,41 +64,41 @@ class ExtAuthzServer(Protocol):
 
 
 def find_binary(configured: Path | None) -> Path | None:
-    """`grpc_native_binary`, else trustplane-extauthz beside this interpreter (the venv's bin,
+    """`grpc.native_binary`, else trustplane-extauthz beside this interpreter (the venv's bin,
     where bootstrap puts it). Not looked up on PATH: whatever runs here answers every Envoy
     authorization call, so it is only ever the one built for this install or one named."""
     path = configured if configured is not None else Path(sys.executable).parent / BINARY_NAME
     return path if path.is_file() else None
 
 
-def require_transport(settings: Settings) -> Path | None:
+def require_transport(settings: GrpcSettings) -> Path | None:
     """The front's binary when the settings will use it; refuses `native` without one."""
-    if settings.grpc_transport is GrpcTransport.PYTHON:
+    if settings.transport is GrpcTransport.PYTHON:
         return None
-    binary = find_binary(settings.grpc_native_binary)
-    if settings.grpc_transport is GrpcTransport.NATIVE and binary is None:
-        where = settings.grpc_native_binary or f"{Path(sys.executable).parent}/{BINARY_NAME}"
+    binary = find_binary(settings.native_binary)
+    if settings.transport is GrpcTransport.NATIVE and binary is None:
+        where = settings.native_binary or f"{Path(sys.executable).parent}/{BINARY_NAME}"
         raise ConfigError(
-            f"grpc_transport is native but {where} does not exist: run scripts/bootstrap.sh "
+            f"grpc.transport is native but {where} does not exist: run scripts/bootstrap.sh "
             "(it builds the front with g++, pkg-config and libgrpc++-dev), or set "
-            "grpc_transport=python"
+            "grpc.transport = python"
         )
     return binary
 
 
 async def start_ext_authz(
-    settings: Settings, service: EnvoyAuthorization
+    settings: GrpcSettings, host: str, service: EnvoyAuthorization
 ) -> tuple[ExtAuthzServer, str]:
-    """The ext_authz server the settings ask for on `host`:`grpc_port`, started; and the
-    transport's name."""
-    host, port = settings.host, settings.grpc_port
+    """The ext_authz server the `[grpc]` settings ask for on `host`:`grpc.port`, started; and
+    the transport's name."""
+    port = settings.port
     binary = require_transport(settings)
     if binary is None:
-        if settings.grpc_transport is GrpcTransport.AUTO:
+        if settings.transport is GrpcTransport.AUTO:
             log.info("%s is not installed: ext_authz gRPC is served by grpcio", BINARY_NAME)
         aio = await _AioServer.start(service, host, port)
         return aio, "python"
-    front = NativeFront(service, binary, host, port, settings.grpc_answer_timeout_ms)
+    front = NativeFront(service, binary, host, port, settings.answer_timeout_ms)
     await front.start()
     return front, "native"
 
@@ -196,7 +198,9 @@ class NativeFront:
         self.port = int(words[1])  # port 0 asked for any: a restart comes back on this one
 
     async def _supervise(self) -> None:
-        backoff = _RESTART_BACKOFF[0]
+        """Restart the front each time it exits: 0.2 s after the exit, then after each failed
+        restart twice as long as before (at most 5 s), until one starts."""
+        restarts = Retry(_RESTART_BACKOFF, retry_on=Exception, on_failure=self._restart_failed)
         while not self._stopping:
             assert self._process is not None
             status = await self._process.wait()
@@ -209,19 +213,17 @@ class NativeFront:
                 self._binary.name,
                 status,
             )
-            await asyncio.sleep(backoff)
-            try:
-                await self._spawn()
-                backoff = _RESTART_BACKOFF[0]
-                log.warning("%s restarted on %s", self._binary.name, self._address())
-            except (NativeFrontError, OSError) as exc:
-                log.error("restarting %s failed: %s", self._binary.name, exc)
-                backoff = min(backoff * 2, _RESTART_BACKOFF[1])
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never let the supervisor die silently
-                log.exception("restarting %s failed", self._binary.name)
-                backoff = min(backoff * 2, _RESTART_BACKOFF[1])
+            await asyncio.sleep(_FIRST_RESTART)
+            await restarts.acall(self._spawn)
+            log.warning("%s restarted on %s", self._binary.name, self._address())
+
+    def _restart_failed(self, exc: BaseException, failures: int) -> None:
+        if isinstance(exc, NativeFrontError | OSError):
+            log.error("restarting %s failed: %s", self._binary.name, exc)
+        else:  # never let the supervisor die silently
+            log.error("restarting %s failed", self._binary.name, exc_info=exc)
+        if self._bridge is not None:
+            self._bridge.close()
 
     async def stop(self) -> None:
         """Stop taking calls and let the front finish those in flight (it allows them 2 s);

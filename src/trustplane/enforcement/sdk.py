@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import threading
@@ -32,52 +31,44 @@ import httpx
 import orjson
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
+from trustplane.retry import Backoff, Retry
+
 log = logging.getLogger("trustplane.sdk")
 
 EVALUATION_PATH = "/access/v1/evaluation"
 _RETRY_STATUSES = frozenset({503})
 _UNANSWERED = (httpx.ConnectError, httpx.ConnectTimeout)  # the request never reached the PDP
 _JSON = {"content-type": "application/json"}
+_BACKOFF = Backoff(first=0.1, cap=0.5)
+
+
+def _unanswered_status(response: httpx.Response) -> bool:
+    return response.status_code in _RETRY_STATUSES
+
+
+def _retries(retries: int) -> Retry:
+    """Retry only while the question was certainly not answered: no connection, or a 503 (not
+    ready, ledger unavailable). A read timeout is not retried: the PDP may have answered and
+    recorded it. Waits of 0.1 s, 0.2 s, 0.4 s, then 0.5 s."""
+    return Retry(
+        _BACKOFF,
+        retry_on=_UNANSWERED,
+        retry_result=_unanswered_status,
+        attempts=retries + 1,
+    )
 
 
 def send_with_retries(send: Callable[[], httpx.Response], retries: int) -> httpx.Response:
     """Call `send`, again (up to `retries` times, with backoff) only while the question was
-    certainly not answered: no connection, or a 503 (not ready, ledger unavailable). A read
-    timeout is not retried: the PDP may have answered and recorded it."""
-    for attempt in range(retries + 1):
-        last = attempt == retries
-        try:
-            response = send()
-        except _UNANSWERED:
-            if last:
-                raise
-        else:
-            if last or response.status_code not in _RETRY_STATUSES:
-                return response
-        time.sleep(_backoff(attempt))
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    certainly not answered (see `_retries`); the last answer is returned as it is."""
+    return _retries(retries).call(send)
 
 
 async def asend_with_retries(
     send: Callable[[], Awaitable[httpx.Response]], retries: int
 ) -> httpx.Response:
     """`send_with_retries` for asyncio."""
-    for attempt in range(retries + 1):
-        last = attempt == retries
-        try:
-            response = await send()
-        except _UNANSWERED:
-            if last:
-                raise
-        else:
-            if last or response.status_code not in _RETRY_STATUSES:
-                return response
-        await asyncio.sleep(_backoff(attempt))
-    raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-def _backoff(attempt: int) -> float:
-    return min(0.1 * 2.0**attempt, 0.5)
+    return await _retries(retries).acall(send)
 
 
 @dataclass(frozen=True)

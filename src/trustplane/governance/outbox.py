@@ -21,6 +21,7 @@ import orjson
 from sqlalchemy import Engine, select, update
 
 from trustplane.governance.records import Clock
+from trustplane.retry import Backoff
 from trustplane.store.tables import outbox
 
 log = logging.getLogger("trustplane.outbox")
@@ -35,9 +36,13 @@ class WebhookFormat(StrEnum):
     SLACK = "slack"  # {"text"}: Slack (and Mattermost, Teams workflows) incoming webhooks
 
 
+BACKOFF = Backoff(first=1.0, cap=MAX_BACKOFF)
+
+
 def backoff(attempts: int) -> float:
-    """Seconds before the next attempt after `attempts` failures."""
-    return float(min(MAX_BACKOFF, 2 ** max(0, attempts - 1)))
+    """Seconds before the next attempt after `attempts` failures (kept in the row, so that
+    any replica's deliverer honours it)."""
+    return BACKOFF.delay(attempts)
 
 
 def webhook_body(payload: dict[str, Any], form: WebhookFormat) -> dict[str, Any]:
@@ -110,7 +115,7 @@ class Outbox:
     def _deliver(self, row_id: int, payload: dict[str, Any], attempts: int) -> int:
         if not self._url:
             # Nowhere to send: kept as a record of what would have been said.
-            self._finish(row_id, attempts, "no webhook_url configured")
+            self._finish(row_id, attempts, "no governance.webhook_url configured")
             return 0
         try:
             status = self._post(self._url, webhook_body(payload, self._form))

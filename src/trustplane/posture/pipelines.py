@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trustplane.posture.rules import Severity
-from trustplane.posture.yamldocs import Document
+from trustplane.yaml_lines import Document
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
 AWS_KEY = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trustplane.config import PostureExemption
 from trustplane.posture.functions import CUSTOM_FUNCTIONS, SERVICE_FUNCTIONS
-from trustplane.posture.yamldocs import Document, YamlError, read_documents
+from trustplane.yaml_lines import Document, YamlError, read_documents
 
 # CEL's own functions (cel-spec standard definitions) the expression may call; anything else is
 # refused at load, since the library would only notice it at evaluation time.
@@ -205,7 +205,7 @@ class Rule:
 def load_rules(text: str, source: str) -> list[Rule]:
     """Every rule in a (multi-document) YAML file; refuses the whole file on any problem."""
     try:
-        documents = list(read_documents(text, source))
+        documents = read_documents(text, source)
     except YamlError as exc:
         raise RuleError([str(exc)]) from None
     rules: list[Rule] = []
@@ -325,7 +325,7 @@ def exemptions_by_rule(items: Sequence[PostureExemption]) -> dict[str, list[Exem
 def load_exemptions(text: str, source: str) -> list[PostureExemption]:
     """An exemptions file: a YAML list of exemptions; refused whole with file and line."""
     try:
-        documents = list(read_documents(text, source))
+        documents = read_documents(text, source)
     except YamlError as exc:
         raise RuleError([str(exc)]) from None
     items: list[PostureExemption] = []

@@ -14,7 +14,7 @@ from trustplane.posture.engine import Engine, Finding
 from trustplane.posture.rules import Severity
 from trustplane.posture.secrets import find_secrets
 from trustplane.posture.workloads import pod_of
-from trustplane.posture.yamldocs import Document, YamlError, read_documents
+from trustplane.yaml_lines import Document, YamlError, read_documents
 
 YAML_SUFFIXES = (".yaml", ".yml")
 SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".tox", ".mypy_cache"}
@@ -108,7 +108,7 @@ class Scanner:
             return
         text = path.read_text(errors="replace")
         try:
-            documents = list(read_documents(text, name))
+            documents = read_documents(text, name)
         except YamlError as exc:
             if "{{" in text:
                 result.skipped.append(

@@ -25,12 +25,14 @@ from sqlalchemy import Connection, Engine, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from trustplane.retry import Backoff, Retry
 from trustplane.store.database import is_postgres
 from trustplane.store.tables import change_versions
 
 log = logging.getLogger("trustplane.feed")
 
 CHANNEL = "trustplane_changes"
+_BACKOFF = Backoff(first=0.1, cap=2.0)  # reconnecting after the store was lost
 Subscriber = Callable[[str], None]
 
 
@@ -101,20 +103,26 @@ class ChangeFeed:
     # -- listening ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = 0.1
+        retry = Retry(
+            _BACKOFF,
+            retry_on=(SQLAlchemyError, psycopg.Error, OSError),
+            on_failure=self._lost,
+            sleep=self._stop.wait,
+        )
+        retry.call_until(self._follow, give_up=self._stop.is_set)
+
+    def _follow(self) -> None:
+        """Follow the store until stopped."""
         while not self._stop.is_set():
-            try:
-                if is_postgres(self._engine):
-                    self._listen_postgres()
-                else:
-                    self._poll_loop()
-                backoff = 0.1
-            except (SQLAlchemyError, psycopg.Error, OSError) as exc:
-                if not self._failing:
-                    log.error("change feed lost the store (%s); not ready until it is back", exc)
-                self._failing = True
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+            if is_postgres(self._engine):
+                self._listen_postgres()
+            else:
+                self._poll_loop()
+
+    def _lost(self, exc: BaseException, failures: int) -> None:
+        if not self._failing:
+            log.error("change feed lost the store (%s); not ready until it is back", exc)
+        self._failing = True
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self._poll):

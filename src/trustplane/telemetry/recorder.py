@@ -29,9 +29,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from trustplane.config import Durability
+from trustplane.config import Durability, LedgerSettings
 from trustplane.model import AccessRequest, Decision
+from trustplane.retry import Backoff, Retry
 from trustplane.telemetry.appender import LedgerSink, LocalSink
 from trustplane.telemetry.ledger import Ledger, LedgerEntry, decision_entry
 from trustplane.telemetry.masking import Masker
@@ -44,6 +46,7 @@ log = logging.getLogger("trustplane.ledger")
 # record); `_Pending.error` says when it could be neither.
 Waiter = Callable[[], None]
 _MAX_BATCH = 5000
+_WRITER_BACKOFF = Backoff(first=0.05, cap=2.0)  # after a failed commit: 50 ms, doubled, at most 2 s
 
 
 class RecordingError(Exception):
@@ -102,10 +105,35 @@ class DecisionRecorder:
         self._spooling = False  # degraded: batch records go to the spool, which is replayed
         self._spooling_since = 0.0
         self._failure: str | None = None  # the last commit's error, until one succeeds
+        self._round_stopping = False  # whether the writer's current round saw a stop
         self._inflight: float | None = None  # enqueue time of the oldest record being committed
         self._undelivered: list[str] = []  # committed after their caller was answered 503
         self._quarantined = ledger.quarantined
         self.metrics.ledger_size.set(ledger.size)
+
+    @classmethod
+    def from_settings(
+        cls,
+        ledger: Ledger,
+        masker: Masker,
+        metrics: Metrics,
+        settings: LedgerSettings,
+        spool_dir: Path,
+        sink: LedgerSink | None = None,
+    ) -> DecisionRecorder:
+        """The recorder the `[ledger]` settings describe, spooling under `spool_dir`."""
+        return cls(
+            ledger,
+            masker,
+            metrics,
+            durability=settings.durability,
+            flush_interval=settings.flush_interval_ms / 1000,
+            checkpoint_interval=settings.checkpoint_interval_ms / 1000,
+            sink=sink,
+            max_lag=settings.ready_max_lag_ms / 1000,
+            queue_max=settings.queue_max,
+            spool=Spool(spool_dir, settings.spool_max_mb << 20),
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -329,42 +357,56 @@ class DecisionRecorder:
     # -- the writer ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = 0.05
+        retry = Retry(
+            _WRITER_BACKOFF, retry_on=Exception, on_failure=self._failed, sleep=self._pause
+        )
         while True:
-            stopping = self._wait_for_work()
-            try:
-                if self._spooling:
-                    self._replay()
-                if not self._spooling:
-                    self._flush()
-                    self._mark_undelivered()  # after any replay: the rows exist now
-                backoff = 0.05
-                self._failure = None
-            except Exception as exc:
-                first = self._failure is None
-                self._failure = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-                self.metrics.ledger_write_failures.inc()
-                if first:
-                    log.exception("ledger commit failed; %d records kept for retry", self.pending)
-                else:
-                    log.warning("ledger commit failed again: %s", self._failure)
-                with self._cond:
-                    if self._spool is not None and self.durability is Durability.BATCH:
-                        self._enter_spooling()
-                        self._cond.notify_all()  # the spooler takes the queue to disk
-                    if stopping and self._spooling:
-                        # Every batch record ends on disk (the spooler's last round); records
-                        # that needed the store itself were answered 503 by now.
-                        return
-                    # The whole backoff: arrivals wake the spooler, not another attempt.
-                    deadline = time.monotonic() + backoff
-                    while not self._stopping and (left := deadline - time.monotonic()) > 0:
-                        self._cond.wait(left)
-                backoff = min(backoff * 2, 2.0)
-                continue
+            # A failed round keeps its records queued and is tried again after the backoff;
+            # stopping while degraded ends it (every batch record is on disk by then).
+            stopping = retry.call_until(self._commit_round, self._stopped_degraded)
+            if stopping is None:
+                return
             self._maybe_checkpoint()
             if stopping and not self._queue and not self._spooling:
                 return
+
+    def _commit_round(self) -> bool:
+        """Wait for the next commit, then replay the spool or commit the queue; returns
+        whether the recorder is stopping."""
+        stopping = self._round_stopping = self._wait_for_work()
+        if self._spooling:
+            self._replay()
+        if not self._spooling:
+            self._flush()
+            self._mark_undelivered()  # after any replay: the rows exist now
+        self._failure = None
+        return stopping
+
+    def _failed(self, exc: BaseException, failures: int) -> None:
+        first = self._failure is None
+        self._failure = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        self.metrics.ledger_write_failures.inc()
+        if first:
+            log.error("ledger commit failed; %d records kept for retry", self.pending, exc_info=exc)
+        else:
+            log.warning("ledger commit failed again: %s", self._failure)
+        with self._cond:
+            if self._spool is not None and self.durability is Durability.BATCH:
+                self._enter_spooling()
+                self._cond.notify_all()  # the spooler takes the queue to disk
+
+    def _stopped_degraded(self) -> bool:
+        """Records that needed the store itself were answered 503 by now; the spooler's last
+        round puts every batch record on disk."""
+        return self._round_stopping and self._spooling
+
+    def _pause(self, seconds: float) -> None:
+        """The whole backoff, cut short only by a stop: arrivals wake the spooler, not another
+        attempt."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            while not self._stopping and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
 
     def _run_spooler(self) -> None:
         """While the ledger is degraded, move batch records from memory to the spool (one

@@ -16,7 +16,7 @@ from tests.conftest import SHOP
 from tests.issuer import Jwks, Key, claims, issuer_settings, rsa_key
 from tests.support import Server, running_server
 from trustplane.decision.step_up import StepUp, StepUpError, parse_step_up, step_up_challenge
-from trustplane.identity.human import authentication_strength
+from trustplane.trust.authentication import authentication_strength
 
 NOW = 1_900_000_000
 
@@ -117,9 +117,9 @@ def server(
             tmp_path_factory.mktemp("state"),
             module_database_url,
             bundle,
-            watch="false",
-            issuers=issuer_settings(jwks),
-            trusted_proxies=[f"{PROXY}/32"],
+            policy__watch="false",
+            pep__issuers=issuer_settings(jwks),
+            server__trusted_proxies=[f"{PROXY}/32"],
         ) as running:
             yield running
     finally:

@@ -1,0 +1,170 @@
+"""One request's assessment: run the providers, weigh their signals, explain the score.
+
+`TrustAssessor` is what the decision point calls before evaluating (decision/point.py): it
+returns the request Cedar sees — `context.trust` set to the computed score, level and enforced
+signals when the bundle has trust.yaml, and whatever the caller wrote there removed otherwise —
+and the record that goes in the decision (`Decision.trust`): score, level, a one-line summary
+and every signal with its value, points, mode and source.
+
+Caller-supplied values under `context.trust` are believed only from a PEP the configuration
+names (`trust.trusted_peps`): `inputs` (`source_ip`, `amr`, `acr`, `auth_time`, `iat`, `exp`)
+stand in for evidence this PDP did not verify itself, and `signals` (name → value 0–1) replace
+computed ones. From anyone else they are ignored, and the record says so.
+
+Fail closed: a provider that raises gives each of its signals an error and the value trust.yaml's
+`on_error` says (the full weight by default); nothing here raises into the decision path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from trustplane.decision.policy_bundle import Bundle
+from trustplane.model import CALLING_PEP, AccessRequest
+from trustplane.trust.policy import TrustPolicy, trust_policy
+from trustplane.trust.signals import Provider, Signal, TrustInputs
+
+TRUST_KEY = "trust"  # the context attribute: Cedar's view, and the caller-supplied namespace
+_INPUT_CLAIMS = ("amr", "acr", "auth_time", "iat", "exp")
+
+
+class TrustAssessor:
+    def __init__(
+        self,
+        providers: Sequence[Provider],
+        *,
+        trusted_peps: Iterable[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._providers = tuple(providers)
+        self._trusted = frozenset(trusted_peps)
+        self._clock = clock
+
+    def __call__(
+        self, request: AccessRequest, bundle: Bundle | None
+    ) -> tuple[AccessRequest, dict[str, Any]]:
+        policy = trust_policy(bundle)
+        try:
+            return self._assess(request, policy)
+        except Exception as exc:  # never a 500: the assessment itself failed, deny-worthy
+            record = {
+                "score": 100,
+                "level": "critical",
+                "summary": f"risk 100: assessment failed ({type(exc).__name__}: {exc})",
+                "signals": [],
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+            context = {k: v for k, v in request.context.items() if k != TRUST_KEY}
+            if policy.declared:
+                context[TRUST_KEY] = {"score": 100, "level": "critical", "signals": {}}
+            return replace(request, context=context), record
+
+    def _assess(
+        self, request: AccessRequest, policy: TrustPolicy
+    ) -> tuple[AccessRequest, dict[str, Any]]:
+        now = self._clock()
+        supplied = request.context.get(TRUST_KEY)
+        pep = CALLING_PEP.get()
+        believed = supplied if isinstance(supplied, dict) and pep in self._trusted else None
+        inputs = self._inputs(request, believed, pep, now, policy)
+        wanted = frozenset(policy.rules)
+        signals: dict[str, Signal] = {}
+        for provider in self._providers:
+            asked = wanted.intersection(provider.names)
+            if not asked:
+                continue
+            try:
+                for signal in provider.signals(inputs, asked):
+                    signals[signal.name] = signal
+            except Exception as exc:  # fail closed, per signal, with the reason recorded
+                error = f"{type(exc).__name__}: {exc}"
+                for name in asked:
+                    value = policy.rules[name].on_error
+                    signals[name] = Signal(name, value, None, "provider failed", "error", error)
+        source = f"pep:{pep}"
+        for name, value in (believed or {}).get("signals", {}).items():
+            if name in policy.rules and isinstance(value, int | float):
+                number = min(1.0, max(0.0, float(value)))
+                signals[name] = Signal(name, number, value, f"supplied by PEP {pep}", source)
+        rows, score = [], 0
+        for name, rule in policy.rules.items():
+            found = signals.get(name)
+            if found is None:
+                continue
+            signal = found
+            points = round(signal.value * rule.weight)
+            if rule.enforce:
+                score += points
+            row: dict[str, Any] = {
+                "name": name,
+                "value": round(signal.value, 3),
+                "observed": signal.observed,
+                "points": points,
+                "weight": rule.weight,
+                "mode": "enforce" if rule.enforce else "observe",
+                "source": signal.source,
+                "explanation": signal.explanation,
+            }
+            if signal.error is not None:
+                row["error"] = signal.error
+            rows.append(row)
+        score = min(100, max(0, score))
+        level = policy.level(score)
+        counted = sorted(
+            (r for r in rows if r["mode"] == "enforce" and r["points"]),
+            key=lambda r: -abs(r["points"]),
+        )
+        parts = [f"{r['name']} {r['points']:+d}" for r in counted]
+        record: dict[str, Any] = {
+            "score": score,
+            "level": level,
+            "summary": f"risk {score}" + (": " + ", ".join(parts) if parts else ""),
+            "signals": rows,
+        }
+        if supplied is not None and believed is None:
+            record["ignored"] = (
+                f"context.trust from {'PEP ' + pep if pep else 'an unnamed caller'}: "
+                "not a PEP trusted to supply trust values (trust.trusted_peps)"
+            )
+        context = {k: v for k, v in request.context.items() if k != TRUST_KEY}
+        if policy.declared:
+            context[TRUST_KEY] = {
+                "score": score,
+                "level": level,
+                "signals": {r["name"]: r["points"] for r in rows if r["mode"] == "enforce"},
+            }
+        return replace(request, context=context), record
+
+    @staticmethod
+    def _inputs(
+        request: AccessRequest,
+        believed: Mapping[str, Any] | None,
+        pep: str | None,
+        now: float,
+        policy: TrustPolicy,
+    ) -> TrustInputs:
+        evidence = request.evidence
+        claims = evidence.claims if evidence is not None else None
+        source_ip = evidence.source_ip if evidence is not None else None
+        workload = evidence.workload if evidence is not None else False
+        source = evidence.source if evidence is not None else "none"
+        given = (believed or {}).get("inputs")
+        if isinstance(given, dict) and evidence is None:  # this PDP's own evidence comes first
+            claims = {k: given[k] for k in _INPUT_CLAIMS if k in given} or None
+            source_ip = given.get("source_ip") if isinstance(given.get("source_ip"), str) else None
+            workload = given.get("workload") is True
+            source = f"pep:{pep}"
+        return TrustInputs(
+            principal=request.principal,
+            action=request.action,
+            resource=request.resource,
+            claims=claims,
+            source_ip=source_ip,
+            workload=workload,
+            source=source,
+            now=now,
+            params=policy.params(),
+        )

@@ -1,0 +1,53 @@
+"""What a signal is, and what a provider sees when it computes one.
+
+A provider turns `TrustInputs` (what this PDP verified, or what a trusted PEP supplied) into
+`Signal`s: a value from 0 (nothing unusual) to 1 (as risky as this signal gets), what was
+observed, a one-line explanation and the source of its input. The bundle's `trust.yaml`
+weighs the value into points (policy.py); providers know nothing of weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from trustplane.model import EntityRef
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    name: str
+    value: float  # 0.0 (nothing unusual) … 1.0 (as risky as this signal gets)
+    observed: Any  # what was seen: "otp", 1800 (seconds), "DE"; JSON-serialisable
+    explanation: str
+    source: str  # where the input came from: token, mtls, proxy, pep:NAME, geoip2fast, store
+    error: str | None = None  # the provider failed: value is what trust.yaml's on_error says
+
+
+@dataclass(frozen=True, slots=True)
+class TrustInputs:
+    """Everything a provider may read about one request."""
+
+    principal: EntityRef
+    action: EntityRef
+    resource: EntityRef
+    claims: Mapping[str, Any] | None  # verified authentication claims, None when no token
+    source_ip: str | None
+    workload: bool
+    source: str  # who vouches for `claims` and `source_ip`
+    now: float
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per signal
+
+    def param(self, signal: str, name: str, default: Any) -> Any:
+        return self.params.get(signal, {}).get(name, default)
+
+
+class Provider(Protocol):
+    """A source of signals. `names` are the signals it can produce and `params` their tunable
+    thresholds with defaults (trust.yaml may set them); `signals` yields those asked for."""
+
+    names: tuple[str, ...]
+    params: Mapping[str, Mapping[str, Any]]
+
+    def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterable[Signal]: ...

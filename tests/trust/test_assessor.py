@@ -1,0 +1,131 @@
+"""The assessor: signals weighed into a score with each signal explained, caller-supplied
+values believed only from trusted PEPs, and a failing provider that fails closed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import MappingProxyType
+from typing import Any
+
+from trustplane.model import CALLING_PEP, AccessRequest, EntityRef, Evidence
+from trustplane.trust.assessor import TrustAssessor
+from trustplane.trust.authentication import AuthenticationSignals
+from trustplane.trust.policy import DEFAULT_POLICY, SignalRule, TrustPolicy
+from trustplane.trust.signals import Signal, TrustInputs
+
+NOW = 1_900_000_000.0
+
+
+def policy(**weights: int) -> TrustPolicy:
+    rules = {name: SignalRule(name, weight, True, 1.0) for name, weight in weights.items()}
+    return TrustPolicy(MappingProxyType(rules), declared=True)
+
+
+class FakeBundle:
+    def __init__(self, trust: TrustPolicy) -> None:
+        self.extras = {"trust.yaml": trust}
+
+
+def request(claims: dict[str, Any] | None, context: dict[str, Any] | None = None) -> AccessRequest:
+    evidence = None if claims is None else Evidence(claims, "203.0.113.7", False, "token")
+    return AccessRequest(
+        EntityRef("User", "alice"),
+        EntityRef("Action", "db:query"),
+        EntityRef("Database", "prod"),
+        dict(context or {}),
+        evidence,
+    )
+
+
+def assess(
+    trust: TrustPolicy, req: AccessRequest, *providers: Any, peps: tuple[str, ...] = ()
+) -> tuple[AccessRequest, dict[str, Any]]:
+    assessor = TrustAssessor(
+        providers or (AuthenticationSignals(),), trusted_peps=peps, clock=lambda: NOW
+    )
+    return assessor(req, FakeBundle(trust))  # type: ignore[arg-type]
+
+
+def test_a_password_only_stale_login_scores_with_every_signal_explained() -> None:
+    claims = {"amr": ["pwd"], "auth_time": NOW - 7200, "iat": NOW - 7200, "exp": NOW + 86400}
+    trust = policy(mfa_strength=20, auth_age=15, token_age=10, token_lifetime=5)
+    cedar, record = assess(trust, request(claims))
+    signals = {s["name"]: s for s in record["signals"]}
+    assert signals["mfa_strength"]["points"] == 20 and signals["mfa_strength"]["observed"] == "none"
+    assert signals["token_age"]["points"] == 10  # 2 h is past the 1 h stale mark
+    assert signals["token_lifetime"]["points"] == 5  # 26 h lifetime
+    assert 0 < signals["auth_age"]["points"] < 15  # between fresh (15 min) and stale (12 h)
+    assert all(s["source"] == "token" for s in signals.values())
+    assert record["score"] == sum(s["points"] for s in signals.values())
+    assert record["summary"].startswith(f"risk {record['score']}: mfa_strength +20, ")
+    assert cedar.context["trust"]["score"] == record["score"]
+    assert cedar.context["trust"]["signals"]["mfa_strength"] == 20
+
+
+def test_a_fresh_phishing_resistant_login_scores_zero() -> None:
+    claims = {"amr": ["hwk", "pwd"], "auth_time": NOW - 30, "iat": NOW - 30, "exp": NOW + 300}
+    trust = policy(mfa_strength=20, phishing_resistance=10, auth_age=15, token_age=10)
+    _, record = assess(trust, request(claims))
+    assert record["score"] == 0 and record["level"] == "low"
+    assert record["summary"] == "risk 0"
+
+
+def test_observed_signals_are_recorded_but_not_counted() -> None:
+    rules = {"mfa_strength": SignalRule("mfa_strength", 40, False, 1.0)}
+    trust = TrustPolicy(MappingProxyType(rules), declared=True)
+    cedar, record = assess(trust, request({"amr": ["pwd"]}))
+    (signal,) = record["signals"]
+    assert signal["mode"] == "observe" and signal["points"] == 40
+    assert record["score"] == 0
+    assert cedar.context["trust"]["signals"] == {}  # Cedar sees only what counts
+
+
+def test_without_trust_yaml_cedar_sees_no_trust_but_the_record_has_it() -> None:
+    cedar, record = assess(DEFAULT_POLICY, request({"amr": ["pwd"]}))
+    assert "trust" not in cedar.context
+    assert {s["name"] for s in record["signals"]} >= {"mfa_strength", "auth_age"}
+    assert all(s["mode"] == "observe" for s in record["signals"]) and record["score"] == 0
+
+
+class Broken:
+    names: tuple[str, ...] = ("mfa_strength",)
+    params: MappingProxyType[str, Any] = MappingProxyType({})
+
+    def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterator[Signal]:
+        raise RuntimeError("database unreadable")
+
+
+def test_a_failing_provider_fails_closed_with_the_error_recorded() -> None:
+    cedar, record = assess(policy(mfa_strength=60), request({"amr": ["hwk"]}), Broken())
+    (signal,) = record["signals"]
+    assert signal["error"] == "RuntimeError: database unreadable"
+    assert signal["points"] == 60 and record["score"] == 60 and record["level"] == "high"
+    assert cedar.context["trust"]["score"] == 60
+
+
+def test_caller_supplied_trust_is_ignored_unless_the_pep_is_trusted() -> None:
+    supplied = {"trust": {"score": 0, "signals": {"mfa_strength": 0.0}}}
+    claims = {"amr": ["pwd"]}
+    token = CALLING_PEP.set("edge")
+    try:
+        cedar, record = assess(policy(mfa_strength=50), request(claims, supplied))
+        assert record["score"] == 50 and "not a PEP trusted" in record["ignored"]
+        assert cedar.context["trust"]["score"] == 50
+        cedar, record = assess(policy(mfa_strength=50), request(claims, supplied), peps=("edge",))
+        (signal,) = record["signals"]
+        assert signal["source"] == "pep:edge" and signal["points"] == 0
+        assert "ignored" not in record
+    finally:
+        CALLING_PEP.reset(token)
+
+
+def test_a_trusted_pep_supplies_inputs_when_the_pdp_verified_none() -> None:
+    supplied = {"trust": {"inputs": {"amr": ["pwd", "otp"], "auth_time": NOW - 60}}}
+    token = CALLING_PEP.set("gateway")
+    try:
+        _, record = assess(policy(mfa_strength=50), request(None, supplied), peps=("gateway",))
+    finally:
+        CALLING_PEP.reset(token)
+    (signal,) = record["signals"]
+    assert signal["observed"] == "otp" and signal["source"] == "pep:gateway"
+    assert signal["points"] == 20  # otp counts 0.4 of the weight
