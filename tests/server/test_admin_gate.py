@@ -118,7 +118,7 @@ def test_every_resource_module_route_is_in_the_table_with_its_action(runtime: Ru
     for key, action in declared.items():
         assert ADMIN_ROUTES[key].action == action
     resource_paths = {"/v1/bundle", "/v1/revocations", "/v1/decisions", "/v1/ledger", "/v1/access"}
-    resource_paths |= {"/v1/break-glass", "/v1/exceptions"}
+    resource_paths |= {"/v1/break-glass", "/v1/exceptions", "/v1/rollout"}
     expected = {k for k in ADMIN_ROUTES if any(k[1].startswith(p) for p in resource_paths)}
     assert set(declared) == expected, "a table route of these resources is served by no module"
 
