@@ -9,7 +9,7 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
-from trustplane.cli.common import CliError, JsonOpt, UrlOpt, admin, emit, out, root_context, when
+from trustplane.cli.common import CliError, JsonOpt, UrlOpt, admin, emit, out, root_context
 
 rollout_app = typer.Typer(
     help="Label would-denies of observe-mode policies and measure their promotion gates.",
@@ -40,7 +40,7 @@ def _print_queue(document: dict[str, Any]) -> None:
     )
     for item in document["queue"]:
         out.print(
-            f"\n{item['decision_id']}  {when(item['ts'])} UTC\n"
+            f"\n{item['decision_id']}  {item['time']}\n"
             f"  {item['principal']} {item['action']} {item['resource']}\n"
             f"  {item['explanation']}",
             highlight=False,

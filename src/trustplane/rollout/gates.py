@@ -27,6 +27,7 @@ from trustplane.decision.policy_bundle import Bundle, BundleProblem, ExtraFile, 
 from trustplane.decision.source import split_policies
 from trustplane.rollout.labels import LabelStore
 from trustplane.store.policy_revisions import BundleStore
+from trustplane.telemetry.ledger import rfc3339
 
 ROLLOUT_FILE = "rollout.yaml"
 Z_95 = 1.959963984540054  # the standard normal's 97.5th percentile
@@ -211,11 +212,12 @@ class PolicyStatus:
         return not self.failing
 
     def as_dict(self) -> dict[str, Any]:
+        since = self.observing_since
         return {
             "policy_id": self.policy_id,
             "tier": self.tier,
             "owner": self.owner,
-            "observing_since": self.observing_since,
+            "observing_since": None if since is None else rfc3339(since),
             "days_observed": round(self.days_observed, 3),
             "decisions": self.decisions,
             "would_denies": self.would_denies,

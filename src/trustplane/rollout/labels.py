@@ -22,6 +22,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 
 from trustplane.store.tables import decisions, rollout_labels
+from trustplane.telemetry.ledger import rfc3339
 
 VERDICTS = ("true-positive", "false-positive")
 MAX_QUEUE = 500
@@ -57,7 +58,6 @@ class WouldDeny:
         return {
             "decision_id": self.decision_id,
             "time": self.record.get("time"),
-            "ts": self.ts,
             "principal": self.principal,
             "action": self.action,
             "resource": self.resource,
@@ -86,7 +86,7 @@ class Label:
             "note": self.note,
             "actor": self.actor,
             "principal": self.principal,
-            "labelled_at": self.labelled_at,
+            "labelled_at": rfc3339(self.labelled_at),
         }
 
 
@@ -255,7 +255,8 @@ class LabelStore:
                     )
                 )
             if made:
-                connection.execute(rollout_labels.insert(), [m.as_dict() for m in made])
+                rows = [{**m.as_dict(), "labelled_at": m.labelled_at} for m in made]
+                connection.execute(rollout_labels.insert(), rows)
         return made
 
     @staticmethod
