@@ -25,7 +25,7 @@ from trustplane.store.tables import decisions
 CTX = {"mfa": True, "auth_age_seconds": 60, "risk_score": 0}
 ALICE_LOGS = authzen(("User", "alice"), "ops:read-logs", ("Service", "checkout"), CTX)
 CAROL_EXPORT = authzen(("User", "carol"), "audit:export", ("Dataset", "audit-log"), CTX)
-HOUSEKEEPING = {"watch": "false", "governance_interval_ms": 200}
+HOUSEKEEPING = {"policy__watch": "false", "governance__interval_ms": 200}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def lift(server: Server, revocation_id: str, reason: str | None = "test") -> htt
 def admin_records(server: Server, action: str) -> list[dict[str, Any]]:
     """The ledger's admin records of `action`, read from the store (asking the admin API would
     add a record of its own)."""
-    engine = create_store_engine(server.env["TRUSTPLANE_DATABASE_URL"])
+    engine = create_store_engine(server.env["TRUSTPLANE_STORE__URL"])
     try:
         with engine.connect() as connection:
             rows = connection.execute(
@@ -218,7 +218,7 @@ def test_expiry_and_lift_reach_every_replica_and_expiry_is_recorded_once(
 
 
 def cli(server: Server, *args: str) -> Any:
-    return run_cli(*args, env={**server.env, "TRUSTPLANE_SERVER_URL": server.url})
+    return run_cli(*args, env={**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url})
 
 
 def test_the_cli_revokes_until_an_expiry_and_lifts_by_prefix(server: Server) -> None:

@@ -65,7 +65,7 @@ def rotate_step(
 class IdentityAdminApi:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._limit = runtime.settings.max_body_bytes
+        self._limit = runtime.settings.server.max_body_bytes
 
     def _service(self) -> IdentityService:
         if self._runtime.identity is None:
@@ -73,7 +73,7 @@ class IdentityAdminApi:
                 404,
                 "identity-disabled",
                 "Identity plane not configured",
-                "set identity_kek_file (or TRUSTPLANE_IDENTITY_KEK) and run `trustplane init`",
+                "set identity.kek_file (or TRUSTPLANE_IDENTITY__KEK) and run `trustplane init`",
             )
         return self._runtime.identity
 
@@ -173,7 +173,7 @@ class IdentityAdminApi:
             options["drift"] = DriftCheck(
                 service.trust_domain,
                 lambda: (0, [spiffe_id for spiffe_id, _ in options["registered"]]),
-                [rule.spiffe_id for rule in self._runtime.settings.token_exchange_rules],
+                [rule.spiffe_id for rule in self._runtime.settings.identity.exchange_rules],
             )
         items = await run_in_threadpool(lambda: inventory_report(self._runtime.engine, **options))
         return json_response({"identities": [i.as_dict() for i in items]})
