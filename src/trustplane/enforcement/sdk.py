@@ -12,7 +12,7 @@
 
     with Client("http://127.0.0.1:8181") as pdp:
         answer = pdp.check(("User", "alice"), "ops:read-logs", ("Service", "checkout"),
-                           {"mfa": True, "auth_age_seconds": 60, "risk_score": 0})
+                           {"mfa": True, "auth_age_seconds": 60})
         if not answer.allowed: ...
 """
 
