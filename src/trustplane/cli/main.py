@@ -21,6 +21,7 @@ from trustplane.cli import (
     access,
     audit,
     check,
+    config,
     decisions,
     identity,
     image_attestations,
@@ -86,6 +87,7 @@ app.add_typer(access.access_app, name="access")
 app.add_typer(access.break_glass_app, name="break-glass")
 app.add_typer(access.exceptions_app, name="exceptions")
 app.add_typer(pep.pep_app, name="pep")
+app.add_typer(config.config_app, name="config")
 
 
 def main() -> None:
