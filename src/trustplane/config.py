@@ -181,6 +181,11 @@ class TrustSettings(BaseModel):
         description="Files of corporate networks, one CIDR a line: the `corporate_network` "
         "signal (usually a negative weight).",
     )
+    city_database: Path | None = Field(
+        None,
+        description="A MaxMind-format city database (GeoLite2-City or compatible): the "
+        "coordinates `impossible_travel` needs; without it that signal is 0 and says why.",
+    )
 
 
 class ConfigError(TrustplaneError):

@@ -403,6 +403,7 @@ def test_a_cached_answer_carries_every_field_of_the_first() -> None:
     first = ask(evaluator, "ann", "read")
     again = ask(evaluator, "ann", "read")
     fresh = {"decision_id", "eval_micros", "timestamp", "cached", "ttl_seconds", "revocation_epoch"}
+    fresh.add("trust")  # the decision point's, per request: never from the cache
     expected = dataclasses.replace(first, **{f: getattr(again, f) for f in fresh})
     assert again == expected
     assert {f.name for f in dataclasses.fields(Decision)} == fresh | {
@@ -497,7 +498,7 @@ def test_shop_large_refund_is_allowed_with_an_observe_mode_warning(shop: Evaluat
 
 
 def test_shop_guardrails_beat_permits(shop: Evaluator) -> None:
-    risky = shop_refund(shop, 1_000, risk_score=90)
+    risky = shop_refund(shop, 1_000, trust={"score": 90, "level": "critical", "signals": {}})
     assert risky.effect is Effect.DENY
     assert "forbid-high-risk" in ids(risky.reasons)
     stale = shop_refund(shop, 1_000, auth_age_seconds=3600)

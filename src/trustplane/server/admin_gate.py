@@ -92,6 +92,8 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("GET", "/v1/decisions/{decision_id}", "decisions:read", "decisions"),
     ("GET", "/v1/ledger/checkpoint", "ledger:read", "ledger"),
     ("GET", "/v1/ledger/checkpoints", "ledger:read", "ledger"),
+    ("GET", "/v1/ledger/records", "ledger:read", "ledger"),
+    ("GET", "/v1/ledger/quarantine", "ledger:read", "ledger"),
     ("GET", "/v1/ledger/proof/inclusion", "ledger:read", "ledger"),
     ("GET", "/v1/ledger/proof/consistency", "ledger:read", "ledger"),
     ("GET", "/v1/identity/entries", "identity:read", "identity"),

@@ -17,6 +17,7 @@ from trustplane.server.admin.governance import (
     ReasonBody,
     ReviewBody,
 )
+from trustplane.server.admin.ledger import CHECKPOINT_PARAMS, DECISION_PARAMS, PAGE_PARAMS
 from trustplane.server.admin.revocations import LiftBody, RevokeBody
 from trustplane.server.admin_gate import admin_route
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
@@ -287,8 +288,11 @@ def openapi_document() -> dict[str, Any]:
                 "Return to the previous revision", body="RollbackBody", method="post"
             ),
             "/v1/decisions": _admin(
-                "Query recorded decisions",
-                params=["principal", "decision", "policy", "shadow_mismatch", "since", "limit"],
+                "Query recorded decisions (newest first), each with its reason code and "
+                'determining policies. principal, action, resource: Type::"id" or an id of '
+                "any type; since, until: RFC 3339, a duration before now (15m, 2h, 7d) or a "
+                "UNIX timestamp; kind: decision or admin",
+                params=list(DECISION_PARAMS),
             ),
             "/v1/decisions/{decision_id}": {
                 "get": {
@@ -304,7 +308,20 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/v1/ledger/checkpoint": _admin("Latest signed checkpoint"),
-            "/v1/ledger/checkpoints": _admin("Recent signed checkpoints", params=["limit"]),
+            "/v1/ledger/checkpoints": _admin(
+                "Recent signed checkpoints; with from_size, a page in size order",
+                params=list(CHECKPOINT_PARAMS),
+            ),
+            "/v1/ledger/records": _admin(
+                "A page of stored records in ledger order (query columns, record and leaf "
+                "hash in base64): what a remote audit verify checks",
+                params=list(PAGE_PARAMS),
+            ),
+            "/v1/ledger/quarantine": _admin(
+                "A page of quarantined records (refused by the store as rows; their leaves "
+                "stay in the tree)",
+                params=list(PAGE_PARAMS),
+            ),
             "/v1/ledger/proof/inclusion": _admin(
                 "RFC 9162 inclusion proof for a decision", params=["decision_id", "tree_size"]
             ),

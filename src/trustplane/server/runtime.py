@@ -150,15 +150,22 @@ def load_verifier(settings: Settings, key: str | None = None) -> list[NoteVerifi
     current key first, then the keys `rotate_ledger_key` replaced, so checkpoints they signed
     keep verifying)."""
     if key is None:
-        path = settings.state_dir / "ledger.pub"
-        try:
-            keys = path.read_text().split()
-        except FileNotFoundError:
+        keys = verifier_keys(settings)
+        if not keys:
+            path = settings.state_dir / "ledger.pub"
             raise NotInitialisedError(
                 f"no ledger public key at {path}: run `trustplane init` first (or pass --key)"
-            ) from None
+            )
         return [NoteVerifier.from_verifier_key(k) for k in keys]
     return [NoteVerifier.from_verifier_key(key)]
+
+
+def verifier_keys(settings: Settings) -> list[str]:
+    """The verifier keys in state_dir/ledger.pub, current first; empty when there is none."""
+    try:
+        return (settings.state_dir / "ledger.pub").read_text().split()
+    except FileNotFoundError:
+        return []
 
 
 def rotate_ledger_key(settings: Settings) -> tuple[str, str]:
@@ -297,7 +304,7 @@ class Runtime:
             recorder=self.recorder,
             metrics=self.metrics,
             deny_spike=self.deny_spike,
-            trust=assessor_from_settings(self.settings.trust),
+            trust=assessor_from_settings(self.settings, self.engine),
         )
 
     def start(self) -> None:

@@ -25,9 +25,9 @@ class Signal:
     error: str | None = None  # the provider failed: value is what trust.yaml's on_error says
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every request, and frozen init costs twice
 class TrustInputs:
-    """Everything a provider may read about one request."""
+    """Everything a provider may read about one request (providers must not change it)."""
 
     principal: EntityRef
     action: EntityRef
