@@ -8,17 +8,22 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from trustplane.cli import common
+from trustplane.cli import main as cli_main
 from trustplane.cli.serve import LedgerDurability
 from trustplane.config import Durability
 
 # Top-level packages whose import alone costs tenths of a second on a loaded machine.
+# What every command shares, so `--help` loads it.
+SHARED = {"trustplane.cli.main", "trustplane.cli.common"}
 HEAVY = ("sqlalchemy", "psycopg", "grpc", "detect_secrets", "cedarpy", "pydantic", "httpx")
 
 
@@ -65,3 +70,40 @@ def test_command_modules_share_common_and_never_import_main() -> None:
         if "noqa: E402" in path.read_text():
             offenders.append(f"{path.name} (noqa: E402)")
     assert offenders == [], f"these CLI modules import main or defer imports: {offenders}"
+
+
+def test_help_lists_every_command_without_importing_any_command_module() -> None:
+    probe = (
+        "import contextlib, io\n"
+        "from trustplane.cli.main import main\n"
+        "sys.argv = ['trustplane', '--help']\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as page, contextlib.suppress(SystemExit):\n"
+        "    main()\n"
+        "sys.stderr.write(page.getvalue())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys, json\n{probe}print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    loaded = set(json.loads(result.stdout))
+    commands = sorted(m for m in loaded if m.startswith("trustplane.cli.") and m not in SHARED)
+    assert commands == [], f"`trustplane --help` imports {commands}"
+    assert "rich.markdown" not in loaded and "rich.traceback" not in loaded
+    for entry in cli_main.COMMANDS:
+        assert f" {entry.name} " in result.stderr and entry.summary in result.stderr
+
+
+@pytest.mark.parametrize("entry", cli_main.COMMANDS, ids=lambda e: e.name)
+def test_each_listed_command_loads_and_its_summary_is_its_own_help(entry: Any) -> None:
+    # The listing comes from COMMANDS so that `--help` imports no command module; this keeps
+    # each line true to the command it stands for.
+    command = cli_main.load_command(entry)
+    assert command.name == entry.name
+    own_help = " ".join((command.help or "").split())
+    assert own_help.startswith(entry.summary), (
+        f"COMMANDS lists {entry.name!r} as {entry.summary!r} but its help says {own_help!r}"
+    )

@@ -19,7 +19,6 @@ import pytest
 from cryptography import x509
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 from sqlalchemy import Engine
 
 from tests.failure_modes.identity_support import TRUST_DOMAIN, chains_to
@@ -29,6 +28,7 @@ from tests.support import wait_for
 from trustplane.config import Settings
 from trustplane.identity.kek import new_kek
 from trustplane.identity.service import IdentityService
+from trustplane.identity.workload_api_pb import workload_pb2, workload_pb2_grpc
 from trustplane.server.tls import CaServingCertificate
 from trustplane.telemetry.metrics import Metrics
 
@@ -70,21 +70,25 @@ def clock() -> Clock:
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(
-        trust_domain=TRUST_DOMAIN,
-        identity_kek=new_kek(),
         state_dir=tmp_path / "state",
-        database_url=database_url,
-        tls_from_ca=True,
-        tls_dns_names=["trustplane.example.test", "127.0.0.1"],
-        ca_ttl_seconds=7 * 86_400,
-        svid_max_ttl_seconds=86_400,
-        tls_cert_ttl_seconds=86_400,
+        identity={
+            "trust_domain": TRUST_DOMAIN,
+            "kek": new_kek(),
+            "ca_ttl_seconds": 7 * 86_400,
+            "svid_max_ttl_seconds": 86_400,
+        },
+        store={"url": database_url},
+        tls={
+            "from_ca": True,
+            "dns_names": ["trustplane.example.test", "127.0.0.1"],
+            "cert_ttl_seconds": 86_400,
+        },
     )
 
 
 @pytest.fixture
 def service(settings: Settings, engine: Engine, clock: Clock) -> Iterator[IdentityService]:
-    service = IdentityService(settings, engine, metrics=Metrics(), clock=clock)
+    service = IdentityService.from_settings(settings, engine, metrics=Metrics(), clock=clock)
     service.key_store.initialise()
     service.load()
     service.entry_store.create(

@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 import pytest
 import spiffe
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 from sqlalchemy import Engine
 
 from tests.identity.conftest import TRUST_DOMAIN
@@ -21,6 +20,7 @@ from trustplane.config import Settings
 from trustplane.identity.kek import Kek, new_kek
 from trustplane.identity.keys import KeyKind
 from trustplane.identity.service import IdentityService
+from trustplane.identity.workload_api_pb import workload_pb2, workload_pb2_grpc
 from trustplane.store.database import create_store_engine, migrate
 
 WORKLOAD_ID = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/checkout"
@@ -37,8 +37,8 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def service(sqlite_engine: Engine, kek: Kek) -> Iterator[IdentityService]:
-    settings = Settings(trust_domain=TRUST_DOMAIN, identity_kek=new_kek())
-    service = IdentityService(settings, sqlite_engine, kek)
+    settings = Settings(identity={"trust_domain": TRUST_DOMAIN, "kek": new_kek()})
+    service = IdentityService.from_settings(settings, sqlite_engine, kek)
     service.key_store.initialise()
     service.load()
     yield service

@@ -37,9 +37,9 @@ def scored(state: Path, files: Path, url: str, issuer: Jwks) -> Any:
         state,
         url,
         SHOP,
-        watch="false",
-        issuers=issuers(issuer),
-        trusted_proxies=[f"{PROXY}/32"],
+        policy__watch="false",
+        pep__issuers=issuers(issuer),
+        server__trusted_proxies=[f"{PROXY}/32"],
         trust=json.dumps(trust),
     )
 
@@ -133,9 +133,9 @@ def test_a_broken_city_database_fails_closed_not_500(
         tmp_path / "state",
         module_database_url,
         SHOP,
-        watch="false",
-        issuers=issuers(issuer),
-        trusted_proxies=[f"{PROXY}/32"],
+        policy__watch="false",
+        pep__issuers=issuers(issuer),
+        server__trusted_proxies=[f"{PROXY}/32"],
         trust=json.dumps({"city_database": str(broken)}),
     ) as srv:
         response = through_proxy(srv, user_token(key, "carol"), LONDON)

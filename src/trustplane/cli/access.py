@@ -1,7 +1,7 @@
 """`trustplane access|break-glass|exceptions …`: JIT access, break-glass and the exception
 register, through the running server's admin API.
 
-Who you are is the admin credential the CLI sends: `TRUSTPLANE_ADMIN_TOKEN` (your OIDC token,
+Who you are is the admin credential the CLI sends: `TRUSTPLANE_CLI__ADMIN_TOKEN` (your OIDC token,
 or a JWT-SVID) or, for first setup, the bootstrap token in the state directory.
 """
 

@@ -14,12 +14,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from trustplane.cli.common import CliError, JsonOpt, emit, err, out, root_context, store_engine
+from trustplane.cli.common import (
+    CliError,
+    JsonOpt,
+    admin,
+    emit,
+    err,
+    out,
+    root_context,
+    server_url,
+    store_engine,
+)
 from trustplane.cli.decisions import print_records
 
 if TYPE_CHECKING:
     from trustplane.config import Settings
-    from trustplane.telemetry.ledger import Ledger
+    from trustplane.telemetry.ledger import ApiSource, Ledger
 
 audit_app = typer.Typer(help="Verify, export and follow the decision ledger.", no_args_is_help=True)
 
@@ -30,7 +40,8 @@ def audit_verify(
     key: Annotated[
         str | None,
         typer.Option(
-            help="Checkpoint verifier key (default: every key in state_dir/ledger.pub).",
+            help="Checkpoint verifier key (default: every key in state_dir/ledger.pub; with "
+            "--url, the keys the server publishes).",
         ),
     ] = None,
     require_checkpointed: Annotated[
@@ -40,45 +51,66 @@ def audit_verify(
             help="Fail when any record is not yet covered by a signed checkpoint.",
         ),
     ] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="Verify this server's ledger: read through its admin API, checked here.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recompute the Merkle tree from the store, check every signed checkpoint and every
-    record's query columns; report the records no checkpoint covers yet."""
+    """Recompute the Merkle tree from the store (or a server's, with --url), check every
+    signed checkpoint and every record's query columns; report the records no checkpoint
+    covers yet."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from sqlalchemy import func, select
 
-    from trustplane.server.runtime import load_verifier
-    from trustplane.store.tables import decisions as decisions_table
-    from trustplane.telemetry.checkpoint import CheckpointError
-    from trustplane.telemetry.ledger import verify_ledger
+    from trustplane.telemetry.checkpoint import CheckpointError, NoteVerifier
+    from trustplane.telemetry.ledger import LedgerSource, verify_ledger
 
     settings = root_context(ctx).settings()
+    engine = None
+    source: LedgerSource
     try:
-        verifier = load_verifier(settings, key)
+        if url is None:
+            from trustplane.server.runtime import load_verifier
+            from trustplane.telemetry.ledger import StoreSource
+
+            engine = store_engine(settings, remote=True)  # first: the likelier mistake
+            source = StoreSource(engine)
+            where = _shown_url(settings.effective_database_url)
+            verifier = load_verifier(settings, key)
+            keys_from = "--key" if key else "state_dir"
+        else:
+            source, where = _server_source(settings, url)
+            keys = [key] if key else source.verifier_keys
+            verifier = [NoteVerifier.from_verifier_key(k) for k in keys if k]
+            keys_from = "--key" if key else "server"
+        total = source.records_expected()
     except CheckpointError as exc:
         raise CliError(f"bad verifier key: {exc}") from None
-    engine = store_engine(settings)
-    with engine.connect() as connection:
-        total = connection.execute(select(func.count()).select_from(decisions_table)).scalar()
     started = time.perf_counter()
-    with Progress(
-        TextColumn("verifying"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        disable=as_json or not err.is_terminal,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("verify", total=total)
-        report = verify_ledger(
-            engine,
-            verifier,
-            progress=lambda n: progress.update(task, completed=n),
-            require_checkpointed=require_checkpointed,
-        )
+    try:
+        with Progress(
+            TextColumn("verifying"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=as_json or not err.is_terminal,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("verify", total=total)
+            report = verify_ledger(
+                source,
+                verifier,
+                progress=lambda n: progress.update(task, completed=n),
+                require_checkpointed=require_checkpointed,
+            )
+    finally:
+        if engine is not None:
+            engine.dispose()
     elapsed = time.perf_counter() - started
-    engine.dispose()
 
     def render(_: dict[str, Any]) -> None:
         for problem in report.problems or []:
@@ -104,10 +136,49 @@ def audit_verify(
                     "[red]✗ not every record is checkpointed[/] (--require-checkpointed)",
                     highlight=False,
                 )
+        if keys_from == "server":
+            out.print(
+                f"[yellow]![/] checkpoints checked with the verifier keys from the server at "
+                f"{escape(where)}: pass --key to check them against a key you hold",
+                highlight=False,
+            )
 
-    emit({**report.as_dict(), "seconds": round(elapsed, 3)}, as_json, render)
+    emit(
+        {
+            **report.as_dict(),
+            "seconds": round(elapsed, 3),
+            "source": where,
+            "verifier_keys_from": keys_from,
+        },
+        as_json,
+        render,
+    )
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _server_source(settings: Settings, url: str) -> tuple[ApiSource, str]:
+    """The server's ledger through its admin API, its checkpoints (and published verifier
+    keys) already read; and the server's address."""
+    from urllib.parse import urlencode
+
+    from trustplane.telemetry.ledger import ApiSource
+
+    base = server_url(settings, url)
+
+    def fetch(path: str, params: dict[str, str]) -> Any:
+        return admin(settings, "GET", f"{path}?{urlencode(params)}", base)
+
+    source = ApiSource(fetch)
+    source.checkpoints()  # read once, first: the keys to check them with come with them
+    return source, base
+
+
+def _shown_url(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @audit_app.command("proof")
@@ -179,7 +250,7 @@ def _read_only_ledger(settings: Settings) -> Iterator[Ledger]:
 
     engine = store_engine(settings)
     try:
-        yield Ledger(engine, None, settings.ledger_origin)
+        yield Ledger(engine, None, settings.ledger.origin)
     except LedgerError as exc:
         raise CliError(str(exc)) from None
     finally:

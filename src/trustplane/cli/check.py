@@ -56,15 +56,15 @@ def check(
     if url:
         decision_doc = _remote_check(url, access)
     else:
-        settings = root_context(ctx).settings(bundle_dir=bundle)
-        if settings.bundle_dir is None:
+        settings = root_context(ctx).settings(policy={"bundle_dir": bundle})
+        if settings.policy.bundle_dir is None:
             raise CliError("pass --bundle DIR (local evaluation) or --url URL (a running server)")
         when = None
         if at is not None:
             when = parse_rfc3339(at)
             if when is None:
                 raise CliError(f"--at {at!r} is not an RFC 3339 time with offset")
-        loaded = load_bundle(bundle_source(settings.bundle_dir), load_options(settings))
+        loaded = load_bundle(bundle_source(settings.policy.bundle_dir), load_options(settings))
         decision_doc = loaded.evaluator.evaluate(access, at=when).as_dict()
     emit({"request": access.as_document(), **decision_doc}, as_json, _print_decision)
     raise typer.Exit(0 if decision_doc["decision"] == "allow" else 1)

@@ -92,18 +92,20 @@ def print_warnings(warnings: list[str]) -> None:
 
 
 def server_url(settings: Settings, url: str | None) -> str:
-    return (url or settings.server_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    default = f"http://{settings.server.host}:{settings.server.port}"
+    return (url or settings.cli.server_url or default).rstrip("/")
 
 
 def admin_token(settings: Settings) -> str:
-    if settings.admin_token:
-        return settings.admin_token
+    if settings.cli.admin_token is not None:
+        return settings.cli.admin_token.get_secret_value()
     try:
         return settings.admin_token_file.read_text().strip()
     except FileNotFoundError:
         raise CliError(
-            f"no admin token: {settings.admin_token_file} is missing; run "
-            "`trustplane init` or set TRUSTPLANE_ADMIN_TOKEN"
+            f"no admin token: looked for {settings.admin_token_file.absolute()}; set "
+            "TRUSTPLANE_CLI__ADMIN_TOKEN (or cli.admin_token in the config file), or run this "
+            "where the server's state directory is"
         ) from None
 
 
@@ -113,8 +115,15 @@ def admin(settings: Settings, method: str, path: str, url: str | None, body: Any
 
 
 def http(
-    method: str, base: str, path: str, token: str | None, body: dict[str, Any] | None = None
+    method: str,
+    base: str,
+    path: str,
+    token: str | None,
+    body: dict[str, Any] | None = None,
+    accept: tuple[int, ...] = (),
 ) -> httpx.Response:
+    """The answer to one call; an error status other than those in `accept` ends the
+    command with the problem's detail."""
     import httpx
 
     headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -122,7 +131,7 @@ def http(
         response = httpx.request(method, base + path, json=body, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the server at {base}: {exc}") from None
-    if response.status_code >= 400:
+    if response.status_code >= 400 and response.status_code not in accept:
         try:
             problem = response.json()
             detail = problem.get("detail", response.text)
@@ -137,19 +146,52 @@ def http(
 # -- store and bundles ------------------------------------------------------------------------
 
 
-def store_engine(settings: Settings) -> Any:
+def store_engine(settings: Settings, *, remote: bool = False) -> Any:
+    """The local store's engine, or a CliError saying where it looked and what to do; `remote`:
+    the command also takes --url, so the error offers it."""
     from trustplane.store.database import create_store_engine, is_migrated, sqlite_path
 
     url = settings.effective_database_url
-    missing = CliError(f"no trustplane store at {url}: run `trustplane init`")
     path = sqlite_path(url)
     if path is not None and not path.is_file():
-        raise missing  # checked first: opening SQLite would create an empty file
+        # checked first: opening SQLite would create an empty file
+        raise CliError(missing_store(settings, remote))
     engine = create_store_engine(url)
     if not is_migrated(engine):
         engine.dispose()
-        raise missing
+        raise CliError(missing_store(settings, remote))
     return engine
+
+
+def missing_store(settings: Settings, remote: bool = False) -> str:
+    """Why there is no store, where it was looked for, and what to do. `init` is advised only
+    where it plausibly belongs: the store's location was configured (flag, environment or
+    config file), its state directory exists, or a trustplane.toml is here. Anywhere else the
+    likelier mistake is the directory, not a missing `init`."""
+    from sqlalchemy.engine import make_url
+
+    from trustplane.config import DEFAULT_CONFIG_FILE
+    from trustplane.store.database import sqlite_path
+
+    url = settings.effective_database_url
+    path = sqlite_path(url)
+    elsewhere = ", or ask a server with --url URL" if remote else ""
+    if path is None:
+        shown = make_url(url).render_as_string(hide_password=True)
+        return (
+            f"the database {shown} holds no trustplane store: run `trustplane init` with this "
+            f"database_url to create it{elsewhere}"
+        )
+    looked = path.absolute()
+    configured = {"state_dir", "database_url"} & settings.model_fields_set
+    if configured or settings.state_dir.is_dir() or Path(DEFAULT_CONFIG_FILE).is_file():
+        return f"no trustplane store at {looked}: run `trustplane init` to create it{elsewhere}"
+    return (
+        f"no trustplane store here: looked for {looked} (state_dir {settings.state_dir} is "
+        f"relative to the current directory, {Path.cwd()}); run this in the directory that "
+        "holds the store, or point TRUSTPLANE_STATE_DIR or TRUSTPLANE_STORE__URL "
+        f"(or `trustplane --state-dir DIR …`) at it{elsewhere}"
+    )
 
 
 def bundle_source(directory: Path) -> BundleSource:
@@ -167,12 +209,12 @@ def load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
     from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
 
     try:
-        keys = [load_trusted_key(p) for p in settings.trusted_bundle_keys]
+        keys = [load_trusted_key(p) for p in settings.policy.trusted_key_files]
     except SigningError as exc:
         raise CliError(str(exc)) from None
     return LoadOptions(
         trusted_keys=keys,
-        expiry_warning_days=settings.expiry_warning_days,
+        expiry_warning_days=settings.policy.expiry_warning_days,
         run_tests=run_tests,
         extra_files=BUNDLE_FILES + TRUST_FILES,
     )

@@ -74,7 +74,7 @@ def init_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     engine = store_engine(settings)
     try:
         with _identity_errors():
-            service = IdentityService(settings, engine)
+            service = IdentityService.from_settings(settings, engine)
             created = service.key_store.initialise()
             records = service.key_store.records()
     finally:
@@ -84,11 +84,11 @@ def init_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         for record in created:
             out.print(f"[green]✓[/] created {record.kind.value} key {record.kid}")
         if not created:
-            out.print(f"trust domain {settings.trust_domain} already has active keys")
+            out.print(f"trust domain {settings.identity.trust_domain} already has active keys")
 
     emit(
         {
-            "trust_domain": settings.trust_domain,
+            "trust_domain": settings.identity.trust_domain,
             "created": [r.as_dict() for r in created],
             "keys": [r.as_dict() for r in records],
         },
@@ -120,7 +120,7 @@ def import_cmd(
     engine = store_engine(settings)
     try:
         with _identity_errors():
-            service = IdentityService(settings, engine)
+            service = IdentityService.from_settings(settings, engine)
             kind = KeyKind.X509 if cert_pem is not None else KeyKind.JWT
             record = service.key_store.import_key(kind, key_pem, cert_pem)
     finally:
@@ -144,7 +144,7 @@ def bundle_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The trust domain's CA certificates, read from the store: what a client trusts to talk
-    to trustplane's CA-issued HTTPS certificate (tls_from_ca), e.g. the caBundle of a
+    to trustplane's CA-issued HTTPS certificate (tls.from_ca), e.g. the caBundle of a
     ValidatingWebhookConfiguration. Every published CA is included, the prepared one too, so
     a bundle taken after a rotation's prepare step keeps working once it activates."""
     from trustplane.identity.keys import published_ca_certificates
@@ -159,13 +159,13 @@ def bundle_cmd(
         engine.dispose()
     if not certificates:
         raise CliError(
-            f"trust domain {settings.trust_domain} has no CA yet: configure a KEK and run "
+            f"trust domain {settings.identity.trust_domain} has no CA yet: configure a KEK and run "
             "`trustplane identity init`"
         )
     text = "".join(c if c.endswith("\n") else c + "\n" for c in certificates)
     encoded = base64.b64encode(text.encode()).decode()
     doc = {
-        "trust_domain": settings.trust_domain,
+        "trust_domain": settings.identity.trust_domain,
         "certificates": len(certificates),
         "pem": text,
         "ca_bundle": encoded,
@@ -378,14 +378,14 @@ def agent_cmd(
     from trustplane.store.feed import ChangeFeed
 
     settings = root_context(ctx).settings()
-    path = socket_path or settings.workload_socket
+    path = socket_path or settings.identity.workload_socket
     if path is None:
         raise CliError("no socket: pass --socket PATH or set workload_socket")
     engine = store_engine(settings)
     with _identity_errors():
-        service = IdentityService(settings, engine)
+        service = IdentityService.from_settings(settings, engine)
         service.load()
-    feed = ChangeFeed(engine, poll_interval=settings.change_poll_ms / 1000)
+    feed = ChangeFeed(engine, poll_interval=settings.store.change_poll_ms / 1000)
     feed.subscribe(KEYS_TOPIC, service.refresh_keys)
     feed.subscribe(ENTRIES_TOPIC, service.entries.refresh)
     feed.start()
@@ -398,7 +398,9 @@ def agent_cmd(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        out.print(f"SPIFFE Workload API on unix:{path} (trust domain {settings.trust_domain})")
+        out.print(
+            f"SPIFFE Workload API on unix:{path} (trust domain {settings.identity.trust_domain})"
+        )
         await stop.wait()
         await server.stop()
 

@@ -24,7 +24,7 @@ from trustplane.cli.common import (
 )
 
 pep_app: typer.Typer = typer.Typer(
-    help="Enforcement points (PEPs) allowed to ask for decisions when pep_auth is on.",
+    help="Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",
     no_args_is_help=True,
 )
 

@@ -37,7 +37,7 @@ def init(
         if doc["admin_token_file"]:
             out.print(f"[green]✓[/] new admin token written to {doc['admin_token_file']} (0600)")
         for key in doc["identity_keys_created"]:
-            out.print(f"[green]✓[/] trust domain {settings.trust_domain}: created {key}")
+            out.print(f"[green]✓[/] trust domain {settings.identity.trust_domain}: created {key}")
 
     emit(doc, as_json, render)
 
@@ -71,7 +71,7 @@ def serve(
         bool | None,
         typer.Option(
             "--allow-unauthenticated-peps",
-            help="Serve beyond loopback without pep_auth=required (anyone who can connect "
+            help="Serve beyond loopback without pep.auth = required (anyone who can connect "
             "gets decisions).",
         ),
     ] = None,
@@ -83,28 +83,25 @@ def serve(
     from trustplane.server.serve import serve as run_server
 
     settings = root_context(ctx).settings(
-        bundle_dir=bundle,
-        host=host,
-        port=port,
-        durability=None if durability is None else durability.value,
-        watch=watch,
-        workers=workers,
-        allow_unauthenticated_peps=allow_unauthenticated_peps,
+        policy={"bundle_dir": bundle, "watch": watch},
+        server={"host": host, "port": port, "workers": workers},
+        ledger={"durability": None if durability is None else durability.value},
+        pep={"allow_unauthenticated": allow_unauthenticated_peps},
     )
     check_listen_policy(settings)
     preflight(settings)  # before `--init` creates anything
     if init_if_needed and not settings.ledger_key_file.exists():
         initialise(settings)
-    if settings.grpc_enabled:
+    if settings.grpc.enabled:
         from trustplane.enforcement.native import require_transport
 
-        require_transport(settings)
-    scheme = "https" if settings.tls_cert_file or settings.tls_from_ca else "http"
+        require_transport(settings.grpc)
+    scheme = "https" if settings.tls.cert_file or settings.tls.from_ca else "http"
     err.print(
-        f"trustplane serving [bold]{settings.bundle_dir}[/] on "
-        f"{scheme}://{settings.host}:{settings.port} "
-        f"(ledger: {settings.durability.value}, "
-        f"workers: {settings.workers})"
+        f"trustplane serving [bold]{settings.policy.bundle_dir}[/] on "
+        f"{scheme}://{settings.server.host}:{settings.server.port} "
+        f"(ledger: {settings.ledger.durability.value}, "
+        f"workers: {settings.server.workers})"
     )
     try:
         run_server(settings)
