@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.tlscert import self_signed
 
-from trustplane.config import Settings
+from trustplane.config import AdmissionSettings
 from trustplane.enforcement.admission import AdmissionReview, AdmissionWebhook
 from trustplane.posture.engine import Engine
 from trustplane.posture.functions import CUSTOM_FUNCTIONS
@@ -162,8 +162,7 @@ def in_process(quick: bool) -> dict[str, Any]:
         for program in programs:
             program.execute(context)
 
-    settings = Settings(admission=MODES, admission_params=PARAMS)
-    webhook = AdmissionWebhook(None, settings)
+    webhook = AdmissionWebhook(None, AdmissionSettings(**MODES, params=PARAMS))
     body = review_body(obj, "bench")
 
     def review(payload: bytes) -> bytes:
@@ -202,14 +201,14 @@ def served(quick: bool, workdir: Path) -> dict[str, Any]:
     env = {
         **os.environ,
         "TRUSTPLANE_STATE_DIR": str(state),
-        "TRUSTPLANE_BUNDLE_DIR": str(ROOT / "examples" / "shop"),
-        "TRUSTPLANE_WATCH": "false",
-        "TRUSTPLANE_GRPC_ENABLED": "false",
+        "TRUSTPLANE_POLICY__BUNDLE_DIR": str(ROOT / "examples" / "shop"),
+        "TRUSTPLANE_POLICY__WATCH": "false",
+        "TRUSTPLANE_GRPC__ENABLED": "false",
         "TRUSTPLANE_LOG_LEVEL": "warning",
-        "TRUSTPLANE_TLS_CERT_FILE": str(cert),
-        "TRUSTPLANE_TLS_KEY_FILE": str(key),
+        "TRUSTPLANE_TLS__CERT_FILE": str(cert),
+        "TRUSTPLANE_TLS__KEY_FILE": str(key),
         "TRUSTPLANE_ADMISSION": json.dumps(MODES),
-        "TRUSTPLANE_ADMISSION_PARAMS": json.dumps(PARAMS),
+        "TRUSTPLANE_ADMISSION__PARAMS": json.dumps(PARAMS),
     }
     exe = [sys.executable, "-m", "trustplane"]
     subprocess.run([*exe, "init"], env=env, check=True, capture_output=True)
@@ -218,7 +217,7 @@ def served(quick: bool, workdir: Path) -> dict[str, Any]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env["TRUSTPLANE_PORT"] = str(port)
+    env["TRUSTPLANE_SERVER__PORT"] = str(port)
     log = (workdir / "server.log").open("wb")
     process = subprocess.Popen([*exe, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     context = ssl.create_default_context(cafile=str(cert))

@@ -8,7 +8,7 @@ baseline measured in the same run.
    open loop at 1,000 calls/s offered from a second process, p50/p99 from each call's scheduled
    time; then a closed loop for the maximum sustainable throughput. Four servers, interleaved:
    trustplane with its compiled front (the default transport) and with grpcio's server
-   (`grpc_transport=python`), and a no-op Authorization server answering OK on each of those
+   (`grpc.transport = python`), and a no-op Authorization server answering OK on each of those
    two stacks (the front with a no-op answer in Python; grpc.aio). The load comes from
    bench/grpcload.cc (built here with g++ and Debian's libgrpc++-dev) when it can be built, so
    the generator's own pauses are not charged to the server; else from bench/grpcload.py.
@@ -46,8 +46,8 @@ from common import BENCH_DIR, ROOT, CpuSteal, log, replace_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 EDGE_ENV = {
-    "TRUSTPLANE_TRUSTED_PROXIES": '["127.0.0.1/32"]',
-    "TRUSTPLANE_IDENTITY_HEADER": "X-Forwarded-User",
+    "TRUSTPLANE_SERVER__TRUSTED_PROXIES": '["127.0.0.1/32"]',
+    "TRUSTPLANE_PEP__IDENTITY_HEADER": "X-Forwarded-User",
 }
 NGINX_PATH = "/inventory/v1/stock/sku-1"  # bob (developer) may read it: an allow
 NGINX_HEADERS = ["X-Forwarded-User: bob"]
@@ -353,7 +353,7 @@ def run(sizes: Sizes, log: Any, python_client: bool = False) -> dict[str, Any]:
         workdir = Path(tmp)
         log("starting trustplane serve (shop bundle, batch ledger; both transports) and no-ops")
         server = httpbench.start_server("trustplane", workdir, True, EDGE_ENV)
-        python_env = {**EDGE_ENV, "TRUSTPLANE_GRPC_TRANSPORT": "python"}
+        python_env = {**EDGE_ENV, "TRUSTPLANE_GRPC__TRANSPORT": "python"}
         on_grpcio = httpbench.start_server("trustplane-grpcio", workdir, True, python_env)
         noop, noop_port = start_noop_grpc(workdir)
         front = native_front_installed()
@@ -489,7 +489,7 @@ def report(results: dict[str, Any], sizes: Sizes, quick: bool) -> str:
     labels = (
         ("trustplane", f"trustplane serve ({front})"),
         ("noop_native", "no-op on the compiled front"),
-        ("trustplane_grpcio", "trustplane serve (`grpc_transport=python`, grpcio)"),
+        ("trustplane_grpcio", "trustplane serve (`grpc.transport = python`, grpcio)"),
         ("noop", "no-op grpc.aio server"),
     )
     for name, label in labels:

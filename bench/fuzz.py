@@ -83,10 +83,10 @@ def server(kind: str, directory: Path, transport: str) -> Iterator[Target]:
             url,
             SHOP,
             ready_timeout=180,
-            watch="false",
-            grpc_port=port,
-            grpc_transport=transport,
-            trusted_proxies=["127.0.0.1/32"],
+            policy__watch="false",
+            grpc__port=port,
+            grpc__transport=transport,
+            server__trusted_proxies=["127.0.0.1/32"],
         ) as srv,
     ):
         yield Target(srv.url, srv.token, kind, url, {transport: port})

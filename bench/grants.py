@@ -97,7 +97,7 @@ def run(trials: int, log: Any) -> dict[str, Any]:
         bundle.mkdir()
         for name, text in BUNDLE.items():
             (bundle / name).write_text(text)
-        os.environ["TRUSTPLANE_DATABASE_URL"] = url
+        os.environ["TRUSTPLANE_STORE__URL"] = url
         log("starting replicas A and B on one PostgreSQL schema")
         a = httpbench.start_server("trustplane", work / "a", True, bundle=bundle)
         b = httpbench.start_server("trustplane", work / "b", True, bundle=bundle)

@@ -150,12 +150,12 @@ class Server:
 # Served configurations of the real server: extra `trustplane serve` flags and settings.
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "trustplane": ([], {}),
-    "trustplane-nocache": ([], {"TRUSTPLANE_DECISION_CACHE_SIZE": "0"}),
+    "trustplane-nocache": ([], {"TRUSTPLANE_POLICY__DECISION_CACHE_SIZE": "0"}),
     "trustplane-2w": (["--workers", "2"], {}),
-    "trustplane-2w-nocache": (["--workers", "2"], {"TRUSTPLANE_DECISION_CACHE_SIZE": "0"}),
-    "trustplane-process": ([], {"TRUSTPLANE_LEDGER_APPENDER": "process"}),
-    "trustplane-2w-process": (["--workers", "2"], {"TRUSTPLANE_LEDGER_APPENDER": "process"}),
-    "trustplane-grpcio": ([], {"TRUSTPLANE_GRPC_TRANSPORT": "python"}),
+    "trustplane-2w-nocache": (["--workers", "2"], {"TRUSTPLANE_POLICY__DECISION_CACHE_SIZE": "0"}),
+    "trustplane-process": ([], {"TRUSTPLANE_LEDGER__APPENDER": "process"}),
+    "trustplane-2w-process": (["--workers", "2"], {"TRUSTPLANE_LEDGER__APPENDER": "process"}),
+    "trustplane-grpcio": ([], {"TRUSTPLANE_GRPC__TRANSPORT": "python"}),
 }
 
 
@@ -172,12 +172,14 @@ def start_server(
     port = free_port()
     grpc_port = free_port()
     log_path = workdir / f"{kind}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRUSTPLANE_GRPC_PORT": str(grpc_port)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRUSTPLANE_GRPC__PORT": str(grpc_port)}
     flags, settings_env = VARIANTS.get(kind, ([], {}))
     env.update(settings_env)
     env.update(extra_env or {})
     if kind in ("trustplane-no-ledger", "trustplane-what-if"):
-        env["TRUSTPLANE_DECISION_CACHE_SIZE"] = "0"  # layer experiments evaluate every request
+        env["TRUSTPLANE_POLICY__DECISION_CACHE_SIZE"] = (
+            "0"  # layer experiments evaluate every request
+        )
     state_dir = None
     token = None
     if kind == "noop":

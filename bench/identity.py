@@ -117,8 +117,8 @@ class Agent:
         self.socket = directory / "workload.sock"
         self.engine = create_store_engine(f"sqlite:///{directory}/store.db")
         migrate(self.engine)
-        settings = Settings(trust_domain=TRUST_DOMAIN, identity_kek=new_kek())
-        self.service = IdentityService(settings, self.engine)
+        settings = Settings(identity={"trust_domain": TRUST_DOMAIN, "kek": new_kek()})
+        self.service = IdentityService.from_settings(settings, self.engine)
         self.service.key_store.initialise()
         self.service.entry_store.create(WORKLOAD, [f"unix:uid:{os.getuid()}"], owner="bench")
         self.service.load()

@@ -101,14 +101,10 @@ def make_runtime(
 
     overrides: dict[str, Any] = {
         "state_dir": state_dir,
-        "watch": False,
-        "durability": "batch",
         "log_level": "warning",
-        "decision_cache_size": cache_size,
-        "ledger_appender": appender,
+        "policy": {"watch": False, "decision_cache_size": cache_size, "bundle_dir": bundle_dir},
+        "ledger": {"durability": "batch", "appender": appender},
     }
-    if bundle_dir is not None:
-        overrides["bundle_dir"] = bundle_dir
     settings = load_settings(overrides=overrides)
     initialise(settings)
     return Runtime(settings)

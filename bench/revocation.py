@@ -100,7 +100,7 @@ def run(trials: int, log: Any) -> dict[str, Any]:
         bundle.mkdir()
         for name, text in BUNDLE.items():
             (bundle / name).write_text(text)
-        os.environ["TRUSTPLANE_DATABASE_URL"] = url  # init and serve both use the shared store
+        os.environ["TRUSTPLANE_STORE__URL"] = url  # init and serve both use the shared store
         log("starting replicas A and B on one PostgreSQL schema")
         a = httpbench.start_server("trustplane", work / "a", True, bundle=bundle)
         b = httpbench.start_server("trustplane", work / "b", True, bundle=bundle)

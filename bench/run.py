@@ -197,7 +197,7 @@ def report(results: dict[str, Any]) -> str:
         labels = {
             "decide_as_served": "`decide_blocking()` + ledger, decision cache off",
             "decide_appender_process": "`decide_blocking()` + ledger, cache off, "
-            "`ledger_appender=process`",
+            "`ledger.appender = process`",
             "decide_cached": "`decide_blocking()` + ledger, decision cache on (repeated mix)",
             "decide_what_if": "`decide_blocking()` + ledger (what-if)",
         }
@@ -236,8 +236,8 @@ def report(results: dict[str, Any]) -> str:
         out.append(
             f"Server: {http['served_via']}, batch durability, watch off, fresh state dir; "
             "`-2w` runs `--workers 2` (two serving processes, one ledger), `-nocache` sets "
-            "`TRUSTPLANE_DECISION_CACHE_SIZE=0` (every request evaluated), `-process` sets "
-            "`TRUSTPLANE_LEDGER_APPENDER=process`. "
+            "`TRUSTPLANE_POLICY__DECISION_CACHE_SIZE=0` (every request evaluated), `-process` sets "
+            "`TRUSTPLANE_LEDGER__APPENDER=process`. "
             f"Max throughput: {http['load_tool']} (closed loop). Fixed rate: "
             f"{http['fixed_rate_tool']}, latency from each request's scheduled send time. "
             f"{http['bodies']} AuthZEN bodies from the shop tests, cycled. Server CPU µs/answer: "

@@ -111,11 +111,9 @@ def serve_trustplane(state_dir: Path, bundle_dir: Path, port: int) -> None:
     settings = load_settings(
         overrides={
             "state_dir": state_dir,
-            "bundle_dir": bundle_dir,
-            "port": port,
-            "host": "127.0.0.1",
-            "watch": False,
-            "durability": "batch",
+            "policy": {"bundle_dir": bundle_dir, "watch": False},
+            "server": {"port": port, "host": "127.0.0.1"},
+            "ledger": {"durability": "batch"},
         }
     )
     serve(settings)

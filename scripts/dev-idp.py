@@ -3,7 +3,7 @@
 
     python3 scripts/dev-idp.py serve &          # JWKS on http://127.0.0.1:8899/jwks.json
     python3 scripts/dev-idp.py token bob        # an ID-token-like JWT for User::"bob"
-    python3 scripts/dev-idp.py settings         # the admin_issuers value that trusts it
+    python3 scripts/dev-idp.py settings         # the admin.issuers value that trusts it
 
 The signing key is kept in .trustplane/dev-idp.pem (created on first use), so tokens minted
 by `token` verify against the JWKS `serve` publishes. Tokens say the person signed in a

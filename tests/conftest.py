@@ -116,8 +116,8 @@ def server(
         tmp_path_factory.mktemp("state"),
         module_database_url,
         SHOP,
-        watch="false",
-        issuers=issuer_settings(issuer),
-        trusted_proxies=["127.0.0.1/32"],
+        policy__watch="false",
+        pep__issuers=issuer_settings(issuer),
+        server__trusted_proxies=["127.0.0.1/32"],
     ) as srv:
         yield srv

@@ -101,12 +101,12 @@ class Server:
 
 
 def server_env(state_dir: Path, database_url: str, **settings: Any) -> dict[str, str]:
-    settings.setdefault(
-        "grpc_port", free_port()
-    )  # never the default port: servers run side by side
+    """The environment of a server: each keyword names a setting as its variable does after
+    `TRUSTPLANE_` (`ledger__durability="sync"` is `TRUSTPLANE_LEDGER__DURABILITY=sync`)."""
+    settings.setdefault("grpc__port", free_port())  # never the default: servers run side by side
     env = {
         "TRUSTPLANE_STATE_DIR": str(state_dir),
-        "TRUSTPLANE_DATABASE_URL": database_url,
+        "TRUSTPLANE_STORE__URL": database_url,
         "TRUSTPLANE_LOG_LEVEL": "info",
     }
     for key, value in settings.items():
@@ -129,7 +129,9 @@ def running_server(
     """`trustplane init` then `trustplane serve` as a subprocess; waits until `wait_path`
     answers 200 (/healthz for a server expected not to become ready)."""
     port = free_port()
-    env = server_env(state_dir, database_url, port=port, bundle_dir=bundle, **settings)
+    env = server_env(
+        state_dir, database_url, server__port=port, policy__bundle_dir=bundle, **settings
+    )
     init = run_cli("init", env=env)
     assert init.returncode == 0, init.stderr
     log_path = state_dir / "server.log"

@@ -1,12 +1,18 @@
-"""The one settings object: environment (`TRUSTPLANE_*`) over a TOML config file over defaults.
+"""The one settings object: flags over the environment (`TRUSTPLANE_*`) over a TOML config file
+over defaults.
 
-Every component receives a `Settings`; nothing else reads the environment.
+Settings come in sections (`ledger`, `grpc`, `identity`, ...), named `TRUSTPLANE_LEDGER__FLUSH_
+INTERVAL_MS` in the environment and `[ledger] flush_interval_ms` in the file. The server and the
+CLI load one `Settings`; each component receives only its section. Nothing else reads the
+environment.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import date
 from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
@@ -22,11 +28,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    TomlConfigSettingsSource,
 )
+
+from trustplane.errors import TrustplaneError
 
 DEFAULT_CONFIG_FILE = "trustplane.toml"
 
@@ -85,7 +95,7 @@ class ExchangeRuleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, description="Named in the ledger and in refusals.")
-    issuer: str = Field(description="The `iss` of the pipeline's OIDC token (in `issuers`).")
+    issuer: str = Field(description="The `iss` of the pipeline's OIDC token (in `pep.issuers`).")
     claims: dict[str, str | list[str]] = Field(
         min_length=1,
         description="Claim → accepted value(s); `*` at the end of a value matches any rest. "
@@ -98,7 +108,7 @@ class ExchangeRuleSettings(BaseModel):
         None,
         min_length=1,
         description="The only audiences a pipeline may ask for under this rule (default: any "
-        "but admin_audience, which no rule can grant).",
+        "but admin.audience, which no rule can grant).",
     )
 
 
@@ -108,9 +118,18 @@ class AdmissionModes(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enforce: list[str] = Field(default_factory=lambda: ["pss-baseline"])
-    warn: list[str] = Field(default_factory=lambda: ["pss-restricted"])
-    audit: list[str] = Field(default_factory=lambda: ["pss-restricted", "zero-trust"])
+    enforce: list[str] = Field(
+        default_factory=lambda: ["pss-baseline"],
+        description="Rule packs whose failures refuse the object (status 403).",
+    )
+    warn: list[str] = Field(
+        default_factory=lambda: ["pss-restricted"],
+        description="Rule packs whose failures come back as warnings.",
+    )
+    audit: list[str] = Field(
+        default_factory=lambda: ["pss-restricted", "zero-trust"],
+        description="Rule packs whose failures are only recorded.",
+    )
 
 
 class PostureExemption(BaseModel):
@@ -162,27 +181,75 @@ class TrustSettings(BaseModel):
     )
 
 
-class ConfigError(Exception):
+class ConfigError(TrustplaneError):
     """A configuration value or file is wrong; the message names which."""
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="TRUSTPLANE_", extra="forbid", validate_default=True
-    )
+class StoreSettings(BaseModel):
+    """Where the store lives and how serving processes learn of each other's changes."""
 
-    state_dir: Path = Field(
-        Path(".trustplane"), description="Where keys, the admin token and SQLite live."
-    )
-    database_url: str | None = Field(
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
         None, description="SQLAlchemy URL; default: SQLite in state_dir (WAL mode)."
     )
-    bundle_dir: Path | None = Field(None, description="Policy bundle directory to serve.")
-    host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    change_poll_ms: int = Field(
+        100,
+        ge=10,
+        le=10_000,
+        description="On SQLite, how often a serving process polls the store for changes made by "
+        "another (a bundle activated by another worker). PostgreSQL wakes it with NOTIFY "
+        "and polls only as a fallback, every second.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite:// and postgresql:// URLs are supported")
+        return value
+
+
+class ServerSettings(BaseModel):
+    """The HTTP listener and the serving processes behind it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address the HTTP API (and gRPC) listens on.")
     port: int = Field(8181, ge=0, le=65535, description="Port the HTTP API listens on.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Serving processes behind one listening socket. Each evaluates and "
+        "appends to the one ledger; /metrics aggregates them all.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body the HTTP API accepts."
+    )
+    trusted_proxies: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list,
+        description="Addresses (CIDR) of proxies whose forwarded headers (X-Forwarded-*, "
+        "X-Original-*, the identity header) are believed; from anyone else they are ignored.",
+    )
+    switch_interval_us: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Interpreter thread switch interval while serving (0: leave Python's "
+        "5 ms). Cedar evaluation releases the GIL; while the ledger writer is busy, each "
+        "evaluation can wait up to a full interval to get it back (docs/benchmarks.md).",
+    )
+
+
+class LedgerSettings(BaseModel):
+    """How decisions are recorded, committed and checkpointed."""
+
+    model_config = ConfigDict(extra="forbid")
+
     durability: Durability = Field(
         Durability.BATCH,
-        description="batch: decisions are committed within flush_interval_ms; "
+        description="batch: decisions are committed within ledger.flush_interval_ms; "
         "sync: the answer waits for the commit that contains its record.",
     )
     flush_interval_ms: int = Field(50, ge=1, le=1000, description="Ledger flush interval.")
@@ -193,42 +260,63 @@ class Settings(BaseSettings):
         description="Interval between signed checkpoints, each covering every record in the "
         "store (a clean stop signs one too): how long a record can stay not yet proven.",
     )
-    ledger_ready_max_lag_ms: int = Field(
+    ready_max_lag_ms: int = Field(
         10_000,
         ge=100,
         le=3_600_000,
         description="/readyz answers 503 once the oldest decision not yet in the ledger is "
         "older than this, or while ledger commits fail.",
     )
-    ledger_queue_max: int = Field(
+    queue_max: int = Field(
         100_000,
         ge=100,
         le=10_000_000,
         description="Decisions held in memory for the ledger; beyond that (and while the store "
         "fails) batch decisions go to the disk spool, and sync ones are answered 503.",
     )
-    ledger_spool_max_mb: int = Field(
+    spool_max_mb: int = Field(
         1024,
         ge=1,
         le=1_048_576,
         description="Largest disk spool (state_dir/ledger-spool) of decisions the store has not "
         "taken; once full, decisions are answered 503 rather than left unrecorded.",
     )
-    ledger_origin: str = Field(
+    origin: str = Field(
         "trustplane.local/decisions", description="Origin line of signed checkpoints."
     )
     mask: list[str] = Field(
         default_factory=lambda: ["/context/token", "/context/authorization"],
         description="JSON pointers erased from recorded requests before anything is written.",
     )
-    max_body_bytes: int = Field(
-        1_048_576, ge=1024, description="Largest request body the HTTP API accepts."
+    appender: LedgerAppender = Field(
+        LedgerAppender.THREAD,
+        description="Where the ledger is committed: `thread` (a writer thread in the serving "
+        "process) or `process` (a child process, so commits never compete with evaluations for "
+        "the interpreter lock; it costs more CPU in all, see docs/benchmarks.md finding 8).",
     )
-    trusted_bundle_keys: list[Path] = Field(
+
+    @field_validator("mask")
+    @classmethod
+    def _pointers_are_absolute(cls, value: list[str]) -> list[str]:
+        for pointer in value:
+            if not pointer.startswith("/"):
+                raise ValueError(f"mask pointer {pointer!r} must start with '/'")
+        return value
+
+
+class PolicySettings(BaseModel):
+    """The policy bundle served, who may sign it, and how its answers are reused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundle_dir: Path | None = Field(None, description="Policy bundle directory to serve.")
+    trusted_key_files: list[Path] = Field(
         default_factory=list,
         description="Paths of Ed25519 public-key PEM files; when set, only bundles signed by "
         "one of those keys load.",
     )
+    watch: bool = Field(True, description="Reload the bundle when its files change.")
+    expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")
     decision_cache_size: int = Field(
         10_000,
         ge=0,
@@ -243,54 +331,63 @@ class Settings(BaseSettings):
         description="How long enforcement points (the SDK's cache) may reuse an answer; never "
         "past the next policy @expires boundary; 0 disables reuse.",
     )
-    ledger_appender: LedgerAppender = Field(
-        LedgerAppender.THREAD,
-        description="Where the ledger is committed: `thread` (a writer thread in the serving "
-        "process) or `process` (a child process, so commits never compete with evaluations for "
-        "the interpreter lock; it costs more CPU in all, see docs/benchmarks.md finding 8).",
+
+
+class PepSettings(BaseModel):
+    """The enforcement points: who may ask for decisions and how callers are identified."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auth: PepAuth = Field(
+        PepAuth.OFF,
+        description="Authentication of the enforcement points calling the decision endpoints "
+        "(AuthZEN, forward-auth, Envoy HTTP and gRPC ext_authz, admission): a per-PEP token "
+        "(`trustplane pep add`), an mTLS client certificate or a JWT-SVID (audience "
+        "pep.audience) of a registered PEP. `serve` refuses a host beyond loopback unless this "
+        "is `required` or pep.allow_unauthenticated is set.",
     )
-    workers: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="Serving processes behind one listening socket. Each evaluates and "
-        "appends to the one ledger; /metrics aggregates them all.",
+    audience: str = Field(
+        "trustplane-pep", min_length=1, description="Audience a PEP's JWT-SVID must carry."
     )
-    change_poll_ms: int = Field(
-        100,
-        ge=10,
-        le=10_000,
-        description="On SQLite, how often a serving process polls the store for changes made by "
-        "another (a bundle activated by another worker). PostgreSQL wakes it with NOTIFY "
-        "and polls only as a fallback, every second.",
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve beyond loopback although pep.auth is not `required`: anyone who "
+        "can connect then gets decisions and names any principal (docs/threat-model.md).",
     )
     issuers: list[IssuerSettings] = Field(
         default_factory=list,
         description="Issuers whose bearer JWTs identify callers at the enforcement points "
-        "(JSON list in the environment).",
-    )
-    trusted_proxies: list[IPv4Network | IPv6Network] = Field(
-        default_factory=list,
-        description="Addresses (CIDR) of proxies whose forwarded headers (X-Forwarded-*, "
-        "X-Original-*, the identity header) are believed; from anyone else they are ignored.",
+        "and pipelines at token exchange (JSON list in the environment).",
     )
     identity_header: str | None = Field(
         None,
         description="Header in which a trusted proxy names an already authenticated caller "
         "(e.g. X-Forwarded-User from an OIDC proxy); off when unset.",
     )
-    grpc_enabled: bool = Field(
+    strip_credential: bool = Field(
+        False,
+        description="Ask Envoy to remove the caller's Authorization header before the request "
+        "goes upstream (the upstream gets the identity headers instead).",
+    )
+
+
+class GrpcSettings(BaseModel):
+    """Envoy ext_authz over gRPC."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
         True, description="Serve Envoy ext_authz (envoy.service.auth.v3.Authorization) over gRPC."
     )
-    grpc_port: int = Field(9191, ge=0, le=65535, description="Port of the ext_authz gRPC server.")
-    grpc_transport: GrpcTransport = Field(
+    port: int = Field(9191, ge=0, le=65535, description="Port of the ext_authz gRPC server.")
+    transport: GrpcTransport = Field(
         GrpcTransport.AUTO,
         description="What terminates ext_authz gRPC: `native`, the compiled front "
         "trustplane-extauthz (built by scripts/bootstrap.sh with Debian's libgrpc++), which "
         "hands each call's bytes to this process; `python`, grpcio's asyncio server; `auto`, "
         "native when installed. Same answers either way; the front costs far less per call.",
     )
-    grpc_answer_timeout_ms: int = Field(
+    answer_timeout_ms: int = Field(
         10_000,
         ge=50,
         le=60_000,
@@ -298,33 +395,170 @@ class Settings(BaseSettings):
         "this time ends UNAVAILABLE (a deny at Envoy, whose own ext_authz timeout is usually "
         "shorter).",
     )
-    grpc_native_binary: Path | None = Field(
+    native_binary: Path | None = Field(
         None,
         description="Path of trustplane-extauthz (default: beside this Python; PATH is not "
         "searched, since it answers every Envoy authorization call).",
     )
-    strip_credential: bool = Field(
+
+
+class IdentitySettings(BaseModel):
+    """The identity plane: trust domain, keys, SVID lifetimes, token exchange."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trust_domain: str = Field(
+        "trustplane.local", description="SPIFFE trust domain of the identities issued here."
+    )
+    kek: SecretStr | None = Field(
+        None,
+        description="Key-encryption key for identity private keys: 32 bytes, base64url "
+        "(`trustplane identity new-kek`); prefer identity.kek_file.",
+    )
+    kek_file: Path | None = Field(
+        None, description="File holding the key-encryption key (mode 0600, refused otherwise)."
+    )
+    issuer: str | None = Field(
+        None, description="`iss` of JWT-SVIDs and the OIDC discovery issuer; default server URL."
+    )
+    workload_socket: Path | None = Field(
+        None, description="Serve the SPIFFE Workload API on this unix socket (off when unset)."
+    )
+    x509_svid_ttl_seconds: int = Field(3600, ge=60, description="Default X.509-SVID lifetime.")
+    jwt_svid_ttl_seconds: int = Field(300, ge=30, description="Default JWT-SVID lifetime.")
+    svid_max_ttl_seconds: int = Field(
+        86_400, ge=60, description="Longest SVID lifetime an entry may ask for (bounds retirement)."
+    )
+    ca_ttl_seconds: int = Field(
+        604_800, ge=3600, description="Lifetime of a trust-domain CA and JWT signing key."
+    )
+    rotation: bool = Field(
+        True, description="Prepare, activate and retire keys on schedule while serving."
+    )
+    exchange_rules: list[ExchangeRuleSettings] = Field(
+        default_factory=list, description="CI trust rules for POST /v1/token (RFC 8693)."
+    )
+
+    @property
+    def configured(self) -> bool:
+        """Whether the identity plane is on: a key-encryption key is configured."""
+        return self.kek is not None or self.kek_file is not None
+
+
+class AdmissionSettings(AdmissionModes):
+    """The admission webhook: the modes for every namespace not listed in `namespaces`, the
+    per-namespace modes, own rule files, exemptions and rule-pack parameters."""
+
+    namespaces: dict[str, AdmissionModes] = Field(
+        default_factory=dict,
+        description="Admission webhook modes per namespace, like Pod Security Admission's "
+        "namespace labels.",
+    )
+    rule_files: list[Path] = Field(
+        default_factory=list,
+        description="Your own posture rule files (the rule packs' format), reviewed in every "
+        "namespace with each rule's own mode; `trustplane scan --rules` takes the same files.",
+    )
+    exemptions: list[PostureExemption] = Field(
+        default_factory=list,
+        description="Exceptions to posture rules at admission, each with owner, reason and expiry.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Parameters of the rule packs (e.g. approved_registries for zero-trust).",
+    )
+
+
+class TlsSettings(BaseModel):
+    """HTTPS for the HTTP API: a certificate of yours, or one the trust-domain CA issues."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; with tls.key_file."
+    )
+    key_file: Path | None = Field(None, description="PEM private key of tls.cert_file.")
+    from_ca: bool = Field(
         False,
-        description="Ask Envoy to remove the caller's Authorization header before the request "
-        "goes upstream (the upstream gets the identity headers instead).",
+        description="Serve HTTPS with a certificate the trust-domain CA issues to this server "
+        "(state_dir/tls/serving.pem, renewed at half its life while serving); needs the "
+        "identity plane and tls.dns_names; instead of tls.cert_file.",
     )
-    pep_auth: PepAuth = Field(
-        PepAuth.OFF,
-        description="Authentication of the enforcement points calling the decision endpoints "
-        "(AuthZEN, forward-auth, Envoy HTTP and gRPC ext_authz, admission): a per-PEP token "
-        "(`trustplane pep add`), an mTLS client certificate or a JWT-SVID (audience "
-        "pep_audience) of a registered PEP. `serve` refuses a host beyond loopback unless this "
-        "is `required` or allow_unauthenticated_peps is set.",
+    dns_names: list[str] = Field(
+        default_factory=list,
+        description="Names in the CA-issued serving certificate: the DNS names clients use "
+        "(e.g. trustplane.trustplane.svc for the webhook's Service); IP addresses become IP SANs.",
     )
-    pep_audience: str = Field(
-        "trustplane-pep", min_length=1, description="Audience a PEP's JWT-SVID must carry."
+    cert_ttl_seconds: int = Field(
+        86_400, ge=600, le=2_592_000, description="Lifetime of the CA-issued serving certificate."
     )
-    allow_unauthenticated_peps: bool = Field(
-        False,
-        description="Serve beyond loopback although pep_auth is not `required`: anyone who "
-        "can connect then gets decisions and names any principal (docs/threat-model.md).",
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file must be set together")
+        if self.from_ca and self.cert_file is not None:
+            raise ValueError("tls.from_ca and tls.cert_file exclude each other: choose one")
+        if self.from_ca and not self.dns_names:
+            raise ValueError("tls.from_ca needs tls.dns_names (the names clients connect to)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the HTTP API serves HTTPS."""
+        return self.from_ca or self.cert_file is not None
+
+
+class AdminSettings(BaseModel):
+    """Who may call the admin API, and with what."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuers: list[IssuerSettings] = Field(
+        default_factory=list,
+        description="OIDC issuers whose tokens authenticate people at the admin API (JSON list "
+        'in the environment); the caller is `admin.subject_type::"<sub>"`.',
     )
-    watch: bool = Field(True, description="Reload the bundle when its files change.")
+    subject_type: str = Field(
+        "User", description="Cedar entity type of people calling the admin API (OIDC `sub`)."
+    )
+    groups_claim: str = Field(
+        "groups", description="Claim of admin OIDC tokens listing the caller's groups."
+    )
+    audience: str = Field(
+        "trustplane-admin", description="Audience a JWT-SVID must carry to call the admin API."
+    )
+    policy_dir: Path | None = Field(
+        None,
+        description="Cedar policies (*.cedar) authorizing admin actions, replacing the ones "
+        "shipped with trustplane (validated against the shipped admin schema at start).",
+    )
+    bootstrap_token: bool = Field(
+        True,
+        description="Accept the bootstrap admin token from `trustplane init` (first setup); "
+        "turn off once admins sign in with OIDC or SVIDs.",
+    )
+
+
+class GovernanceSettings(BaseModel):
+    """Pending requests, notifications and the deny-spike alarm after an activation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str | None = Field(
+        None, description="Where governance notifications are POSTed (JSON); off when unset."
+    )
+    webhook_format: str = Field(
+        "generic",
+        pattern="^(generic|slack)$",
+        description="generic: {event, time, text, subject}; slack: {text} (incoming webhooks).",
+    )
+    interval_ms: int = Field(
+        1000,
+        ge=50,
+        le=60_000,
+        description="How often pending requests are expired and notifications delivered.",
+    )
     deny_spike_threshold: float = Field(
         0.3,
         gt=0,
@@ -342,177 +576,152 @@ class Settings(BaseSettings):
         gt=0,
         description="How long after an activation its decisions are gathered for the alarm.",
     )
-    expiry_warning_days: int = Field(7, ge=0, description="Warn when a policy expires sooner.")
-    log_level: str = Field("info", description="Python logging level.")
-    switch_interval_us: int = Field(
-        0,
-        ge=0,
-        le=100_000,
-        description="Interpreter thread switch interval while serving (0: leave Python's "
-        "5 ms). Cedar evaluation releases the GIL; while the ledger writer is busy, each "
-        "evaluation can wait up to a full interval to get it back (docs/benchmarks.md).",
+
+
+class CliSettings(BaseModel):
+    """How the CLI reaches a server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server_url: str | None = Field(
+        None, description="Server the CLI talks to; default: http://server.host:server.port."
     )
-    trust_domain: str = Field(
-        "trustplane.local", description="SPIFFE trust domain of the identities issued here."
-    )
-    identity_kek: SecretStr | None = Field(
-        None,
-        description="Key-encryption key for identity private keys: 32 bytes, base64url "
-        "(`trustplane identity new-kek`); prefer identity_kek_file.",
-    )
-    identity_kek_file: Path | None = Field(
-        None, description="File holding the key-encryption key (mode 0600, refused otherwise)."
-    )
-    identity_issuer: str | None = Field(
-        None, description="`iss` of JWT-SVIDs and the OIDC discovery issuer; default server URL."
-    )
-    workload_socket: Path | None = Field(
-        None, description="Serve the SPIFFE Workload API on this unix socket (off when unset)."
-    )
-    x509_svid_ttl_seconds: int = Field(3600, ge=60, description="Default X.509-SVID lifetime.")
-    jwt_svid_ttl_seconds: int = Field(300, ge=30, description="Default JWT-SVID lifetime.")
-    svid_max_ttl_seconds: int = Field(
-        86_400, ge=60, description="Longest SVID lifetime an entry may ask for (bounds retirement)."
-    )
-    ca_ttl_seconds: int = Field(
-        604_800, ge=3600, description="Lifetime of a trust-domain CA and JWT signing key."
-    )
-    identity_rotation: bool = Field(
-        True, description="Prepare, activate and retire keys on schedule while serving."
-    )
-    token_exchange_rules: list[ExchangeRuleSettings] = Field(
-        default_factory=list, description="CI trust rules for POST /v1/token (RFC 8693)."
-    )
-    admission: AdmissionModes = Field(
-        default_factory=AdmissionModes,
-        description="Admission webhook modes for every namespace not in admission_namespaces "
-        "(JSON in the environment).",
-    )
-    admission_namespaces: dict[str, AdmissionModes] = Field(
-        default_factory=dict,
-        description="Admission webhook modes per namespace, like Pod Security Admission's "
-        "namespace labels.",
-    )
-    admission_rule_files: list[Path] = Field(
-        default_factory=list,
-        description="Your own posture rule files (the rule packs' format), reviewed in every "
-        "namespace with each rule's own mode; `trustplane scan --rules` takes the same files.",
-    )
-    admission_exemptions: list[PostureExemption] = Field(
-        default_factory=list,
-        description="Exceptions to posture rules at admission, each with owner, reason and expiry.",
-    )
-    admission_params: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Parameters of the rule packs (e.g. approved_registries for zero-trust).",
-    )
-    tls_cert_file: Path | None = Field(
-        None, description="PEM certificate (chain) to serve HTTPS with; with tls_key_file."
-    )
-    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
-    tls_from_ca: bool = Field(
-        False,
-        description="Serve HTTPS with a certificate the trust-domain CA issues to this server "
-        "(state_dir/tls/serving.pem, renewed at half its life while serving); needs the "
-        "identity plane and tls_dns_names; instead of tls_cert_file.",
-    )
-    tls_dns_names: list[str] = Field(
-        default_factory=list,
-        description="Names in the CA-issued serving certificate: the DNS names clients use "
-        "(e.g. trustplane.trustplane.svc for the webhook's Service); IP addresses become IP SANs.",
-    )
-    tls_cert_ttl_seconds: int = Field(
-        86_400, ge=600, le=2_592_000, description="Lifetime of the CA-issued serving certificate."
-    )
-    admin_issuers: list[IssuerSettings] = Field(
-        default_factory=list,
-        description="OIDC issuers whose tokens authenticate people at the admin API (JSON list "
-        'in the environment); the caller is `admin_subject_type::"<sub>"`.',
-    )
-    admin_subject_type: str = Field(
-        "User", description="Cedar entity type of people calling the admin API (OIDC `sub`)."
-    )
-    admin_groups_claim: str = Field(
-        "groups", description="Claim of admin OIDC tokens listing the caller's groups."
-    )
-    admin_audience: str = Field(
-        "trustplane-admin", description="Audience a JWT-SVID must carry to call the admin API."
-    )
-    admin_policy_dir: Path | None = Field(
-        None,
-        description="Cedar policies (*.cedar) authorizing admin actions, replacing the ones "
-        "shipped with trustplane (validated against the shipped admin schema at start).",
-    )
-    bootstrap_token: bool = Field(
-        True,
-        description="Accept the bootstrap admin token from `trustplane init` (first setup); "
-        "turn off once admins sign in with OIDC or SVIDs.",
-    )
-    webhook_url: str | None = Field(
-        None, description="Where governance notifications are POSTed (JSON); off when unset."
-    )
-    webhook_format: str = Field(
-        "generic",
-        pattern="^(generic|slack)$",
-        description="generic: {event, time, text, subject}; slack: {text} (incoming webhooks).",
-    )
-    governance_interval_ms: int = Field(
-        1000,
-        ge=50,
-        le=60_000,
-        description="How often pending requests are expired and notifications delivered.",
-    )
-    admin_token: str | None = Field(
+    admin_token: SecretStr | None = Field(
         None, description="Admin token for CLI calls to a server; default: state_dir/admin.token."
     )
-    server_url: str | None = Field(
-        None, description="Server the CLI talks to; default: http://host:port."
-    )
-    trust: TrustSettings = Field(
-        default_factory=TrustSettings, description="The trust plane (TRUSTPLANE_TRUST__…)."
+
+
+# The settings before they were grouped into sections: old flat name -> new dotted name. Old
+# environment names and file keys are refused with the new name (see `_renamed`).
+RENAMED: dict[str, str] = {
+    "database_url": "store.url",
+    "change_poll_ms": "store.change_poll_ms",
+    "host": "server.host",
+    "port": "server.port",
+    "workers": "server.workers",
+    "max_body_bytes": "server.max_body_bytes",
+    "trusted_proxies": "server.trusted_proxies",
+    "switch_interval_us": "server.switch_interval_us",
+    "durability": "ledger.durability",
+    "flush_interval_ms": "ledger.flush_interval_ms",
+    "checkpoint_interval_ms": "ledger.checkpoint_interval_ms",
+    "ledger_ready_max_lag_ms": "ledger.ready_max_lag_ms",
+    "ledger_queue_max": "ledger.queue_max",
+    "ledger_spool_max_mb": "ledger.spool_max_mb",
+    "ledger_origin": "ledger.origin",
+    "mask": "ledger.mask",
+    "ledger_appender": "ledger.appender",
+    "bundle_dir": "policy.bundle_dir",
+    "trusted_bundle_keys": "policy.trusted_key_files",
+    "watch": "policy.watch",
+    "expiry_warning_days": "policy.expiry_warning_days",
+    "decision_cache_size": "policy.decision_cache_size",
+    "decision_ttl_seconds": "policy.decision_ttl_seconds",
+    "pep_auth": "pep.auth",
+    "pep_audience": "pep.audience",
+    "allow_unauthenticated_peps": "pep.allow_unauthenticated",
+    "issuers": "pep.issuers",
+    "identity_header": "pep.identity_header",
+    "strip_credential": "pep.strip_credential",
+    "grpc_enabled": "grpc.enabled",
+    "grpc_port": "grpc.port",
+    "grpc_transport": "grpc.transport",
+    "grpc_answer_timeout_ms": "grpc.answer_timeout_ms",
+    "grpc_native_binary": "grpc.native_binary",
+    "trust_domain": "identity.trust_domain",
+    "identity_kek": "identity.kek",
+    "identity_kek_file": "identity.kek_file",
+    "identity_issuer": "identity.issuer",
+    "workload_socket": "identity.workload_socket",
+    "x509_svid_ttl_seconds": "identity.x509_svid_ttl_seconds",
+    "jwt_svid_ttl_seconds": "identity.jwt_svid_ttl_seconds",
+    "svid_max_ttl_seconds": "identity.svid_max_ttl_seconds",
+    "ca_ttl_seconds": "identity.ca_ttl_seconds",
+    "identity_rotation": "identity.rotation",
+    "token_exchange_rules": "identity.exchange_rules",
+    "admission_namespaces": "admission.namespaces",
+    "admission_rule_files": "admission.rule_files",
+    "admission_exemptions": "admission.exemptions",
+    "admission_params": "admission.params",
+    "tls_cert_file": "tls.cert_file",
+    "tls_key_file": "tls.key_file",
+    "tls_from_ca": "tls.from_ca",
+    "tls_dns_names": "tls.dns_names",
+    "tls_cert_ttl_seconds": "tls.cert_ttl_seconds",
+    "admin_issuers": "admin.issuers",
+    "admin_subject_type": "admin.subject_type",
+    "admin_groups_claim": "admin.groups_claim",
+    "admin_audience": "admin.audience",
+    "admin_policy_dir": "admin.policy_dir",
+    "bootstrap_token": "admin.bootstrap_token",
+    "webhook_url": "governance.webhook_url",
+    "webhook_format": "governance.webhook_format",
+    "governance_interval_ms": "governance.interval_ms",
+    "deny_spike_threshold": "governance.deny_spike_threshold",
+    "deny_spike_decisions": "governance.deny_spike_decisions",
+    "deny_spike_window_seconds": "governance.deny_spike_window_seconds",
+    "server_url": "cli.server_url",
+    "admin_token": "cli.admin_token",
+}
+
+ENV_PREFIX = "TRUSTPLANE_"
+ENV_DELIMITER = "__"
+
+
+def env_name(path: str) -> str:
+    """The environment variable of a dotted setting: `ledger.flush_interval_ms` ->
+    `TRUSTPLANE_LEDGER__FLUSH_INTERVAL_MS`."""
+    return ENV_PREFIX + path.replace(".", ENV_DELIMITER).upper()
+
+
+# The config file `load_settings` hands to the TOML source; none for `Settings()` built directly.
+_config_file: ContextVar[Path | None] = ContextVar("trustplane_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    """Everything configurable, in sections; each component receives only its section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        validate_default=True,
     )
 
-    @field_validator("mask")
-    @classmethod
-    def _pointers_are_absolute(cls, value: list[str]) -> list[str]:
-        for pointer in value:
-            if not pointer.startswith("/"):
-                raise ValueError(f"mask pointer {pointer!r} must start with '/'")
-        return value
-
-    @field_validator("database_url")
-    @classmethod
-    def _known_database(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("sqlite", "postgresql")):
-            raise ValueError("only sqlite:// and postgresql:// URLs are supported")
-        return value
+    state_dir: Path = Field(
+        Path(".trustplane"), description="Where keys, the admin token and SQLite live."
+    )
+    log_level: str = Field("info", description="Python logging level.")
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    pep: PepSettings = Field(default_factory=PepSettings)
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    governance: GovernanceSettings = Field(default_factory=GovernanceSettings)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
+    cli: CliSettings = Field(default_factory=CliSettings)
 
     @model_validator(mode="after")
     def _admin_audience_reserved(self) -> Settings:
-        """A JWT-SVID for `admin_audience` is an admin API credential: token exchange must
+        """A JWT-SVID for `admin.audience` is an admin API credential: token exchange must
         never mint one (see identity/exchange.py, which refuses it at exchange time too)."""
-        reserved = self.admin_audience
-        for index, rule in enumerate(self.token_exchange_rules):
+        reserved = self.admin.audience
+        for index, rule in enumerate(self.identity.exchange_rules):
             if rule.audiences is not None and reserved in rule.audiences:
                 raise ValueError(
-                    f"token_exchange_rules[{index}] ({rule.name}): audience {reserved!r} is "
-                    "admin_audience, reserved for the admin API: no exchange rule can grant it"
+                    f"identity.exchange_rules[{index}] ({rule.name}): audience {reserved!r} is "
+                    "admin.audience, reserved for the admin API: no exchange rule can grant it"
                 )
-        if self.identity_issuer == reserved:
+        if self.identity.issuer == reserved:
             raise ValueError(
-                f"identity_issuer {reserved!r} equals admin_audience: JWT-SVIDs addressed to "
+                f"identity.issuer {reserved!r} equals admin.audience: JWT-SVIDs addressed to "
                 "the issuer (token exchange's default audience) would be admin API credentials"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _tls_pair(self) -> Settings:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file must be set together")
-        if self.tls_from_ca and self.tls_cert_file is not None:
-            raise ValueError("tls_from_ca and tls_cert_file exclude each other: choose one")
-        if self.tls_from_ca and not self.tls_dns_names:
-            raise ValueError("tls_from_ca needs tls_dns_names (the names clients connect to)")
         return self
 
     @classmethod
@@ -524,12 +733,16 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings)
+        """Flags over the environment over the config file (when `load_settings` names one)."""
+        path = _config_file.get()
+        if path is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path))
 
     @property
     def effective_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
+        if self.store.url:
+            return self.store.url
         return f"sqlite:///{(self.state_dir / 'trustplane.db').as_posix()}"
 
     @property
@@ -541,43 +754,161 @@ class Settings(BaseSettings):
         return self.state_dir / "admin.token"
 
 
+SECTIONS: tuple[str, ...] = tuple(
+    name
+    for name, field in Settings.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+)
+
+
+def setting_fields() -> Iterator[tuple[str, FieldInfo]]:
+    """Every setting as (dotted name, field), in the order of the model: the two global ones,
+    then each section's."""
+    for name, field in Settings.model_fields.items():
+        if name in SECTIONS:
+            model = field.annotation
+            assert isinstance(model, type) and issubclass(model, BaseModel)
+            for sub, sub_field in model.model_fields.items():
+                yield f"{name}.{sub}", sub_field
+        else:
+            yield name, field
+
+
+def config_file_path(config_file: Path | None = None) -> Path | None:
+    """The config file to read: `config_file`, else `$TRUSTPLANE_CONFIG`, else ./trustplane.toml
+    when it exists, else none."""
+    if config_file is not None:
+        return config_file
+    named = os.environ.get("TRUSTPLANE_CONFIG")
+    if named:
+        return Path(named)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def _nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides as nested dicts: `{"policy.watch": False}` and `{"policy": {"watch": False}}`
+    both become the second; None (a flag not given) is dropped."""
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update({f"{key}.{name}": item for name, item in value.items()})
+        else:
+            flat[key] = value
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        if value is None:
+            continue
+        *parents, name = dotted.split(".")
+        target = nested
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[name] = value
+    return nested
+
+
+def _environment() -> dict[str, str]:
+    """TRUSTPLANE_* variables by upper-case name (pydantic-settings matches case-insensitively)."""
+    return {name.upper(): name for name in os.environ if name.upper().startswith(ENV_PREFIX)}
+
+
+def _renamed_problems(
+    environment: dict[str, str], file_values: dict[str, Any], path: Path | None
+) -> list[str]:
+    """Names from before the sections, still set: refused with their new name rather than
+    silently ignored."""
+    problems = []
+    for old, new in RENAMED.items():
+        if env_name(old) in environment:
+            problems.append(f"{environment[env_name(old)]} is no longer read: use {env_name(new)}")
+        if old in file_values:
+            problems.append(f"{old}: now {new} (from file {path})")
+    return problems
+
+
+def _lookup(values: Any, loc: tuple[str | int, ...]) -> bool:
+    """Whether the nested `values` hold something at `loc` (or at a prefix of it that is not a
+    mapping, e.g. a whole list)."""
+    for part in loc:
+        in_dict = isinstance(values, dict) and part in values
+        in_list = isinstance(values, list) and isinstance(part, int) and part < len(values)
+        if not (in_dict or in_list):
+            return False
+        values = values[part]
+    return True
+
+
+def origin_of(
+    loc: tuple[str | int, ...],
+    overrides: dict[str, Any],
+    environment: dict[str, str],
+    file_values: dict[str, Any],
+    path: Path | None,
+) -> str:
+    """Where the value at `loc` came from: `command line`, `environment NAME`, `file PATH` or
+    `default`, in the order the sources win."""
+    names = _strings(loc)
+    if names and _lookup(overrides, names):
+        return "command line"
+    for end in range(len(names), 0, -1):
+        name = env_name(".".join(names[:end]))
+        if name in environment:
+            return f"environment {environment[name]}"
+    if names:  # a problem with a whole section: the variables that set part of it
+        inside = sorted(
+            original
+            for upper, original in environment.items()
+            if upper.startswith(env_name(".".join(names)) + ENV_DELIMITER)
+        )
+        if inside:
+            return "environment " + ", ".join(inside)
+    if path is not None and _lookup(file_values, loc):
+        return f"file {path}"
+    return "default"
+
+
+def _strings(loc: tuple[str | int, ...]) -> tuple[str, ...]:
+    """The leading names of `loc`, up to the first list index."""
+    names: list[str] = []
+    for part in loc:
+        if not isinstance(part, str):
+            break
+        names.append(part)
+    return tuple(names)
+
+
 def load_settings(
     config_file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> Settings:
     """Settings from `config_file` (or `$TRUSTPLANE_CONFIG`, or ./trustplane.toml if present),
-    then the environment, then explicit overrides (CLI flags)."""
-    env_path = os.environ.get("TRUSTPLANE_CONFIG")
-    path = config_file or (Path(env_path) if env_path else None)
+    then the environment (`TRUSTPLANE_SECTION__NAME`), then explicit overrides (CLI flags).
+    An invalid value is refused with its field and where it came from."""
+    path = config_file_path(config_file)
     file_values: dict[str, Any] = {}
-    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
-        path = Path(DEFAULT_CONFIG_FILE)
     if path is not None:
         try:
             file_values = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
-    env_keys = {
-        name for name in Settings.model_fields if f"TRUSTPLANE_{name.upper()}" in os.environ
-    }
-    # Environment beats the file: drop file values the environment sets.
-    values = {k: v for k, v in file_values.items() if k not in env_keys}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    environment = _environment()
+    renamed = _renamed_problems(environment, file_values, path)
+    if renamed:
+        raise ConfigError(f"invalid configuration: {'; '.join(renamed)}")
+    given = _nested(overrides or {})
+    token = _config_file.set(path)
     try:
-        return Settings(**values)
+        return Settings(**given)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "settings"
-            name = str(err["loc"][0]) if err["loc"] else ""
-            if (overrides or {}).get(name) is not None:
-                origin = "command line"
-            elif name in env_keys:
-                origin = f"environment TRUSTPLANE_{name.upper()}"
-            elif name in file_values:
-                origin = str(path)
-            else:
-                origin = "default"
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc) or "settings"
+            origin = origin_of(loc, given, environment, file_values, path)
             problems.append(f"{field}: {err['msg']} (from {origin})")
         raise ConfigError(f"invalid configuration: {'; '.join(problems)}") from None
+    finally:
+        _config_file.reset(token)

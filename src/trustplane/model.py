@@ -225,7 +225,9 @@ os.register_at_fork(after_in_child=_fresh_pool_after_fork)
 
 
 def refusal(error: str, revision: str | None = None, revocation_epoch: int = 0) -> Decision:
-    """A deny settled before any policy is asked (no bundle, revoked, no credential, no route)."""
+    """A deny settled before any policy is asked (no bundle, revoked, no credential, no route).
+    `error` starts with the reason's code, `code: detail` (`credential_missing: no credential`):
+    the ledger's queries read the code from it (telemetry/query.py)."""
     return Decision(
         decision_id=new_decision_id(),
         effect=Effect.DENY,

@@ -320,7 +320,11 @@ def test_signed_bundle_is_served_and_an_edit_after_signing_is_refused(
 
     store = f"sqlite:///{tmp_path / 'state' / 'trustplane.db'}"
     with running_server(
-        tmp_path / "state", store, shop_copy, watch="false", trusted_bundle_keys=[str(public)]
+        tmp_path / "state",
+        store,
+        shop_copy,
+        policy__watch="false",
+        policy__trusted_key_files=[str(public)],
     ) as server:
         served = server.client.get("/readyz").json()["revision"]
         # The same question to the server and to the local engine: the same answer.
@@ -337,7 +341,7 @@ def test_signed_bundle_is_served_and_an_edit_after_signing_is_refused(
         assert policy_ids(doc["shadow"]["would_change"]) == ["forbid-large-refunds"]
         assert doc["revision"] == served
     assert remote_doc["decision_id"] != local_doc["decision_id"]
-    assert server.env["TRUSTPLANE_TRUSTED_BUNDLE_KEYS"] == json.dumps([str(public)])
+    assert server.env["TRUSTPLANE_POLICY__TRUSTED_KEY_FILES"] == json.dumps([str(public)])
     ok(refused, 1)
     assert "humans.cedar" in refused.stderr and "changed since signing" in refused.stderr
 
@@ -346,12 +350,12 @@ def test_signed_bundle_is_served_and_an_edit_after_signing_is_refused(
 
 
 def test_configuration_and_connection_errors_are_usage_errors(tmp_path: Path) -> None:
-    env = server_env(tmp_path / "state", f"sqlite:///{tmp_path / 'db'}", port="notanumber")
+    env = server_env(tmp_path / "state", f"sqlite:///{tmp_path / 'db'}", server__port="notanumber")
     nowhere = f"http://127.0.0.1:{free_port()}"
     bad_port, bad_file, unreachable = run_all(
         cli("decisions", env=env),
         cli("--config", "missing.toml", "decisions", cwd=tmp_path),
-        cli("policy", "rollback", "--url", nowhere, env={"TRUSTPLANE_ADMIN_TOKEN": "tpa_x"}),
+        cli("policy", "rollback", "--url", nowhere, env={"TRUSTPLANE_CLI__ADMIN_TOKEN": "tpa_x"}),
     )
     message = flat(usage_error(bad_port))
     assert message.startswith("error: invalid configuration") and "port" in message
@@ -458,7 +462,9 @@ def test_server_bundle_commands_decisions_and_audit(
 ) -> None:
     """One server per store: reload, status and rollback of its bundle; the decisions it
     answered, queried by filter; then, stopped, its ledger verified, exported, tailed, forged."""
-    with running_server(tmp_path / "state", database_url, shop_copy, watch="false") as server:
+    with running_server(
+        tmp_path / "state", database_url, shop_copy, policy__watch="false"
+    ) as server:
         first = server.client.get("/readyz").json()["revision"]
         answers = [
             server.client.post("/access/v1/evaluation", json=body).json() for body in TRAFFIC

@@ -25,7 +25,11 @@ BODY = {
 
 def test_proofs_verify_and_a_forged_leaf_does_not(tmp_path: Path, database_url: str) -> None:
     with running_server(
-        tmp_path / "state", database_url, SHOP, watch="false", checkpoint_interval_ms=200
+        tmp_path / "state",
+        database_url,
+        SHOP,
+        policy__watch="false",
+        ledger__checkpoint_interval_ms=200,
     ) as server:
         ids = [
             server.client.post("/access/v1/evaluation", json=BODY).json()["context"]["decision_id"]

@@ -71,7 +71,9 @@ def test_file_change_reloads_and_broken_change_keeps_last_good(
 def test_sighup_and_api_reload_with_watch_off(
     tmp_path: Path, database_url: str, shop_copy: Path
 ) -> None:
-    with running_server(tmp_path / "state", database_url, shop_copy, watch="false") as server:
+    with running_server(
+        tmp_path / "state", database_url, shop_copy, policy__watch="false"
+    ) as server:
         first = revision(server)
         edit_description(shop_copy, "(hup)")
         server.process.send_signal(signal.SIGHUP)
@@ -93,7 +95,9 @@ def test_sighup_and_api_reload_with_watch_off(
 def test_rollback_and_activate_stored_revisions(
     tmp_path: Path, database_url: str, shop_copy: Path
 ) -> None:
-    with running_server(tmp_path / "state", database_url, shop_copy, watch="false") as server:
+    with running_server(
+        tmp_path / "state", database_url, shop_copy, policy__watch="false"
+    ) as server:
         first = revision(server)
         edit_description(shop_copy, "(v2)")
         second = server.client.post("/v1/bundle/reload", headers=server.admin).json()
@@ -126,10 +130,10 @@ def test_startup_with_broken_bundle_restores_last_activated_revision(
     tmp_path: Path, database_url: str, shop_copy: Path
 ) -> None:
     state = tmp_path / "state"
-    with running_server(state, database_url, shop_copy, watch="false") as server:
+    with running_server(state, database_url, shop_copy, policy__watch="false") as server:
         good = revision(server)
     break_bundle(shop_copy)
-    with running_server(state, database_url, shop_copy, watch="false") as server:
+    with running_server(state, database_url, shop_copy, policy__watch="false") as server:
         assert revision(server) == good
         refused = status(server)["last_error"]
         assert any(p["file"] == POLICY_FILE for p in refused), "why the directory is not serving"
@@ -142,7 +146,7 @@ def test_no_bundle_at_all_is_not_ready_and_denies(
 ) -> None:
     break_bundle(shop_copy)
     with running_server(
-        tmp_path / "state", database_url, shop_copy, watch="false", wait_path="/healthz"
+        tmp_path / "state", database_url, shop_copy, policy__watch="false", wait_path="/healthz"
     ) as server:
         assert server.client.get("/readyz").status_code == 503
         answer = server.client.post("/access/v1/evaluation", json=REFUND).json()

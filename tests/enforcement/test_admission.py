@@ -32,17 +32,17 @@ def server(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -
     env = server_env(
         state,
         module_database_url,
-        port=port,
-        bundle_dir=SHOP,
-        watch="false",
-        tls_cert_file=cert,
-        tls_key_file=key,
+        server__port=port,
+        policy__bundle_dir=SHOP,
+        policy__watch="false",
+        tls__cert_file=cert,
+        tls__key_file=key,
         admission='{"enforce": ["pss-baseline"], "warn": ["pss-restricted"], "audit": []}',
-        admission_namespaces=(
+        admission__namespaces=(
             '{"prod": {"enforce": ["pss-restricted@v1.30"], "warn": [], "audit": []},'
             ' "sandbox": {"enforce": [], "warn": [], "audit": ["pss-restricted"]}}'
         ),
-        admission_exemptions=json.dumps(
+        admission__exemptions=json.dumps(
             [
                 {
                     "rule": "pss-baseline/privileged",

@@ -20,7 +20,7 @@ from google.rpc import code_pb2
 from tests.conftest import SHOP
 from tests.issuer import Jwks, Key, issuer_settings, user_token
 from tests.support import REPO, Server, extauthz_front, free_port, running_server
-from trustplane.config import Settings
+from trustplane.config import GrpcSettings
 
 pytestmark = pytest.mark.slow
 
@@ -52,11 +52,11 @@ def server(
         state,
         module_database_url,
         SHOP,
-        watch="false",
-        issuers=issuer_settings(issuer),
-        grpc_port=grpc_port,
-        grpc_transport=transport,
-        strip_credential="true",
+        policy__watch="false",
+        pep__issuers=issuer_settings(issuer),
+        grpc__port=grpc_port,
+        grpc__transport=transport,
+        pep__strip_credential="true",
     ) as srv:
         assert f"({transport} transport)" in srv.log()
         yield srv
@@ -223,14 +223,14 @@ def test_the_documented_envoy_configuration_parses_with_envoys_protos() -> None:
     assert ext_authz.grpc_service.envoy_grpc.cluster_name == "trustplane"
     cluster = next(c for c in bootstrap.static_resources.clusters if c.name == "trustplane")
     port = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
-    assert port.socket_address.port_value == Settings.model_fields["grpc_port"].default
+    assert port.socket_address.port_value == GrpcSettings.model_fields["port"].default
 
 
 def test_the_documented_istio_policy_uses_the_custom_provider() -> None:
     """No Istio parser exists here: check the YAML and the fields Istio requires for CUSTOM."""
     operator, policy = yaml.safe_load_all((REPO / "docs" / "examples" / "istio.yaml").read_text())
     provider = operator["spec"]["meshConfig"]["extensionProviders"][0]
-    assert provider["envoyExtAuthzGrpc"]["port"] == Settings.model_fields["grpc_port"].default
+    assert provider["envoyExtAuthzGrpc"]["port"] == GrpcSettings.model_fields["port"].default
     assert provider["envoyExtAuthzGrpc"]["failOpen"] is False
     assert policy["kind"] == "AuthorizationPolicy"
     assert policy["spec"]["action"] == "CUSTOM"

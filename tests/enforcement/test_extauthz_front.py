@@ -52,7 +52,7 @@ def server(
     state = tmp_path_factory.mktemp("state")
     database = f"sqlite:///{state / 'store.db'}"
     with running_server(
-        state, database, SHOP, watch="false", grpc_port=grpc_port, grpc_transport="native"
+        state, database, SHOP, policy__watch="false", grpc__port=grpc_port, grpc__transport="native"
     ) as srv:
         yield srv
 
@@ -134,9 +134,9 @@ def test_serve_stops_its_front_with_it(front_binary: str, tmp_path: Path) -> Non
         tmp_path,
         f"sqlite:///{tmp_path / 'store.db'}",
         SHOP,
-        watch="false",
-        grpc_port=port,
-        grpc_transport="native",
+        policy__watch="false",
+        grpc__port=port,
+        grpc__transport="native",
     ) as srv:
         (pid,) = _front_pids(srv)
         assert Path(f"/proc/{pid}").exists()
@@ -149,9 +149,9 @@ def test_native_without_the_binary_is_a_clear_error(tmp_path: Path) -> None:
     env = server_env(
         tmp_path,
         f"sqlite:///{tmp_path / 'store.db'}",
-        bundle_dir=SHOP,
-        grpc_transport="native",
-        grpc_native_binary=missing,
+        policy__bundle_dir=SHOP,
+        grpc__transport="native",
+        grpc__native_binary=missing,
     )
     done = subprocess.run(
         [*TRUSTPLANE, "serve", "--init"],
@@ -211,10 +211,10 @@ def test_with_workers_each_has_a_front_on_the_port_holding_nothing_else(
         tmp_path,
         f"sqlite:///{tmp_path / 'store.db'}",
         SHOP,
-        watch="false",
-        grpc_port=port,
-        grpc_transport="native",
-        workers=2,
+        policy__watch="false",
+        grpc__port=port,
+        grpc__transport="native",
+        server__workers=2,
     ) as srv:
         workers = subprocess.run(
             ["pgrep", "-P", str(srv.process.pid)], capture_output=True, text=True
@@ -256,10 +256,10 @@ def test_a_stalled_serving_process_fails_calls_closed_without_stalling_the_front
         tmp_path,
         f"sqlite:///{tmp_path / 'store.db'}",
         SHOP,
-        watch="false",
-        grpc_port=port,
-        grpc_transport="native",
-        grpc_answer_timeout_ms=500,
+        policy__watch="false",
+        grpc__port=port,
+        grpc__transport="native",
+        grpc__answer_timeout_ms=500,
     ) as srv:
         request = check("POST", "/payments/v1/charges", principal=CHECKOUT)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

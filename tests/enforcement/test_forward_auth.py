@@ -45,10 +45,10 @@ def server(
         state,
         module_database_url,
         SHOP,
-        watch="false",
-        issuers=issuer_settings(issuer),
-        trusted_proxies=[f"{PROXY}/32"],
-        identity_header="X-Forwarded-User",
+        policy__watch="false",
+        pep__issuers=issuer_settings(issuer),
+        server__trusted_proxies=[f"{PROXY}/32"],
+        pep__identity_header="X-Forwarded-User",
     ) as srv:
         yield srv
 

@@ -1,4 +1,4 @@
-"""PEP registry and authentication (enforcement/pep.py): what each pep_auth mode lets in, the
+"""PEP registry and authentication (enforcement/pep.py): what each pep.auth mode lets in, the
 registry's refusals, and the listening rule."""
 
 from __future__ import annotations
@@ -143,8 +143,8 @@ def test_loopback(host: str, loopback: bool) -> None:
 
 
 def test_listening_beyond_loopback_needs_pep_auth_or_the_override() -> None:
-    with pytest.raises(ConfigError, match="pep_auth is optional"):
-        check_listen_policy(Settings(host="0.0.0.0", pep_auth=PepAuth.OPTIONAL))
-    check_listen_policy(Settings(host="0.0.0.0", pep_auth=PepAuth.REQUIRED))
-    check_listen_policy(Settings(host="0.0.0.0", allow_unauthenticated_peps=True))
+    with pytest.raises(ConfigError, match=r"pep\.auth is optional"):
+        check_listen_policy(Settings(server={"host": "0.0.0.0"}, pep={"auth": PepAuth.OPTIONAL}))
+    check_listen_policy(Settings(server={"host": "0.0.0.0"}, pep={"auth": PepAuth.REQUIRED}))
+    check_listen_policy(Settings(server={"host": "0.0.0.0"}, pep={"allow_unauthenticated": True}))
     check_listen_policy(Settings())

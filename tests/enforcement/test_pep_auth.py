@@ -70,7 +70,7 @@ def store(
 def server(
     store: str, tmp_path_factory: pytest.TempPathFactory, transport: str
 ) -> Iterator[Server]:
-    """HTTPS from the trust-domain CA, the identity plane, pep_auth=required; two PEPs
+    """HTTPS from the trust-domain CA, the identity plane, pep.auth = required; two PEPs
     registered while it serves (a token PEP and one known by SPIFFE ID)."""
     state = tmp_path_factory.mktemp("state")
     kek_file = state.parent / f"{state.name}.kek"
@@ -80,15 +80,15 @@ def server(
     env = server_env(
         state,
         store,
-        port=port,
-        bundle_dir=SHOP,
-        watch="false",
-        trust_domain=TRUST_DOMAIN,
-        identity_kek_file=kek_file,
-        tls_from_ca="true",
-        tls_dns_names=["127.0.0.1"],
-        pep_auth="required",
-        grpc_transport=transport,
+        server__port=port,
+        policy__bundle_dir=SHOP,
+        policy__watch="false",
+        identity__trust_domain=TRUST_DOMAIN,
+        identity__kek_file=kek_file,
+        tls__from_ca="true",
+        tls__dns_names=["127.0.0.1"],
+        pep__auth="required",
+        grpc__transport=transport,
     )
     assert run_cli("init", env=env).returncode == 0
     bundle = run_cli("identity", "bundle", "--pem", env=env)
@@ -140,12 +140,12 @@ def mesh(server: Server) -> str:
 def _keys(server: Server) -> Any:
     settings = Settings(
         state_dir=Path(server.env["TRUSTPLANE_STATE_DIR"]),
-        database_url=server.env["TRUSTPLANE_DATABASE_URL"],
-        identity_kek_file=Path(server.env["TRUSTPLANE_IDENTITY_KEK_FILE"]),
+        store={"url": server.env["TRUSTPLANE_STORE__URL"]},
+        identity={"kek_file": Path(server.env["TRUSTPLANE_IDENTITY__KEK_FILE"])},
     )
     engine = create_store_engine(settings.effective_database_url)
     try:
-        return IdentityKeys(engine, load_kek(settings), TRUST_DOMAIN).load()
+        return IdentityKeys(engine, load_kek(settings.identity), TRUST_DOMAIN).load()
     finally:
         engine.dispose()
 
@@ -277,7 +277,7 @@ def _check() -> external_auth_pb2.CheckRequest:
 
 @pytest.fixture(scope="module")
 def stub(server: Server) -> Iterator[Any]:
-    port = int(server.env["TRUSTPLANE_GRPC_PORT"])
+    port = int(server.env["TRUSTPLANE_GRPC__PORT"])
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
         yield external_auth_pb2_grpc.AuthorizationStub(channel)
@@ -309,23 +309,23 @@ def test_grpc_check_answers_registered_peps_only(
 def test_serve_refuses_a_host_beyond_loopback_without_pep_auth(tmp_path: Path) -> None:
     env = {
         "TRUSTPLANE_STATE_DIR": str(tmp_path / "state"),
-        "TRUSTPLANE_BUNDLE_DIR": str(SHOP),
-        "TRUSTPLANE_HOST": "0.0.0.0",
+        "TRUSTPLANE_POLICY__BUNDLE_DIR": str(SHOP),
+        "TRUSTPLANE_SERVER__HOST": "0.0.0.0",
     }
     refused = run_cli("serve", env=env)
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
-    assert len(lines) == 1 and "0.0.0.0" in lines[0] and "pep_auth" in lines[0], refused.stderr
+    assert len(lines) == 1 and "0.0.0.0" in lines[0] and "pep.auth" in lines[0], refused.stderr
     assert not (tmp_path / "state").exists()  # nothing started, nothing created
 
 
 def test_the_override_flag_lets_serve_past_the_listening_rule(tmp_path: Path) -> None:
     """With --allow-unauthenticated-peps the rule passes, and serve goes on to its next
     check (here: no bundle), so nothing is bound in this test."""
-    env = {"TRUSTPLANE_STATE_DIR": str(tmp_path / "state"), "TRUSTPLANE_HOST": "0.0.0.0"}
+    env = {"TRUSTPLANE_STATE_DIR": str(tmp_path / "state"), "TRUSTPLANE_SERVER__HOST": "0.0.0.0"}
     result = run_cli("serve", "--allow-unauthenticated-peps", env=env)
     assert result.returncode == 2
-    assert "no bundle" in result.stderr and "pep_auth" not in result.stderr
+    assert "no bundle" in result.stderr and "pep.auth" not in result.stderr
 
 
 def test_pep_cli_errors_are_one_line(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from tests.issuer import Jwks, Key, issuer_settings, user_token
 from tests.support import Server, free_port
 from trustplane.config import load_settings
 from trustplane.enforcement.asgi import LocalPdp, RemotePdp, TrustplaneMiddleware
-from trustplane.enforcement.credentials import Authenticator
+from trustplane.enforcement.credentials import Authenticator, ProxyTrust
 from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.sdk import AsyncClient, Client, SdkMetrics
 from trustplane.server.runtime import Runtime, initialise
@@ -54,7 +54,7 @@ def test_client_answers_and_reuses_an_answer_for_its_ttl(server: Server) -> None
         other = pdp.check(*LOGS, {**CTX, "mfa": False})
     assert first.allowed and not first.cached
     assert first.reasons == ("sre-operate-with-mfa",)
-    assert first.ttl_seconds == 5, "the server's decision_ttl_seconds (default)"
+    assert first.ttl_seconds == 5, "the server's policy.decision_ttl_seconds (default)"
     assert again.cached and again.decision_id == first.decision_id
     assert not other.allowed and not other.cached, "a different context is a different question"
 
@@ -220,9 +220,8 @@ def local_runtime(tmp_path: Path, issuer: Jwks) -> Iterator[Runtime]:
     settings = load_settings(
         overrides={
             "state_dir": tmp_path / "state",
-            "bundle_dir": SHOP,
-            "watch": False,
-            "issuers": issuer_settings(issuer),
+            "policy": {"bundle_dir": SHOP, "watch": False},
+            "pep": {"issuers": issuer_settings(issuer)},
         }
     )
     initialise(settings)
@@ -234,7 +233,11 @@ def local_runtime(tmp_path: Path, issuer: Jwks) -> Iterator[Runtime]:
 
 def test_middleware_with_an_in_process_pdp(local_runtime: Runtime, key: Key) -> None:
     enforcer = HttpEnforcer(
-        local_runtime.decision_point(), Authenticator.from_settings(local_runtime.settings)
+        local_runtime.decision_point(),
+        Authenticator.from_settings(
+            local_runtime.settings.pep,
+            ProxyTrust(local_runtime.settings.server.trusted_proxies),
+        ),
     )
     allowed, denied = requests(
         protected(LocalPdp(enforcer)),

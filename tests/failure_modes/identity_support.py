@@ -23,7 +23,7 @@ TRUST_DOMAIN = "example.test"
 @contextlib.contextmanager
 def identity_server(state: Path, database_url: str, **settings: Any) -> Iterator[Server]:
     """`trustplane serve` of the shop with the identity plane (and a Workload API socket when
-    `workload_socket` is given)."""
+    `identity__workload_socket` is given)."""
     state.mkdir(parents=True, exist_ok=True)
     kek = state.parent / f"{state.name}.kek"
     if not kek.exists():
@@ -33,9 +33,9 @@ def identity_server(state: Path, database_url: str, **settings: Any) -> Iterator
         state,
         database_url,
         SHOP,
-        watch="false",
-        trust_domain=TRUST_DOMAIN,
-        identity_kek_file=kek,
+        policy__watch="false",
+        identity__trust_domain=TRUST_DOMAIN,
+        identity__kek_file=kek,
         **settings,
     ) as server:
         yield server

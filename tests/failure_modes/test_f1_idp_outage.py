@@ -99,8 +99,8 @@ def server(database_url: str, tmp_path: Path, issuer: Jwks) -> Iterator[Server]:
         tmp_path / "state",
         database_url,
         SHOP,
-        watch="false",
-        issuers=[
+        policy__watch="false",
+        pep__issuers=[
             {
                 "issuer": ISSUER,
                 "jwks_uri": issuer.uri,
@@ -109,7 +109,7 @@ def server(database_url: str, tmp_path: Path, issuer: Jwks) -> Iterator[Server]:
                 "jwks_max_stale_seconds": 20,
             }
         ],
-        trusted_proxies=[f"{PROXY}/32"],
+        server__trusted_proxies=[f"{PROXY}/32"],
     ) as running:
         yield running
 

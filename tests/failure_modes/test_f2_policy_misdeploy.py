@@ -20,7 +20,7 @@ from tests.support import Server, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
-DECISIONS = 20  # deny_spike_decisions for these servers: each side of an activation
+DECISIONS = 20  # governance.deny_spike_decisions for these servers: each side of an activation
 
 DENY_EVERYTHING = """@id("deny-everything")
 @owner("platform")
@@ -47,7 +47,9 @@ def spike_gauge(server: Server, revision: str) -> float | None:
 def test_a_broken_bundle_is_refused_and_the_last_good_one_keeps_serving(
     tmp_path: Path, database_url: str, shop_copy: Path
 ) -> None:
-    with running_server(tmp_path / "state", database_url, shop_copy, watch="false") as server:
+    with running_server(
+        tmp_path / "state", database_url, shop_copy, policy__watch="false"
+    ) as server:
         good = revision(server)
         break_bundle(shop_copy)
         refused = server.client.post("/v1/bundle/reload", headers=server.admin)
@@ -66,9 +68,9 @@ def test_a_deny_spike_after_an_activation_raises_the_alarm(
         tmp_path / "state",
         database_url,
         shop_copy,
-        watch="false",
-        deny_spike_decisions=DECISIONS,
-        deny_spike_threshold=0.5,
+        policy__watch="false",
+        governance__deny_spike_decisions=DECISIONS,
+        governance__deny_spike_threshold=0.5,
     ) as server:
         good = revision(server)
         assert refunds(server, DECISIONS) == [True] * DECISIONS  # the baseline: none denied
@@ -103,7 +105,11 @@ def test_an_activation_that_keeps_the_deny_rate_raises_no_alarm(
     tmp_path: Path, database_url: str, shop_copy: Path
 ) -> None:
     with running_server(
-        tmp_path / "state", database_url, shop_copy, watch="false", deny_spike_decisions=DECISIONS
+        tmp_path / "state",
+        database_url,
+        shop_copy,
+        policy__watch="false",
+        governance__deny_spike_decisions=DECISIONS,
     ) as server:
         refunds(server, DECISIONS)
         edit_description(shop_copy, "(harmless)")

@@ -58,9 +58,9 @@ def server(
         tmp_path_factory.mktemp("state"),
         module_database_url,
         SHOP,
-        watch="false",
-        issuers=trusted,
-        trusted_proxies=[f"{PROXY}/32"],
+        policy__watch="false",
+        pep__issuers=trusted,
+        server__trusted_proxies=[f"{PROXY}/32"],
     ) as running:
         yield running
 

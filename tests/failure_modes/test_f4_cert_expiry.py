@@ -70,21 +70,25 @@ def clock() -> Clock:
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(
-        trust_domain=TRUST_DOMAIN,
-        identity_kek=new_kek(),
         state_dir=tmp_path / "state",
-        database_url=database_url,
-        tls_from_ca=True,
-        tls_dns_names=["trustplane.example.test", "127.0.0.1"],
-        ca_ttl_seconds=7 * 86_400,
-        svid_max_ttl_seconds=86_400,
-        tls_cert_ttl_seconds=86_400,
+        identity={
+            "trust_domain": TRUST_DOMAIN,
+            "kek": new_kek(),
+            "ca_ttl_seconds": 7 * 86_400,
+            "svid_max_ttl_seconds": 86_400,
+        },
+        store={"url": database_url},
+        tls={
+            "from_ca": True,
+            "dns_names": ["trustplane.example.test", "127.0.0.1"],
+            "cert_ttl_seconds": 86_400,
+        },
     )
 
 
 @pytest.fixture
 def service(settings: Settings, engine: Engine, clock: Clock) -> Iterator[IdentityService]:
-    service = IdentityService(settings, engine, metrics=Metrics(), clock=clock)
+    service = IdentityService.from_settings(settings, engine, metrics=Metrics(), clock=clock)
     service.key_store.initialise()
     service.load()
     service.entry_store.create(

@@ -166,7 +166,7 @@ def ask(server: Server, answered: list[str], count: int) -> None:
 @pytest.mark.slow
 def test_kill_9_during_an_outage_loses_nothing_answered(tmp_path: Path, database_url: str) -> None:
     state = tmp_path / "state"
-    settings: dict[str, Any] = {"watch": "false", "ledger_queue_max": QUEUE_MAX}
+    settings: dict[str, Any] = {"policy__watch": "false", "ledger__queue_max": QUEUE_MAX}
     answered: list[str] = []
     with running_server(state, database_url, SHOP, **settings) as server:
         ask(server, answered, 20)

@@ -44,13 +44,15 @@ def server(
     module_database_url: str, tmp_path_factory: pytest.TempPathFactory, socket_path: Path
 ) -> Iterator[Server]:
     state = tmp_path_factory.mktemp("state")
-    with identity_server(state, module_database_url, workload_socket=socket_path) as running:
+    with identity_server(
+        state, module_database_url, identity__workload_socket=socket_path
+    ) as running:
         register_this_process(running, "/ns/shop/sa/checkout")
         yield running
 
 
 def identity_cli(server: Server, *args: str) -> dict[str, object]:
-    result = run_cli(*args, "--json", env={**server.env, "TRUSTPLANE_SERVER_URL": server.url})
+    result = run_cli(*args, "--json", env={**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url})
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
 
@@ -113,7 +115,7 @@ def test_emergency_rotation_of_a_named_key_and_clear_refusals(server: Server) ->
     ]
     assert done[0] == f"retired compromised jwt key {jwt_key['kid']}"
     assert done[-1].startswith("activated jwt key")
-    env = {**server.env, "TRUSTPLANE_SERVER_URL": server.url}
+    env = {**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url}
     unknown = run_cli("identity", "rotate", "--emergency", "--kid", "no-such-key", env=env)
     assert unknown.returncode == 2 and "no published key 'no-such-key'" in unknown.stderr
     misuse = run_cli("identity", "rotate", "--kid", "x", env=env)
@@ -134,7 +136,7 @@ def test_checkpoint_key_rotation_keeps_old_checkpoints_verifying(
 ) -> None:
     state = tmp_path / "state"
     with running_server(
-        state, database_url, SHOP, watch="false", checkpoint_interval_ms=200
+        state, database_url, SHOP, policy__watch="false", ledger__checkpoint_interval_ms=200
     ) as server:
         for _ in range(3):
             assert server.client.post("/access/v1/evaluation", json=BODY).status_code == 200
@@ -150,7 +152,7 @@ def test_checkpoint_key_rotation_keeps_old_checkpoints_verifying(
     assert (state / "ledger.key").stat().st_mode & 0o777 == 0o600
 
     with running_server(
-        state, database_url, SHOP, watch="false", checkpoint_interval_ms=200
+        state, database_url, SHOP, policy__watch="false", ledger__checkpoint_interval_ms=200
     ) as server:
         for _ in range(2):
             assert server.client.post("/access/v1/evaluation", json=BODY).status_code == 200
@@ -177,7 +179,7 @@ def test_checkpoint_key_rotation_keeps_old_checkpoints_verifying(
 def test_the_serving_certificate_of_a_compromised_ca_is_replaced_at_once(
     tmp_path: Path, database_url: str
 ) -> None:
-    """HTTPS from the trust-domain CA (tls_from_ca): after an emergency rotation the serving
+    """HTTPS from the trust-domain CA (tls.from_ca): after an emergency rotation the serving
     certificate the compromised CA signed is replaced at the next look, not at half its life."""
     from cryptography import x509 as x509_
 
@@ -188,17 +190,15 @@ def test_the_serving_certificate_of_a_compromised_ca_is_replaced_at_once(
     from trustplane.store.database import create_store_engine, migrate
 
     settings = Settings(
-        trust_domain=TRUST_DOMAIN,
-        identity_kek=new_kek(),
         state_dir=tmp_path / "state",
-        database_url=database_url,
-        tls_from_ca=True,
-        tls_dns_names=["127.0.0.1"],
+        identity={"trust_domain": TRUST_DOMAIN, "kek": new_kek()},
+        store={"url": database_url},
+        tls={"from_ca": True, "dns_names": ["127.0.0.1"]},
     )
     engine = create_store_engine(database_url)
     migrate(engine)
     try:
-        service = IdentityService(settings, engine)
+        service = IdentityService.from_settings(settings, engine)
         service.key_store.initialise()
         serving = CaServingCertificate(settings)
         assert serving.renew_if_due() == "there is none yet"

@@ -1,7 +1,7 @@
 """F7, latency: decision latency is exported per enforcement point, so the PEP whose answers
 slow down is named by the metric rather than found by elimination.
 
-A real `trustplane serve` with pep_auth=required and two registered PEPs: each asks over its
+A real `trustplane serve` with pep.auth = required and two registered PEPs: each asks over its
 own endpoint (AuthZEN, Envoy gRPC), and /metrics shows `trustplane_pep_decision_seconds` for
 both, counted call for call; callers that are not PEPs share the one `anonymous` series, so no
 caller can add series to the metric.
@@ -34,8 +34,8 @@ def server(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -
         tmp_path_factory.mktemp("state"),
         module_database_url,
         SHOP,
-        watch="false",
-        pep_auth="required",
+        policy__watch="false",
+        pep__auth="required",
     ) as srv:
         yield srv
 
@@ -82,7 +82,7 @@ def test_metrics_show_decision_latency_for_each_pep(server: Server) -> None:
     refusals_before = _refusals(server)
     for _ in range(3):
         assert _ask(server, gateway).status_code == 200
-    port = int(server.env["TRUSTPLANE_GRPC_PORT"])
+    port = int(server.env["TRUSTPLANE_GRPC__PORT"])
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         for _ in range(2):

@@ -37,7 +37,7 @@ def server(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -
     with identity_server(
         tmp_path_factory.mktemp("state"),
         module_database_url,
-        trusted_proxies=[f"{PROXY}/32"],
+        server__trusted_proxies=[f"{PROXY}/32"],
     ) as running:
         yield running
 
@@ -95,7 +95,7 @@ def test_registered_identities_against_those_in_use(server: Server) -> None:
     assert metric_samples(server, DRIFT)['{kind="unregistered"}'] == 4
     assert "unregistered" in inventory(server)[CHECKOUT]["flags"]
 
-    env = {**server.env, "TRUSTPLANE_SERVER_URL": server.url}
+    env = {**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url}
     listed = run_cli("identity", "inventory", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     by_principal = {i["principal"]: i for i in json.loads(listed.stdout)["identities"]}

@@ -110,7 +110,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 def test_batch_serving_through_a_postgresql_outage(tmp_path: Path, cluster: Cluster) -> None:
     answered: list[str] = []
-    with running_server(tmp_path / "state", cluster.url, SHOP, watch="false") as server:
+    with running_server(tmp_path / "state", cluster.url, SHOP, policy__watch="false") as server:
         client = server.client
 
         def ask(count: int) -> None:
@@ -163,7 +163,7 @@ def test_sync_decisions_answered_503_are_never_recorded_as_delivered(
     answered: list[str] = []
     refused = [0]
     with running_server(
-        tmp_path / "state", cluster.url, SHOP, watch="false", durability="sync"
+        tmp_path / "state", cluster.url, SHOP, policy__watch="false", ledger__durability="sync"
     ) as server:
         for _ in range(5):
             response = server.client.post("/access/v1/evaluation", json=BODY)

@@ -41,10 +41,10 @@ def target(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -
         module_database_url,
         SHOP,
         ready_timeout=120,
-        watch="false",
-        grpc_port=port,
-        grpc_transport=transport,
-        trusted_proxies=["127.0.0.1/32"],
+        policy__watch="false",
+        grpc__port=port,
+        grpc__transport=transport,
+        server__trusted_proxies=["127.0.0.1/32"],
     ) as srv:
         yield Target(
             srv.url,
@@ -72,9 +72,9 @@ def python_target(target: Target, tmp_path_factory: pytest.TempPathFactory) -> I
             url,
             SHOP,
             ready_timeout=120,
-            watch="false",
-            grpc_port=port,
-            grpc_transport="python",
+            policy__watch="false",
+            grpc__port=port,
+            grpc__transport="python",
         ) as srv,
     ):
         yield Target(srv.url, srv.token, target.backend, url, {"python": port})

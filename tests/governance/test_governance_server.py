@@ -63,15 +63,15 @@ def webhook() -> Iterator[Webhook]:
 
 def governed(state: Path, url: str, issuer: Jwks, hook: Webhook | None = None, **extra: Any) -> Any:
     settings: dict[str, Any] = {
-        "watch": "false",
-        "issuers": issuer_settings(issuer),
-        "admin_issuers": issuer_settings(issuer),
-        "governance_interval_ms": 100,
-        "trusted_proxies": ["127.0.0.1/32"],  # an mTLS-terminating proxy on loopback
+        "policy__watch": "false",
+        "pep__issuers": issuer_settings(issuer),
+        "admin__issuers": issuer_settings(issuer),
+        "governance__interval_ms": 100,
+        "server__trusted_proxies": ["127.0.0.1/32"],  # an mTLS-terminating proxy on loopback
         **extra,
     }
     if hook is not None:
-        settings["webhook_url"] = hook.url
+        settings["governance__webhook_url"] = hook.url
     return running_server(state, url, SHOP, **settings)
 
 
@@ -369,8 +369,8 @@ def test_cli_requests_approves_and_lists(server: Server, key: Key) -> None:
     def cli(who: str, *args: str) -> Any:
         env = {
             **server.env,
-            "TRUSTPLANE_SERVER_URL": server.url,
-            "TRUSTPLANE_ADMIN_TOKEN": user_token(key, who),
+            "TRUSTPLANE_CLI__SERVER_URL": server.url,
+            "TRUSTPLANE_CLI__ADMIN_TOKEN": user_token(key, who),
         }
         return run_cli(*args, env=env)
 
@@ -406,7 +406,7 @@ def test_cli_requests_approves_and_lists(server: Server, key: Key) -> None:
 def test_the_bootstrap_token_can_be_turned_off(
     tmp_path: Path, database_url: str, issuer: Jwks, key: Key
 ) -> None:
-    with governed(tmp_path / "s", database_url, issuer, bootstrap_token="false") as srv:
+    with governed(tmp_path / "s", database_url, issuer, admin__bootstrap_token="false") as srv:
         refused = srv.client.get("/v1/bundle", headers=srv.admin)
         assert refused.status_code == 401 and "turned off" in refused.json()["detail"]
         assert srv.client.get("/v1/bundle", headers=as_user(key, "carol")).status_code == 200
@@ -463,9 +463,9 @@ def test_a_server_with_broken_admin_policies_does_not_start(tmp_path: Path) -> N
     )
     env = {
         "TRUSTPLANE_STATE_DIR": str(tmp_path / "state"),
-        "TRUSTPLANE_ADMIN_POLICY_DIR": str(tmp_path / "policies"),
-        "TRUSTPLANE_BUNDLE_DIR": str(SHOP),
-        "TRUSTPLANE_WATCH": "false",
+        "TRUSTPLANE_ADMIN__POLICY_DIR": str(tmp_path / "policies"),
+        "TRUSTPLANE_POLICY__BUNDLE_DIR": str(SHOP),
+        "TRUSTPLANE_POLICY__WATCH": "false",
     }
     assert run_cli("init", env=env).returncode == 0
     started = run_cli("serve", "--port", "0", env=env)

@@ -31,7 +31,7 @@ from tests.support import (
     wait_for,
     wait_ready,
 )
-from trustplane.config import Settings
+from trustplane.config import IdentitySettings
 from trustplane.identity.dsse import sign_envelope
 from trustplane.identity.kek import Kek, load_kek, new_kek
 from trustplane.identity.keys import IdentityKeys
@@ -80,19 +80,19 @@ def server(
     env = server_env(
         state,
         module_database_url,
-        port=port,
-        bundle_dir=SHOP,
-        watch="false",
-        issuers=issuer_settings(idp),
-        trust_domain=TRUST_DOMAIN,
-        identity_kek_file=kek_file,
-        token_exchange_rules=[RULE],
-        tls_from_ca="true",
-        tls_dns_names=[HOST, "127.0.0.1"],
-        admission_namespaces=json.dumps(
+        server__port=port,
+        policy__bundle_dir=SHOP,
+        policy__watch="false",
+        pep__issuers=issuer_settings(idp),
+        identity__trust_domain=TRUST_DOMAIN,
+        identity__kek_file=kek_file,
+        identity__exchange_rules=[RULE],
+        tls__from_ca="true",
+        tls__dns_names=[HOST, "127.0.0.1"],
+        admission__namespaces=json.dumps(
             {"prod": {"enforce": ["zero-trust"], "warn": [], "audit": []}}
         ),
-        admission_params=json.dumps(
+        admission__params=json.dumps(
             {
                 "approved_registries": ["registry.example.com/"],
                 "attestation_signers": [f"spiffe://{TRUST_DOMAIN}/ci/*"],
@@ -251,9 +251,9 @@ def _mint(server: Server, trust_domain: str, spiffe_id: str, tmp_path: Path, **k
     """A JWT-SVID signed directly with a trust domain's key: this server's (from its store and
     KEK), or a freshly made foreign one."""
     if trust_domain == TRUST_DOMAIN:
-        url = server.env["TRUSTPLANE_DATABASE_URL"]
+        url = server.env["TRUSTPLANE_STORE__URL"]
         kek: Kek = load_kek(
-            Settings(identity_kek_file=Path(server.env["TRUSTPLANE_IDENTITY_KEK_FILE"]))
+            IdentitySettings(kek_file=Path(server.env["TRUSTPLANE_IDENTITY__KEK_FILE"]))
         )
     else:
         url = f"sqlite:///{tmp_path / 'foreign.db'}"
@@ -341,7 +341,7 @@ def test_the_cli_attests_with_a_pipeline_token_and_lists(
     predicate.write_text(json.dumps({"buildType": "https://example.test/ci"}))
     env = {
         **server.env,
-        "TRUSTPLANE_SERVER_URL": server.url,
+        "TRUSTPLANE_CLI__SERVER_URL": server.url,
         "TRUSTPLANE_CI_TOKEN": pipeline_token(idp_key),
     }
     result = run_cli(
@@ -401,9 +401,9 @@ def test_an_attestation_stored_by_another_replica_reaches_admission_through_the_
     assert (
         admit(server, pod(image, name="replica"), "uid-replica-0", dry_run=True)["allowed"] is False
     )
-    engine = create_store_engine(server.env["TRUSTPLANE_DATABASE_URL"])
+    engine = create_store_engine(server.env["TRUSTPLANE_STORE__URL"])
     try:
-        kek = load_kek(Settings(identity_kek_file=Path(server.env["TRUSTPLANE_IDENTITY_KEK_FILE"])))
+        kek = load_kek(IdentitySettings(kek_file=Path(server.env["TRUSTPLANE_IDENTITY__KEK_FILE"])))
         signer = IdentityKeys(engine, kek, TRUST_DOMAIN).load().jwt_signer
         assert signer is not None
         ref = ImageRef.parse(image)

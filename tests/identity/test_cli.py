@@ -12,8 +12,8 @@ from tests.support import run_cli
 def env_for(tmp_path: Path) -> dict[str, str]:
     return {
         "TRUSTPLANE_STATE_DIR": str(tmp_path / "state"),
-        "TRUSTPLANE_IDENTITY_KEK_FILE": str(tmp_path / "kek"),
-        "TRUSTPLANE_TRUST_DOMAIN": "example.test",
+        "TRUSTPLANE_IDENTITY__KEK_FILE": str(tmp_path / "kek"),
+        "TRUSTPLANE_IDENTITY__TRUST_DOMAIN": "example.test",
     }
 
 

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trustplane.config import ConfigError, ExchangeRuleSettings, load_settings
+from trustplane.enforcement.credentials import ProxyTrust
 from trustplane.identity.exchange import ExchangeError, render_spiffe_id, rule_mismatch
 from trustplane.identity.keys import IdentityKeys
 from trustplane.identity.spiffe_id import SpiffeId
@@ -56,23 +57,27 @@ def test_claim_values_cannot_escape_the_spiffe_id_template() -> None:
 
 def test_no_exchange_rule_can_grant_the_admin_audience() -> None:
     rule = {**RULE.model_dump(), "audiences": ["deploy-api", "trustplane-admin"]}
-    with pytest.raises(ConfigError, match=r"token_exchange_rules\[0\] \(deploy\).*reserved"):
-        load_settings(overrides={"token_exchange_rules": [rule]})
+    with pytest.raises(ConfigError, match=r"identity.exchange_rules\[0\] \(deploy\).*reserved"):
+        load_settings(overrides={"identity": {"exchange_rules": [rule]}})
     mine = {**rule, "audiences": ["ops-admin"]}
-    with pytest.raises(ConfigError, match="'ops-admin' is admin_audience, reserved"):
-        load_settings(overrides={"token_exchange_rules": [mine], "admin_audience": "ops-admin"})
-    with pytest.raises(ConfigError, match="identity_issuer 'trustplane-admin' equals"):
-        load_settings(overrides={"identity_issuer": "trustplane-admin"})
-    fine = load_settings(overrides={"token_exchange_rules": [{**rule, "audiences": ["a"]}]})
-    assert fine.token_exchange_rules[0].audiences == ["a"]
+    with pytest.raises(ConfigError, match=r"'ops-admin' is admin\.audience, reserved"):
+        load_settings(
+            overrides={"identity": {"exchange_rules": [mine]}, "admin": {"audience": "ops-admin"}}
+        )
+    with pytest.raises(ConfigError, match=r"identity\.issuer 'trustplane-admin' equals"):
+        load_settings(overrides={"identity": {"issuer": "trustplane-admin"}})
+    fine = load_settings(overrides={"identity": {"exchange_rules": [{**rule, "audiences": ["a"]}]}})
+    assert fine.identity.exchange_rules[0].audiences == ["a"]
 
 
 def test_a_jwt_svid_from_token_exchange_is_not_an_admin_credential(
     identity_keys: IdentityKeys,
 ) -> None:
     keys = identity_keys.load()
-    settings = load_settings(overrides={"trust_domain": "example.test"})
-    authn = AdminAuthenticator(settings, lambda token: False, SimpleNamespace(keys=keys))
+    settings = load_settings(overrides={"identity": {"trust_domain": "example.test"}})
+    authn = AdminAuthenticator(
+        settings.admin, ProxyTrust([]), lambda token: False, SimpleNamespace(keys=keys)
+    )
     workload = SpiffeId.parse("spiffe://example.test/ci/org/app")
 
     def caller(**extra: Any) -> AdminCaller:

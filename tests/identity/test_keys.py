@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from sqlalchemy import Engine, select
 
 from tests.identity.conftest import TRUST_DOMAIN, Clock
-from trustplane.config import Settings
+from trustplane.config import IdentitySettings
 from trustplane.identity.kek import Kek, KekError, load_kek, new_kek, write_kek_file
 from trustplane.identity.keys import IdentityKeys, KeyKind, KeySet, KeyState, RotationError
 from trustplane.identity.spiffe_id import SpiffeId
@@ -58,17 +58,17 @@ def test_kek_file_must_be_private(tmp_path: Path) -> None:
     path = tmp_path / "kek"
     write_kek_file(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    load_kek(Settings(identity_kek_file=path))
+    load_kek(IdentitySettings(kek_file=path))
     with pytest.raises(KekError, match="already exists"):
         write_kek_file(path)
     path.chmod(0o640)
     with pytest.raises(KekError, match="mode 0640"):
-        load_kek(Settings(identity_kek_file=path))
+        load_kek(IdentitySettings(kek_file=path))
     with pytest.raises(KekError, match="no key-encryption key"):
-        load_kek(Settings())
+        load_kek(IdentitySettings())
     with pytest.raises(KekError, match="must be 32"):
-        load_kek(Settings(identity_kek="c2hvcnQ"))
-    assert load_kek(Settings(identity_kek=new_kek())) is not None
+        load_kek(IdentitySettings(kek="c2hvcnQ"))
+    assert load_kek(IdentitySettings(kek=new_kek())) is not None
 
 
 def _x509_verifies(svid: X509Svid, keys: KeySet, at: float) -> bool:

@@ -74,12 +74,12 @@ def server(
         state,
         module_database_url,
         SHOP,
-        watch="false",
-        issuers=issuer_settings(idp),
-        trust_domain=TRUST_DOMAIN,
-        identity_kek_file=kek_file,
-        workload_socket=socket_path,
-        token_exchange_rules=[RULE],
+        policy__watch="false",
+        pep__issuers=issuer_settings(idp),
+        identity__trust_domain=TRUST_DOMAIN,
+        identity__kek_file=kek_file,
+        identity__workload_socket=socket_path,
+        identity__exchange_rules=[RULE],
     ) as running:
         yield running
 
@@ -109,7 +109,7 @@ def exchange(server: Server, token: str, **form: str) -> httpx.Response:
 
 
 def cli(server: Server, *args: str) -> Any:
-    result = run_cli(*args, env={**server.env, "TRUSTPLANE_SERVER_URL": server.url})
+    result = run_cli(*args, env={**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout) if "--json" in args else result.stdout
 
@@ -371,7 +371,7 @@ def test_bad_entries_are_refused_with_the_field_named(server: Server) -> None:
         "entry",
         "delete",
         "no-such-entry",
-        env={**server.env, "TRUSTPLANE_SERVER_URL": server.url},
+        env={**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url},
     )
     assert result.returncode == 2 and "no registration entry" in result.stderr
     assert "Traceback" not in result.stderr
@@ -401,7 +401,7 @@ def test_rotation_through_the_cli_keeps_issued_tokens_verifiable(
         "rotate",
         "--step",
         "activate",
-        env={**server.env, "TRUSTPLANE_SERVER_URL": server.url},
+        env={**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url},
     )
     assert refused.returncode == 2 and "no prepared" in refused.stderr
 

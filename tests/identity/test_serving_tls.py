@@ -1,4 +1,4 @@
-"""The HTTPS serving certificate issued by the trust-domain CA (tls_from_ca): its names, a real
+"""The HTTPS serving certificate issued by the trust-domain CA (tls.from_ca): its names, a real
 TLS handshake by a client that trusts only the CA bundle, renewal into the live SSLContext."""
 
 from __future__ import annotations
@@ -31,12 +31,9 @@ def settings(engine: Engine, database_url: str, tmp_path: Path) -> Settings:
     IdentityKeys(engine, kek, TRUST_DOMAIN).initialise()
     return Settings(
         state_dir=tmp_path / "state",
-        database_url=database_url,
-        identity_kek=raw,
-        trust_domain=TRUST_DOMAIN,
-        tls_from_ca=True,
-        tls_dns_names=NAMES,
-        tls_cert_ttl_seconds=600,
+        store={"url": database_url},
+        identity={"kek": raw, "trust_domain": TRUST_DOMAIN},
+        tls={"from_ca": True, "dns_names": NAMES, "cert_ttl_seconds": 600},
     )
 
 
@@ -125,24 +122,23 @@ def test_renewed_at_half_its_life_into_the_live_context(
 
 def test_changed_names_get_a_new_certificate(settings: Settings) -> None:
     CaServingCertificate(settings).renew_if_due()
-    changed = settings.model_copy(update={"tls_dns_names": ["webhook.example"]})
-    assert CaServingCertificate(changed).due(time.time()) == "tls_dns_names changed"
+    changed = settings.model_copy(
+        update={"tls": settings.tls.model_copy(update={"dns_names": ["webhook.example"]})}
+    )
+    assert CaServingCertificate(changed).due(time.time()) == "tls.dns_names changed"
 
 
 def test_configuration_errors_name_what_is_missing(tmp_path: Path) -> None:
-    without_plane = Settings(state_dir=tmp_path, tls_from_ca=True, tls_dns_names=["a.example"])
-    with pytest.raises(ConfigError, match="identity_kek_file"):
+    without_plane = Settings(state_dir=tmp_path, tls={"from_ca": True, "dns_names": ["a.example"]})
+    with pytest.raises(ConfigError, match=r"identity\.kek_file"):
         serving_certificate(without_plane)
-    with pytest.raises(ValidationError, match="tls_from_ca needs tls_dns_names"):
-        Settings(state_dir=tmp_path, tls_from_ca=True)
+    with pytest.raises(ValidationError, match=r"tls\.from_ca needs tls\.dns_names"):
+        Settings(state_dir=tmp_path, tls={"from_ca": True})
     cert = tmp_path / "c.pem"
     with pytest.raises(ValidationError, match="exclude each other"):
         Settings(
             state_dir=tmp_path,
-            tls_from_ca=True,
-            tls_dns_names=["a.example"],
-            tls_cert_file=cert,
-            tls_key_file=cert,
+            tls={"from_ca": True, "dns_names": ["a.example"], "cert_file": cert, "key_file": cert},
         )
 
 
@@ -153,11 +149,11 @@ def test_workers_get_the_kek_and_the_certificate_factory_intact(settings: Settin
 
     from trustplane.server.serve import _worker_settings
 
-    assert settings.identity_kek is not None
+    assert settings.identity.kek is not None
     worker = Settings.model_validate_json(_worker_settings(settings))
-    assert worker.identity_kek is not None
-    assert worker.identity_kek.get_secret_value() == settings.identity_kek.get_secret_value()
+    assert worker.identity.kek is not None
+    assert worker.identity.kek.get_secret_value() == settings.identity.kek.get_secret_value()
     served = serving_certificate(settings)
     assert served is not None
     copied = pickle.loads(pickle.dumps(served.context_factory))
-    assert copied.settings.tls_dns_names == NAMES
+    assert copied.settings.tls.dns_names == NAMES

@@ -37,8 +37,8 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def service(sqlite_engine: Engine, kek: Kek) -> Iterator[IdentityService]:
-    settings = Settings(trust_domain=TRUST_DOMAIN, identity_kek=new_kek())
-    service = IdentityService(settings, sqlite_engine, kek)
+    settings = Settings(identity={"trust_domain": TRUST_DOMAIN, "kek": new_kek()})
+    service = IdentityService.from_settings(settings, sqlite_engine, kek)
     service.key_store.initialise()
     service.load()
     yield service

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.support import REPO
-from trustplane.config import ConfigError, Settings, load_settings
+from trustplane.config import AdmissionSettings, ConfigError, Settings, load_settings
 from trustplane.enforcement.admission import AdmissionRequest, AdmissionWebhook, warning
 from trustplane.posture.engine import Finding
 from trustplane.posture.packs import check_admission_settings
@@ -55,7 +55,7 @@ def test_warnings_are_cut_to_120_characters() -> None:
 
 
 def test_the_default_modes_enforce_baseline_and_warn_restricted() -> None:
-    webhook = AdmissionWebhook(None, Settings())
+    webhook = AdmissionWebhook(None, AdmissionSettings())
     pod = {
         "kind": "Pod",
         "metadata": {"generateName": "job-"},
@@ -76,16 +76,15 @@ def test_the_guide_s_configuration_is_valid() -> None:
 
     text = (REPO / "docs" / "posture.md").read_text()
     values = tomllib.loads(text.split("```toml\n", 1)[1].split("```", 1)[0])
-    values.pop("tls_cert_file")  # files the guide creates with openssl
-    values.pop("tls_key_file")
+    values.pop("tls")  # files the guide creates with openssl
     settings = Settings(**values)
-    assert settings.admission_namespaces["payments"].enforce == ["pss-restricted", "zero-trust"]
-    webhook = AdmissionWebhook(None, settings)
+    assert settings.admission.namespaces["payments"].enforce == ["pss-restricted", "zero-trust"]
+    webhook = AdmissionWebhook(None, settings.admission)
     assert webhook.review(request({"kind": "Pod", "metadata": {}, "spec": {}}))[0]["response"]
 
 
 def test_an_object_without_kind_is_reviewed_as_the_request_s_kind() -> None:
-    webhook = AdmissionWebhook(None, Settings())
+    webhook = AdmissionWebhook(None, AdmissionSettings())
     req = AdmissionRequest.model_validate(
         {
             "uid": "u2",
@@ -99,7 +98,7 @@ def test_an_object_without_kind_is_reviewed_as_the_request_s_kind() -> None:
 
 
 def test_an_update_that_leaves_the_pod_as_it_was_is_not_reviewed() -> None:
-    webhook = AdmissionWebhook(None, Settings())
+    webhook = AdmissionWebhook(None, AdmissionSettings())
     old = {
         "kind": "Deployment",
         "metadata": {"name": "agent", "labels": {"v": "1"}},
@@ -125,8 +124,8 @@ def test_the_operator_s_rule_files_are_reviewed_in_every_namespace(tmp_path: Pat
         "message: containers {offenders} use the latest tag\n"
     )
     quiet = {"enforce": [], "warn": [], "audit": []}  # no packs: only the operator's rules
-    settings = Settings(admission_rule_files=[rules], admission_namespaces={"quiet": quiet})
-    webhook = AdmissionWebhook(None, settings)
+    settings = Settings(admission={"rule_files": [rules], "namespaces": {"quiet": quiet}})
+    webhook = AdmissionWebhook(None, settings.admission)
     containers = [{"name": "a", "image": "x:latest"}]
     pod = {"kind": "Pod", "metadata": {}, "spec": {"containers": containers}}
     for namespace in ("team-a", "quiet"):
@@ -138,15 +137,15 @@ def test_a_broken_rule_file_is_a_configuration_error_naming_file_and_line(tmp_pa
     rules = tmp_path / "rules.yaml"
     rules.write_text("id: x\ndescription: d\nseverity: high\nmatch: {kinds: [Pod]}\n"
                      "expression: 'containers.all(c,'\nmessage: m\n")  # fmt: skip
-    settings = load_settings(overrides={"admission_rule_files": [str(rules)]})
+    settings = load_settings(overrides={"admission": {"rule_files": [str(rules)]}})
     with pytest.raises(ConfigError, match=rf"{rules}:5: invalid CEL"):
-        check_admission_settings(settings)
+        check_admission_settings(settings.admission)
     with pytest.raises(ConfigError, match=rf"{rules}:5: invalid CEL"):
-        AdmissionWebhook(None, settings)
+        AdmissionWebhook(None, settings.admission)
 
 
 def test_an_unreadable_object_is_refused_with_at_most_ten_fields_named() -> None:
-    webhook = AdmissionWebhook(None, Settings())
+    webhook = AdmissionWebhook(None, AdmissionSettings())
     pod = {"kind": "Pod", "metadata": {}, "spec": {"containers": [{"image": "x"}] * 25}}
     answer, decision, findings = webhook.review(request(pod))
     response = answer["response"]
@@ -160,7 +159,7 @@ def test_an_unreadable_object_is_refused_with_at_most_ten_fields_named() -> None
 
 
 def test_an_unchanged_update_is_not_reviewed_but_still_refused_when_unreadable() -> None:
-    webhook = AdmissionWebhook(None, Settings())
+    webhook = AdmissionWebhook(None, AdmissionSettings())
     old = {"kind": "Pod", "metadata": {}, "spec": {"hostNetwork": "yes", "containers": []}}
     relabelled = {**old, "metadata": {"labels": {"v": "2"}}}
     answer, _, _ = webhook.review(request(relabelled, operation="UPDATE", oldObject=old))

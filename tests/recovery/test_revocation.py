@@ -132,7 +132,7 @@ def test_revoking_needs_the_admin_token(server: Server) -> None:
 
 
 def test_cli_revokes_and_lists(server: Server) -> None:
-    env = {**server.env, "TRUSTPLANE_SERVER_URL": server.url}
+    env = {**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url}
     done = run_cli("revoke", "principal", 'Service::"reconciler"', "--reason", "retired", env=env)
     assert done.returncode == 0, done.stderr
     assert "revoked principal" in done.stdout
@@ -153,8 +153,8 @@ def test_a_revocation_on_one_replica_is_enforced_by_the_other_within_a_second(
 ) -> None:
     with (
         store_url("postgresql", tmp_path) as url,
-        running_server(tmp_path / "a", url, SHOP, watch="false") as a,
-        running_server(tmp_path / "b", url, SHOP, watch="false") as b,
+        running_server(tmp_path / "a", url, SHOP, policy__watch="false") as a,
+        running_server(tmp_path / "b", url, SHOP, policy__watch="false") as b,
     ):
         assert b.client.post("/access/v1/evaluation", json=LOGS).json()["decision"]
         started = time.monotonic()

@@ -35,7 +35,7 @@ from trustplane.server.runtime import Runtime, initialise
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
     state = tmp_path_factory.mktemp("state")
-    settings = load_settings(overrides={"state_dir": state, "watch": False})
+    settings = load_settings(overrides={"state_dir": state, "policy": {"watch": False}})
     initialise(settings)
     return Runtime(settings)
 

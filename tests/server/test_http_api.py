@@ -33,7 +33,7 @@ def refund(amount: int | None = None, user: str = "erin", **extra: Any) -> dict[
 def server(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     state = tmp_path_factory.mktemp("state")
     with running_server(
-        state, module_database_url, SHOP, watch="false", checkpoint_interval_ms=200
+        state, module_database_url, SHOP, policy__watch="false", ledger__checkpoint_interval_ms=200
     ) as srv:
         yield srv
 

@@ -18,7 +18,7 @@ UNDOCUMENTED = {"/openapi.json"}  # the document itself
 
 
 def _served(tmp_path: Path) -> set[tuple[str, str]]:
-    settings = load_settings(overrides={"state_dir": tmp_path, "watch": False})
+    settings = load_settings(overrides={"state_dir": tmp_path, "policy": {"watch": False}})
     initialise(settings)
     app = create_app(Runtime(settings), manage_runtime=False)
     served = set()

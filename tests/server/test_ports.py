@@ -12,8 +12,12 @@ from trustplane.config import Settings
 from trustplane.server.ports import PortError, claim_ports
 
 
-def settings(tmp_path: Path, **values: object) -> Settings:
-    return Settings(state_dir=tmp_path, **values)  # type: ignore[arg-type]
+def settings(tmp_path: Path, port: int, grpc_port: int, grpc_enabled: bool = True) -> Settings:
+    return Settings(
+        state_dir=tmp_path,
+        server={"port": port},
+        grpc={"port": grpc_port, "enabled": grpc_enabled},
+    )
 
 
 def test_a_listening_port_is_refused_by_number_and_setting(tmp_path: Path) -> None:
@@ -21,9 +25,9 @@ def test_a_listening_port_is_refused_by_number_and_setting(tmp_path: Path) -> No
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        with pytest.raises(PortError, match=rf"port {port} \(grpc_port\) on 127.0.0.1"):
+        with pytest.raises(PortError, match=rf"port {port} \(grpc.port\) on 127.0.0.1"):
             claim_ports(settings(tmp_path, port=free_port(), grpc_port=port))
-        with pytest.raises(PortError, match=rf"port {port} \(port\) on 127.0.0.1"):
+        with pytest.raises(PortError, match=rf"port {port} \(server.port\) on 127.0.0.1"):
             claim_ports(settings(tmp_path, port=port, grpc_port=free_port()))
 
 

@@ -43,7 +43,7 @@ def transport(request: pytest.FixtureRequest) -> str:
 def second_server(tmp_path: Path, **settings: Any) -> subprocess.CompletedProcess[str]:
     """`trustplane serve --init` of another state directory, expected to refuse to start."""
     state = tmp_path / "second"
-    env = server_env(state, f"sqlite:///{state / 'store.db'}", bundle_dir=SHOP, **settings)
+    env = server_env(state, f"sqlite:///{state / 'store.db'}", policy__bundle_dir=SHOP, **settings)
     return subprocess.run(
         [*TRUSTPLANE, "serve", "--init"],
         env={**os.environ, **env},
@@ -77,15 +77,15 @@ def test_a_second_server_on_the_same_grpc_port_refuses_to_start(
         tmp_path / "first",
         database_url,
         SHOP,
-        watch="false",
-        grpc_port=grpc_port,
-        grpc_transport=transport,
+        policy__watch="false",
+        grpc__port=grpc_port,
+        grpc__transport=transport,
     ) as first:
         done = second_server(
-            tmp_path, port=free_port(), grpc_port=grpc_port, grpc_transport=transport
+            tmp_path, server__port=free_port(), grpc__port=grpc_port, grpc__transport=transport
         )
         line = refusal(done)
-        assert f"port {grpc_port}" in line and "grpc_port" in line, line
+        assert f"port {grpc_port}" in line and "grpc.port" in line, line
         # Every call reaches the first server, and is recorded in its ledger.
         for _ in range(20):
             assert answers_ok(grpc_port)
@@ -108,7 +108,7 @@ def test_a_server_whose_http_port_is_held_never_takes_grpc_calls(
         holder.listen()
         http_port = holder.getsockname()[1]
         done = second_server(
-            tmp_path, port=http_port, grpc_port=grpc_port, grpc_transport=transport
+            tmp_path, server__port=http_port, grpc__port=grpc_port, grpc__transport=transport
         )
     line = refusal(done)
     assert f"port {http_port}" in line, line
@@ -122,14 +122,14 @@ def test_workers_share_the_grpc_port_and_no_one_else_does(tmp_path: Path, transp
         state,
         f"sqlite:///{state / 'store.db'}",
         SHOP,
-        watch="false",
-        workers=2,
-        grpc_port=grpc_port,
-        grpc_transport=transport,
+        policy__watch="false",
+        server__workers=2,
+        grpc__port=grpc_port,
+        grpc__transport=transport,
     ) as first:
         wait_for(lambda: len(re.findall(r"ext_authz gRPC on", first.log())) == 2, timeout=30)
         done = second_server(
-            tmp_path, port=free_port(), grpc_port=grpc_port, grpc_transport=transport
+            tmp_path, server__port=free_port(), grpc__port=grpc_port, grpc__transport=transport
         )
         assert f"port {grpc_port}" in refusal(done)
         assert answers_ok(grpc_port)
@@ -144,11 +144,11 @@ def test_the_grpc_front_accepts_only_once_http_answers(tmp_path: Path, transport
     env = server_env(
         state,
         f"sqlite:///{state / 'store.db'}",
-        port=http_port,
-        bundle_dir=SHOP,
-        watch="false",
-        grpc_port=grpc_port,
-        grpc_transport=transport,
+        server__port=http_port,
+        policy__bundle_dir=SHOP,
+        policy__watch="false",
+        grpc__port=grpc_port,
+        grpc__transport=transport,
     )
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:

@@ -50,7 +50,7 @@ def test_serve_refuses_a_bundle_directory_with_nothing_to_serve(
     elif kind == "a-file":
         bundle.write_text("not a directory\n")
     state = tmp_path / "state"
-    env = server_env(state, database_url, bundle_dir=bundle)
+    env = server_env(state, database_url, policy__bundle_dir=bundle)
     line = refusal(serve(env, "--init"))
     assert str(bundle) in line, line
     assert not state.exists(), "nothing is created for a server that cannot serve"
@@ -60,7 +60,7 @@ def test_serve_refuses_a_bundle_directory_that_vanished_since_init(
     tmp_path: Path, database_url: str
 ) -> None:
     state = tmp_path / "state"
-    env = server_env(state, database_url, bundle_dir=tmp_path / "gone")
+    env = server_env(state, database_url, policy__bundle_dir=tmp_path / "gone")
     assert run_cli("init", env=env).returncode == 0
     line = refusal(serve(env))
     assert f"{tmp_path / 'gone'}" in line and "does not exist" in line, line
@@ -79,11 +79,11 @@ def test_init_refuses_a_kek_file_others_may_read_and_creates_nothing(
     tmp_path: Path, database_url: str, loose_kek: Path
 ) -> None:
     state = tmp_path / "state"
-    env = server_env(state, database_url, identity_kek_file=loose_kek)
+    env = server_env(state, database_url, identity__kek_file=loose_kek)
     line = refusal(run_cli("init", env=env))
     assert str(loose_kek) in line and "0644" in line and "chmod 600" in line, line
     assert not state.exists(), "no half-initialised state directory"
-    line = refusal(serve({**env, "TRUSTPLANE_BUNDLE_DIR": str(SHOP)}, "--init"))
+    line = refusal(serve({**env, "TRUSTPLANE_POLICY__BUNDLE_DIR": str(SHOP)}, "--init"))
     assert str(loose_kek) in line and "0644" in line, line
     assert not state.exists()
 
@@ -93,7 +93,7 @@ def test_serve_refuses_a_kek_file_loosened_since_init(
 ) -> None:
     loose_kek.chmod(0o600)
     state = tmp_path / "state"
-    env = server_env(state, database_url, bundle_dir=SHOP, identity_kek_file=loose_kek)
+    env = server_env(state, database_url, policy__bundle_dir=SHOP, identity__kek_file=loose_kek)
     assert run_cli("init", env=env).returncode == 0
     before = sorted(p.name for p in state.iterdir())
     loose_kek.chmod(0o640)

@@ -56,8 +56,8 @@ def test_workers_share_one_ledger_metrics_and_active_bundle(
         state,
         database_url,
         shop_copy,
-        watch="false",
-        workers=WORKERS,
+        policy__watch="false",
+        server__workers=WORKERS,
     ) as server:
         # A worker is whole once its ext_authz gRPC listens (it starts after HTTP listens).
         wait_for(lambda: server.log().count("ext_authz gRPC on") == WORKERS, timeout=30)
@@ -90,8 +90,8 @@ def test_workers_share_one_ledger_metrics_and_active_bundle(
         reasons = [a["reason"] for a in history["activations"]]
         assert reasons == ["rollback", "api", "startup"], "the supervisor records startup once"
 
-        # Batch durability commits within flush_interval_ms: let the last answers (the history
-        # read included) reach the store before a worker is killed with them in its queue.
+        # Batch durability commits within ledger.flush_interval_ms: let the last answers (the
+        # history read included) reach the store before a worker is killed with them in its queue.
         wait_for(lambda: ledger_rows(database_url) == len(ids) + 3, timeout=15)
 
         # A worker that dies is replaced; the new one serves the rollback, not the directory.

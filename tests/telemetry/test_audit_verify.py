@@ -73,7 +73,7 @@ def tamper(database_url: str, seq: int, **values: Any) -> None:
 def test_verify_names_each_query_column_its_signed_record_does_not_support(
     tmp_path: Path, database_url: str
 ) -> None:
-    with running_server(tmp_path / "state", database_url, SHOP, watch="false") as server:
+    with running_server(tmp_path / "state", database_url, SHOP, policy__watch="false") as server:
         answers = [server.client.post("/access/v1/evaluation", json=b).json() for b in TRAFFIC]
         ids = [a["context"]["decision_id"] for a in answers]
         env = server.env
@@ -128,9 +128,9 @@ def test_records_after_the_last_checkpoint_are_reported_not_yet_proven(
     env = server_env(tmp_path / "state", database_url)
     init = run_cli("init", env=env)
     assert init.returncode == 0, init.stderr
-    settings = Settings(state_dir=tmp_path / "state", database_url=database_url)
+    settings = Settings(state_dir=tmp_path / "state", store={"url": database_url})
     engine = create_store_engine(database_url)
-    ledger = Ledger(engine, load_signer(settings), settings.ledger_origin)
+    ledger = Ledger(engine, load_signer(settings), settings.ledger.origin)
     masker = Masker([])
     entries = [
         decision_entry(
@@ -175,7 +175,7 @@ def test_checkpoints_cover_every_stored_record_on_an_interval_and_at_a_clean_sto
     while A runs (no stop involved), and A's clean stop covers its own last ones."""
     state_a, state_b = tmp_path / "a", tmp_path / "b"
     with running_server(
-        state_a, database_url, SHOP, watch="false", checkpoint_interval_ms=100
+        state_a, database_url, SHOP, policy__watch="false", ledger__checkpoint_interval_ms=100
     ) as server_a:
         state_b.mkdir()
         for name in ("ledger.key", "ledger.pub"):
@@ -184,9 +184,9 @@ def test_checkpoints_cover_every_stored_record_on_an_interval_and_at_a_clean_sto
             state_b,
             database_url,
             SHOP,
-            watch="false",
-            durability="sync",
-            checkpoint_interval_ms=60_000,
+            policy__watch="false",
+            ledger__durability="sync",
+            ledger__checkpoint_interval_ms=60_000,
         ) as server_b:
             for body in TRAFFIC[:3]:
                 assert server_b.client.post("/access/v1/evaluation", json=body).status_code == 200

@@ -75,9 +75,9 @@ def test_answered_decisions_survive_the_stop(
         state,
         database_url,
         SHOP,
-        watch="false",
-        durability=durability,
-        ledger_appender=appender,
+        policy__watch="false",
+        ledger__durability=durability,
+        ledger__appender=appender,
     ) as server:
         threads = hammer(server, answered, stop)
         deadline = time.monotonic() + 20

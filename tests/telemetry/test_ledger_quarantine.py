@@ -115,7 +115,11 @@ def test_a_nul_in_a_request_never_stalls_the_ledger(
     """The reproduction: subject id "x\\u0000y" on AuthZEN, an Envoy HTTP path with %00. Every
     decision answered afterwards is recorded, and /readyz stays 200."""
     with running_server(
-        tmp_path / "state", database_url, SHOP, watch="false", durability=durability.value
+        tmp_path / "state",
+        database_url,
+        SHOP,
+        policy__watch="false",
+        ledger__durability=durability.value,
     ) as server:
         client = server.client
         hostile = {

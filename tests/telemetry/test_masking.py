@@ -98,7 +98,7 @@ def test_default_settings_mask_tokens_in_recorded_requests() -> None:
         EntityRef("Doc", "d"),
         {"token": "t0k3n", "authorization": "Basic abc", "mfa": True},
     )
-    masked, hits = Masker(Settings().mask).apply(request.as_document())
+    masked, hits = Masker(Settings().ledger.mask).apply(request.as_document())
     assert masked["context"] == {"mfa": True}
     assert masked["principal"]["properties"] == {"email": "e@x"}
     assert sorted(hits) == ["/context/authorization", "/context/token"]

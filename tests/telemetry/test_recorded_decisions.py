@@ -104,7 +104,7 @@ def test_a_batch_with_one_hostile_item_is_refused_whole(server64: Server) -> Non
 def test_every_counted_decision_is_recorded(tmp_path: Path, database_url: str) -> None:
     """A mix of good and hostile requests on every decision endpoint; then /metrics's count of
     decisions equals the ledger's decision records."""
-    with running_server(tmp_path / "state", database_url, SHOP, watch="false") as server:
+    with running_server(tmp_path / "state", database_url, SHOP, policy__watch="false") as server:
         statuses: dict[int, int] = {}
 
         def note(status: int) -> None:
@@ -144,6 +144,6 @@ def test_every_counted_decision_is_recorded(tmp_path: Path, database_url: str) -
 @pytest.fixture(scope="module")
 def server64(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     with running_server(
-        tmp_path_factory.mktemp("state"), module_database_url, SHOP, watch="false"
+        tmp_path_factory.mktemp("state"), module_database_url, SHOP, policy__watch="false"
     ) as server:
         yield server

@@ -117,9 +117,9 @@ def server(
             tmp_path_factory.mktemp("state"),
             module_database_url,
             bundle,
-            watch="false",
-            issuers=issuer_settings(jwks),
-            trusted_proxies=[f"{PROXY}/32"],
+            policy__watch="false",
+            pep__issuers=issuer_settings(jwks),
+            server__trusted_proxies=[f"{PROXY}/32"],
         ) as running:
             yield running
     finally:

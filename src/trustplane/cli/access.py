@@ -1,7 +1,7 @@
 """`trustplane access|break-glass|exceptions …`: JIT access, break-glass and the exception
 register, through the running server's admin API.
 
-Who you are is the admin credential the CLI sends: `TRUSTPLANE_ADMIN_TOKEN` (your OIDC token,
+Who you are is the admin credential the CLI sends: `TRUSTPLANE_CLI__ADMIN_TOKEN` (your OIDC token,
 or a JWT-SVID) or, for first setup, the bootstrap token in the state directory.
 """
 
@@ -12,15 +12,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from trustplane.cli.main import (
+from trustplane.cli.common import (
     CliError,
     JsonOpt,
     UrlOpt,
-    _admin,
-    _ctx,
-    _emit_json,
-    _when,
+    admin,
+    emit,
     out,
+    root_context,
+    when,
 )
 
 access_app: typer.Typer = typer.Typer(
@@ -36,7 +36,7 @@ exceptions_app: typer.Typer = typer.Typer(
 
 
 def _call(ctx: typer.Context, method: str, path: str, url: str | None, body: Any = None) -> Any:
-    return _admin(_ctx(ctx).settings(), method, path, url, body)
+    return admin(root_context(ctx).settings(), method, path, url, body)
 
 
 def _revoke(
@@ -45,11 +45,12 @@ def _revoke(
     """End a grant or an exception now; saying so when it already was (revoking is
     idempotent)."""
     document = _call(ctx, "POST", path, url, {"reason": _required(reason, "--reason")})
-    if as_json:
-        _emit_json(document)
-        return
-    already = "" if document.get("created") else " (it already was)"
-    out.print(f"[green]✓[/] {what} revoked{already}")
+
+    def render(document: Any) -> None:
+        already = "" if document.get("created") else " (it already was)"
+        out.print(f"[green]✓[/] {what} revoked{already}")
+
+    emit(document, as_json, render)
 
 
 def _required(value: str, option: str) -> str:
@@ -58,8 +59,13 @@ def _required(value: str, option: str) -> str:
     return value
 
 
+def _entity(entity: dict[str, Any] | None) -> str:
+    entity = entity or {}
+    return f"{entity.get('type')}::{entity.get('id')}"
+
+
 def _left(until: float | None) -> str:
-    return "-" if until is None else _when(until)
+    return "-" if until is None else when(until)
 
 
 # -- access -----------------------------------------------------------------------------------
@@ -78,14 +84,15 @@ def access_request(
     """Ask for a role for a while; approvers are notified."""
     body = {"role": role, "duration": duration, "reason": reason, "ticket": ticket}
     document = _call(ctx, "POST", "/v1/access/requests", url, body)
-    if as_json:
-        _emit_json(document)
-        return
-    needed, lapses = document["approvals_required"], _when(document["expires_at"])
-    out.print(
-        f"[green]✓[/] request {document['id']} for {document['role']} is pending "
-        f"({needed} approval(s) needed, lapses {lapses})"
-    )
+
+    def render(document: Any) -> None:
+        needed, lapses = document["approvals_required"], when(document["expires_at"])
+        out.print(
+            f"[green]✓[/] request {document['id']} for {document['role']} is pending "
+            f"({needed} approval(s) needed, lapses {lapses})"
+        )
+
+    emit(document, as_json, render)
 
 
 @access_app.command("approve")
@@ -99,19 +106,20 @@ def access_approve(
     """Approve a request; the grant starts once enough distinct people have approved."""
     path = f"/v1/access/requests/{request_id}/approve"
     document = _call(ctx, "POST", path, url, {"comment": comment})
-    if as_json:
-        _emit_json(document)
-        return
-    grant = document.get("grant")
-    if grant:
-        out.print(
-            f"[green]✓[/] granted: {grant['principal']} holds {grant['role']} until "
-            f"{_when(grant['expires_at'])} (grant {grant['id']})"
-        )
-    else:
-        request = document["request"]
-        count = sum(1 for a in request["approvals"] if a["verdict"] == "approve")
-        out.print(f"[green]✓[/] approved ({count} of {request['approvals_required']})")
+
+    def render(document: Any) -> None:
+        grant = document.get("grant")
+        if grant:
+            out.print(
+                f"[green]✓[/] granted: {grant['principal']} holds {grant['role']} until "
+                f"{when(grant['expires_at'])} (grant {grant['id']})"
+            )
+        else:
+            request = document["request"]
+            count = sum(1 for a in request["approvals"] if a["verdict"] == "approve")
+            out.print(f"[green]✓[/] approved ({count} of {request['approvals_required']})")
+
+    emit(document, as_json, render)
 
 
 @access_app.command("deny")
@@ -125,10 +133,11 @@ def access_deny(
     """Deny a request."""
     body = {"reason": _required(reason, "--reason")}
     document = _call(ctx, "POST", f"/v1/access/requests/{request_id}/deny", url, body)
-    if as_json:
-        _emit_json(document)
-        return
-    out.print(f"[green]✓[/] request {request_id} denied")
+
+    def render(document: Any) -> None:
+        out.print(f"[green]✓[/] request {request_id} denied")
+
+    emit(document, as_json, render)
 
 
 @access_app.command("revoke")
@@ -157,35 +166,34 @@ def access_list(
     """Access requests (or grants with --grants)."""
     if grants or active:
         path = "/v1/access/grants" + ("?active=true" if active else "")
-        document = _call(ctx, "GET", path, url)
-        if as_json:
-            _emit_json(document)
-            return
-        table = Table("grant", "kind", "principal", "role", "until", "state")
-        for g in document["grants"]:
-            state = "active" if g["active"] else ("revoked" if g["revoked_at"] else "ended")
-            table.add_row(
-                g["id"], g["kind"], g["principal"], g["role"], _when(g["expires_at"]), state
-            )
-        out.print(table)
+        emit(_call(ctx, "GET", path, url), as_json, _print_grants)
         return
     path = "/v1/access/requests" + (f"?status={status}" if status else "")
     document = _call(ctx, "GET", path, url)
-    if as_json:
-        _emit_json(document)
-        return
-    table = Table("request", "principal", "role", "status", "approvals", "asked", "reason")
-    for r in document["requests"]:
-        count = sum(1 for a in r["approvals"] if a["verdict"] == "approve")
-        table.add_row(
-            r["id"],
-            r["principal"],
-            r["role"],
-            r["status"],
-            f"{count}/{r['approvals_required']}",
-            _when(r["created_at"]),
-            r["reason"],
-        )
+
+    def render(document: Any) -> None:
+        table = Table("request", "principal", "role", "status", "approvals", "asked", "reason")
+        for r in document["requests"]:
+            count = sum(1 for a in r["approvals"] if a["verdict"] == "approve")
+            table.add_row(
+                r["id"],
+                r["principal"],
+                r["role"],
+                r["status"],
+                f"{count}/{r['approvals_required']}",
+                when(r["created_at"]),
+                r["reason"],
+            )
+        out.print(table)
+
+    emit(document, as_json, render)
+
+
+def _print_grants(document: Any) -> None:
+    table = Table("grant", "kind", "principal", "role", "until", "state")
+    for g in document["grants"]:
+        state = "active" if g["active"] else ("revoked" if g["revoked_at"] else "ended")
+        table.add_row(g["id"], g["kind"], g["principal"], g["role"], when(g["expires_at"]), state)
     out.print(table)
 
 
@@ -198,26 +206,27 @@ def access_activity(
 ) -> None:
     """Every decision made while the grant applied (from the ledger)."""
     document = _call(ctx, "GET", f"/v1/access/grants/{grant_id}/activity", url)
-    if as_json:
-        _emit_json(document)
-        return
-    grant = document["grant"]
-    out.print(
-        f"grant {grant['id']}: {grant['principal']} as {grant['role']} "
-        f"{_when(grant['starts_at'])} → {_when(grant['expires_at'])}"
-    )
-    table = Table("time", "action", "resource", "decision", "policies")
-    for row in document["decisions"]:
-        request = row.get("request", {})
-        table.add_row(
-            row.get("time", "")[:19],
-            str(request.get("action", {}).get("id", "")),
-            f"{request.get('resource', {}).get('type')}::{request.get('resource', {}).get('id')}",
-            row.get("decision", ""),
-            ", ".join(row.get("reasons", [])),
+
+    def render(document: Any) -> None:
+        grant = document["grant"]
+        out.print(
+            f"grant {grant['id']}: {grant['principal']} as {grant['role']} "
+            f"{when(grant['starts_at'])} → {when(grant['expires_at'])}"
         )
-    out.print(table)
-    out.print(f"{len(document['decisions'])} decision(s)")
+        table = Table("time", "action", "resource", "decision", "policies")
+        for row in document["decisions"]:
+            request = row.get("request", {})
+            table.add_row(
+                row.get("time", "")[:19],
+                str(request.get("action", {}).get("id", "")),
+                _entity(request.get("resource")),
+                row.get("decision", ""),
+                ", ".join(row.get("reasons", [])),
+            )
+        out.print(table)
+        out.print(f"{len(document['decisions'])} decision(s)")
+
+    emit(document, as_json, render)
 
 
 # -- break-glass ------------------------------------------------------------------------------
@@ -239,15 +248,16 @@ def break_glass_open(
     if duration:
         body["duration"] = duration
     document = _call(ctx, "POST", "/v1/break-glass", url, body)
-    if as_json:
-        _emit_json(document)
-        return
-    session = document["session"]
-    out.print(
-        f"[bold red]BREAK-GLASS[/] {profile}: {session['principal']} holds {session['role']} "
-        f"until {_when(session['expires_at'])} (session {session['id']}); review due "
-        f"{_when(document['review']['due_at'])}"
-    )
+
+    def render(document: Any) -> None:
+        session = document["session"]
+        out.print(
+            f"[bold red]BREAK-GLASS[/] {profile}: {session['principal']} holds {session['role']} "
+            f"until {when(session['expires_at'])} (session {session['id']}); review due "
+            f"{when(document['review']['due_at'])}"
+        )
+
+    emit(document, as_json, render)
 
 
 @break_glass_app.command("review")
@@ -261,10 +271,11 @@ def break_glass_review(
     """Close the post-incident review (never by whoever opened the session)."""
     body = {"notes": _required(notes, "--notes")}
     document = _call(ctx, "POST", f"/v1/break-glass/{session_id}/review", url, body)
-    if as_json:
-        _emit_json(document)
-        return
-    out.print(f"[green]✓[/] review of {session_id} closed")
+
+    def render(document: Any) -> None:
+        out.print(f"[green]✓[/] review of {session_id} closed")
+
+    emit(document, as_json, render)
 
 
 @break_glass_app.command("list")
@@ -276,22 +287,28 @@ def break_glass_list(
 ) -> None:
     """Break-glass sessions and their reviews; the count of overdue reviews."""
     document = _call(ctx, "GET", "/v1/break-glass" + ("?overdue=true" if overdue else ""), url)
-    if as_json:
-        _emit_json(document)
-        return
-    table = Table("session", "profile", "opened by", "opened", "review due", "review")
-    for item in document["sessions"]:
-        s, r = item["session"], item["review"]
-        state = (
-            f"closed by {r['closed_by']}"
-            if r["closed_at"]
-            else ("[red]OVERDUE[/]" if r["overdue"] else "open")
-        )
-        table.add_row(
-            s["id"], s["profile"], r["opened_by"], _when(s["starts_at"]), _when(r["due_at"]), state
-        )
-    out.print(table)
-    out.print(f"{document['overdue']} overdue review(s)")
+
+    def render(document: Any) -> None:
+        table = Table("session", "profile", "opened by", "opened", "review due", "review")
+        for item in document["sessions"]:
+            s, r = item["session"], item["review"]
+            state = (
+                f"closed by {r['closed_by']}"
+                if r["closed_at"]
+                else ("[red]OVERDUE[/]" if r["overdue"] else "open")
+            )
+            table.add_row(
+                s["id"],
+                s["profile"],
+                r["opened_by"],
+                when(s["starts_at"]),
+                when(r["due_at"]),
+                state,
+            )
+        out.print(table)
+        out.print(f"{document['overdue']} overdue review(s)")
+
+    emit(document, as_json, render)
 
 
 # -- exceptions -------------------------------------------------------------------------------
@@ -323,10 +340,11 @@ def exceptions_request(
         "duration": duration,
     }
     document = _call(ctx, "POST", "/v1/exceptions", url, body)
-    if as_json:
-        _emit_json(document)
-        return
-    out.print(f"[green]✓[/] exception {document['id']} to {policy} is pending approval")
+
+    def render(document: Any) -> None:
+        out.print(f"[green]✓[/] exception {document['id']} to {policy} is pending approval")
+
+    emit(document, as_json, render)
 
 
 @exceptions_app.command("approve")
@@ -340,15 +358,15 @@ def exceptions_approve(
     """Approve an exception; it applies from now until its expiry."""
     path = f"/v1/exceptions/{exception_id}/approve"
     document = _call(ctx, "POST", path, url, {"comment": comment})
-    if as_json:
-        _emit_json(document)
-        return
-    if document["status"] == "approved":
-        out.print(
-            f"[green]✓[/] exception {exception_id} applies until {_left(document['expires_at'])}"
-        )
-    else:
-        out.print(f"[green]✓[/] approval recorded ({document['approvals_required']} needed)")
+
+    def render(document: Any) -> None:
+        if document["status"] == "approved":
+            until = _left(document["expires_at"])
+            out.print(f"[green]✓[/] exception {exception_id} applies until {until}")
+        else:
+            out.print(f"[green]✓[/] approval recorded ({document['approvals_required']} needed)")
+
+    emit(document, as_json, render)
 
 
 @exceptions_app.command("revoke")
@@ -379,19 +397,20 @@ def exceptions_list(
         f"{k}={v}" for k, v in (("expiring", expiring), ("status", status)) if v is not None
     )
     document = _call(ctx, "GET", "/v1/exceptions" + (f"?{query}" if query else ""), url)
-    if as_json:
-        _emit_json(document)
-        return
-    table = Table("exception", "policy", "principal", "owner", "ticket", "status", "until")
-    for e in document["exceptions"]:
-        state = "revoked" if e["revoked_at"] else ("active" if e["active"] else e["status"])
-        table.add_row(
-            e["id"],
-            e["policy_id"],
-            e["principal"],
-            e["owner"],
-            e["ticket"],
-            state,
-            _left(e["expires_at"]),
-        )
-    out.print(table)
+
+    def render(document: Any) -> None:
+        table = Table("exception", "policy", "principal", "owner", "ticket", "status", "until")
+        for e in document["exceptions"]:
+            state = "revoked" if e["revoked_at"] else ("active" if e["active"] else e["status"])
+            table.add_row(
+                e["id"],
+                e["policy_id"],
+                e["principal"],
+                e["owner"],
+                e["ticket"],
+                state,
+                _left(e["expires_at"]),
+            )
+        out.print(table)
+
+    emit(document, as_json, render)

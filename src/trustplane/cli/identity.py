@@ -16,19 +16,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from trustplane.cli.main import (
+from trustplane.cli.common import (
     CliError,
     JsonOpt,
     UrlOpt,
-    _admin,
-    _ctx,
-    _emit_json,
-    _http,
-    _server,
-    _store_engine,
-    _token,
-    _when,
+    admin,
+    admin_token,
+    emit,
+    http,
     out,
+    root_context,
+    server_url,
+    store_engine,
+    when,
 )
 
 identity_app: typer.Typer = typer.Typer(
@@ -70,28 +70,31 @@ def init_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Create the trust domain's CA and JWT signing key in the store (idempotent)."""
     from trustplane.identity.service import IdentityService
 
-    settings = _ctx(ctx).settings()
-    engine = _store_engine(settings)
+    settings = root_context(ctx).settings()
+    engine = store_engine(settings)
     try:
         with _identity_errors():
-            service = IdentityService(settings, engine)
+            service = IdentityService.from_settings(settings, engine)
             created = service.key_store.initialise()
             records = service.key_store.records()
     finally:
         engine.dispose()
-    if as_json:
-        _emit_json(
-            {
-                "trust_domain": settings.trust_domain,
-                "created": [r.as_dict() for r in created],
-                "keys": [r.as_dict() for r in records],
-            }
-        )
-        return
-    for record in created:
-        out.print(f"[green]✓[/] created {record.kind.value} key {record.kid}")
-    if not created:
-        out.print(f"trust domain {settings.trust_domain} already has active keys")
+
+    def render(_: Any) -> None:
+        for record in created:
+            out.print(f"[green]✓[/] created {record.kind.value} key {record.kid}")
+        if not created:
+            out.print(f"trust domain {settings.identity.trust_domain} already has active keys")
+
+    emit(
+        {
+            "trust_domain": settings.identity.trust_domain,
+            "created": [r.as_dict() for r in created],
+            "keys": [r.as_dict() for r in records],
+        },
+        as_json,
+        render,
+    )
 
 
 @identity_app.command("import")
@@ -108,24 +111,27 @@ def import_cmd(
     from trustplane.identity.keys import KeyKind
     from trustplane.identity.service import IdentityService
 
-    settings = _ctx(ctx).settings()
+    settings = root_context(ctx).settings()
     try:
         key_pem = key.read_bytes()
         cert_pem = cert.read_bytes() if cert else None
     except OSError as exc:
         raise CliError(f"cannot read {exc.filename}: {exc.strerror}") from None
-    engine = _store_engine(settings)
+    engine = store_engine(settings)
     try:
         with _identity_errors():
-            service = IdentityService(settings, engine)
+            service = IdentityService.from_settings(settings, engine)
             kind = KeyKind.X509 if cert_pem is not None else KeyKind.JWT
             record = service.key_store.import_key(kind, key_pem, cert_pem)
     finally:
         engine.dispose()
-    if as_json:
-        _emit_json(record.as_dict())
-        return
-    out.print(f"[green]✓[/] imported {record.kind.value} key {record.kid} ({record.state.value})")
+
+    def render(_: Any) -> None:
+        out.print(
+            f"[green]✓[/] imported {record.kind.value} key {record.kid} ({record.state.value})"
+        )
+
+    emit(record.as_dict(), as_json, render)
 
 
 @identity_app.command("bundle")
@@ -138,61 +144,60 @@ def bundle_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The trust domain's CA certificates, read from the store: what a client trusts to talk
-    to trustplane's CA-issued HTTPS certificate (tls_from_ca), e.g. the caBundle of a
+    to trustplane's CA-issued HTTPS certificate (tls.from_ca), e.g. the caBundle of a
     ValidatingWebhookConfiguration. Every published CA is included, the prepared one too, so
     a bundle taken after a rotation's prepare step keeps working once it activates."""
     from trustplane.identity.keys import published_ca_certificates
 
     if pem and b64:
         raise CliError("give --pem or --base64, not both")
-    settings = _ctx(ctx).settings()
-    engine = _store_engine(settings)
+    settings = root_context(ctx).settings()
+    engine = store_engine(settings)
     try:
         certificates = published_ca_certificates(engine)
     finally:
         engine.dispose()
     if not certificates:
         raise CliError(
-            f"trust domain {settings.trust_domain} has no CA yet: configure a KEK and run "
+            f"trust domain {settings.identity.trust_domain} has no CA yet: configure a KEK and run "
             "`trustplane identity init`"
         )
     text = "".join(c if c.endswith("\n") else c + "\n" for c in certificates)
     encoded = base64.b64encode(text.encode()).decode()
-    if as_json:
-        _emit_json(
-            {
-                "trust_domain": settings.trust_domain,
-                "certificates": len(certificates),
-                "pem": text,
-                "ca_bundle": encoded,
-            }
-        )
-    elif b64:
-        sys.stdout.write(encoded + "\n")
-    else:
-        sys.stdout.write(text)
+    doc = {
+        "trust_domain": settings.identity.trust_domain,
+        "certificates": len(certificates),
+        "pem": text,
+        "ca_bundle": encoded,
+    }
+
+    def render(doc: dict[str, Any]) -> None:
+        sys.stdout.write(doc["ca_bundle"] + "\n" if b64 else doc["pem"])
+
+    emit(doc, as_json, render)
 
 
 @identity_app.command("keys")
 def keys_cmd(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """The trust domain's keys and their rotation states."""
-    settings = _ctx(ctx).settings()
-    doc = _admin(settings, "GET", "/v1/identity/keys", url)
-    if as_json:
-        _emit_json(doc)
-        return
-    table = Table("kind", "kid", "state", "created", "expires", "retirable")
-    for key in doc["keys"]:
-        retirable = key.get("retirable_at")
-        table.add_row(
-            key["kind"],
-            key["kid"],
-            key["state"],
-            _when(key["created_at"]),
-            _when(key["not_after"]),
-            _when(retirable) if retirable else "",
-        )
-    out.print(table)
+    settings = root_context(ctx).settings()
+    doc = admin(settings, "GET", "/v1/identity/keys", url)
+
+    def render(doc: Any) -> None:
+        table = Table("kind", "kid", "state", "created", "expires", "retirable")
+        for key in doc["keys"]:
+            retirable = key.get("retirable_at")
+            table.add_row(
+                key["kind"],
+                key["kid"],
+                key["state"],
+                when(key["created_at"]),
+                when(key["not_after"]),
+                when(retirable) if retirable else "",
+            )
+        out.print(table)
+
+    emit(doc, as_json, render)
 
 
 @identity_app.command("rotate")
@@ -230,19 +235,22 @@ def rotate_cmd(
         raise CliError("--kid names a compromised key: use it with --emergency")
     if emergency and step != "next":
         raise CliError("--emergency is a step of its own: leave out --step")
-    settings = _ctx(ctx).settings()
+    settings = root_context(ctx).settings()
     body: dict[str, Any] = {
         "step": "emergency" if emergency else step,
         **({"kind": kind} if kind else {}),
         **({"kid": kid} if kid else {}),
     }
-    doc = _http("POST", _server(settings, url), "/v1/identity/rotate", _token(settings), body)
+    doc = http(
+        "POST", server_url(settings, url), "/v1/identity/rotate", admin_token(settings), body
+    )
     result = doc.json()
-    if as_json:
-        _emit_json(result)
-        return
-    for line in result["done"] or ["nothing was due"]:
-        out.print(f"[green]✓[/] {line}")
+
+    def render(result: Any) -> None:
+        for line in result["done"] or ["nothing was due"]:
+            out.print(f"[green]✓[/] {line}")
+
+    emit(result, as_json, render)
 
 
 @entry_app.command("create")
@@ -262,7 +270,7 @@ def entry_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Register a workload: callers matching every selector get SPIFFE_ID."""
-    settings = _ctx(ctx).settings()
+    settings = root_context(ctx).settings()
     body = {
         "spiffe_id": spiffe_id,
         "selectors": selector,
@@ -270,26 +278,28 @@ def entry_create(
         "x509_ttl_seconds": x509_ttl,
         "jwt_ttl_seconds": jwt_ttl,
     }
-    entry = _admin(settings, "POST", "/v1/identity/entries", url, body)
-    if as_json:
-        _emit_json(entry)
-        return
-    out.print(f"[green]✓[/] entry {entry['id']} → {entry['spiffe_id']}")
+    entry = admin(settings, "POST", "/v1/identity/entries", url, body)
+
+    def render(entry: Any) -> None:
+        out.print(f"[green]✓[/] entry {entry['id']} → {entry['spiffe_id']}")
+
+    emit(entry, as_json, render)
 
 
 @entry_app.command("list")
 def entry_list(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """The registration entries."""
-    settings = _ctx(ctx).settings()
-    doc = _admin(settings, "GET", "/v1/identity/entries", url)
-    if as_json:
-        _emit_json(doc)
-        return
-    table = Table("id", "spiffe id", "selectors", "owner", "ttl x509/jwt")
-    for e in doc["entries"]:
-        ttls = f"{e['x509_ttl_seconds'] or '-'}/{e['jwt_ttl_seconds'] or '-'}"
-        table.add_row(e["id"], e["spiffe_id"], "\n".join(e["selectors"]), e["owner"], ttls)
-    out.print(table)
+    settings = root_context(ctx).settings()
+    doc = admin(settings, "GET", "/v1/identity/entries", url)
+
+    def render(doc: Any) -> None:
+        table = Table("id", "spiffe id", "selectors", "owner", "ttl x509/jwt")
+        for e in doc["entries"]:
+            ttls = f"{e['x509_ttl_seconds'] or '-'}/{e['jwt_ttl_seconds'] or '-'}"
+            table.add_row(e["id"], e["spiffe_id"], "\n".join(e["selectors"]), e["owner"], ttls)
+        out.print(table)
+
+    emit(doc, as_json, render)
 
 
 @entry_app.command("delete")
@@ -300,13 +310,14 @@ def entry_delete(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a registration entry; its workloads get no new SVIDs."""
-    settings = _ctx(ctx).settings()
+    settings = root_context(ctx).settings()
     path = f"/v1/identity/entries/{entry_id}"
-    entry = _admin(settings, "DELETE", path, url)
-    if as_json:
-        _emit_json(entry)
-        return
-    out.print(f"[green]✓[/] deleted entry {entry['id']} ({entry['spiffe_id']})")
+    entry = admin(settings, "DELETE", path, url)
+
+    def render(entry: Any) -> None:
+        out.print(f"[green]✓[/] deleted entry {entry['id']} ({entry['spiffe_id']})")
+
+    emit(entry, as_json, render)
 
 
 @identity_app.command("inventory")
@@ -321,30 +332,31 @@ def inventory_cmd(
 ) -> None:
     """Every identity issued or seen, flagged: no owner, unused, long-lived credentials, and
     drift from the registration entries (unregistered, foreign_trust_domain, not_observed)."""
-    settings = _ctx(ctx).settings()
+    settings = root_context(ctx).settings()
     path = f"/v1/identity/inventory?unused_days={unused_days}&long_lived_seconds={long_lived}"
-    doc = _admin(settings, "GET", path, url)
-    if as_json:
-        _emit_json(doc)
-        return
-    table = Table(title=f"{len(doc['identities'])} identities", title_justify="left")
-    table.add_column("principal", overflow="fold", ratio=2)  # SPIFFE IDs are pasted: keep whole
-    for column in ("kind", "owner", "first seen", "last seen", "lifetime", "flags"):
-        table.add_column(column)
-    for item in doc["identities"]:
-        flags = ", ".join(item["flags"])
-        table.add_row(
-            item["principal"],
-            item["kind"],
-            item["owner"] or "",
-            _when(item["first_seen"]) if item["first_seen"] else "never",
-            _when(item["last_seen"]) if item["last_seen"] else "never",
-            f"{item['max_lifetime_seconds']}s",
-            f"[yellow]{flags}[/]" if flags else "",
-        )
-    out.print(table)
-    flagged = sum(1 for i in doc["identities"] if i["flags"])
-    out.print(f"{len(doc['identities'])} identities, {flagged} flagged")
+    doc = admin(settings, "GET", path, url)
+
+    def render(doc: Any) -> None:
+        table = Table(title=f"{len(doc['identities'])} identities", title_justify="left")
+        table.add_column("principal", overflow="fold", ratio=2)  # SPIFFE IDs are pasted: keep whole
+        for column in ("kind", "owner", "first seen", "last seen", "lifetime", "flags"):
+            table.add_column(column)
+        for item in doc["identities"]:
+            flags = ", ".join(item["flags"])
+            table.add_row(
+                item["principal"],
+                item["kind"],
+                item["owner"] or "",
+                when(item["first_seen"]) if item["first_seen"] else "never",
+                when(item["last_seen"]) if item["last_seen"] else "never",
+                f"{item['max_lifetime_seconds']}s",
+                f"[yellow]{flags}[/]" if flags else "",
+            )
+        out.print(table)
+        flagged = sum(1 for i in doc["identities"] if i["flags"])
+        out.print(f"{len(doc['identities'])} identities, {flagged} flagged")
+
+    emit(doc, as_json, render)
 
 
 @identity_app.command("agent")
@@ -365,15 +377,15 @@ def agent_cmd(
     from trustplane.identity.workload_api import WorkloadApiServer
     from trustplane.store.feed import ChangeFeed
 
-    settings = _ctx(ctx).settings()
-    path = socket_path or settings.workload_socket
+    settings = root_context(ctx).settings()
+    path = socket_path or settings.identity.workload_socket
     if path is None:
         raise CliError("no socket: pass --socket PATH or set workload_socket")
-    engine = _store_engine(settings)
+    engine = store_engine(settings)
     with _identity_errors():
-        service = IdentityService(settings, engine)
+        service = IdentityService.from_settings(settings, engine)
         service.load()
-    feed = ChangeFeed(engine, poll_interval=settings.change_poll_ms / 1000)
+    feed = ChangeFeed(engine, poll_interval=settings.store.change_poll_ms / 1000)
     feed.subscribe(KEYS_TOPIC, service.refresh_keys)
     feed.subscribe(ENTRIES_TOPIC, service.entries.refresh)
     feed.start()
@@ -386,7 +398,9 @@ def agent_cmd(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        out.print(f"SPIFFE Workload API on unix:{path} (trust domain {settings.trust_domain})")
+        out.print(
+            f"SPIFFE Workload API on unix:{path} (trust domain {settings.identity.trust_domain})"
+        )
         await stop.wait()
         await server.stop()
 

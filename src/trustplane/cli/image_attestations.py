@@ -19,18 +19,18 @@ from urllib.parse import urlencode
 import typer
 from rich.table import Table
 
-from trustplane.cli.main import (
+from trustplane.cli.common import (
     CliError,
     JsonOpt,
     UrlOpt,
-    _admin,
-    _ctx,
-    _emit_json,
-    _http,
-    _server,
-    _token,
-    _when,
+    admin,
+    admin_token,
+    emit,
+    http,
     out,
+    root_context,
+    server_url,
+    when,
 )
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -90,19 +90,21 @@ def attest_cmd(
         ImageRef.parse(image)  # before any token is spent on it
     except AttestationError as exc:
         raise CliError(str(exc)) from None
-    settings = _ctx(ctx).settings()
-    base = _server(settings, url)
+    settings = root_context(ctx).settings()
+    base = server_url(settings, url)
     body = {"image": image, "predicate_type": predicate_type, "predicate": _predicate(predicate)}
     svid = token if token is not None else _exchange(base, ci_token or "")
-    found = _http("POST", base, "/v1/attestations", svid, body).json()
-    if as_json:
-        _emit_json(found)
-        return
-    out.print(
-        f"[green]✓[/] attested {found['image']} ({found['predicate_type']}) as {found['signer']}",
-        highlight=False,
-    )
-    out.print(f"  attestation {found['id']}, ledger decision {found['decision_id']}")
+    found = http("POST", base, "/v1/attestations", svid, body).json()
+
+    def render(found: Any) -> None:
+        out.print(
+            f"[green]✓[/] attested {found['image']} ({found['predicate_type']}) "
+            f"as {found['signer']}",
+            highlight=False,
+        )
+        out.print(f"  attestation {found['id']}, ledger decision {found['decision_id']}")
+
+    emit(found, as_json, render)
 
 
 def _predicate(path: Path | None) -> dict[str, Any]:
@@ -162,32 +164,33 @@ def list_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Attestations recorded on the server, newest first, each re-verified by it."""
-    settings = _ctx(ctx).settings()
+    settings = root_context(ctx).settings()
     query: dict[str, Any] = {"limit": limit}
     for name, value in (("image", image), ("signer", signer), ("predicate_type", predicate_type)):
         if value is not None:
             query[name] = value
     path = "/v1/attestations?" + urlencode(query)
-    doc = _admin(settings, "GET", path, url)
-    if as_json:
-        _emit_json(doc)
-        return
-    table = Table(title=f"{len(doc['attestations'])} attestations", title_justify="left")
-    table.add_column("attested")
-    table.add_column("image", overflow="fold", ratio=2)
-    table.add_column("predicate type", overflow="fold")
-    table.add_column("signer", overflow="fold")
-    table.add_column("verified")
-    for item in doc["attestations"]:
-        verified = "[green]yes[/]" if item["verified"] else f"[red]no[/]: {item.get('problem')}"
-        table.add_row(
-            _when(item["attested_at"]),
-            item["image"],
-            item["predicate_type"],
-            item["signer"],
-            verified,
-        )
-    out.print(table)
+    doc = admin(settings, "GET", path, url)
+
+    def render(doc: Any) -> None:
+        table = Table(title=f"{len(doc['attestations'])} attestations", title_justify="left")
+        table.add_column("attested")
+        table.add_column("image", overflow="fold", ratio=2)
+        table.add_column("predicate type", overflow="fold")
+        table.add_column("signer", overflow="fold")
+        table.add_column("verified")
+        for item in doc["attestations"]:
+            verified = "[green]yes[/]" if item["verified"] else f"[red]no[/]: {item.get('problem')}"
+            table.add_row(
+                when(item["attested_at"]),
+                item["image"],
+                item["predicate_type"],
+                item["signer"],
+                verified,
+            )
+        out.print(table)
+
+    emit(doc, as_json, render)
 
 
 @attestations_app.command("withdraw")
@@ -202,11 +205,12 @@ def withdraw_cmd(
     admission on every node."""
     if not reason.strip():
         raise CliError("--reason is required: it is what the audit trail shows")
-    settings = _ctx(ctx).settings()
+    settings = root_context(ctx).settings()
     path = f"/v1/attestations/{attestation_id}"
-    doc = _http("DELETE", _server(settings, url), path, _token(settings), {"reason": reason})
+    doc = http("DELETE", server_url(settings, url), path, admin_token(settings), {"reason": reason})
     result = doc.json()
-    if as_json:
-        _emit_json(result)
-        return
-    out.print(f"[green]✓[/] withdrew attestation {result['id']} of {result['image']}")
+
+    def render(result: Any) -> None:
+        out.print(f"[green]✓[/] withdrew attestation {result['id']} of {result['image']}")
+
+    emit(result, as_json, render)

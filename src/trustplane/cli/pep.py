@@ -8,15 +8,23 @@ PEP and adding it again.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from trustplane.cli.main import CliError, JsonOpt, _ctx, _emit_json, _store_engine, _when, out
+from trustplane.cli.common import (
+    CliError,
+    JsonOpt,
+    emit,
+    out,
+    root_context,
+    store_engine,
+    when,
+)
 
 pep_app: typer.Typer = typer.Typer(
-    help="Enforcement points (PEPs) allowed to ask for decisions when pep_auth is on.",
+    help="Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",
     no_args_is_help=True,
 )
 
@@ -40,21 +48,22 @@ def add_cmd(
     """Register a PEP; prints its token once (keep it in the PEP's secret store)."""
     from trustplane.enforcement.pep import PepError, PepStore
 
-    engine = _store_engine(_ctx(ctx).settings())
+    engine = store_engine(root_context(ctx).settings())
     try:
         token = PepStore(engine).add(name, spiffe_id)
     except PepError as exc:
         raise CliError(str(exc)) from None
     finally:
         engine.dispose()
-    if as_json:
-        _emit_json({"name": name, "spiffe_id": spiffe_id, "token": token})
-        return
-    if token is None:
-        out.print(f"[green]✓[/] PEP [bold]{name}[/] authenticates as {spiffe_id}")
-        return
-    out.print(f"[green]✓[/] PEP [bold]{name}[/] registered; its token (shown only now):")
-    out.print(token, markup=False, highlight=False)
+
+    def render(_: Any) -> None:
+        if token is None:
+            out.print(f"[green]✓[/] PEP [bold]{name}[/] authenticates as {spiffe_id}")
+            return
+        out.print(f"[green]✓[/] PEP [bold]{name}[/] registered; its token (shown only now):")
+        out.print(token, markup=False, highlight=False)
+
+    emit({"name": name, "spiffe_id": spiffe_id, "token": token}, as_json, render)
 
 
 @pep_app.command("list")
@@ -62,22 +71,23 @@ def list_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """The registered PEPs (never their tokens)."""
     from trustplane.enforcement.pep import PepStore
 
-    engine = _store_engine(_ctx(ctx).settings())
+    engine = store_engine(root_context(ctx).settings())
     try:
         records = PepStore(engine).list()
     finally:
         engine.dispose()
-    if as_json:
-        _emit_json([r.as_dict() for r in records])
-        return
-    table = Table("name", "authenticates with", "added")
-    for record in records:
-        table.add_row(
-            record.name,
-            record.spiffe_id if record.spiffe_id else "token",
-            _when(record.created_at),
-        )
-    out.print(table)
+
+    def render(_: Any) -> None:
+        table = Table("name", "authenticates with", "added")
+        for record in records:
+            table.add_row(
+                record.name,
+                record.spiffe_id if record.spiffe_id else "token",
+                when(record.created_at),
+            )
+        out.print(table)
+
+    emit([r.as_dict() for r in records], as_json, render)
 
 
 @pep_app.command("remove")
@@ -85,7 +95,7 @@ def remove_cmd(ctx: typer.Context, name: NameArg) -> None:
     """Unregister a PEP: its token or SPIFFE ID stops being accepted."""
     from trustplane.enforcement.pep import PepError, PepStore
 
-    engine = _store_engine(_ctx(ctx).settings())
+    engine = store_engine(root_context(ctx).settings())
     try:
         PepStore(engine).remove(name)
     except PepError as exc:

@@ -20,7 +20,7 @@ from trustplane.telemetry.deny_spike import DenySpikeDetector
 from trustplane.telemetry.metrics import Metrics
 from trustplane.telemetry.recorder import DecisionRecorder
 
-NO_BUNDLE = "no active policy bundle: denying by default"
+NO_BUNDLE = "no_active_bundle: no active policy bundle, denying by default"
 
 # trust/assessor.TrustAssessor: the request Cedar sees (context.trust) and the assessment the
 # decision carries (score, level, each signal with its value and source).
@@ -88,7 +88,7 @@ class PolicyDecisionPoint:
         revoked = revocations.principal(request.principal)
         if revoked is not None:  # before any policy (and any cached answer)
             decision = refusal(
-                f"revoked: {revoked.target} ({revoked.reason})",
+                f"principal_revoked: {revoked.target} ({revoked.reason})",
                 active.bundle.revision if active is not None else None,
                 epoch,
             )

@@ -2,7 +2,7 @@
 
 The objects under review go through the posture engine (`posture/`), the same one
 `trustplane scan` uses. Each namespace has Pod Security Admission-style modes (rule packs
-enforced, warned about, audited; `Settings.admission`, `admission_namespaces`), each capped by
+enforced, warned about, audited; `Settings.admission`, `admission.namespaces`), each capped by
 the rule's own mode. The answer echoes the request's uid; a refusal carries status 403 and a
 message listing every failed enforce rule; warn-mode findings become `warnings` (≤ 120
 characters each); an update that leaves the pod as it was is allowed unreviewed, as in PSA.
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from trustplane.config import AdmissionModes, Settings
+from trustplane.config import AdmissionModes, AdmissionSettings
 from trustplane.decision.point import PolicyDecisionPoint
 from trustplane.model import (
     AccessRequest,
@@ -98,23 +98,23 @@ class AdmissionWebhook:
     def __init__(
         self,
         pdp: PolicyDecisionPoint | None,
-        settings: Settings,
+        settings: AdmissionSettings,
         attestations: AttestationIndex | None = None,
+        *,
+        max_body_bytes: int = 1_048_576,
     ) -> None:
         """`attestations`: the index `unattested` answers from; None (no identity plane): no
         image counts as attested, and the refusal says why."""
         check_admission_settings(settings)
         self._pdp = pdp
         self._functions = {"unattested": unattested_function(attestations)}
-        self._limit = settings.max_body_bytes
-        self._params = settings.admission_params
-        self._exemptions = exemptions_by_rule(settings.admission_exemptions)
-        self._own_rules = [
-            rule for path in settings.admission_rule_files for rule in load_rule_file(path)
-        ]
-        self._default = self._engine(settings.admission)
+        self._limit = max_body_bytes
+        self._params = settings.params
+        self._exemptions = exemptions_by_rule(settings.exemptions)
+        self._own_rules = [rule for path in settings.rule_files for rule in load_rule_file(path)]
+        self._default = self._engine(settings)
         self._namespaces = {
-            name: self._engine(modes) for name, modes in settings.admission_namespaces.items()
+            name: self._engine(modes) for name, modes in settings.namespaces.items()
         }
 
     def _engine(self, modes: AdmissionModes) -> Engine:

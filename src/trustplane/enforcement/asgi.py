@@ -11,7 +11,7 @@ mapped and decided before the app sees it, and the app can read the decision.
 Two ways to ask:
 
 - `RemotePdp(url)`: a trustplane server's forward-auth endpoint, with the request described in
-  `X-Original-*` headers; the app's address must be in the server's `trusted_proxies`. The
+  `X-Original-*` headers; the app's address must be in the server's `server.trusted_proxies`. The
   server authenticates the caller's token and maps the route with its bundle's routes.yaml.
   Where the server requires PEP authentication, pass `pep_token` (`trustplane pep add`).
 - `LocalPdp(enforcer)`: in the same process, through `HttpEnforcer` (no network hop).

@@ -1,6 +1,6 @@
 """Who is calling: a verified bearer JWT, or the identity header of a trusted proxy.
 
-Forwarded headers are only believed from `trusted_proxies`; from anyone else they are ignored
+Forwarded headers are only believed from `server.trusted_proxies`; from anyone else they are ignored
 and the request is judged without them (so a caller cannot name itself in `X-Forwarded-User`).
 """
 
@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
-from trustplane.config import Settings
+from trustplane.config import PepSettings
 from trustplane.identity.tokens import (
     ClockSkewObserver,
     TokenRejected,
@@ -131,10 +131,15 @@ class Authenticator:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, on_clock_skew: ClockSkewObserver | None = None
+        cls,
+        settings: PepSettings,
+        proxies: ProxyTrust,
+        on_clock_skew: ClockSkewObserver | None = None,
     ) -> Authenticator:
+        """The authenticator of the enforcement points: the `[pep]` issuers and identity
+        header, forwarded headers believed from `proxies` (`server.trusted_proxies`)."""
         verifier = verifier_from_settings(settings.issuers, on_clock_skew)
-        return cls(verifier, ProxyTrust(settings.trusted_proxies), settings.identity_header)
+        return cls(verifier, proxies, settings.identity_header)
 
     @property
     def proxies(self) -> ProxyTrust:

@@ -6,7 +6,7 @@ host and path of the held request, its headers, the source address, whether the 
 connection used TLS (and its SNI), and `context_extensions`. The caller is the bearer JWT in
 `authorization` if there is one, else the peer's SPIFFE ID that Envoy saw on the mTLS connection
 (`source.principal`). The answer is OK with `ok_response` headers for the upstream (decision id,
-the authenticated identity; the caller's `authorization` removed when `strip_credential` is on),
+the authenticated identity; the caller's `authorization` removed when `pep.strip_credential` is on),
 or PERMISSION_DENIED / UNAUTHENTICATED with a `denied_response` Envoy sends to the client:
 403 with a JSON body, or 401 with `WWW-Authenticate`.
 
@@ -116,7 +116,7 @@ def _fill_denied(
 class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """`envoy.service.auth.v3.Authorization`: `Check` on grpc.aio, `answer` for any transport
     (the compiled front hands it the same messages). With `pep`, the calling Envoy must
-    authenticate (the call's `authorization` metadata: a PEP token or JWT-SVID) as pep_auth
+    authenticate (the call's `authorization` metadata: a PEP token or JWT-SVID) as pep.auth
     says; a refused one gets a deny with status UNAUTHENTICATED and no decision is made."""
 
     def __init__(

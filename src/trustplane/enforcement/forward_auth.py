@@ -3,8 +3,8 @@
 
 The proxy describes the original request in headers: nginx by convention in `X-Original-URI`
 and `X-Original-Method`, Traefik and Caddy in `X-Forwarded-Method`, `-Uri`, `-Host`, `-Proto`
-and `-For`. Those headers are believed only from `trusted_proxies`; from anyone else the request
-is judged as what it is (a call to this endpoint, which no route maps), so it is denied.
+and `-For`. Those headers are believed only from `server.trusted_proxies`; from anyone else the
+request is judged as what it is (a call to this endpoint, which no route maps), so it is denied.
 
 Answers: 200 to allow, with `X-Auth-Request-User`, `X-Trustplane-Principal` and
 `X-Trustplane-Decision-Id` for the proxy to copy upstream; 401 with `WWW-Authenticate` when no

@@ -12,7 +12,7 @@ policy: a wrong answer cannot come from it, only no answer (UNAVAILABLE, a deny 
 The socketpair has no path: only the front this process started holds the other end. If the
 front dies, a supervisor starts a new one on the same port with a new pair.
 
-`start_ext_authz` picks the transport from settings (`grpc_transport`).
+`start_ext_authz` picks the transport from settings (`grpc.transport`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.message import DecodeError
 
-from trustplane.config import ConfigError, GrpcTransport, Settings
+from trustplane.config import ConfigError, GrpcSettings, GrpcTransport
 from trustplane.enforcement.envoy import EnvoyAuthorization, grpc_address, start_grpc_server
 from trustplane.retry import Backoff, Retry
 
@@ -64,41 +64,41 @@ class ExtAuthzServer(Protocol):
 
 
 def find_binary(configured: Path | None) -> Path | None:
-    """`grpc_native_binary`, else trustplane-extauthz beside this interpreter (the venv's bin,
+    """`grpc.native_binary`, else trustplane-extauthz beside this interpreter (the venv's bin,
     where bootstrap puts it). Not looked up on PATH: whatever runs here answers every Envoy
     authorization call, so it is only ever the one built for this install or one named."""
     path = configured if configured is not None else Path(sys.executable).parent / BINARY_NAME
     return path if path.is_file() else None
 
 
-def require_transport(settings: Settings) -> Path | None:
+def require_transport(settings: GrpcSettings) -> Path | None:
     """The front's binary when the settings will use it; refuses `native` without one."""
-    if settings.grpc_transport is GrpcTransport.PYTHON:
+    if settings.transport is GrpcTransport.PYTHON:
         return None
-    binary = find_binary(settings.grpc_native_binary)
-    if settings.grpc_transport is GrpcTransport.NATIVE and binary is None:
-        where = settings.grpc_native_binary or f"{Path(sys.executable).parent}/{BINARY_NAME}"
+    binary = find_binary(settings.native_binary)
+    if settings.transport is GrpcTransport.NATIVE and binary is None:
+        where = settings.native_binary or f"{Path(sys.executable).parent}/{BINARY_NAME}"
         raise ConfigError(
-            f"grpc_transport is native but {where} does not exist: run scripts/bootstrap.sh "
+            f"grpc.transport is native but {where} does not exist: run scripts/bootstrap.sh "
             "(it builds the front with g++, pkg-config and libgrpc++-dev), or set "
-            "grpc_transport=python"
+            "grpc.transport = python"
         )
     return binary
 
 
 async def start_ext_authz(
-    settings: Settings, service: EnvoyAuthorization
+    settings: GrpcSettings, host: str, service: EnvoyAuthorization
 ) -> tuple[ExtAuthzServer, str]:
-    """The ext_authz server the settings ask for on `host`:`grpc_port`, started; and the
-    transport's name."""
-    host, port = settings.host, settings.grpc_port
+    """The ext_authz server the `[grpc]` settings ask for on `host`:`grpc.port`, started; and
+    the transport's name."""
+    port = settings.port
     binary = require_transport(settings)
     if binary is None:
-        if settings.grpc_transport is GrpcTransport.AUTO:
+        if settings.transport is GrpcTransport.AUTO:
             log.info("%s is not installed: ext_authz gRPC is served by grpcio", BINARY_NAME)
         aio = await _AioServer.start(service, host, port)
         return aio, "python"
-    front = NativeFront(service, binary, host, port, settings.grpc_answer_timeout_ms)
+    front = NativeFront(service, binary, host, port, settings.answer_timeout_ms)
     await front.start()
     return front, "native"
 

@@ -10,10 +10,10 @@ metric show) and proves itself with one of:
   HTTP ext_authz, whose `Authorization` is the end user's, in `X-Trustplane-PEP-Authorization`);
 - an mTLS client certificate issued by the trust domain's CA, when the server serves HTTPS,
   whose SPIFFE ID was registered with `trustplane pep add NAME --spiffe-id ID`;
-- a JWT-SVID of the trust domain for `pep_audience`, same SPIFFE ID rule, in the same header
+- a JWT-SVID of the trust domain for `pep.audience`, same SPIFFE ID rule, in the same header
   as a token.
 
-`pep_auth` says what happens without one: `off` (nobody is asked; every caller is
+`pep.auth` says what happens without one: `off` (nobody is asked; every caller is
 `anonymous`), `optional` (a credential presented must be valid, none is `anonymous`),
 `required` (refused: 401 problem document, gRPC a denied CheckResponse with status
 UNAUTHENTICATED). The hot path is one sha256 and one dict lookup: the table lives in memory,
@@ -46,7 +46,7 @@ from trustplane.store.tables import peps
 log = logging.getLogger("trustplane.pep")
 
 TOPIC = "peps"
-ANONYMOUS = "anonymous"  # no credential asked for (pep_auth off) or presented (optional)
+ANONYMOUS = "anonymous"  # no credential asked for (pep.auth off) or presented (optional)
 TOKEN_PREFIX = "tpp_"
 PEP_HEADER = "x-trustplane-pep-authorization"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -181,7 +181,7 @@ class PepRegistry:
 
 
 class PepAuthenticator:
-    """The PEP behind one decision endpoint call, per `pep_auth`."""
+    """The PEP behind one decision endpoint call, per `pep.auth`."""
 
     def __init__(
         self,
@@ -250,7 +250,7 @@ class PepAuthenticator:
         if self._keys is None:
             raise PepUnauthenticated(
                 "pep_token_unknown",
-                "not a PEP token, and JWT-SVIDs need the identity plane (identity_kek_file)",
+                "not a PEP token, and JWT-SVIDs need the identity plane (identity.kek_file)",
             )
         try:
             svid = validate_jwt_svid(self._keys(), token, self._audience)
@@ -325,12 +325,13 @@ def is_loopback(host: str) -> bool:
 
 def check_listen_policy(settings: Settings) -> None:
     """Refuse to serve decisions beyond loopback to callers that need not authenticate."""
-    if is_loopback(settings.host):
+    if is_loopback(settings.server.host):
         return
-    if settings.pep_auth is PepAuth.REQUIRED or settings.allow_unauthenticated_peps:
+    if settings.pep.auth is PepAuth.REQUIRED or settings.pep.allow_unauthenticated:
         return
     raise ConfigError(
-        f"host {settings.host} is beyond loopback but pep_auth is {settings.pep_auth.value}: "
-        "set pep_auth=required (PEPs then authenticate, `trustplane pep add`) or, knowing "
+        f"server.host {settings.server.host} is beyond loopback but pep.auth is "
+        f"{settings.pep.auth.value}: "
+        "set pep.auth = required (PEPs then authenticate, `trustplane pep add`) or, knowing "
         "anyone who can connect gets decisions, --allow-unauthenticated-peps"
     )

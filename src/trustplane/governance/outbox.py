@@ -115,7 +115,7 @@ class Outbox:
     def _deliver(self, row_id: int, payload: dict[str, Any], attempts: int) -> int:
         if not self._url:
             # Nowhere to send: kept as a record of what would have been said.
-            self._finish(row_id, attempts, "no webhook_url configured")
+            self._finish(row_id, attempts, "no governance.webhook_url configured")
             return 0
         try:
             status = self._post(self._url, webhook_body(payload, self._form))

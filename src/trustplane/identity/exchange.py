@@ -2,11 +2,11 @@
 JWT-SVID out, only when a trust rule's conditions on the token's claims all hold.
 
 The subject token is verified by `tokens.TokenVerifier` (issuer's JWKS, allowed algorithms,
-audience, expiry). Trust rules come from the settings (`token_exchange_rules`); each names an
+audience, expiry). Trust rules come from the settings (`identity.exchange_rules`); each names an
 issuer, conditions on claims (exact values, or a prefix ending in `*`), the SPIFFE ID to issue
 (`{claim}` is replaced by the claim's value), a lifetime of at most 15 minutes and, optionally,
 the only audiences it issues for. The first rule that matches wins; rules are tried in order.
-The admin API's audience (`admin_audience`) is never granted: the settings refuse a rule that
+The admin API's audience (`admin.audience`) is never granted: the settings refuse a rule that
 lists it, and an exchange asking for it is refused (403 `invalid_target`) before the token is
 even looked at. Errors are RFC 6749 section 5.2 codes.
 """

@@ -2,7 +2,7 @@
 
 Private keys are stored as AES-256-GCM ciphertext, with the key's id as associated data, so a
 sealed key copied onto another key's row does not open. The KEK itself comes from the settings:
-`identity_kek` (environment) or `identity_kek_file`, a file no one but its owner may read. It is
+`identity.kek` (environment) or `identity.kek_file`, a file no one but its owner may read. It is
 never written to the store, the ledger or a log line.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from trustplane.config import Settings
+from trustplane.config import IdentitySettings
 
 KEK_BYTES = 32
 _NONCE_BYTES = 12
@@ -55,16 +55,16 @@ def _decode(text: str, origin: str) -> bytes:
     return raw
 
 
-def load_kek(settings: Settings) -> Kek:
+def load_kek(settings: IdentitySettings) -> Kek:
     """The configured KEK. A file readable by group or others is refused: it would let any
     local user unseal the trust domain's keys."""
-    if settings.identity_kek is not None:
-        return Kek(_decode(settings.identity_kek.get_secret_value(), "TRUSTPLANE_IDENTITY_KEK"))
-    path = settings.identity_kek_file
+    if settings.kek is not None:
+        return Kek(_decode(settings.kek.get_secret_value(), "TRUSTPLANE_IDENTITY__KEK"))
+    path = settings.kek_file
     if path is None:
         raise KekError(
-            "no key-encryption key: set identity_kek_file (a 0600 file made with "
-            "`trustplane identity new-kek --out FILE`) or TRUSTPLANE_IDENTITY_KEK"
+            "no key-encryption key: set identity.kek_file (a 0600 file made with "
+            "`trustplane identity new-kek --out FILE`) or TRUSTPLANE_IDENTITY__KEK"
         )
     try:
         mode = path.stat().st_mode

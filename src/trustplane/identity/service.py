@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from sqlalchemy import Engine
 
-from trustplane.config import Settings
+from trustplane.config import IdentitySettings, Settings
 from trustplane.identity.entries import EntryIndex, EntryStore, RegistrationEntry
 from trustplane.identity.inventory import DriftCheck, Inventory
 from trustplane.identity.kek import Kek, load_kek
@@ -39,14 +39,18 @@ class IdentityNotInitialised(Exception):
 class IdentityService:
     def __init__(
         self,
-        settings: Settings,
+        settings: IdentitySettings,
         engine: Engine,
         kek: Kek | None = None,
         inventory: Inventory | None = None,
         *,
+        issuer: str,
+        serving_certificate: Path | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`issuer`: the `iss` of JWT-SVIDs and the OIDC discovery issuer;
+        `serving_certificate`: the HTTPS certificate whose expiry is exported with the CA's."""
         self.settings = settings
         self.trust_domain = settings.trust_domain
         self.clock = clock
@@ -67,18 +71,49 @@ class IdentityService:
                 self.entries.generation,
                 (str(e.spiffe_id) for e in self.entries.snapshot()),
             ),
-            [rule.spiffe_id for rule in settings.token_exchange_rules],
+            [rule.spiffe_id for rule in settings.exchange_rules],
         )
         self._drift_reported: set[tuple[str, str]] = set()
         self.entry_store = EntryStore(engine, settings.trust_domain, settings.svid_max_ttl_seconds)
         self.entries = EntryIndex(self.entry_store)
         self.inventory = inventory or Inventory(engine)
-        self.issuer = settings.identity_issuer or (
-            settings.server_url or f"http://{settings.host}:{settings.port}"
-        )
+        self.issuer = settings.issuer or issuer
+        self._serving_certificate = serving_certificate
         self._keys: KeySet | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        engine: Engine,
+        kek: Kek | None = None,
+        inventory: Inventory | None = None,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> IdentityService:
+        """The plane as the server and the CLI configure it: the `[identity]` section, with the
+        server's own URL as the default issuer and its HTTPS certificate (if any)."""
+        default_issuer = settings.cli.server_url or (
+            f"http://{settings.server.host}:{settings.server.port}"
+        )
+        serving = None
+        if settings.tls.from_ca:
+            serving = settings.state_dir / "tls" / "serving.pem"
+        elif settings.tls.cert_file is not None:
+            serving = settings.tls.cert_file
+        return cls(
+            settings.identity,
+            engine,
+            kek,
+            inventory,
+            issuer=default_issuer,
+            serving_certificate=serving,
+            metrics=metrics,
+            clock=clock,
+        )
 
     @property
     def keys(self) -> KeySet:
@@ -147,7 +182,7 @@ class IdentityService:
         """One background pass: the rotation schedule (when enabled), then the expiry gauges.
         Returns the rotation steps taken."""
         steps: list[str] = []
-        if self.settings.identity_rotation:
+        if self.settings.rotation:
             steps = self.key_store.advance()
             for step in steps:
                 log.info("identity key rotation: %s", step)
@@ -177,9 +212,7 @@ class IdentityService:
         return found
 
     def _serving_certificate_path(self) -> Path | None:
-        if self.settings.tls_from_ca:
-            return self.settings.state_dir / "tls" / "serving.pem"
-        return self.settings.tls_cert_file
+        return self._serving_certificate
 
     def export_expiry(self) -> None:
         if self.metrics is None:

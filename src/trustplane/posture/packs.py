@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from trustplane.config import ConfigError, Settings
+from trustplane.config import AdmissionModes, AdmissionSettings, ConfigError
 from trustplane.posture.engine import Selected, select
 from trustplane.posture.rules import Mode, Rule, RuleError, load_rules, minor
 
@@ -100,13 +100,13 @@ def shipped_rule_ids() -> set[str]:
     return {rule.id for name in pack_names() for rule in load_pack(name).rules}
 
 
-def check_admission_settings(settings: Settings) -> None:
+def check_admission_settings(admission: AdmissionSettings) -> None:
     """Refuse admission settings the engine cannot use (an unknown pack, a rule file that does
     not compile, an exemption for a rule nobody ships), naming the setting; the server runs this
     before it listens, and the webhook before it is built."""
     problems: list[str] = []
-    modes = {"admission": settings.admission}
-    modes.update({f"admission_namespaces.{n}": m for n, m in settings.admission_namespaces.items()})
+    modes: dict[str, AdmissionModes] = {"admission": admission}
+    modes.update({f"admission.namespaces.{n}": m for n, m in admission.namespaces.items()})
     for where, mode in modes.items():
         for kind in ("enforce", "warn", "audit"):
             for item in getattr(mode, kind):
@@ -114,14 +114,14 @@ def check_admission_settings(settings: Settings) -> None:
                     PackRef.parse(item)
                 except ValueError as exc:
                     problems.append(f"{where}.{kind}: {exc}")
-    for path in settings.admission_rule_files:
+    for path in admission.rule_files:
         try:
             load_rule_file(path)
         except RuleError as exc:
-            problems.append("admission_rule_files: " + "; ".join(exc.problems))
-    known = shipped_rule_ids() if settings.admission_exemptions else set()
-    for item in settings.admission_exemptions:
+            problems.append("admission.rule_files: " + "; ".join(exc.problems))
+    known = shipped_rule_ids() if admission.exemptions else set()
+    for item in admission.exemptions:
         if item.rule not in known:
-            problems.append(f"admission_exemptions: exemption for unknown rule {item.rule!r}")
+            problems.append(f"admission.exemptions: exemption for unknown rule {item.rule!r}")
     if problems:
         raise ConfigError("; ".join(problems))

@@ -1,18 +1,18 @@
 """The admin API's own zero trust: who is calling (authentication) and may they (Cedar).
 
 Callers prove who they are with, in order of preference:
-- a JWT-SVID of this trust domain with audience `admin_audience` (a workload; never one minted
+- a JWT-SVID of this trust domain with audience `admin.audience` (a workload; never one minted
   by token exchange, which refuses that audience and whose SVIDs carry `trust_rule`),
-- an OIDC token from one of `admin_issuers` (a person: `admin_subject_type::"<sub>"`),
+- an OIDC token from one of `admin.issuers` (a person: `admin.subject_type::"<sub>"`),
 - mTLS terminated by a trusted proxy, which forwards the client certificate's SPIFFE ID in
   `X-Forwarded-Client-Cert` (a workload; when the proxy forwards the certificate too, `Cert=`,
   its serial number is checked against certificate revocations),
-- the bootstrap token of `trustplane init` (first setup only; `bootstrap_token = false` turns
+- the bootstrap token of `trustplane init` (first setup only; `admin.bootstrap_token = false` turns
   it off).
 A revoked principal or credential (JWT id) is refused here as at the enforcement points.
 
 Every admin action is then a Cedar question against the admin policy set: the one shipped in
-`admin_policy/` or the operator's (`admin_policy_dir`), validated against the shipped schema
+`admin_policy/` or the operator's (`admin.policy_dir`), validated against the shipped schema
 at start so a broken set stops the server instead of opening it. Errors deny.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import cedarpy
 
-from trustplane.config import Settings
+from trustplane.config import AdminSettings
 from trustplane.decision.requests import RequestError, parse_entity
 from trustplane.enforcement.credentials import (
     CredentialRejected,
@@ -99,7 +99,7 @@ class AdminAuthorizer:
         else:
             files = sorted(policy_dir.glob("*.cedar")) if policy_dir.is_dir() else []
             if not files:
-                raise AdminPolicyError(f"admin_policy_dir {policy_dir} holds no *.cedar files")
+                raise AdminPolicyError(f"admin.policy_dir {policy_dir} holds no *.cedar files")
             text = "\n".join(f.read_text() for f in files)
             origin = str(policy_dir)
         try:
@@ -160,18 +160,20 @@ class AdminAuthorizer:
 class AdminAuthenticator:
     def __init__(
         self,
-        settings: Settings,
+        settings: AdminSettings,
+        proxies: ProxyTrust,
         check_bootstrap: Any,
         identity: Any = None,
         verifier: TokenVerifier | None = None,
     ) -> None:
-        """`check_bootstrap(token) -> bool`; `identity`: the identity plane (JWT-SVIDs)."""
+        """`check_bootstrap(token) -> bool`; `identity`: the identity plane (JWT-SVIDs);
+        `proxies`: whose forwarded client certificates are believed."""
         self._settings = settings
         self._check_bootstrap = check_bootstrap
         self._identity = identity
-        self._proxies = ProxyTrust(settings.trusted_proxies)
+        self._proxies = proxies
         if verifier is None:
-            verifier = verifier_from_settings(settings.admin_issuers)
+            verifier = verifier_from_settings(settings.issuers)
         self._verifier = verifier
 
     def trusts_proxy(self, peer: str | None) -> bool:
@@ -205,7 +207,7 @@ class AdminAuthenticator:
     def _bootstrap(self, token: str) -> AdminCaller:
         if not self._settings.bootstrap_token:
             raise AdminUnauthenticated(
-                "the bootstrap token is turned off (bootstrap_token = false)", "invalid_token"
+                "the bootstrap token is turned off (admin.bootstrap_token = false)", "invalid_token"
             )
         if not self._check_bootstrap(token):
             raise AdminUnauthenticated("the admin token is not valid", "invalid_token")
@@ -214,7 +216,7 @@ class AdminAuthenticator:
     def _jwt(self, token: str, roles: Any) -> AdminCaller:
         if self._identity is not None:
             try:
-                svid = validate_jwt_svid(self._identity.keys, token, self._settings.admin_audience)
+                svid = validate_jwt_svid(self._identity.keys, token, self._settings.audience)
             except SvidError as exc:
                 if exc.code not in ("token_unknown_key", "token_alg_not_allowed"):
                     raise AdminUnauthenticated(
@@ -233,7 +235,7 @@ class AdminAuthenticator:
                 )
         if self._verifier is None:
             raise AdminUnauthenticated(
-                "token not accepted: no admin_issuers are configured for OIDC sign-in",
+                "token not accepted: no admin.issuers are configured for OIDC sign-in",
                 "invalid_token",
             )
         try:
@@ -241,13 +243,11 @@ class AdminAuthenticator:
         except TokenRejected as exc:
             raise AdminUnauthenticated(f"{exc.code}: {exc.detail}", "invalid_token") from None
         try:
-            ref = parse_entity(
-                {"type": self._settings.admin_subject_type, "id": verified.subject}, "sub"
-            )
+            ref = parse_entity({"type": self._settings.subject_type, "id": verified.subject}, "sub")
         except RequestError as exc:
             raise AdminUnauthenticated(f"token subject unusable: {exc}", "invalid_token") from None
         principal = str(ref)
-        claimed = verified.claims.get(self._settings.admin_groups_claim) or []
+        claimed = verified.claims.get(self._settings.groups_claim) or []
         groups = (
             {g for g in claimed if isinstance(g, str) and g} if isinstance(claimed, list) else set()
         )

@@ -36,7 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from trustplane.config import Durability
-from trustplane.enforcement.credentials import xfcc_spiffe_id
+from trustplane.enforcement.credentials import ProxyTrust, xfcc_spiffe_id
 from trustplane.governance.catalog import access_catalog
 from trustplane.problems import Problem, read_body
 from trustplane.server.admin_auth import (
@@ -92,6 +92,8 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("GET", "/v1/decisions/{decision_id}", "decisions:read", "decisions"),
     ("GET", "/v1/ledger/checkpoint", "ledger:read", "ledger"),
     ("GET", "/v1/ledger/checkpoints", "ledger:read", "ledger"),
+    ("GET", "/v1/ledger/records", "ledger:read", "ledger"),
+    ("GET", "/v1/ledger/quarantine", "ledger:read", "ledger"),
     ("GET", "/v1/ledger/proof/inclusion", "ledger:read", "ledger"),
     ("GET", "/v1/ledger/proof/consistency", "ledger:read", "ledger"),
     ("GET", "/v1/identity/entries", "identity:read", "identity"),
@@ -235,10 +237,15 @@ class AdminGate:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         settings = runtime.settings
-        self._limit = settings.max_body_bytes
-        self._sync = settings.durability is Durability.SYNC
-        self._authn = AdminAuthenticator(settings, runtime.check_admin_token, runtime.identity)
-        self.authorizer = AdminAuthorizer(settings.admin_policy_dir)
+        self._limit = settings.server.max_body_bytes
+        self._sync = settings.ledger.durability is Durability.SYNC
+        self._authn = AdminAuthenticator(
+            settings.admin,
+            ProxyTrust(settings.server.trusted_proxies),
+            runtime.check_admin_token,
+            runtime.identity,
+        )
+        self.authorizer = AdminAuthorizer(settings.admin.policy_dir)
 
     def route(
         self,

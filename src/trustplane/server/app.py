@@ -21,7 +21,7 @@ from starlette.routing import Route
 from trustplane.decision.manager import reload_or_log
 from trustplane.decision.watch import BundleWatcher
 from trustplane.enforcement.admission import AdmissionWebhook
-from trustplane.enforcement.credentials import Authenticator
+from trustplane.enforcement.credentials import Authenticator, ProxyTrust
 from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.envoy import EnvoyAuthorization, EnvoyHttp
 from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth
@@ -48,15 +48,26 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     (bundle, ledger writer, file watcher, SIGHUP reload) and drains it on shutdown.
     `app.state.listeners` holds what the serving layer starts once HTTP listens."""
     pdp = runtime.decision_point()
-    authzen = AuthZenApi(pdp, runtime.settings.max_body_bytes)
+    authzen = AuthZenApi(pdp, runtime.settings.server.max_body_bytes)
     admin_gate = AdminGate(runtime)  # every admin route goes through it (server/admin_gate.py)
     settings = runtime.settings
     skew = runtime.metrics.observe_issuer_clock_skew
-    enforcer = HttpEnforcer(pdp, Authenticator.from_settings(settings, skew), runtime.seen)
+    enforcer = HttpEnforcer(
+        pdp,
+        Authenticator.from_settings(
+            settings.pep, ProxyTrust(settings.server.trusted_proxies), skew
+        ),
+        runtime.seen,
+    )
     forward_auth = ForwardAuth(enforcer)
-    envoy_http = EnvoyHttp(enforcer, settings.strip_credential)
-    identity = IdentityApi(runtime, verifier_from_settings(settings.issuers, skew))
-    admission = AdmissionWebhook(pdp, settings, runtime.attestations)
+    envoy_http = EnvoyHttp(enforcer, settings.pep.strip_credential)
+    identity = IdentityApi(runtime, verifier_from_settings(settings.pep.issuers, skew))
+    admission = AdmissionWebhook(
+        pdp,
+        settings.admission,
+        runtime.attestations,
+        max_body_bytes=settings.server.max_body_bytes,
+    )
     attestations = AttestationsApi(runtime, pdp)
     pep_gate = PepGate.for_runtime(runtime)  # every decision endpoint: registered PEPs only
 
@@ -181,7 +192,9 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         await run_in_threadpool(runtime.start)
         pep_gate.started()
         _freeze_startup_heap()
-        tasks = [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.watch else []
+        tasks = (
+            [asyncio.create_task(_watch_bundle(runtime))] if runtime.settings.policy.watch else []
+        )
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(
@@ -229,23 +242,31 @@ class Listeners:
 
     async def start(self) -> None:
         runtime, settings = self._runtime, self._runtime.settings
-        if settings.grpc_enabled:
+        if settings.grpc.enabled:
             service = EnvoyAuthorization(
                 self._enforcer,
-                settings.strip_credential,
+                settings.pep.strip_credential,
                 self._gate.authenticator,
                 self._gate.latency,
             )
-            self._grpc, transport = await start_ext_authz(settings, service)
+            self._grpc, transport = await start_ext_authz(
+                settings.grpc, settings.server.host, service
+            )
             log.info(
                 "Envoy ext_authz gRPC on %s:%d (%s transport)",
-                settings.host,
+                settings.server.host,
                 self._grpc.port,
                 transport,
             )
         # One process owns the socket: `identity agent` serves it for several workers.
-        if settings.workload_socket and runtime.identity is not None and settings.workers == 1:
-            self._workload_api = WorkloadApiServer(runtime.identity, settings.workload_socket)
+        if (
+            settings.identity.workload_socket
+            and runtime.identity is not None
+            and settings.server.workers == 1
+        ):
+            self._workload_api = WorkloadApiServer(
+                runtime.identity, settings.identity.workload_socket
+            )
             await self._workload_api.start()
         self.started = True
 

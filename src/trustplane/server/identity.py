@@ -82,15 +82,15 @@ def rotate_step(
 class IdentityApi:
     def __init__(self, runtime: Runtime, verifier: TokenVerifier | None) -> None:
         self._runtime = runtime
-        self._limit = runtime.settings.max_body_bytes
+        self._limit = runtime.settings.server.max_body_bytes
         self._exchange: TokenExchange | None = None
         if runtime.identity is not None:
             self._exchange = TokenExchange(
                 runtime.identity,
                 verifier,
-                runtime.settings.token_exchange_rules,
+                runtime.settings.identity.exchange_rules,
                 self._revoked,
-                reserved_audiences=(runtime.settings.admin_audience,),
+                reserved_audiences=(runtime.settings.admin.audience,),
             )
 
     def _revoked(self, token_id: str | None, spiffe_id: str) -> str | None:
@@ -103,7 +103,7 @@ class IdentityApi:
                 404,
                 "identity-disabled",
                 "Identity plane not configured",
-                "set identity_kek_file (or TRUSTPLANE_IDENTITY_KEK) and run `trustplane init`",
+                "set identity.kek_file (or TRUSTPLANE_IDENTITY__KEK) and run `trustplane init`",
             )
         return self._runtime.identity
 
@@ -243,7 +243,7 @@ class IdentityApi:
             options["drift"] = DriftCheck(
                 service.trust_domain,
                 lambda: (0, [spiffe_id for spiffe_id, _ in options["registered"]]),
-                [rule.spiffe_id for rule in self._runtime.settings.token_exchange_rules],
+                [rule.spiffe_id for rule in self._runtime.settings.identity.exchange_rules],
             )
         items = await run_in_threadpool(lambda: inventory_report(self._runtime.engine, **options))
         return json_response({"identities": [i.as_dict() for i in items]})

@@ -81,7 +81,7 @@ class AttestationsApi:
     def __init__(self, runtime: Runtime, pdp: PolicyDecisionPoint) -> None:
         self._runtime = runtime
         self._pdp = pdp
-        self._limit = runtime.settings.max_body_bytes
+        self._limit = runtime.settings.server.max_body_bytes
 
     def _service(self) -> IdentityService:
         if self._runtime.identity is None:
@@ -89,8 +89,8 @@ class AttestationsApi:
                 404,
                 "identity-disabled",
                 "Identity plane not configured",
-                "attestations are signed with the trust domain's keys: set identity_kek_file "
-                "(or TRUSTPLANE_IDENTITY_KEK) and run `trustplane init`",
+                "attestations are signed with the trust domain's keys: set identity.kek_file "
+                "(or TRUSTPLANE_IDENTITY__KEK) and run `trustplane init`",
             )
         return self._runtime.identity
 
@@ -228,7 +228,7 @@ def _bearer(request: Request) -> str:
 
 def _verify(service: IdentityService, token: str) -> ValidatedJwt:
     """The caller's JWT-SVID, verified with this trust domain's JWT bundle for the audience
-    `identity_issuer`; a 401 naming the reason otherwise."""
+    `identity.issuer`; a 401 naming the reason otherwise."""
     try:
         return validate_jwt_svid(service.keys, token, service.issuer)
     except SvidError as exc:

@@ -17,6 +17,7 @@ from trustplane.server.admin.governance import (
     ReasonBody,
     ReviewBody,
 )
+from trustplane.server.admin.ledger import CHECKPOINT_PARAMS, DECISION_PARAMS, PAGE_PARAMS
 from trustplane.server.admin.revocations import LiftBody, RevokeBody
 from trustplane.server.admin_gate import admin_route
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
@@ -182,7 +183,7 @@ def openapi_document() -> dict[str, Any]:
                         "summary": "Envoy ext_authz, HTTP mode",
                         "description": "Envoy sends the held request's method, path (after "
                         "`path_prefix: /v1/envoy/http`) and headers. 200 allows (with "
-                        "x-envoy-auth-headers-to-remove when strip_credential is on); any "
+                        "x-envoy-auth-headers-to-remove when pep.strip_credential is on); any "
                         "other status is the answer Envoy gives the client.",
                         "tags": ["enforcement"],
                         "responses": {
@@ -199,7 +200,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Kubernetes validating admission webhook",
                     "description": "admission.k8s.io/v1 AdmissionReview in and out (serve over "
-                    "HTTPS: tls_cert_file, tls_key_file). The posture rule packs of the "
+                    "HTTPS: tls.cert_file, tls.key_file). The posture rule packs of the "
                     "request's namespace decide `allowed`; refusals carry status 403 listing "
                     "each failed rule, warn-mode findings come back as `warnings`. Every "
                     "review except a dry run is recorded in the decision ledger.",
@@ -287,8 +288,11 @@ def openapi_document() -> dict[str, Any]:
                 "Return to the previous revision", body="RollbackBody", method="post"
             ),
             "/v1/decisions": _admin(
-                "Query recorded decisions",
-                params=["principal", "decision", "policy", "shadow_mismatch", "since", "limit"],
+                "Query recorded decisions (newest first), each with its reason code and "
+                'determining policies. principal, action, resource: Type::"id" or an id of '
+                "any type; since, until: RFC 3339, a duration before now (15m, 2h, 7d) or a "
+                "UNIX timestamp; kind: decision or admin",
+                params=list(DECISION_PARAMS),
             ),
             "/v1/decisions/{decision_id}": {
                 "get": {
@@ -304,7 +308,20 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/v1/ledger/checkpoint": _admin("Latest signed checkpoint"),
-            "/v1/ledger/checkpoints": _admin("Recent signed checkpoints", params=["limit"]),
+            "/v1/ledger/checkpoints": _admin(
+                "Recent signed checkpoints; with from_size, a page in size order",
+                params=list(CHECKPOINT_PARAMS),
+            ),
+            "/v1/ledger/records": _admin(
+                "A page of stored records in ledger order (query columns, record and leaf "
+                "hash in base64): what a remote audit verify checks",
+                params=list(PAGE_PARAMS),
+            ),
+            "/v1/ledger/quarantine": _admin(
+                "A page of quarantined records (refused by the store as rows; their leaves "
+                "stay in the tree)",
+                params=list(PAGE_PARAMS),
+            ),
             "/v1/ledger/proof/inclusion": _admin(
                 "RFC 9162 inclusion proof for a decision", params=["decision_id", "tree_size"]
             ),
@@ -340,7 +357,7 @@ def openapi_document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "A PEP's token (trustplane pep add) or JWT-SVID (audience "
-                    "pep_audience).",
+                    "pep.audience).",
                 },
                 "pepHeader": {
                     "type": "apiKey",
@@ -363,7 +380,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _pep_security(paths: dict[str, Any]) -> None:
-    """The decision endpoints answer registered PEPs when pep_auth asks (`{}`: none needed
+    """The decision endpoints answer registered PEPs when pep.auth asks (`{}`: none needed
     when it is off); a refused PEP gets a 401 problem document."""
     for path, header in (
         ("/access/v1/evaluation", "pepToken"),

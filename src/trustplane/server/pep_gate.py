@@ -98,9 +98,9 @@ class PepGate:
             runtime.feed.subscribe(KEYS_TOPIC, trust_new_cas)
 
         authenticator = PepAuthenticator(
-            settings.pep_auth,
+            settings.pep.auth,
             registry,
-            settings.pep_audience,
+            settings.pep.audience,
             keys=(lambda: identity.keys) if identity is not None else None,
             revoked=revoked,
             refused=refusal_counter(runtime.metrics.registry),
@@ -115,12 +115,12 @@ class PepGate:
         self.registry.refresh()
         if self.authenticator.mode is PepAuth.REQUIRED and not len(self.registry):
             log.warning(
-                "pep_auth is required and no PEP is registered: every decision call is refused "
+                "pep.auth is required and no PEP is registered: every decision call is refused "
                 "until one is (`trustplane pep add NAME`)"
             )
 
     def guard(self, handler: Handler, header: str = "authorization") -> Handler:
-        """`handler`, answering registered PEPs only (per pep_auth). `header`: where the PEP's
+        """`handler`, answering registered PEPs only (per pep.auth). `header`: where the PEP's
         Bearer credential is; it is removed from the request the handler sees, so it is never
         mistaken for the end user's or recorded."""
         admit = self._admission(header)
@@ -285,10 +285,10 @@ class PepClientTrust:
 
 
 def _pep_mtls(settings: Settings) -> bool:
-    """PEPs may present client certificates: HTTPS, the identity plane, pep_auth on."""
-    serves_tls = settings.tls_from_ca or settings.tls_cert_file is not None
-    identity = settings.identity_kek is not None or settings.identity_kek_file is not None
-    return serves_tls and identity and settings.pep_auth is not PepAuth.OFF
+    """PEPs may present client certificates: HTTPS, the identity plane, pep.auth on."""
+    serves_tls = settings.tls.from_ca or settings.tls.cert_file is not None
+    identity = settings.identity.kek is not None or settings.identity.kek_file is not None
+    return serves_tls and identity and settings.pep.auth is not PepAuth.OFF
 
 
 def pep_ca_path(settings: Settings) -> Path:
@@ -310,7 +310,7 @@ def _write_ca_bundle(engine: Any, path: Path) -> bool:
 
 def client_ca_file(settings: Settings) -> Path | None:
     """The trust domain's CA bundle for verifying PEP client certificates, written now; None
-    when PEP mTLS does not apply (plain HTTP, pep_auth off, no identity plane)."""
+    when PEP mTLS does not apply (plain HTTP, pep.auth off, no identity plane)."""
     if not _pep_mtls(settings):
         return None
     engine = create_store_engine(settings.effective_database_url)

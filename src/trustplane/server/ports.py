@@ -2,7 +2,7 @@
 
 The ext_authz gRPC servers (grpcio, and the compiled front) bind with SO_REUSEPORT so that
 every worker process of one server can listen on the same port. Left at that, a second server
-started with the same `grpc_port` joins the group and the kernel splits Envoy's calls between
+started with the same `grpc.port` joins the group and the kernel splits Envoy's calls between
 two servers with different bundles and ledgers. So the serving parent claims each port first:
 
 - the HTTP port is bound here (SO_REUSEADDR, as any server does, no SO_REUSEPORT) and the
@@ -48,11 +48,11 @@ class ClaimedPorts:
 
 def claim_ports(settings: Settings) -> ClaimedPorts:
     """Bind the HTTP socket and claim the gRPC port, or refuse naming the one that is held."""
-    http = _bind(settings.host, settings.port, "port")
+    http = _bind(settings.server.host, settings.server.port, "server.port")
     grpc_claim = None
-    if settings.grpc_enabled and settings.grpc_port != 0:
+    if settings.grpc.enabled and settings.grpc.port != 0:
         try:
-            grpc_claim = _bind(settings.host, settings.grpc_port, "grpc_port")
+            grpc_claim = _bind(settings.server.host, settings.grpc.port, "grpc.port")
         except PortError:
             http.close()
             raise

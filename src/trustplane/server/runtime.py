@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
-from trustplane.config import Durability, LedgerAppender, Settings
+from trustplane.config import Durability, LedgerAppender, PolicySettings, Settings
 from trustplane.decision.loader import LoadOptions
 from trustplane.decision.manager import BundleManager, follow_or_log
 from trustplane.decision.point import PolicyDecisionPoint
@@ -50,7 +50,6 @@ from trustplane.telemetry.ledger import Ledger
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics, multiprocess_dir
 from trustplane.telemetry.recorder import DecisionRecorder
-from trustplane.telemetry.spool import Spool
 from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
 from trustplane.trust.service import assessor_from_settings
 
@@ -75,14 +74,14 @@ def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
     """Create the state directory, ledger signing key, schema and a bootstrap admin token.
     Idempotent: existing keys and tokens are kept unless `new_token` asks for another.
     A KEK that would be refused is refused before anything is created."""
-    if identity_configured(settings):
-        load_kek(settings)
+    if settings.identity.configured:
+        load_kek(settings.identity)
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
     created_key = False
     if not settings.ledger_key_file.exists():
-        signer = NoteSigner.generate(settings.ledger_origin)
+        signer = NoteSigner.generate(settings.ledger.origin)
         _write_secret(settings.ledger_key_file, signer.signer_key() + "\n")
         (state / "ledger.pub").write_text(signer.verifier_key() + "\n")
         created_key = True
@@ -97,8 +96,8 @@ def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
             token = create_admin_token(engine, label="bootstrap")
             _write_secret(settings.admin_token_file, token + "\n")
         identity_created: tuple[str, ...] = ()
-        if identity_configured(settings):
-            created = IdentityService(settings, engine).key_store.initialise()
+        if settings.identity.configured:
+            created = IdentityService.from_settings(settings, engine).key_store.initialise()
             identity_created = tuple(f"{r.kind.value} {r.kid}" for r in created)
     finally:
         engine.dispose()
@@ -110,11 +109,6 @@ def initialise(settings: Settings, *, new_token: bool = False) -> InitResult:
         created_key,
         identity_created,
     )
-
-
-def identity_configured(settings: Settings) -> bool:
-    """The identity plane runs where a key-encryption key is configured."""
-    return settings.identity_kek is not None or settings.identity_kek_file is not None
 
 
 def create_admin_token(engine: Engine, label: str) -> str:
@@ -130,9 +124,10 @@ def create_admin_token(engine: Engine, label: str) -> str:
     return token
 
 
-def load_options(settings: Settings) -> LoadOptions:
+def load_options(settings: PolicySettings) -> LoadOptions:
+    """How bundles load under the `[policy]` settings."""
     return LoadOptions(
-        trusted_keys=[load_trusted_key(p) for p in settings.trusted_bundle_keys],
+        trusted_keys=[load_trusted_key(p) for p in settings.trusted_key_files],
         expiry_warning_days=settings.expiry_warning_days,
         decision_cache_size=settings.decision_cache_size,
         decision_ttl_seconds=settings.decision_ttl_seconds,
@@ -154,15 +149,22 @@ def load_verifier(settings: Settings, key: str | None = None) -> list[NoteVerifi
     current key first, then the keys `rotate_ledger_key` replaced, so checkpoints they signed
     keep verifying)."""
     if key is None:
-        path = settings.state_dir / "ledger.pub"
-        try:
-            keys = path.read_text().split()
-        except FileNotFoundError:
+        keys = verifier_keys(settings)
+        if not keys:
+            path = settings.state_dir / "ledger.pub"
             raise NotInitialisedError(
                 f"no ledger public key at {path}: run `trustplane init` first (or pass --key)"
-            ) from None
+            )
         return [NoteVerifier.from_verifier_key(k) for k in keys]
     return [NoteVerifier.from_verifier_key(key)]
+
+
+def verifier_keys(settings: Settings) -> list[str]:
+    """The verifier keys in state_dir/ledger.pub, current first; empty when there is none."""
+    try:
+        return (settings.state_dir / "ledger.pub").read_text().split()
+    except FileNotFoundError:
+        return []
 
 
 def rotate_ledger_key(settings: Settings) -> tuple[str, str]:
@@ -210,47 +212,46 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics(
-            multiprocess=multiprocess_dir(settings.state_dir) if settings.workers > 1 else None
+            multiprocess=multiprocess_dir(settings.state_dir)
+            if settings.server.workers > 1
+            else None
         )
         self.engine = create_store_engine(
-            settings.effective_database_url, sync_commit=settings.durability is Durability.SYNC
+            settings.effective_database_url,
+            sync_commit=settings.ledger.durability is Durability.SYNC,
         )
         migrate(self.engine)
         signer = load_signer(settings)
-        self.ledger = Ledger(self.engine, signer, settings.ledger_origin)
-        self.masker = Masker(settings.mask)
+        self.ledger = Ledger(self.engine, signer, settings.ledger.origin)
+        self.masker = Masker(settings.ledger.mask)
         sink = None
-        if settings.ledger_appender is LedgerAppender.PROCESS:
+        if settings.ledger.appender is LedgerAppender.PROCESS:
             sink = AppenderProcess(
                 self.ledger, settings.effective_database_url, signer.signer_key()
             )
-        self.recorder = DecisionRecorder(
+        self.recorder = DecisionRecorder.from_settings(
             self.ledger,
             self.masker,
             self.metrics,
-            durability=settings.durability,
-            flush_interval=settings.flush_interval_ms / 1000,
-            checkpoint_interval=settings.checkpoint_interval_ms / 1000,
-            sink=sink,
-            max_lag=settings.ledger_ready_max_lag_ms / 1000,
-            queue_max=settings.ledger_queue_max,
-            spool=Spool(settings.state_dir / "ledger-spool", settings.ledger_spool_max_mb << 20),
+            settings.ledger,
+            settings.state_dir / "ledger-spool",
+            sink,
         )
         self._appender = sink
         self.deny_spike = DenySpikeDetector(
             self.metrics.deny_spike,
-            threshold=settings.deny_spike_threshold,
-            window_seconds=settings.deny_spike_window_seconds,
-            min_decisions=settings.deny_spike_decisions,
+            threshold=settings.governance.deny_spike_threshold,
+            window_seconds=settings.governance.deny_spike_window_seconds,
+            min_decisions=settings.governance.deny_spike_decisions,
         )
         self.bundles = BundleManager(
             BundleStore(self.engine),
-            load_options(settings),
+            load_options(settings.policy),
             self.metrics,
-            bundle_dir=settings.bundle_dir,
+            bundle_dir=settings.policy.bundle_dir,
             on_activate=lambda loaded: self.deny_spike.activated(loaded.bundle.revision),
         )
-        self.feed = ChangeFeed(self.engine, poll_interval=settings.change_poll_ms / 1000)
+        self.feed = ChangeFeed(self.engine, poll_interval=settings.store.change_poll_ms / 1000)
         self.feed.subscribe(BUNDLES_TOPIC, lambda _topic: follow_or_log(self.bundles))
         self.revocation_store = RevocationStore(self.engine)
         self.revocations = RevocationList(self.revocation_store)
@@ -259,17 +260,17 @@ class Runtime:
             self.engine,
             lambda: None if self.bundles.active is None else self.bundles.active.bundle,
             self.metrics,
-            webhook_url=settings.webhook_url,
-            webhook_format=WebhookFormat(settings.webhook_format),
-            interval=settings.governance_interval_ms / 1000,
+            webhook_url=settings.governance.webhook_url,
+            webhook_format=WebhookFormat(settings.governance.webhook_format),
+            interval=settings.governance.interval_ms / 1000,
         )
         self.feed.subscribe(GOVERNANCE_TOPIC, self.governance.state.refresh)
         self._token_hashes: set[str] = set()
-        self._ci_issuers = {rule.issuer for rule in settings.token_exchange_rules}
+        self._ci_issuers = {rule.issuer for rule in settings.identity.exchange_rules}
         self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
         self.identity: IdentityService | None = None
-        if identity_configured(settings):
-            self.identity = IdentityService(
+        if settings.identity.configured:
+            self.identity = IdentityService.from_settings(
                 settings, self.engine, inventory=self.inventory, metrics=self.metrics
             )
             self.feed.subscribe(KEYS_TOPIC, self.identity.refresh_keys)
@@ -290,7 +291,7 @@ class Runtime:
             self._revoke_governed,
             known=self.known_principal,
             record=lambda entry: self.recorder.record_entry_blocking(entry, wait=True),
-            interval=settings.governance_interval_ms / 1000,
+            interval=settings.governance.interval_ms / 1000,
         )
 
     def decision_point(self) -> PolicyDecisionPoint:
@@ -302,15 +303,15 @@ class Runtime:
             recorder=self.recorder,
             metrics=self.metrics,
             deny_spike=self.deny_spike,
-            trust=assessor_from_settings(self.settings),
+            trust=assessor_from_settings(self.settings.trust),
         )
 
     def start(self) -> None:
         """Activate the bundle (a worker serves what its supervisor activated) and start the
         ledger writer."""
-        if self.settings.switch_interval_us:
-            sys.setswitchinterval(self.settings.switch_interval_us / 1_000_000)
-        self.bundles.start(follow_store=self.settings.workers > 1)
+        if self.settings.server.switch_interval_us:
+            sys.setswitchinterval(self.settings.server.switch_interval_us / 1_000_000)
+        self.bundles.start(follow_store=self.settings.server.workers > 1)
         self.feed.start()
         self.revocations.refresh()  # after the feed's baseline: a later revocation is heard
         self.revocation_service.start()  # records expiries as they fall due

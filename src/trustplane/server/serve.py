@@ -38,7 +38,7 @@ from trustplane.server.app import create_app
 from trustplane.server.listening import ListeningServer, use_listening_workers
 from trustplane.server.pep_gate import PepClientTrust, TlsPeerProtocol, client_ca_file
 from trustplane.server.ports import ClaimedPorts, claim_ports
-from trustplane.server.runtime import Runtime, identity_configured, load_options
+from trustplane.server.runtime import Runtime, load_options
 from trustplane.server.tls import serving_certificate
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.policy_revisions import BundleStore
@@ -50,17 +50,19 @@ WORKER_SETTINGS_ENV = "_TRUSTPLANE_WORKER_SETTINGS"  # outside TRUSTPLANE_*: not
 def preflight(settings: Settings) -> None:
     """Refuse, in one line each, what would leave a server up but unable to serve: checked
     before anything is created or listens (`trustplane serve` runs it before `--init`)."""
-    require_bundle_dir(settings.bundle_dir)
-    check_admission_settings(settings)
-    if identity_configured(settings):
-        load_kek(settings)  # a KEK file others may read, or none where one is configured
+    require_bundle_dir(settings.policy.bundle_dir)
+    check_admission_settings(settings.admission)
+    if settings.identity.configured:
+        load_kek(settings.identity)  # a KEK file others may read, or none where one is configured
 
 
 def require_bundle_dir(directory: Path | None) -> None:
     """A directory holding bundle files. Their content is not judged here: a broken bundle is
     refused by the bundle manager, which keeps the last good one serving."""
     if directory is None:
-        raise ConfigError("no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_BUNDLE_DIR")
+        raise ConfigError(
+            "no bundle: pass --bundle DIR or set bundle_dir / TRUSTPLANE_POLICY__BUNDLE_DIR"
+        )
     if not directory.exists():
         raise ConfigError(f"bundle directory {directory} does not exist")
     if not directory.is_dir():
@@ -82,7 +84,7 @@ def serve(settings: Settings) -> None:
     _configure_logging(settings)
     ports = claim_ports(settings)  # before anything starts: a held port refuses here
     try:
-        if settings.workers == 1:
+        if settings.server.workers == 1:
             server = ListeningServer(_uvicorn_config(settings, create_app(Runtime(settings))))
             server.run(sockets=[ports.http])
             if server.failed_to_start is not None:
@@ -135,9 +137,9 @@ class _BundleAuthority:
         migrate(self._engine)  # once, before the workers open the store side by side
         self._bundles = BundleManager(
             BundleStore(self._engine),
-            load_options(settings),
+            load_options(settings.policy),
             Metrics(),
-            bundle_dir=settings.bundle_dir,
+            bundle_dir=settings.policy.bundle_dir,
         )
         self._bundles.start()
 
@@ -150,11 +152,14 @@ class _BundleAuthority:
 
 def _worker_settings(settings: Settings) -> str:
     """The settings as JSON for the workers. Secret values dump masked ("**********"), so the
-    KEK is written out as itself: a worker given the mask could not open the trust domain's
-    keys (it came from this process's environment or config file, which the workers see too)."""
+    KEK (and the CLI's admin token) is written out as itself: a worker given the mask could not
+    open the trust domain's keys (it came from this process's environment or config file, which
+    the workers see too)."""
     values = json.loads(settings.model_dump_json())
-    if settings.identity_kek is not None:
-        values["identity_kek"] = settings.identity_kek.get_secret_value()
+    if settings.identity.kek is not None:
+        values["identity"]["kek"] = settings.identity.kek.get_secret_value()
+    if settings.cli.admin_token is not None:
+        values["cli"]["admin_token"] = settings.cli.admin_token.get_secret_value()
     return json.dumps(values)
 
 
@@ -174,8 +179,8 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
         context_factory = PepClientTrust(context_factory)
     return uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=settings.server.host,
+        port=settings.server.port,
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="on",
@@ -186,7 +191,7 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
         timeout_worker_healthcheck=30,
         server_header=False,
         factory=factory,
-        workers=settings.workers,
+        workers=settings.server.workers,
         ssl_certfile=tls.cert_file if tls else None,
         ssl_keyfile=tls.key_file if tls else None,
         ssl_context_factory=context_factory,

@@ -2,16 +2,16 @@
 
 Two sources:
 
-- supplied files (`tls_cert_file`, `tls_key_file`), served as they are;
-- the trust-domain CA (`tls_from_ca`): the server issues itself a short-lived certificate for
-  `tls_dns_names` (identity/serving.py) into `state_dir/tls/serving.pem` (certificate and key
+- supplied files (`tls.cert_file`, `tls.key_file`), served as they are;
+- the trust-domain CA (`tls.from_ca`): the server issues itself a short-lived certificate for
+  `tls.dns_names` (identity/serving.py) into `state_dir/tls/serving.pem` (certificate and key
   in one 0600 file, replaced by a rename, so no reader ever pairs one certificate with another's
   key). Every serving process (each worker too) runs a thread that looks every minute: at half
   the certificate's life the first process to look issues a new one (the others then find it
   fresh) and each loads it into its live `SSLContext`, so new connections get the new
   certificate without a restart while open ones keep theirs. Its lifetime never exceeds
-  `svid_max_ttl_seconds`, so it expires before the CA that signed it can be retired from the
-  bundle. Clients trust it through the CA bundle: `trustplane identity bundle --pem`, the
+  `identity.svid_max_ttl_seconds`, so it expires before the CA that signed it can be retired
+  from the bundle. Clients trust it through the CA bundle: `trustplane identity bundle --pem`, the
   `caBundle` of a ValidatingWebhookConfiguration.
 """
 
@@ -52,22 +52,22 @@ class ServingCertificate:
 
 
 def serving_certificate(settings: Settings) -> ServingCertificate | None:
-    """The certificate to serve, or None to serve plain HTTP. With `tls_from_ca`, one is
+    """The certificate to serve, or None to serve plain HTTP. With `tls.from_ca`, one is
     issued now if there is none fit to serve, so a missing identity plane stops the server
     before it starts, with the reason."""
-    if settings.tls_from_ca:
+    if settings.tls.from_ca:
         issuer = CaServingCertificate(settings)
         issuer.renew_if_due()
         return ServingCertificate(issuer.path, issuer.path, CaContextFactory(settings))
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
+    if settings.tls.cert_file is None or settings.tls.key_file is None:
         return None
     for name, path in (
-        ("tls_cert_file", settings.tls_cert_file),
-        ("tls_key_file", settings.tls_key_file),
+        ("tls.cert_file", settings.tls.cert_file),
+        ("tls.key_file", settings.tls.key_file),
     ):
         if not path.is_file():
             raise ConfigError(f"{name}: {path} is not a readable file")
-    return ServingCertificate(settings.tls_cert_file, settings.tls_key_file)
+    return ServingCertificate(settings.tls.cert_file, settings.tls.key_file)
 
 
 class CaServingCertificate:
@@ -76,8 +76,8 @@ class CaServingCertificate:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self.path = settings.state_dir / "tls" / "serving.pem"
-        self._names = set(subject_alt_names(settings.tls_dns_names))
-        self._ttl = min(settings.tls_cert_ttl_seconds, settings.svid_max_ttl_seconds)
+        self._names = set(subject_alt_names(settings.tls.dns_names))
+        self._ttl = min(settings.tls.cert_ttl_seconds, settings.identity.svid_max_ttl_seconds)
 
     def due(self, now: float) -> str | None:
         """Why a new certificate is needed now, or None while the current one is fit."""
@@ -96,7 +96,7 @@ class CaServingCertificate:
         except x509.ExtensionNotFound:
             return "it names no hosts"
         if set(san.value) != self._names:
-            return "tls_dns_names changed"
+            return "tls.dns_names changed"
         if not self._issuer_published(certificate):
             return "its CA is no longer published (retired or compromised)"
         return None
@@ -126,10 +126,10 @@ class CaServingCertificate:
             return None
         try:
             issued = issue_serving_certificate(
-                self._keys(), self._settings.tls_dns_names, self._ttl, now=now
+                self._keys(), self._settings.tls.dns_names, self._ttl, now=now
             )
         except SvidError as exc:
-            raise ConfigError(f"tls_from_ca: {exc.detail}") from None
+            raise ConfigError(f"tls.from_ca: {exc.detail}") from None
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -138,7 +138,7 @@ class CaServingCertificate:
         os.replace(temporary, self.path)
         log.info(
             "serving certificate for %s issued by the trust-domain CA (%s), valid until %s",
-            ", ".join(self._settings.tls_dns_names),
+            ", ".join(self._settings.tls.dns_names),
             reason,
             issued.certificate.not_valid_after_utc.isoformat(),
         )
@@ -146,16 +146,18 @@ class CaServingCertificate:
 
     def _keys(self) -> KeySet:
         settings = self._settings
-        if settings.identity_kek is None and settings.identity_kek_file is None:
+        if settings.identity.kek is None and settings.identity.kek_file is None:
             raise ConfigError(
-                "tls_from_ca needs the identity plane: set identity_kek_file (or "
-                "TRUSTPLANE_IDENTITY_KEK) and run `trustplane init`"
+                "tls.from_ca needs the identity plane: set identity.kek_file (or "
+                "TRUSTPLANE_IDENTITY__KEK) and run `trustplane init`"
             )
         engine = create_store_engine(settings.effective_database_url)
         try:
-            return IdentityKeys(engine, load_kek(settings), settings.trust_domain).load()
+            return IdentityKeys(
+                engine, load_kek(settings.identity), settings.identity.trust_domain
+            ).load()
         except KekError as exc:
-            raise ConfigError(f"tls_from_ca: {exc}") from None
+            raise ConfigError(f"tls.from_ca: {exc}") from None
         finally:
             engine.dispose()
 

@@ -21,10 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import Connection, Engine, func, insert, select, union_all, update
+from sqlalchemy import Connection, Engine, func, insert, or_, select, union_all, update
 from sqlalchemy.exc import (
     DataError,
     DBAPIError,
@@ -47,6 +48,14 @@ from trustplane.telemetry.checkpoint import (
 )
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.merkle import Frontier, MerkleTree, ProofError, leaf_hash
+from trustplane.telemetry.query import (
+    DecisionQuery as DecisionQuery,  # re-exported: where queries are asked
+)
+from trustplane.telemetry.query import (
+    EntityFilter,
+    determining_policies,
+    reason_code,
+)
 from trustplane.telemetry.rowcheck import QUERY_COLUMNS, RecordError, query_columns
 
 log = logging.getLogger("trustplane.ledger")
@@ -696,8 +705,240 @@ class VerifyReport:
         }
 
 
+class LedgerSource(Protocol):
+    """Where `verify_ledger` reads a ledger from: the store itself (`StoreSource`) or a
+    server's admin API (`ApiSource`). Whatever the source, the same function checks it."""
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        """Every stored checkpoint, smallest first."""
+        ...
+
+    def quarantined_count(self) -> int: ...
+
+    def records_expected(self) -> int:
+        """How many rows `rows` will yield (for a progress bar)."""
+        ...
+
+    def rows(self) -> Iterator[Sequence[Any]]:
+        """Every `decisions` row in ledger order, as `_VERIFY_COLUMNS`."""
+        ...
+
+    def quarantined(self) -> Iterator[Sequence[Any]]:
+        """Every quarantined leaf's (seq, decision id, record, leaf hash), in ledger order."""
+        ...
+
+
+class StoreSource:
+    """The ledger as the store holds it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(checkpoints).order_by(checkpoints.c.size)).all()
+        return [_stored(r) for r in rows]
+
+    def quarantined_count(self) -> int:
+        with self.engine.connect() as connection:
+            return int(
+                connection.execute(select(func.count()).select_from(ledger_quarantine)).scalar_one()
+            )
+
+    def records_expected(self) -> int:
+        """How many rows `rows` will yield, for a progress bar."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(decisions)).scalar_one())
+
+    def rows(self) -> Iterator[Sequence[Any]]:
+        return _stream_rows(self.engine)
+
+    def quarantined(self) -> Iterator[Sequence[Any]]:
+        return _stream_quarantined(self.engine)
+
+
+Fetch = Callable[[str, dict[str, str]], Any]
+"""`fetch(path, query parameters)`: the JSON answer of one admin API call (raising on errors)."""
+
+
+class ApiSource:
+    """A server's ledger, read page by page through the admin API (`/v1/ledger/checkpoints`,
+    `/v1/ledger/quarantine`, `/v1/ledger/records`) and checked here by `verify_ledger`: what
+    the server's store holds, verified without trusting the server to have verified it.
+
+    The records verified are those the store held when the first record page was asked for:
+    each page read is itself recorded in the ledger, after that bound."""
+
+    def __init__(self, fetch: Fetch, page: int = 5000) -> None:
+        self._fetch = fetch
+        self._page = page
+        self._size: int | None = None
+        self._quarantined: list[tuple[int, str, bytes, bytes]] | None = None
+        self._checkpoints: list[StoredCheckpoint] | None = None
+        self.verifier_keys: list[str] = []  # what the server says it verifies with
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        """Read once: the first call also learns the server's verifier keys."""
+        if self._checkpoints is None:
+            self._checkpoints = self._read_checkpoints()
+        return self._checkpoints
+
+    def _read_checkpoints(self) -> list[StoredCheckpoint]:
+        found: list[StoredCheckpoint] = []
+        start: int | None = 0
+        while start is not None:
+            doc = self._fetch(
+                "/v1/ledger/checkpoints", {"from_size": str(start), "limit": str(self._page)}
+            )
+            published = doc.get("verifier_keys") or [doc.get("verifier_key")]
+            self.verifier_keys = [str(k) for k in published if k]
+            found.extend(_checkpoint_from(item) for item in doc["checkpoints"])
+            start = doc.get("next_from_size")
+        return found
+
+    def records_expected(self) -> int:
+        """The ledger's size when verification began (fixed by the first call)."""
+        if self._size is None:
+            self._load_quarantined()
+        assert self._size is not None
+        return self._size - len(self._quarantined or [])
+
+    def quarantined_count(self) -> int:
+        return len(self._load_quarantined())
+
+    def quarantined(self) -> Iterator[Sequence[Any]]:
+        return iter(self._load_quarantined())
+
+    def rows(self) -> Iterator[Sequence[Any]]:
+        self._load_quarantined()
+        start: int | None = 0
+        while start is not None:
+            doc = self._fetch("/v1/ledger/records", self._bounded(start))
+            for item in doc["records"]:
+                yield page_row(item)
+            start = doc.get("next_from_seq")
+
+    def _bounded(self, start: int) -> dict[str, str]:
+        params = {"from_seq": str(start), "limit": str(self._page)}
+        if self._size is not None:
+            params["to_seq"] = str(self._size)
+        return params
+
+    def _load_quarantined(self) -> list[tuple[int, str, bytes, bytes]]:
+        if self._quarantined is None:
+            held: list[tuple[int, str, bytes, bytes]] = []
+            start: int | None = 0
+            while start is not None:
+                doc = self._fetch("/v1/ledger/quarantine", self._bounded(start))
+                if self._size is None:
+                    self._size = int(doc["tree_size"])
+                held.extend(
+                    (
+                        int(item["seq"]),
+                        str(item["decision_id"]),
+                        base64.b64decode(item["record"]),
+                        base64.b64decode(item["leaf_hash"]),
+                    )
+                    for item in doc["records"]
+                    if int(item["seq"]) < self._size
+                )
+                start = doc.get("next_from_seq")
+            self._quarantined = held
+        return self._quarantined
+
+
+def _checkpoint_from(item: dict[str, Any]) -> StoredCheckpoint:
+    created = item["created_at"]
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created).timestamp()
+    return StoredCheckpoint(
+        int(item["tree_size"]),
+        base64.b64decode(item["root_hash"]),
+        str(item["checkpoint"]),
+        float(created),
+    )
+
+
+def page_item(row: Sequence[Any]) -> dict[str, Any]:
+    """A `decisions` row (`_VERIFY_COLUMNS`) as the admin API sends it: the stored query
+    columns as they are (verification checks them), the record and leaf hash in base64."""
+    item = dict(zip(_VERIFY_COLUMNS, row, strict=True))
+    item["record"] = _b64(bytes(row[_RECORD]))
+    item["leaf_hash"] = _b64(bytes(row[_LEAF_HASH]))
+    return item
+
+
+def page_row(item: dict[str, Any]) -> tuple[Any, ...]:
+    """`page_item` read back: the row as the store held it."""
+    values = [item[name] for name in _VERIFY_COLUMNS]
+    values[_RECORD] = base64.b64decode(values[_RECORD])
+    values[_LEAF_HASH] = base64.b64decode(values[_LEAF_HASH])
+    return tuple(values)
+
+
+def tree_size(engine: Engine) -> int:
+    """Leaves in the store (rows and quarantined records): one past the largest seq."""
+    with engine.connect() as connection:
+        largest = [
+            int(value)
+            for table in (decisions, ledger_quarantine)
+            if (value := connection.execute(select(func.max(table.c.seq))).scalar()) is not None
+        ]
+    return max(largest) + 1 if largest else 0
+
+
+def record_page(
+    engine: Engine, from_seq: int, to_seq: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """`decisions` rows with from_seq <= seq < to_seq, in ledger order, as `page_item`s."""
+    c = decisions.c
+    statement = select(*(c[name] for name in _VERIFY_COLUMNS)).where(c.seq >= from_seq)
+    if to_seq is not None:
+        statement = statement.where(c.seq < to_seq)
+    with engine.connect() as connection:
+        rows = connection.execute(statement.order_by(c.seq).limit(limit)).all()
+    return [page_item(row) for row in rows]
+
+
+def quarantine_page(
+    engine: Engine, from_seq: int, to_seq: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """Quarantined leaves with from_seq <= seq < to_seq, in ledger order, with the reason the
+    store refused each as a row."""
+    q = ledger_quarantine.c
+    statement = select(q.seq, q.decision_id, q.record, q.leaf_hash, q.reason).where(
+        q.seq >= from_seq
+    )
+    if to_seq is not None:
+        statement = statement.where(q.seq < to_seq)
+    with engine.connect() as connection:
+        rows = connection.execute(statement.order_by(q.seq).limit(limit)).all()
+    return [
+        {
+            "seq": int(seq),
+            "decision_id": decision_id,
+            "record": _b64(bytes(record)),
+            "leaf_hash": _b64(bytes(stored_hash)),
+            "reason": reason,
+        }
+        for seq, decision_id, record, stored_hash, reason in rows
+    ]
+
+
+def checkpoint_page(engine: Engine, from_size: int, limit: int) -> list[StoredCheckpoint]:
+    """Checkpoints of size >= from_size, smallest first."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(checkpoints)
+            .where(checkpoints.c.size >= from_size)
+            .order_by(checkpoints.c.size)
+            .limit(limit)
+        ).all()
+    return [_stored(r) for r in rows]
+
+
 def verify_ledger(
-    engine: Engine,
+    source: Engine | LedgerSource,
     verifier: NoteVerifier | Sequence[NoteVerifier],
     *,
     progress: Callable[[int], None] | None = None,
@@ -710,20 +951,17 @@ def verify_ledger(
     Names each record whose content no longer matches its leaf hash, each query column that no
     longer matches its record (by sequence number and column), every gap, and every checkpoint
     whose signature or root does not match the recomputed tree. Reads each row once, streamed.
-    `require_checkpointed` makes records that no checkpoint covers yet a failure (`ok`)."""
+    `require_checkpointed` makes records that no checkpoint covers yet a failure (`ok`).
+    `source`: the store (an engine) or any `LedgerSource`, such as a server's admin API."""
+    if isinstance(source, Engine):
+        source = StoreSource(source)
     report = VerifyReport(problems=[], column_mismatches=[])
     report.require_checkpointed = require_checkpointed
     problems = report.problems
     mismatches = report.column_mismatches
     assert problems is not None and mismatches is not None
-    with engine.connect() as connection:
-        stored_checkpoints = [
-            _stored(r)
-            for r in connection.execute(select(checkpoints).order_by(checkpoints.c.size)).all()
-        ]
-        report.quarantined = int(
-            connection.execute(select(func.count()).select_from(ledger_quarantine)).scalar_one()
-        )
+    stored_checkpoints = source.checkpoints()
+    report.quarantined = source.quarantined_count()
     report.checkpoints = len(stored_checkpoints)
     report.newest_checkpoint = stored_checkpoints[-1] if stored_checkpoints else None
     pending = iter(stored_checkpoints)
@@ -801,7 +1039,7 @@ def verify_ledger(
     # Quarantined leaves (records the store refused as rows: ledger_quarantine) hold their
     # place in the tree but have no query columns; they are few, and merged in where the rows
     # skip their sequence numbers, so the common path pays nothing for them.
-    quarantine = _stream_quarantined(engine)
+    quarantine = iter(source.quarantined())
     held = next(quarantine, None)
 
     def take_quarantined() -> None:
@@ -820,7 +1058,7 @@ def verify_ledger(
     # The loop runs once per record; the column check's common case (everything matches) is
     # inlined and costs one parse, one derivation and two comparisons (docs/benchmarks.md §4).
     loads = orjson.loads
-    for row in _stream_rows(engine):
+    for row in source.rows():
         seq, record, stored_hash = row[0], bytes(row[_RECORD]), bytes(row[_LEAF_HASH])
         if seq != frontier.size:
             take_quarantined()
@@ -852,7 +1090,9 @@ def verify_ledger(
         problems.append(
             f"records missing: expected seq {frontier.size}, found quarantined seq {held[0]}"
         )
-    quarantine.close()
+    close = getattr(quarantine, "close", None)
+    if close is not None:
+        close()
     if next_checkpoint is not None:
         problems.append(
             f"checkpoint at size {next_checkpoint.size} covers records that are missing "
@@ -936,44 +1176,64 @@ def _stream_records(engine: Engine) -> Iterator[Any]:
 # -- queries ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DecisionQuery:
-    principal: str | None = None
-    decision: str | None = None
-    policy: str | None = None
-    shadow_mismatch: bool | None = None
-    since: float | None = None
-    after_seq: int | None = None
-    limit: int = 50
-    ascending: bool = False
-
-
 def query_decisions(engine: Engine, query: DecisionQuery) -> list[dict[str, Any]]:
-    """Recent decisions matching every given filter, newest first unless `ascending`."""
-    statement = select(decisions.c.seq, decisions.c.record)
-    if query.principal:
-        statement = statement.where(decisions.c.principal == column_text(query.principal, 400))
+    """Recent records matching every given filter, newest first unless `ascending`; each as
+    `record_view` shows it."""
+    c = decisions.c
+    statement = select(c.seq, c.record)
+    if isinstance(query.principal, str):
+        statement = statement.where(c.principal == column_text(query.principal, 400))
+    elif query.principal is not None:
+        statement = statement.where(_entity_match(c.principal, query.principal))
+    if query.action is not None:
+        statement = statement.where(_entity_match(c.action, query.action))
+    if query.resource is not None:
+        statement = statement.where(_entity_match(c.resource, query.resource))
+    if query.kind:
+        statement = statement.where(c.kind == query.kind)
     if query.decision:
-        statement = statement.where(decisions.c.decision == query.decision)
+        statement = statement.where(c.decision == query.decision)
     if query.policy:
         statement = statement.where(
-            decisions.c.policies.contains(f" {column_text(query.policy)} ", autoescape=True)
+            c.policies.contains(f" {column_text(query.policy)} ", autoescape=True)
         )
     if query.shadow_mismatch is True:
-        statement = statement.where(decisions.c.decision != decisions.c.shadow)
+        statement = statement.where(c.decision != c.shadow)
     elif query.shadow_mismatch is False:
-        statement = statement.where(decisions.c.decision == decisions.c.shadow)
+        statement = statement.where(c.decision == c.shadow)
     if query.since is not None:
-        statement = statement.where(decisions.c.ts >= query.since)
+        statement = statement.where(c.ts >= query.since)
+    if query.until is not None:
+        statement = statement.where(c.ts < query.until)
     if query.after_seq is not None:
-        statement = statement.where(decisions.c.seq > query.after_seq)
+        statement = statement.where(c.seq > query.after_seq)
     if query.limit <= 0:
         return []
-    order = decisions.c.seq.asc() if query.ascending else decisions.c.seq.desc()
+    order = c.seq.asc() if query.ascending else c.seq.desc()
     statement = statement.order_by(order).limit(min(query.limit, 10_000))
     with engine.connect() as connection:
         rows = connection.execute(statement).all()
-    return [{"seq": int(seq), **orjson.loads(record)} for seq, record in rows]
+    return [record_view(int(seq), orjson.loads(record)) for seq, record in rows]
+
+
+def _entity_match(column: Any, wanted: EntityFilter) -> Any:
+    """The column holds one of `wanted.exact`, or `Type::"id"` for its `any_type` id."""
+    condition = column.in_([column_text(v, 400) for v in wanted.exact])
+    if wanted.any_type is not None:
+        suffix = column_text(f'::"{wanted.any_type}"', 400)
+        condition = or_(condition, column.endswith(suffix, autoescape=True))
+    return condition
+
+
+def record_view(seq: int, record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record as queries answer it: its sequence number, the signed record, and what
+    `query.reason_code` and `query.determining_policies` read from it."""
+    return {
+        "seq": seq,
+        **record,
+        "reason_code": reason_code(record),
+        "determining_policies": determining_policies(record),
+    }
 
 
 def get_decision(engine: Engine, decision_id: str) -> dict[str, Any] | None:
@@ -990,8 +1250,8 @@ def get_decision(engine: Engine, decision_id: str) -> dict[str, Any] | None:
                 select(q.seq, q.record, q.reason).where(q.decision_id == decision_id)
             ).first()
             if held is not None:
-                return {"seq": int(held[0]), **orjson.loads(held[1]), "quarantined": held[2]}
-    return None if row is None else {"seq": int(row[0]), **orjson.loads(row[1])}
+                return {**record_view(int(held[0]), orjson.loads(held[1])), "quarantined": held[2]}
+    return None if row is None else record_view(int(row[0]), orjson.loads(row[1]))
 
 
 def iter_records(engine: Engine) -> Iterator[bytes]:

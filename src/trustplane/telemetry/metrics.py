@@ -79,7 +79,8 @@ class Metrics:
         )
         self.deny_spike = Gauge(
             "trustplane_deny_spike",
-            "1 while the revision's deny rate rose past deny_spike_threshold after activation.",
+            "1 while the revision's deny rate rose past governance.deny_spike_threshold after "
+            "activation.",
             ["revision"],
             registry=r,
             multiprocess_mode="max",

@@ -29,8 +29,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from trustplane.config import Durability
+from trustplane.config import Durability, LedgerSettings
 from trustplane.model import AccessRequest, Decision
 from trustplane.retry import Backoff, Retry
 from trustplane.telemetry.appender import LedgerSink, LocalSink
@@ -109,6 +110,30 @@ class DecisionRecorder:
         self._undelivered: list[str] = []  # committed after their caller was answered 503
         self._quarantined = ledger.quarantined
         self.metrics.ledger_size.set(ledger.size)
+
+    @classmethod
+    def from_settings(
+        cls,
+        ledger: Ledger,
+        masker: Masker,
+        metrics: Metrics,
+        settings: LedgerSettings,
+        spool_dir: Path,
+        sink: LedgerSink | None = None,
+    ) -> DecisionRecorder:
+        """The recorder the `[ledger]` settings describe, spooling under `spool_dir`."""
+        return cls(
+            ledger,
+            masker,
+            metrics,
+            durability=settings.durability,
+            flush_interval=settings.flush_interval_ms / 1000,
+            checkpoint_interval=settings.checkpoint_interval_ms / 1000,
+            sink=sink,
+            max_lag=settings.ready_max_lag_ms / 1000,
+            queue_max=settings.queue_max,
+            spool=Spool(spool_dir, settings.spool_max_mb << 20),
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 

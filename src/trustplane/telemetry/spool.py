@@ -2,7 +2,7 @@
 cannot take them.
 
 `batch` durability answers before the commit. When the store fails, or the in-memory queue
-reaches `ledger_queue_max`, the recorder stops holding records in memory: each is appended to
+reaches `ledger.queue_max`, the recorder stops holding records in memory: each is appended to
 this file and fsync'd before its answer leaves, and the writer replays the file into the store,
 oldest first, once the store takes records again. A kill -9 during an outage loses nothing that
 was answered: the next start replays what the file holds (records already stored are skipped by

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from trustplane.config import Settings
+from trustplane.config import TrustSettings
 from trustplane.trust.assessor import TrustAssessor
 from trustplane.trust.authentication import AuthenticationSignals
 from trustplane.trust.signals import Provider
 
 
 def assessor_from_settings(
-    settings: Settings, clock: Callable[[], float] = time.time
+    settings: TrustSettings, clock: Callable[[], float] = time.time
 ) -> TrustAssessor:
     providers: list[Provider] = [AuthenticationSignals()]
-    return TrustAssessor(providers, trusted_peps=settings.trust.trusted_peps, clock=clock)
+    return TrustAssessor(providers, trusted_peps=settings.trusted_peps, clock=clock)

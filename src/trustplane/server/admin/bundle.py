@@ -71,7 +71,7 @@ class BundleApi:
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._limit = runtime.settings.max_body_bytes
+        self._limit = runtime.settings.server.max_body_bytes
 
     async def status(self, request: Request, call: AdminCall) -> Response:
         return json_response(bundle_status(self._runtime))

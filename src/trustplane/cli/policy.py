@@ -1,0 +1,339 @@
+"""`trustplane policy …`: validate, test, scaffold, format, sign and verify bundles locally;
+status, rollback and reload on a running server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from trustplane.cli.common import (
+    CliError,
+    JsonOpt,
+    admin,
+    bundle_source,
+    emit,
+    emit_json,
+    err,
+    load_options,
+    out,
+    print_warnings,
+    root_context,
+    when,
+)
+
+if TYPE_CHECKING:
+    from trustplane.config import Settings
+    from trustplane.decision.loader import LoadedBundle
+
+policy_app = typer.Typer(
+    help="Validate, test, format, sign and roll back policy bundles.", no_args_is_help=True
+)
+
+BundleArg = Annotated[Path, typer.Argument(help="Bundle directory.")]
+
+
+def _load_for_json(directory: Path, settings: Settings, as_json: bool) -> LoadedBundle:
+    """Load without running tests; with --json a refused bundle is a JSON document on stdout
+    (`valid: false` and every problem) and exit 1, so scripts read one stream."""
+    from trustplane.decision.loader import load_bundle
+    from trustplane.decision.policy_bundle import BundleError
+
+    try:
+        return load_bundle(bundle_source(directory), load_options(settings, False))
+    except BundleError as exc:
+        if not as_json:
+            raise
+        emit_json({"valid": False, "problems": [p.as_dict() for p in exc.problems]})
+        raise typer.Exit(1) from None
+
+
+@policy_app.command("validate")
+def policy_validate(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt = False) -> None:
+    """Parse, check annotations and validate against the schema (no tests)."""
+    settings = root_context(ctx).settings()
+    bundle = _load_for_json(directory, settings, as_json).bundle
+
+    def render(_: Any) -> None:
+        print_warnings([str(w) for w in bundle.warnings])
+        out.print(
+            f"[green]✓[/] {bundle.name}: {len(bundle.policies)} policies valid, "
+            f"revision {bundle.revision[:12]}"
+        )
+
+    emit(
+        {
+            "valid": True,
+            "name": bundle.name,
+            "revision": bundle.revision,
+            "policies": [p.summary() for p in bundle.policies],
+            "warnings": [w.as_dict() for w in bundle.warnings],
+            "problems": [],
+        },
+        as_json,
+        render,
+    )
+
+
+@policy_app.command("test")
+def policy_test(
+    ctx: typer.Context,
+    directory: BundleArg,
+    as_json: JsonOpt = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show every test, not only failures.")
+    ] = False,
+    keyword: Annotated[
+        str | None,
+        typer.Option("-k", help="Run only tests whose name contains this text (any case)."),
+    ] = None,
+) -> None:
+    """Run the bundle's tests and report coverage (policies no test reaches); exit 1 if any
+    test fails."""
+    from trustplane.decision.testing import coverage, run_tests
+
+    settings = root_context(ctx).settings()
+    loaded = _load_for_json(directory, settings, as_json)
+    tests = loaded.bundle.tests
+    if keyword is not None:
+        tests = [t for t in tests if keyword.lower() in t.name.lower()]
+        if not tests:
+            raise CliError(f"no test name contains {keyword!r} ({len(loaded.bundle.tests)} tests)")
+    results = run_tests(loaded.evaluator, tests)
+    failed = [r for r in results if not r.passed]
+    covered = coverage(loaded.bundle.policies, results)
+    doc = {
+        "passed": len(results) - len(failed),
+        "failed": len(failed),
+        "results": [r.as_dict() for r in results],
+        "coverage": covered.as_dict(),
+    }
+
+    def render(_: Any) -> None:
+        if verbose:
+            table = Table("", "test", "decision", "shadow")
+            table.add_column("determining", overflow="fold")
+            for r in results:
+                mark = "[green]✓[/]" if r.passed else "[red]✗[/]"
+                table.add_row(
+                    mark,
+                    f"{r.test.name}\n[dim]{r.test.file}:{r.test.line}[/]",
+                    r.decision.effect.value,
+                    r.decision.shadow_effect.value,
+                    ", ".join(sorted(x.policy_id for x in r.decision.reasons)),
+                )
+            out.print(table)
+        for r in failed:
+            out.print(
+                f"[red]FAIL[/] {r.test.file}:{r.test.line} {r.test.name}: {'; '.join(r.failures)}",
+                highlight=False,
+            )
+        out.print(
+            f"{len(results) - len(failed)} passed, {len(failed)} failed; coverage "
+            f"{len(covered.reached)}/{covered.total} policies",
+            highlight=False,
+        )
+        for info in covered.missed:
+            out.print(
+                f"  [yellow]not reached[/] {info.policy_id} ({info.file}:{info.line})",
+                highlight=False,
+            )
+
+    emit(doc, as_json, render)
+    if failed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("new")
+def policy_new(
+    directory: Annotated[Path, typer.Argument(help="Directory to create (must not exist).")],
+    name: Annotated[
+        str | None, typer.Option(help="Bundle name (default: the directory's).")
+    ] = None,
+) -> None:
+    """Scaffold a bundle that validates and passes its tests: schema, one policy, entities,
+    a test file and trustplane.yaml, ready to edit."""
+    from trustplane.decision.scaffold import write_scaffold
+
+    if directory.exists():
+        raise CliError(f"{directory} exists; `policy new` only creates a new directory")
+    files = write_scaffold(directory, name or directory.name)
+    out.print(f"[green]✓[/] created {directory} ({', '.join(files)})")
+    out.print(f"  next: trustplane policy test {directory}")
+
+
+@policy_app.command("verify")
+def policy_verify(
+    directory: BundleArg,
+    keys: Annotated[
+        list[Path], typer.Option("--key", help="Ed25519 public key (PEM); repeat for several.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check bundle.sig against trusted public keys, locally: exit 0 when a key signed exactly
+    these files, 1 otherwise, naming what does not match."""
+    from trustplane.decision.signing import load_trusted_key, verify_bundle
+
+    trusted = [load_trusted_key(k) for k in keys]
+    source = bundle_source(directory)
+    problems = verify_bundle(source, trusted)
+    doc = {
+        "verified": not problems,
+        "revision": source.revision,
+        "keys": [k.key_id for k in trusted],
+        "problems": [p.as_dict() for p in problems],
+    }
+
+    def render(_: Any) -> None:
+        for problem in problems:
+            err.print(f"[red]✗[/] {problem}", highlight=False, markup=False)
+        if not problems:
+            out.print(
+                f"[green]✓[/] signature valid: revision {source.revision} "
+                f"({len(source.manifest())} files)",
+                highlight=False,
+            )
+
+    emit(doc, as_json, render)
+    if problems:
+        raise typer.Exit(1)
+
+
+@policy_app.command("fmt")
+def policy_fmt(
+    directory: BundleArg,
+    check_only: Annotated[
+        bool, typer.Option("--check", help="Only report files that need formatting (exit 1).")
+    ] = False,
+) -> None:
+    """Format every .cedar file with Cedar's formatter."""
+    import cedarpy
+
+    if not directory.is_dir():
+        raise CliError(f"bundle directory {directory} does not exist")
+    changed = []
+    for path in sorted(directory.rglob("*.cedar")):
+        original = path.read_text()
+        try:
+            formatted = cedarpy.format_policies(original)
+        except ValueError as exc:
+            raise CliError(f"{path}: cannot format: {exc}") from None
+        if formatted != original:
+            changed.append(path)
+            if not check_only:
+                path.write_text(formatted)
+    verb = "would reformat" if check_only else "reformatted"
+    for path in changed:
+        out.print(f"{verb} {path}")
+    out.print(f"{len(changed)} file(s) {verb}")
+    if check_only and changed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("keygen")
+def policy_keygen(
+    out_prefix: Annotated[Path, typer.Option("--out", help="Writes PREFIX.key and PREFIX.pub.")],
+) -> None:
+    """Create an Ed25519 key pair for signing bundles."""
+    from trustplane.decision.signing import generate_keypair
+
+    private, public = out_prefix.with_suffix(".key"), out_prefix.with_suffix(".pub")
+    if private.exists():
+        raise CliError(f"{private} exists; refusing to overwrite a key")
+    key_id = generate_keypair(private, public)
+    out.print(f"[green]✓[/] key {key_id}: private {private} (0600), public {public}")
+
+
+@policy_app.command("sign")
+def policy_sign(
+    directory: BundleArg,
+    key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM).")],
+) -> None:
+    """Write bundle.sig: a detached signature over every bundle file's hash."""
+    from trustplane.decision.policy_bundle import SIGNATURE_FILE
+    from trustplane.decision.signing import load_private_key, sign_bundle
+
+    private_key = load_private_key(key)
+    source = bundle_source(directory)
+    (directory / SIGNATURE_FILE).write_bytes(sign_bundle(source, private_key))
+    out.print(
+        f"[green]✓[/] signed {len(source.manifest())} files, revision "
+        f"{source.revision[:12]} → {directory / SIGNATURE_FILE}"
+    )
+
+
+@policy_app.command("status")
+def policy_status(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="Server URL.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The active bundle on a running server, its policies and the activation history."""
+    settings = root_context(ctx).settings()
+    status = admin(settings, "GET", "/v1/bundle", url)
+    history = admin(settings, "GET", "/v1/bundle/revisions", url)
+
+    def render(_: Any) -> None:
+        active = status.get("active")
+        if active is None:
+            out.print("[red]no active bundle[/]")
+        else:
+            out.print(
+                f"active: [bold]{active['name']}[/] revision {active['revision'][:12]} — "
+                f"{len(active['policies'])} policies, tests "
+                f"{active['tests']['passed']}/{active['tests']['total']}"
+            )
+            table = Table("policy", "effect", "mode", "owner", "tier", "expires")
+            table.columns[0].overflow = "fold"
+            for p in active["policies"]:
+                table.add_row(
+                    p["id"], p["effect"], p["mode"], p["owner"], p["tier"] or "", p["expires"] or ""
+                )
+            out.print(table)
+        if status.get("last_error"):
+            out.print("[red]last load refused:[/]")
+            for problem in status["last_error"]:
+                out.print(f"  {problem['file']}:{problem['line'] or ''} {problem['message']}")
+        table = Table(
+            "when", "revision", "name", "reason", title="activations", title_justify="left"
+        )
+        for a in history["activations"][:10]:
+            table.add_row(when(a["activated_at"]), a["revision"][:12], a["name"], a["reason"])
+        out.print(table)
+
+    emit({**status, **history}, as_json, render)
+
+
+@policy_app.command("rollback")
+def policy_rollback(
+    ctx: typer.Context,
+    to: Annotated[str | None, typer.Option(help="Revision (or prefix) to return to.")] = None,
+    url: Annotated[str | None, typer.Option(help="Server URL.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Return the running server to the previously active revision (or --to one)."""
+    settings = root_context(ctx).settings()
+    body = {"to": to} if to else {}
+    result = admin(settings, "POST", "/v1/bundle/rollback", url, body)
+
+    def render(result: Any) -> None:
+        active = result["active"]
+        out.print(
+            f"[green]✓[/] rolled back: {active['name']} revision {active['revision'][:12]} "
+            "is active"
+        )
+
+    emit(result, as_json, render)
+
+
+@policy_app.command("reload")
+def policy_reload(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="Server URL.")] = None,
+) -> None:
+    """Ask the running server to reload its bundle directory."""
+    settings = root_context(ctx).settings()
+    result = admin(settings, "POST", "/v1/bundle/reload", url)
+    out.print(f"[green]✓[/] active revision {result['active']['revision'][:12]}")
