@@ -64,7 +64,8 @@ COMMANDS = (
     Entry(
         "decisions",
         "trustplane.cli.decisions:decisions_cmd",
-        "Query recent decisions from the store.",
+        "Recorded decisions with their reason codes and determining policies, newest first, "
+        "from the local store or a server (--url).",
     ),
     Entry(
         "revoke",
@@ -72,7 +73,11 @@ COMMANDS = (
         "Revoke a principal, a credential, a certificate, a grant, an exception or a "
         "break-glass session on the running server",
     ),
-    Entry("revocations", "trustplane.cli.revoke:revocations_cmd", "List the revocations in force."),
+    Entry(
+        "revocations",
+        "trustplane.cli.revoke:revocations_cmd",
+        "List the revocations in force (with --all, lifted and expired ones too).",
+    ),
     Entry(
         "attest",
         "trustplane.cli.image_attestations:attest_cmd",
@@ -116,7 +121,7 @@ COMMANDS = (
     Entry(
         "pep",
         "trustplane.cli.pep:pep_app",
-        "Enforcement points (PEPs) allowed to ask for decisions when pep_auth is on.",
+        "Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",
     ),
 )
 
