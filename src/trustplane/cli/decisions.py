@@ -57,8 +57,8 @@ def decisions_cmd(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recorded decisions with their reason codes and determining policies, newest first, from
-    the local store or a server (--url)."""
+    """Recorded decisions, newest first, with each one's reason code and determining policies:
+    from the local store, or from a server with --url."""
     query = _query(
         since,
         until,

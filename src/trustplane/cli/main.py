@@ -64,8 +64,7 @@ COMMANDS = (
     Entry(
         "decisions",
         "trustplane.cli.decisions:decisions_cmd",
-        "Recorded decisions with their reason codes and determining policies, newest first, "
-        "from the local store or a server (--url).",
+        "Recorded decisions, newest first, with each one's reason code and determining policies",
     ),
     Entry(
         "revoke",
@@ -73,11 +72,7 @@ COMMANDS = (
         "Revoke a principal, a credential, a certificate, a grant, an exception or a "
         "break-glass session on the running server",
     ),
-    Entry(
-        "revocations",
-        "trustplane.cli.revoke:revocations_cmd",
-        "List the revocations in force (with --all, lifted and expired ones too).",
-    ),
+    Entry("revocations", "trustplane.cli.revoke:revocations_cmd", "List the revocations in force"),
     Entry(
         "attest",
         "trustplane.cli.image_attestations:attest_cmd",
@@ -122,6 +117,11 @@ COMMANDS = (
         "pep",
         "trustplane.cli.pep:pep_app",
         "Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",
+    ),
+    Entry(
+        "config",
+        "trustplane.cli.config:config_app",
+        "The effective settings and where they come from.",
     ),
 )
 
