@@ -331,7 +331,7 @@ def missing_store(settings: Settings, remote: bool = False) -> str:
             f"database_url to create it{elsewhere}"
         )
     looked = path.absolute()
-    configured = {"state_dir", "database_url"} & settings.model_fields_set
+    configured = "state_dir" in settings.model_fields_set or settings.store.url is not None
     if configured or settings.state_dir.is_dir() or Path(DEFAULT_CONFIG_FILE).is_file():
         return f"no trustplane store at {looked}: run `trustplane init` to create it{elsewhere}"
     return (
