@@ -186,15 +186,19 @@ class LabelStore:
                 decisions.c.kind == "decision",
                 decisions.c.decision_id.startswith(reference, autoescape=True),
             )
-            .limit(2)
+            .limit(4)
         )
         with self._engine.connect() as connection:
             rows = connection.execute(query).all()
         if not rows:
             raise RolloutError(f"no decision {reference} in the ledger", 404, "decisions")
         if len(rows) > 1:
+            some = ", ".join(row.decision_id for row in rows[:3]) + (", …" if len(rows) > 3 else "")
             raise RolloutError(
-                f"decision id prefix {reference} is ambiguous: give more of it", 409, "decisions"
+                f"decision id prefix {reference!r} is ambiguous: it starts {some}; give more "
+                "characters",
+                409,
+                "decisions",
             )
         return _would_deny(rows[0])
 
