@@ -18,9 +18,11 @@ from trustplane.rollout.gates import (
     BUNDLE_FILES,
     DEFAULT_GATES,
     Z_95,
+    Stratum,
     named_principals,
     observed_in,
     rollout_policy,
+    stratified_rate,
     wilson,
 )
 
@@ -58,6 +60,41 @@ def test_no_labels_bound_nothing_and_clean_labels_bound_the_rate() -> None:
     assert wilson(0, 0) == (0.0, 1.0)
     assert wilson(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)  # ten clean labels: up to 28%
     assert wilson(0, 73)[1] < 0.05 < wilson(0, 72)[1]  # 73 clean labels pass a 5% bound
+
+
+def test_labels_taken_evenly_across_principals_are_weighed_by_their_would_denies() -> None:
+    # A noisy principal: 100 would-denies, 5 labelled, all right; a quiet one: 1, wrong.
+    rate, effective = stratified_rate([Stratum(100, 5, 0), Stratum(1, 1, 1)])
+    assert rate == pytest.approx(1 / 101)  # not 1/6: the quiet principal stands for 1 in 101
+    assert effective == pytest.approx(101**2 / (5 * 20**2 + 1))  # Kish: about 5.1 of 6 labels
+    assert stratified_rate([Stratum(3, 0, 0)]) == (None, 0.0)
+
+
+strata_lists = st.lists(
+    st.integers(1, 200).flatmap(
+        lambda n: st.integers(0, n).flatmap(
+            lambda k: st.integers(0, k).map(lambda f: Stratum(n, k, f))
+        )
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@given(strata_lists)
+def test_the_weighted_rate_is_a_rate_and_never_counts_more_labels_than_there_are(
+    strata: list[Stratum],
+) -> None:
+    rate, effective = stratified_rate(strata)
+    labelled = sum(s.labelled for s in strata)
+    if labelled == 0:
+        assert rate is None
+        return
+    assert rate is not None and 0.0 <= rate <= 1.0
+    assert 0 < effective <= labelled + 1e-9
+    if all(s.labelled == s.would_denies for s in strata):  # everything labelled: the plain rate
+        assert rate == pytest.approx(sum(s.false_positives for s in strata) / labelled)
+        assert effective == pytest.approx(labelled)
 
 
 def shop_with(tmp_path: Path, rollout_yaml: str | None) -> BundleSource:

@@ -8,7 +8,9 @@ its file and line, and the file is hashed into the revision. Without it, `DEFAUL
 
 The false-positive rate is estimated from the labels with a 95% Wilson score interval and a gate
 passes on the interval's upper bound, not on the point estimate: ten clean labels (upper bound
-28%) do not show a rate below 5%; about 73 do.
+28%) do not show a rate below 5%; about 73 do. The labels are a sample stratified by principal,
+so the estimate weighs each principal by its share of the would-denies and the interval uses the
+sample's effective size (`stratified_rate`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import yaml
 
 from trustplane.decision.policy_bundle import Bundle, BundleProblem, ExtraFile, read_yaml
 from trustplane.decision.source import split_policies
-from trustplane.rollout.labels import LabelStore
+from trustplane.rollout.labels import Label, LabelStore, WouldDeny
 from trustplane.store.policy_revisions import BundleStore
 from trustplane.telemetry.ledger import rfc3339
 
@@ -164,8 +166,9 @@ def rollout_policy(bundle: Bundle | None) -> RolloutPolicy:
 # -- the measurement ---------------------------------------------------------------------------
 
 
-def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion; (0, 1) when nothing was tried."""
+def wilson(successes: float, trials: float, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion; (0, 1) when nothing was tried.
+    Fractional counts are a weighted sample's (see `stratified_rate`)."""
     if trials <= 0:
         return 0.0, 1.0
     p = successes / trials
@@ -175,6 +178,36 @@ def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
     half = z / denominator * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
     # The bounds bracket p exactly; rounding would otherwise put 3e-17 above p = 0.
     return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
+
+
+@dataclass(frozen=True, slots=True)
+class Stratum:
+    """One principal's would-denies: how many there are, how many are labelled, and how many
+    of those are false positives."""
+
+    would_denies: int
+    labelled: int
+    false_positives: int
+
+
+def stratified_rate(strata: list[Stratum]) -> tuple[float | None, float]:
+    """The false-positive rate of all would-denies estimated from labels taken per principal
+    (the queue samples principals evenly, not in proportion to their would-denies), and the
+    effective number of labels behind it.
+
+    Each labelled principal weighs by its share of the would-denies of labelled principals; a
+    label of principal s stands for N_s / n_s would-denies, and the effective size is Kish's
+    (sum of weights)^2 / sum of squared weights. When every principal is labelled in the same
+    proportion, this is the plain rate and the plain count. Principals with no label are not
+    represented (the queue gives each one a turn before anyone's second)."""
+    sampled = [s for s in strata if s.labelled > 0]
+    if not sampled:
+        return None, 0.0
+    total = sum(s.would_denies for s in sampled)
+    rate = sum(s.would_denies / total * s.false_positives / s.labelled for s in sampled)
+    weights = sum(s.would_denies for s in sampled)  # n_s labels of weight N_s / n_s each
+    squares = sum(s.would_denies * s.would_denies / s.labelled for s in sampled)
+    return rate, weights * weights / squares
 
 
 def named_principals(bundle: Bundle) -> frozenset[str]:
@@ -252,6 +285,18 @@ def observed_in(files: Mapping[str, bytes], policy_id: str) -> bool:
     return False
 
 
+def _strata(would: list[WouldDeny], labels: Mapping[str, Label]) -> list[Stratum]:
+    counts: dict[str, list[int]] = {}
+    for item in would:
+        entry = counts.setdefault(item.principal, [0, 0, 0])
+        entry[0] += 1
+        label = labels.get(item.decision_id)
+        if label is not None:
+            entry[1] += 1
+            entry[2] += label.verdict == "false-positive"
+    return [Stratum(*entry) for entry in counts.values()]
+
+
 class RolloutStatus:
     """The gate verdict of every observe-mode policy of the active bundle."""
 
@@ -291,8 +336,8 @@ class RolloutStatus:
             labels = self._labels.labels(info.policy_id)
             counted = [labels[w.decision_id] for w in would if w.decision_id in labels]
             fps = sum(1 for label in counted if label.verdict == "false-positive")
-            low, high = wilson(fps, len(counted))
-            estimate = fps / len(counted) if counted else None
+            estimate, effective = stratified_rate(_strata(would, labels))
+            low, high = wilson((estimate or 0.0) * effective, effective)
             attributable = (
                 sum(1 for w in would if w.principal in named) / len(would) if would else None
             )
