@@ -202,6 +202,35 @@ def test_would_denies_are_labelled_and_the_gate_fails_then_passes(server: Server
     assert f'trustplane_rollout_labelled{{policy="{POLICY}"}} 25.0' in metrics
 
 
+def test_the_rest_is_labelled_in_bulk_by_route(server: Server) -> None:
+    labelled = cli(
+        server,
+        "rollout",
+        "label",
+        "--action",
+        'Action::"payments:refund"',
+        "--resource",
+        'Api::"payments.refund"',
+        "--policy",
+        POLICY,
+        "--verdict",
+        "false-positive",
+        "--note",
+        "the kiosk account is shared: refunds from it are reviewed apart",
+        "--json",
+    )
+    assert [label["principal"] for label in labelled["labelled"]] == ['User::"kiosk"']
+    (record,) = admin_records(server, "rollout:label")[-1:]
+    assert record["details"]["bulk"]["action"] == 'Action::"payments:refund"'
+    env = {**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url}
+    again = run_cli(
+        "rollout", "label", "--action", 'Action::"payments:refund"', "--policy", POLICY,
+        "--verdict", "true-positive", "--note", "n", env=env,
+    )  # fmt: skip
+    assert again.returncode == 2
+    assert f"no unlabelled would-deny of {POLICY} with action" in again.stderr
+
+
 def test_labels_that_cannot_apply_are_refused_with_the_reason(server: Server) -> None:
     allowed = refund(server, "erin", 100)["context"]["decision_id"]
     env = {**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url}

@@ -67,25 +67,40 @@ def label_cmd(
             help='Label every unlabelled would-deny of --policy by this principal (User::"bob").'
         ),
     ] = None,
+    action: Annotated[
+        str | None,
+        typer.Option(
+            help='... of this action (Action::"payments:refund"); combines with --principal '
+            "and --resource."
+        ),
+    ] = None,
+    resource: Annotated[
+        str | None, typer.Option(help='... on this resource (Api::"payments.refund").')
+    ] = None,
     policy: Annotated[
         str | None,
-        typer.Option(help="The observe-mode policy (with --principal, or when several apply)."),
+        typer.Option(help="The observe-mode policy (in bulk, or when several would deny)."),
     ] = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Label would-denies true or false positives, by id or in bulk by principal."""
+    """Label would-denies true or false positives, by id or in bulk by principal, action or
+    resource (every unlabelled would-deny of --policy that matches)."""
     if verdict not in ("true-positive", "false-positive"):
         raise CliError("--verdict must be true-positive or false-positive")
     if not note.strip():
         raise CliError("--note is required: it is what the audit trail shows")
-    if not decision_ids and principal is None:
-        raise CliError("name decision ids, or --principal with --policy to label in bulk")
-    if principal is not None and policy is None:
-        raise CliError("--principal needs --policy")
+    bulk = {"principal": principal, "action": action, "resource": resource}
+    bulk = {name: value for name, value in bulk.items() if value is not None}
+    if not decision_ids and not bulk:
+        raise CliError(
+            "name decision ids, or --principal, --action or --resource with --policy to label "
+            "in bulk"
+        )
+    if bulk and policy is None:
+        raise CliError(f"--{next(iter(bulk))} needs --policy")
     body: dict[str, Any] = {"decisions": decision_ids or [], "verdict": verdict, "note": note}
-    if principal is not None:
-        body["principal"] = principal
+    body.update(bulk)
     if policy is not None:
         body["policy"] = policy
     settings = root_context(ctx).settings()

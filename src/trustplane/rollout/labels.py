@@ -26,7 +26,7 @@ from trustplane.telemetry.ledger import rfc3339
 
 VERDICTS = ("true-positive", "false-positive")
 MAX_QUEUE = 500
-MAX_BATCH = 1000  # decisions one labelling call may name or reach through a principal
+MAX_BATCH = 1000  # decisions one labelling call may name or reach in bulk
 
 
 class RolloutError(Exception):
@@ -127,10 +127,17 @@ class LabelStore:
         self._engine = engine
 
     def would_denies(
-        self, policy_id: str, since: float | None = None, principal: str | None = None
+        self,
+        policy_id: str,
+        since: float | None = None,
+        *,
+        principal: str | None = None,
+        action: str | None = None,
+        resource: str | None = None,
     ) -> list[WouldDeny]:
-        """Every would-deny of `policy_id` (oldest first), optionally since a time or of one
-        principal. The `policies` column narrows the scan; the record decides."""
+        """Every would-deny of `policy_id` (oldest first), optionally since a time and of one
+        principal, action or resource (`Type::"id"`, as records name them). The `policies`
+        column narrows the scan; the record decides."""
         query = select(*_COLUMNS).where(
             decisions.c.kind == "decision",
             decisions.c.decision == "allow",
@@ -139,8 +146,13 @@ class LabelStore:
         )
         if since is not None:
             query = query.where(decisions.c.ts >= since)
-        if principal is not None:
-            query = query.where(decisions.c.principal == principal)
+        for column, value in (
+            (decisions.c.principal, principal),
+            (decisions.c.action, action),
+            (decisions.c.resource, resource),
+        ):
+            if value is not None:
+                query = query.where(column == value)
         with self._engine.connect() as connection:
             rows = connection.execute(query.order_by(decisions.c.seq)).all()
         found = [_would_deny(row) for row in rows]
@@ -206,41 +218,54 @@ class LabelStore:
         self,
         *,
         references: Sequence[str],
-        principal: str | None,
         policy_id: str | None,
         verdict: str,
         note: str,
         actor: str,
+        principal: str | None = None,
+        action: str | None = None,
+        resource: str | None = None,
         now: float | None = None,
     ) -> list[Label]:
-        """Label the decisions `references` name (ids or unique prefixes) and, with `principal`,
-        every unlabelled would-deny of `policy_id` by that principal. Each must be a would-deny
-        of the policy; without `policy_id`, each decision must name exactly one policy that
-        would deny it. Labelling a decision again replaces its verdict. All or nothing."""
+        """Label the decisions `references` name (ids or unique prefixes) and, in bulk, every
+        unlabelled would-deny of `policy_id` by `principal`, of `action` and on `resource`
+        (those given). Each must be a would-deny of the policy; without `policy_id`, each
+        decision must name exactly one policy that would deny it. Labelling a decision again
+        replaces its verdict; bulk labels never overwrite. All or nothing."""
         if verdict not in VERDICTS:
             raise RolloutError(f"verdict must be one of {', '.join(VERDICTS)}", field="verdict")
         if not note.strip():
             raise RolloutError("a note is required: it is what the audit trail shows", field="note")
-        if not references and principal is None:
-            raise RolloutError("name decisions, or a principal to label in bulk", field="decisions")
-        if principal is not None and policy_id is None:
-            raise RolloutError("labelling by principal needs the policy", field="policy")
+        given = {"principal": principal, "action": action, "resource": resource}
+        bulk = {name: value for name, value in given.items() if value is not None}
+        if not references and not bulk:
+            raise RolloutError(
+                "name decisions, or a principal, action or resource to label in bulk",
+                field="decisions",
+            )
+        if bulk and policy_id is None:
+            raise RolloutError(f"labelling by {', '.join(bulk)} needs the policy", field="policy")
         chosen: dict[tuple[str, str], WouldDeny] = {}
         for reference in references:
             item = self.resolve(reference)
             for policy in self._policies_of(item, policy_id):
                 chosen[(item.decision_id, policy)] = item
-        if principal is not None and policy_id is not None:
+        if bulk and policy_id is not None:
             labelled = self.labels(policy_id)
-            for item in self.would_denies(policy_id, principal=principal):
-                if item.decision_id not in labelled:
-                    chosen[(item.decision_id, policy_id)] = item
-            if not any(
-                key[1] == policy_id and i.principal == principal for key, i in chosen.items()
-            ):
-                raise RolloutError(
-                    f"{principal} has no unlabelled would-deny of {policy_id}", 404, "principal"
+            matched = [
+                item
+                for item in self.would_denies(
+                    policy_id, principal=principal, action=action, resource=resource
                 )
+                if item.decision_id not in labelled
+            ]
+            if not matched:
+                which = " ".join(f"{name} {value}" for name, value in bulk.items())
+                raise RolloutError(
+                    f"no unlabelled would-deny of {policy_id} with {which}", 404, next(iter(bulk))
+                )
+            for item in matched:
+                chosen[(item.decision_id, policy_id)] = item
         if len(chosen) > MAX_BATCH:
             raise RolloutError(
                 f"{len(chosen)} decisions in one call: at most {MAX_BATCH}", field="decisions"

@@ -41,11 +41,24 @@ class LabelBody(BaseModel):
         description="Label every unlabelled would-deny of `policy` by this principal "
         '(User::"bob").',
     )
+    action: StrictStr | None = Field(
+        None,
+        min_length=1,
+        max_length=400,
+        description='... of this action (Action::"payments:refund"); with `principal` and '
+        "`resource`, those matching every one given.",
+    )
+    resource: StrictStr | None = Field(
+        None,
+        min_length=1,
+        max_length=400,
+        description='... on this resource (Api::"payments.refund").',
+    )
     policy: StrictStr | None = Field(
         None,
         min_length=1,
         max_length=400,
-        description="The observe-mode policy; needed with `principal`, or when a decision "
+        description="The observe-mode policy; needed in bulk, or when a decision "
         "would be denied by several.",
     )
     verdict: StrictStr = Field(description="true-positive or false-positive")
@@ -133,12 +146,16 @@ class RolloutApi:
     async def label(self, request: Request, call: AdminCall) -> Response:
         body = parse_model(LabelBody, await call.body(request))
         call.note(reason=body.note, verdict=body.verdict)
-        if body.principal is not None:
-            call.note(principal=body.principal)
+        bulk = {"principal": body.principal, "action": body.action, "resource": body.resource}
+        bulk = {name: value for name, value in bulk.items() if value is not None}
+        if bulk:
+            call.note(bulk=bulk)
         made = await self._call(
             self._labels.label,
             references=body.decisions,
             principal=body.principal,
+            action=body.action,
+            resource=body.resource,
             policy_id=body.policy,
             verdict=body.verdict,
             note=body.note,
