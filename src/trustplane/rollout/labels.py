@@ -11,13 +11,13 @@ the row here keeps the verdict the gates count.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 
@@ -116,7 +116,7 @@ def _would_deny(row: Any) -> WouldDeny:
         row.principal,
         row.action,
         row.resource,
-        json.loads(bytes(row.record)),
+        orjson.loads(row.record),  # 5x json.loads: status reads every would-deny
     )
 
 
