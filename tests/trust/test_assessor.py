@@ -140,3 +140,15 @@ def test_unverified_requests_share_one_assessment_per_policy() -> None:
     again = assessor(request(None), FakeBundle(trust))  # type: ignore[arg-type]
     assert first[1] is again[1] and first[1]["quiet"] == ["mfa_strength"]
     assert first[0].context["trust"] == {"score": 0, "level": "low", "signals": {"mfa_strength": 0}}
+
+
+def test_an_assessment_that_fails_as_a_whole_scores_100() -> None:
+    class Exploding(TrustAssessor):
+        def _score(self, *args: Any) -> Any:
+            raise ValueError("corrupt policy")
+
+    assessor = Exploding([AuthenticationSignals()], clock=lambda: NOW)
+    cedar, record = assessor(request({"amr": ["hwk"]}), FakeBundle(policy(mfa_strength=20)))  # type: ignore[arg-type]
+    assert record["score"] == 100 and record["level"] == "critical"
+    assert record["error"] == "ValueError: corrupt policy"
+    assert cedar.context["trust"]["score"] == 100

@@ -6,6 +6,7 @@ that fails closed instead of failing the request."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SHOP
+from tests.conftest import SHOP, store_url
 from tests.issuer import Jwks, Key, user_token
 from tests.issuer import issuer_settings as issuers
 from tests.support import Server, authzen, running_server, wait_for
@@ -25,25 +26,30 @@ PROXY = "127.0.0.2"
 LOGS = "/ops/services/checkout/logs"  # ops:read-logs, Tier 1: alice (SRE) with MFA may
 
 
-@pytest.fixture(scope="module")
-def server(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory, issuer: Jwks
-) -> Iterator[Server]:
-    files = tmp_path_factory.mktemp("trust")
+def scored(state: Path, files: Path, url: str, issuer: Jwks) -> Any:
+    """A server of the shop with a city database and a known-bad list, behind PROXY."""
     (files / "bad.txt").write_text("203.0.113.0/24\n")
     trust = {
         "city_database": str(city_database(files / "city.mmdb")),
         "bad_networks_files": [str(files / "bad.txt")],
     }
-    with running_server(
-        tmp_path_factory.mktemp("state"),
-        module_database_url,
+    return running_server(
+        state,
+        url,
         SHOP,
         policy__watch="false",
         pep__issuers=issuers(issuer),
         server__trusted_proxies=[f"{PROXY}/32"],
         trust=json.dumps(trust),
-    ) as srv:
+    )
+
+
+@pytest.fixture(scope="module")
+def server(
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory, issuer: Jwks
+) -> Iterator[Server]:
+    files = tmp_path_factory.mktemp("trust")
+    with scored(tmp_path_factory.mktemp("state"), files, module_database_url, issuer) as srv:
         yield srv
 
 
@@ -139,3 +145,21 @@ def test_a_broken_city_database_fails_closed_not_500(
         assert {s["name"] for s in failed} >= {"impossible_travel", "new_country"}
         assert all(s["source"] == "error" and s["points"] == s["weight"] for s in failed)
         assert trust["score"] >= 80
+
+
+@pytest.mark.postgres
+def test_travel_between_two_replicas_is_flagged(tmp_path: Path, issuer: Jwks, key: Key) -> None:
+    """London on one replica, New York on the other a second later: the second sees the first."""
+    (tmp_path / "files").mkdir()
+    with (
+        store_url("postgresql", tmp_path) as url,
+        scored(tmp_path / "a", tmp_path / "files", url, issuer) as a,
+        scored(tmp_path / "b", tmp_path / "files", url, issuer) as b,
+    ):
+        token = user_token(key, "alice")
+        assert through_proxy(a, token, LONDON).status_code == 200
+        time.sleep(1)
+        away = through_proxy(b, token, NEW_YORK)
+        assert away.status_code == 403, away.text
+        trust = record(b, away)["trust"]
+        assert trust["summary"] == "risk 80: impossible_travel +65, new_country +15"

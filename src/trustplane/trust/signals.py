@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from trustplane.model import EntityRef
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a dozen per request, and a frozen init costs twice as much
 class Signal:
     name: str
     value: float  # 0.0 (nothing unusual) … 1.0 (as risky as this signal gets)

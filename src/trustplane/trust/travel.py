@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from trustplane.store.tables import trust_locations
@@ -26,6 +26,9 @@ from trustplane.trust.network import Location, Locator
 from trustplane.trust.signals import Signal, TrustInputs
 
 EARTH_RADIUS_KM = 6371.0
+# A sighting from the same place is rewritten at most this often: the write is what costs (a
+# commit per request), and a minute's staleness only makes travel from here look slower.
+REFRESH_SECONDS = 60.0
 
 
 def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -121,29 +124,43 @@ class TravelSignals:
         self, principal: str, address: str, here: Location, now: float
     ) -> list[dict[str, Any]]:
         """The principal's earlier sightings, then this one stored (one transaction)."""
-        table = trust_locations
         values = {
+            "principal": principal,
+            "country": here.country,
             "last_seen": now,
             "latitude": here.latitude,
             "longitude": here.longitude,
             "address": address[:64],
         }
         with self._engine.begin() as connection:
-            rows = connection.execute(
-                select(table).where(table.c.principal == principal)
-            ).mappings()
+            rows = connection.execute(_HISTORY, {"p": principal}).mappings()
             history = [dict(row) for row in rows]
-            mine = (table.c.principal == principal) & (table.c.country == here.country)
-            if any(row["country"] == here.country for row in history):
-                connection.execute(update(table).where(mine).values(**values))
+            same = next((r for r in history if r["country"] == here.country), None)
+            if same is not None:
+                unchanged = (same["latitude"], same["longitude"]) == (here.latitude, here.longitude)
+                if unchanged and now - same["last_seen"] < REFRESH_SECONDS:
+                    return history  # seen here moments ago: no write on every request
+                connection.execute(_UPDATE, values | {"p": principal, "c": here.country})
             else:
                 try:
                     with connection.begin_nested():
-                        connection.execute(
-                            insert(table).values(
-                                principal=principal, country=here.country, **values
-                            )
-                        )
+                        connection.execute(insert(trust_locations), values)
                 except IntegrityError:  # another replica stored it first
-                    connection.execute(update(table).where(mine).values(**values))
+                    connection.execute(_UPDATE, values | {"p": principal, "c": here.country})
         return history
+
+
+# Built once: SQLAlchemy caches the compiled form, and building the expressions per request
+# cost more than the queries.
+_T = trust_locations
+_HISTORY = select(_T).where(_T.c.principal == bindparam("p"))
+_UPDATE = (
+    update(_T)
+    .where((_T.c.principal == bindparam("p")) & (_T.c.country == bindparam("c")))
+    .values(
+        last_seen=bindparam("last_seen"),
+        latitude=bindparam("latitude"),
+        longitude=bindparam("longitude"),
+        address=bindparam("address"),
+    )
+)
