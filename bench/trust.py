@@ -52,8 +52,8 @@ def main() -> None:
     loaded = load_bundle(
         BundleSource.from_dir(SHOP),
         LoadOptions(
-            decision_cache_size=defaults.decision_cache_size,
-            decision_ttl_seconds=defaults.decision_ttl_seconds,
+            decision_cache_size=defaults.policy.decision_cache_size,
+            decision_ttl_seconds=defaults.policy.decision_ttl_seconds,
             extra_files=BUNDLE_FILES + TRUST_FILES,
         ),
     )

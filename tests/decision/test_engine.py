@@ -419,6 +419,17 @@ def test_a_cached_answer_carries_every_field_of_the_first() -> None:
     }, "a new Decision field: carry it in Evaluator.evaluate's cache hit"
 
 
+def test_a_cached_answer_carries_the_assessment_it_is_given() -> None:
+    evaluator = cached_evaluator()
+    request = AccessRequest(
+        EntityRef("User", "ann"), EntityRef("Action", "read"), EntityRef("Doc", "memo"), {}
+    )
+    first = evaluator.evaluate(request, trust={"score": 7})
+    again = evaluator.evaluate(request, trust={"score": 40})
+    assert (first.cached, first.trust) == (False, {"score": 7})
+    assert (again.cached, again.trust) == (True, {"score": 40})
+
+
 def test_the_cache_tells_apart_context_and_properties() -> None:
     evaluator = cached_evaluator()
     plain = ask(evaluator, "ann", "read")

@@ -24,7 +24,9 @@ from trustplane.cli.common import (
     admin_token,
     emit,
     http,
+    id_table,
     out,
+    resolve_admin_id,
     root_context,
     server_url,
     store_engine,
@@ -184,12 +186,12 @@ def keys_cmd(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False) -
     doc = admin(settings, "GET", "/v1/identity/keys", url)
 
     def render(doc: Any) -> None:
-        table = Table("kind", "kid", "state", "created", "expires", "retirable")
+        table = id_table("kid", "kind", "state", "created", "expires", "retirable")
         for key in doc["keys"]:
             retirable = key.get("retirable_at")
             table.add_row(
-                key["kind"],
                 key["kid"],
+                key["kind"],
                 key["state"],
                 when(key["created_at"]),
                 when(key["not_after"]),
@@ -293,7 +295,7 @@ def entry_list(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False)
     doc = admin(settings, "GET", "/v1/identity/entries", url)
 
     def render(doc: Any) -> None:
-        table = Table("id", "spiffe id", "selectors", "owner", "ttl x509/jwt")
+        table = id_table("id", "spiffe id", "selectors", "owner", "ttl x509/jwt")
         for e in doc["entries"]:
             ttls = f"{e['x509_ttl_seconds'] or '-'}/{e['jwt_ttl_seconds'] or '-'}"
             table.add_row(e["id"], e["spiffe_id"], "\n".join(e["selectors"]), e["owner"], ttls)
@@ -305,13 +307,19 @@ def entry_list(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False)
 @entry_app.command("delete")
 def entry_delete(
     ctx: typer.Context,
-    entry_id: Annotated[str, typer.Argument(help="Entry id (from `entry list`).")],
+    entry_id: Annotated[
+        str, typer.Argument(help="Entry id (from `entry list`), or a unique prefix of it.")
+    ],
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a registration entry; its workloads get no new SVIDs."""
     settings = root_context(ctx).settings()
-    path = f"/v1/identity/entries/{entry_id}"
+    entries = "/v1/identity/entries"
+    entry_id = resolve_admin_id(
+        settings, url, entry_id, "entry", entries, lambda d: (e["id"] for e in d["entries"])
+    )
+    path = f"{entries}/{entry_id}"
     entry = admin(settings, "DELETE", path, url)
 
     def render(entry: Any) -> None:

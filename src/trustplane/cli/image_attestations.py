@@ -17,7 +17,6 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import typer
-from rich.table import Table
 
 from trustplane.cli.common import (
     CliError,
@@ -27,7 +26,9 @@ from trustplane.cli.common import (
     admin_token,
     emit,
     http,
+    id_table,
     out,
+    resolve_admin_id,
     root_context,
     server_url,
     when,
@@ -173,15 +174,20 @@ def list_cmd(
     doc = admin(settings, "GET", path, url)
 
     def render(doc: Any) -> None:
-        table = Table(title=f"{len(doc['attestations'])} attestations", title_justify="left")
-        table.add_column("attested")
-        table.add_column("image", overflow="fold", ratio=2)
-        table.add_column("predicate type", overflow="fold")
-        table.add_column("signer", overflow="fold")
-        table.add_column("verified")
+        table = id_table(
+            "id",
+            "attested",
+            "image",
+            "predicate type",
+            "signer",
+            "verified",
+            title=f"{len(doc['attestations'])} attestations",
+            title_justify="left",
+        )
         for item in doc["attestations"]:
             verified = "[green]yes[/]" if item["verified"] else f"[red]no[/]: {item.get('problem')}"
             table.add_row(
+                item["id"],
                 when(item["attested_at"]),
                 item["image"],
                 item["predicate_type"],
@@ -196,7 +202,9 @@ def list_cmd(
 @attestations_app.command("withdraw")
 def withdraw_cmd(
     ctx: typer.Context,
-    attestation_id: Annotated[str, typer.Argument(help="Attestation id (from `list`).")],
+    attestation_id: Annotated[
+        str, typer.Argument(help="Attestation id (from `list`), or a unique prefix of it.")
+    ],
     reason: Annotated[str, typer.Option(help="Why: kept in the ledger.")] = "",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
@@ -206,6 +214,14 @@ def withdraw_cmd(
     if not reason.strip():
         raise CliError("--reason is required: it is what the audit trail shows")
     settings = root_context(ctx).settings()
+    attestation_id = resolve_admin_id(
+        settings,
+        url,
+        attestation_id,
+        "attestation",
+        "/v1/attestations?limit=1000",
+        lambda d: (a["id"] for a in d["attestations"]),
+    )
     path = f"/v1/attestations/{attestation_id}"
     doc = http("DELETE", server_url(settings, url), path, admin_token(settings), {"reason": reason})
     result = doc.json()

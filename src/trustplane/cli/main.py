@@ -64,7 +64,7 @@ COMMANDS = (
     Entry(
         "decisions",
         "trustplane.cli.decisions:decisions_cmd",
-        "Query recent decisions from the store.",
+        "Recorded decisions, newest first, with each one's reason code and determining policies",
     ),
     Entry(
         "revoke",
@@ -72,7 +72,7 @@ COMMANDS = (
         "Revoke a principal, a credential, a certificate, a grant, an exception or a "
         "break-glass session on the running server",
     ),
-    Entry("revocations", "trustplane.cli.revoke:revocations_cmd", "List the revocations in force."),
+    Entry("revocations", "trustplane.cli.revoke:revocations_cmd", "List the revocations in force"),
     Entry(
         "attest",
         "trustplane.cli.image_attestations:attest_cmd",
@@ -116,7 +116,12 @@ COMMANDS = (
     Entry(
         "pep",
         "trustplane.cli.pep:pep_app",
-        "Enforcement points (PEPs) allowed to ask for decisions when pep_auth is on.",
+        "Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",
+    ),
+    Entry(
+        "config",
+        "trustplane.cli.config:config_app",
+        "The effective settings and where they come from.",
     ),
 )
 
