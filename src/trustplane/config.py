@@ -591,7 +591,9 @@ class CliSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     server_url: str | None = Field(
-        None, description="Server the CLI talks to; default: http://server.host:server.port."
+        None,
+        description="Server the CLI talks to; default: http://server.host:server.port "
+        "(https:// when tls is on).",
     )
     admin_token: SecretStr | None = Field(
         None, description="Admin token for CLI calls to a server; default: state_dir/admin.token."
