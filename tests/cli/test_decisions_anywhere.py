@@ -42,11 +42,11 @@ def served(
         tmp_path_factory.mktemp("state"),
         module_database_url,
         SHOP,
-        watch="false",
-        durability="sync",
-        checkpoint_interval_ms=300,
-        trusted_proxies=["127.0.0.1/32"],
-        identity_header="X-Forwarded-User",
+        policy__watch="false",
+        ledger__durability="sync",
+        ledger__checkpoint_interval_ms=300,
+        server__trusted_proxies=["127.0.0.1/32"],
+        pep__identity_header="X-Forwarded-User",
     ) as server:
         made: dict[str, str] = {}
         for name, body in (
@@ -208,7 +208,7 @@ def test_a_missing_store_in_the_wrong_directory_points_to_url_not_init(tmp_path:
 
     project = tmp_path / "project"
     project.mkdir()
-    (project / "trustplane.toml").write_text('bundle_dir = "policies"\n')
+    (project / "trustplane.toml").write_text('[policy]\nbundle_dir = "policies"\n')
     result = run_cli("decisions", cwd=project)
     assert result.returncode == 2
     assert "trustplane init" in result.stderr

@@ -403,6 +403,7 @@ def test_a_cached_answer_carries_every_field_of_the_first() -> None:
     first = ask(evaluator, "ann", "read")
     again = ask(evaluator, "ann", "read")
     fresh = {"decision_id", "eval_micros", "timestamp", "cached", "ttl_seconds", "revocation_epoch"}
+    fresh.add("trust")  # the decision point's, per request: never from the cache
     expected = dataclasses.replace(first, **{f: getattr(again, f) for f in fresh})
     assert again == expected
     assert {f.name for f in dataclasses.fields(Decision)} == fresh | {
@@ -416,6 +417,17 @@ def test_a_cached_answer_carries_every_field_of_the_first() -> None:
         "grant_ids",
         "exception_ids",
     }, "a new Decision field: carry it in Evaluator.evaluate's cache hit"
+
+
+def test_a_cached_answer_carries_the_assessment_it_is_given() -> None:
+    evaluator = cached_evaluator()
+    request = AccessRequest(
+        EntityRef("User", "ann"), EntityRef("Action", "read"), EntityRef("Doc", "memo"), {}
+    )
+    first = evaluator.evaluate(request, trust={"score": 7})
+    again = evaluator.evaluate(request, trust={"score": 40})
+    assert (first.cached, first.trust) == (False, {"score": 7})
+    assert (again.cached, again.trust) == (True, {"score": 40})
 
 
 def test_the_cache_tells_apart_context_and_properties() -> None:
@@ -497,7 +509,7 @@ def test_shop_large_refund_is_allowed_with_an_observe_mode_warning(shop: Evaluat
 
 
 def test_shop_guardrails_beat_permits(shop: Evaluator) -> None:
-    risky = shop_refund(shop, 1_000, risk_score=90)
+    risky = shop_refund(shop, 1_000, trust={"score": 90, "level": "critical", "signals": {}})
     assert risky.effect is Effect.DENY
     assert "forbid-high-risk" in ids(risky.reasons)
     stale = shop_refund(shop, 1_000, auth_age_seconds=3600)

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from trustplane.errors import TrustplaneError
 
 if TYPE_CHECKING:
     import httpx
@@ -38,7 +41,7 @@ UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL.")]
 Doc = TypeVar("Doc")
 
 
-class CliError(Exception):
+class CliError(TrustplaneError):
     """An error to print as one line and exit 2."""
 
 
@@ -328,7 +331,7 @@ def missing_store(settings: Settings, remote: bool = False) -> str:
             f"database_url to create it{elsewhere}"
         )
     looked = path.absolute()
-    configured = {"state_dir", "database_url"} & settings.model_fields_set
+    configured = "state_dir" in settings.model_fields_set or settings.store.url is not None
     if configured or settings.state_dir.is_dir() or Path(DEFAULT_CONFIG_FILE).is_file():
         return f"no trustplane store at {looked}: run `trustplane init` to create it{elsewhere}"
     return (
@@ -351,6 +354,7 @@ def load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
     from trustplane.decision.loader import LoadOptions
     from trustplane.decision.signing import SigningError, load_trusted_key
     from trustplane.governance.catalog import BUNDLE_FILES
+    from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
 
     try:
         keys = [load_trusted_key(p) for p in settings.policy.trusted_key_files]
@@ -360,52 +364,29 @@ def load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
         trusted_keys=keys,
         expiry_warning_days=settings.policy.expiry_warning_days,
         run_tests=run_tests,
-        extra_files=BUNDLE_FILES,
+        extra_files=BUNDLE_FILES + TRUST_FILES,
     )
 
 
 # -- failures ---------------------------------------------------------------------------------
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[red]error:[/] {message}", highlight=False)
-    raise SystemExit(2)
-
-
-# The errors `main` prints as one line (exit 2), named rather than imported: each lives in a
-# module that a command loads only when it needs it, and an exception can only be an instance
-# of a class whose module is already loaded, so nothing is imported to test for one.
-ONE_LINE_ERRORS = (
-    ("trustplane.config", "ConfigError"),
-    ("trustplane.identity.kek", "KekError"),
-    ("trustplane.store.database", "StoreError"),
-    ("trustplane.server.runtime", "NotInitialisedError"),
-    ("trustplane.decision.signing", "SigningError"),
-    ("trustplane.telemetry.checkpoint", "CheckpointError"),
-    ("trustplane.telemetry.ledger", "LedgerError"),
-    ("trustplane.server.admin_auth", "AdminPolicyError"),
-)
-
-
-def is_loaded_error(exc: BaseException, module: str, name: str) -> bool:
-    loaded = sys.modules.get(module)
-    cls = getattr(loaded, name, None) if loaded is not None else None
-    return isinstance(cls, type) and isinstance(exc, cls)
+    raise SystemExit(code)
 
 
 def exit_for(exc: Exception) -> None:
-    """Turn an error the CLI knows into its message and exit code (1 for a refused bundle,
-    2 for the rest, 0 for a closed pipe); return for anything else, which the caller re-raises
-    as a bug."""
-    if is_loaded_error(exc, "trustplane.decision.policy_bundle", "BundleError"):
-        problems = exc.problems  # type: ignore[attr-defined]
-        err.print(f"[red]bundle refused[/] ({len(problems)} problem(s)):", highlight=False)
-        for problem in problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
-        raise SystemExit(1) from None
-    if isinstance(exc, CliError) or any(
-        is_loaded_error(exc, module, name) for module, name in ONE_LINE_ERRORS
-    ):
-        fail(str(exc))
+    """Turn a refusal (any `TrustplaneError`) into its message, detail lines and exit code
+    (1 for a refused bundle, 2 for the rest), a closed pipe into 0; return for anything else,
+    which the caller re-raises as a bug."""
+    if isinstance(exc, TrustplaneError):
+        details = exc.details()
+        if not details:
+            fail(str(exc), exc.exit_code)
+        err.print(f"[red]{escape(exc.headline())}[/]:", highlight=False)
+        for line in details:
+            err.print(f"  {line}", highlight=False, markup=False)
+        raise SystemExit(exc.exit_code) from None
     if isinstance(exc, BrokenPipeError):
         raise SystemExit(0) from None

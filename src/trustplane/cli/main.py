@@ -118,6 +118,11 @@ COMMANDS = (
         "trustplane.cli.pep:pep_app",
         "Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",
     ),
+    Entry(
+        "config",
+        "trustplane.cli.config:config_app",
+        "The effective settings and where they come from.",
+    ),
 )
 
 

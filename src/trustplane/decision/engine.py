@@ -107,10 +107,13 @@ class Evaluator:
         at: datetime | None = None,
         revocation_epoch: int = 0,
         elevation: Elevation | None = None,
+        trust: dict[str, Any] | None = None,
     ) -> Decision:
         """`revocation_epoch`: the caller's revocation list version, carried in the answer.
         `elevation`: grants and exceptions for this principal; only those whose window holds
-        at this evaluation's time apply (checked here, against this clock)."""
+        at this evaluation's time apply (checked here, against this clock). `trust`: the trust
+        plane's assessment of this request, carried in the answer (never part of the cache
+        key: the score Cedar sees is in the request's context)."""
         started = time.perf_counter_ns()
         now_ts = self._clock() if at is None else at.timestamp()
         grants, exceptions, edge = _in_force(elevation, now_ts)
@@ -135,6 +138,7 @@ class Evaluator:
                 revocation_epoch=revocation_epoch,
                 grant_ids=known.grant_ids,
                 exception_ids=known.exception_ids,
+                trust=trust,
             )
         failed = False
         try:
@@ -161,6 +165,7 @@ class Evaluator:
             revocation_epoch=revocation_epoch,
             grant_ids=tuple(g.grant_id for g in grants),
             exception_ids=tuple(e.exception_id for e in exceptions),
+            trust=trust,
         )
         if not failed:
             self._remember(key, decision)

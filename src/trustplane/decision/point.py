@@ -97,12 +97,13 @@ class PolicyDecisionPoint:
         else:
             # Grants and exceptions from memory; the evaluator checks their windows itself.
             elevation = self._elevation(request)
+            # The assessment goes in as the answer is built: a copy afterwards costs more.
             decision = active.evaluator.evaluate(
-                request, revocation_epoch=epoch, elevation=elevation
+                request, revocation_epoch=epoch, elevation=elevation, trust=assessment
             )
             if self._deny_spike is not None:  # the bundle's own answers, not refusals
                 self._deny_spike.observe(decision.effect is Effect.DENY)
-        if assessment is not None:
+        if assessment is not None and decision.trust is not assessment:  # refusals
             decision = replace(decision, trust=assessment)
         self._observe(decision)
         return decision

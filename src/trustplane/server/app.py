@@ -98,7 +98,11 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         return json_response(openapi_document())
 
     routes = [
-        Route("/access/v1/evaluation", pep_gate.guard(authzen.evaluation), methods=["POST"]),
+        Route(
+            "/access/v1/evaluation",
+            pep_gate.guard_app(authzen.evaluation_app),
+            methods=["POST"],
+        ),
         Route("/access/v1/evaluations", pep_gate.guard(authzen.evaluations), methods=["POST"]),
         Route("/.well-known/authzen-configuration", authzen.configuration, methods=["GET"]),
         # Here `Authorization` is the end user's (the held request's): the PEP uses its own.
@@ -123,7 +127,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *admin_routes(runtime, admin_gate),
-        *identity_routes(identity, admin_gate),
+        *identity_routes(identity),
         *attestation_routes(attestations, admin_gate),
     ]
 

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 from cryptography import x509
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from trustplane.config import PepAuth, Settings
@@ -122,16 +123,41 @@ class PepGate:
         """`handler`, answering registered PEPs only (per pep.auth). `header`: where the PEP's
         Bearer credential is; it is removed from the request the handler sees, so it is never
         mistaken for the end user's or recorded."""
+        admit = self._admission(header)
+        observe = self.latency.observe
+
+        async def guarded(request: Request) -> Response:
+            started = time.perf_counter()
+            pep = admit(request.scope)
+            if isinstance(pep, Response):
+                return pep
+            token = CALLING_PEP.set(pep)
+            try:
+                return await handler(request)
+            finally:
+                CALLING_PEP.reset(token)
+                observe(pep, time.perf_counter() - started)
+
+        return guarded
+
+    def guard_app(self, app: ASGIApp, header: str = "authorization") -> ASGIApp:
+        """`guard` for an endpoint written as a bare ASGI app (the AuthZEN evaluation, which
+        skips Starlette's request and response objects); the same admission, refusal and
+        latency, the latter up to the answer being handed to the server."""
+        return _GuardedApp(self._admission(header), self.latency.observe, app)
+
+    def _admission(self, header: str) -> Callable[[MutableMapping[str, Any]], str | Response]:
+        """For one endpoint: the calling PEP's name from a request's scope, or the 401 to send
+        (the refusal counted and its latency observed under `anonymous`)."""
         name = header.encode()
         authenticate = self.authenticator.authenticate
         observe = self.latency.observe
         asks = self.authenticator.mode is not PepAuth.OFF
 
-        async def guarded(request: Request) -> Response:
+        def admit(scope: MutableMapping[str, Any]) -> str | Response:
             started = time.perf_counter()
             credential = spiffe_id = serial = None
             if asks:  # off: nothing to read, nobody refused (still timed and named)
-                scope = request.scope
                 headers = scope["headers"]
                 for key, value in headers:
                     if key == name:
@@ -142,7 +168,7 @@ class PepGate:
                     scope["headers"] = [item for item in headers if item[0] != name]
                 spiffe_id, serial = self._peer(scope)
             try:
-                pep = authenticate(credential, spiffe_id, serial)
+                return authenticate(credential, spiffe_id, serial)
             except PepUnauthenticated as exc:
                 observe("anonymous", time.perf_counter() - started)
                 challenge = f'{_CHALLENGE}, error="invalid_token", error_description="{exc.code}"'
@@ -152,15 +178,9 @@ class PepGate:
                     "PEP authentication required",
                     f"{exc.code}: {exc.detail}",
                     headers={"WWW-Authenticate": challenge if credential else _CHALLENGE},
-                ).response(request.url.path)
-            token = CALLING_PEP.set(pep)
-            try:
-                return await handler(request)
-            finally:
-                CALLING_PEP.reset(token)
-                observe(pep, time.perf_counter() - started)
+                ).response(Request(scope).url.path)
 
-        return guarded
+        return admit
 
     def _peer(self, scope: MutableMapping[str, Any]) -> tuple[str | None, int | None]:
         """The SPIFFE ID and serial of the client certificate the handshake verified."""
@@ -176,6 +196,34 @@ class PepGate:
                 self._peers.clear()
             self._peers[pem] = known
         return known
+
+
+class _GuardedApp:
+    """An ASGI endpoint behind the PEP gate (a class: Starlette routes a function as a
+    request handler, an object as an ASGI app)."""
+
+    def __init__(
+        self,
+        admit: Callable[[MutableMapping[str, Any]], str | Response],
+        observe: Callable[[str, float], None],
+        app: ASGIApp,
+    ) -> None:
+        self._admit = admit
+        self._observe = observe
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        pep = self._admit(scope)
+        if isinstance(pep, Response):
+            await pep(scope, receive, send)
+            return
+        token = CALLING_PEP.set(pep)
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            CALLING_PEP.reset(token)
+            self._observe(pep, time.perf_counter() - started)
 
 
 def _spiffe_identity(pem: str) -> tuple[str | None, int | None]:

@@ -35,8 +35,9 @@ from sqlalchemy.exc import (
     StatementError,
 )
 
+from trustplane.errors import TrustplaneError
 from trustplane.model import CALLING_PEP, AccessRequest, Decision, Effect, PolicyReason
-from trustplane.store.tables import checkpoints, decisions, ledger_lock, ledger_quarantine
+from trustplane.store.tables import checkpoints, decisions, ledger_quarantine
 from trustplane.store.text import column_text
 from trustplane.telemetry.checkpoint import (
     Checkpoint,
@@ -61,6 +62,8 @@ from trustplane.telemetry.rowcheck import QUERY_COLUMNS, RecordError, query_colu
 log = logging.getLogger("trustplane.ledger")
 
 _LOAD_CHUNK = 50_000
+_TAKE_LOCK = "UPDATE ledger_lock SET appends = appends + 1 WHERE id = 1"
+_APPENDS = "SELECT appends FROM ledger_lock WHERE id = 1"
 _ROWS_PER_STATEMENT = 500
 _COLUMNS = (
     "seq",
@@ -79,7 +82,7 @@ _COLUMNS = (
 )
 
 
-class LedgerError(Exception):
+class LedgerError(TrustplaneError):
     """A proof or record was asked for that the ledger cannot give; the message says why."""
 
 
@@ -301,6 +304,9 @@ class Ledger:
         self.origin = origin
         self._tree = MerkleTree()
         self._append_lock = threading.Lock()
+        # The ledger_lock append count after this process's last committed append (None: not
+        # known, so the next append reads the leaves others appended).
+        self._appends: int | None = None
         self.quarantined = 0  # records this process put in quarantine (or was told of)
         self._catch_up()
         self._last_checkpoint_size = self._max_checkpoint_size()
@@ -365,7 +371,7 @@ class Ledger:
     def _append_once(self, entries: Sequence[LedgerEntry], skip_recorded: bool) -> tuple[int, int]:
         with self._append_lock:
             with self._engine.begin() as connection:
-                start = self._locked(connection)
+                start, appends = self._locked(connection)
                 if skip_recorded:
                     entries = self._not_recorded(connection, entries)
                 self._insert(connection, entries, start)
@@ -373,20 +379,23 @@ class Ledger:
             # under the lock, so a concurrent `checkpoint()` catching up cannot load them twice.
             for entry in entries:
                 self._tree.append(entry.leaf_hash)
+            self._appends = appends
         return start, len(entries)
 
-    def _locked(self, connection: Connection) -> int:
+    def _locked(self, connection: Connection) -> tuple[int, int]:
         """Take the ledger lock and load what others appended; returns the next sequence
-        number."""
-        locked = connection.execute(
-            update(ledger_lock)
-            .where(ledger_lock.c.id == 1)
-            .values(appends=ledger_lock.c.appends + 1)
-        ).rowcount
+        number and the lock's append count, which `_committed_appends` keeps once the
+        transaction commits."""
+        locked = connection.exec_driver_sql(_TAKE_LOCK).rowcount
         if locked != 1:
             raise LedgerError("the ledger_lock row is missing: run `trustplane init`")
-        self._catch_up(connection)  # leaves other appenders committed since our last append
-        return self._tree.size
+        appends = int(connection.exec_driver_sql(_APPENDS).scalar_one())
+        # Every append increments the count under the lock: one more than after our own last
+        # commit means nobody else appended since, and the tree is already the store's (the
+        # query for others' leaves costs a flush more than its inserts).
+        if self._appends is None or appends != self._appends + 1:
+            self._catch_up(connection)  # leaves other appenders committed since our last append
+        return self._tree.size, appends
 
     def _quarantine(
         self, entry: LedgerEntry, exc: BaseException, skip_recorded: bool
@@ -395,8 +404,9 @@ class Ledger:
         its canonical bytes and the reason go to `ledger_quarantine`."""
         reason = _reason(exc)
         with self._append_lock:
+            self._appends = None  # rare: the next append reads others' leaves whatever the count
             with self._engine.begin() as connection:
-                seq = self._locked(connection)
+                seq, _ = self._locked(connection)
                 if skip_recorded and not self._not_recorded(connection, [entry]):
                     return seq, 0
                 connection.execute(
