@@ -152,8 +152,8 @@ def access_deny(
     as_json: JsonOpt = False,
 ) -> None:
     """Deny a request."""
+    body = {"reason": _required(reason, "--reason")}  # before any call
     request_id = _id(ctx, "request", request_id, url)
-    body = {"reason": _required(reason, "--reason")}
     document = _call(ctx, "POST", f"/v1/access/requests/{request_id}/deny", url, body)
 
     def render(document: Any) -> None:
@@ -171,6 +171,7 @@ def access_revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """End a grant now, on every replica (idempotent)."""
+    _required(reason, "--reason")  # before any call
     grant_id = _id(ctx, "grant", grant_id, url)
     _revoke(ctx, f"/v1/access/grants/{grant_id}/revoke", f"grant {grant_id}", reason, url, as_json)
 
@@ -293,8 +294,8 @@ def break_glass_review(
     as_json: JsonOpt = False,
 ) -> None:
     """Close the post-incident review (never by whoever opened the session)."""
+    body = {"notes": _required(notes, "--notes")}  # before any call
     session_id = _id(ctx, "break-glass session", session_id, url)
-    body = {"notes": _required(notes, "--notes")}
     document = _call(ctx, "POST", f"/v1/break-glass/{session_id}/review", url, body)
 
     def render(document: Any) -> None:
@@ -408,6 +409,7 @@ def exceptions_revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """End an exception now (idempotent)."""
+    _required(reason, "--reason")  # before any call
     exception_id = _id(ctx, "exception", exception_id, url)
     path = f"/v1/exceptions/{exception_id}/revoke"
     _revoke(ctx, path, f"exception {exception_id}", reason, url, as_json)
