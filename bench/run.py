@@ -39,7 +39,8 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 START = "<!-- bench:results:start -->"
 END = "<!-- bench:results:end -->"
 
-FLOOR_DECIDE_RATIO = 2.0
+FLOOR_DECIDE_RATIO = 1.8
+FLOOR_SERVED_CPU_RATIO = 3.0  # server CPU per answer over the no-op's, cached path, 4 conns
 FLOOR_RPS = 5000
 FLOOR_P99_MS = 5.0
 FLOOR_VERIFY = 100_000
@@ -221,7 +222,7 @@ def report(results: dict[str, Any]) -> str:
                 ratio = ip[key]["x_raw"]
                 floors.append(
                     [
-                        f"decide + ledger ≤ 2× raw Cedar ({label})",
+                        f"decide + ledger ≤ {FLOOR_DECIDE_RATIO:g}× raw Cedar ({label})",
                         f"{ratio:.2f}×",
                         _verdict(ratio <= FLOOR_DECIDE_RATIO),
                     ]
@@ -319,6 +320,27 @@ def report(results: dict[str, Any]) -> str:
             details.append(line)
         out += details
         out.append("")
+        noop_cpu = {
+            t["connections"]: t.get("server_cpu_us_per_answer") for t in noop.get("throughput", [])
+        }
+        for kind, label in (
+            ("trustplane", "1 worker"),
+            ("trustplane-2w", "`--workers 2`"),
+        ):
+            run4 = next(
+                (t for t in servers.get(kind, {}).get("throughput", []) if t["connections"] == 4),
+                None,
+            )
+            cpu, base = (run4 or {}).get("server_cpu_us_per_answer"), noop_cpu.get(4)
+            if cpu and base:
+                floors.append(
+                    [
+                        f"server CPU per answer ≤ {FLOOR_SERVED_CPU_RATIO:g}× the no-op's "
+                        f"(cached path, {label}, 4 conns)",
+                        f"{cpu:,.1f} / {base:,.1f} µs = {cpu / base:.2f}×",
+                        _verdict(cpu / base <= FLOOR_SERVED_CPU_RATIO),
+                    ]
+                )
         for kind, label in (
             ("trustplane-2w", "`--workers 2`, decision cache on (default)"),
             ("trustplane", "1 worker, decision cache on (default)"),
