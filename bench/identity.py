@@ -147,7 +147,8 @@ async def _clients(
     socket: str, workloads: int, per_second: float, seconds: float, fresh: bool
 ) -> dict[str, Any]:
     import grpc
-    from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+    from trustplane.identity.workload_api_pb import workload_pb2, workload_pb2_grpc
 
     metadata = (("workload.spiffe.io", "true"),)
     latencies: list[int] = []

@@ -1,87 +1,78 @@
 """The folder tree is the architecture: dependencies between planes point inward.
 
-Every `import trustplane.x…` in src/ (module-level or inside a function alike) is an arrow from
-the importing package to `x`. No plane may import the composition layers (`server/`, `cli/`),
-and the packages form no cycle. `pytest tests/test_architecture.py -q` checks it.
+The checks live in `scripts/import-graph.py` (run it to see the whole package graph and the
+verdict); this test runs them, so the suite fails on an arrow from a plane into `server/` or
+`cli/`, or on a cycle between packages.
 """
 
 from __future__ import annotations
 
-import ast
-import itertools
-from collections import defaultdict
+import importlib.util
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+from types import ModuleType
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "trustplane"
-COMPOSITION = {"server", "cli", "__main__"}
-
-
-def _package_of(path: Path) -> str:
-    relative = path.relative_to(SRC)
-    return relative.parts[0].removesuffix(".py") if len(relative.parts) > 1 else relative.stem
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "import-graph.py"
 
 
-def import_graph() -> dict[str, dict[str, list[str]]]:
-    """package → imported package → the files that import it."""
-    graph: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for path in sorted(SRC.rglob("*.py")):
-        source = _package_of(path)
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            for name in names:
-                parts = name.split(".")
-                if parts[0] == "trustplane" and len(parts) > 1 and parts[1] != source:
-                    graph[source][parts[1]].append(str(path.relative_to(SRC)))
-    return graph
+def _checker() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("import_graph", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _cycle(graph: dict[str, dict[str, list[str]]]) -> list[str] | None:
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in sorted(graph.get(node, {})):
-            if state.get(nxt) == 1:
-                return [*path[path.index(nxt) :], nxt]
-            if nxt not in state and (found := visit(nxt)):
-                return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for start in sorted(graph):
-        if start not in state and (found := visit(start)):
-            return found
-    return None
+checker = _checker()
 
 
 def test_no_plane_imports_the_server_or_the_cli() -> None:
-    graph = import_graph()
-    arrows = [
-        f"{source} → {target} ({', '.join(sorted(set(files)))})"
-        for source, targets in sorted(graph.items())
-        if source not in COMPOSITION
-        for target, files in sorted(targets.items())
-        if target in COMPOSITION
-    ]
-    assert not arrows, "planes must not depend on the composition layers:\n" + "\n".join(arrows)
+    arrows = checker.inward_violations(checker.import_graph())
+    assert arrows == [], "planes must not depend on the composition layers:\n" + "\n".join(arrows)
 
 
 def test_packages_form_no_cycle() -> None:
-    graph = import_graph()
-    cycle = _cycle(graph) or []
-    hops = [f"{a} → {b} ({graph[a][b][0]})" for a, b in itertools.pairwise(cycle)]
-    assert not cycle, "import cycle between packages:\n" + "\n".join(hops)
+    graph = checker.import_graph()
+    cycle = checker.find_cycle(graph) or []
+    hops = checker.describe_cycle(graph, cycle) if cycle else []
+    assert cycle == [], "import cycle between packages:\n" + "\n".join(hops)
 
 
-def test_the_checker_sees_a_cycle_and_an_inward_arrow() -> None:
-    """The checks above can fail: a graph with a cycle is reported, one without is not."""
-    assert _cycle({"a": {"b": ["a.py"]}, "b": {"a": ["b.py"]}}) == ["a", "b", "a"]
-    assert _cycle({"a": {"b": ["a.py"]}, "b": {}}) is None
-    assert "server" in import_graph()["enforcement"] or "decision" in import_graph()["enforcement"]
+def test_the_checker_sees_cycles_inward_arrows_and_relative_imports(tmp_path: Path) -> None:
+    """The checks above can fail: made-up trees with each violation are reported."""
+    assert checker.find_cycle({"a": {"b": ["a.py"]}, "b": {"a": ["b.py"]}}) == ["a", "b", "a"]
+    assert checker.find_cycle({"a": {"b": ["a.py"]}, "b": {}}) is None
+    tree = {
+        "decision/point.py": "from trustplane.server import app\n",
+        "decision/typed.py": "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from trustplane.cli.common import emit\n",
+        "posture/engine.py": "from ..telemetry import metrics\n",
+        "telemetry/metrics.py": "def f():\n    import trustplane.posture.engine\n",
+        "server/app.py": "from trustplane.decision import point\n",
+    }
+    for name, text in tree.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    graph = checker.import_graph(tmp_path)
+    assert checker.inward_violations(graph) == [
+        "decision → cli (decision/typed.py)",
+        "decision → server (decision/point.py)",
+    ]
+    assert checker.find_cycle(graph) == ["decision", "server", "decision"]
+    assert graph["posture"]["telemetry"] == ["posture/engine.py"], "relative import resolved"
+    assert graph["telemetry"]["posture"] == ["telemetry/metrics.py"], "import inside a function"
+
+
+def test_the_command_prints_the_graph_and_its_verdict() -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("enforcement ") and "decision" in line for line in lines)
+    assert lines[-1].endswith("no arrow from a plane into server/ or cli/, no cycle")
+    dot = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dot"], capture_output=True, text=True, timeout=60
+    )
+    assert dot.stdout.startswith("digraph trustplane {"), textwrap.shorten(dot.stdout, 200)
+    assert '"server" -> "decision";' in dot.stdout

@@ -13,11 +13,13 @@ import os
 import tomllib
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -178,6 +180,11 @@ class TrustSettings(BaseModel):
         default_factory=list,
         description="Files of corporate networks, one CIDR a line: the `corporate_network` "
         "signal (usually a negative weight).",
+    )
+    city_database: Path | None = Field(
+        None,
+        description="A MaxMind-format city database (GeoLite2-City or compatible): the "
+        "coordinates `impossible_travel` needs; without it that signal is 0 and says why.",
     )
 
 
@@ -674,8 +681,8 @@ def env_name(path: str) -> str:
     return ENV_PREFIX + path.replace(".", ENV_DELIMITER).upper()
 
 
-# The config file `load_settings` hands to the TOML source; none for `Settings()` built directly.
-_config_file: ContextVar[Path | None] = ContextVar("trustplane_config_file", default=None)
+# The TOML source `load_settings` hands to the settings; none for `Settings()` built directly.
+_toml: ContextVar[TomlConfigSettingsSource | None] = ContextVar("trustplane_toml", default=None)
 
 
 class Settings(BaseSettings):
@@ -734,10 +741,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Flags over the environment over the config file (when `load_settings` names one)."""
-        path = _config_file.get()
-        if path is None:
+        toml = _toml.get()
+        if toml is None:
             return (init_settings, env_settings)
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path))
+        return (init_settings, env_settings, toml)
 
     @property
     def effective_database_url(self) -> str:
@@ -877,38 +884,126 @@ def _strings(loc: tuple[str | int, ...]) -> tuple[str, ...]:
     return tuple(names)
 
 
+@dataclass(frozen=True)
+class _Sources:
+    """What one load read, kept to say where each value came from."""
+
+    path: Path | None
+    file_values: dict[str, Any]
+    environment: dict[str, str]
+    overrides: dict[str, Any]
+
+    def origin(self, loc: tuple[str | int, ...]) -> str:
+        return origin_of(loc, self.overrides, self.environment, self.file_values, self.path)
+
+
+def _toml_source(path: Path) -> TomlConfigSettingsSource:
+    """pydantic-settings' TOML source for `path`, with a missing or malformed file refused
+    (the source itself would skip a missing file silently)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return TomlConfigSettingsSource(Settings, path)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _load(config_file: Path | None, overrides: dict[str, Any] | None) -> tuple[Settings, _Sources]:
+    path = config_file_path(config_file)
+    source = _toml_source(path) if path is not None else None
+    sources = _Sources(
+        path,
+        source.toml_data if source is not None else {},
+        _environment(),
+        _nested(overrides or {}),
+    )
+    renamed = _renamed_problems(sources.environment, sources.file_values, path)
+    if renamed:
+        raise ConfigError(f"invalid configuration: {'; '.join(renamed)}")
+    token = _toml.set(source)
+    try:
+        return Settings(**sources.overrides), sources
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc) or "settings"
+            problems.append(f"{field}: {err['msg']} (from {sources.origin(loc)})")
+        raise ConfigError(f"invalid configuration: {'; '.join(problems)}") from None
+    finally:
+        _toml.reset(token)
+
+
 def load_settings(
     config_file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> Settings:
     """Settings from `config_file` (or `$TRUSTPLANE_CONFIG`, or ./trustplane.toml if present),
     then the environment (`TRUSTPLANE_SECTION__NAME`), then explicit overrides (CLI flags).
     An invalid value is refused with its field and where it came from."""
-    path = config_file_path(config_file)
-    file_values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            file_values = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-    environment = _environment()
-    renamed = _renamed_problems(environment, file_values, path)
-    if renamed:
-        raise ConfigError(f"invalid configuration: {'; '.join(renamed)}")
-    given = _nested(overrides or {})
-    token = _config_file.set(path)
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            field = ".".join(str(p) for p in loc) or "settings"
-            origin = origin_of(loc, given, environment, file_values, path)
-            problems.append(f"{field}: {err['msg']} (from {origin})")
-        raise ConfigError(f"invalid configuration: {'; '.join(problems)}") from None
-    finally:
-        _config_file.reset(token)
+    return _load(config_file, overrides)[0]
+
+
+# Settings whose values are credentials: shown masked. URLs are masked in part (below).
+SECRET_SETTINGS = frozenset({"identity.kek", "cli.admin_token"})
+MASK = "********"
+
+
+@dataclass(frozen=True)
+class EffectiveSetting:
+    """One setting as `trustplane config show` prints it."""
+
+    name: str
+    value: Any  # as JSON would have it, secrets masked
+    origin: str  # `default`, `file PATH`, `environment NAME` or `command line`
+    env: str
+
+
+def effective_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[Path | None, list[EffectiveSetting]]:
+    """The config file read (if any) and every setting's effective value and origin, in the
+    order of the model, with credentials masked."""
+    settings, sources = _load(config_file, overrides)
+    dumped = settings.model_dump(mode="json")
+    shown = []
+    for name, _field in setting_fields():
+        value: Any = dumped
+        for part in name.split("."):
+            value = value[part]
+        shown.append(
+            EffectiveSetting(
+                name,
+                _masked(name, value),
+                sources.origin(tuple(name.split("."))),
+                env_name(name),
+            )
+        )
+    return sources.path, shown
+
+
+def _masked(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in SECRET_SETTINGS:
+        return MASK
+    if name == "store.url":
+        return _masked_url(value, keep_path=True)
+    if name == "governance.webhook_url":
+        return _masked_url(value, keep_path=False)  # chat webhooks carry their secret in it
+    return value
+
+
+def _masked_url(url: str, keep_path: bool) -> str:
+    """`url` with its password (and, unless `keep_path`, its path and query) masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{user}@{host}"
+    path, query = parts.path, parts.query
+    if not keep_path:
+        path, query = ("/" + MASK if path.strip("/") else path), (MASK if query else "")
+    return urlunsplit((parts.scheme, netloc, path, query, ""))

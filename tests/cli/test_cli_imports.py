@@ -8,17 +8,23 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from trustplane.cli import common
+from trustplane.cli import main as cli_main
 from trustplane.cli.serve import LedgerDurability
 from trustplane.config import Durability
+from trustplane.errors import TrustplaneError
 
 # Top-level packages whose import alone costs tenths of a second on a loaded machine.
+# What every command shares, so `--help` loads it.
+SHARED = {"trustplane.cli.main", "trustplane.cli.common"}
 HEAVY = ("sqlalchemy", "psycopg", "grpc", "detect_secrets", "cedarpy", "pydantic", "httpx")
 
 
@@ -44,12 +50,28 @@ def test_the_cli_durability_choices_are_the_settings_choices() -> None:
     assert [d.value for d in LedgerDurability] == [d.value for d in Durability]
 
 
-@pytest.mark.parametrize(("module", "name"), common.ONE_LINE_ERRORS)
-def test_every_error_main_prints_as_one_line_exists(module: str, name: str) -> None:
-    # main() names them instead of importing them; a rename must not silently turn a one-line
-    # error back into a traceback.
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("trustplane.config", "ConfigError"),
+        ("trustplane.identity.kek", "KekError"),
+        ("trustplane.store.database", "StoreError"),
+        ("trustplane.server.runtime", "NotInitialisedError"),
+        ("trustplane.decision.signing", "SigningError"),
+        ("trustplane.decision.policy_bundle", "BundleError"),
+        ("trustplane.telemetry.checkpoint", "CheckpointError"),
+        ("trustplane.telemetry.ledger", "LedgerError"),
+        ("trustplane.server.admin_auth", "AdminPolicyError"),
+        ("trustplane.cli.common", "CliError"),
+    ],
+)
+def test_every_refusal_the_cli_reports_derives_from_the_one_base_error(
+    module: str, name: str
+) -> None:
+    # main() prints a TrustplaneError as a refusal with its exit code; an error outside it
+    # would come out as a traceback.
     cls = getattr(importlib.import_module(module), name)
-    assert isinstance(cls, type) and issubclass(cls, Exception)
+    assert issubclass(cls, TrustplaneError)
 
 
 def test_command_modules_share_common_and_never_import_main() -> None:
@@ -65,3 +87,40 @@ def test_command_modules_share_common_and_never_import_main() -> None:
         if "noqa: E402" in path.read_text():
             offenders.append(f"{path.name} (noqa: E402)")
     assert offenders == [], f"these CLI modules import main or defer imports: {offenders}"
+
+
+def test_help_lists_every_command_without_importing_any_command_module() -> None:
+    probe = (
+        "import contextlib, io\n"
+        "from trustplane.cli.main import main\n"
+        "sys.argv = ['trustplane', '--help']\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as page, contextlib.suppress(SystemExit):\n"
+        "    main()\n"
+        "sys.stderr.write(page.getvalue())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys, json\n{probe}print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    loaded = set(json.loads(result.stdout))
+    commands = sorted(m for m in loaded if m.startswith("trustplane.cli.") and m not in SHARED)
+    assert commands == [], f"`trustplane --help` imports {commands}"
+    assert "rich.markdown" not in loaded and "rich.traceback" not in loaded
+    for entry in cli_main.COMMANDS:
+        assert f" {entry.name} " in result.stderr and entry.summary in result.stderr
+
+
+@pytest.mark.parametrize("entry", cli_main.COMMANDS, ids=lambda e: e.name)
+def test_each_listed_command_loads_and_its_summary_is_its_own_help(entry: Any) -> None:
+    # The listing comes from COMMANDS so that `--help` imports no command module; this keeps
+    # each line true to the command it stands for.
+    command = cli_main.load_command(entry)
+    assert command.name == entry.name
+    own_help = " ".join((command.help or "").split())
+    assert own_help.startswith(entry.summary), (
+        f"COMMANDS lists {entry.name!r} as {entry.summary!r} but its help says {own_help!r}"
+    )

@@ -43,10 +43,10 @@ def test_a_schema_typo_is_one_problem_in_text_and_json(tmp_path: Path) -> None:
     bundle = tmp_path / "shop"
     shutil.copytree(SHOP, bundle)
     schema = bundle / "schema.cedarschema"
-    schema.write_text(schema.read_text().replace("  risk_score: Long,", "  risk_scor: Long,"))
+    schema.write_text(schema.read_text().replace("\n  score: Long,", "\n  scor: Long,"))
     text = ok(run_cli("policy", "validate", str(bundle)), 1)
     assert "1 problem(s)" in text.stderr, text.stderr
-    assert "attribute `risk_score` in context not found" in text.stderr
+    assert "attribute `trust.score` in context not found" in text.stderr
     assert "for 14 actions" in text.stderr and "also in forbid-elevated-risk" in text.stderr
 
     as_json = ok(run_cli("policy", "validate", str(bundle), "--json"), 1)

@@ -48,6 +48,23 @@ def test_proofs_verify_and_a_forged_leaf_does_not(tmp_path: Path, database_url: 
     assert document["verified"] is True and document["tree_size"] == 7
     assert document["leaf_index"] == 1
 
+    # Any unique prefix of a decision id names it; a prefix several ids share, or none has,
+    # is refused naming what it could be.
+    short = run_cli("audit", "proof", ids[1][:-4], "--json", env=env)
+    assert short.returncode == 0, short.stderr
+    assert json.loads(short.stdout)["decision_id"] == ids[1]
+    # UUIDv7: ids made together share their time, so their leading characters.
+    shared = ids[0][
+        : next(i for i, (a, b) in enumerate(zip(ids[0], ids[1], strict=True)) if a != b)
+    ]
+    assert len(shared) >= 8, ids
+    ambiguous = run_cli("audit", "proof", shared, env=env)
+    assert ambiguous.returncode == 2 and "is ambiguous" in ambiguous.stderr
+    assert ids[0] in ambiguous.stderr and ids[1] in ambiguous.stderr
+    unknown = run_cli("audit", "proof", "ffffffff-f", env=env)
+    assert unknown.returncode == 2
+    assert "no decision id starts with 'ffffffff-f'" in unknown.stderr
+
     older = run_cli("audit", "consistency", "3", "7", "--json", env=env)
     assert older.returncode == 0, older.stderr
     assert json.loads(older.stdout)["verified"] is True

@@ -42,11 +42,11 @@ def served(
         tmp_path_factory.mktemp("state"),
         module_database_url,
         SHOP,
-        watch="false",
-        durability="sync",
-        checkpoint_interval_ms=300,
-        trusted_proxies=["127.0.0.1/32"],
-        identity_header="X-Forwarded-User",
+        policy__watch="false",
+        ledger__durability="sync",
+        ledger__checkpoint_interval_ms=300,
+        server__trusted_proxies=["127.0.0.1/32"],
+        pep__identity_header="X-Forwarded-User",
     ) as server:
         made: dict[str, str] = {}
         for name, body in (

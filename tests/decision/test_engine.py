@@ -509,7 +509,7 @@ def test_shop_large_refund_is_allowed_with_an_observe_mode_warning(shop: Evaluat
 
 
 def test_shop_guardrails_beat_permits(shop: Evaluator) -> None:
-    risky = shop_refund(shop, 1_000, risk_score=90)
+    risky = shop_refund(shop, 1_000, trust={"score": 90, "level": "critical", "signals": {}})
     assert risky.effect is Effect.DENY
     assert "forbid-high-risk" in ids(risky.reasons)
     stale = shop_refund(shop, 1_000, auth_age_seconds=3600)

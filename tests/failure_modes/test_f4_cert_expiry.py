@@ -19,7 +19,6 @@ import pytest
 from cryptography import x509
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 from sqlalchemy import Engine
 
 from tests.failure_modes.identity_support import TRUST_DOMAIN, chains_to
@@ -29,6 +28,7 @@ from tests.support import wait_for
 from trustplane.config import Settings
 from trustplane.identity.kek import new_kek
 from trustplane.identity.service import IdentityService
+from trustplane.identity.workload_api_pb import workload_pb2, workload_pb2_grpc
 from trustplane.server.tls import CaServingCertificate
 from trustplane.telemetry.metrics import Metrics
 

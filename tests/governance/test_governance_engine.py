@@ -4,6 +4,7 @@ exception sets aside one forbid only inside its window, and answers carry their 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -79,13 +80,18 @@ def test_a_grant_never_applies_outside_its_window(
     assert decision.grant_ids == (("g-1",) if inside else ())
 
 
+def trust(score: int) -> dict[str, Any]:
+    """context.trust as the trust plane gives it to Cedar, at a chosen score."""
+    return {"score": score, "level": "high" if score < 80 else "critical", "signals": {}}
+
+
 def test_an_exception_sets_aside_one_forbid_only_while_it_lasts(shop: LoadedBundle) -> None:
     # Tier 0 at a risk score of 50 is forbidden; the reconciler's migration export needs it.
     export = AccessRequest(
         EntityRef("Service", "reconciler"),
         EntityRef("Action", "customers:export"),
         EntityRef("Dataset", "customers-pii"),
-        {"mfa": False, "auth_age_seconds": 1800, "risk_score": 50},
+        {"mfa": False, "auth_age_seconds": 1800, "trust": trust(50)},
     )
     evaluator = shop.evaluator
     denied = evaluator.evaluate(export, at=NOW)
@@ -99,7 +105,7 @@ def test_an_exception_sets_aside_one_forbid_only_while_it_lasts(shop: LoadedBund
     assert not after.allowed, "an expired exception stops applying by itself"
     # Another forbid still holds: the exception names one policy, not the flow.
     risky = AccessRequest(
-        export.principal, export.action, export.resource, {**export.context, "risk_score": 90}
+        export.principal, export.action, export.resource, {**export.context, "trust": trust(90)}
     )
     still = evaluator.evaluate(risky, at=NOW, elevation=Elevation(exceptions=(ref,)))
     assert not still.allowed

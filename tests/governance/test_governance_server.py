@@ -62,7 +62,12 @@ def webhook() -> Iterator[Webhook]:
 
 
 def governed(state: Path, url: str, issuer: Jwks, hook: Webhook | None = None, **extra: Any) -> Any:
+    bad = state / "bad-networks.txt"
+    bad.write_text("203.0.113.0/24  # a scanner's network\n")
+    # The loopback test client (pep_auth off: the PEP `anonymous`) may supply trust inputs.
+    trust = {"trusted_peps": ["anonymous"], "bad_networks_files": [str(bad)]}
     settings: dict[str, Any] = {
+        "trust": json.dumps(trust),
         "policy__watch": "false",
         "pep__issuers": issuer_settings(issuer),
         "admin__issuers": issuer_settings(issuer),
@@ -272,14 +277,18 @@ def test_break_glass_over_the_api_is_loud_and_reviewed_by_another(
 
 
 def test_an_approved_exception_lets_a_flow_through_one_forbid(server: Server, key: Key) -> None:
-    # The nightly reconciliation reads invoices; a risk score of 85 trips forbid-high-risk.
+    # The nightly reconciliation reads invoices from a network listed as known-bad (a false
+    # positive): the trust plane scores it 80, which trips forbid-high-risk.
+    inputs = {"source_ip": "203.0.113.9", "workload": True}
     export = authzen(
         ("Service", "reconciler"),
         "billing:read",
         ("Api", "billing.invoices"),
-        {"mfa": False, "auth_age_seconds": 1800, "risk_score": 85},
+        {"mfa": False, "auth_age_seconds": 1800, "trust": {"inputs": inputs}},
     )
-    assert decide(server, export)["decision"] is False
+    denied = decide(server, export)
+    assert denied["decision"] is False
+    assert denied["context"]["trust"]["summary"] == "risk 80: bad_network +80"
     body = {
         "policy": "forbid-high-risk",
         "principal": 'Service::"reconciler"',

@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 import pytest
 import spiffe
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 from sqlalchemy import Engine
 
 from tests.identity.conftest import TRUST_DOMAIN
@@ -21,6 +20,7 @@ from trustplane.config import Settings
 from trustplane.identity.kek import Kek, new_kek
 from trustplane.identity.keys import KeyKind
 from trustplane.identity.service import IdentityService
+from trustplane.identity.workload_api_pb import workload_pb2, workload_pb2_grpc
 from trustplane.store.database import create_store_engine, migrate
 
 WORKLOAD_ID = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/checkout"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +230,8 @@ def test_the_cli_revokes_until_an_expiry_and_lifts_by_prefix(server: Server) -> 
     assert 'revoked principal User::"dave" until' in done.stdout
     listed = json.loads(cli(server, "revocations", "--json").stdout)["revocations"]
     (dave,) = [r for r in listed if r["target"] == 'User::"dave"']
-    assert dave["expires_at"] == pytest.approx(time.time() + 3600, abs=60)
+    expires = datetime.fromisoformat(dave["expires_at"]).timestamp()  # RFC 3339 in CLI JSON
+    assert dave["expires_at"].endswith("Z") and expires == pytest.approx(time.time() + 3600, abs=60)
     table = cli(server, "revocations")
     assert table.returncode == 0 and dave["id"] in table.stdout, "the whole id, to type back"
     lifted = cli(server, "revoke", "lift", dave["id"][:8], "--reason", "back early")

@@ -35,10 +35,10 @@ def served(
         tmp_path_factory.mktemp("state"),
         module_database_url,
         SHOP,
-        watch="false",
-        durability="sync",  # every answer (and admin read) is committed before it returns
-        trusted_proxies=["127.0.0.1/32"],
-        identity_header="X-Forwarded-User",
+        policy__watch="false",
+        ledger__durability="sync",  # every answer (and admin read) is committed before it returns
+        server__trusted_proxies=["127.0.0.1/32"],
+        pep__identity_header="X-Forwarded-User",
     ) as server:
         made: dict[str, str] = {}
         for name, body in (

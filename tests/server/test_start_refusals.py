@@ -100,3 +100,44 @@ def test_serve_refuses_a_kek_file_loosened_since_init(
     line = refusal(serve(env))
     assert str(loose_kek) in line and "0640" in line, line
     assert sorted(p.name for p in state.iterdir()) == before
+
+
+def test_serve_refuses_an_invalid_setting_naming_the_variable(
+    tmp_path: Path, database_url: str
+) -> None:
+    state = tmp_path / "state"
+    env = server_env(state, database_url, policy__bundle_dir=SHOP, ledger__flush_interval_ms=0)
+    line = refusal(serve(env, "--init"))
+    assert "ledger.flush_interval_ms:" in line, line
+    assert "(from environment TRUSTPLANE_LEDGER__FLUSH_INTERVAL_MS)" in line, line
+    assert not state.exists(), "nothing is created for settings that are refused"
+
+
+def test_serve_refuses_an_invalid_setting_naming_the_file(
+    tmp_path: Path, database_url: str
+) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "trustplane.toml"
+    config.write_text('[grpc]\ntransport = "carrier-pigeon"\n')
+    env = server_env(state, database_url, policy__bundle_dir=SHOP)
+    line = refusal(_serve_with_config(env, config))
+    assert "grpc.transport:" in line and f"(from file {config})" in line, line
+    assert not state.exists()
+
+
+def test_serve_refuses_a_variable_from_before_the_sections(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = server_env(tmp_path / "state", database_url, policy__bundle_dir=SHOP)
+    line = refusal(serve({**env, "TRUSTPLANE_WORKERS": "2"}, "--init"))
+    assert "TRUSTPLANE_WORKERS is no longer read: use TRUSTPLANE_SERVER__WORKERS" in line, line
+
+
+def _serve_with_config(env: dict[str, str], config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TRUSTPLANE, "--config", str(config), "serve", "--init"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -83,8 +83,10 @@ def test_observed_signals_are_recorded_but_not_counted() -> None:
 def test_without_trust_yaml_cedar_sees_no_trust_but_the_record_has_it() -> None:
     cedar, record = assess(DEFAULT_POLICY, request({"amr": ["pwd"]}))
     assert "trust" not in cedar.context
-    assert {s["name"] for s in record["signals"]} >= {"mfa_strength", "auth_age"}
+    names = [s["name"] for s in record["signals"]]  # what would count, observed only
+    assert names == ["mfa_strength", "phishing_resistance"]
     assert all(s["mode"] == "observe" for s in record["signals"]) and record["score"] == 0
+    assert "auth_age" in record["quiet"]  # no auth_time: nothing to weigh, named only
 
 
 class Broken:
@@ -104,7 +106,7 @@ def test_a_failing_provider_fails_closed_with_the_error_recorded() -> None:
 
 
 def test_caller_supplied_trust_is_ignored_unless_the_pep_is_trusted() -> None:
-    supplied = {"trust": {"score": 0, "signals": {"mfa_strength": 0.0}}}
+    supplied = {"trust": {"score": 0, "signals": {"mfa_strength": 0.5}}}
     claims = {"amr": ["pwd"]}
     token = CALLING_PEP.set("edge")
     try:
@@ -113,7 +115,7 @@ def test_caller_supplied_trust_is_ignored_unless_the_pep_is_trusted() -> None:
         assert cedar.context["trust"]["score"] == 50
         cedar, record = assess(policy(mfa_strength=50), request(claims, supplied), peps=("edge",))
         (signal,) = record["signals"]
-        assert signal["source"] == "pep:edge" and signal["points"] == 0
+        assert signal["source"] == "pep:edge" and signal["points"] == 25
         assert "ignored" not in record
     finally:
         CALLING_PEP.reset(token)
@@ -129,3 +131,24 @@ def test_a_trusted_pep_supplies_inputs_when_the_pdp_verified_none() -> None:
     (signal,) = record["signals"]
     assert signal["observed"] == "otp" and signal["source"] == "pep:gateway"
     assert signal["points"] == 20  # otp counts 0.4 of the weight
+
+
+def test_unverified_requests_share_one_assessment_per_policy() -> None:
+    trust = policy(mfa_strength=20)
+    assessor = TrustAssessor([AuthenticationSignals()], clock=lambda: NOW)
+    first = assessor(request(None), FakeBundle(trust))  # type: ignore[arg-type]
+    again = assessor(request(None), FakeBundle(trust))  # type: ignore[arg-type]
+    assert first[1] is again[1] and first[1]["quiet"] == ["mfa_strength"]
+    assert first[0].context["trust"] == {"score": 0, "level": "low", "signals": {"mfa_strength": 0}}
+
+
+def test_an_assessment_that_fails_as_a_whole_scores_100() -> None:
+    class Exploding(TrustAssessor):
+        def _score(self, *args: Any) -> Any:
+            raise ValueError("corrupt policy")
+
+    assessor = Exploding([AuthenticationSignals()], clock=lambda: NOW)
+    cedar, record = assessor(request({"amr": ["hwk"]}), FakeBundle(policy(mfa_strength=20)))  # type: ignore[arg-type]
+    assert record["score"] == 100 and record["level"] == "critical"
+    assert record["error"] == "ValueError: corrupt policy"
+    assert cedar.context["trust"]["score"] == 100

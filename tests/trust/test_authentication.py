@@ -98,7 +98,7 @@ def server(
     schema = bundle / "schema.cedarschema"
     schema.write_text(
         schema.read_text().replace(
-            "  risk_score: Long,\n", "  risk_score: Long,\n  mfa_strength?: String,\n", 1
+            "  risk_score?: Long,\n", "  risk_score?: Long,\n  mfa_strength?: String,\n", 1
         )
     )
     routes = bundle / "routes.yaml"

@@ -19,6 +19,7 @@ from trustplane.cli.common import (
     admin,
     emit,
     out,
+    resolve_admin_id,
     root_context,
     when,
 )
@@ -33,6 +34,24 @@ exceptions_app: typer.Typer = typer.Typer(
     help="The exception register: temporary, approved exceptions to forbid policies.",
     no_args_is_help=True,
 )
+
+
+# Where each kind of id is listed, so any unique prefix of one can be typed.
+_LISTS: dict[str, tuple[str, Any]] = {
+    "request": ("/v1/access/requests", lambda d: (r["id"] for r in d["requests"])),
+    "grant": ("/v1/access/grants", lambda d: (g["id"] for g in d["grants"])),
+    "break-glass session": (
+        "/v1/break-glass",
+        lambda d: (i["session"]["id"] for i in d["sessions"]),
+    ),
+    "exception": ("/v1/exceptions", lambda d: (e["id"] for e in d["exceptions"])),
+}
+
+
+def _id(ctx: typer.Context, what: str, typed: str, url: str | None) -> str:
+    """The whole id that `typed` (the id or a unique prefix of it) names."""
+    path, ids = _LISTS[what]
+    return resolve_admin_id(root_context(ctx).settings(), url, typed, what, path, ids)
 
 
 def _call(ctx: typer.Context, method: str, path: str, url: str | None, body: Any = None) -> Any:
@@ -98,12 +117,13 @@ def access_request(
 @access_app.command("approve")
 def access_approve(
     ctx: typer.Context,
-    request_id: Annotated[str, typer.Argument(help="The request's id.")],
+    request_id: Annotated[str, typer.Argument(help="The request's id, or a unique prefix of it.")],
     comment: Annotated[str, typer.Option(help="Kept with your approval.")] = "",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Approve a request; the grant starts once enough distinct people have approved."""
+    request_id = _id(ctx, "request", request_id, url)
     path = f"/v1/access/requests/{request_id}/approve"
     document = _call(ctx, "POST", path, url, {"comment": comment})
 
@@ -125,12 +145,13 @@ def access_approve(
 @access_app.command("deny")
 def access_deny(
     ctx: typer.Context,
-    request_id: Annotated[str, typer.Argument(help="The request's id.")],
+    request_id: Annotated[str, typer.Argument(help="The request's id, or a unique prefix of it.")],
     reason: Annotated[str, typer.Option(help="Why not.")] = "",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Deny a request."""
+    request_id = _id(ctx, "request", request_id, url)
     body = {"reason": _required(reason, "--reason")}
     document = _call(ctx, "POST", f"/v1/access/requests/{request_id}/deny", url, body)
 
@@ -143,12 +164,13 @@ def access_deny(
 @access_app.command("revoke")
 def access_revoke(
     ctx: typer.Context,
-    grant_id: Annotated[str, typer.Argument(help="The grant's id.")],
+    grant_id: Annotated[str, typer.Argument(help="The grant's id, or a unique prefix of it.")],
     reason: Annotated[str, typer.Option(help="Why it ends now.")] = "",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """End a grant now, on every replica (idempotent)."""
+    grant_id = _id(ctx, "grant", grant_id, url)
     _revoke(ctx, f"/v1/access/grants/{grant_id}/revoke", f"grant {grant_id}", reason, url, as_json)
 
 
@@ -200,11 +222,12 @@ def _print_grants(document: Any) -> None:
 @access_app.command("activity")
 def access_activity(
     ctx: typer.Context,
-    grant_id: Annotated[str, typer.Argument(help="The grant's id.")],
+    grant_id: Annotated[str, typer.Argument(help="The grant's id, or a unique prefix of it.")],
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Every decision made while the grant applied (from the ledger)."""
+    grant_id = _id(ctx, "grant", grant_id, url)
     document = _call(ctx, "GET", f"/v1/access/grants/{grant_id}/activity", url)
 
     def render(document: Any) -> None:
@@ -263,12 +286,13 @@ def break_glass_open(
 @break_glass_app.command("review")
 def break_glass_review(
     ctx: typer.Context,
-    session_id: Annotated[str, typer.Argument(help="The session's id.")],
+    session_id: Annotated[str, typer.Argument(help="The session's id, or a unique prefix of it.")],
     notes: Annotated[str, typer.Option(help="What happened and what was done.")] = "",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Close the post-incident review (never by whoever opened the session)."""
+    session_id = _id(ctx, "break-glass session", session_id, url)
     body = {"notes": _required(notes, "--notes")}
     document = _call(ctx, "POST", f"/v1/break-glass/{session_id}/review", url, body)
 
@@ -350,12 +374,15 @@ def exceptions_request(
 @exceptions_app.command("approve")
 def exceptions_approve(
     ctx: typer.Context,
-    exception_id: Annotated[str, typer.Argument(help="The exception's id.")],
+    exception_id: Annotated[
+        str, typer.Argument(help="The exception's id, or a unique prefix of it.")
+    ],
     comment: Annotated[str, typer.Option(help="Kept with your approval.")] = "",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Approve an exception; it applies from now until its expiry."""
+    exception_id = _id(ctx, "exception", exception_id, url)
     path = f"/v1/exceptions/{exception_id}/approve"
     document = _call(ctx, "POST", path, url, {"comment": comment})
 
@@ -372,12 +399,15 @@ def exceptions_approve(
 @exceptions_app.command("revoke")
 def exceptions_revoke(
     ctx: typer.Context,
-    exception_id: Annotated[str, typer.Argument(help="The exception's id.")],
+    exception_id: Annotated[
+        str, typer.Argument(help="The exception's id, or a unique prefix of it.")
+    ],
     reason: Annotated[str, typer.Option(help="Why it ends now.")] = "",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """End an exception now (idempotent)."""
+    exception_id = _id(ctx, "exception", exception_id, url)
     path = f"/v1/exceptions/{exception_id}/revoke"
     _revoke(ctx, path, f"exception {exception_id}", reason, url, as_json)
 

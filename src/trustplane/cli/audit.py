@@ -20,7 +20,9 @@ from trustplane.cli.common import (
     admin,
     emit,
     err,
+    is_whole_id,
     out,
+    resolve_prefix,
     root_context,
     server_url,
     store_engine,
@@ -184,7 +186,9 @@ def _shown_url(url: str) -> str:
 @audit_app.command("proof")
 def audit_proof(
     ctx: typer.Context,
-    decision_id: Annotated[str, typer.Argument(help="Decision id to prove.")],
+    decision_id: Annotated[
+        str, typer.Argument(help="Decision id to prove, or a unique prefix of it.")
+    ],
     tree_size: Annotated[
         int | None, typer.Option(help="Tree size (default: newest checkpoint).")
     ] = None,
@@ -196,6 +200,7 @@ def audit_proof(
 
     settings = root_context(ctx).settings()
     verifier = load_verifier(settings, key)
+    decision_id = _decision_id(settings, decision_id)
     with _read_only_ledger(settings) as ledger:
         proof = ledger.inclusion_proof(decision_id, tree_size)
     _report_proof(
@@ -207,6 +212,29 @@ def audit_proof(
         "inclusion verified against the signed checkpoint",
         "inclusion proof does not verify",
     )
+
+
+def _decision_id(settings: Settings, typed: str) -> str:
+    """The whole decision id `typed` names (quarantined leaves count: they are in the tree)."""
+    if is_whole_id(typed):
+        return typed.strip().lower()
+    from sqlalchemy import select
+
+    from trustplane.store.tables import decisions, ledger_quarantine
+
+    engine = store_engine(settings)
+    found: list[str] = []
+    try:
+        with engine.connect() as connection:
+            for table in (decisions, ledger_quarantine):
+                column = table.c.decision_id
+                query = select(column).where(
+                    column.startswith(typed.strip().lower(), autoescape=True)
+                )
+                found += connection.execute(query.limit(50)).scalars()
+    finally:
+        engine.dispose()
+    return resolve_prefix(typed, found, "decision")
 
 
 @audit_app.command("consistency")

@@ -143,10 +143,10 @@ def _remote_check(url: str, access: AccessRequest) -> dict[str, Any]:
 def _print_decision(doc: dict[str, Any]) -> None:
     allowed = doc["decision"] == "allow"
     colour = "green" if allowed else "red"
-    out.print(
-        f"[bold {colour}]{doc['decision'].upper()}[/]  decision {doc.get('decision_id')}  "
-        f"revision {str(doc.get('revision') or '-')[:12]}"
-    )
+    # Ids whole (they are typed back, e.g. to `audit proof`), each on its own line: a decision
+    # id and a revision side by side do not fit 80 columns.
+    out.print(f"[bold {colour}]{doc['decision'].upper()}[/]  decision {doc.get('decision_id')}")
+    out.print(f"revision {doc.get('revision') or '-'}", highlight=False)
     reasons = doc.get("reasons") or []
     if reasons:
         table = Table(title="determined by", title_justify="left")

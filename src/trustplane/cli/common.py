@@ -9,8 +9,9 @@ each helper imports what it needs when it is called (`tests/cli/test_cli_imports
 from __future__ import annotations
 
 import json
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,9 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from trustplane.errors import TrustplaneError
 
 if TYPE_CHECKING:
     import httpx
@@ -35,7 +39,7 @@ UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL.")]
 Doc = TypeVar("Doc")
 
 
-class CliError(Exception):
+class CliError(TrustplaneError):
     """An error to print as one line and exit 2."""
 
 
@@ -63,7 +67,37 @@ def root_context(ctx: typer.Context) -> Context:
 
 
 def emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(json_times(value), indent=2, default=str) + "\n")
+
+
+# Fields that hold a moment. The admin API and the stores keep epoch seconds; every time the CLI
+# prints in JSON is RFC 3339 in UTC, as the ledger's own `time` is.
+_MOMENTS = {"not_after", "not_before", "first_seen", "last_seen"}
+
+
+def json_times(value: Any) -> Any:
+    """`value` with every moment (a number under a key ending in `_at`, or one of `_MOMENTS`)
+    written as RFC 3339 in UTC with a Z."""
+    if isinstance(value, dict):
+        return {
+            key: rfc3339(item) if _is_moment(key, item) else json_times(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [json_times(item) for item in value]
+    return value
+
+
+def _is_moment(key: Any, item: Any) -> bool:
+    if not isinstance(item, int | float) or isinstance(item, bool):
+        return False
+    return isinstance(key, str) and (key.endswith("_at") or key in _MOMENTS)
+
+
+def rfc3339(ts: float) -> str:
+    """UTC with microseconds and a Z, e.g. 2026-11-22T07:16:22.123456Z (the ledger's form)."""
+    moment = datetime.fromtimestamp(ts, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def emit(doc: Doc, as_json: bool, render: Callable[[Doc], None], lines: bool = False) -> None:
@@ -74,7 +108,7 @@ def emit(doc: Doc, as_json: bool, render: Callable[[Doc], None], lines: bool = F
         render(doc)
     elif lines:
         for item in doc:  # type: ignore[attr-defined]
-            sys.stdout.write(json.dumps(item, default=str) + "\n")
+            sys.stdout.write(json.dumps(json_times(item), default=str) + "\n")
     else:
         emit_json(doc)
 
@@ -86,6 +120,55 @@ def when(ts: float) -> str:
 def print_warnings(warnings: list[str]) -> None:
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {warning}")
+
+
+# -- ids ----------------------------------------------------------------------------------------
+
+_FULL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def resolve_prefix(typed: str, candidates: Iterable[str], what: str) -> str:
+    """The one id among `candidates` that `typed` names: the id itself or the only one it
+    starts. Tables print ids whole and people paste or type the first few characters; a prefix
+    that fits none, or several, ends the command naming what it could be."""
+    typed = typed.strip()
+    ids = sorted(set(candidates))
+    if typed in ids:
+        return typed
+    matches = [c for c in ids if c.lower().startswith(typed.lower())] if typed else []
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        known = f"; known: {_some(ids)}" if 0 < len(ids) <= 5 else ""
+        raise CliError(f"no {what} id starts with {typed!r}{known}")
+    raise CliError(
+        f"{what} id prefix {typed!r} is ambiguous: it starts {_some(matches)}; give more characters"
+    )
+
+
+def _some(ids: list[str], most: int = 10) -> str:
+    more = f" and {len(ids) - most} more" if len(ids) > most else ""
+    return ", ".join(ids[:most]) + more
+
+
+def is_whole_id(typed: str) -> bool:
+    """A whole UUID (every trustplane id but bundle revisions is one): no lookup needed."""
+    return _FULL_UUID.fullmatch(typed.strip().lower()) is not None
+
+
+def resolve_admin_id(
+    settings: Settings,
+    url: str | None,
+    typed: str,
+    what: str,
+    list_path: str,
+    ids: Callable[[Any], Iterable[str]],
+) -> str:
+    """`resolve_prefix` against the ids the admin API lists at `list_path` (`ids` picks them
+    out of the answer). A whole UUID is taken as typed, without the extra call."""
+    if is_whole_id(typed):
+        return typed.strip().lower()
+    return resolve_prefix(typed, ids(admin(settings, "GET", list_path, url)), what)
 
 
 # -- server client ----------------------------------------------------------------------------
@@ -206,6 +289,7 @@ def load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
     from trustplane.decision.loader import LoadOptions
     from trustplane.decision.signing import SigningError, load_trusted_key
     from trustplane.governance.catalog import BUNDLE_FILES
+    from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
 
     try:
         keys = [load_trusted_key(p) for p in settings.policy.trusted_key_files]
@@ -215,52 +299,29 @@ def load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
         trusted_keys=keys,
         expiry_warning_days=settings.policy.expiry_warning_days,
         run_tests=run_tests,
-        extra_files=BUNDLE_FILES,
+        extra_files=BUNDLE_FILES + TRUST_FILES,
     )
 
 
 # -- failures ---------------------------------------------------------------------------------
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[red]error:[/] {message}", highlight=False)
-    raise SystemExit(2)
-
-
-# The errors `main` prints as one line (exit 2), named rather than imported: each lives in a
-# module that a command loads only when it needs it, and an exception can only be an instance
-# of a class whose module is already loaded, so nothing is imported to test for one.
-ONE_LINE_ERRORS = (
-    ("trustplane.config", "ConfigError"),
-    ("trustplane.identity.kek", "KekError"),
-    ("trustplane.store.database", "StoreError"),
-    ("trustplane.server.runtime", "NotInitialisedError"),
-    ("trustplane.decision.signing", "SigningError"),
-    ("trustplane.telemetry.checkpoint", "CheckpointError"),
-    ("trustplane.telemetry.ledger", "LedgerError"),
-    ("trustplane.server.admin_auth", "AdminPolicyError"),
-)
-
-
-def is_loaded_error(exc: BaseException, module: str, name: str) -> bool:
-    loaded = sys.modules.get(module)
-    cls = getattr(loaded, name, None) if loaded is not None else None
-    return isinstance(cls, type) and isinstance(exc, cls)
+    raise SystemExit(code)
 
 
 def exit_for(exc: Exception) -> None:
-    """Turn an error the CLI knows into its message and exit code (1 for a refused bundle,
-    2 for the rest, 0 for a closed pipe); return for anything else, which the caller re-raises
-    as a bug."""
-    if is_loaded_error(exc, "trustplane.decision.policy_bundle", "BundleError"):
-        problems = exc.problems  # type: ignore[attr-defined]
-        err.print(f"[red]bundle refused[/] ({len(problems)} problem(s)):", highlight=False)
-        for problem in problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
-        raise SystemExit(1) from None
-    if isinstance(exc, CliError) or any(
-        is_loaded_error(exc, module, name) for module, name in ONE_LINE_ERRORS
-    ):
-        fail(str(exc))
+    """Turn a refusal (any `TrustplaneError`) into its message, detail lines and exit code
+    (1 for a refused bundle, 2 for the rest), a closed pipe into 0; return for anything else,
+    which the caller re-raises as a bug."""
+    if isinstance(exc, TrustplaneError):
+        details = exc.details()
+        if not details:
+            fail(str(exc), exc.exit_code)
+        err.print(f"[red]{escape(exc.headline())}[/]:", highlight=False)
+        for line in details:
+            err.print(f"  {line}", highlight=False, markup=False)
+        raise SystemExit(exc.exit_code) from None
     if isinstance(exc, BrokenPipeError):
         raise SystemExit(0) from None

@@ -25,6 +25,7 @@ from trustplane.cli.common import (
     emit,
     http,
     out,
+    resolve_admin_id,
     root_context,
     server_url,
     store_engine,
@@ -305,13 +306,19 @@ def entry_list(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False)
 @entry_app.command("delete")
 def entry_delete(
     ctx: typer.Context,
-    entry_id: Annotated[str, typer.Argument(help="Entry id (from `entry list`).")],
+    entry_id: Annotated[
+        str, typer.Argument(help="Entry id (from `entry list`), or a unique prefix of it.")
+    ],
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a registration entry; its workloads get no new SVIDs."""
     settings = root_context(ctx).settings()
-    path = f"/v1/identity/entries/{entry_id}"
+    entries = "/v1/identity/entries"
+    entry_id = resolve_admin_id(
+        settings, url, entry_id, "entry", entries, lambda d: (e["id"] for e in d["entries"])
+    )
+    path = f"{entries}/{entry_id}"
     entry = admin(settings, "DELETE", path, url)
 
     def render(entry: Any) -> None:

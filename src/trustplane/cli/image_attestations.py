@@ -28,6 +28,7 @@ from trustplane.cli.common import (
     emit,
     http,
     out,
+    resolve_admin_id,
     root_context,
     server_url,
     when,
@@ -196,7 +197,9 @@ def list_cmd(
 @attestations_app.command("withdraw")
 def withdraw_cmd(
     ctx: typer.Context,
-    attestation_id: Annotated[str, typer.Argument(help="Attestation id (from `list`).")],
+    attestation_id: Annotated[
+        str, typer.Argument(help="Attestation id (from `list`), or a unique prefix of it.")
+    ],
     reason: Annotated[str, typer.Option(help="Why: kept in the ledger.")] = "",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
@@ -206,6 +209,14 @@ def withdraw_cmd(
     if not reason.strip():
         raise CliError("--reason is required: it is what the audit trail shows")
     settings = root_context(ctx).settings()
+    attestation_id = resolve_admin_id(
+        settings,
+        url,
+        attestation_id,
+        "attestation",
+        "/v1/attestations?limit=1000",
+        lambda d: (a["id"] for a in d["attestations"]),
+    )
     path = f"/v1/attestations/{attestation_id}"
     doc = http("DELETE", server_url(settings, url), path, admin_token(settings), {"reason": reason})
     result = doc.json()

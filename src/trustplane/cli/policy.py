@@ -20,6 +20,7 @@ from trustplane.cli.common import (
     load_options,
     out,
     print_warnings,
+    resolve_prefix,
     root_context,
     when,
 )
@@ -58,10 +59,8 @@ def policy_validate(ctx: typer.Context, directory: BundleArg, as_json: JsonOpt =
 
     def render(_: Any) -> None:
         print_warnings([str(w) for w in bundle.warnings])
-        out.print(
-            f"[green]✓[/] {bundle.name}: {len(bundle.policies)} policies valid, "
-            f"revision {bundle.revision[:12]}"
-        )
+        out.print(f"[green]✓[/] {bundle.name}: {len(bundle.policies)} policies valid")
+        out.print(f"  revision {bundle.revision}", highlight=False)
 
     emit(
         {
@@ -258,10 +257,8 @@ def policy_sign(
     private_key = load_private_key(key)
     source = bundle_source(directory)
     (directory / SIGNATURE_FILE).write_bytes(sign_bundle(source, private_key))
-    out.print(
-        f"[green]✓[/] signed {len(source.manifest())} files, revision "
-        f"{source.revision[:12]} → {directory / SIGNATURE_FILE}"
-    )
+    out.print(f"[green]✓[/] signed {len(source.manifest())} files → {directory / SIGNATURE_FILE}")
+    out.print(f"  revision {source.revision}", highlight=False)
 
 
 @policy_app.command("status")
@@ -281,12 +278,14 @@ def policy_status(
             out.print("[red]no active bundle[/]")
         else:
             out.print(
-                f"active: [bold]{active['name']}[/] revision {active['revision'][:12]} — "
-                f"{len(active['policies'])} policies, tests "
+                f"active: [bold]{active['name']}[/] — {len(active['policies'])} policies, tests "
                 f"{active['tests']['passed']}/{active['tests']['total']}"
             )
+            out.print(f"  revision {active['revision']}", highlight=False)
             table = Table("policy", "effect", "mode", "owner", "tier", "expires")
-            table.columns[0].overflow = "fold"
+            # Policy ids are grepped and pasted: whole, on one line; the other cells wrap.
+            widest = max((len(p["id"]) for p in active["policies"]), default=6)
+            table.columns[0].no_wrap, table.columns[0].min_width = True, widest
             for p in active["policies"]:
                 table.add_row(
                     p["id"], p["effect"], p["mode"], p["owner"], p["tier"] or "", p["expires"] or ""
@@ -296,12 +295,12 @@ def policy_status(
             out.print("[red]last load refused:[/]")
             for problem in status["last_error"]:
                 out.print(f"  {problem['file']}:{problem['line'] or ''} {problem['message']}")
-        table = Table(
-            "when", "revision", "name", "reason", title="activations", title_justify="left"
-        )
+        # A revision is 64 hex digits: no table row holds one whole beside anything else in
+        # 80 columns, so each activation is two lines.
+        out.print("activations:" if history["activations"] else "no activations yet")
         for a in history["activations"][:10]:
-            table.add_row(when(a["activated_at"]), a["revision"][:12], a["name"], a["reason"])
-        out.print(table)
+            out.print(f"  {when(a['activated_at'])}  {a['name']}  {a['reason']}", highlight=False)
+            out.print(f"    revision {a['revision']}", highlight=False)
 
     emit({**status, **history}, as_json, render)
 
@@ -315,15 +314,20 @@ def policy_rollback(
 ) -> None:
     """Return the running server to the previously active revision (or --to one)."""
     settings = root_context(ctx).settings()
-    body = {"to": to} if to else {}
+    body = {}
+    if to:
+        # Ambiguity is told here, listing the candidates; a revision stored but never active
+        # is not in the history, so the server resolves what matches none of it.
+        history = admin(settings, "GET", "/v1/bundle/revisions", url)["activations"]
+        revisions = [a["revision"] for a in history]
+        known = any(r.startswith(to.lower()) for r in revisions)
+        body["to"] = resolve_prefix(to, revisions, "revision") if known else to
     result = admin(settings, "POST", "/v1/bundle/rollback", url, body)
 
     def render(result: Any) -> None:
         active = result["active"]
-        out.print(
-            f"[green]✓[/] rolled back: {active['name']} revision {active['revision'][:12]} "
-            "is active"
-        )
+        out.print(f"[green]✓[/] rolled back: {active['name']} is active")
+        out.print(f"  revision {active['revision']}", highlight=False)
 
     emit(result, as_json, render)
 
@@ -336,4 +340,4 @@ def policy_reload(
     """Ask the running server to reload its bundle directory."""
     settings = root_context(ctx).settings()
     result = admin(settings, "POST", "/v1/bundle/reload", url)
-    out.print(f"[green]✓[/] active revision {result['active']['revision'][:12]}")
+    out.print(f"[green]✓[/] active revision {result['active']['revision']}", highlight=False)

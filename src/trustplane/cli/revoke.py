@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from trustplane.cli.common import (
     CliError,
@@ -131,28 +130,24 @@ def revocations_cmd(
 
 
 def _print_revocations(document: dict[str, Any]) -> None:
-    history = any(item.get("state") != "in-force" for item in document["revocations"])
-    table = Table()
-    table.add_column("id", no_wrap=True)  # whole: it is what `revoke lift` is given
-    for name in ("kind", "target", "reason", "by", "since", "until"):
-        table.add_column(name)
-    if history:
-        table.add_column("state")
-    for item in document["revocations"]:
-        row = [
-            item["id"],
-            item["kind"],
-            item["target"],
-            item["reason"],
-            item["actor"],
-            when(item["created_at"]),
-            when(item["expires_at"]) if item.get("expires_at") else "lifted",
-        ]
-        if history:
-            state = item.get("state", "in-force")
-            if state == "lifted":
-                state = f"lifted by {item.get('ended_by')}: {item.get('end_reason') or ''}"
-            row.append(state)
-        table.add_row(*row)
-    out.print(table)
-    out.print(f"epoch {document['epoch']}")
+    """A few short lines a revocation, so the whole id (what `revoke lift` is given) and the
+    reason stay readable at 80 columns: the id and what is revoked, why, who and until when."""
+    items = document["revocations"]
+    if not items:
+        out.print("no revocations", highlight=False)
+    for item in items:
+        lines = [f"{item['id']}  {item['kind']} {item['target']}", f"  {item['reason']}"]
+        since = f"  by {item['actor']} {when(item['created_at'])}"
+        state = item.get("state", "in-force")
+        if state == "expired":
+            lines.append(f"{since}, expired {when(item['expires_at'])}")
+        elif item.get("expires_at"):
+            lines.append(f"{since}, until {when(item['expires_at'])}")
+        else:
+            lines.append(f"{since}, until lifted")
+        if state == "lifted":
+            lines.append(f"  lifted by {item.get('ended_by')} {when(item['ended_at'])}")
+            lines.append(f"  {item.get('end_reason') or ''}")
+        for line in lines:
+            out.print(line, highlight=False, markup=False)
+    out.print(f"epoch {document['epoch']}", highlight=False)

@@ -20,6 +20,7 @@ import cedarpy
 
 from trustplane.decision.source import PolicySource, split_policies
 from trustplane.decision.step_up import StepUpError, parse_step_up
+from trustplane.errors import TrustplaneError
 from trustplane.yaml_lines import Document, YamlError, read_document
 
 SCHEMA_FILE = "schema.cedarschema"
@@ -61,14 +62,23 @@ class BundleProblem:
         }
 
 
-class BundleError(Exception):
-    """The bundle was refused; `problems` lists every reason found."""
+class BundleError(TrustplaneError):
+    """The bundle was refused; `problems` lists every reason found. The CLI prints each of
+    them and exits 1."""
+
+    exit_code = 1
 
     def __init__(self, problems: Iterable[BundleProblem]) -> None:
         self.problems = list(problems)
         summary = "; ".join(str(p) for p in self.problems[:5])
         more = f" (+{len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
         super().__init__(f"bundle refused: {summary}{more}")
+
+    def headline(self) -> str:
+        return f"bundle refused ({len(self.problems)} problem(s))"
+
+    def details(self) -> list[str]:
+        return [str(problem) for problem in self.problems]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ at load (every action and resource type must exist in the schema) and activated 
     workload_id_attribute: spiffe_id   # the static entity whose attribute holds that ID
     context:                        # sent with every mapped request; a route may add to it
       mfa: ${credential.mfa}
-      risk_score: 0
+      auth_age_seconds: ${credential.auth_age_seconds}
     routes:                         # the first route that matches wins
       - methods: [POST]             # optional; any method when absent
         host: payments.shop.internal   # optional; any host when absent (port ignored)

@@ -22,11 +22,12 @@ from trustplane.decision.policy_bundle import (
     BundleSource,
     manifest_text,
 )
+from trustplane.errors import TrustplaneError
 
 SIGNATURE_FORMAT = "trustplane-bundle-signature/v1"
 
 
-class SigningError(Exception):
+class SigningError(TrustplaneError):
     """A key file could not be read or is not an Ed25519 key."""
 
 

@@ -12,13 +12,14 @@
 
     with Client("http://127.0.0.1:8181") as pdp:
         answer = pdp.check(("User", "alice"), "ops:read-logs", ("Service", "checkout"),
-                           {"mfa": True, "auth_age_seconds": 60, "risk_score": 0})
+                           {"mfa": True, "auth_age_seconds": 60})
         if not answer.allowed: ...
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ def _unanswered_status(response: httpx.Response) -> bool:
     return response.status_code in _RETRY_STATUSES
 
 
+@functools.lru_cache(maxsize=16)
 def _retries(retries: int) -> Retry:
     """Retry only while the question was certainly not answered: no connection, or a 503 (not
     ready, ledger unavailable). A read timeout is not retried: the PDP may have answered and

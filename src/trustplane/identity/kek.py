@@ -19,13 +19,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from trustplane.config import IdentitySettings
+from trustplane.errors import TrustplaneError
 
 KEK_BYTES = 32
 _NONCE_BYTES = 12
 _VERSION = b"\x01"
 
 
-class KekError(Exception):
+class KekError(TrustplaneError):
     """The KEK is missing, malformed, badly protected, or does not open a sealed key."""
 
 

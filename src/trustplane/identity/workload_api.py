@@ -8,8 +8,8 @@ call's peer, which names the attested credentials in `_peers`. A connection that
 through the relay has no entry there and is refused, and an entry is dropped before its
 connection closes, so an address is never reused while it still names someone.
 
-Messages are the generated ones the `spiffe` package ships (`spiffe._proto`, generated from
-SPIFFE's workload.proto); this module only serves them.
+Messages and the service are generated from SPIFFE's workload.proto, vendored in
+`workload_api_pb/` (`scripts/gen-protos.sh`); this module only serves them.
 
 Every call needs the `workload.spiffe.io: true` metadata (InvalidArgument otherwise) and a caller
 whose attested selectors match a registration entry (PermissionDenied otherwise).
@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import grpc
-from google.protobuf import struct_pb2
-from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from trustplane.identity.entries import RegistrationEntry
 from trustplane.identity.service import IdentityService
 from trustplane.identity.spiffe_id import SpiffeId
 from trustplane.identity.svid import SvidError, issue_jwt_svid, issue_x509_svid, validate_jwt_svid
 from trustplane.identity.trust_bundle import jwt_bundle_json, x509_bundle_der
+from trustplane.identity.workload_api_pb import workload_pb2, workload_pb2_grpc
 from trustplane.identity.workload_attestation import (
     AttestationError,
     Attestor,
@@ -202,11 +201,9 @@ class _Servicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
             validated = validate_jwt_svid(self._service.keys, request.svid, request.audience)
         except SvidError as exc:
             await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        claims = struct_pb2.Struct()
-        claims.update(validated.claims)
-        return workload_pb2.ValidateJWTSVIDResponse(
-            spiffe_id=str(validated.spiffe_id), claims=claims
-        )
+        response = workload_pb2.ValidateJWTSVIDResponse(spiffe_id=str(validated.spiffe_id))
+        response.claims.update(validated.claims)  # the pool's own Struct (workload_api_pb/)
+        return response
 
 
 def _unique(entries: list[RegistrationEntry]) -> list[RegistrationEntry]:

@@ -36,13 +36,14 @@ from trustplane.enforcement.credentials import (
     xfcc_certificate,
     xfcc_spiffe_id,
 )
+from trustplane.errors import TrustplaneError
 from trustplane.identity.svid import SvidError, validate_jwt_svid
 from trustplane.identity.tokens import TokenRejected, TokenVerifier, verifier_from_settings
 
 BOOTSTRAP_PREFIX = "tpa_"
 
 
-class AdminPolicyError(Exception):
+class AdminPolicyError(TrustplaneError):
     """The admin policy set cannot be used; the server refuses to start with it."""
 
 

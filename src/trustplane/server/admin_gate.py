@@ -205,10 +205,16 @@ class GatedEndpoint:
     """The Starlette endpoint of one admin route: the gate, then the handler."""
 
     def __init__(
-        self, gate: AdminGate, route: AdminRoute, handler: Handler, resolve: Resolver | None
+        self,
+        gate: AdminGate,
+        route: AdminRoute,
+        handler: Handler,
+        resolve: Resolver | None,
+        declared: str | None = None,
     ) -> None:
         self.gate = gate
         self.route = route
+        self.declared = declared  # the action the handler's module declared (the table's)
         self._handler = handler
         self._resolve = resolve
 
@@ -272,7 +278,7 @@ class AdminGate:
                 f"{method} {path} is declared as {action} but the admin route table "
                 f"(server/admin_gate.py ADMIN_ROUTES) lists it as {entry.action}"
             )
-        endpoint = GatedEndpoint(self, entry, handler, resolve)
+        endpoint = GatedEndpoint(self, entry, handler, resolve, action)
         return Route(path, endpoint.handle, methods=[entry.method])
 
     # -- the steps -----------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *admin_routes(runtime, admin_gate),
-        *identity_routes(identity, admin_gate),
+        *identity_routes(identity),
         *attestation_routes(attestations, admin_gate),
     ]
 

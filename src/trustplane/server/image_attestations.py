@@ -330,6 +330,11 @@ def attestation_routes(api: AttestationsApi, gate: AdminGate) -> list[Route]:
     """CI's own route (its JWT-SVID is checked here), then the admin ones behind the gate."""
     return [
         Route("/v1/attestations", api.create, methods=["POST"]),
-        gate.route("GET", "/v1/attestations", api.query),
-        gate.route("DELETE", "/v1/attestations/{attestation_id}", api.withdraw),
+        gate.route("GET", "/v1/attestations", api.query, action="attestation:read"),
+        gate.route(
+            "DELETE",
+            "/v1/attestations/{attestation_id}",
+            api.withdraw,
+            action="attestation:write",
+        ),
     ]

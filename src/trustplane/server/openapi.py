@@ -17,11 +17,11 @@ from trustplane.server.admin.governance import (
     ReasonBody,
     ReviewBody,
 )
+from trustplane.server.admin.identity import EntryBody, RotateBody
 from trustplane.server.admin.ledger import CHECKPOINT_PARAMS, DECISION_PARAMS, PAGE_PARAMS
 from trustplane.server.admin.revocations import LiftBody, RevokeBody
 from trustplane.server.admin_gate import admin_route
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
-from trustplane.server.identity import EntryBody, RotateBody
 from trustplane.server.image_attestations import AttestBody
 
 _REF = "#/components/schemas/{model}"

@@ -24,6 +24,7 @@ from trustplane.decision.manager import BundleManager, follow_or_log
 from trustplane.decision.point import PolicyDecisionPoint
 from trustplane.decision.signing import load_trusted_key
 from trustplane.enforcement.credentials import Credential
+from trustplane.errors import TrustplaneError
 from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.governance.outbox import WebhookFormat
 from trustplane.governance.records import TOPIC as GOVERNANCE_TOPIC
@@ -56,7 +57,7 @@ from trustplane.trust.service import assessor_from_settings
 log = logging.getLogger("trustplane")
 
 
-class NotInitialisedError(Exception):
+class NotInitialisedError(TrustplaneError):
     """`trustplane init` has not been run for this state directory."""
 
 
@@ -303,7 +304,7 @@ class Runtime:
             recorder=self.recorder,
             metrics=self.metrics,
             deny_spike=self.deny_spike,
-            trust=assessor_from_settings(self.settings.trust),
+            trust=assessor_from_settings(self.settings, self.engine),
         )
 
     def start(self) -> None:

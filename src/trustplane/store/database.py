@@ -10,10 +10,12 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from trustplane.errors import TrustplaneError
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-class StoreError(Exception):
+class StoreError(TrustplaneError):
     """The store cannot be reached or migrated; the message says which URL and why."""
 
 

@@ -331,3 +331,17 @@ peps = Table(
     Column("spiffe_id", String(2048), nullable=True, unique=True),
     Column("created_at", Float, nullable=False),
 )
+
+# trust/travel.py: where each principal was last seen from, one row per country, shared by the
+# replicas (impossible travel compares a request with the newest row; a new country is one with
+# no row seen within the configured days).
+trust_locations = Table(
+    "trust_locations",
+    metadata,
+    Column("principal", String(1024), primary_key=True),  # Cedar entity text: User::"alice"
+    Column("country", String(8), primary_key=True),
+    Column("last_seen", Float, nullable=False),
+    Column("latitude", Float, nullable=True),
+    Column("longitude", Float, nullable=True),
+    Column("address", String(64), nullable=False),
+)

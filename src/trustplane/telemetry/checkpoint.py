@@ -27,6 +27,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from trustplane.errors import TrustplaneError
+
 __all__ = [
     "Checkpoint",
     "CheckpointError",
@@ -52,7 +54,7 @@ _B64_RE = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{
 _HEX8_RE = re.compile(r"[0-9a-fA-F]{8}")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TrustplaneError, ValueError):
     """A checkpoint, note or key is malformed, unsigned, or its signature does not verify."""
 
 

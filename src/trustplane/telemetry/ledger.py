@@ -35,6 +35,7 @@ from sqlalchemy.exc import (
     StatementError,
 )
 
+from trustplane.errors import TrustplaneError
 from trustplane.model import CALLING_PEP, AccessRequest, Decision, Effect, PolicyReason
 from trustplane.store.tables import checkpoints, decisions, ledger_quarantine
 from trustplane.store.text import column_text
@@ -81,7 +82,7 @@ _COLUMNS = (
 )
 
 
-class LedgerError(Exception):
+class LedgerError(TrustplaneError):
     """A proof or record was asked for that the ledger cannot give; the message says why."""
 
 

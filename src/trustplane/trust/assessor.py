@@ -42,6 +42,8 @@ class TrustAssessor:
         self._providers = tuple(providers)
         self._trusted = frozenset(trusted_peps)
         self._clock = clock
+        self._unverified: dict[TrustPolicy, tuple[dict[str, Any] | None, dict[str, Any]]] = {}
+        self._plans: dict[TrustPolicy, list[tuple[Provider, frozenset[str]]]] = {}
 
     def __call__(
         self, request: AccessRequest, bundle: Bundle | None
@@ -65,32 +67,73 @@ class TrustAssessor:
     def _assess(
         self, request: AccessRequest, policy: TrustPolicy
     ) -> tuple[AccessRequest, dict[str, Any]]:
-        now = self._clock()
         supplied = request.context.get(TRUST_KEY)
-        pep = CALLING_PEP.get()
-        believed = supplied if isinstance(supplied, dict) and pep in self._trusted else None
-        inputs = self._inputs(request, believed, pep, now, policy)
-        wanted = frozenset(policy.rules)
+        if supplied is None and request.evidence is None:
+            # Nothing verified, nothing supplied: every provider answers the same for the same
+            # trust.yaml (most AuthZEN traffic), so the assessment is computed once per policy.
+            known = self._unverified.get(policy)
+            if known is None:
+                known = self._score(request, policy, None, None, None)
+                if len(self._unverified) > 16:
+                    self._unverified.clear()
+                self._unverified[policy] = known
+            cedar, record = known
+        else:
+            pep = CALLING_PEP.get()
+            trusted = isinstance(supplied, dict) and pep in self._trusted
+            believed = supplied if trusted else None
+            cedar, record = self._score(request, policy, believed, pep, supplied)
+        if TRUST_KEY not in request.context and cedar is None:
+            return request, record
+        context = {k: v for k, v in request.context.items() if k != TRUST_KEY}
+        if cedar is not None:
+            context[TRUST_KEY] = cedar
+        return replace(request, context=context), record
+
+    def _score(
+        self,
+        request: AccessRequest,
+        policy: TrustPolicy,
+        believed: dict[str, Any] | None,
+        pep: str | None,
+        supplied: Any,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Cedar's `context.trust` (None without trust.yaml) and the record. Shared between
+        decisions when memoised: nothing downstream may change them."""
+        inputs = self._inputs(request, believed, pep, self._clock(), policy)
+        rules = policy.rules
+        plan = self._plans.get(policy)
+        if plan is None:  # which providers this trust.yaml needs, and for which signals
+            wanted = frozenset(rules)
+            plan = [(p, wanted.intersection(p.names)) for p in self._providers]
+            plan = [(p, asked) for p, asked in plan if asked]
+            if len(self._plans) > 16:
+                self._plans.clear()
+            self._plans[policy] = plan
         signals: dict[str, Signal] = {}
-        for provider in self._providers:
-            asked = wanted.intersection(provider.names)
-            if not asked:
-                continue
+        for provider, asked in plan:
             try:
                 for signal in provider.signals(inputs, asked):
                     signals[signal.name] = signal
             except Exception as exc:  # fail closed, per signal, with the reason recorded
                 error = f"{type(exc).__name__}: {exc}"
                 for name in asked:
-                    value = policy.rules[name].on_error
+                    value = rules[name].on_error
                     signals[name] = Signal(name, value, None, "provider failed", "error", error)
-        source = f"pep:{pep}"
-        for name, value in (believed or {}).get("signals", {}).items():
-            if name in policy.rules and isinstance(value, int | float):
-                number = min(1.0, max(0.0, float(value)))
-                signals[name] = Signal(name, number, value, f"supplied by PEP {pep}", source)
-        rows, score = [], 0
-        for name, rule in policy.rules.items():
+        if believed is not None:
+            source = f"pep:{pep}"
+            given = believed.get("signals")
+            for name, value in (given if isinstance(given, dict) else {}).items():
+                if name in rules and isinstance(value, int | float):
+                    number = min(1.0, max(0.0, float(value)))
+                    signals[name] = Signal(name, number, value, f"supplied by PEP {pep}", source)
+        # Every signal that moved the score (or would have, observed) or failed is recorded in
+        # full; the others by name only: a record stays small when nothing is unusual.
+        rows: list[dict[str, Any]] = []
+        quiet: list[str] = []
+        counted: dict[str, int] = {}
+        score = 0
+        for name, rule in rules.items():
             found = signals.get(name)
             if found is None:
                 continue
@@ -98,9 +141,13 @@ class TrustAssessor:
             points = round(signal.value * rule.weight)
             if rule.enforce:
                 score += points
+                counted[name] = points
+            if not points and signal.error is None:
+                quiet.append(name)
+                continue
             row: dict[str, Any] = {
                 "name": name,
-                "value": round(signal.value, 3),
+                "value": signal.value,
                 "observed": signal.observed,
                 "points": points,
                 "weight": rule.weight,
@@ -113,30 +160,24 @@ class TrustAssessor:
             rows.append(row)
         score = min(100, max(0, score))
         level = policy.level(score)
-        counted = sorted(
-            (r for r in rows if r["mode"] == "enforce" and r["points"]),
-            key=lambda r: -abs(r["points"]),
-        )
-        parts = [f"{r['name']} {r['points']:+d}" for r in counted]
+        moved = sorted(((p, n) for n, p in counted.items() if p), key=lambda pn: -abs(pn[0]))
+        parts = ", ".join(f"{n} {p:+d}" for p, n in moved)
         record: dict[str, Any] = {
             "score": score,
             "level": level,
-            "summary": f"risk {score}" + (": " + ", ".join(parts) if parts else ""),
+            "summary": f"risk {score}: {parts}" if parts else f"risk {score}",
             "signals": rows,
+            "quiet": quiet,
         }
         if supplied is not None and believed is None:
             record["ignored"] = (
                 f"context.trust from {'PEP ' + pep if pep else 'an unnamed caller'}: "
                 "not a PEP trusted to supply trust values (trust.trusted_peps)"
             )
-        context = {k: v for k, v in request.context.items() if k != TRUST_KEY}
+        cedar = None
         if policy.declared:
-            context[TRUST_KEY] = {
-                "score": score,
-                "level": level,
-                "signals": {r["name"]: r["points"] for r in rows if r["mode"] == "enforce"},
-            }
-        return replace(request, context=context), record
+            cedar = {"score": score, "level": level, "signals": counted}
+        return cedar, record
 
     @staticmethod
     def _inputs(

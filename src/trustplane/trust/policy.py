@@ -23,7 +23,9 @@ from trustplane.decision.policy_bundle import (
     read_yaml,
 )
 from trustplane.trust.authentication import AuthenticationSignals
+from trustplane.trust.network import NetworkSignals
 from trustplane.trust.signals import Provider
+from trustplane.trust.travel import TravelSignals
 
 TRUST_FILE = "trust.yaml"
 LEVELS = ("low", "medium", "high", "critical")
@@ -34,7 +36,7 @@ MODES = ("enforce", "observe")
 ON_ERROR = {"max": 1.0, "zero": 0.0}  # the value a failed signal takes: fail closed, or not
 
 
-def signal_catalog(providers: tuple[Provider, ...]) -> dict[str, Mapping[str, Any]]:
+def signal_catalog(providers: tuple[type[Provider], ...]) -> dict[str, Mapping[str, Any]]:
     """Every signal a provider can compute → its tunable parameters with their defaults."""
     return {
         name: provider.params.get(name, {}) for provider in providers for name in provider.names
@@ -42,7 +44,11 @@ def signal_catalog(providers: tuple[Provider, ...]) -> dict[str, Mapping[str, An
 
 
 # The providers whose signals trust.yaml may name (the assessor runs instances of them).
-KNOWN_PROVIDERS: tuple[Provider, ...] = (AuthenticationSignals(),)
+KNOWN_PROVIDERS: tuple[type[Provider], ...] = (
+    AuthenticationSignals,
+    NetworkSignals,
+    TravelSignals,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +60,12 @@ class SignalRule:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: the assessor memoises per policy
 class TrustPolicy:
     rules: Mapping[str, SignalRule]
     thresholds: tuple[tuple[str, int], ...] = DEFAULT_THRESHOLDS
     declared: bool = False  # the bundle has trust.yaml: Cedar gets context.trust
+    _params: Mapping[str, Mapping[str, Any]] = field(init=False, repr=False)
 
     def level(self, score: int) -> str:
         level = "low"
@@ -68,7 +75,11 @@ class TrustPolicy:
         return level
 
     def params(self) -> Mapping[str, Mapping[str, Any]]:
-        return {name: rule.params for name, rule in self.rules.items() if rule.params}
+        return self._params
+
+    def __post_init__(self) -> None:
+        params = {name: rule.params for name, rule in self.rules.items() if rule.params}
+        object.__setattr__(self, "_params", MappingProxyType(params))
 
 
 DEFAULT_WEIGHTS = {

@@ -5,14 +5,32 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from trustplane.config import TrustSettings
+from sqlalchemy import Engine
+
+from trustplane.config import ConfigError, Settings
 from trustplane.trust.assessor import TrustAssessor
 from trustplane.trust.authentication import AuthenticationSignals
+from trustplane.trust.network import Locator, NetworkList, NetworkListError, NetworkSignals
 from trustplane.trust.signals import Provider
+from trustplane.trust.travel import TravelSignals
 
 
 def assessor_from_settings(
-    settings: TrustSettings, clock: Callable[[], float] = time.time
+    settings: Settings, engine: Engine, clock: Callable[[], float] = time.time
 ) -> TrustAssessor:
-    providers: list[Provider] = [AuthenticationSignals()]
-    return TrustAssessor(providers, trusted_peps=settings.trusted_peps, clock=clock)
+    """Raises ConfigError naming the file and line of a CIDR list that does not parse."""
+    config = settings.trust
+    try:
+        bad = NetworkList.from_files(config.bad_networks_files)
+        corporate = NetworkList.from_files(config.corporate_networks_files)
+    except NetworkListError as exc:
+        raise ConfigError(f"trust: {exc}") from None
+    if config.city_database is not None and not config.city_database.is_file():
+        raise ConfigError(f"trust.city_database: {config.city_database} is not a file")
+    locator = Locator(geoip=config.geoip, city_database=config.city_database)
+    providers: list[Provider] = [
+        AuthenticationSignals(),
+        NetworkSignals(locator, bad, corporate),
+        TravelSignals(engine, locator),
+    ]
+    return TrustAssessor(providers, trusted_peps=config.trusted_peps, clock=clock)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from trustplane.model import EntityRef
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a dozen per request, and a frozen init costs twice as much
 class Signal:
     name: str
     value: float  # 0.0 (nothing unusual) … 1.0 (as risky as this signal gets)
@@ -25,9 +25,9 @@ class Signal:
     error: str | None = None  # the provider failed: value is what trust.yaml's on_error says
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every request, and frozen init costs twice
 class TrustInputs:
-    """Everything a provider may read about one request."""
+    """Everything a provider may read about one request (providers must not change it)."""
 
     principal: EntityRef
     action: EntityRef

@@ -1,0 +1,118 @@
+"""What the trust plane adds to an in-process decision, in one run.
+
+    python bench/trust.py [--quick] [--no-docs]
+
+Contenders, interleaved round by round over the shop's own test requests (bench/common.py):
+`evaluate` (the evaluator alone, as the server configures its cache) against the same
+evaluation behind the trust plane's hook (`TrustAssessor` → evaluate → the assessment attached
+to the decision), with three kinds of evidence: none (AuthZEN callers), a verified token from a
+loopback address (the authentication signals), and a token from global addresses (network
+signals from geoip2fast and the travel history in a SQLite store: one transaction per call).
+Prints mean µs per call and the median per-round ratio to `evaluate`, and replaces the section
+between the `bench:trust` markers of docs/benchmarks.md unless `--no-docs` is given. The
+target (issue 15) is <= 1.25x for the trust computation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, SHOP, Contender, interleaved, median_ratio, replace_section
+
+DOCS = ROOT / "docs" / "benchmarks.md"
+GLOBAL = ["81.2.69.160", "8.8.8.8", "1.1.1.1", "185.220.101.1"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    rounds, max_calls, max_seconds = (3, 3000, 0.5) if args.quick else (5, 20_000, 2.0)
+
+    from trustplane.config import Settings
+    from trustplane.decision.loader import LoadOptions, load_bundle
+    from trustplane.decision.policy_bundle import BundleSource
+    from trustplane.governance.catalog import BUNDLE_FILES
+    from trustplane.model import Evidence
+    from trustplane.store.database import create_store_engine, migrate
+    from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
+    from trustplane.trust.service import assessor_from_settings
+
+    defaults = Settings()
+    loaded = load_bundle(
+        BundleSource.from_dir(SHOP),
+        LoadOptions(
+            decision_cache_size=defaults.policy.decision_cache_size,
+            decision_ttl_seconds=defaults.policy.decision_ttl_seconds,
+            extra_files=BUNDLE_FILES + TRUST_FILES,
+        ),
+    )
+    bundle, evaluator = loaded.bundle, loaded.evaluator
+    # The tests set context.trust themselves; callers do not (the PDP computes it).
+    requests = [
+        dataclasses.replace(
+            t.request, context={k: v for k, v in t.request.context.items() if k != "trust"}
+        )
+        for t in bundle.tests
+        if t.at is None and t.unmapped is None
+    ]
+    now = int(time.time())
+    claims = {"amr": ["pwd", "otp"], "auth_time": now - 60, "iat": now - 60, "exp": now + 300}
+    with_token = [
+        dataclasses.replace(r, evidence=Evidence(claims, "127.0.0.1", False, "token"))
+        for r in requests
+    ]
+    travelling = [
+        dataclasses.replace(r, evidence=Evidence(claims, GLOBAL[i % len(GLOBAL)], False, "token"))
+        for i, r in enumerate(requests)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = create_store_engine(f"sqlite:///{tmp}/trustplane.db")
+        migrate(engine)
+        assess = assessor_from_settings(Settings(state_dir=Path(tmp)), engine)
+        assess(travelling[0], bundle)  # geoip2fast's database loads on first use: not timed
+
+        def behind_trust(request: Any) -> Any:
+            assessed, trust = assess(request, bundle)
+            return dataclasses.replace(evaluator.evaluate(assessed), trust=trust)
+
+        contenders = [
+            Contender("evaluate", evaluator.evaluate, requests),
+            Contender("trust: no evidence", behind_trust, requests),
+            Contender("trust: token, loopback", behind_trust, with_token),
+            Contender("trust: token, global address", behind_trust, travelling),
+        ]
+        per_round = interleaved(
+            contenders, rounds=rounds, max_calls=max_calls, max_seconds=max_seconds
+        )
+        engine.dispose()
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {rounds} rounds, "
+        f"{len(requests)} requests (the shop's tests), `python bench/trust.py"
+        + (" --quick`" if args.quick else "`"),
+        "",
+        "| contender | mean µs/call (median round) | ratio to evaluate |",
+        "|---|---:|---:|",
+    ]
+    for contender in contenders:
+        means = sorted(r[contender.name] for r in per_round)
+        ratio = median_ratio(per_round, contender.name, "evaluate")
+        lines.append(f"| {contender.name} | {means[len(means) // 2]:.1f} | {ratio:.2f}x |")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_docs:
+        replace_section(DOCS, "trust", text, "Trust plane cost")
+
+
+if __name__ == "__main__":
+    main()

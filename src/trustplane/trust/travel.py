@@ -1,0 +1,166 @@
+"""Impossible travel and new countries, from each principal's history in the store.
+
+Every request with a located source address is compared with where the same principal was
+seen before, then remembered: one row per principal and country in `trust_locations`, so every
+replica on the same database sees the others' sightings at once (the history is read and
+written in the request's own store round trip; docs/trust.md says what that costs).
+
+- `impossible_travel`: the distance from the newest earlier sighting (city coordinates, from
+  the configured city database) over the time between them exceeds `speed_kmh`; distances
+  below `min_km` are ignored, since geolocation is only that precise.
+- `new_country`: the principal was seen before, but not from this country in `days` days. A
+  principal's very first sighting is not flagged (every country is new to a new principal).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from trustplane.store.tables import trust_locations
+from trustplane.trust.network import Location, Locator
+from trustplane.trust.signals import Signal, TrustInputs
+
+EARTH_RADIUS_KM = 6371.0
+# A sighting from the same place is rewritten at most this often: the write is what costs (a
+# commit per request), and a minute's staleness only makes travel from here look slower.
+REFRESH_SECONDS = 60.0
+
+
+def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle (haversine) distance between two (latitude, longitude) points."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = (
+        math.sin((lat2 - lat1) / 2) ** 2
+        + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    )
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+class TravelSignals:
+    names: tuple[str, ...] = ("impossible_travel", "new_country")
+    params: Mapping[str, Mapping[str, Any]] = {
+        "impossible_travel": {"speed_kmh": 1000, "min_km": 500},
+        "new_country": {"days": 90},
+    }
+
+    def __init__(self, engine: Engine, locator: Locator) -> None:
+        self._engine = engine
+        self._locator = locator
+
+    def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterator[Signal]:
+        address = inputs.source_ip
+        location = self._locator.locate(address) if address else None
+        if location is None or location.country is None:
+            why = "no source address" if not address else f"{address} has no known country"
+            for name in self.names:
+                if name in wanted:
+                    yield Signal(name, 0.0, None, why, inputs.source)
+            return
+        principal = str(inputs.principal)
+        history = self._remember(principal, str(address), location, inputs.now)
+        source = "store"
+        if "impossible_travel" in wanted:
+            yield self._travel(inputs, location, history, source)
+        if "new_country" in wanted:
+            days = float(inputs.param("new_country", "days", 90))
+            since = inputs.now - days * 86400
+            if not history:
+                yield Signal(
+                    "new_country", 0.0, location.country, "first sighting of this principal", source
+                )
+            else:
+                seen = any(
+                    row["country"] == location.country and row["last_seen"] >= since
+                    for row in history
+                )
+                yield Signal(
+                    "new_country",
+                    0.0 if seen else 1.0,
+                    location.country,
+                    f"seen from {location.country} within {days:.0f} days"
+                    if seen
+                    else f"first request from {location.country} in {days:.0f} days",
+                    source,
+                )
+
+    @staticmethod
+    def _travel(
+        inputs: TrustInputs, here: Location, history: list[dict[str, Any]], source: str
+    ) -> Signal:
+        if here.latitude is None or here.longitude is None:
+            return Signal(
+                "impossible_travel", 0.0, None, "no coordinates (no city database)", source
+            )
+        placed = [r for r in history if r["latitude"] is not None and r["longitude"] is not None]
+        if not placed:
+            return Signal("impossible_travel", 0.0, None, "no earlier located sighting", source)
+        last = max(placed, key=lambda r: r["last_seen"])
+        km = distance_km((last["latitude"], last["longitude"]), (here.latitude, here.longitude))
+        hours = max(inputs.now - last["last_seen"], 1.0) / 3600
+        speed = km / hours
+        limit = float(inputs.param("impossible_travel", "speed_kmh", 1000))
+        floor = float(inputs.param("impossible_travel", "min_km", 500))
+        flagged = km >= floor and speed > limit
+        return Signal(
+            "impossible_travel",
+            1.0 if flagged else 0.0,
+            {
+                "km": round(km),
+                "seconds": round(inputs.now - last["last_seen"]),
+                "kmh": round(speed),
+            },
+            f"{round(km)} km from {last['country']} ({last['address']}) in "
+            f"{round(inputs.now - last['last_seen'])} s: {round(speed)} km/h"
+            + (f" > {limit:.0f}" if flagged else f" (limit {limit:.0f}, from {floor:.0f} km)"),
+            source,
+        )
+
+    def _remember(
+        self, principal: str, address: str, here: Location, now: float
+    ) -> list[dict[str, Any]]:
+        """The principal's earlier sightings, then this one stored (one transaction)."""
+        values = {
+            "principal": principal,
+            "country": here.country,
+            "last_seen": now,
+            "latitude": here.latitude,
+            "longitude": here.longitude,
+            "address": address[:64],
+        }
+        with self._engine.begin() as connection:
+            rows = connection.execute(_HISTORY, {"p": principal}).mappings()
+            history = [dict(row) for row in rows]
+            same = next((r for r in history if r["country"] == here.country), None)
+            if same is not None:
+                unchanged = (same["latitude"], same["longitude"]) == (here.latitude, here.longitude)
+                if unchanged and now - same["last_seen"] < REFRESH_SECONDS:
+                    return history  # seen here moments ago: no write on every request
+                connection.execute(_UPDATE, values | {"p": principal, "c": here.country})
+            else:
+                try:
+                    with connection.begin_nested():
+                        connection.execute(insert(trust_locations), values)
+                except IntegrityError:  # another replica stored it first
+                    connection.execute(_UPDATE, values | {"p": principal, "c": here.country})
+        return history
+
+
+# Built once: SQLAlchemy caches the compiled form, and building the expressions per request
+# cost more than the queries.
+_T = trust_locations
+_HISTORY = select(_T).where(_T.c.principal == bindparam("p"))
+_UPDATE = (
+    update(_T)
+    .where((_T.c.principal == bindparam("p")) & (_T.c.country == bindparam("c")))
+    .values(
+        last_seen=bindparam("last_seen"),
+        latitude=bindparam("latitude"),
+        longitude=bindparam("longitude"),
+        address=bindparam("address"),
+    )
+)
