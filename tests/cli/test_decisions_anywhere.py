@@ -208,7 +208,7 @@ def test_a_missing_store_in_the_wrong_directory_points_to_url_not_init(tmp_path:
 
     project = tmp_path / "project"
     project.mkdir()
-    (project / "trustplane.toml").write_text('bundle_dir = "policies"\n')
+    (project / "trustplane.toml").write_text('[policy]\nbundle_dir = "policies"\n')
     result = run_cli("decisions", cwd=project)
     assert result.returncode == 2
     assert "trustplane init" in result.stderr
