@@ -564,7 +564,8 @@ class GovernanceSettings(BaseModel):
         1000,
         ge=50,
         le=60_000,
-        description="How often pending requests are expired and notifications delivered.",
+        description="How often pending requests are expired, notifications delivered, and "
+        "revocations past their expiry recorded as expired.",
     )
     deny_spike_threshold: float = Field(
         0.3,
@@ -591,7 +592,9 @@ class CliSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     server_url: str | None = Field(
-        None, description="Server the CLI talks to; default: http://server.host:server.port."
+        None,
+        description="Server the CLI talks to; default: http://server.host:server.port "
+        "(https:// when tls is on).",
     )
     admin_token: SecretStr | None = Field(
         None, description="Admin token for CLI calls to a server; default: state_dir/admin.token."

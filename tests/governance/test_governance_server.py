@@ -62,7 +62,8 @@ def webhook() -> Iterator[Webhook]:
 
 
 def governed(state: Path, url: str, issuer: Jwks, hook: Webhook | None = None, **extra: Any) -> Any:
-    bad = state.parent / f"{state.name}-bad-networks.txt"  # beside the state dir: init makes it
+    state.mkdir(parents=True, exist_ok=True)
+    bad = state / "bad-networks.txt"
     bad.write_text("203.0.113.0/24  # a scanner's network\n")
     # The loopback test client (pep.auth off: the PEP `anonymous`) may supply trust inputs.
     trust = {"trusted_peps": ["anonymous"], "bad_networks_files": [str(bad)]}
@@ -380,6 +381,7 @@ def test_cli_requests_approves_and_lists(server: Server, key: Key) -> None:
             **server.env,
             "TRUSTPLANE_CLI__SERVER_URL": server.url,
             "TRUSTPLANE_CLI__ADMIN_TOKEN": user_token(key, who),
+            "COLUMNS": "80",
         }
         return run_cli(*args, env=env)
 
@@ -387,14 +389,18 @@ def test_cli_requests_approves_and_lists(server: Server, key: Key) -> None:
                 "--ticket", "CHG-11", "--json")  # fmt: skip
     assert asked.returncode == 0, asked.stderr
     request_id = json.loads(asked.stdout)["id"]
+    assert json.loads(asked.stdout)["expires_at"].endswith("Z"), "RFC 3339 in CLI JSON"
     pending = cli("alice", "access", "list", "--status", "pending", "--json")
     assert request_id in [r["id"] for r in json.loads(pending.stdout)["requests"]]
-    approved = cli("alice", "access", "approve", request_id)
+    listed = cli("alice", "access", "list", "--status", "pending")
+    wide = max(map(len, listed.stdout.splitlines()))
+    assert request_id in listed.stdout and wide <= 80, "the whole id, in 80 columns"
+    approved = cli("alice", "access", "approve", request_id[:8])  # any unique prefix
     assert approved.returncode == 0 and "granted" in approved.stdout, approved.stderr
     grants = json.loads(cli("bob", "access", "list", "--active", "--json").stdout)["grants"]
     grant_id = next(g["id"] for g in grants if g["request_id"] == request_id)
     assert decide(server, BOB_LOGS)["decision"] is True
-    activity = cli("bob", "access", "activity", grant_id)
+    activity = cli("bob", "access", "activity", grant_id[:6])
     assert activity.returncode == 0 and "decision(s)" in activity.stdout
     not_security = cli("alice", "revoke", "grant", grant_id, "--reason", "deployed")
     assert not_security.returncode == 2 and "revocation:write" in not_security.stderr
@@ -404,7 +410,9 @@ def test_cli_requests_approves_and_lists(server: Server, key: Key) -> None:
     assert own.returncode == 0 and "already was" in own.stdout, own.stderr
 
     bad = cli("bob", "access", "request", 'Role::"root"', "--duration", "1h", "--reason", "x")
-    assert bad.returncode == 2 and "not requestable" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("not requestable") == 1, bad.stderr
+    nothing = cli("bob", "access", "activity", "zz")
+    assert nothing.returncode == 2 and "no grant id starts with 'zz'" in nothing.stderr
     assert "Traceback" not in bad.stderr
     listed = cli("bob", "exceptions", "list", "--expiring", "7d", "--json")
     assert listed.returncode == 0 and "exceptions" in json.loads(listed.stdout)

@@ -152,3 +152,22 @@ def test_an_assessment_that_fails_as_a_whole_scores_100() -> None:
     assert record["score"] == 100 and record["level"] == "critical"
     assert record["error"] == "ValueError: corrupt policy"
     assert cedar.context["trust"]["score"] == 100
+
+
+def test_trustplane_decisions_shows_the_risk_summary(capsys: Any) -> None:
+    from trustplane.cli.decisions import print_records
+
+    row = {
+        "seq": 7,
+        "time": "2026-12-03T17:00:00Z",
+        "kind": "decision",
+        "request": {"principal": {"type": "User", "id": "alice"}, "action": {"id": "read"}},
+        "decision": "deny",
+        "shadow": "deny",
+        "reason_code": "policy_forbids",
+        "determining_policies": ["forbid-high-risk"],
+        "trust": {"score": 80, "summary": "risk 80: impossible_travel +65, new_country +15"},
+    }
+    print_records([row], as_json=False)
+    shown = capsys.readouterr().out
+    assert "risk 80: impossible_travel +65," in shown and "new_country +15" in shown

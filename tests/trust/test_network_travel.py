@@ -129,3 +129,19 @@ def test_impossible_travel_and_new_country_across_replicas(engine: Engine, tmp_p
     assert quiet(home) == ["impossible_travel", "new_country"]
     other = ask(two, bundle, NEW_YORK, who="bob")
     assert other["_"]["score"] == 0, "each principal has a history of its own"
+
+
+def test_unusual_principals_keep_a_history_of_their_own(engine: Engine) -> None:
+    """NUL, a lone surrogate and a 5,000-character id: stored on both backends, never merged."""
+    from trustplane.trust.travel import history_key
+
+    clock = Clock()
+    assessor = TrustAssessor([TravelSignals(engine, Locator())], clock=clock)
+    bundle = Bundle(new_country=15)
+    long_a, long_b = "a" * 5000, "a" * 4999 + "b"
+    assert history_key(long_a) != history_key(long_b) and len(history_key(long_a)) < 100
+    for who in ("nul\x00id", "lone\ud800", long_a, long_b):
+        assert ask(assessor, bundle, LONDON, who=who)["_"]["score"] == 0
+        clock.now += 3600
+        moved = ask(assessor, bundle, NEW_YORK, who=who)
+        assert moved["new_country"]["points"] == 15, who[:20]

@@ -163,3 +163,19 @@ def test_travel_between_two_replicas_is_flagged(tmp_path: Path, issuer: Jwks, ke
         assert away.status_code == 403, away.text
         trust = record(b, away)["trust"]
         assert trust["summary"] == "risk 80: impossible_travel +65, new_country +15"
+
+
+def test_envoy_http_mode_is_scored_like_forward_auth(server: Server, key: Key) -> None:
+    """Envoy's HTTP ext_authz mode: the original request under /v1/envoy/http, from the proxy."""
+    transport = httpx.HTTPTransport(local_address=PROXY)
+    with httpx.Client(base_url=server.url, transport=transport, timeout=10) as envoy:
+        response = envoy.get(
+            f"/v1/envoy/http{LOGS}",
+            headers={
+                "X-Forwarded-For": "203.0.113.77",
+                "authorization": f"Bearer {user_token(key, 'carol')}",
+            },
+        )
+    assert response.status_code == 403, response.text
+    trust = record(server, response)["trust"]
+    assert trust["summary"] == "risk 80: bad_network +80"

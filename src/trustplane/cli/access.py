@@ -18,6 +18,7 @@ from trustplane.cli.common import (
     UrlOpt,
     admin,
     emit,
+    id_table,
     out,
     resolve_admin_id,
     root_context,
@@ -194,7 +195,7 @@ def access_list(
     document = _call(ctx, "GET", path, url)
 
     def render(document: Any) -> None:
-        table = Table("request", "principal", "role", "status", "approvals", "asked", "reason")
+        table = id_table("request", "principal", "role", "status", "approvals", "asked", "reason")
         for r in document["requests"]:
             count = sum(1 for a in r["approvals"] if a["verdict"] == "approve")
             table.add_row(
@@ -212,7 +213,7 @@ def access_list(
 
 
 def _print_grants(document: Any) -> None:
-    table = Table("grant", "kind", "principal", "role", "until", "state")
+    table = id_table("grant", "kind", "principal", "role", "until", "state")
     for g in document["grants"]:
         state = "active" if g["active"] else ("revoked" if g["revoked_at"] else "ended")
         table.add_row(g["id"], g["kind"], g["principal"], g["role"], when(g["expires_at"]), state)
@@ -313,7 +314,7 @@ def break_glass_list(
     document = _call(ctx, "GET", "/v1/break-glass" + ("?overdue=true" if overdue else ""), url)
 
     def render(document: Any) -> None:
-        table = Table("session", "profile", "opened by", "opened", "review due", "review")
+        table = id_table("session", "profile", "opened by", "opened", "review due", "review")
         for item in document["sessions"]:
             s, r = item["session"], item["review"]
             state = (
@@ -429,7 +430,7 @@ def exceptions_list(
     document = _call(ctx, "GET", "/v1/exceptions" + (f"?{query}" if query else ""), url)
 
     def render(document: Any) -> None:
-        table = Table("exception", "policy", "principal", "owner", "ticket", "status", "until")
+        table = id_table("exception", "policy", "principal", "owner", "ticket", "status", "until")
         for e in document["exceptions"]:
             state = "revoked" if e["revoked_at"] else ("active" if e["active"] else e["status"])
             table.add_row(

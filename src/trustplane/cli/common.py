@@ -8,6 +8,7 @@ each helper imports what it needs when it is called (`tests/cli/test_cli_imports
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -25,6 +26,7 @@ from trustplane.errors import TrustplaneError
 
 if TYPE_CHECKING:
     import httpx
+    from rich.table import Table
 
     from trustplane.config import Settings
     from trustplane.decision.loader import LoadOptions
@@ -113,6 +115,20 @@ def emit(doc: Doc, as_json: bool, render: Callable[[Doc], None], lines: bool = F
         emit_json(doc)
 
 
+def id_table(*headers: str, whole: int = 1, **options: Any) -> Table:
+    """A table whose first `whole` columns (ids and names people type back) are never wrapped
+    or cut; the others fold to fit the terminal, 80 columns included."""
+    from rich.table import Table
+
+    made = Table(**options)
+    for index, header in enumerate(headers):
+        if index < whole:
+            made.add_column(header, no_wrap=True)
+        else:
+            made.add_column(header, overflow="fold")
+    return made
+
+
 def when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -175,8 +191,29 @@ def resolve_admin_id(
 
 
 def server_url(settings: Settings, url: str | None) -> str:
-    default = f"http://{settings.server.host}:{settings.server.port}"
+    """The server to call: --url, cli.server_url, or this configuration's own server — over
+    HTTPS when it serves TLS, trusting its own certificate besides the system's CAs."""
+    scheme = "https" if settings.tls.enabled else "http"
+    default = f"{scheme}://{settings.server.host}:{settings.server.port}"
+    own = settings.tls.cert_file or settings.state_dir / "tls" / "serving.pem"
+    if settings.tls.enabled and own.is_file() and own not in _TRUSTED:
+        _TRUSTED.append(own)
     return (url or settings.cli.server_url or default).rstrip("/")
+
+
+# Certificates the CLI trusts besides the system's: the server's own, from the settings
+# (`server_url` adds them), so a self-signed or CA-issued serving certificate just works.
+_TRUSTED: list[Path] = []
+
+
+def _tls_context() -> Any:
+    import ssl
+
+    context = ssl.create_default_context()
+    for path in _TRUSTED:
+        with contextlib.suppress(ssl.SSLError, OSError):  # not a CA: the system's may still do
+            context.load_verify_locations(cafile=str(path))
+    return context
 
 
 def admin_token(settings: Settings) -> str:
@@ -210,8 +247,34 @@ def http(
     import httpx
 
     headers = {"authorization": f"Bearer {token}"} if token else {}
+
+    def call(base: str) -> httpx.Response:
+        return httpx.request(
+            method,
+            base + path,
+            json=body,
+            headers=headers,
+            timeout=30,
+            follow_redirects=True,  # e.g. a proxy that sends http:// on to https://
+            verify=_tls_context() if base.startswith("https:") else True,
+        )
+
     try:
-        response = httpx.request(method, base + path, json=body, headers=headers, timeout=30)
+        try:
+            response = call(base)
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            if not base.startswith("http://"):
+                raise
+            # A plain-HTTP request to a port that serves TLS is dropped: ask again over HTTPS.
+            base = "https://" + base.removeprefix("http://")
+            response = call(base)
+    except httpx.ConnectError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+            raise CliError(f"cannot reach the server at {base}: {exc}") from None
+        raise CliError(
+            f"the server at {base} presented a certificate this machine does not trust "
+            f"({exc}); point SSL_CERT_FILE at the CA that issued it"
+        ) from None
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the server at {base}: {exc}") from None
     if response.status_code >= 400 and response.status_code not in accept:
@@ -219,7 +282,9 @@ def http(
             problem = response.json()
             detail = problem.get("detail", response.text)
             for item in problem.get("errors") or []:
-                detail += f"\n  {item.get('detail')}"
+                extra = item.get("detail")
+                if extra and extra not in detail:  # a one-field problem repeats its detail
+                    detail += f"\n  {extra}"
         except ValueError:
             detail = response.text
         raise CliError(f"{method} {path}: {response.status_code}: {detail}")
@@ -266,7 +331,7 @@ def missing_store(settings: Settings, remote: bool = False) -> str:
             f"database_url to create it{elsewhere}"
         )
     looked = path.absolute()
-    configured = {"state_dir", "database_url"} & settings.model_fields_set
+    configured = "state_dir" in settings.model_fields_set or settings.store.url is not None
     if configured or settings.state_dir.is_dir() or Path(DEFAULT_CONFIG_FILE).is_file():
         return f"no trustplane store at {looked}: run `trustplane init` to create it{elsewhere}"
     return (
@@ -289,6 +354,7 @@ def load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
     from trustplane.decision.loader import LoadOptions
     from trustplane.decision.signing import SigningError, load_trusted_key
     from trustplane.governance.catalog import BUNDLE_FILES
+    from trustplane.rollout.gates import BUNDLE_FILES as ROLLOUT_FILES
     from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
 
     try:
@@ -299,7 +365,7 @@ def load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
         trusted_keys=keys,
         expiry_warning_days=settings.policy.expiry_warning_days,
         run_tests=run_tests,
-        extra_files=BUNDLE_FILES + TRUST_FILES,
+        extra_files=BUNDLE_FILES + TRUST_FILES + ROLLOUT_FILES,
     )
 
 

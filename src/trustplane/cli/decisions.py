@@ -140,7 +140,7 @@ def print_records(rows: list[dict[str, Any]], as_json: bool) -> None:
 def _records_table(rows: list[dict[str, Any]]) -> None:
     """One row a record, readable at 80 columns: when, the request (principal, action and
     resource on their own lines), the answer (and a differing shadow answer), and why: the
-    reason code over the determining policies."""
+    reason code over the determining policies, and the risk score's summary when it is not 0."""
     table = Table("seq", "time")
     table.add_column("request", overflow="fold", ratio=1)
     table.add_column("answer")
@@ -163,6 +163,9 @@ def _records_table(rows: list[dict[str, Any]]) -> None:
         why = [escape(str(row.get("reason_code", "")))]
         why += [escape(p) for p in row.get("determining_policies") or []]
         why += [f"[yellow]would change: {escape(p)}[/]" for p in row.get("would_change") or []]
+        trust = row.get("trust")
+        if isinstance(trust, dict) and trust.get("score"):  # the trust plane's explanation
+            why.append(f"[magenta]{escape(str(trust.get('summary', '')))}[/]")
         moment = str(row.get("time", ""))
         table.add_row(
             str(row["seq"]),

@@ -24,6 +24,7 @@ from trustplane.cli.common import (
     admin_token,
     emit,
     http,
+    id_table,
     out,
     resolve_admin_id,
     root_context,
@@ -185,12 +186,12 @@ def keys_cmd(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False) -
     doc = admin(settings, "GET", "/v1/identity/keys", url)
 
     def render(doc: Any) -> None:
-        table = Table("kind", "kid", "state", "created", "expires", "retirable")
+        table = id_table("kid", "kind", "state", "created", "expires", "retirable")
         for key in doc["keys"]:
             retirable = key.get("retirable_at")
             table.add_row(
-                key["kind"],
                 key["kid"],
+                key["kind"],
                 key["state"],
                 when(key["created_at"]),
                 when(key["not_after"]),
@@ -294,7 +295,7 @@ def entry_list(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False)
     doc = admin(settings, "GET", "/v1/identity/entries", url)
 
     def render(doc: Any) -> None:
-        table = Table("id", "spiffe id", "selectors", "owner", "ttl x509/jwt")
+        table = id_table("id", "spiffe id", "selectors", "owner", "ttl x509/jwt")
         for e in doc["entries"]:
             ttls = f"{e['x509_ttl_seconds'] or '-'}/{e['jwt_ttl_seconds'] or '-'}"
             table.add_row(e["id"], e["spiffe_id"], "\n".join(e["selectors"]), e["owner"], ttls)

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import typer
-from rich.table import Table
 
 from trustplane.cli.common import (
     CliError,
@@ -27,6 +26,7 @@ from trustplane.cli.common import (
     admin_token,
     emit,
     http,
+    id_table,
     out,
     resolve_admin_id,
     root_context,
@@ -174,15 +174,20 @@ def list_cmd(
     doc = admin(settings, "GET", path, url)
 
     def render(doc: Any) -> None:
-        table = Table(title=f"{len(doc['attestations'])} attestations", title_justify="left")
-        table.add_column("attested")
-        table.add_column("image", overflow="fold", ratio=2)
-        table.add_column("predicate type", overflow="fold")
-        table.add_column("signer", overflow="fold")
-        table.add_column("verified")
+        table = id_table(
+            "id",
+            "attested",
+            "image",
+            "predicate type",
+            "signer",
+            "verified",
+            title=f"{len(doc['attestations'])} attestations",
+            title_justify="left",
+        )
         for item in doc["attestations"]:
             verified = "[green]yes[/]" if item["verified"] else f"[red]no[/]: {item.get('problem')}"
             table.add_row(
+                item["id"],
                 when(item["attested_at"]),
                 item["image"],
                 item["predicate_type"],

@@ -14,6 +14,7 @@ written in the request's own store round trip; docs/trust.md says what that cost
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from trustplane.store.tables import trust_locations
+from trustplane.store.text import column_text
 from trustplane.trust.network import Location, Locator
 from trustplane.trust.signals import Signal, TrustInputs
 
@@ -39,6 +41,15 @@ def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
         + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
     )
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def history_key(principal: str) -> str:
+    """The principal as its history's key: column-safe text, or its SHA-256 when too long for
+    the column (a cut prefix could merge two principals' histories)."""
+    text = column_text(principal)
+    if len(text) <= 1000:
+        return text
+    return "sha256:" + hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class TravelSignals:
@@ -61,7 +72,7 @@ class TravelSignals:
                 if name in wanted:
                     yield Signal(name, 0.0, None, why, inputs.source)
             return
-        principal = str(inputs.principal)
+        principal = history_key(str(inputs.principal))
         history = self._remember(principal, str(address), location, inputs.now)
         source = "store"
         if "impossible_travel" in wanted:
