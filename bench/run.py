@@ -318,12 +318,12 @@ def report(results: dict[str, Any]) -> str:
             ledger = s.get("ledger")
             if ledger:
                 line += (
-                    f"; ledger: {ledger.get('store_rows_after_shutdown', 0):,} rows in the store "
-                    f"after shutdown, {ledger['server_decisions']:,} decisions answered by the "
-                    f"server (metrics), {ledger['answered_by_clients']:,} answers received by "
-                    f"the load generators, newest checkpoint (admin API) tree size "
-                    f"{_fmt(ledger['admin_checkpoint_tree_size'])} → every decision recorded: "
-                    f"{_fmt(ledger.get('every_decision_recorded'))}"
+                    f"; ledger: {ledger.get('store_rows_after_shutdown', 0):,} decision rows "
+                    f"in the store after shutdown, {ledger['server_decisions']:,} decisions "
+                    f"answered by the server (metrics), {ledger['answered_by_clients']:,} "
+                    "answers received by the load generators, newest checkpoint (admin API) "
+                    f"tree size {_fmt(ledger['admin_checkpoint_tree_size'])} → every decision "
+                    f"recorded: {_fmt(ledger.get('every_decision_recorded'))}"
                 )
             details.append(line)
         out += details
