@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import os
 import random
 import statistics
 import sys
@@ -37,6 +38,9 @@ class LoopResult:
 
     name: str
     run_means_us: list[float] = field(default_factory=list)
+    # CPU per call: the calling thread's, plus `Contender.cpu_elsewhere` (a ledger writer
+    # thread, an appender process) over the same run.
+    run_cpu_us: list[float] = field(default_factory=list)
     calls: int = 0
     call_ns: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +56,9 @@ class LoopResult:
             "runs": len(self.run_means_us),
             "calls": self.calls,
             "median_us": round(self.median_us, 2),
+            "median_cpu_us": round(statistics.median(self.run_cpu_us), 2)
+            if self.run_cpu_us
+            else None,
             "min_run_us": round(min(self.run_means_us), 2) if self.run_means_us else None,
             "max_run_us": round(max(self.run_means_us), 2) if self.run_means_us else None,
             "p50_call_us": round(percentile(ordered, 50) / 1000, 2) if ordered else None,
@@ -65,12 +72,15 @@ class Contender:
     """One operation to time: `fn(item)` over `items` (cycled).
 
     `after_run(calls, elapsed_s)`, if given, runs after each timed run and may return extra
-    seconds to charge to it (for example the time to drain work that the calls queued)."""
+    seconds to charge to it (for example the time to drain work that the calls queued).
+    `cpu_elsewhere()`, if given, returns the CPU seconds used so far by the threads and
+    processes that do the calls' deferred work; each run is charged their CPU too."""
 
     name: str
     fn: Callable[[Any], Any]
     items: Sequence[Any]
     after_run: Callable[[int, float], float] | None = None
+    cpu_elsewhere: Callable[[], float] | None = None
     result: LoopResult = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +93,8 @@ class Contender:
         calls = 0
         perf_ns = time.perf_counter_ns
         deadline = perf_ns() + int(max_seconds * 1e9)
+        elsewhere = self.cpu_elsewhere
+        cpu_started = time.thread_time() + (elsewhere() if elsewhere else 0.0)
         started = perf_ns()
         while calls < max_calls:
             t0 = perf_ns()
@@ -93,10 +105,13 @@ class Contender:
             if t1 > deadline:
                 break
         elapsed = (perf_ns() - started) / 1e9
+        cpu = time.thread_time()
         if self.after_run is not None:
             elapsed += self.after_run(calls, elapsed)
+        cpu += elsewhere() if elsewhere else 0.0
         mean_us = elapsed / calls * 1e6
         self.result.run_means_us.append(mean_us)
+        self.result.run_cpu_us.append((cpu - cpu_started) / calls * 1e6)
         self.result.calls += calls
         self.result.call_ns.extend(samples)
         return mean_us
@@ -117,6 +132,37 @@ def interleaved(
 def median_ratio(per_round: list[dict[str, float]], name: str, base: str) -> float:
     """The median over rounds of `name`'s cost over `base`'s cost in the same round."""
     return statistics.median(r[name] / r[base] for r in per_round)
+
+
+def median_cpu_ratio(contenders: Sequence[Contender], name: str, base: str) -> float | None:
+    """`median_ratio` of CPU per call: round i is each contender's i-th run."""
+    runs = {c.name: c.result.run_cpu_us for c in contenders}
+    pairs = [(a, b) for a, b in zip(runs[name], runs[base], strict=False) if b]
+    return statistics.median(a / b for a, b in pairs) if pairs else None
+
+
+def thread_cpu_seconds(thread: Any) -> float:
+    """CPU seconds a live thread of this process has used (0 once it is gone)."""
+    ident = getattr(thread, "ident", None)
+    if ident is None or not thread.is_alive():
+        return 0.0
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except OSError:
+        return 0.0
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of another process, from /proc (0 once it is gone)."""
+    return _proc_cpu(Path(f"/proc/{pid}/stat"))
+
+
+def _proc_cpu(stat: Path) -> float:
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the request mix -------------------------------------------------------------------------

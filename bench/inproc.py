@@ -25,9 +25,12 @@ from common import (
     generation_covers_now,
     interleaved,
     load_shop,
+    median_cpu_ratio,
     median_ratio,
+    process_cpu_seconds,
     request_mix,
     reset_generation,
+    thread_cpu_seconds,
 )
 
 
@@ -141,6 +144,16 @@ class PdpHarness:
     def decide(self, request: Any) -> Any:
         return self.pdp.decide_blocking(request)
 
+    def cpu_elsewhere(self) -> float:
+        """CPU of the ledger writer thread and, with `ledger.appender = process`, of the
+        appender process: the deferred half of each decision's cost."""
+        recorder = self.runtime.recorder
+        total = thread_cpu_seconds(recorder._thread)
+        process = getattr(recorder._sink, "_process", None)
+        if process is not None:
+            total += process_cpu_seconds(process.pid)
+        return total
+
     def warm_up(self, requests: list[Any]) -> None:
         for request in requests:
             self.decide(request)
@@ -202,7 +215,9 @@ def run_decisions(loaded: Any, requests: list[Any], sizes: Sizes, log: Any) -> d
     if stale:
         contenders.append(Contender("evaluate_fresh", fresh.evaluate, requests))
     for name, harness in harnesses.items():
-        contenders.append(Contender(name, harness.decide, requests, harness.after_run))
+        contenders.append(
+            Contender(name, harness.decide, requests, harness.after_run, harness.cpu_elsewhere)
+        )
     try:
         for item in prepared:
             raw(item)
@@ -231,6 +246,8 @@ def run_decisions(loaded: Any, requests: list[Any], sizes: Sizes, log: Any) -> d
     for contender in contenders:
         summary = contender.result.summary()
         summary["x_raw"] = round(median_ratio(per_round, contender.name, "raw"), 2)
+        cpu_ratio = median_cpu_ratio(contenders, contender.name, "raw")
+        summary["x_raw_cpu"] = None if cpu_ratio is None else round(cpu_ratio, 2)
         summary.update(ledgers.get(contender.name, {}))
         results[contender.name] = summary
     results["raw"].update(

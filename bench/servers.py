@@ -94,7 +94,7 @@ def apply_cached_decision() -> None:
     def evaluate(self: Any, request: Any) -> Any:
         decision = cached.get("decision")
         if decision is None:
-            decision = cached["decision"] = self._runtime.bundles.active.evaluator.evaluate(request)
+            decision = cached["decision"] = self._bundles.active.evaluator.evaluate(request)
         self._observe(decision)
         return decision
 

@@ -564,7 +564,8 @@ class GovernanceSettings(BaseModel):
         1000,
         ge=50,
         le=60_000,
-        description="How often pending requests are expired and notifications delivered.",
+        description="How often pending requests are expired, notifications delivered, and "
+        "revocations past their expiry recorded as expired.",
     )
     deny_spike_threshold: float = Field(
         0.3,

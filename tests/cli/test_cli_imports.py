@@ -63,6 +63,16 @@ def test_the_cli_durability_choices_are_the_settings_choices() -> None:
         ("trustplane.telemetry.ledger", "LedgerError"),
         ("trustplane.server.admin_auth", "AdminPolicyError"),
         ("trustplane.cli.common", "CliError"),
+        ("trustplane.server.serve", "ServeError"),
+        ("trustplane.identity.kek", "KekError"),
+        ("trustplane.identity.entries", "EntryError"),
+        ("trustplane.identity.keys", "RotationError"),
+        ("trustplane.identity.service", "IdentityNotInitialised"),
+        ("trustplane.identity.spiffe_id", "SpiffeIdError"),
+        ("trustplane.enforcement.pep", "PepError"),
+        ("trustplane.posture.rules", "RuleError"),
+        ("trustplane.telemetry.query", "QueryError"),
+        ("trustplane.decision.requests", "RequestError"),
     ],
 )
 def test_every_refusal_the_cli_reports_derives_from_the_one_base_error(

@@ -62,9 +62,10 @@ def webhook() -> Iterator[Webhook]:
 
 
 def governed(state: Path, url: str, issuer: Jwks, hook: Webhook | None = None, **extra: Any) -> Any:
+    state.mkdir(parents=True, exist_ok=True)
     bad = state / "bad-networks.txt"
     bad.write_text("203.0.113.0/24  # a scanner's network\n")
-    # The loopback test client (pep_auth off: the PEP `anonymous`) may supply trust inputs.
+    # The loopback test client (pep.auth off: the PEP `anonymous`) may supply trust inputs.
     trust = {"trusted_peps": ["anonymous"], "bad_networks_files": [str(bad)]}
     settings: dict[str, Any] = {
         "trust": json.dumps(trust),

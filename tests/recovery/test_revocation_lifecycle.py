@@ -261,7 +261,7 @@ def test_the_cli_warns_about_an_unknown_principal_and_needs_force(server: Server
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("revoke", "lift", "0000dead", "--reason", "r"), "no revocation 0000dead"),
+        (("revoke", "lift", "0000dead", "--reason", "r"), "no revocation id starts with"),
         (("revoke", "lift", "0000dead"), "--reason is required"),
         (("revoke", "credential", "j", "--reason", "r", "--expires", "soon"), "duration"),
         (("revoke", "lift", "0000dead", "--reason", "r", "--force"), "not to lifting"),

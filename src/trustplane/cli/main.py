@@ -114,6 +114,11 @@ COMMANDS = (
         "The exception register: temporary, approved exceptions to forbid policies.",
     ),
     Entry(
+        "rollout",
+        "trustplane.cli.rollout:rollout_app",
+        "Label would-denies of observe-mode policies and measure their promotion gates.",
+    ),
+    Entry(
         "pep",
         "trustplane.cli.pep:pep_app",
         "Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",

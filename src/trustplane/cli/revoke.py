@@ -16,6 +16,7 @@ from trustplane.cli.common import (
     err,
     http,
     out,
+    resolve_admin_id,
     root_context,
     server_url,
     when,
@@ -69,7 +70,15 @@ def revoke_cmd(
     if kind == "lift":
         if expires is not None or force:
             raise CliError("--expires and --force apply to a revocation, not to lifting one")
-        path = f"/v1/revocations/{target.strip()}/lift"
+        revocation_id = resolve_admin_id(
+            settings,
+            url,
+            target,
+            "revocation",
+            "/v1/revocations?ended=true",
+            lambda doc: [r["id"] for r in doc["revocations"]],
+        )
+        path = f"/v1/revocations/{revocation_id}/lift"
         lifted = http("POST", base, path, token, {"reason": reason})
         emit(lifted.json(), as_json, _print_lifted)
         return

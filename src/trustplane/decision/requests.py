@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from trustplane.errors import TrustplaneError
 from trustplane.model import AccessRequest, EntityRef
 
 _TYPE = r"(?P<type>[A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)"
@@ -21,7 +22,7 @@ REQUEST_KEYS = frozenset({"principal", "action", "resource", "context"})
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
-class RequestError(ValueError):
+class RequestError(TrustplaneError, ValueError):
     """A request document is malformed; `field` says where."""
 
     def __init__(self, field: str, message: str, pointer: str | None = None) -> None:

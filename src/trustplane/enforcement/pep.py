@@ -37,6 +37,7 @@ from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from trustplane.config import ConfigError, PepAuth, Settings
+from trustplane.errors import TrustplaneError
 from trustplane.identity.keys import KeySet
 from trustplane.identity.spiffe_id import SpiffeId, SpiffeIdError
 from trustplane.identity.svid import SvidError, validate_jwt_svid
@@ -53,7 +54,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 LOOPBACK_NAMES = ("localhost",)
 
 
-class PepError(Exception):
+class PepError(TrustplaneError):
     """A registry change that cannot be made; the message says why (CLI: exit 2)."""
 
 

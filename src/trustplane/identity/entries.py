@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select
 
+from trustplane.errors import TrustplaneError
 from trustplane.identity.spiffe_id import SpiffeId, SpiffeIdError
 from trustplane.store.feed import announce
 from trustplane.store.tables import identity_entries
@@ -27,7 +28,7 @@ _NUMBER = re.compile(r"[0-9]{1,10}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class EntryError(Exception):
+class EntryError(TrustplaneError):
     """A registration entry that cannot be stored or found; the message names the field."""
 
 

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, insert, select, update
 
+from trustplane.errors import TrustplaneError
 from trustplane.identity.kek import Kek, KekError
 from trustplane.store.feed import announce
 from trustplane.store.tables import change_versions, identity_keys
@@ -59,7 +60,7 @@ class KeyState(StrEnum):
 PUBLISHED = (KeyState.PREPARED, KeyState.ACTIVE, KeyState.SUPERSEDED)
 
 
-class RotationError(Exception):
+class RotationError(TrustplaneError):
     """A rotation step that cannot be taken now; the message says why."""
 
 

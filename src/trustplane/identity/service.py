@@ -21,6 +21,7 @@ from cryptography import x509
 from sqlalchemy import Engine
 
 from trustplane.config import IdentitySettings, Settings
+from trustplane.errors import TrustplaneError
 from trustplane.identity.entries import EntryIndex, EntryStore, RegistrationEntry
 from trustplane.identity.inventory import DriftCheck, Inventory
 from trustplane.identity.kek import Kek, load_kek
@@ -32,7 +33,7 @@ log = logging.getLogger("trustplane.identity")
 ROTATION_CHECK_SECONDS = 60.0
 
 
-class IdentityNotInitialised(Exception):
+class IdentityNotInitialised(TrustplaneError):
     """The trust domain has no active keys yet."""
 
 

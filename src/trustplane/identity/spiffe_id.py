@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from trustplane.errors import TrustplaneError
+
 SCHEME = "spiffe://"
 MAX_LENGTH = 2048
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
 
-class SpiffeIdError(ValueError):
+class SpiffeIdError(TrustplaneError, ValueError):
     """Not a valid SPIFFE ID; the message names the rule it breaks."""
 
 

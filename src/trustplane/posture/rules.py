@@ -19,6 +19,7 @@ import cel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trustplane.config import PostureExemption
+from trustplane.errors import TrustplaneError
 from trustplane.posture.functions import CUSTOM_FUNCTIONS, SERVICE_FUNCTIONS
 from trustplane.yaml_lines import Document, YamlError, read_documents
 
@@ -45,7 +46,7 @@ POD_KINDS = (
 )
 
 
-class RuleError(Exception):
+class RuleError(TrustplaneError):
     """A rule (or rule file) is invalid; every problem is named with its file and line."""
 
     def __init__(self, problems: Sequence[str]) -> None:

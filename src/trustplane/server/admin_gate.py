@@ -119,6 +119,9 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("GET", "/v1/exceptions", "exception:read", "exception"),
     ("POST", "/v1/exceptions/{exception_id}/approve", "exception:approve", "exception"),
     ("POST", "/v1/exceptions/{exception_id}/revoke", "exception:revoke", "exception"),
+    ("GET", "/v1/rollout/status", "rollout:read", "rollout"),
+    ("GET", "/v1/rollout/policies/{policy_id}/queue", "rollout:read", "policy"),
+    ("POST", "/v1/rollout/labels", "rollout:label", "policy"),
 )
 
 

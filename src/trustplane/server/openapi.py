@@ -20,6 +20,7 @@ from trustplane.server.admin.governance import (
 from trustplane.server.admin.identity import EntryBody, RotateBody
 from trustplane.server.admin.ledger import CHECKPOINT_PARAMS, DECISION_PARAMS, PAGE_PARAMS
 from trustplane.server.admin.revocations import LiftBody, RevokeBody
+from trustplane.server.admin.rollout import LabelBody
 from trustplane.server.admin_gate import admin_route
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
 from trustplane.server.image_attestations import AttestBody
@@ -86,6 +87,7 @@ def openapi_document() -> dict[str, Any]:
                 ExceptionBody,
                 EntryBody,
                 RotateBody,
+                LabelBody,
             )
         ],
         ref_template=_REF.replace("{model}", "{model}"),
@@ -344,6 +346,25 @@ def openapi_document() -> dict[str, Any]:
                 "Lift a revocation in force (by id or a unique id prefix)",
                 body="LiftBody",
                 method="post",
+            ),
+            "/v1/rollout/status": _admin(
+                "Every observe-mode policy against its promotion gate (rollout.yaml): days "
+                "observed, decisions, would-denies, labels, false-positive rate with its 95% "
+                "Wilson interval, attributable share, and each reason the gate fails",
+                tag="rollout",
+            ),
+            "/v1/rollout/policies/{policy_id}/queue": _admin(
+                "Unlabelled would-denies of an observe-mode policy, stratified by principal "
+                "and resource, each with its explanation",
+                params=["limit"],
+                tag="rollout",
+            ),
+            "/v1/rollout/labels": _admin(
+                "Label would-denies true or false positives (by id or unique id prefix, or "
+                "every unlabelled one of a principal); recorded in the ledger with the note",
+                body="LabelBody",
+                method="post",
+                tag="rollout",
             ),
             **_governance_paths(),
             **_identity_paths(),

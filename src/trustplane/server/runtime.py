@@ -40,6 +40,7 @@ from trustplane.posture.image_attestations import AttestationIndex, AttestationS
 from trustplane.recovery.revocation import TOPIC as REVOCATIONS_TOPIC
 from trustplane.recovery.revocation import RevocationKind, RevocationList, RevocationStore
 from trustplane.recovery.service import Caller, RevocationService
+from trustplane.rollout.gates import BUNDLE_FILES as ROLLOUT_FILES
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.feed import ChangeFeed
 from trustplane.store.policy_revisions import BUNDLES_TOPIC, BundleStore
@@ -132,7 +133,7 @@ def load_options(settings: PolicySettings) -> LoadOptions:
         expiry_warning_days=settings.expiry_warning_days,
         decision_cache_size=settings.decision_cache_size,
         decision_ttl_seconds=settings.decision_ttl_seconds,
-        extra_files=BUNDLE_FILES + TRUST_FILES,
+        extra_files=BUNDLE_FILES + TRUST_FILES + ROLLOUT_FILES,
     )
 
 

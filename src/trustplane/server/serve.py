@@ -32,6 +32,7 @@ from trustplane.config import ConfigError, Settings
 from trustplane.decision.manager import BundleManager, reload_or_log
 from trustplane.decision.policy_bundle import BUNDLE_SUFFIXES, BundleError, BundleSource
 from trustplane.enforcement.pep import check_listen_policy
+from trustplane.errors import TrustplaneError
 from trustplane.identity.kek import load_kek
 from trustplane.posture.packs import check_admission_settings
 from trustplane.server.app import create_app
@@ -95,7 +96,7 @@ def serve(settings: Settings) -> None:
         ports.close()
 
 
-class ServeError(Exception):
+class ServeError(TrustplaneError):
     """The server could not start serving; the message says why (the log has details)."""
 
 

@@ -345,3 +345,19 @@ trust_locations = Table(
     Column("longitude", Float, nullable=True),
     Column("address", String(64), nullable=False),
 )
+
+# rollout/labels.py: a person's verdict on one would-deny of an observe-mode policy (would it have
+# denied rightly?), the evidence the promotion gates count. Labelling again replaces the verdict;
+# the ledger keeps every labelling with who and why.
+rollout_labels = Table(
+    "rollout_labels",
+    metadata,
+    Column("decision_id", String(36), primary_key=True),
+    Column("policy_id", String(400), primary_key=True),
+    Column("verdict", String(20), nullable=False),  # true-positive | false-positive
+    Column("note", Text, nullable=False),
+    Column("actor", String(400), nullable=False),
+    Column("principal", String(400), nullable=False),  # the decision's, for bulk and strata
+    Column("labelled_at", Float, nullable=False),
+    Index("ix_rollout_labels_policy", "policy_id"),
+)

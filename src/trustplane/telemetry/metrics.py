@@ -182,6 +182,26 @@ class Metrics:
             multiprocess_mode="max",
         )
 
+        # rollout/: the promotion gate's evidence per observe-mode policy, refreshed each time
+        # the status is computed (GET /v1/rollout/status, `trustplane rollout status`).
+        self.rollout = {
+            name: Gauge(
+                f"trustplane_rollout_{name}",
+                help_text,
+                ["policy"],
+                registry=r,
+                multiprocess_mode="mostrecent",
+            )
+            for name, help_text in (
+                ("days_observed", "Days the policy has been in observe mode."),
+                ("would_denies", "Decisions the observe-mode policy would have denied."),
+                ("labelled", "Would-denies labelled true or false positive."),
+                ("false_positive_upper", "Upper bound of the false-positive rate's 95% interval."),
+                ("attributable_share", "Share of would-denies by named principals."),
+                ("gate_passing", "1 when the policy's promotion gate passes, 0 when it fails."),
+            )
+        }
+
     def observe_issuer_clock_skew(self, issuer: str, seconds: float) -> None:
         self.issuer_clock_skew.labels(issuer).set(seconds)
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from trustplane.errors import TrustplaneError
+
 __all__ = [
     "KINDS",
     "DecisionQuery",
@@ -43,7 +45,7 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _NUMBER = re.compile(r"^\s*\d{1,12}(\.\d{1,9})?\s*$")
 
 
-class QueryError(ValueError):
+class QueryError(TrustplaneError, ValueError):
     """A filter value that cannot be used; `field` names the parameter or option."""
 
     def __init__(self, field: str, message: str) -> None:

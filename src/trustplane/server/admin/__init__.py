@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from trustplane.server.admin import bundle, governance, identity, ledger, revocations
+from trustplane.server.admin import bundle, governance, identity, ledger, revocations, rollout
 from trustplane.server.admin_gate import AdminGate
 from trustplane.server.runtime import Runtime
 
-RESOURCES = (bundle, revocations, ledger, governance, identity)
+RESOURCES = (bundle, revocations, ledger, governance, identity, rollout)
 
 
 def admin_routes(runtime: Runtime, gate: AdminGate) -> list[Route]:

@@ -1,0 +1,100 @@
+"""How long `rollout status` takes over a large ledger.
+
+    python bench/rollout.py [--decisions N] [--would-deny-every K]
+
+Fills a SQLite store with N decision rows (default 1,000,000) of the shop's refund route, one
+in K (default 10) a would-deny of its observe-mode policy, from 50 principals; then times
+`RolloutStatus.evaluate` (what `GET /v1/rollout/status` computes) twice and prints both. The
+rows are written directly (valid query columns and records, placeholder leaf hashes): this
+measures the status query, not the ledger. The target is 1,000,000 decisions within 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOP = ROOT / "examples" / "shop"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--decisions", type=int, default=1_000_000)
+    parser.add_argument("--would-deny-every", type=int, default=10)
+    args = parser.parse_args()
+
+    from trustplane.decision.policy_bundle import BundleSource, compile_bundle
+    from trustplane.rollout.gates import BUNDLE_FILES, RolloutStatus
+    from trustplane.rollout.labels import LabelStore
+    from trustplane.store.database import create_store_engine, migrate
+    from trustplane.store.policy_revisions import BundleStore
+    from trustplane.store.tables import decisions
+
+    directory = Path(tempfile.mkdtemp(prefix="rollout-bench-"))
+    engine = create_store_engine(f"sqlite:///{directory / 'trustplane.db'}")
+    migrate(engine)
+    bundle = compile_bundle(BundleSource.from_dir(SHOP), extra_files=BUNDLE_FILES)
+    revisions = BundleStore(engine)
+    revisions.save_revision(bundle.revision, bundle.name, dict(bundle.source.files), str(SHOP))
+    revisions.record_activation(bundle.revision, "start", "bench")
+    now = time.time()
+    batch: list[dict[str, object]] = []
+    started = time.perf_counter()
+    for seq in range(args.decisions):
+        would = seq % args.would_deny_every == 0
+        user = f"u{seq % 50}"
+        record = {
+            "kind": "decision",
+            "decision": "allow",
+            "shadow": "deny" if would else "allow",
+            "reasons": ["support-refunds-with-mfa"],
+            "shadow_reasons": ["forbid-large-refunds"] if would else [],
+            "would_change": ["forbid-large-refunds"] if would else [],
+            "request": {"principal": {"type": "User", "id": user}, "context": {"amount_cents": 1}},
+            "time": "2026-01-01T00:00:00.000000Z",
+        }
+        policies = " support-refunds-with-mfa forbid-large-refunds " if would else " "
+        batch.append(
+            {
+                "seq": seq,
+                "decision_id": f"{seq:036d}",
+                "ts": now + seq * 1e-6,
+                "kind": "decision",
+                "principal": f'User::"{user}"',
+                "action": 'Action::"payments:refund"',
+                "resource": 'Api::"payments.refund"',
+                "decision": "allow",
+                "shadow": "deny" if would else "allow",
+                "policies": policies,
+                "revision": bundle.revision,
+                "record": json.dumps(record).encode(),
+                "leaf_hash": bytes(32),
+            }
+        )
+        if len(batch) == 50_000:
+            with engine.begin() as connection:
+                connection.execute(decisions.insert(), batch)
+            batch = []
+    if batch:
+        with engine.begin() as connection:
+            connection.execute(decisions.insert(), batch)
+    print(f"filled {args.decisions:,} decisions in {time.perf_counter() - started:.1f} s")
+    status = RolloutStatus(LabelStore(engine), revisions)
+    for _ in range(2):
+        started = time.perf_counter()
+        (result,) = status.evaluate(bundle, now=now + args.decisions * 1e-6 + 1)
+        elapsed = time.perf_counter() - started
+        print(
+            f"rollout status: {args.decisions:,} decisions, {result.would_denies:,} "
+            f"would-denies: {elapsed:.2f} s"
+        )
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

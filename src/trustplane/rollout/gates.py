@@ -1,0 +1,382 @@
+"""Promotion gates: the bundle's `rollout.yaml` and the measured evidence it is compared with.
+
+`rollout.yaml` sets, per tier (a policy's `@tier` annotation; `default` for the rest), the
+evidence an observe-mode policy needs before it is enforced: days in observe, decisions recorded
+meanwhile, labelled would-denies, the false-positive bound and the attributable-share bound. It is
+compiled with the bundle (an `ExtraFile`, like `trust.yaml`): a mistake refuses the bundle with
+its file and line, and the file is hashed into the revision. Without it, `DEFAULT_GATES` apply.
+
+The false-positive rate is estimated from the labels with a 95% Wilson score interval and a gate
+passes on the interval's upper bound, not on the point estimate: ten clean labels (upper bound
+28%) do not show a rate below 5%; about 73 do. The labels are a sample stratified by principal,
+so the estimate weighs each principal by its share of the would-denies and the interval uses the
+sample's effective size (`stratified_rate`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from trustplane.decision.policy_bundle import Bundle, BundleProblem, ExtraFile, read_yaml
+from trustplane.decision.source import split_policies
+from trustplane.rollout.labels import Label, LabelStore, WouldDeny
+from trustplane.store.policy_revisions import BundleStore
+from trustplane.telemetry.ledger import rfc3339
+
+ROLLOUT_FILE = "rollout.yaml"
+Z_95 = 1.959963984540054  # the standard normal's 97.5th percentile
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class TierGate:
+    """What a policy of one tier must show before it is enforced."""
+
+    min_days: float
+    min_decisions: int
+    min_labels: int
+    max_false_positive: float  # on the Wilson upper bound
+    min_attributable: float  # share of its would-denies by a named principal
+
+
+DEFAULT_GATES: Mapping[str, TierGate] = MappingProxyType(
+    {
+        "0": TierGate(7, 100, 30, 0.05, 0.95),
+        "1": TierGate(7, 100, 30, 0.05, 0.95),
+        "default": TierGate(3, 20, 10, 0.10, 0.95),
+    }
+)
+_GATE_KEYS = {
+    "min_days": "a number of days, 0 or more",
+    "min_decisions": "a whole number, 0 or more",
+    "min_labels": "a whole number, 0 or more",
+    "max_false_positive": "a fraction from 0 to 1",
+    "min_attributable": "a fraction from 0 to 1",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class RolloutPolicy:
+    tiers: Mapping[str, TierGate]
+    declared: bool = False  # the bundle has rollout.yaml
+
+    def gate(self, tier: str | None) -> TierGate:
+        return self.tiers.get(tier or "default") or self.tiers["default"]
+
+
+DEFAULT_POLICY = RolloutPolicy(DEFAULT_GATES)
+
+
+def parse_rollout(text: str, problems: list[BundleProblem]) -> RolloutPolicy:
+    """Compile rollout.yaml; every problem goes to `problems` with its line. A tier names only
+    what it changes: the rest comes from that tier's defaults (or `default`'s)."""
+    document = read_yaml(ROLLOUT_FILE, text, problems)
+    if document is None:
+        return DEFAULT_POLICY
+    data, root = document.data or {}, document.node
+
+    def problem(message: str, node: yaml.Node | None) -> None:
+        line = None if node is None else int(node.start_mark.line) + 1
+        problems.append(BundleProblem(ROLLOUT_FILE, message, line))
+
+    if not isinstance(data, dict):
+        problem("must be a mapping with `tiers`", root)
+        return DEFAULT_POLICY
+    for key in sorted(set(data) - {"tiers"}):
+        problem(f"unknown key {key!r} (known: tiers)", _key(root, key))
+    tiers = data.get("tiers")
+    tiers_node = _value(root, "tiers")
+    if tiers is None:
+        return RolloutPolicy(DEFAULT_GATES, declared=True)
+    if not isinstance(tiers, dict):
+        problem("tiers: must map a tier (0, 1, ..., default) to its gate", tiers_node)
+        return DEFAULT_POLICY
+    gates = dict(DEFAULT_GATES)
+    for name, item in tiers.items():
+        tier = str(name)
+        where = _value(tiers_node, name)
+        if not re.fullmatch(r"\d+|default", tier):
+            problem(f"tiers.{tier}: a tier is a number or `default`", _key(tiers_node, name))
+            continue
+        if not isinstance(item, dict):
+            problem(f"tiers.{tier}: must be a mapping of {', '.join(_GATE_KEYS)}", where)
+            continue
+        base = asdict(gates.get(tier) or DEFAULT_GATES["default"])
+        for key, value in item.items():
+            if key not in _GATE_KEYS:
+                known = ", ".join(_GATE_KEYS)
+                problem(f"tiers.{tier}.{key}: unknown key (known: {known})", _key(where, key))
+            elif not _valid(str(key), value):
+                problem(f"tiers.{tier}.{key}: must be {_GATE_KEYS[key]}", _value(where, key))
+            else:
+                base[key] = value
+        gates[tier] = TierGate(**base)
+    return RolloutPolicy(MappingProxyType(gates), declared=True)
+
+
+def _valid(key: str, value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if key in ("min_decisions", "min_labels"):
+        return isinstance(value, int) and value >= 0
+    if key == "min_days":
+        return value >= 0
+    return 0 <= value <= 1
+
+
+def _key(node: yaml.Node | None, key: Any) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for name, _ in node.value:
+            if getattr(name, "value", None) == str(key):
+                return name  # type: ignore[no-any-return]
+    return node
+
+
+def _value(node: yaml.Node | None, key: Any) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for name, value in node.value:
+            if getattr(name, "value", None) == str(key):
+                return value  # type: ignore[no-any-return]
+    return None
+
+
+def _compile_rollout(
+    text: str | None, entities: list[dict[str, Any]], problems: list[BundleProblem]
+) -> RolloutPolicy:
+    return DEFAULT_POLICY if text is None else parse_rollout(text, problems)
+
+
+BUNDLE_FILES: tuple[ExtraFile, ...] = (ExtraFile(ROLLOUT_FILE, _compile_rollout),)
+"""The bundle files the rollout plane reads; whoever loads bundles passes them (LoadOptions)."""
+
+
+def rollout_policy(bundle: Bundle | None) -> RolloutPolicy:
+    policy = None if bundle is None else bundle.extras.get(ROLLOUT_FILE)
+    return policy if isinstance(policy, RolloutPolicy) else DEFAULT_POLICY
+
+
+# -- the measurement ---------------------------------------------------------------------------
+
+
+def wilson(successes: float, trials: float, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion; (0, 1) when nothing was tried.
+    Fractional counts are a weighted sample's (see `stratified_rate`)."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    z2 = z * z
+    denominator = 1 + z2 / trials
+    centre = (p + z2 / (2 * trials)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    # The bounds bracket p exactly; rounding would otherwise put 3e-17 above p = 0.
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
+
+
+@dataclass(frozen=True, slots=True)
+class Stratum:
+    """One principal's would-denies: how many there are, how many are labelled, and how many
+    of those are false positives."""
+
+    would_denies: int
+    labelled: int
+    false_positives: int
+
+
+def stratified_rate(strata: list[Stratum]) -> tuple[float | None, float]:
+    """The false-positive rate of all would-denies estimated from labels taken per principal
+    (the queue samples principals evenly, not in proportion to their would-denies), and the
+    effective number of labels behind it.
+
+    Each labelled principal weighs by its share of the would-denies of labelled principals; a
+    label of principal s stands for N_s / n_s would-denies, and the effective size is Kish's
+    (sum of weights)^2 / sum of squared weights. When every principal is labelled in the same
+    proportion, this is the plain rate and the plain count. Principals with no label are not
+    represented (the queue gives each one a turn before anyone's second)."""
+    sampled = [s for s in strata if s.labelled > 0]
+    if not sampled:
+        return None, 0.0
+    total = sum(s.would_denies for s in sampled)
+    rate = sum(s.would_denies / total * s.false_positives / s.labelled for s in sampled)
+    weights = sum(s.would_denies for s in sampled)  # n_s labels of weight N_s / n_s each
+    squares = sum(s.would_denies * s.would_denies / s.labelled for s in sampled)
+    return rate, weights * weights / squares
+
+
+def named_principals(bundle: Bundle) -> frozenset[str]:
+    """The principals a would-deny is attributable to: entities of the bundle that are not
+    marked shared (`"shared": true` among their attributes), as `Type::"id"`."""
+    named = set()
+    for entity in bundle.entities:
+        uid, attrs = entity.get("uid") or {}, entity.get("attrs") or {}
+        if attrs.get("shared") is True:
+            continue
+        named.add(f'{uid.get("type")}::"{uid.get("id")}"')
+    return frozenset(named)
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    policy_id: str
+    tier: str | None
+    owner: str
+    observing_since: float | None
+    days_observed: float
+    decisions: int
+    would_denies: int
+    labelled: int
+    false_positives: int
+    fp_estimate: float | None
+    fp_low: float
+    fp_high: float
+    attributable: float | None
+    gate: TierGate
+    failing: tuple[str, ...]
+
+    @property
+    def passes(self) -> bool:
+        return not self.failing
+
+    def as_dict(self) -> dict[str, Any]:
+        since = self.observing_since
+        return {
+            "policy_id": self.policy_id,
+            "tier": self.tier,
+            "owner": self.owner,
+            "observing_since": None if since is None else rfc3339(since),
+            "days_observed": round(self.days_observed, 3),
+            "decisions": self.decisions,
+            "would_denies": self.would_denies,
+            "labelled": self.labelled,
+            "false_positives": self.false_positives,
+            "false_positive_rate": {
+                "estimate": self.fp_estimate,
+                "low": self.fp_low,
+                "high": self.fp_high,
+                "confidence": 0.95,
+            },
+            "attributable_share": self.attributable,
+            "gate": asdict(self.gate),
+            "verdict": "pass" if self.passes else "fail",
+            "failing": list(self.failing),
+        }
+
+
+_MODE = re.compile(r'@mode\s*\(\s*"observe"\s*\)')
+
+
+def observed_in(files: Mapping[str, bytes], policy_id: str) -> bool:
+    """Whether a revision's files hold `policy_id` in observe mode (read from the text: older
+    revisions are not compiled again)."""
+    marker = re.compile(r'@id\s*\(\s*"' + re.escape(policy_id) + r'"\s*\)')
+    for path, data in files.items():
+        if not path.endswith(".cedar"):
+            continue
+        for statement in split_policies(data.decode("utf-8", "replace")):
+            if marker.search(statement.text):
+                return bool(_MODE.search(statement.text))
+    return False
+
+
+def _strata(would: list[WouldDeny], labels: Mapping[str, Label]) -> list[Stratum]:
+    counts: dict[str, list[int]] = {}
+    for item in would:
+        entry = counts.setdefault(item.principal, [0, 0, 0])
+        entry[0] += 1
+        label = labels.get(item.decision_id)
+        if label is not None:
+            entry[1] += 1
+            entry[2] += label.verdict == "false-positive"
+    return [Stratum(*entry) for entry in counts.values()]
+
+
+class RolloutStatus:
+    """The gate verdict of every observe-mode policy of the active bundle."""
+
+    def __init__(self, labels: LabelStore, revisions: BundleStore) -> None:
+        self._labels = labels
+        self._revisions = revisions
+        self._observed: dict[tuple[str, str], bool] = {}  # (revision, policy) → observe mode
+
+    def observing_since(self, policy_id: str) -> float | None:
+        """When the policy's current stretch in observe mode began: the oldest activation of
+        the unbroken run of activations, newest first, whose revision observes it."""
+        since = None
+        for activation in self._revisions.history(limit=1000):
+            key = (activation.revision, policy_id)
+            if key not in self._observed:
+                files = self._revisions.load_files(activation.revision) or {}
+                self._observed[key] = observed_in(files, policy_id)
+            if not self._observed[key]:
+                break
+            since = activation.activated_at
+        return since
+
+    def evaluate(self, bundle: Bundle, now: float | None = None) -> list[PolicyStatus]:
+        now = time.time() if now is None else now
+        policy = rollout_policy(bundle)
+        named = named_principals(bundle)
+        found = []
+        for info in bundle.policies:
+            if info.mode != "observe":
+                continue
+            gate = policy.gate(info.tier)
+            since = self.observing_since(info.policy_id)
+            start = now if since is None else since
+            days = max(0.0, (now - start) / DAY)
+            decided = self._labels.decisions_since(start) if since is not None else 0
+            would = self._labels.would_denies(info.policy_id, since=since)
+            labels = self._labels.labels(info.policy_id)
+            counted = [labels[w.decision_id] for w in would if w.decision_id in labels]
+            fps = sum(1 for label in counted if label.verdict == "false-positive")
+            estimate, effective = stratified_rate(_strata(would, labels))
+            low, high = wilson((estimate or 0.0) * effective, effective)
+            attributable = (
+                sum(1 for w in would if w.principal in named) / len(would) if would else None
+            )
+            failing = []
+            if days < gate.min_days:
+                failing.append(f"observed {days:.1f} days, fewer than {gate.min_days:g}")
+            if decided < gate.min_decisions:
+                failing.append(f"{decided} decisions recorded, fewer than {gate.min_decisions}")
+            if len(counted) < gate.min_labels:
+                failing.append(
+                    f"{len(counted)} would-denies labelled, fewer than {gate.min_labels}"
+                )
+            if high > gate.max_false_positive:
+                failing.append(
+                    f"false-positive rate up to {high:.1%} (95% upper bound), above "
+                    f"{gate.max_false_positive:.1%}"
+                )
+            if attributable is not None and attributable < gate.min_attributable:
+                failing.append(
+                    f"{attributable:.1%} of would-denies attributable to named principals, "
+                    f"below {gate.min_attributable:.0%}"
+                )
+            found.append(
+                PolicyStatus(
+                    info.policy_id,
+                    info.tier,
+                    info.owner,
+                    since,
+                    days,
+                    decided,
+                    len(would),
+                    len(counted),
+                    fps,
+                    estimate,
+                    low,
+                    high,
+                    attributable,
+                    gate,
+                    tuple(failing),
+                )
+            )
+        return found
