@@ -29,8 +29,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from trustplane.decision.policy_bundle import BundleSource, compile_bundle
-    from trustplane.rollout.gates import BUNDLE_FILES, RolloutStatus
+    from trustplane.rollout.gates import RolloutStatus
     from trustplane.rollout.labels import LabelStore
+    from trustplane.rollout.policy import BUNDLE_FILES
     from trustplane.store.database import create_store_engine, migrate
     from trustplane.store.policy_revisions import BundleStore
     from trustplane.store.tables import decisions

@@ -134,3 +134,34 @@ def test_each_listed_command_loads_and_its_summary_is_its_own_help(entry: Any) -
     assert own_help.startswith(entry.summary), (
         f"COMMANDS lists {entry.name!r} as {entry.summary!r} but its help says {own_help!r}"
     )
+
+
+def test_a_local_check_loads_the_bundle_without_the_store_or_the_server() -> None:
+    """`trustplane check` reads the bundle (with every plane's bundle file: trust.yaml,
+    rollout.yaml, access.yaml) and evaluates; the parsers of those files must not drag in the
+    store (SQLAlchemy), which alone costs several tenths of a second."""
+    probe = (
+        "import contextlib, io\n"
+        "from trustplane.cli.main import main\n"
+        "sys.argv = ['trustplane', 'check', '--bundle', 'examples/shop',\n"
+        "            '--principal', 'User::\"erin\"', '--action', 'payments:refund',\n"
+        "            '--resource', 'Api::\"payments.refund\"',\n"
+        "            '--context', '{\"mfa\": true, \"auth_age_seconds\": 120}']\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as page, contextlib.suppress(SystemExit):\n"
+        "    main()\n"
+        "sys.stderr.write(page.getvalue())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys, json\n{probe}print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    loaded = set(json.loads(result.stdout))
+    assert result.stderr.startswith("ALLOW"), result.stderr  # the check ran and answered
+    store = sorted(m for m in loaded if m.split(".")[0] in ("sqlalchemy", "psycopg", "alembic"))
+    server = sorted(m for m in loaded if m.startswith("trustplane.server"))
+    assert store == [], f"`trustplane check` loads {store[:5]}"
+    assert server == [], f"`trustplane check` loads {server}"

@@ -15,16 +15,14 @@ from hypothesis import strategies as st
 from tests.conftest import SHOP
 from trustplane.decision.policy_bundle import BundleError, BundleSource, compile_bundle
 from trustplane.rollout.gates import (
-    BUNDLE_FILES,
-    DEFAULT_GATES,
     Z_95,
     Stratum,
     named_principals,
     observed_in,
-    rollout_policy,
     stratified_rate,
     wilson,
 )
+from trustplane.rollout.policy import BUNDLE_FILES, DEFAULT_GATES, rollout_policy
 
 
 def score_roots(successes: int, trials: int, z: float) -> tuple[float, float]:

@@ -354,7 +354,7 @@ def load_options(settings: Settings, run_tests: bool = True) -> LoadOptions:
     from trustplane.decision.loader import LoadOptions
     from trustplane.decision.signing import SigningError, load_trusted_key
     from trustplane.governance.catalog import BUNDLE_FILES
-    from trustplane.rollout.gates import BUNDLE_FILES as ROLLOUT_FILES
+    from trustplane.rollout.policy import BUNDLE_FILES as ROLLOUT_FILES
     from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
 
     try:

@@ -40,7 +40,7 @@ from trustplane.posture.image_attestations import AttestationIndex, AttestationS
 from trustplane.recovery.revocation import TOPIC as REVOCATIONS_TOPIC
 from trustplane.recovery.revocation import RevocationKind, RevocationList, RevocationStore
 from trustplane.recovery.service import Caller, RevocationService
-from trustplane.rollout.gates import BUNDLE_FILES as ROLLOUT_FILES
+from trustplane.rollout.policy import BUNDLE_FILES as ROLLOUT_FILES
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.feed import ChangeFeed
 from trustplane.store.policy_revisions import BUNDLES_TOPIC, BundleStore

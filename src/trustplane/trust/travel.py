@@ -17,20 +17,16 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
-
-from trustplane.store.tables import trust_locations
 from trustplane.store.text import column_text
 from trustplane.trust.network import Location, Locator
 from trustplane.trust.signals import Signal, TrustInputs
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
 EARTH_RADIUS_KM = 6371.0
-# A sighting from the same place is rewritten at most this often: the write is what costs (a
-# commit per request), and a minute's staleness only makes travel from here look slower.
-REFRESH_SECONDS = 60.0
 
 
 def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -60,8 +56,11 @@ class TravelSignals:
     }
 
     def __init__(self, engine: Engine, locator: Locator) -> None:
+        from trustplane.trust.travel_history import remember  # the store, only when serving
+
         self._engine = engine
         self._locator = locator
+        self._store = remember
 
     def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterator[Signal]:
         address = inputs.source_ip
@@ -135,43 +134,4 @@ class TravelSignals:
         self, principal: str, address: str, here: Location, now: float
     ) -> list[dict[str, Any]]:
         """The principal's earlier sightings, then this one stored (one transaction)."""
-        values = {
-            "principal": principal,
-            "country": here.country,
-            "last_seen": now,
-            "latitude": here.latitude,
-            "longitude": here.longitude,
-            "address": address[:64],
-        }
-        with self._engine.begin() as connection:
-            rows = connection.execute(_HISTORY, {"p": principal}).mappings()
-            history = [dict(row) for row in rows]
-            same = next((r for r in history if r["country"] == here.country), None)
-            if same is not None:
-                unchanged = (same["latitude"], same["longitude"]) == (here.latitude, here.longitude)
-                if unchanged and now - same["last_seen"] < REFRESH_SECONDS:
-                    return history  # seen here moments ago: no write on every request
-                connection.execute(_UPDATE, values | {"p": principal, "c": here.country})
-            else:
-                try:
-                    with connection.begin_nested():
-                        connection.execute(insert(trust_locations), values)
-                except IntegrityError:  # another replica stored it first
-                    connection.execute(_UPDATE, values | {"p": principal, "c": here.country})
-        return history
-
-
-# Built once: SQLAlchemy caches the compiled form, and building the expressions per request
-# cost more than the queries.
-_T = trust_locations
-_HISTORY = select(_T).where(_T.c.principal == bindparam("p"))
-_UPDATE = (
-    update(_T)
-    .where((_T.c.principal == bindparam("p")) & (_T.c.country == bindparam("c")))
-    .values(
-        last_seen=bindparam("last_seen"),
-        latitude=bindparam("latitude"),
-        longitude=bindparam("longitude"),
-        address=bindparam("address"),
-    )
-)
+        return self._store(self._engine, principal, address, here, now)
