@@ -373,7 +373,9 @@ def test_bad_entries_are_refused_with_the_field_named(server: Server) -> None:
         "no-such-entry",
         env={**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url},
     )
-    assert result.returncode == 2 and "no registration entry" in result.stderr
+    # the id is resolved as a prefix of the registered entries' ids first: none starts so
+    assert result.returncode == 2
+    assert "no entry id starts with 'no-such-entry'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
