@@ -19,4 +19,6 @@ echo "==> ruff" >&2
 echo "==> mypy" >&2
 .venv/bin/mypy
 echo "==> pytest" >&2
-exec .venv/bin/pytest "$@"
+# One worker per core, each taking whole test files (their module-scoped servers stay in one
+# process); tests share nothing else: free ports, temporary directories, a schema per test.
+exec .venv/bin/pytest -n auto --dist loadfile "$@"
