@@ -779,7 +779,7 @@ def _hygiene_figures(engine: Engine, start: float, end: float, now: float) -> li
             "count",
             "0",
             _verdict(len(expiries) == len(open_now)),
-            "approved, not revoked, expiry passed",
+            f"{len(expiries) - len(open_now)} approved, unrevoked exceptions past their expiry",
             "trustplane exceptions list --json",
         ),
         Figure(
