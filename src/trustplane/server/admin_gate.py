@@ -122,6 +122,7 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("GET", "/v1/rollout/status", "rollout:read", "rollout"),
     ("GET", "/v1/rollout/policies/{policy_id}/queue", "rollout:read", "policy"),
     ("POST", "/v1/rollout/labels", "rollout:label", "policy"),
+    ("POST", "/v1/rollout/promotions", "rollout:promote", "policy"),
 )
 
 
