@@ -77,7 +77,7 @@ def promote_cmd(
     when the gate refuses, 2 on errors."""
     from trustplane.decision.loader import load_bundle
     from trustplane.decision.policy_bundle import BundleSource
-    from trustplane.rollout.promote import PromotionError, plan
+    from trustplane.rollout.promote import PromotionError, ensure_git, plan
     from trustplane.rollout.promote import commit as git_commit
 
     if override and not reason.strip():
@@ -89,6 +89,8 @@ def promote_cmd(
     target = "enforce" if canary is None else "canary"
     try:
         edit = plan(Path(directory), policy_id, target, canary)
+        if commit:
+            ensure_git(Path(directory))
     except PromotionError as exc:
         raise CliError(str(exc)) from None
     # The edited bundle must load, tests included, before anything is asked or written.

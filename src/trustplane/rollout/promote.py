@@ -148,6 +148,14 @@ def _rewrite(statement: str, target: str, canary: float | None) -> tuple[str, st
     return text, before
 
 
+def ensure_git(directory: Path) -> None:
+    """Refuse early, before anything is asked or written, when `--commit` cannot work."""
+    if shutil.which("git") is None:
+        raise PromotionError("--commit needs git, and git is not on the PATH")
+    if not _git_ok(directory, "rev-parse", "--show-toplevel"):
+        raise PromotionError(f"{directory} is not in a git working tree: --commit needs one")
+
+
 def commit(edit: Edit, directory: Path, branch: str, message: str) -> str:
     """Commit the edited file on a new branch `branch` of the git working tree holding
     `directory` (the branch starts at the current HEAD, and the working tree switches to it);
