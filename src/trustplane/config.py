@@ -548,7 +548,8 @@ class AdminSettings(BaseModel):
 
 
 class GovernanceSettings(BaseModel):
-    """Pending requests, notifications and the deny-spike alarm after an activation."""
+    """Pending requests, notifications, and the deny-spike alarm and automatic rollback after
+    an activation."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -583,6 +584,24 @@ class GovernanceSettings(BaseModel):
         300,
         gt=0,
         description="How long after an activation its decisions are gathered for the alarm.",
+    )
+    deny_jump_ratio: float = Field(
+        3.0,
+        ge=0,
+        description="After an activation, a route whose deny rate by one policy reaches this "
+        "many times its rate in the deny_spike_window_seconds before (smoothed) raises the "
+        "deny-jump alarm (rollout/rollback.py); 0 turns the per-route judgement off.",
+    )
+    deny_jump_min_denies: int = Field(
+        20,
+        ge=1,
+        description="Denies by one policy on one route after an activation before a jump is "
+        "judged: a few denies on a quiet route are not a misdeploy.",
+    )
+    auto_rollback: bool = Field(
+        False,
+        description="On a deny-rate jump, activate the revision active before (the alarm is "
+        "raised either way: metric, ledger record, webhook).",
     )
 
 

@@ -129,6 +129,8 @@ class Decision:
     exception_ids: tuple[str, ...] = ()
     # The trust plane's assessment: score, level and each signal with its value and source.
     trust: dict[str, Any] | None = None
+    # Each canary policy's cohort for this principal: (policy id, "enforced" | "observed").
+    canary: tuple[tuple[str, str], ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -157,6 +159,7 @@ class Decision:
             **({"grants": list(self.grant_ids)} if self.grant_ids else {}),
             **({"exceptions": list(self.exception_ids)} if self.exception_ids else {}),
             **({"trust": self.trust} if self.trust is not None else {}),
+            **({"canary": dict(self.canary)} if self.canary else {}),
         }
 
 

@@ -83,9 +83,11 @@ def refund(server: Server, user: str, amount: int) -> dict[str, Any]:
     return dict(answer.json())
 
 
-def cli(server: Server, *args: str) -> Any:
+def cli(server: Server, *args: str, code: int = 0) -> Any:
+    """The command's output (parsed with --json); `code`: the exit code it must end with
+    (`rollout status` exits 1 while a gate fails)."""
     done = run_cli(*args, env={**server.env, "TRUSTPLANE_CLI__SERVER_URL": server.url})
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == code, done.stderr
     return json.loads(done.stdout) if "--json" in args else done.stdout
 
 
@@ -112,7 +114,7 @@ def test_would_denies_are_labelled_and_the_gate_fails_then_passes(server: Server
         refund(server, "erin", 1000)  # allowed and would stay allowed: not a would-deny
     assert all(answer["decision"] is True for answer in erin + frank)
 
-    status = cli(server, "rollout", "status", "--json")
+    status = cli(server, "rollout", "status", "--json", code=1)
     (policy,) = status["policies"]
     assert policy["policy_id"] == POLICY and policy["tier"] == "0"
     assert (policy["would_denies"], policy["labelled"], policy["decisions"]) == (16, 0, 20)
@@ -121,7 +123,7 @@ def test_would_denies_are_labelled_and_the_gate_fails_then_passes(server: Server
     assert "0 would-denies labelled, fewer than 8" in policy["failing"]
     assert any("false-positive rate up to 100.0%" in r for r in policy["failing"])
     assert len(policy["failing"]) == 2
-    people = cli(server, "rollout", "status")
+    people = cli(server, "rollout", "status", code=1)
     assert "fail" in people and "0 would-denies labelled, fewer than 8" in people
 
     queue = cli(server, "rollout", "queue", POLICY, "--limit", "3", "--json")
@@ -162,7 +164,7 @@ def test_would_denies_are_labelled_and_the_gate_fails_then_passes(server: Server
     )
     assert len(bulk["labelled"]) == 12
 
-    status = cli(server, "rollout", "status", "--json")
+    status = cli(server, "rollout", "status", "--json", code=1)
     (policy,) = status["policies"]
     assert (policy["labelled"], policy["false_positives"]) == (15, 3)
     rate = policy["false_positive_rate"]

@@ -341,3 +341,13 @@ def policy_reload(
     settings = root_context(ctx).settings()
     result = admin(settings, "POST", "/v1/bundle/reload", url)
     out.print(f"[green]✓[/] active revision {result['active']['revision']}", highlight=False)
+
+
+def _register_promote() -> None:
+    """`policy promote` lives in cli/promote.py (the rollout program's commands)."""
+    from trustplane.cli.promote import promote_cmd
+
+    policy_app.command("promote")(promote_cmd)
+
+
+_register_promote()

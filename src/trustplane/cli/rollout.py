@@ -11,6 +11,9 @@ from rich.table import Table
 
 from trustplane.cli.common import CliError, JsonOpt, UrlOpt, admin, emit, out, root_context
 
+GATE_FAILS = 1
+"""`rollout status` exit code when any listed gate fails (2 stays for errors, as everywhere)."""
+
 rollout_app = typer.Typer(
     help="Label would-denies of observe-mode policies and measure their promotion gates.",
     no_args_is_help=True,
@@ -120,11 +123,15 @@ def _print_labelled(document: dict[str, Any]) -> None:
 
 @rollout_app.command("status")
 def status_cmd(ctx: typer.Context, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-    """Every observe-mode policy against its promotion gate: days observed, would-denies,
-    labels, false-positive rate with its 95% interval, attributable share, and each reason
-    the gate fails."""
+    """Every observe-mode and canary policy against its promotion gate: days observed,
+    would-denies, labels, false-positive rate with its 95% interval (per cohort for a canary),
+    attributable share, and each reason the gate fails. Exit 0 when every gate passes, 1 when
+    any fails (with or without --json), 2 when the status cannot be read."""
     settings = root_context(ctx).settings()
-    emit(admin(settings, "GET", "/v1/rollout/status", url), as_json, _print_status)
+    document = admin(settings, "GET", "/v1/rollout/status", url)
+    emit(document, as_json, _print_status)
+    if any(item["verdict"] != "pass" for item in document["policies"]):
+        raise SystemExit(GATE_FAILS)
 
 
 def _percent(value: float | None) -> str:
@@ -133,11 +140,12 @@ def _percent(value: float | None) -> str:
 
 def _print_status(document: dict[str, Any]) -> None:
     if not document["policies"]:
-        out.print("no observe-mode policy in the active bundle")
+        out.print("no observe-mode or canary policy in the active bundle")
         return
     table = Table()
     for name in (
         "policy",
+        "mode",
         "tier",
         "days",
         "would-deny",
@@ -152,8 +160,12 @@ def _print_status(document: dict[str, Any]) -> None:
         interval = (
             f"{_percent(rate['estimate'])} [{_percent(rate['low'])}, {_percent(rate['high'])}]"
         )
+        mode = item.get("mode", "observe")
+        if mode == "canary":
+            mode = f"canary {item['canary_percent']:g}%"
         table.add_row(
             item["policy_id"],
+            mode,
             item["tier"] or "-",
             f"{item['days_observed']:.1f}",
             str(item["would_denies"]),
@@ -164,5 +176,16 @@ def _print_status(document: dict[str, Any]) -> None:
         )
     out.print(table)
     for item in document["policies"]:
+        if item.get("mode") == "canary":
+            for name, cohort in item["cohorts"].items():
+                rate = cohort["false_positive_rate"]
+                out.print(
+                    f"  {item['policy_id']} {name} cohort: {cohort['would_denies']} "
+                    f"{'denied' if name == 'enforced' else 'would-deny'}, "
+                    f"{cohort['labelled']} labelled, FP {_percent(rate['estimate'])} "
+                    f"[{_percent(rate['low'])}, {_percent(rate['high'])}]",
+                    highlight=False,
+                    markup=False,
+                )
         for reason in item["failing"]:
             out.print(f"  {item['policy_id']}: {reason}", highlight=False, markup=False)

@@ -29,6 +29,7 @@ from typing import Any
 import cedarpy
 import orjson
 
+from trustplane.decision.canary import ENFORCED, cohort
 from trustplane.decision.policy_bundle import Bundle, PolicyInfo, first_nonconforming
 from trustplane.model import (
     AccessRequest,
@@ -76,6 +77,10 @@ class Evaluator:
         self._clock = clock
         self._schema = bundle.schema
         self._infos = {p.policy_id: p for p in bundle.policies}
+        # Canary policies with their percentage: each request learns its cohort per policy.
+        self._canaries = tuple(
+            (p.policy_id, p.canary or 0.0) for p in bundle.policies if p.mode == "canary"
+        )
         self._reasons = {p.policy_id: _reason(p) for p in bundle.policies}
         # @expires instants as UNIX timestamps: the decision path compares floats, not datetimes.
         self._boundaries = sorted(
@@ -97,7 +102,9 @@ class Evaluator:
         self._max_ttl = max_ttl_seconds
         self._cache: OrderedDict[bytes, Decision] = OrderedDict()
         # Policy sets without the forbids that approved exceptions set aside, per interval.
-        self._exempt: OrderedDict[tuple[int, frozenset[str]], _Generation] = OrderedDict()
+        self._exempt: OrderedDict[tuple[int, frozenset[str], frozenset[str]], _Generation] = (
+            OrderedDict()
+        )
 
     # -- public -------------------------------------------------------------------------------
 
@@ -117,6 +124,8 @@ class Evaluator:
         started = time.perf_counter_ns()
         now_ts = self._clock() if at is None else at.timestamp()
         grants, exceptions, edge = _in_force(elevation, now_ts)
+        # The cohort depends on the principal only, which the cache key holds.
+        cohorts = self._cohorts(request) if self._canaries else ()
         key = self._cache_key(request, now_ts, grants, exceptions)
         known = self._cached(key)
         if known is not None:
@@ -139,10 +148,11 @@ class Evaluator:
                 grant_ids=known.grant_ids,
                 exception_ids=known.exception_ids,
                 trust=trust,
+                canary=known.canary,
             )
         failed = False
         try:
-            enforced, shadow = self._evaluate(request, now_ts, grants, exceptions)
+            enforced, shadow = self._evaluate(request, now_ts, grants, exceptions, cohorts)
         except Exception as exc:  # fail closed on anything unexpected, with the reason
             failed = True
             enforced = shadow = _Outcome(
@@ -154,7 +164,7 @@ class Evaluator:
             reasons=self._explain(enforced.reasons),
             shadow_effect=shadow.effect,
             shadow_reasons=self._explain(shadow.reasons),
-            shadow_changes=self._shadow_changes(enforced, shadow),
+            shadow_changes=self._shadow_changes(enforced, shadow, cohorts),
             errors=tuple(dict.fromkeys(enforced.errors + shadow.errors)),
             revision=self.revision,
             eval_micros=(time.perf_counter_ns() - started) // 1000,
@@ -166,6 +176,7 @@ class Evaluator:
             grant_ids=tuple(g.grant_id for g in grants),
             exception_ids=tuple(e.exception_id for e in exceptions),
             trust=trust,
+            canary=cohorts,
         )
         if not failed:
             self._remember(key, decision)
@@ -188,6 +199,12 @@ class Evaluator:
     def policy(self, policy_id: str) -> PolicyInfo | None:
         return self._infos.get(policy_id)
 
+    def _cohorts(self, request: AccessRequest) -> tuple[tuple[str, str], ...]:
+        """Each canary policy's cohort for this request's principal (decision/canary.py)."""
+        principal = request.principal
+        uid = f'{principal.type}::"{principal.id}"'
+        return tuple((policy, cohort(uid, policy, share)) for policy, share in self._canaries)
+
     # -- evaluation ---------------------------------------------------------------------------
 
     def _evaluate(
@@ -196,10 +213,14 @@ class Evaluator:
         now: float,
         grants: tuple[GrantRef, ...] = (),
         exceptions: tuple[ExceptionRef, ...] = (),
+        cohorts: tuple[tuple[str, str], ...] = (),
     ) -> tuple[_Outcome, _Outcome]:
         generation = self._generation_at(now)
-        if exceptions:
-            generation = self._generation_without(now, frozenset(e.policy_id for e in exceptions))
+        promoted = frozenset(p for p, c in cohorts if c == ENFORCED)
+        if exceptions or promoted:
+            generation = self._generation_without(
+                now, frozenset(e.policy_id for e in exceptions), promoted
+            )
         parents = tuple(dict.fromkeys((g.parent_type, g.parent_id) for g in grants))
         try:
             entities = self._entities_for(request, parents)
@@ -248,17 +269,19 @@ class Evaluator:
     def _explain(self, policy_ids: Iterable[str]) -> tuple[PolicyReason, ...]:
         return tuple(self._reasons[p] for p in policy_ids if p in self._reasons)
 
-    def _shadow_changes(self, enforced: _Outcome, shadow: _Outcome) -> tuple[PolicyReason, ...]:
+    def _shadow_changes(
+        self, enforced: _Outcome, shadow: _Outcome, cohorts: tuple[tuple[str, str], ...] = ()
+    ) -> tuple[PolicyReason, ...]:
         if enforced.effect is shadow.effect:
             return ()
-        changed = [
-            p for p in shadow.reasons if self._infos.get(p) and self._infos[p].mode == "observe"
-        ]
-        changed += [
-            p
-            for e in shadow.errors
-            if (p := _errored_policy(e)) and self._infos.get(p) and self._infos[p].mode == "observe"
-        ]
+        promoted = {p for p, c in cohorts if c == ENFORCED}
+
+        def observed(policy: str | None) -> bool:
+            info = self._infos.get(policy) if policy else None
+            return info is not None and info.mode != "enforce" and policy not in promoted
+
+        changed = [p for p in shadow.reasons if observed(p)]
+        changed += [p for e in shadow.errors if observed(p := _errored_policy(e)) and p]
         return self._explain(dict.fromkeys(changed))
 
     # -- answer cache -------------------------------------------------------------------------
@@ -333,30 +356,38 @@ class Evaluator:
             self._generations[index] = generation
         return generation
 
-    def _generation_without(self, now: float, exempt: frozenset[str]) -> _Generation:
-        """The policy sets for `now` without the policies in `exempt` (approved exceptions)."""
-        key = (bisect.bisect_right(self._boundaries, now), exempt)
+    def _generation_without(
+        self, now: float, exempt: frozenset[str], promoted: frozenset[str] = frozenset()
+    ) -> _Generation:
+        """The policy sets for `now` without the policies in `exempt` (approved exceptions),
+        with the canary policies in `promoted` enforced (the request's enforced cohorts)."""
+        key = (bisect.bisect_right(self._boundaries, now), exempt, promoted)
         with self._lock:
             found = self._exempt.get(key)
             if found is not None:
                 self._exempt.move_to_end(key)
                 return found
-        generation = self._compile(now, exempt)
+        generation = self._compile(now, exempt, promoted)
         with self._lock:
             self._exempt[key] = generation
             while len(self._exempt) > _BASE_CACHE_SIZE:
                 self._exempt.popitem(last=False)
         return generation
 
-    def _compile(self, now: float, exempt: frozenset[str] = frozenset()) -> _Generation:
+    def _compile(
+        self,
+        now: float,
+        exempt: frozenset[str] = frozenset(),
+        promoted: frozenset[str] = frozenset(),
+    ) -> _Generation:
         instant = datetime.fromtimestamp(now, UTC)
         live = [
             p
             for p in self.bundle.policies
             if p.applies_at(instant) and not (p.policy_id in exempt and p.effect == "forbid")
         ]
-        enforced = [p for p in live if p.mode == "enforce"]
-        observe = [p for p in live if p.mode == "observe"]
+        enforced = [p for p in live if p.mode == "enforce" or p.policy_id in promoted]
+        observe = [p for p in live if p.mode != "enforce" and p.policy_id not in promoted]
         return _Generation(
             enforced=_policy_set(enforced),
             full=_policy_set(live) if observe else None,

@@ -102,7 +102,15 @@ class PolicyDecisionPoint:
                 request, revocation_epoch=epoch, elevation=elevation, trust=assessment
             )
             if self._deny_spike is not None:  # the bundle's own answers, not refusals
-                self._deny_spike.observe(decision.effect is Effect.DENY)
+                denied = decision.effect is Effect.DENY
+                resource = request.resource
+                self._deny_spike.observe(
+                    denied,
+                    (resource.type, resource.id),
+                    (decision.reasons[0].policy_id if decision.reasons else None)
+                    if denied
+                    else None,
+                )
         if assessment is not None and decision.trust is not assessment:  # refusals
             decision = replace(decision, trust=assessment)
         self._observe(decision)

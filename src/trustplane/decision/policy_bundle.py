@@ -32,9 +32,12 @@ BUNDLE_SUFFIXES = (".cedar", ".cedarschema", ".json", ".yaml", ".yml")
 MAX_BUNDLE_FILES = 2000
 MAX_BUNDLE_BYTES = 32 * 1024 * 1024
 
-MODES = ("enforce", "observe")
+MODES = ("enforce", "observe", "canary")
 TIERS = ("0", "1", "2")
-KNOWN_ANNOTATIONS = frozenset({"id", "mode", "owner", "tier", "description", "expires", "step_up"})
+KNOWN_ANNOTATIONS = frozenset(
+    {"id", "mode", "owner", "tier", "description", "expires", "step_up", "canary"}
+)
+CANARY_RE = re.compile(r"^(?:100|[0-9]{1,2})(?:\.[0-9]{1,3})?$")
 POLICY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 SETTINGS_KEYS = frozenset({"name", "description"})
 
@@ -151,6 +154,9 @@ class PolicyInfo:
     text: str
     est: dict[str, Any] = field(repr=False, compare=False)
     step_up: str | None = None  # decision/step_up.py parses it: acr_values=... max_age=...
+    # @mode("canary"): the percentage of principals (by hash, decision/canary.py) it is
+    # enforced for; observed for the rest.
+    canary: float | None = None
 
     def applies_at(self, now: datetime) -> bool:
         return self.expires is None or now < self.expires
@@ -160,6 +166,7 @@ class PolicyInfo:
             "id": self.policy_id,
             "effect": self.effect,
             "mode": self.mode,
+            **({"canary": self.canary} if self.canary is not None else {}),
             "owner": self.owner,
             "tier": self.tier,
             "description": self.description,
@@ -375,7 +382,20 @@ def _read_policy(
         problem('missing @owner("team") annotation')
     mode = annotations.get("mode", "enforce")
     if mode not in MODES:
-        problem(f'@mode must be "enforce" or "observe", not {mode!r}')
+        problem(f'@mode must be "enforce", "observe" or "canary", not {mode!r}')
+    canary: float | None = None
+    share = annotations.get("canary")
+    if mode == "canary" and share is None:
+        problem('@mode("canary") needs @canary("PERCENT"): the share of principals enforced')
+    elif share is not None and mode != "canary":
+        problem(f'@canary applies only with @mode("canary"), not @mode("{mode}")')
+    elif share is not None:
+        if not CANARY_RE.fullmatch(share.strip().rstrip("%")) or not (
+            0 < float(share.strip().rstrip("%")) < 100
+        ):
+            problem(f"@canary must be a percentage above 0 and below 100, not {share!r}")
+        else:
+            canary = float(share.strip().rstrip("%"))
     tier = annotations.get("tier")
     if tier is not None and tier not in TIERS:
         problem(f'@tier must be "0", "1" or "2", not {tier!r}')
@@ -420,6 +440,7 @@ def _read_policy(
         text=statement.text,
         est=est,
         step_up=step_up,
+        canary=canary,
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from trustplane.decision.policy_bundle import Bundle
 from trustplane.decision.source import split_policies
-from trustplane.rollout.labels import Label, LabelStore, WouldDeny
+from trustplane.rollout.labels import LabelStore
 from trustplane.rollout.policy import (
     TierGate,
     rollout_policy,
@@ -96,6 +96,33 @@ def named_principals(bundle: Bundle) -> frozenset[str]:
 
 
 @dataclass(frozen=True)
+class Cohort:
+    """The evidence of one cohort of a policy: `observed` (would-denies: observe mode, or a
+    canary's principals outside its share) or `enforced` (a canary's denials)."""
+
+    name: str
+    would_denies: int
+    labelled: int
+    false_positives: int
+    fp_estimate: float | None
+    fp_low: float
+    fp_high: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "would_denies": self.would_denies,
+            "labelled": self.labelled,
+            "false_positives": self.false_positives,
+            "false_positive_rate": {
+                "estimate": self.fp_estimate,
+                "low": self.fp_low,
+                "high": self.fp_high,
+                "confidence": 0.95,
+            },
+        }
+
+
+@dataclass(frozen=True)
 class PolicyStatus:
     policy_id: str
     tier: str | None
@@ -112,6 +139,9 @@ class PolicyStatus:
     attributable: float | None
     gate: TierGate
     failing: tuple[str, ...]
+    mode: str = "observe"
+    canary: float | None = None  # the enforced percentage of a canary policy
+    cohorts: tuple[Cohort, ...] = ()
 
     @property
     def passes(self) -> bool:
@@ -121,6 +151,8 @@ class PolicyStatus:
         since = self.observing_since
         return {
             "policy_id": self.policy_id,
+            "mode": self.mode,
+            "canary_percent": self.canary,
             "tier": self.tier,
             "owner": self.owner,
             "observing_since": None if since is None else rfc3339(since),
@@ -135,6 +167,7 @@ class PolicyStatus:
                 "high": self.fp_high,
                 "confidence": 0.95,
             },
+            "cohorts": {cohort.name: cohort.as_dict() for cohort in self.cohorts},
             "attributable_share": self.attributable,
             "gate": asdict(self.gate),
             "verdict": "pass" if self.passes else "fail",
@@ -142,12 +175,13 @@ class PolicyStatus:
         }
 
 
-_MODE = re.compile(r'@mode\s*\(\s*"observe"\s*\)')
+_MODE = re.compile(r'@mode\s*\(\s*"(?:observe|canary)"\s*\)')
+ROLLING_MODES = ("observe", "canary")
 
 
 def observed_in(files: Mapping[str, bytes], policy_id: str) -> bool:
-    """Whether a revision's files hold `policy_id` in observe mode (read from the text: older
-    revisions are not compiled again)."""
+    """Whether a revision's files hold `policy_id` in observe or canary mode (read from the
+    text: older revisions are not compiled again)."""
     marker = re.compile(r'@id\s*\(\s*"' + re.escape(policy_id) + r'"\s*\)')
     for path, data in files.items():
         if not path.endswith(".cedar"):
@@ -158,20 +192,22 @@ def observed_in(files: Mapping[str, bytes], policy_id: str) -> bool:
     return False
 
 
-def _strata(would: list[WouldDeny], labels: Mapping[str, Label]) -> list[Stratum]:
-    counts: dict[str, list[int]] = {}
-    for item in would:
-        entry = counts.setdefault(item.principal, [0, 0, 0])
-        entry[0] += 1
-        label = labels.get(item.decision_id)
-        if label is not None:
-            entry[1] += 1
-            entry[2] += label.verdict == "false-positive"
-    return [Stratum(*entry) for entry in counts.values()]
+def _estimate(name: str, strata: list[Stratum]) -> Cohort:
+    estimate, effective = stratified_rate(strata)
+    low, high = wilson((estimate or 0.0) * effective, effective)
+    return Cohort(
+        name,
+        sum(s.would_denies for s in strata),
+        sum(s.labelled for s in strata),
+        sum(s.false_positives for s in strata),
+        estimate,
+        low,
+        high,
+    )
 
 
 class RolloutStatus:
-    """The gate verdict of every observe-mode policy of the active bundle."""
+    """The gate verdict of every observe-mode and canary policy of the active bundle."""
 
     def __init__(self, labels: LabelStore, revisions: BundleStore) -> None:
         self._labels = labels
@@ -179,8 +215,9 @@ class RolloutStatus:
         self._observed: dict[tuple[str, str], bool] = {}  # (revision, policy) → observe mode
 
     def observing_since(self, policy_id: str) -> float | None:
-        """When the policy's current stretch in observe mode began: the oldest activation of
-        the unbroken run of activations, newest first, whose revision observes it."""
+        """When the policy's current stretch in observe (or canary) mode began: the oldest
+        activation of the unbroken run of activations, newest first, whose revision holds it
+        in one of those modes."""
         since = None
         for activation in self._revisions.history(limit=1000):
             key = (activation.revision, policy_id)
@@ -193,41 +230,56 @@ class RolloutStatus:
         return since
 
     def evaluate(self, bundle: Bundle, now: float | None = None) -> list[PolicyStatus]:
+        """Every observe and canary policy against its tier's gate. Reads counts by index
+        (`rollout_evidence`, decisions by kind and time), never the records."""
         now = time.time() if now is None else now
         policy = rollout_policy(bundle)
         named = named_principals(bundle)
         found = []
         for info in bundle.policies:
-            if info.mode != "observe":
+            if info.mode not in ROLLING_MODES:
                 continue
             gate = policy.gate(info.tier)
             since = self.observing_since(info.policy_id)
             start = now if since is None else since
             days = max(0.0, (now - start) / DAY)
             decided = self._labels.decisions_since(start) if since is not None else 0
-            would = self._labels.would_denies(info.policy_id, since=since)
-            labels = self._labels.labels(info.policy_id)
-            counted = [labels[w.decision_id] for w in would if w.decision_id in labels]
-            fps = sum(1 for label in counted if label.verdict == "false-positive")
-            estimate, effective = stratified_rate(_strata(would, labels))
-            low, high = wilson((estimate or 0.0) * effective, effective)
+            rows = self._labels.strata(info.policy_id, since=since) if since is not None else []
+            by_cohort: dict[str, list[Stratum]] = {}
+            for cohort_name, _, n, labelled, fp in rows:
+                by_cohort.setdefault(cohort_name, []).append(Stratum(n, labelled, fp))
+            names = ("observed", "enforced") if info.mode == "canary" else ("observed",)
+            cohorts = tuple(_estimate(name, by_cohort.get(name, [])) for name in names)
+            # All cohorts together, each principal one stratum per cohort.
+            total = _estimate("all", [s for group in by_cohort.values() for s in group])
+            would = sum(n for _, _, n, _, _ in rows)
             attributable = (
-                sum(1 for w in would if w.principal in named) / len(would) if would else None
+                sum(n for _, principal, n, _, _ in rows if principal in named) / would
+                if would
+                else None
             )
             failing = []
             if days < gate.min_days:
                 failing.append(f"observed {days:.1f} days, fewer than {gate.min_days:g}")
             if decided < gate.min_decisions:
                 failing.append(f"{decided} decisions recorded, fewer than {gate.min_decisions}")
-            if len(counted) < gate.min_labels:
+            if total.labelled < gate.min_labels:
                 failing.append(
-                    f"{len(counted)} would-denies labelled, fewer than {gate.min_labels}"
+                    f"{total.labelled} would-denies labelled, fewer than {gate.min_labels}"
                 )
-            if high > gate.max_false_positive:
+            if total.fp_high > gate.max_false_positive:
                 failing.append(
-                    f"false-positive rate up to {high:.1%} (95% upper bound), above "
+                    f"false-positive rate up to {total.fp_high:.1%} (95% upper bound), above "
                     f"{gate.max_false_positive:.1%}"
                 )
+            if info.mode == "canary":
+                for cohort in cohorts:
+                    if cohort.labelled and cohort.fp_high > gate.max_false_positive:
+                        failing.append(
+                            f"{cohort.name} cohort: false-positive rate up to "
+                            f"{cohort.fp_high:.1%} (95% upper bound), above "
+                            f"{gate.max_false_positive:.1%}"
+                        )
             if attributable is not None and attributable < gate.min_attributable:
                 failing.append(
                     f"{attributable:.1%} of would-denies attributable to named principals, "
@@ -241,15 +293,18 @@ class RolloutStatus:
                     since,
                     days,
                     decided,
-                    len(would),
-                    len(counted),
-                    fps,
-                    estimate,
-                    low,
-                    high,
+                    would,
+                    total.labelled,
+                    total.false_positives,
+                    total.fp_estimate,
+                    total.fp_low,
+                    total.fp_high,
                     attributable,
                     gate,
                     tuple(failing),
+                    mode=info.mode,
+                    canary=info.canary,
+                    cohorts=cohorts,
                 )
             )
         return found

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, case, delete, func, select
 from sqlalchemy.engine import Engine
 
-from trustplane.store.tables import decisions, rollout_labels
+from trustplane.store.tables import decisions, rollout_evidence, rollout_labels
 from trustplane.telemetry.ledger import rfc3339
+from trustplane.telemetry.rowcheck import evidence
 
 VERDICTS = ("true-positive", "false-positive")
 MAX_QUEUE = 500
@@ -91,12 +92,10 @@ class Label:
 
 
 def _is_would_deny(record: dict[str, Any], policy_id: str | None) -> bool:
-    if record.get("kind") != "decision":
-        return False
-    if record.get("decision") != "allow" or record.get("shadow") != "deny":
-        return False
-    changed = record.get("would_change") or []
-    return bool(changed) if policy_id is None else policy_id in changed
+    """Whether the record is evidence about `policy_id` (any policy when None): a would-deny,
+    or a denial by a canary policy in its enforced cohort (rowcheck.evidence)."""
+    found = [policy for policy, _ in evidence(record)]
+    return bool(found) if policy_id is None else policy_id in found
 
 
 _COLUMNS = (
@@ -134,18 +133,22 @@ class LabelStore:
         principal: str | None = None,
         action: str | None = None,
         resource: str | None = None,
+        cohort: str | None = None,
     ) -> list[WouldDeny]:
-        """Every would-deny of `policy_id` (oldest first), optionally since a time and of one
-        principal, action or resource (`Type::"id"`, as records name them). The `policies`
-        column narrows the scan; the record decides."""
-        query = select(*_COLUMNS).where(
-            decisions.c.kind == "decision",
-            decisions.c.decision == "allow",
-            decisions.c.shadow == "deny",
-            decisions.c.policies.contains(f" {policy_id} ", autoescape=True),
+        """Every would-deny of `policy_id` (oldest first; with a canary policy, its denials in
+        the enforced cohort too), optionally since a time, of one cohort, and of one principal,
+        action or resource (`Type::"id"`, as records name them). Found through
+        `rollout_evidence` (by index); the record decides."""
+        evidence_rows = rollout_evidence.c
+        query = (
+            select(*_COLUMNS)
+            .select_from(rollout_evidence.join(decisions, decisions.c.seq == evidence_rows.seq))
+            .where(evidence_rows.policy_id == policy_id)
         )
         if since is not None:
-            query = query.where(decisions.c.ts >= since)
+            query = query.where(evidence_rows.ts >= since)
+        if cohort is not None:
+            query = query.where(evidence_rows.cohort == cohort)
         for column, value in (
             (decisions.c.principal, principal),
             (decisions.c.action, action),
@@ -163,6 +166,33 @@ class LabelStore:
         query = select(rollout_labels).where(rollout_labels.c.policy_id == policy_id)
         with self._engine.connect() as connection:
             return {row.decision_id: Label(**row._mapping) for row in connection.execute(query)}
+
+    def strata(
+        self, policy_id: str, since: float | None = None
+    ) -> list[tuple[str, str, int, int, int]]:
+        """Per cohort and principal: (cohort, principal, would-denies, labelled, false
+        positives) of `policy_id` since a time. One indexed aggregate over `rollout_evidence`
+        and the labels: `rollout status` reads no record."""
+        ev, lb = rollout_evidence.c, rollout_labels.c
+        fps = func.sum(case((lb.verdict == "false-positive", 1), else_=0))
+        query = (
+            select(ev.cohort, ev.principal, func.count(), func.count(lb.decision_id), fps)
+            .select_from(
+                rollout_evidence.outerjoin(
+                    rollout_labels,
+                    and_(lb.decision_id == ev.decision_id, lb.policy_id == ev.policy_id),
+                )
+            )
+            .where(ev.policy_id == policy_id)
+            .group_by(ev.cohort, ev.principal)
+        )
+        if since is not None:
+            query = query.where(ev.ts >= since)
+        with self._engine.connect() as connection:
+            return [
+                (str(c), str(p), int(n), int(labelled), int(fp or 0))
+                for c, p, n, labelled, fp in connection.execute(query)
+            ]
 
     def decisions_since(self, since: float) -> int:
         """Decisions recorded since `since` (admin records not counted)."""
@@ -297,7 +327,7 @@ class LabelStore:
             )
         if policy_id is not None:
             return (policy_id,)
-        changed = list(item.record.get("would_change") or [])
+        changed = [policy for policy, _ in evidence(item.record)]
         if len(changed) > 1:
             raise RolloutError(
                 f"decision {item.decision_id} would be denied by {', '.join(changed)}: "

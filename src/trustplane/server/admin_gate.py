@@ -124,6 +124,7 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("POST", "/v1/rollout/labels", "rollout:label", "policy"),
     ("GET", "/v1/scorecard", "scorecard:read", "scorecard"),
     ("POST", "/v1/scorecard/snapshots", "scorecard:snapshot", "scorecard"),
+    ("POST", "/v1/rollout/promotions", "rollout:promote", "policy"),
 )
 
 

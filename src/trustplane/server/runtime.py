@@ -41,6 +41,7 @@ from trustplane.recovery.revocation import TOPIC as REVOCATIONS_TOPIC
 from trustplane.recovery.revocation import RevocationKind, RevocationList, RevocationStore
 from trustplane.recovery.service import Caller, RevocationService
 from trustplane.rollout.policy import BUNDLE_FILES as ROLLOUT_FILES
+from trustplane.rollout.rollback import RollbackGuard
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.feed import ChangeFeed
 from trustplane.store.policy_revisions import BUNDLES_TOPIC, BundleStore
@@ -240,11 +241,15 @@ class Runtime:
             sink,
         )
         self._appender = sink
+        governance = settings.governance
         self.deny_spike = DenySpikeDetector(
             self.metrics.deny_spike,
-            threshold=settings.governance.deny_spike_threshold,
-            window_seconds=settings.governance.deny_spike_window_seconds,
-            min_decisions=settings.governance.deny_spike_decisions,
+            threshold=governance.deny_spike_threshold,
+            window_seconds=governance.deny_spike_window_seconds,
+            min_decisions=governance.deny_spike_decisions,
+            jump_ratio=governance.deny_jump_ratio,
+            jump_min_denies=governance.deny_jump_min_denies,
+            on_jump=lambda jump: self.rollback_guard.on_jump(jump),
         )
         self.bundles = BundleManager(
             BundleStore(self.engine),
@@ -252,6 +257,13 @@ class Runtime:
             self.metrics,
             bundle_dir=settings.policy.bundle_dir,
             on_activate=lambda loaded: self.deny_spike.activated(loaded.bundle.revision),
+        )
+        self.rollback_guard = RollbackGuard(
+            self.bundles,
+            self.metrics.deny_jumps,
+            lambda entry: self.recorder.record_entry_blocking(entry, wait=True),
+            auto_rollback=governance.auto_rollback,
+            outbox_engine=self.engine if governance.webhook_url else None,
         )
         self.feed = ChangeFeed(self.engine, poll_interval=settings.store.change_poll_ms / 1000)
         self.feed.subscribe(BUNDLES_TOPIC, lambda _topic: follow_or_log(self.bundles))

@@ -109,6 +109,7 @@ decisions = Table(
     Column("undelivered", Boolean, nullable=False, server_default=false()),
     Index("ix_decisions_principal_ts", "principal", "ts"),
     Index("ix_decisions_ts", "ts"),
+    Index("ix_decisions_kind_ts", "kind", "ts"),  # rollout status: decisions since a time
 )
 
 # A record the store refused as a `decisions` row: its leaf keeps its place (`seq`) in the tree
@@ -371,4 +372,20 @@ scorecard_snapshots = Table(
     Column("computed_at", Float, nullable=False),
     Column("revision", String(64), nullable=True),
     Column("document", Text, nullable=False),  # the scorecard's JSON
+# The rollout evidence of each ledger record, derived from it (telemetry/rowcheck.py: evidence)
+# by the ledger writer in the transaction that stores the record: one row per policy a decision
+# was a would-deny of (cohort `observed`: an observe-mode policy, or a canary policy for a
+# principal outside its enforced share) or was denied by as a canary (cohort `enforced`). The
+# promotion gates count these by index instead of scanning every record; `audit verify`
+# recomputes them from the records.
+rollout_evidence = Table(
+    "rollout_evidence",
+    metadata,
+    Column("policy_id", String(400), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("decision_id", String(36), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("principal", String(400), nullable=False),
+    Column("cohort", String(10), nullable=False),  # observed | enforced
+    Index("ix_rollout_evidence_policy_ts", "policy_id", "ts"),
 )

@@ -37,7 +37,7 @@ from sqlalchemy.exc import (
 
 from trustplane.errors import TrustplaneError
 from trustplane.model import CALLING_PEP, AccessRequest, Decision, Effect, PolicyReason
-from trustplane.store.tables import checkpoints, decisions, ledger_quarantine
+from trustplane.store.tables import checkpoints, decisions, ledger_quarantine, rollout_evidence
 from trustplane.store.text import column_text
 from trustplane.telemetry.checkpoint import (
     Checkpoint,
@@ -57,7 +57,7 @@ from trustplane.telemetry.query import (
     determining_policies,
     reason_code,
 )
-from trustplane.telemetry.rowcheck import QUERY_COLUMNS, RecordError, query_columns
+from trustplane.telemetry.rowcheck import QUERY_COLUMNS, RecordError, evidence, query_columns
 
 log = logging.getLogger("trustplane.ledger")
 
@@ -220,6 +220,8 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
         record["exceptions"] = list(decision.exception_ids)
     if decision.trust is not None:  # the score with each signal's value, points and source
         record["trust"] = decision.trust
+    if decision.canary:  # each canary policy's cohort: the gates read each apart
+        record["canary"] = dict(decision.canary)
     return _entry(record, decision.timestamp)
 
 
@@ -244,6 +246,30 @@ def _entry(record: dict[str, Any], ts: float) -> LedgerEntry:
         record=data,
         leaf_hash=leaf_hash(data),
     )
+
+
+def _evidence_rows(entries: Sequence[LedgerEntry], start: int) -> list[dict[str, Any]]:
+    """The `rollout_evidence` rows of entries stored from `start` (rowcheck.evidence); only
+    would-denies and denials naming canary cohorts are read again, most records are neither."""
+    found: list[dict[str, Any]] = []
+    for i, entry in enumerate(entries):
+        if entry.kind != "decision":
+            continue
+        would_deny = entry.decision == "allow" and entry.shadow == "deny"
+        if not would_deny and not (entry.decision == "deny" and b'"canary":' in entry.record):
+            continue
+        for policy_id, cohort in evidence(orjson.loads(entry.record)):
+            found.append(
+                {
+                    "policy_id": column_text(policy_id, 400),
+                    "seq": start + i,
+                    "decision_id": entry.decision_id,
+                    "ts": entry.ts,
+                    "principal": column_text(entry.principal, 400),
+                    "cohort": cohort,
+                }
+            )
+    return found
 
 
 def _policy_ids(reasons: tuple[PolicyReason, ...]) -> list[str]:
@@ -486,6 +512,9 @@ class Ledger:
             for i, entry in enumerate(chunk):
                 params.extend(entry.values(start + offset + i))
             connection.exec_driver_sql(sql, tuple(params))
+        found = _evidence_rows(entries, start)
+        if found:
+            connection.execute(insert(rollout_evidence), found)
 
     def _catch_up(self, connection: Connection | None = None) -> None:
         """Load leaf hashes the store has beyond our tree."""

@@ -184,6 +184,13 @@ class Metrics:
 
         # rollout/: the promotion gate's evidence per observe-mode policy, refreshed each time
         # the status is computed (GET /v1/rollout/status, `trustplane rollout status`).
+        self.deny_jumps = Counter(
+            "trustplane_deny_jumps",
+            "Deny-rate jumps on a route after an activation (rollout/rollback.py), by outcome: "
+            "rolled_back, alarm_only (governance.auto_rollback off), rollback_failed, superseded.",
+            ["outcome"],
+            registry=r,
+        )
         self.rollout = {
             name: Gauge(
                 f"trustplane_rollout_{name}",

@@ -21,7 +21,7 @@ from typing import Any
 
 from trustplane.store.text import column_text
 
-__all__ = ["COLUMN_LIMIT", "QUERY_COLUMNS", "RecordError", "query_columns"]
+__all__ = ["COLUMN_LIMIT", "QUERY_COLUMNS", "RecordError", "evidence", "query_columns"]
 
 COLUMN_LIMIT = 400
 """Characters kept of principal, action and resource (their columns are String(400))."""
@@ -91,6 +91,26 @@ def query_columns(record: Mapping[str, Any]) -> tuple[Any, ...]:
     except (KeyError, TypeError, AttributeError) as exc:
         raise RecordError(f"not a ledger record ({type(exc).__name__}: {exc})") from None
     return columns
+
+
+def evidence(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The `rollout_evidence` rows of a record, as (policy id, cohort): a would-deny (allowed,
+    shadow denied) counts for each policy in `would_change`, in the cohort the record gives it
+    (`observed` when none: an observe-mode policy); a denial counts for each canary policy
+    among its reasons whose cohort was `enforced`. Nothing for admin records or others."""
+    if record.get("kind") != "decision":
+        return []
+    cohorts = record.get("canary") or {}
+    if not isinstance(cohorts, dict):
+        return []
+    effect, shadow = record.get("decision"), record.get("shadow")
+    if effect == "allow" and shadow == "deny":
+        changed = record.get("would_change") or []
+        return [(p, str(cohorts.get(p, "observed"))) for p in dict.fromkeys(changed)]
+    if effect == "deny" and cohorts:
+        reasons = record.get("reasons") or []
+        return [(p, "enforced") for p in dict.fromkeys(reasons) if cohorts.get(p) == "enforced"]
+    return []
 
 
 def _entity(request: Mapping[str, Any], name: str) -> str:

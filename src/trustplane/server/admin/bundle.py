@@ -47,6 +47,8 @@ def bundle_status(runtime: Runtime) -> dict[str, Any]:
         if manager.last_error
         else None,
         "deny_spike": runtime.deny_spike.alarm.as_dict() if runtime.deny_spike.alarm else None,
+        # The last deny-rate jumps on a route and what was done (rollout/rollback.py).
+        "deny_jumps": list(runtime.rollback_guard.handled),
     }
     return status
 

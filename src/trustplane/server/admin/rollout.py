@@ -65,6 +65,19 @@ class LabelBody(BaseModel):
     note: StrictStr = Field(min_length=1, max_length=2000, description="Why: the ledger keeps it.")
 
 
+class PromotionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: StrictStr = Field(min_length=1, max_length=400, description="The policy's @id.")
+    to: StrictStr = Field(pattern="^(canary|enforce)$", description="canary or enforce")
+    canary_percent: float | None = Field(
+        None, gt=0, lt=100, description="With `to: canary`: the share of principals enforced."
+    )
+    override: bool = Field(False, description="Promote although the gate fails.")
+    reason: StrictStr = Field(
+        "", max_length=2000, description="Why; required with `override`. The ledger keeps it."
+    )
+
+
 def rollout_problem(exc: RolloutError) -> Problem:
     errors = (
         [{"pointer": f"/{exc.field}", "detail": str(exc), "code": "invalid"}] if exc.field else None
@@ -122,6 +135,11 @@ class RolloutApi:
             policy_id = body.policy
         return self._observe_policy(str(policy_id))
 
+    async def resolve_promotion(self, request: Request, call: AdminCall) -> Target:
+        """The policy a promotion names, with its tier and owner for the admin policy."""
+        body = parse_model(PromotionBody, await call.body(request))
+        return self._observe_policy(body.policy)
+
     async def queue(self, request: Request, call: AdminCall) -> Response:
         """Unlabelled would-denies of one observe-mode policy, stratified by principal and
         resource, each with its explanation."""
@@ -167,6 +185,62 @@ class RolloutApi:
         call.note(decisions=[label.decision_id for label in made], policies=policies)
         return json_response({"labelled": [label.as_dict() for label in made]}, 201)
 
+    async def promote(self, request: Request, call: AdminCall) -> Response:
+        """Whether POLICY may be promoted: 200 with its gate when the gate passes or the caller
+        overrides it with a reason, 409 with every failing reason otherwise. The bundle itself
+        is edited by the caller (`trustplane policy promote`), in the bundle's source; this
+        call is what the ledger keeps of the decision to promote, override or not."""
+        body = parse_model(PromotionBody, await call.body(request))
+        if body.to == "canary" and body.canary_percent is None:
+            raise Problem(
+                422, "invalid-request", "Invalid promotion", "to: canary needs canary_percent"
+            )
+        if body.override and not body.reason.strip():
+            raise Problem(
+                422,
+                "invalid-request",
+                "Invalid promotion",
+                "an override needs a reason: it is what the audit trail shows",
+            )
+        bundle = self._bundle()
+        statuses = await self._call(self._status.evaluate, bundle)
+        found = next((s for s in statuses if s.policy_id == body.policy), None)
+        if found is None:
+            info = bundle.policy(body.policy)
+            mode = info.mode if info else None
+            raise Problem(
+                409 if info else 404,
+                "conflict" if info else "not-found",
+                "Not promotable" if info else "Not found",
+                f"{body.policy} is in {mode} mode: only observe and canary policies are promoted"
+                if info
+                else f"no policy {body.policy} in the active bundle",
+            )
+        call.note(
+            reason=body.reason.strip() or None,
+            to=body.to,
+            canary_percent=body.canary_percent,
+            override=body.override,
+            gate="pass" if found.passes else "fail",
+            failing=list(found.failing),
+        )
+        if not found.passes and not body.override:
+            raise Problem(
+                409,
+                "gate-fails",
+                "Gate fails",
+                f"{body.policy}: the promotion gate fails: " + "; ".join(found.failing),
+            )
+        return json_response(
+            {
+                "policy": body.policy,
+                "to": body.to,
+                "canary_percent": body.canary_percent,
+                "override": body.override and not found.passes,
+                "status": found.as_dict(),
+            }
+        )
+
     async def status(self, request: Request, call: AdminCall) -> Response:
         if request.query_params:
             raise bad_query(sorted(request.query_params)[0], "unknown query parameter")
@@ -181,7 +255,7 @@ class RolloutApi:
 def routes(runtime: Runtime, gate: AdminGate) -> list[Route]:
     """The rollout routes, each with its admin action, behind the gate."""
     api = RolloutApi(runtime)
-    read, label = "rollout:read", "rollout:label"
+    read, label, promote = "rollout:read", "rollout:label", "rollout:promote"
     return [
         gate.route("GET", "/v1/rollout/status", api.status, action=read),
         gate.route(
@@ -192,4 +266,7 @@ def routes(runtime: Runtime, gate: AdminGate) -> list[Route]:
             action=read,
         ),
         gate.route("POST", "/v1/rollout/labels", api.label, api.resolve_policy, action=label),
+        gate.route(
+            "POST", "/v1/rollout/promotions", api.promote, api.resolve_promotion, action=promote
+        ),
     ]
