@@ -341,3 +341,160 @@ def policy_reload(
     settings = root_context(ctx).settings()
     result = admin(settings, "POST", "/v1/bundle/reload", url)
     out.print(f"[green]✓[/] active revision {result['active']['revision']}", highlight=False)
+
+
+# -- before and after an activation: impact, drift, suggestions ------------------------------
+
+
+def _since(text: str | None) -> float | None:
+    from trustplane.telemetry.query import parse_time
+
+    return None if text is None else parse_time(text, "--since")
+
+
+def _fetcher(settings: Settings, url: str | None) -> Any:
+    """GET one admin API path with query parameters, for commands that read a server."""
+    from urllib.parse import urlencode
+
+    from trustplane.cli.common import admin_token, http, server_url
+
+    base, token = server_url(settings, url), admin_token(settings)
+
+    def fetch(path: str, params: dict[str, str] | None = None) -> Any:
+        query = f"?{urlencode(params)}" if params else ""
+        return http("GET", base, path + query, token).json()
+
+    return fetch
+
+
+def _progress(total: int | None, what: str) -> Any:
+    """A Rich progress bar on stderr (stdout stays the report); silent when stderr is not a
+    terminal, as in CI logs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress(
+        f"[progress.description]{what}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+@policy_app.command("impact")
+def policy_impact(
+    ctx: typer.Context,
+    bundle: Annotated[Path, typer.Option("--bundle", help="Candidate bundle directory.")],
+    since: Annotated[
+        str | None,
+        typer.Option(help="Replay decisions recorded since then (7d, 24h, RFC 3339)."),
+    ] = "7d",
+    fail_on: Annotated[
+        str | None,
+        typer.Option(
+            "--fail-on", help="Exit 1 on new-denies (allow→deny) or any-flip (either way)."
+        ),
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Read the records from this server.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay recorded decisions against a candidate bundle (compiled and tested as for an
+    activation) and report every answer that would flip, by policy, principal and resource;
+    records that cannot be replayed are counted by reason."""
+    from trustplane.decision.loader import load_bundle
+    from trustplane.rollout.impact import (
+        FAIL_ON,
+        Grants,
+        api_records,
+        count_store_records,
+        replay,
+        store_records,
+    )
+
+    if fail_on is not None and fail_on not in FAIL_ON:
+        raise CliError(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
+    settings = root_context(ctx).settings()
+    loaded = load_bundle(bundle_source(bundle), load_options(settings))
+    start = _since(since)
+    engine = None
+    if url is not None:
+        fetch = _fetcher(settings, url)
+        grants = Grants.from_rows(
+            fetch("/v1/access/grants")["grants"], fetch("/v1/exceptions")["exceptions"]
+        )
+        records: Any = api_records(fetch, start)
+        total = None
+    else:
+        from trustplane.cli.common import store_engine
+
+        engine = store_engine(settings, remote=True)
+        grants = Grants.from_store(engine)
+        total = count_store_records(engine, start)
+        records = store_records(engine, start)
+    try:
+        with _progress(total, "replaying") as bar:
+            task = bar.add_task("replay", total=total)
+            report = replay(
+                records,
+                loaded.evaluator,
+                grants,
+                since=start,
+                progress=lambda n: bar.advance(task, n),
+            )
+    finally:
+        if engine is not None:
+            engine.dispose()
+    doc = report.as_dict()
+    doc["fail_on"] = fail_on
+    doc["failed"] = report.fails(fail_on)
+    emit(doc, as_json, _print_impact)
+    if doc["failed"]:
+        raise typer.Exit(1)
+
+
+def _print_impact(doc: dict[str, Any]) -> None:
+    out.print(
+        f"candidate {doc['candidate'][:12]}: {doc['records']} decisions recorded, "
+        f"{doc['replayed']} replayed, {doc['not_replayed']} not replayable; "
+        f"{doc['flips']} flip(s): {doc['allow_to_deny']} allow→deny, "
+        f"{doc['deny_to_allow']} deny→allow",
+        highlight=False,
+    )
+    for title, key, name in (
+        ("policy", "by_policy", "policy"),
+        ("principal", "by_principal", "principal"),
+        ("resource", "by_resource", "resource"),
+    ):
+        if not doc[key]:
+            continue
+        table = Table(title, "flips", "allow→deny", "deny→allow")
+        table.columns[0].overflow = "fold"
+        for group in doc[key][:20]:
+            table.add_row(
+                group[name],
+                str(group["flips"]),
+                str(group["allow_to_deny"]),
+                str(group["deny_to_allow"]),
+            )
+        out.print(table)
+    if doc["by_policy"]:
+        out.print("examples:")
+        for group in doc["by_policy"][:10]:
+            for flip in group["examples"]:
+                out.print(
+                    f"  {flip['decision_id']}  {flip['from']}→{flip['to']}  {flip['principal']} "
+                    f"{flip['action']} {flip['resource']}  ({group['policy']})",
+                    highlight=False,
+                    markup=False,
+                )
+    for item in doc["not_replayed_by_reason"]:
+        out.print(
+            f"  not replayed: {item['count']} × {item['reason']} "
+            f"(e.g. {', '.join(item['examples'])})",
+            highlight=False,
+            markup=False,
+        )
+    if doc["failed"]:
+        out.print(f"[red]✗[/] --fail-on {doc['fail_on']}: failing", highlight=False)
