@@ -498,3 +498,113 @@ def _print_impact(doc: dict[str, Any]) -> None:
         )
     if doc["failed"]:
         out.print(f"[red]✗[/] --fail-on {doc['fail_on']}: failing", highlight=False)
+
+
+@policy_app.command("drift")
+def policy_drift(
+    ctx: typer.Context,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="The declared source: a bundle directory, or a git ref of the bundle "
+            "directory's repository (read with git archive). Default: the directory the "
+            "server follows (policy.bundle_dir).",
+        ),
+    ] = None,
+    history: Annotated[
+        bool, typer.Option("--history", help="Drift incidents and their count per month.")
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="With --history: incidents since then (90d, RFC 3339).")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Ask this server.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the active revision with its declared source, file by file; exit 1 on drift.
+    With --history, the drift incidents the server's periodic check recorded."""
+    settings = root_context(ctx).settings()
+    start = _since(since)
+    if url is not None:
+        if source is not None:
+            raise CliError("--source compares locally: leave out --url, or --source")
+        doc = _fetcher(settings, url)("/v1/bundle/drift", {"since": since} if since else None)
+        history_doc = doc.pop("history")
+    else:
+        from trustplane.cli.common import store_engine
+        from trustplane.rollout.drift import DriftLog
+
+        engine = store_engine(settings, remote=True)
+        try:
+            history_doc = DriftLog(engine).history(start)
+            doc = None if history else _local_drift(settings, engine, source)
+        finally:
+            engine.dispose()
+    if history:
+        emit(history_doc, as_json, _print_drift_history)
+        return
+    assert doc is not None
+    emit(doc, as_json, _print_drift)
+    if not doc["in_sync"]:
+        raise typer.Exit(1)
+
+
+def _local_drift(settings: Settings, engine: Any, source: str | None) -> dict[str, Any]:
+    from trustplane.rollout.drift import drift_of, read_dir, read_git
+    from trustplane.store.policy_revisions import BundleStore
+
+    store = BundleStore(engine)
+    newest = store.history(limit=1)
+    if not newest:
+        raise CliError("no revision has been activated in this store")
+    revision = newest[0].revision
+    files = store.load_files(revision) or {}
+    directory = settings.policy.bundle_dir
+    if source is not None and Path(source).is_dir():
+        where = Path(source)
+        return drift_of(revision, files, str(where), lambda: read_dir(where)).as_dict()
+    if directory is None:
+        raise CliError(
+            "no declared source: set policy.bundle_dir (the directory the server follows) or "
+            "give --source DIR"
+        )
+    if source is None:
+        return drift_of(revision, files, str(directory), lambda: read_dir(directory)).as_dict()
+    ref = source
+    return drift_of(revision, files, f"git:{ref}", lambda: read_git(ref, directory)).as_dict()
+
+
+def _print_drift(doc: dict[str, Any]) -> None:
+    revision = (doc["revision"] or "")[:12]
+    if doc["in_sync"]:
+        out.print(
+            f"[green]✓[/] active revision {revision} matches {doc['source']}", highlight=False
+        )
+        return
+    if doc["error"]:
+        out.print(f"[red]✗[/] drift: {doc['error']}", highlight=False)
+        return
+    out.print(
+        f"[red]✗[/] drift: active revision {revision} differs from {doc['source']} "
+        f"(revision {(doc['source_revision'] or '')[:12]})",
+        highlight=False,
+    )
+    for kind, mark in (("added", "+"), ("removed", "-"), ("changed", "~")):
+        for path in doc[kind]:
+            out.print(f"  {mark} {path} ({kind})", highlight=False, markup=False)
+
+
+def _print_drift_history(doc: dict[str, Any]) -> None:
+    if not doc["incidents"]:
+        out.print("no drift incident recorded")
+        return
+    for month in doc["months"]:
+        out.print(f"{month['month']}: {month['incidents']} incident(s)", highlight=False)
+    for item in doc["incidents"]:
+        cleared = when(item["cleared_at"]) if item["cleared_at"] else "open"
+        changed = len(item.get("added", [])) + len(item.get("removed", []))
+        changed += len(item.get("changed", []))
+        out.print(
+            f"  #{item['id']}  {when(item['detected_at'])} → {cleared}  revision "
+            f"{item['revision'][:12]}  {changed} file(s)",
+            highlight=False,
+        )

@@ -361,3 +361,19 @@ rollout_labels = Table(
     Column("labelled_at", Float, nullable=False),
     Index("ix_rollout_labels_policy", "policy_id"),
 )
+
+# rollout/drift.py: one row per drift incident, the active revision no longer matching the source
+# it was declared from (the bundle directory the server follows): opened when first detected,
+# cleared when they match again. `trustplane policy drift --history` counts them per month (M10).
+policy_drift = Table(
+    "policy_drift",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("detected_at", Float, nullable=False),
+    Column("cleared_at", Float, nullable=True),
+    Column("revision", String(64), nullable=False),  # the active revision when detected
+    Column("source", Text, nullable=False),  # where the declared source was read
+    Column("source_revision", String(64), nullable=True),  # None: the source could not be read
+    Column("files", Text, nullable=False),  # JSON {added, removed, changed}
+    Index("ix_policy_drift_detected", "detected_at"),
+)
