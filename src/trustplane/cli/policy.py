@@ -608,3 +608,112 @@ def _print_drift_history(doc: dict[str, Any]) -> None:
             f"{item['revision'][:12]}  {changed} file(s)",
             highlight=False,
         )
+
+
+@policy_app.command("suggest")
+def policy_suggest(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None, typer.Option(help="Use decisions recorded since then (7d, 24h, RFC 3339).")
+    ] = "7d",
+    principal_type: Annotated[
+        str | None,
+        typer.Option("--principal-type", help="Only principals of this entity type (User)."),
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the candidates to this .cedar file.")
+    ] = None,
+    owner: Annotated[
+        str, typer.Option(help="@owner of every candidate (the team that will review them).")
+    ] = "unassigned",
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            help="Bundle whose schema and entities to use (default: the store's active "
+            "revision; with --url, policy.bundle_dir).",
+        ),
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Read the records from this server.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Least-privilege permit candidates from recorded decisions (default denials and observed
+    allows), each in observe mode with its evidence, validated against the bundle's schema and
+    written to a file, never activated; and entitlement coverage: the share of observed
+    action-resource pairs an explicit policy decided."""
+    from trustplane.decision.loader import load_bundle
+    from trustplane.decision.policy_bundle import BundleSource
+    from trustplane.rollout.impact import api_records, store_records
+    from trustplane.rollout.suggest import suggest
+
+    if not owner.strip():
+        raise CliError("--owner must name a team")
+    settings = root_context(ctx).settings()
+    start = _since(since)
+    options = load_options(settings, run_tests=False)
+    engine = None
+    try:
+        if url is None:
+            from trustplane.cli.common import store_engine
+            from trustplane.store.policy_revisions import BundleStore
+
+            engine = store_engine(settings, remote=True)
+        if bundle is not None:
+            source = bundle_source(bundle)
+        elif engine is not None:
+            store = BundleStore(engine)
+            newest = store.history(limit=1)
+            if not newest:
+                raise CliError("no revision has been activated in this store: give --bundle DIR")
+            source = BundleSource(store.load_files(newest[0].revision) or {})
+        elif settings.policy.bundle_dir is not None:
+            source = bundle_source(settings.policy.bundle_dir)
+        else:
+            raise CliError("with --url, give --bundle DIR (the schema and entities to use)")
+        loaded = load_bundle(source, options)
+        records = (
+            store_records(engine, start)
+            if engine is not None
+            else api_records(_fetcher(settings, url), start)
+        )
+        found = suggest(records, loaded.bundle, principal_type=principal_type, owner=owner)
+    finally:
+        if engine is not None:
+            engine.dispose()
+    doc = found.as_dict()
+    doc["written"] = None
+    if out_file is not None:
+        if out_file.suffix != ".cedar":
+            raise CliError(f"--out {out_file}: the file must end in .cedar")
+        out_file.write_text(found.text())
+        doc["written"] = str(out_file)
+    else:
+        doc["text"] = found.text()
+    emit(doc, as_json, _print_suggestions)
+
+
+def _print_suggestions(doc: dict[str, Any]) -> None:
+    coverage = doc["coverage"]
+    share = "-" if coverage["share"] is None else f"{coverage['share']:.1%}"
+    out.print(
+        f"{doc['used']} of {doc['records']} decisions used; {len(doc['candidates'])} "
+        f"candidate(s), {sum(1 for c in doc['candidates'] if c['valid'])} valid",
+        highlight=False,
+    )
+    out.print(
+        f"entitlement coverage: {share} of {coverage['pairs']} observed action-resource pairs "
+        f"decided by an explicit policy ({coverage['default_deny']} by default deny)",
+        highlight=False,
+    )
+    for pair in coverage["uncovered"][:10]:
+        out.print(f"  default deny: {pair['action']} on {pair['resource']}", highlight=False)
+    for candidate in doc["candidates"]:
+        if not candidate["valid"]:
+            out.print(
+                f"[red]✗[/] {candidate['id']} left out: {'; '.join(candidate['problems'])}",
+                highlight=False,
+            )
+    if doc["written"]:
+        out.print(f"[green]✓[/] written to {doc['written']} (not activated)", highlight=False)
+    else:
+        out.print(doc["text"], highlight=False, markup=False)
