@@ -190,3 +190,57 @@ def test_an_unactivated_edit_is_drift_until_undone(server: Server) -> None:
     (incident,) = history["incidents"]
     assert incident["changed"] == ["humans.cedar"] and incident["cleared_at"] is not None
     assert f"{month}: 1 incident(s)" in cli(server, "policy", "drift", "--history")
+
+
+def test_suggestions_validate_and_would_allow_what_was_observed(
+    server: Server, tmp_path: Path
+) -> None:
+    invoices = ("Api", "billing.invoices")
+    denied = [ask(server, "dave", "billing:read", invoices) for _ in range(3)]
+    bob = ask(server, "bob", "payments:read", ("Api", "payments.transactions"))
+    assert not any(denied) and not bob
+    written = tmp_path / "suggested.cedar"
+    doc = cli(server, "policy", "suggest", "--since", "1h", "--out", str(written), "--json")
+    assert doc["written"] == str(written) and all(c["valid"] for c in doc["candidates"])
+    dave = next(c for c in doc["candidates"] if c["principals"] == ['User::"dave"'])
+    assert (dave["decisions"], dave["denied_by_default"]) == (3, 3)
+    assert dave["actions"] == ['Action::"billing:read"']
+    assert dave["first_seen"] <= dave["last_seen"]
+    text = written.read_text()
+    assert f'@id("{dave["id"]}")' in text and '@mode("observe")' in text
+    coverage = doc["coverage"]
+    assert coverage["default_deny"] >= 2 and 0 < coverage["share"] < 1
+    assert {"action": 'Action::"billing:read"', "resource": 'Api::"billing.invoices"'} in (
+        coverage["uncovered"]
+    )
+    people = cli(server, "policy", "suggest", "--since", "1h", "--principal-type", "User")
+    assert "entitlement coverage:" in people and "permit (" in people
+
+    # Added to the bundle, the candidates validate, pass the bundle's tests (observe mode
+    # changes no answer) and would allow every decision they came from.
+    served = Path(server.env["TRUSTPLANE_POLICY__BUNDLE_DIR"])
+    trial = tmp_path / "trial"
+    shutil.copytree(served, trial)
+    shutil.copy(written, trial / "suggested.cedar")
+    cli(server, "policy", "test", str(trial))
+    checked = run_cli(
+        "check",
+        "--bundle",
+        str(trial),
+        "--principal",
+        'User::"dave"',
+        "--action",
+        "billing:read",
+        "--resource",
+        'Api::"billing.invoices"',
+        "--context",
+        json.dumps(CTX),
+        "--json",
+    )
+    answer = json.loads(checked.stdout)
+    assert answer["decision"] == "deny" and answer["shadow"]["decision"] == "allow"
+
+    remote = cli(
+        server, "policy", "suggest", "--url", server.url, "--bundle", str(served), "--json"
+    )
+    assert dave["id"] in {c["id"] for c in remote["candidates"]}

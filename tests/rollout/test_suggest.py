@@ -83,7 +83,7 @@ def test_a_role_stands_for_its_members_only_when_every_one_was_seen(tmp_path: Pa
     loaded = load(target)
     refund = {"type": "Api", "id": "payments.refund"}
     erin_only = [record_of(loaded, ask(ERIN, "payments:refund", refund, **CTX))]
-    both = erin_only + [record_of(loaded, ask(frank["uid"], "payments:refund", refund, **CTX))]
+    both = [*erin_only, record_of(loaded, ask(frank["uid"], "payments:refund", refund, **CTX))]
     (one,) = suggest(erin_only, loaded.bundle).candidates
     assert 'principal == User::"erin"' in one.text
     (group,) = suggest(both, loaded.bundle).candidates
