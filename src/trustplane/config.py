@@ -338,6 +338,14 @@ class PolicySettings(BaseModel):
         description="How long enforcement points (the SDK's cache) may reuse an answer; never "
         "past the next policy @expires boundary; 0 disables reuse.",
     )
+    drift_check_seconds: float = Field(
+        60,
+        ge=0,
+        le=86400,
+        description="How often the server compares the active revision with the bundle "
+        "directory it follows (the drift gauge, incidents in the store and the ledger); "
+        "0 turns the check off.",
+    )
 
 
 class PepSettings(BaseModel):

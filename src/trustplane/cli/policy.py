@@ -351,3 +351,377 @@ def _register_promote() -> None:
 
 
 _register_promote()
+# -- before and after an activation: impact, drift, suggestions ------------------------------
+
+
+def _since(text: str | None) -> float | None:
+    from trustplane.telemetry.query import parse_time
+
+    return None if text is None else parse_time(text, "--since")
+
+
+def _fetcher(settings: Settings, url: str | None) -> Any:
+    """GET one admin API path with query parameters, for commands that read a server."""
+    from urllib.parse import urlencode
+
+    from trustplane.cli.common import admin_token, http, server_url
+
+    base, token = server_url(settings, url), admin_token(settings)
+
+    def fetch(path: str, params: dict[str, str] | None = None) -> Any:
+        query = f"?{urlencode(params)}" if params else ""
+        return http("GET", base, path + query, token).json()
+
+    return fetch
+
+
+def _progress(total: int | None, what: str) -> Any:
+    """A Rich progress bar on stderr (stdout stays the report); silent when stderr is not a
+    terminal, as in CI logs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress(
+        f"[progress.description]{what}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+@policy_app.command("impact")
+def policy_impact(
+    ctx: typer.Context,
+    bundle: Annotated[Path, typer.Option("--bundle", help="Candidate bundle directory.")],
+    since: Annotated[
+        str | None,
+        typer.Option(help="Replay decisions recorded since then (7d, 24h, RFC 3339)."),
+    ] = "7d",
+    fail_on: Annotated[
+        str | None,
+        typer.Option(
+            "--fail-on", help="Exit 1 on new-denies (allow→deny) or any-flip (either way)."
+        ),
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Read the records from this server.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay recorded decisions against a candidate bundle (compiled and tested as for an
+    activation) and report every answer that would flip, by policy, principal and resource;
+    records that cannot be replayed are counted by reason."""
+    from trustplane.decision.loader import load_bundle
+    from trustplane.rollout.impact import (
+        FAIL_ON,
+        Grants,
+        api_records,
+        count_store_records,
+        replay,
+        store_records,
+    )
+
+    if fail_on is not None and fail_on not in FAIL_ON:
+        raise CliError(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
+    settings = root_context(ctx).settings()
+    loaded = load_bundle(bundle_source(bundle), load_options(settings))
+    start = _since(since)
+    engine = None
+    if url is not None:
+        fetch = _fetcher(settings, url)
+        grants = Grants.from_rows(
+            fetch("/v1/access/grants")["grants"], fetch("/v1/exceptions")["exceptions"]
+        )
+        records: Any = api_records(fetch, start)
+        total = None
+    else:
+        from trustplane.cli.common import store_engine
+
+        engine = store_engine(settings, remote=True)
+        grants = Grants.from_store(engine)
+        total = count_store_records(engine, start)
+        records = store_records(engine, start)
+    try:
+        with _progress(total, "replaying") as bar:
+            task = bar.add_task("replay", total=total)
+            report = replay(
+                records,
+                loaded.evaluator,
+                grants,
+                since=start,
+                progress=lambda n: bar.advance(task, n),
+            )
+    finally:
+        if engine is not None:
+            engine.dispose()
+    doc = report.as_dict()
+    doc["fail_on"] = fail_on
+    doc["failed"] = report.fails(fail_on)
+    emit(doc, as_json, _print_impact)
+    if doc["failed"]:
+        raise typer.Exit(1)
+
+
+def _print_impact(doc: dict[str, Any]) -> None:
+    out.print(
+        f"candidate {doc['candidate'][:12]}: {doc['records']} decisions recorded, "
+        f"{doc['replayed']} replayed, {doc['not_replayed']} not replayable; "
+        f"{doc['flips']} flip(s): {doc['allow_to_deny']} allow→deny, "
+        f"{doc['deny_to_allow']} deny→allow",
+        highlight=False,
+    )
+    for title, key, name in (
+        ("policy", "by_policy", "policy"),
+        ("principal", "by_principal", "principal"),
+        ("resource", "by_resource", "resource"),
+    ):
+        if not doc[key]:
+            continue
+        table = Table(title, "flips", "allow→deny", "deny→allow")
+        table.columns[0].overflow = "fold"
+        for group in doc[key][:20]:
+            table.add_row(
+                group[name],
+                str(group["flips"]),
+                str(group["allow_to_deny"]),
+                str(group["deny_to_allow"]),
+            )
+        out.print(table)
+    if doc["by_policy"]:
+        out.print("examples:")
+        for group in doc["by_policy"][:10]:
+            for flip in group["examples"]:
+                out.print(
+                    f"  {flip['decision_id']}  {flip['from']}→{flip['to']}  {flip['principal']} "
+                    f"{flip['action']} {flip['resource']}  ({group['policy']})",
+                    highlight=False,
+                    markup=False,
+                )
+    for item in doc["not_replayed_by_reason"]:
+        out.print(
+            f"  not replayed: {item['count']} × {item['reason']} "
+            f"(e.g. {', '.join(item['examples'])})",
+            highlight=False,
+            markup=False,
+        )
+    if doc["failed"]:
+        out.print(f"[red]✗[/] --fail-on {doc['fail_on']}: failing", highlight=False)
+
+
+@policy_app.command("drift")
+def policy_drift(
+    ctx: typer.Context,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="The declared source: a bundle directory, or a git ref of the bundle "
+            "directory's repository (read with git archive). Default: the directory the "
+            "server follows (policy.bundle_dir).",
+        ),
+    ] = None,
+    history: Annotated[
+        bool, typer.Option("--history", help="Drift incidents and their count per month.")
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="With --history: incidents since then (90d, RFC 3339).")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Ask this server.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the active revision with its declared source, file by file; exit 1 on drift.
+    With --history, the drift incidents the server's periodic check recorded."""
+    settings = root_context(ctx).settings()
+    start = _since(since)
+    if url is not None:
+        if source is not None:
+            raise CliError("--source compares locally: leave out --url, or --source")
+        doc = _fetcher(settings, url)("/v1/bundle/drift", {"since": since} if since else None)
+        history_doc = doc.pop("history")
+    else:
+        from trustplane.cli.common import store_engine
+        from trustplane.rollout.drift import DriftLog
+
+        engine = store_engine(settings, remote=True)
+        try:
+            history_doc = DriftLog(engine).history(start)
+            doc = None if history else _local_drift(settings, engine, source)
+        finally:
+            engine.dispose()
+    if history:
+        emit(history_doc, as_json, _print_drift_history)
+        return
+    assert doc is not None
+    emit(doc, as_json, _print_drift)
+    if not doc["in_sync"]:
+        raise typer.Exit(1)
+
+
+def _local_drift(settings: Settings, engine: Any, source: str | None) -> dict[str, Any]:
+    from trustplane.rollout.drift import drift_of, read_dir, read_git
+    from trustplane.store.policy_revisions import BundleStore
+
+    store = BundleStore(engine)
+    newest = store.history(limit=1)
+    if not newest:
+        raise CliError("no revision has been activated in this store")
+    revision = newest[0].revision
+    files = store.load_files(revision) or {}
+    directory = settings.policy.bundle_dir
+    if source is not None and Path(source).is_dir():
+        where = Path(source)
+        return drift_of(revision, files, str(where), lambda: read_dir(where)).as_dict()
+    if directory is None:
+        raise CliError(
+            "no declared source: set policy.bundle_dir (the directory the server follows) or "
+            "give --source DIR"
+        )
+    if source is None:
+        return drift_of(revision, files, str(directory), lambda: read_dir(directory)).as_dict()
+    ref = source
+    return drift_of(revision, files, f"git:{ref}", lambda: read_git(ref, directory)).as_dict()
+
+
+def _print_drift(doc: dict[str, Any]) -> None:
+    revision = (doc["revision"] or "")[:12]
+    if doc["in_sync"]:
+        out.print(
+            f"[green]✓[/] active revision {revision} matches {doc['source']}", highlight=False
+        )
+        return
+    if doc["error"]:
+        out.print(f"[red]✗[/] drift: {doc['error']}", highlight=False)
+        return
+    out.print(
+        f"[red]✗[/] drift: active revision {revision} differs from {doc['source']} "
+        f"(revision {(doc['source_revision'] or '')[:12]})",
+        highlight=False,
+    )
+    for kind, mark in (("added", "+"), ("removed", "-"), ("changed", "~")):
+        for path in doc[kind]:
+            out.print(f"  {mark} {path} ({kind})", highlight=False, markup=False)
+
+
+def _print_drift_history(doc: dict[str, Any]) -> None:
+    if not doc["incidents"]:
+        out.print("no drift incident recorded")
+        return
+    for month in doc["months"]:
+        out.print(f"{month['month']}: {month['incidents']} incident(s)", highlight=False)
+    for item in doc["incidents"]:
+        cleared = when(item["cleared_at"]) if item["cleared_at"] else "open"
+        changed = len(item.get("added", [])) + len(item.get("removed", []))
+        changed += len(item.get("changed", []))
+        out.print(
+            f"  #{item['id']}  {when(item['detected_at'])} → {cleared}  revision "
+            f"{item['revision'][:12]}  {changed} file(s)",
+            highlight=False,
+        )
+
+
+@policy_app.command("suggest")
+def policy_suggest(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None, typer.Option(help="Use decisions recorded since then (7d, 24h, RFC 3339).")
+    ] = "7d",
+    principal_type: Annotated[
+        str | None,
+        typer.Option("--principal-type", help="Only principals of this entity type (User)."),
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the candidates to this .cedar file.")
+    ] = None,
+    owner: Annotated[
+        str, typer.Option(help="@owner of every candidate (the team that will review them).")
+    ] = "unassigned",
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            help="Bundle whose schema and entities to use (default: the store's active "
+            "revision; with --url, policy.bundle_dir).",
+        ),
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Read the records from this server.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Least-privilege permit candidates from recorded decisions (default denials and observed
+    allows), each in observe mode with its evidence, validated against the bundle's schema and
+    written to a file, never activated; and entitlement coverage: the share of observed
+    action-resource pairs an explicit policy decided."""
+    from trustplane.decision.loader import load_bundle
+    from trustplane.decision.policy_bundle import BundleSource
+    from trustplane.rollout.impact import api_records, store_records
+    from trustplane.rollout.suggest import suggest
+
+    if not owner.strip():
+        raise CliError("--owner must name a team")
+    settings = root_context(ctx).settings()
+    start = _since(since)
+    options = load_options(settings, run_tests=False)
+    engine = None
+    try:
+        if url is None:
+            from trustplane.cli.common import store_engine
+            from trustplane.store.policy_revisions import BundleStore
+
+            engine = store_engine(settings, remote=True)
+        if bundle is not None:
+            source = bundle_source(bundle)
+        elif engine is not None:
+            store = BundleStore(engine)
+            newest = store.history(limit=1)
+            if not newest:
+                raise CliError("no revision has been activated in this store: give --bundle DIR")
+            source = BundleSource(store.load_files(newest[0].revision) or {})
+        elif settings.policy.bundle_dir is not None:
+            source = bundle_source(settings.policy.bundle_dir)
+        else:
+            raise CliError("with --url, give --bundle DIR (the schema and entities to use)")
+        loaded = load_bundle(source, options)
+        records = (
+            store_records(engine, start)
+            if engine is not None
+            else api_records(_fetcher(settings, url), start)
+        )
+        found = suggest(records, loaded.bundle, principal_type=principal_type, owner=owner)
+    finally:
+        if engine is not None:
+            engine.dispose()
+    doc = found.as_dict()
+    doc["written"] = None
+    if out_file is not None:
+        if out_file.suffix != ".cedar":
+            raise CliError(f"--out {out_file}: the file must end in .cedar")
+        out_file.write_text(found.text())
+        doc["written"] = str(out_file)
+    else:
+        doc["text"] = found.text()
+    emit(doc, as_json, _print_suggestions)
+
+
+def _print_suggestions(doc: dict[str, Any]) -> None:
+    coverage = doc["coverage"]
+    share = "-" if coverage["share"] is None else f"{coverage['share']:.1%}"
+    out.print(
+        f"{doc['used']} of {doc['records']} decisions used; {len(doc['candidates'])} "
+        f"candidate(s), {sum(1 for c in doc['candidates'] if c['valid'])} valid",
+        highlight=False,
+    )
+    out.print(
+        f"entitlement coverage: {share} of {coverage['pairs']} observed action-resource pairs "
+        f"decided by an explicit policy ({coverage['default_deny']} by default deny)",
+        highlight=False,
+    )
+    for pair in coverage["uncovered"][:10]:
+        out.print(f"  default deny: {pair['action']} on {pair['resource']}", highlight=False)
+    for candidate in doc["candidates"]:
+        if not candidate["valid"]:
+            out.print(
+                f"[red]✗[/] {candidate['id']} left out: {'; '.join(candidate['problems'])}",
+                highlight=False,
+            )
+    if doc["written"]:
+        out.print(f"[green]✓[/] written to {doc['written']} (not activated)", highlight=False)
+    else:
+        out.print(doc["text"], highlight=False, markup=False)

@@ -85,6 +85,7 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("POST", "/v1/bundle/reload", "bundle:write", "bundle"),
     ("POST", "/v1/bundle/activate", "bundle:write", "bundle"),
     ("POST", "/v1/bundle/rollback", "bundle:write", "bundle"),
+    ("GET", "/v1/bundle/drift", "bundle:read", "bundle"),
     ("GET", "/v1/revocations", "revocation:read", "revocation"),
     ("POST", "/v1/revocations", "revocation:write", "revocation"),
     ("POST", "/v1/revocations/{revocation_id}/lift", "revocation:write", "revocation"),

@@ -289,6 +289,11 @@ def openapi_document() -> dict[str, Any]:
             "/v1/bundle/rollback": _admin(
                 "Return to the previous revision", body="RollbackBody", method="post"
             ),
+            "/v1/bundle/drift": _admin(
+                "The active revision against the bundle directory it follows, file by file "
+                "(added, removed, changed), and the drift incidents since `since` per month",
+                params=["since"],
+            ),
             "/v1/decisions": _admin(
                 "Query recorded decisions (newest first), each with its reason code and "
                 'determining policies. principal, action, resource: Type::"id" or an id of '

@@ -40,6 +40,7 @@ from trustplane.posture.image_attestations import AttestationIndex, AttestationS
 from trustplane.recovery.revocation import TOPIC as REVOCATIONS_TOPIC
 from trustplane.recovery.revocation import RevocationKind, RevocationList, RevocationStore
 from trustplane.recovery.service import Caller, RevocationService
+from trustplane.rollout.drift import DriftWatch
 from trustplane.rollout.policy import BUNDLE_FILES as ROLLOUT_FILES
 from trustplane.rollout.rollback import RollbackGuard
 from trustplane.store.database import create_store_engine, migrate
@@ -265,6 +266,15 @@ class Runtime:
             auto_rollback=governance.auto_rollback,
             outbox_engine=self.engine if governance.webhook_url else None,
         )
+        self.drift: DriftWatch | None = None
+        if settings.policy.drift_check_seconds and settings.policy.bundle_dir is not None:
+            self.drift = DriftWatch(
+                self.engine,
+                self.bundles,
+                self.metrics.policy_drift.set,
+                lambda entry: self.recorder.record_entry_blocking(entry, wait=True),
+                settings.policy.drift_check_seconds,
+            )
         self.feed = ChangeFeed(self.engine, poll_interval=settings.store.change_poll_ms / 1000)
         self.feed.subscribe(BUNDLES_TOPIC, lambda _topic: follow_or_log(self.bundles))
         self.revocation_store = RevocationStore(self.engine)
@@ -340,8 +350,12 @@ class Runtime:
         if self._appender is not None:
             self._appender.start()  # fail here, before serving, if it cannot run
         self.recorder.start()
+        if self.drift is not None:
+            self.drift.start()
 
     def close(self) -> None:
+        if self.drift is not None:
+            self.drift.stop()
         if self.identity is not None:
             self.identity.stop()
         else:

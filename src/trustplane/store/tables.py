@@ -372,6 +372,8 @@ scorecard_snapshots = Table(
     Column("computed_at", Float, nullable=False),
     Column("revision", String(64), nullable=True),
     Column("document", Text, nullable=False),  # the scorecard's JSON
+)
+
 # The rollout evidence of each ledger record, derived from it (telemetry/rowcheck.py: evidence)
 # by the ledger writer in the transaction that stores the record: one row per policy a decision
 # was a would-deny of (cohort `observed`: an observe-mode policy, or a canary policy for a
@@ -388,4 +390,20 @@ rollout_evidence = Table(
     Column("principal", String(400), nullable=False),
     Column("cohort", String(10), nullable=False),  # observed | enforced
     Index("ix_rollout_evidence_policy_ts", "policy_id", "ts"),
+)
+
+# rollout/drift.py: one row per drift incident, the active revision no longer matching the source
+# it was declared from (the bundle directory the server follows): opened when first detected,
+# cleared when they match again. `trustplane policy drift --history` counts them per month (M10).
+policy_drift = Table(
+    "policy_drift",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("detected_at", Float, nullable=False),
+    Column("cleared_at", Float, nullable=True),
+    Column("revision", String(64), nullable=False),  # the active revision when detected
+    Column("source", Text, nullable=False),  # where the declared source was read
+    Column("source_revision", String(64), nullable=True),  # None: the source could not be read
+    Column("files", Text, nullable=False),  # JSON {added, removed, changed}
+    Index("ix_policy_drift_detected", "detected_at"),
 )

@@ -85,6 +85,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.policy_drift = Gauge(
+            "trustplane_policy_drift",
+            "1 while the active bundle revision differs from the directory it follows "
+            "(rollout/drift.py), 0 when they match.",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.bundle_info = Gauge(
             "trustplane_bundle_active",
             "1 for the active bundle revision.",

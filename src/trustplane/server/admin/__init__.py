@@ -9,6 +9,7 @@ from starlette.routing import Route
 
 from trustplane.server.admin import (
     bundle,
+    drift,
     governance,
     identity,
     ledger,
@@ -19,7 +20,7 @@ from trustplane.server.admin import (
 from trustplane.server.admin_gate import AdminGate
 from trustplane.server.runtime import Runtime
 
-RESOURCES = (bundle, revocations, ledger, governance, identity, rollout, scorecard)
+RESOURCES = (bundle, revocations, ledger, governance, identity, rollout, drift, scorecard)
 
 
 def admin_routes(runtime: Runtime, gate: AdminGate) -> list[Route]:
