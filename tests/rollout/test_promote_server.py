@@ -180,7 +180,7 @@ def test_observe_to_canary_to_enforce(server: Server) -> None:
     assert figures["verdict"] == "pass"
 
     # False positives among the enforced cohort's denials fail the gate on that cohort.
-    denied = [ids[p] for p in PEOPLE if expected[p] == ENFORCED][:6]
+    denied = [ids[p] for p in PEOPLE if expected[p] == ENFORCED][:8]  # min_labels: judged
     labelled = run_cli(
         "rollout", "label", *denied, "--policy", POLICY, "--verdict", "false-positive",
         "--note", "agents may refund large orders during the sale", env=env,
