@@ -380,3 +380,14 @@ rollout_evidence = Table(
     Column("cohort", String(10), nullable=False),  # observed | enforced
     Index("ix_rollout_evidence_policy_ts", "policy_id", "ts"),
 )
+
+# outcomes/snapshots.py: the scorecard of a month as computed at a time, so the report shows
+# trends; computing the same month again replaces it.
+scorecard_snapshots = Table(
+    "scorecard_snapshots",
+    metadata,
+    Column("period", String(7), primary_key=True),  # YYYY-MM
+    Column("computed_at", Float, nullable=False),
+    Column("revision", String(64), nullable=True),
+    Column("document", Text, nullable=False),  # the scorecard's JSON
+)

@@ -6,7 +6,7 @@ applies to new ones (telemetry/rowcheck.py `evidence`, restated here: a migratio
 was written, and the store imports no other plane).
 
 Revision ID: 0015
-Revises: 0012
+Revises: 0018
 """
 
 import json
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0012"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
