@@ -178,6 +178,9 @@ def test_observe_to_canary_to_enforce(server: Server) -> None:
     assert cohorts["enforced"]["would_denies"] == enforced
     assert cohorts["observed"]["would_denies"] == 16 + n - enforced
     assert figures["verdict"] == "pass"
+    metrics = server.client.get("/metrics").text
+    gauge = "trustplane_rollout_cohort_would_denies"
+    assert f'{gauge}{{policy="{POLICY}",cohort="enforced"}} {float(enforced)}' in metrics
 
     # False positives among the enforced cohort's denials fail the gate on that cohort.
     denied = [ids[p] for p in PEOPLE if expected[p] == ENFORCED][:8]  # min_labels: judged
