@@ -180,7 +180,7 @@ def test_observe_to_canary_to_enforce(server: Server) -> None:
     assert figures["verdict"] == "pass"
     metrics = server.client.get("/metrics").text
     gauge = "trustplane_rollout_cohort_would_denies"
-    assert f'{gauge}{{policy="{POLICY}",cohort="enforced"}} {float(enforced)}' in metrics
+    assert f'{gauge}{{cohort="enforced",policy="{POLICY}"}} {float(enforced)}' in metrics
 
     # False positives among the enforced cohort's denials fail the gate on that cohort.
     denied = [ids[p] for p in PEOPLE if expected[p] == ENFORCED][:8]  # min_labels: judged
