@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -120,7 +121,8 @@ def main() -> None:
         f"rollout status: {args.decisions:,} decisions, {result.would_denies:,} would-denies: "
         f"median {median:.3f} s of {args.runs} (min {min(timings):.3f}, max "
         f"{max(timings):.3f}); baseline SELECT count(*) FROM decisions median "
-        f"{statistics.median(baseline):.3f} s (ratio {median / statistics.median(baseline):.1f})"
+        f"{statistics.median(baseline):.3f} s (ratio {median / statistics.median(baseline):.1f}); "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     engine.dispose()
 

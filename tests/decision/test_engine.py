@@ -416,6 +416,7 @@ def test_a_cached_answer_carries_every_field_of_the_first() -> None:
         "revision",
         "grant_ids",
         "exception_ids",
+        "canary",
     }, "a new Decision field: carry it in Evaluator.evaluate's cache hit"
 
 

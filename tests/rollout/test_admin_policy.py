@@ -22,3 +22,13 @@ def test_people_read_and_label_workloads_do_neither() -> None:
     assert allowed(BOOT, "rollout:label", POLICY), "first setup"
     assert not allowed(ROBOT, "rollout:read", Target("rollout"))
     assert not allowed(ROBOT, "rollout:label", POLICY)
+
+
+def test_the_platform_team_and_security_promote_other_people_do_not() -> None:
+    platform = AdminCaller("person", 'User::"pat"', 'User::"pat"', ("platform",))
+    security = AdminCaller("person", 'User::"carol"', 'User::"carol"', ("security",))
+    assert allowed(platform, "rollout:promote", POLICY)
+    assert allowed(security, "rollout:promote", POLICY)
+    assert allowed(BOOT, "rollout:promote", POLICY), "first setup"
+    assert not allowed(ALICE, "rollout:promote", POLICY), "an SRE reads and labels only"
+    assert not allowed(ROBOT, "rollout:promote", POLICY)

@@ -178,9 +178,12 @@ def test_observe_to_canary_to_enforce(server: Server) -> None:
     assert cohorts["enforced"]["would_denies"] == enforced
     assert cohorts["observed"]["would_denies"] == 16 + n - enforced
     assert figures["verdict"] == "pass"
+    metrics = server.client.get("/metrics").text
+    gauge = "trustplane_rollout_cohort_would_denies"
+    assert f'{gauge}{{cohort="enforced",policy="{POLICY}"}} {float(enforced)}' in metrics
 
     # False positives among the enforced cohort's denials fail the gate on that cohort.
-    denied = [ids[p] for p in PEOPLE if expected[p] == ENFORCED][:6]
+    denied = [ids[p] for p in PEOPLE if expected[p] == ENFORCED][:8]  # min_labels: judged
     labelled = run_cli(
         "rollout", "label", *denied, "--policy", POLICY, "--verdict", "false-positive",
         "--note", "agents may refund large orders during the sale", env=env,

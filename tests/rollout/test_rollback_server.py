@@ -110,7 +110,8 @@ def test_a_bad_activation_is_rolled_back(
         wait_for(lambda: revision(server) == good, timeout=30)
         assert refund(server), "the previous revision serves again"
 
-        (jump,) = jumps(server)
+        # The guard records the jump once the rollback is made: wait for its account.
+        (jump,) = wait_for(lambda: jumps(server), timeout=30)
         assert jump["outcome"] == "rolled_back" and jump["rolled_back_to"] == good
         assert (jump["revision"], jump["policy"]) == (bad, "freeze-refunds")
         assert jump["route"] == 'Api::"payments.refund"'
@@ -143,8 +144,7 @@ def test_without_auto_rollback_only_the_alarm_is_raised(
     with start(tmp_path, database_url, shop_copy, webhook, auto=False) as server:
         bad = misdeploy(server, shop_copy)
         assert [refund(server) for _ in range(MIN_DENIES + 5)] == [False] * (MIN_DENIES + 5)
-        wait_for(lambda: jumps(server), timeout=30)
-        (jump,) = jumps(server)
+        (jump,) = wait_for(lambda: jumps(server), timeout=30)
         assert jump["outcome"] == "alarm_only" and jump["revision"] == bad
         assert revision(server) == bad, "the bundle keeps serving: nobody asked to roll back"
         assert counter(server, "alarm_only") == 1

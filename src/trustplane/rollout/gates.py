@@ -273,8 +273,11 @@ class RolloutStatus:
                     f"{gate.max_false_positive:.1%}"
                 )
             if info.mode == "canary":
+                # A cohort with enough labels of its own is judged alone too: a canary's
+                # enforced denials can be wrong where its observed would-denies are not.
                 for cohort in cohorts:
-                    if cohort.labelled and cohort.fp_high > gate.max_false_positive:
+                    judged = cohort.labelled >= max(1, gate.min_labels)
+                    if judged and cohort.fp_high > gate.max_false_positive:
                         failing.append(
                             f"{cohort.name} cohort: false-positive rate up to "
                             f"{cohort.fp_high:.1%} (95% upper bound), above "

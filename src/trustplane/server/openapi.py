@@ -20,7 +20,7 @@ from trustplane.server.admin.governance import (
 from trustplane.server.admin.identity import EntryBody, RotateBody
 from trustplane.server.admin.ledger import CHECKPOINT_PARAMS, DECISION_PARAMS, PAGE_PARAMS
 from trustplane.server.admin.revocations import LiftBody, RevokeBody
-from trustplane.server.admin.rollout import LabelBody
+from trustplane.server.admin.rollout import LabelBody, PromotionBody
 from trustplane.server.admin_gate import admin_route
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
 from trustplane.server.image_attestations import AttestBody
@@ -88,6 +88,7 @@ def openapi_document() -> dict[str, Any]:
                 EntryBody,
                 RotateBody,
                 LabelBody,
+                PromotionBody,
             )
         ],
         ref_template=_REF.replace("{model}", "{model}"),
@@ -353,9 +354,10 @@ def openapi_document() -> dict[str, Any]:
                 method="post",
             ),
             "/v1/rollout/status": _admin(
-                "Every observe-mode policy against its promotion gate (rollout.yaml): days "
-                "observed, decisions, would-denies, labels, false-positive rate with its 95% "
-                "Wilson interval, attributable share, and each reason the gate fails",
+                "Every observe-mode and canary policy against its promotion gate "
+                "(rollout.yaml): days observed, decisions, would-denies, labels, false-positive "
+                "rate with its 95% Wilson interval (per cohort for a canary), attributable "
+                "share, and each reason the gate fails",
                 tag="rollout",
             ),
             "/v1/rollout/policies/{policy_id}/queue": _admin(
@@ -368,6 +370,15 @@ def openapi_document() -> dict[str, Any]:
                 "Label would-denies true or false positives (by id or unique id prefix, or "
                 "every unlabelled one of a principal); recorded in the ledger with the note",
                 body="LabelBody",
+                method="post",
+                tag="rollout",
+            ),
+            "/v1/rollout/promotions": _admin(
+                "Whether a policy may be promoted to canary or enforce: its gate when it passes "
+                "or is overridden with a reason, 409 gate-fails with every failing reason "
+                "otherwise; recorded in the ledger (the bundle source is edited by `trustplane "
+                "policy promote`)",
+                body="PromotionBody",
                 method="post",
                 tag="rollout",
             ),

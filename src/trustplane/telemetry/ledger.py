@@ -792,6 +792,15 @@ class StoreSource:
     def rows(self) -> Iterator[Sequence[Any]]:
         return _stream_rows(self.engine)
 
+    def evidence(self) -> dict[tuple[str, int], tuple[str, str, str]]:
+        """Every `rollout_evidence` row: (policy, seq) → (decision id, principal, cohort)."""
+        ev = rollout_evidence.c
+        query = select(ev.policy_id, ev.seq, ev.decision_id, ev.principal, ev.cohort)
+        with self.engine.connect() as connection:
+            return {
+                (row[0], int(row[1])): (row[2], row[3], row[4]) for row in connection.execute(query)
+            }
+
     def quarantined(self) -> Iterator[Sequence[Any]]:
         return _stream_quarantined(self.engine)
 
@@ -1094,6 +1103,12 @@ def verify_ledger(
             add_leaf(recomputed)
             held = next(quarantine, None)
 
+    # The rollout evidence rows a store holds (not an API source): derived from the records as
+    # they pass, compared once the loop is done.
+    stored_evidence = getattr(source, "evidence", None)
+    expected_evidence: dict[tuple[str, int], tuple[str, str, str]] | None = (
+        {} if stored_evidence is not None else None
+    )
     # The loop runs once per record; the column check's common case (everything matches) is
     # inlined and costs one parse, one derivation and two comparisons (docs/benchmarks.md §4).
     loads = orjson.loads
@@ -1111,6 +1126,7 @@ def verify_ledger(
                 "longer matches its leaf hash"
             )
         else:  # an altered record's columns are moot: the record itself is named above
+            document = None
             try:
                 document = loads(record)
                 matches = (
@@ -1120,6 +1136,17 @@ def verify_ledger(
                 matches = False
             if not matches:
                 column_problems(row, record)
+            if expected_evidence is not None and (row[6] != row[7] or b'"canary":' in record):
+                try:
+                    derived = evidence(document) if isinstance(document, dict) else []
+                except (TypeError, AttributeError):
+                    derived = []
+                for policy_id, cohort in derived:
+                    expected_evidence[(column_text(policy_id, 400), seq)] = (
+                        column_text(str(document["decision_id"]), 36),  # type: ignore[index]
+                        row[3],
+                        cohort,
+                    )
         add_leaf(recomputed)
         if progress is not None and report.records % 10_000 == 0:
             progress(report.records)
@@ -1132,6 +1159,8 @@ def verify_ledger(
     close = getattr(quarantine, "close", None)
     if close is not None:
         close()
+    if stored_evidence is not None and expected_evidence is not None:
+        _check_evidence(stored_evidence(), expected_evidence, problem)
     if next_checkpoint is not None:
         problems.append(
             f"checkpoint at size {next_checkpoint.size} covers records that are missing "
@@ -1142,6 +1171,35 @@ def verify_ledger(
     if progress is not None:
         progress(report.records)
     return report
+
+
+def _check_evidence(
+    stored: dict[tuple[str, int], tuple[str, str, str]],
+    expected: dict[tuple[str, int], tuple[str, str, str]],
+    problem: Callable[[str], None],
+) -> None:
+    """Name every `rollout_evidence` row that no record derives, or derives otherwise, and
+    every one a record derives that is missing (the gates count these rows)."""
+    for key in sorted(set(stored) | set(expected), key=lambda k: (k[1], k[0])):
+        policy_id, seq = key
+        have, want = stored.get(key), expected.get(key)
+        if have == want:
+            continue
+        if want is None:
+            problem(
+                f"rollout evidence row for policy {policy_id} at seq {seq} is derived from no "
+                "record: it was added"
+            )
+        elif have is None:
+            problem(
+                f"rollout evidence row for policy {policy_id} at seq {seq} (decision {want[0]}) "
+                "is missing: its record is a would-deny or canary denial of it"
+            )
+        else:
+            problem(
+                f"rollout evidence row for policy {policy_id} at seq {seq} holds {have} but its "
+                f"signed record says {want}"
+            )
 
 
 # The columns `_stream_rows` reads, in order: seq, then the query columns, then ts, the record

@@ -191,6 +191,20 @@ class Metrics:
 
         # rollout/: the promotion gate's evidence per observe-mode policy, refreshed each time
         # the status is computed (GET /v1/rollout/status, `trustplane rollout status`).
+        self.rollout_cohorts = {
+            name: Gauge(
+                f"trustplane_rollout_cohort_{name}",
+                help_text,
+                ["policy", "cohort"],
+                registry=r,
+                multiprocess_mode="mostrecent",
+            )
+            for name, help_text in (
+                ("would_denies", "Would-denies (observed) or canary denials (enforced)."),
+                ("labelled", "Of those, labelled true or false positive."),
+                ("false_positive_upper", "Upper bound of the false-positive 95% interval."),
+            )
+        }
         self.deny_jumps = Counter(
             "trustplane_deny_jumps",
             "Deny-rate jumps on a route after an activation (rollout/rollback.py), by outcome: "

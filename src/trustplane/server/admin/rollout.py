@@ -99,6 +99,11 @@ def publish(metrics: Metrics, statuses: list[PolicyStatus]) -> None:
         share = status.attributable
         gauges["attributable_share"].labels(policy).set(1.0 if share is None else share)
         gauges["gate_passing"].labels(policy).set(1 if status.passes else 0)
+        for cohort in status.cohorts:  # observed; and enforced, for a canary
+            by_cohort = metrics.rollout_cohorts
+            by_cohort["would_denies"].labels(policy, cohort.name).set(cohort.would_denies)
+            by_cohort["labelled"].labels(policy, cohort.name).set(cohort.labelled)
+            by_cohort["false_positive_upper"].labels(policy, cohort.name).set(cohort.fp_high)
 
 
 class RolloutApi:

@@ -1,14 +1,16 @@
 """Rollout plane: the would-denies and canary denials of each record, indexed by policy, and
 decisions counted by kind and time.
 
-Existing records are read once to fill `rollout_evidence` (the same derivation the ledger writer
-applies to new ones: telemetry/rowcheck.py evidence).
+Existing records are read once to fill `rollout_evidence` with the derivation the ledger writer
+applies to new ones (telemetry/rowcheck.py `evidence`, restated here: a migration stays as it
+was written, and the store imports no other plane).
 
 Revision ID: 0015
 Revises: 0018
 """
 
 import json
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -39,8 +41,6 @@ def upgrade() -> None:
 def _backfill() -> None:
     """Evidence of the records already stored: would-denies (allow, shadow deny) and denials
     whose record names canary cohorts."""
-    from trustplane.telemetry.rowcheck import evidence
-
     bind = op.get_bind()
     table = sa.table(
         "rollout_evidence",
@@ -68,9 +68,10 @@ def _backfill() -> None:
         for seq, decision_id, ts, principal, record in rows:
             try:
                 document = json.loads(bytes(record))
-            except ValueError:
+                derived = evidence(document) if isinstance(document, dict) else []
+            except (ValueError, TypeError, AttributeError):
                 continue
-            for policy_id, cohort in evidence(document):
+            for policy_id, cohort in derived:
                 found.append(
                     {
                         "policy_id": policy_id,
@@ -84,6 +85,23 @@ def _backfill() -> None:
         if found:
             bind.execute(sa.insert(table), found)
         last = rows[-1][0]
+
+
+def evidence(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """(policy id, cohort) rows of a record, as rowcheck.evidence derived them at 0015."""
+    if record.get("kind") != "decision":
+        return []
+    cohorts = record.get("canary") or {}
+    if not isinstance(cohorts, dict):
+        return []
+    effect, shadow = record.get("decision"), record.get("shadow")
+    if effect == "allow" and shadow == "deny":
+        changed = record.get("would_change") or []
+        return [(p, str(cohorts.get(p, "observed"))) for p in dict.fromkeys(changed)]
+    if effect == "deny" and cohorts:
+        reasons = record.get("reasons") or []
+        return [(p, "enforced") for p in dict.fromkeys(reasons) if cohorts.get(p) == "enforced"]
+    return []
 
 
 def downgrade() -> None:
