@@ -6,6 +6,7 @@ flips); records that cannot be replayed are counted by reason."""
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -113,3 +114,20 @@ def test_records_that_cannot_be_replayed_are_counted_by_reason() -> None:
     assert doc["not_replayed"] == 3
     reasons = {item["reason"]: item["examples"] for item in doc["not_replayed_by_reason"]}
     assert reasons["masked input (/context/mfa)"] == [masked["decision_id"]]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(requests, min_size=1, max_size=30))
+def test_a_batch_answers_as_one_evaluation_at_a_time(asked: list[AccessRequest]) -> None:
+    evaluator = SHOP_BUNDLE.evaluator
+    now = 1_800_000_000.0
+    batch = evaluator.evaluate_batch([(request, now, None) for request in asked])
+    assert len(batch) == len(asked)
+    for request, answer in zip(asked, batch, strict=True):
+        one = evaluator.evaluate(request, at=datetime.fromtimestamp(now, UTC))
+        assert (answer.effect, answer.shadow_effect, answer.errors) == (
+            one.effect,
+            one.shadow_effect,
+            one.errors,
+        )
+        assert answer.reasons == one.reasons and answer.shadow_changes == one.shadow_changes
