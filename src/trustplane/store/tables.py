@@ -377,3 +377,14 @@ policy_drift = Table(
     Column("files", Text, nullable=False),  # JSON {added, removed, changed}
     Index("ix_policy_drift_detected", "detected_at"),
 )
+
+# outcomes/snapshots.py: the scorecard of a month as computed at a time, so the report shows
+# trends; computing the same month again replaces it.
+scorecard_snapshots = Table(
+    "scorecard_snapshots",
+    metadata,
+    Column("period", String(7), primary_key=True),  # YYYY-MM
+    Column("computed_at", Float, nullable=False),
+    Column("revision", String(64), nullable=True),
+    Column("document", Text, nullable=False),  # the scorecard's JSON
+)

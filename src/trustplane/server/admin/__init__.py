@@ -15,11 +15,12 @@ from trustplane.server.admin import (
     ledger,
     revocations,
     rollout,
+    scorecard,
 )
 from trustplane.server.admin_gate import AdminGate
 from trustplane.server.runtime import Runtime
 
-RESOURCES = (bundle, revocations, ledger, governance, identity, rollout, drift)
+RESOURCES = (bundle, revocations, ledger, governance, identity, rollout, drift, scorecard)
 
 
 def admin_routes(runtime: Runtime, gate: AdminGate) -> list[Route]:

@@ -1,14 +1,14 @@
 """Rollout plane: drift incidents between the active revision and its declared source.
 
 Revision ID: 0016
-Revises: 0012
+Revises: 0018
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0016"
-down_revision = "0012"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
