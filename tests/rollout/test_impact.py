@@ -14,9 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SHOP
-from tests.rollout.recorded import ACTIONS, PRINCIPALS, RESOURCES, SHOP_BUNDLE, ask, load, record_of
+from tests.rollout.recorded import (
+    ACTIONS,
+    ASSESS,
+    PRINCIPALS,
+    RESOURCES,
+    SHOP_BUNDLE,
+    ask,
+    load,
+    record_of,
+)
 from trustplane.decision.loader import LoadedBundle
-from trustplane.model import AccessRequest, refusal
+from trustplane.model import AccessRequest, Elevation, refusal
 from trustplane.rollout.impact import Grants, replay
 from trustplane.telemetry.ledger import decision_entry
 from trustplane.telemetry.masking import Masker
@@ -131,3 +140,33 @@ def test_a_batch_answers_as_one_evaluation_at_a_time(asked: list[AccessRequest])
             one.errors,
         )
         assert answer.reasons == one.reasons and answer.shadow_changes == one.shadow_changes
+
+
+def test_a_grant_in_force_is_replayed_with_the_role_it_added() -> None:
+    """A break-glass grant made alice a member of the payments-db role: her record names the
+    grant, replay looks it up and asks with the same role; without it, the record is counted,
+    not guessed at."""
+    now = datetime.now(UTC).timestamp()
+    row = {
+        "id": "g-1",
+        "role": 'Role::"break-glass-payments-db"',
+        "starts_at": now - 60,
+        "expires_at": now + 600,
+    }
+    grants = Grants.from_rows([row], [])
+    request = ask(
+        {"type": "User", "id": "bob"},
+        "db:admin",
+        {"type": "Database", "id": "payments-db-prod"},
+        mfa=True,
+        auth_age_seconds=30,
+    )
+    seen, assessment = ASSESS(request, SHOP_BUNDLE.bundle)
+    elevation = Elevation(grants=(grants.grants["g-1"],))
+    decision = SHOP_BUNDLE.evaluator.evaluate(seen, trust=assessment, elevation=elevation)
+    assert decision.allowed and decision.grant_ids == ("g-1",)
+    record = dict(orjson.loads(decision_entry(request, decision, Masker([])).record))
+    report = replay([record], SHOP_BUNDLE.evaluator, grants)
+    assert (report.replayed, report.flips) == (1, 0)
+    unknown = replay([record], SHOP_BUNDLE.evaluator, Grants())
+    assert dict(unknown.not_replayed) == {"grant or exception unknown here": 1}
