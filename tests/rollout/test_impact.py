@@ -6,6 +6,7 @@ flips); records that cannot be replayed are counted by reason."""
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -13,9 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SHOP
-from tests.rollout.recorded import ACTIONS, PRINCIPALS, RESOURCES, SHOP_BUNDLE, ask, load, record_of
+from tests.rollout.recorded import (
+    ACTIONS,
+    ASSESS,
+    PRINCIPALS,
+    RESOURCES,
+    SHOP_BUNDLE,
+    ask,
+    load,
+    record_of,
+)
 from trustplane.decision.loader import LoadedBundle
-from trustplane.model import AccessRequest, refusal
+from trustplane.model import AccessRequest, Elevation, refusal
 from trustplane.rollout.impact import Grants, replay
 from trustplane.telemetry.ledger import decision_entry
 from trustplane.telemetry.masking import Masker
@@ -113,3 +123,50 @@ def test_records_that_cannot_be_replayed_are_counted_by_reason() -> None:
     assert doc["not_replayed"] == 3
     reasons = {item["reason"]: item["examples"] for item in doc["not_replayed_by_reason"]}
     assert reasons["masked input (/context/mfa)"] == [masked["decision_id"]]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(requests, min_size=1, max_size=30))
+def test_a_batch_answers_as_one_evaluation_at_a_time(asked: list[AccessRequest]) -> None:
+    evaluator = SHOP_BUNDLE.evaluator
+    now = 1_800_000_000.0
+    batch = evaluator.evaluate_batch([(request, now, None) for request in asked])
+    assert len(batch) == len(asked)
+    for request, answer in zip(asked, batch, strict=True):
+        one = evaluator.evaluate(request, at=datetime.fromtimestamp(now, UTC))
+        assert (answer.effect, answer.shadow_effect, answer.errors) == (
+            one.effect,
+            one.shadow_effect,
+            one.errors,
+        )
+        assert answer.reasons == one.reasons and answer.shadow_changes == one.shadow_changes
+
+
+def test_a_grant_in_force_is_replayed_with_the_role_it_added() -> None:
+    """A break-glass grant made alice a member of the payments-db role: her record names the
+    grant, replay looks it up and asks with the same role; without it, the record is counted,
+    not guessed at."""
+    now = datetime.now(UTC).timestamp()
+    row = {
+        "id": "g-1",
+        "role": 'Role::"break-glass-payments-db"',
+        "starts_at": now - 60,
+        "expires_at": now + 600,
+    }
+    grants = Grants.from_rows([row], [])
+    request = ask(
+        {"type": "User", "id": "bob"},
+        "db:admin",
+        {"type": "Database", "id": "payments-db-prod"},
+        mfa=True,
+        auth_age_seconds=30,
+    )
+    seen, assessment = ASSESS(request, SHOP_BUNDLE.bundle)
+    elevation = Elevation(grants=(grants.grants["g-1"],))
+    decision = SHOP_BUNDLE.evaluator.evaluate(seen, trust=assessment, elevation=elevation)
+    assert decision.allowed and decision.grant_ids == ("g-1",)
+    record = dict(orjson.loads(decision_entry(request, decision, Masker([])).record))
+    report = replay([record], SHOP_BUNDLE.evaluator, grants)
+    assert (report.replayed, report.flips) == (1, 0)
+    unknown = replay([record], SHOP_BUNDLE.evaluator, Grants())
+    assert dict(unknown.not_replayed) == {"grant or exception unknown here": 1}

@@ -213,12 +213,15 @@ def test_suggestions_validate_and_would_allow_what_was_observed(
     assert {"action": 'Action::"billing:read"', "resource": 'Api::"billing.invoices"'} in (
         coverage["uncovered"]
     )
+    served = Path(server.env["TRUSTPLANE_POLICY__BUNDLE_DIR"])
+    inside = run_cli("policy", "suggest", "--out", str(served / "s.cedar"), env=server.env)
+    assert inside.returncode == 2 and "it would be activated" in inside.stderr
+    assert not (served / "s.cedar").exists()
     people = cli(server, "policy", "suggest", "--since", "1h", "--principal-type", "User")
     assert "entitlement coverage:" in people and "permit (" in people
 
     # Added to the bundle, the candidates validate, pass the bundle's tests (observe mode
     # changes no answer) and would allow every decision they came from.
-    served = Path(server.env["TRUSTPLANE_POLICY__BUNDLE_DIR"])
     trial = tmp_path / "trial"
     shutil.copytree(served, trial)
     shutil.copy(written, trial / "suggested.cedar")

@@ -50,6 +50,8 @@ def test_candidates_validate_and_allow_what_was_observed(tmp_path: Path) -> None
     texts = {c.principals[0]: c for c in found.candidates}
     bob = texts['User::"bob"']
     assert 'principal == User::"bob"' in bob.text
+    # Every one of bob's decisions was made with MFA: the candidate asks for it too.
+    assert "when { context has mfa && context.mfa }" in bob.text
     assert 'action == Action::"payments:read"' in bob.text
     assert 'resource == Api::"payments.transactions"' in bob.text
     assert '@mode("observe")' in bob.text and '@owner("platform")' in bob.text
@@ -106,7 +108,7 @@ requests = st.builds(
     st.sampled_from(PRINCIPALS),
     st.sampled_from(ACTIONS),
     st.sampled_from(RESOURCES),
-    mfa=st.just(True),
+    mfa=st.booleans(),
     auth_age_seconds=st.integers(0, 800),
     amount_cents=st.integers(0, 1000),
 )

@@ -657,6 +657,16 @@ def policy_suggest(
     if not owner.strip():
         raise CliError("--owner must name a team")
     settings = root_context(ctx).settings()
+    served = settings.policy.bundle_dir
+    if (
+        out_file is not None
+        and served is not None
+        and out_file.resolve().is_relative_to(served.resolve())
+    ):
+        raise CliError(
+            f"--out {out_file} is inside the bundle directory the server follows "
+            f"({served}): it would be activated; write it elsewhere and add it by review"
+        )
     start = _since(since)
     options = load_options(settings, run_tests=False)
     engine = None

@@ -36,6 +36,7 @@ from trustplane.decision.engine import Evaluator
 from trustplane.decision.requests import parse_entity
 from trustplane.model import AccessRequest, Decision, Elevation, EntityRef, ExceptionRef, GrantRef
 from trustplane.store.tables import access_grants, decisions, policy_exceptions
+from trustplane.telemetry.ledger import rfc3339
 from trustplane.telemetry.query import reason_code
 from trustplane.trust.assessor import TRUST_KEY
 from trustplane.trust.policy import trust_policy
@@ -291,7 +292,7 @@ class ImpactReport:
 
         return {
             "candidate": self.candidate,
-            "since": self.since,
+            "since": None if self.since is None else rfc3339(self.since),
             "records": self.records,
             "replayed": self.replayed,
             "unchanged": self.unchanged,

@@ -9,7 +9,9 @@ really used for). Each becomes evidence for a least-privilege permit candidate:
   bundle knows was observed, so a suggestion never grants a member nobody saw act; otherwise
   the principals observed are named;
 - resources likewise by type and parent (`Api` in `Service::"inventory"`);
-- the actions each group used on each resource group are one `action in [...]`.
+- the actions each group used on each resource group are one `action in [...]`;
+- a boolean of the context every one of those decisions had with the same value (`mfa`
+  true) becomes a condition (`when { context has mfa && context.mfa }`).
 
 Each candidate carries `@id`, `@owner`, `@mode("observe")` and a description, its evidence as
 comments (how many decisions, denied by default or allowed by which policies, first and last
@@ -56,8 +58,13 @@ class Evidence:
     allowed_by: Counter[str] = field(default_factory=Counter)
     first: float | None = None
     last: float | None = None
+    # Boolean context values seen, by attribute; None once an attribute was missing or not a
+    # boolean in some decision: only a value every decision had becomes a condition.
+    flags: dict[str, set[bool] | None] | None = None
 
-    def add(self, ts: float, code: str, reasons: Iterable[str]) -> None:
+    def add(self, ts: float, code: str, reasons: Iterable[str], context: Mapping[str, Any]) -> None:
+        seen = {k: {v} for k, v in context.items() if isinstance(v, bool)}
+        self._flags(seen)
         self.count += 1
         if code == DEFAULT_DENY:
             self.denied += 1
@@ -66,7 +73,27 @@ class Evidence:
         self.first = ts if self.first is None else min(self.first, ts)
         self.last = ts if self.last is None else max(self.last, ts)
 
+    def _flags(self, seen: Mapping[str, set[bool] | None]) -> None:
+        if self.flags is None:
+            self.flags = dict(seen)
+            return
+        for key in set(self.flags) | set(seen):
+            mine, theirs = self.flags.get(key), seen.get(key)
+            self.flags[key] = None if mine is None or theirs is None else mine | theirs
+
+    def conditions(self) -> list[str]:
+        """`context.x` (or `!context.x`) for each boolean every decision had with one value."""
+        found = []
+        for key, values in sorted((self.flags or {}).items()):
+            if values is None or len(values) != 1 or not key.isidentifier():
+                continue
+            test = f"context.{key}" if True in values else f"!context.{key}"
+            found.append(f"context has {key} && {test}")
+        return found
+
     def merge(self, other: Evidence) -> None:
+        if other.flags is not None:
+            self._flags(other.flags)
         self.count += other.count
         self.denied += other.denied
         self.allowed_by.update(other.allowed_by)
@@ -210,7 +237,10 @@ def suggest(
         used += 1
         ts = _timestamp(record)
         evidence = triples.setdefault((principal, action, resource), Evidence())
-        evidence.add(ts, code, record.get("reasons") or [])
+        context = request.get("context")
+        evidence.add(
+            ts, code, record.get("reasons") or [], context if isinstance(context, dict) else {}
+        )
 
     # principal group → resource group → actions, principals, resources, evidence
     grouped: dict[tuple[Any, Any], dict[str, Any]] = {}
@@ -286,7 +316,9 @@ def _candidate(
         f"  {resource}",
         ")",
     ]
-    conditions = [c for c in (p_when, r_when) if c]
+    # Least privilege in context too: a flag every observed decision had (signed in with MFA)
+    # is required of the candidate, so it grants no more than was used.
+    conditions = [c for c in (p_when, r_when) if c] + evidence.conditions()
     text = "\n".join(lines)
     text += "".join(f"\nwhen {{ {c} }}" for c in conditions) + ";\n"
     return Candidate(policy_id, text, principals, actions, resources, evidence)
