@@ -23,6 +23,7 @@ from trustplane.store.tables import (
     access_requests,
     break_glass_reviews,
     checkpoints,
+    policy_drift,
     policy_exceptions,
     revocations,
     rollout_labels,
@@ -129,6 +130,10 @@ def card(engine: Engine, signer: NoteSigner) -> Iterator[tuple[Engine, Scorecard
             [exception_row("e-late", NOW - 60), exception_row("e-soon", NOW + 86400)],
         )
         conn.execute(
+            insert(policy_drift),
+            [drift_row(START + 500), drift_row(START - 500)],  # one in November, one before
+        )
+        conn.execute(
             insert(break_glass_reviews),
             {"grant_id": "g-2", "opened_by": "alice", "due_at": NOW - 10},
         )
@@ -164,6 +169,16 @@ def request_row(request_id: str, created: float, decided: float) -> dict[str, An
         "expires_at": created + 3600,
         "decided_at": decided,
         "revision": "rev",
+    }
+
+
+def drift_row(detected: float) -> dict[str, Any]:
+    return {
+        "detected_at": detected,
+        "revision": "rev",
+        "source": "shop/",
+        "source_revision": "src",
+        "files": '{"changed": ["humans.cedar"]}',
     }
 
 
@@ -230,6 +245,13 @@ def test_slis(card: tuple[Engine, Scorecard]) -> None:
     assert ingest.value == pytest.approx(1400 - 10)
     assert ingest.verdict == "not met"
     assert figure("token_issuance").verdict == "not measured"
+    assert (figure("drift_incidents").value, figure("drift_incidents").verdict) == (1, "not met")
+
+
+def test_drift_unchecked_is_not_measured(engine: Engine) -> None:
+    card = compute_scorecard(engine, shop(), PERIOD, now=NOW, drift_checked=False)
+    drift = card.figure("drift_incidents")
+    assert drift.verdict == "not measured" and "drift_check_seconds" in drift.to_measure
 
 
 def test_hygiene_and_maturity(card: tuple[Engine, Scorecard]) -> None:

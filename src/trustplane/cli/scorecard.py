@@ -94,7 +94,8 @@ def _local(settings: Settings, period: str | None, shape: Format, save: bool) ->
     try:
         bundle = _active_bundle(settings, engine)
         with busy:
-            card = compute_scorecard(engine, bundle, period)
+            checked = bool(settings.policy.drift_check_seconds and settings.policy.bundle_dir)
+            card = compute_scorecard(engine, bundle, period, drift_checked=checked)
         if save:
             save_snapshot(engine, card)
         if shape is Format.html:

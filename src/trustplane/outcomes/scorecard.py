@@ -168,10 +168,13 @@ def compute_scorecard(
     period: str | None = None,
     *,
     now: float | None = None,
+    drift_checked: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> Scorecard:
     """The scorecard of `period` (YYYY-MM; the current month by default) from the store behind
-    `engine` and the active bundle (None: the figures that need it are not measured)."""
+    `engine` and the active bundle (None: the figures that need it are not measured).
+    `drift_checked`: whether the server's periodic drift check runs (`policy.drift_check_seconds`
+    above 0 with a bundle directory), without which no drift incident could have been seen."""
     now = time.time() if now is None else now
     name, start, end = parse_period(period, now)
     until = min(end, now)
@@ -197,7 +200,7 @@ def compute_scorecard(
     figures = [
         *_privilege_figures(engine, bundle, roles, tally, start, end),
         *_error_figures(engine, tally, revoked, start, end),
-        *_sli_figures(engine, tally, start, end),
+        *_sli_figures(engine, tally, start, end, drift_checked),
         *_hygiene_figures(engine, start, end, now),
     ]
     return Scorecard(
@@ -588,7 +591,9 @@ def _percentile(values: list[float] | list[int], q: float) -> float | None:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-def _sli_figures(engine: Engine, tally: _Tally, start: float, end: float) -> list[Figure]:
+def _sli_figures(
+    engine: Engine, tally: _Tally, start: float, end: float, drift_checked: bool
+) -> list[Figure]:
     n = tally.decisions
     success = _share(n - tally.auth_failures, n)
     p50, p99 = _percentile(tally.eval_micros, 0.5), _percentile(tally.eval_micros, 0.99)
@@ -723,7 +728,18 @@ def _sli_figures(engine: Engine, tally: _Tally, start: float, end: float) -> lis
             "trustplane audit verify --json",
             "" if tally.proof_delays else "a checkpoint after the period's records",
         ),
-        Figure(
+        _drift_figure(engine, start, end, drift_checked),
+    ]
+
+
+def _drift_figure(engine: Engine, start: float, end: float, checked: bool) -> Figure:
+    """M10 from the drift check's incidents (rollout/drift.py) that began in the period."""
+    from trustplane.rollout.drift import DriftLog
+
+    history = DriftLog(engine).history(since=start)
+    began = [i for i in history["incidents"] if i["detected_at"] < end]
+    if not checked and not began:
+        return Figure(
             "drift_incidents",
             "Policy drift incidents (M10)",
             "sli",
@@ -731,10 +747,22 @@ def _sli_figures(engine: Engine, tally: _Tally, start: float, end: float) -> lis
             "count",
             "0",
             NOT_MEASURED,
-            "no drift check has recorded incidents",
-            to_measure="trustplane policy drift (and the server's periodic check)",
-        ),
-    ]
+            "the server's periodic drift check is off",
+            "trustplane policy drift --history --json",
+            "policy.drift_check_seconds above 0, with a bundle directory to compare",
+        )
+    return Figure(
+        "drift_incidents",
+        "Policy drift incidents (M10)",
+        "sli",
+        float(len(began)),
+        "count",
+        "0",
+        _verdict(not began),
+        f"{len(began)} incidents of the active revision departing from its source began in "
+        "the period",
+        "trustplane policy drift --history --json",
+    )
 
 
 def _hygiene_figures(engine: Engine, start: float, end: float, now: float) -> list[Figure]:

@@ -27,7 +27,10 @@ class ScorecardApi:
         active = self._runtime.bundles.active
         try:
             return compute_scorecard(
-                self._runtime.engine, None if active is None else active.bundle, period
+                self._runtime.engine,
+                None if active is None else active.bundle,
+                period,
+                drift_checked=self._runtime.drift is not None,
             )
         except ScorecardError as exc:
             raise bad_query("period", str(exc)) from None
