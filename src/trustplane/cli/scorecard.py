@@ -46,10 +46,12 @@ def scorecard_cmd(
     url: UrlOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
-    """The Zero Trust scorecard of a month, computed from the store and the ledger: standing
-    privilege, MFA, attribution, false positives, time to revoke, friction, the SLIs M1–M10,
-    exceptions and reviews, and a CISA ZTMM v2 stage per pillar. A figure whose inputs do not
-    exist says "not measured" and what would measure it."""
+    """The month's Zero Trust scorecard: each figure with its target, verdict and query.
+
+    Computed from the store and the ledger: standing privilege, MFA, attribution, false
+    positives, time to revoke, friction, the SLIs M1–M10, exceptions and reviews, and a CISA
+    ZTMM v2 stage per pillar. A figure whose inputs do not exist says "not measured" and what
+    would measure it."""
     shape = Format.json if as_json else shape
     settings = root_context(ctx).settings()
     if url is not None:
