@@ -167,6 +167,8 @@ class DriftLog:
         now = time.time() if now is None else now
         c = policy_drift.c
         if drift.in_sync:
+            if self.open_incident() is None:  # the common case: read, never write
+                return None
             with self._engine.begin() as connection:
                 cleared = connection.execute(
                     update(policy_drift)
