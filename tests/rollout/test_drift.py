@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
+from sqlalchemy.exc import IntegrityError
 
 from tests.conftest import SHOP
 from trustplane.decision.policy_bundle import BundleSource
 from trustplane.rollout.drift import DriftLog, compare, drift_of, read_dir, read_git
+from trustplane.store.tables import policy_drift
 
 
 def git(directory: Path, *args: str) -> None:
@@ -73,3 +75,17 @@ def test_an_incident_is_opened_once_and_cleared(engine: Engine) -> None:
     assert history["months"] == [{"month": month, "incidents": 2}]
     first = history["incidents"][-1]
     assert (first["changed"], first["cleared_at"]) == (["a.cedar"], pytest.approx(1_800_000_060.0))
+
+
+def test_the_store_keeps_one_incident_open_whoever_detects_it(engine: Engine) -> None:
+    """Workers and replicas check on their own: the store refuses a second open incident, so
+    two detecting the same drift at once record it once."""
+    drifted = drift_of("r1", {"a.cedar": b"1"}, "shop", lambda: BundleSource({}))
+    assert DriftLog(engine).note(drifted) == "detected"
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(
+            insert(policy_drift).values(
+                detected_at=1.0, revision="r1", source="shop", files="{}", is_open=True
+            )
+        )
+    assert len(DriftLog(engine).history()["incidents"]) == 1

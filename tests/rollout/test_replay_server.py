@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,8 +31,15 @@ CTX = {"mfa": True, "auth_age_seconds": 120}
 
 @pytest.fixture(scope="module")
 def estate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the example estate in a git working tree (committed), as bundles are kept."""
     target = tmp_path_factory.mktemp("bundle") / "shop"
     shutil.copytree(SHOP, target)
+    for args in (("init", "-q"), ("add", "."), ("commit", "-qm", "shop")):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@x", "-C", str(target), *args],
+            check=True,
+            capture_output=True,
+        )
     return target
 
 
@@ -170,6 +178,9 @@ def test_an_unactivated_edit_is_drift_until_undone(server: Server) -> None:
     )
     people = cli(server, "policy", "drift", code=1)
     assert "~ humans.cedar (changed)" in people
+    # The edit is not committed: git's HEAD still says what is active.
+    committed = cli(server, "policy", "drift", "--source", "HEAD", "--json")
+    assert (committed["in_sync"], committed["source"]) == (True, "git:HEAD")
     remote = cli(server, "policy", "drift", "--url", server.url, "--json", code=1)
     assert remote["changed"] == ["humans.cedar"]
     remote_history = cli(server, "policy", "drift", "--history", "--url", server.url, "--json")

@@ -57,6 +57,10 @@ def test_workers_share_one_ledger_metrics_and_active_bundle(
         database_url,
         shop_copy,
         policy__watch="false",
+        # The rollback below leaves the directory ahead of the active revision: drift, which
+        # the periodic check would record (tests/rollout/test_replay_server.py); this test
+        # counts every ledger record.
+        policy__drift_check_seconds="0",
         server__workers=WORKERS,
     ) as server:
         # A worker is whole once its ext_authz gRPC listens (it starts after HTTP listens).

@@ -375,7 +375,7 @@ def _fetcher(settings: Settings, url: str | None) -> Any:
     return fetch
 
 
-def _progress(total: int | None, what: str) -> Any:
+def _progress(what: str) -> Any:
     """A Rich progress bar on stderr (stdout stays the report); silent when stderr is not a
     terminal, as in CI logs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -442,7 +442,7 @@ def policy_impact(
         total = count_store_records(engine, start)
         records = store_records(engine, start)
     try:
-        with _progress(total, "replaying") as bar:
+        with _progress("replaying") as bar:
             task = bar.add_task("replay", total=total)
             report = replay(
                 records,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.policy_bundle import BundleError, BundleSource
@@ -154,7 +155,7 @@ class DriftLog:
         with self._engine.connect() as connection:
             row = connection.execute(
                 select(policy_drift)
-                .where(policy_drift.c.cleared_at.is_(None))
+                .where(policy_drift.c.is_open.is_(True))
                 .order_by(policy_drift.c.id.desc())
                 .limit(1)
             ).first()
@@ -165,29 +166,34 @@ class DriftLog:
         when in sync (`cleared`); None when nothing changed."""
         now = time.time() if now is None else now
         c = policy_drift.c
-        with self._engine.begin() as connection:
-            open_id = connection.execute(
-                select(c.id).where(c.cleared_at.is_(None)).order_by(c.id.desc()).limit(1)
-            ).scalar()
-            if drift.in_sync:
-                if open_id is None:
-                    return None
-                connection.execute(
-                    update(policy_drift).where(c.cleared_at.is_(None)).values(cleared_at=now)
-                )
-                return "cleared"
-            if open_id is not None:
+        if drift.in_sync:
+            if self.open_incident() is None:  # the common case: read, never write
                 return None
-            connection.execute(
-                insert(policy_drift).values(
-                    detected_at=now,
-                    revision=drift.revision or "",
-                    source=drift.source,
-                    source_revision=drift.source_revision,
-                    files=json.dumps({**drift.files(), "error": drift.error}),
+            with self._engine.begin() as connection:
+                cleared = connection.execute(
+                    update(policy_drift)
+                    .where(c.is_open.is_(True))
+                    .values(cleared_at=now, is_open=None)
+                ).rowcount
+            return "cleared" if cleared else None
+        with self._engine.connect() as connection:
+            if connection.execute(select(c.id).where(c.is_open.is_(True))).first() is not None:
+                return None
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(
+                    insert(policy_drift).values(
+                        detected_at=now,
+                        revision=drift.revision or "",
+                        source=drift.source,
+                        source_revision=drift.source_revision,
+                        files=json.dumps({**drift.files(), "error": drift.error}),
+                        is_open=True,
+                    )
                 )
-            )
-            return "detected"
+        except IntegrityError:
+            return None  # another worker or replica opened it first
+        return "detected"
 
     def history(self, since: float | None = None) -> dict[str, Any]:
         """Incidents (newest first) and how many began in each month (UTC)."""

@@ -405,5 +405,9 @@ policy_drift = Table(
     Column("source", Text, nullable=False),  # where the declared source was read
     Column("source_revision", String(64), nullable=True),  # None: the source could not be read
     Column("files", Text, nullable=False),  # JSON {added, removed, changed}
+    # True while open, NULL once cleared: the unique constraint lets one incident be open, so
+    # workers or replicas detecting the same drift at once open it once.
+    Column("is_open", Boolean, nullable=True),
     Index("ix_policy_drift_detected", "detected_at"),
+    UniqueConstraint("is_open", name="uq_policy_drift_open"),
 )

@@ -23,6 +23,8 @@ def upgrade() -> None:
         sa.Column("source", sa.Text, nullable=False),
         sa.Column("source_revision", sa.String(64), nullable=True),
         sa.Column("files", sa.Text, nullable=False),
+        sa.Column("is_open", sa.Boolean, nullable=True),
+        sa.UniqueConstraint("is_open", name="uq_policy_drift_open"),
     )
     op.create_index("ix_policy_drift_detected", "policy_drift", ["detected_at"])
 
