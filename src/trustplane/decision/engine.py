@@ -108,16 +108,19 @@ class Evaluator:
         revocation_epoch: int = 0,
         elevation: Elevation | None = None,
         trust: dict[str, Any] | None = None,
+        reuse: bool = True,
     ) -> Decision:
         """`revocation_epoch`: the caller's revocation list version, carried in the answer.
         `elevation`: grants and exceptions for this principal; only those whose window holds
         at this evaluation's time apply (checked here, against this clock). `trust`: the trust
         plane's assessment of this request, carried in the answer (never part of the cache
-        key: the score Cedar sees is in the request's context)."""
+        key: the score Cedar sees is in the request's context). `reuse` False: evaluated live,
+        neither answered from the cache nor kept in it (decision/risk_cache.py); an answer a
+        Tier 0 policy determined is never kept either."""
         started = time.perf_counter_ns()
         now_ts = self._clock() if at is None else at.timestamp()
         grants, exceptions, edge = _in_force(elevation, now_ts)
-        key = self._cache_key(request, now_ts, grants, exceptions)
+        key = self._cache_key(request, now_ts, grants, exceptions) if reuse else None
         known = self._cached(key)
         if known is not None:
             # Built field by field rather than with dataclasses.replace, which costs twice as
@@ -167,7 +170,7 @@ class Evaluator:
             exception_ids=tuple(e.exception_id for e in exceptions),
             trust=trust,
         )
-        if not failed:
+        if not failed and not _tier0(decision):
             self._remember(key, decision)
         return decision
 
@@ -488,6 +491,13 @@ def _forbids(policy_ids: tuple[str, ...], infos: dict[str, PolicyInfo]) -> tuple
 def _errored_policy(error: str) -> str | None:
     match = _ERROR_POLICY_RE.search(error)
     return match.group(1) if match else None
+
+
+def _tier0(decision: Decision) -> bool:
+    """Whether a Tier 0 policy determined the answer, enforced or shadow."""
+    return any(r.tier == "0" for r in decision.reasons) or any(
+        r.tier == "0" for r in decision.shadow_reasons
+    )
 
 
 def _reason(info: PolicyInfo) -> PolicyReason:

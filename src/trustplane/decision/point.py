@@ -11,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
+from trustplane.decision.epoch import CacheEpoch
 from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.policy_bundle import Bundle
+from trustplane.decision.risk_cache import NO_RISK, NO_TIER, Plan, RiskCache
 from trustplane.decision.routes import RouteTable
 from trustplane.model import AccessRequest, Decision, Effect, Elevation, refusal
 from trustplane.recovery.revocation import Revocation, RevocationList
@@ -44,10 +46,14 @@ class PolicyDecisionPoint:
         metrics: Metrics,
         deny_spike: DenySpikeDetector | None = None,
         trust: Assess | None = None,
+        cache: RiskCache | None = None,
+        epoch: CacheEpoch | None = None,
     ) -> None:
         """`elevation(request)`: the grants and exceptions held for the request's flow
         (governance/state.py), looked up in memory on every evaluation; `deny_spike` watches
-        the bundle's own answers after each activation."""
+        the bundle's own answers after each activation. `cache`: the risk-aware reuse rules
+        (without them, every answer keeps the evaluator's TTL); `epoch`: the cache epoch each
+        decision carries (without it, the revocation epoch)."""
         self._bundles = bundles
         self._revocations = revocations
         self._elevation = elevation
@@ -55,6 +61,10 @@ class PolicyDecisionPoint:
         self._recorder = recorder
         self._deny_spike = deny_spike
         self._trust = trust
+        self._cache = cache
+        self._epoch = epoch
+        self._fired: dict[tuple[str, str], Any] = {}
+        self._lookups: dict[tuple[str, str, str], Any] = {}
         # Labelled children resolved once: `.labels()` costs more than the increment.
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
@@ -82,9 +92,12 @@ class PolicyDecisionPoint:
         # The epoch goes in every decision: caches outside this process compare it to drop
         # answers given before a revocation.
         epoch = revocations.epoch
+        cache_epoch = epoch if self._epoch is None else self._epoch.value
+        bundle = active.bundle if active is not None else None
         assessment = None
         if self._trust is not None:  # the trust plane scores every request, refused or not
-            request, assessment = self._trust(request, active.bundle if active else None)
+            request, assessment = self._trust(request, bundle)
+        plan = None if self._cache is None else self._cache.plan(request, bundle, assessment)
         revoked = revocations.principal(request.principal)
         if revoked is not None:  # before any policy (and any cached answer)
             decision = refusal(
@@ -99,14 +112,65 @@ class PolicyDecisionPoint:
             elevation = self._elevation(request)
             # The assessment goes in as the answer is built: a copy afterwards costs more.
             decision = active.evaluator.evaluate(
-                request, revocation_epoch=epoch, elevation=elevation, trust=assessment
+                request,
+                revocation_epoch=epoch,
+                elevation=elevation,
+                trust=assessment,
+                reuse=plan is None or plan.live is None,
             )
             if self._deny_spike is not None:  # the bundle's own answers, not refusals
                 self._deny_spike.observe(decision.effect is Effect.DENY)
         if assessment is not None and decision.trust is not assessment:  # refusals
             decision = replace(decision, trust=assessment)
+        if plan is not None:
+            decision = self._reuse(plan, request, decision, bundle, cache_epoch)
+        elif cache_epoch:
+            decision = replace(decision, cache_epoch=cache_epoch)
         self._observe(decision)
+        if assessment is not None:
+            self._signals(assessment)
         return decision
+
+    def _reuse(
+        self,
+        plan: Plan,
+        request: AccessRequest,
+        decision: Decision,
+        bundle: Bundle | None,
+        cache_epoch: int,
+    ) -> Decision:
+        """The answer with the TTL the tier and the risk allow, counted by its cache verdict."""
+        assert self._cache is not None
+        ttl, tier = self._cache.finish(plan, request, decision, bundle, decision.timestamp)
+        if plan.live is not None or tier == "0":
+            result = "live"
+        else:
+            result = "hit" if decision.cached else "miss"
+        key = (tier, plan.risk, result)
+        counter = self._lookups.get(key)
+        if counter is None:
+            counter = self._lookups[key] = self._metrics.decision_cache_lookups.labels(*key)
+        counter.inc()
+        live = plan.live or ("tier 0" if tier == "0" else None)
+        return replace(
+            decision,
+            ttl_seconds=ttl,
+            cache_epoch=cache_epoch,
+            cache={"tier": tier if tier != NO_TIER else None, "risk": plan.risk, "live": live}
+            if plan.risk != NO_RISK or tier != NO_TIER or live
+            else None,
+        )
+
+    def _signals(self, assessment: dict[str, Any]) -> None:
+        """Count each signal that fired (its row in the assessment: points, or an error)."""
+        for row in assessment.get("signals") or ():
+            if not (row.get("value") or row.get("error")):
+                continue
+            key = (str(row.get("name")), str(row.get("mode")))
+            counter = self._fired.get(key)
+            if counter is None:
+                counter = self._fired[key] = self._metrics.trust_signals_fired.labels(*key)
+            counter.inc()
 
     async def decide(self, request: AccessRequest) -> Decision:
         """Evaluate and record; under sync durability, returns once the record is committed."""
@@ -122,6 +186,10 @@ class PolicyDecisionPoint:
             reason,
             active.bundle.revision if active is not None else None,
             self._revocations.epoch,
+        )
+        decision = replace(
+            decision,
+            cache_epoch=decision.revocation_epoch if self._epoch is None else self._epoch.value,
         )
         self._observe(decision)
         await self._recorder.record(request, decision)
