@@ -5,7 +5,9 @@
 The shop's own test requests (bench/common.py's mix, `context.trust` removed: the PDP computes
 it), drawn at random with a fixed seed as a stream of `--requests` at `--rate` per second of
 simulated time. A fifth of them carry a verified token from a loopback address whose
-authentication is fresh or hours old (so `auth_age`, a volatile signal, fires on some). Each
+authentication is fresh or hours old (so `auth_age`, a volatile signal, fires on some), with
+one or two factors and a lifetime of an hour or two days (single-factor standing tokens score
+medium). Each
 goes through a real `PolicyDecisionPoint` (the trust assessor, the evaluator and its cache), and
 an enforcement point's cache (the SDK's rule: an answer is reused for its `ttl_seconds`, keyed
 by the request) is simulated on the stream's clock.
@@ -67,7 +69,8 @@ def stream(requests: list[Any], count: int, seed: int = 11) -> list[Any]:
             age = rng.choice([60, 60, 60, 7200])  # mostly fresh, some hours old
             amr = rng.choice([["pwd", "otp"], ["pwd", "otp"], ["pwd"]])  # some single-factor
             claims = {"amr": amr, "auth_time": now - age, "iat": now - 60}
-            claims["exp"] = now + 3600
+            # Some standing two-day tokens: with a single factor, medium risk (not volatile).
+            claims["exp"] = now + rng.choice([3600, 3600, 172_800])
             request = dataclasses.replace(
                 request, evidence=Evidence(claims, "127.0.0.1", False, "token")
             )
