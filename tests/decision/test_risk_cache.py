@@ -4,17 +4,24 @@ risk, Tier 0 never answered from the evaluator's cache, and the metrics by tier 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SHOP
 from tests.support import Server, authzen, running_server
+from trustplane.decision.epoch import CacheEpoch
 from trustplane.decision.loader import LoadOptions, load_bundle
+from trustplane.decision.point import reused
 from trustplane.decision.policy_bundle import BundleSource
 from trustplane.decision.risk_cache import (
     CacheRules,
@@ -23,7 +30,8 @@ from trustplane.decision.risk_cache import (
     members,
     most_critical,
 )
-from trustplane.model import AccessRequest, EntityRef, Evidence
+from trustplane.model import AccessRequest, EntityRef, Evidence, refusal
+from trustplane.trust.epoch import TrustEpoch
 from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
 
 # -- the rules alone ---------------------------------------------------------------------------
@@ -101,8 +109,10 @@ def test_ttl_by_tier_risk_and_read_and_never_past_the_token() -> None:
 
     def ttl(req: AccessRequest, assessment: dict[str, Any] | None = LOW) -> tuple[int, str]:
         plan = cache.plan(req, bundle, assessment)
-        decision = evaluator.evaluate(req)
-        return cache.finish(plan, req, decision, bundle, time.time())
+        d = evaluator.evaluate(req)
+        return cache.finish(
+            plan, req, d.ttl_seconds, d.reasons, d.shadow_reasons, d.errors, bundle, time.time()
+        )
 
     stock = request("inventory:read", ("Api", "inventory.stock"))
     assert ttl(stock) == (60, "2")
@@ -209,3 +219,68 @@ def test_an_activation_moves_the_epoch(database_url: str, shop_copy: Path, tmp_p
         ).json()
     assert after["parts"]["bundles"] > before["parts"]["bundles"]
     assert after["epoch"] > before["epoch"]
+
+
+# -- invariants --------------------------------------------------------------------------------
+
+NAMES = st.sampled_from([f"a{i}" for i in range(8)])
+
+
+@given(st.dictionaries(NAMES, st.frozensets(NAMES, max_size=3), max_size=8), NAMES)
+def test_members_is_the_transitive_closure_of_the_groups(
+    groups: dict[str, frozenset[str]], group: str
+) -> None:
+    found = members(groups, group)
+    # Every member reaches the group through its parents ...
+    for action in found:
+        seen, frontier = set(), {action}
+        while frontier and group not in frontier:
+            seen |= frontier
+            frontier = {p for a in frontier for p in groups.get(a, frozenset())} - seen
+        assert group in frontier
+    # ... and nothing outside is declared in a member or in the group itself.
+    for action, parents in groups.items():
+        if parents & (found | {group}):
+            assert action in found
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 50)), max_size=30))
+def test_the_epoch_never_goes_back(moves: list[tuple[str, int]]) -> None:
+    trust = TrustEpoch()
+    versions = {"a": 0, "b": 0, "c": 0}
+    epoch = CacheEpoch({name: (lambda n=name: versions[n]) for name in versions})
+    epoch.add("trust", lambda: trust.value)
+    last = epoch.value
+    for name, version in moves:
+        versions[name] = max(versions[name], version)  # store versions only grow
+        trust.advance(name, version)
+        assert epoch.value >= last
+        last = epoch.value
+
+
+def test_a_long_poll_wakes_when_another_thread_moves_the_epoch() -> None:
+    version = [3]
+    epoch = CacheEpoch({"revocations": lambda: version[0]})
+
+    async def scenario() -> tuple[int, int]:
+        held = await epoch.wait_past(3, 0.05)  # nothing moves: the current epoch, unchanged
+        loop = asyncio.get_running_loop()
+
+        def revoke() -> None:
+            version[0] = 4
+            epoch.changed()
+
+        loop.call_later(0.05, lambda: threading.Thread(target=revoke).start())
+        return held, await epoch.wait_past(3, 30)
+
+    held, moved = asyncio.run(scenario())
+    assert held == 3 and moved == 4
+
+
+def test_a_refusal_rebuilt_with_its_epoch_carries_every_field() -> None:
+    """`point.reused` builds its Decision field by field: a new field must be carried too."""
+    decision = refusal("principal_revoked: test", "rev", 3)
+    again = reused(decision, 7, 9, {"tier": None, "risk": "low", "live": None})
+    assert again == dataclasses.replace(
+        decision, ttl_seconds=7, cache_epoch=9, cache={"tier": None, "risk": "low", "live": None}
+    )

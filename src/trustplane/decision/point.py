@@ -7,8 +7,10 @@ runtime, so it can be tested alone and no plane has to import the server.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol
 
 from trustplane.decision.epoch import CacheEpoch
@@ -16,7 +18,7 @@ from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.policy_bundle import Bundle
 from trustplane.decision.risk_cache import NO_RISK, NO_TIER, Plan, RiskCache
 from trustplane.decision.routes import RouteTable
-from trustplane.model import AccessRequest, Decision, Effect, Elevation, refusal
+from trustplane.model import AccessRequest, Decision, Effect, Elevation, PolicyReason, refusal
 from trustplane.recovery.revocation import Revocation, RevocationList
 from trustplane.telemetry.deny_spike import DenySpikeDetector
 from trustplane.telemetry.metrics import Metrics
@@ -65,6 +67,7 @@ class PolicyDecisionPoint:
         self._epoch = epoch
         self._fired: dict[tuple[str, str], Any] = {}
         self._lookups: dict[tuple[str, str, str], Any] = {}
+        self._notes: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         # Labelled children resolved once: `.labels()` costs more than the increment.
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
@@ -117,49 +120,51 @@ class PolicyDecisionPoint:
                 elevation=elevation,
                 trust=assessment,
                 reuse=plan is None or plan.live is None,
+                settle=None if plan is None else partial(self._settle, plan, request, bundle),
+                cache_epoch=cache_epoch,
             )
             if self._deny_spike is not None:  # the bundle's own answers, not refusals
                 self._deny_spike.observe(decision.effect is Effect.DENY)
         if assessment is not None and decision.trust is not assessment:  # refusals
             decision = replace(decision, trust=assessment)
-        if plan is not None:
-            decision = self._reuse(plan, request, decision, bundle, cache_epoch)
-        elif cache_epoch:
-            decision = replace(decision, cache_epoch=cache_epoch)
+        if decision.cache_epoch != cache_epoch:  # refusals, settled before any policy
+            decision = reused(decision, decision.ttl_seconds, cache_epoch, decision.cache)
         self._observe(decision)
         if assessment is not None:
             self._signals(assessment)
         return decision
 
-    def _reuse(
+    def _settle(
         self,
         plan: Plan,
         request: AccessRequest,
-        decision: Decision,
         bundle: Bundle | None,
-        cache_epoch: int,
-    ) -> Decision:
-        """The answer with the TTL the tier and the risk allow, counted by its cache verdict."""
+        ttl: int,
+        reasons: tuple[PolicyReason, ...],
+        shadow_reasons: tuple[PolicyReason, ...],
+        errors: tuple[str, ...],
+        cached: bool,
+    ) -> tuple[int, dict[str, Any] | None]:
+        """The answer's TTL by its tier and risk, and its cache note; counted by verdict.
+        Called by the evaluator as it builds the answer (Evaluator.evaluate's `settle`)."""
         assert self._cache is not None
-        ttl, tier = self._cache.finish(plan, request, decision, bundle, decision.timestamp)
-        if plan.live is not None or tier == "0":
-            result = "live"
-        else:
-            result = "hit" if decision.cached else "miss"
+        ttl, tier = self._cache.finish(
+            plan, request, ttl, reasons, shadow_reasons, errors, bundle, time.time()
+        )
+        live = plan.live or ("tier 0" if tier == "0" else None)
+        result = "live" if live is not None else "hit" if cached else "miss"
         key = (tier, plan.risk, result)
         counter = self._lookups.get(key)
         if counter is None:
             counter = self._lookups[key] = self._metrics.decision_cache_lookups.labels(*key)
         counter.inc()
-        live = plan.live or ("tier 0" if tier == "0" else None)
-        return replace(
-            decision,
-            ttl_seconds=ttl,
-            cache_epoch=cache_epoch,
-            cache={"tier": tier if tier != NO_TIER else None, "risk": plan.risk, "live": live}
-            if plan.risk != NO_RISK or tier != NO_TIER or live
-            else None,
-        )
+        note_key = (tier, plan.risk, live)
+        note = self._notes.get(note_key)
+        if note is None and (plan.risk != NO_RISK or tier != NO_TIER or live):
+            # Shared between decisions, like the assessment: nothing downstream changes it.
+            label = tier if tier != NO_TIER else None
+            note = self._notes[note_key] = {"tier": label, "risk": plan.risk, "live": live}
+        return ttl, note
 
     def _signals(self, assessment: dict[str, Any]) -> None:
         """Count each signal that fired (its row in the assessment: points, or an error)."""
@@ -187,10 +192,8 @@ class PolicyDecisionPoint:
             active.bundle.revision if active is not None else None,
             self._revocations.epoch,
         )
-        decision = replace(
-            decision,
-            cache_epoch=decision.revocation_epoch if self._epoch is None else self._epoch.value,
-        )
+        epoch = decision.revocation_epoch if self._epoch is None else self._epoch.value
+        decision = reused(decision, decision.ttl_seconds, epoch, None)
         self._observe(decision)
         await self._recorder.record(request, decision)
         return decision
@@ -216,3 +219,31 @@ class PolicyDecisionPoint:
             metrics.decision_errors.inc()
         for reason in decision.shadow_changes:
             metrics.shadow_mismatches.labels(reason.policy_id).inc()
+
+
+def reused(
+    decision: Decision, ttl: int, cache_epoch: int, cache: dict[str, Any] | None
+) -> Decision:
+    """`decision` with its reuse decided, for answers the evaluator did not build (refusals).
+    Built field by field, cheaper than `dataclasses.replace` (test_risk_cache checks that
+    every field is carried)."""
+    return Decision(
+        decision_id=decision.decision_id,
+        effect=decision.effect,
+        reasons=decision.reasons,
+        shadow_effect=decision.shadow_effect,
+        shadow_reasons=decision.shadow_reasons,
+        shadow_changes=decision.shadow_changes,
+        errors=decision.errors,
+        revision=decision.revision,
+        eval_micros=decision.eval_micros,
+        timestamp=decision.timestamp,
+        cached=decision.cached,
+        ttl_seconds=ttl,
+        revocation_epoch=decision.revocation_epoch,
+        grant_ids=decision.grant_ids,
+        exception_ids=decision.exception_ids,
+        trust=decision.trust,
+        cache_epoch=cache_epoch,
+        cache=cache,
+    )

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trustplane.decision.policy_bundle import Bundle
-from trustplane.model import AccessRequest, Decision
+from trustplane.model import AccessRequest, PolicyReason
 
 TIERS = ("0", "1", "2")
 NO_TIER = "none"  # the metrics label of a request no tier attribute or annotation classifies
@@ -103,19 +103,21 @@ class RiskCache:
         self,
         plan: Plan,
         request: AccessRequest,
-        decision: Decision,
+        ttl: int,
+        reasons: Iterable[PolicyReason],
+        shadow_reasons: Iterable[PolicyReason],
+        errors: tuple[str, ...],
         bundle: Bundle | None,
         now: float,
     ) -> tuple[int, str]:
-        """The answer's `ttl_seconds` and its tier (a metrics label)."""
-        tier = most_critical(
-            (
-                plan.tier,
-                *(r.tier for r in decision.reasons),
-                *(r.tier for r in decision.shadow_reasons),
-            )
-        )
-        if plan.live is not None or tier == "0" or decision.errors:
+        """The answer's `ttl_seconds` (`ttl`: the evaluator's, cut at @expires and grant
+        edges) and its tier (a metrics label)."""
+        tier = plan.tier
+        for reason in (*reasons, *shadow_reasons):  # tiers are validated at load: "0"-"2"
+            found = reason.tier
+            if found is not None and (tier is None or found < tier):
+                tier = found
+        if plan.live is not None or tier == "0" or errors or not ttl:
             return 0, tier or NO_TIER
         rules = self.rules
         bound = rules.decision_ttl_seconds
@@ -123,7 +125,8 @@ class RiskCache:
             _, reads = self._bundle_facts(bundle)
             if request.action.id in reads:
                 bound = rules.read_ttl_seconds[tier]
-        ttl = min(decision.ttl_seconds, bound)
+        if bound < ttl:
+            ttl = bound
         evidence = request.evidence
         if ttl and evidence is not None and evidence.claims is not None:
             expires = evidence.claims.get("exp")
