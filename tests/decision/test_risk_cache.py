@@ -284,3 +284,15 @@ def test_a_refusal_rebuilt_with_its_epoch_carries_every_field() -> None:
     assert again == dataclasses.replace(
         decision, ttl_seconds=7, cache_epoch=9, cache={"tier": None, "risk": "low", "live": None}
     )
+
+
+def test_closing_answers_every_long_poll_at_once() -> None:
+    epoch = CacheEpoch({"revocations": lambda: 5})
+
+    async def scenario() -> list[int]:
+        polls = [asyncio.ensure_future(epoch.wait_past(5, 30)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        epoch.close()  # the server is shutting down
+        return [*await asyncio.gather(*polls), await epoch.wait_past(5, 30)]
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == [5, 5, 5, 5]

@@ -29,6 +29,7 @@ class CacheEpoch:
         self._readers = tuple(self._parts.values())
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = []
+        self._closed = False
 
     def add(self, name: str, read: Callable[[], int]) -> None:
         """Another part (a plane's state that answers rest on); call `changed()` when it moves."""
@@ -51,21 +52,28 @@ class CacheEpoch:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
                 loop.call_soon_threadsafe(_settle, future, value)
 
+    def close(self) -> None:
+        """The server is shutting down: every long-poll answers now, and later ones at once,
+        so open polls do not hold the graceful shutdown."""
+        self._closed = True
+        self.changed()
+
     async def wait_past(self, after: int, timeout: float) -> int:
-        """The epoch once it exceeds `after`, or the current one after `timeout` seconds."""
+        """The epoch once it exceeds `after`, or the current one after `timeout` seconds (at
+        once after `close`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             value = self.value
             remaining = deadline - loop.time()
-            if value > after or remaining <= 0:
+            if value > after or remaining <= 0 or self._closed:
                 return value
             future: asyncio.Future[int] = loop.create_future()
             with self._lock:
                 self._waiters.append((loop, future))
-            if self.value > after:  # moved between the read and the registration
-                return self.value
             try:
+                if self.value > after or self._closed:  # moved between read and registration
+                    return self.value
                 await asyncio.wait_for(asyncio.shield(future), remaining)
             except TimeoutError:
                 return self.value

@@ -273,6 +273,10 @@ class Listeners:
             await self._workload_api.start()
         self.started = True
 
+    def draining(self) -> None:
+        """The server is shutting down: epoch long-polls answer now (decision/epoch.py)."""
+        self._runtime.cache_epoch.close()
+
     async def stop(self) -> None:
         grpc_server, self._grpc = self._grpc, None
         if grpc_server is not None:
