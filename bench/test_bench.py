@@ -177,8 +177,9 @@ def test_admission_bench_object_and_report() -> None:
 def test_risk_cache_bench_never_reuses_tier_0_and_counts_every_request() -> None:
     """The risk-cache bench on a short stream: it exits 0 (no Tier 0 reuse, asserted by the
     bench itself) and its table accounts for every request of the stream."""
+    bench = str(Path(__file__).parent / "risk_cache.py")
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "risk_cache.py"), "--requests=400", "--no-docs"],
+        [sys.executable, bench, "--requests=400", "--no-docs"],
         capture_output=True,
         text=True,
         timeout=300,
