@@ -331,10 +331,10 @@ class Client(_Base):
         self.close()
 
     def close(self) -> None:
+        """Returns at once: a long-poll in flight cannot be interrupted from here, so the
+        watch thread (a daemon) ends when the PDP answers it, at most `EPOCH_WAIT_SECONDS`."""
         self._stop.set()
         self._http.close()
-        if self._thread is not None:
-            self._thread.join(5)
 
     def _start_watch(self) -> None:
         if self._watching and self.watch_state == _Watch.OFF and not self._stop.is_set():
