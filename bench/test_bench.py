@@ -172,3 +172,18 @@ def test_admission_bench_object_and_report() -> None:
     text = admission.report(inproc, served, "cmd")
     assert "| raw CEL" in text and "× raw CEL" in text
     assert "12.00 ms, FAIL" in text
+
+
+def test_risk_cache_bench_never_reuses_tier_0_and_counts_every_request() -> None:
+    """The risk-cache bench on a short stream: it exits 0 (no Tier 0 reuse, asserted by the
+    bench itself) and its table accounts for every request of the stream."""
+    bench = str(Path(__file__).parent / "risk_cache.py")
+    done = subprocess.run(
+        [sys.executable, bench, "--requests=400", "--no-docs"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| risk-aware | all | 400 |" in done.stdout
+    assert "| risk-aware | 0 |" in done.stdout and "0 evaluator cache hits" in done.stdout

@@ -335,8 +335,10 @@ class PolicySettings(BaseModel):
         5,
         ge=0,
         le=3600,
-        description="How long enforcement points (the SDK's cache) may reuse an answer; never "
-        "past the next policy @expires boundary; 0 disables reuse.",
+        description="How long enforcement points (the SDK's cache) may reuse an answer that is "
+        "neither evaluated live nor a low-risk read (writes, medium risk, unclassified tiers); "
+        "never past the next policy @expires boundary, a grant's end or the token's expiry; 0 "
+        "disables reuse.",
     )
     drift_check_seconds: float = Field(
         60,
@@ -346,6 +348,47 @@ class PolicySettings(BaseModel):
         "directory it follows (the drift gauge, incidents in the store and the ledger); "
         "0 turns the check off.",
     )
+    read_ttl_seconds: dict[str, int] = Field(
+        default_factory=lambda: {"1": 15, "2": 60},
+        description="By policy tier: how long a low-risk read may be reused (the evaluator's "
+        "cache and enforcement points); a tier not named here gets decision_ttl_seconds. Tier "
+        "0 is never reused, whatever this says (JSON object in the environment).",
+    )
+    read_action_group: str = Field(
+        "read",
+        min_length=1,
+        description="The schema's action group whose members (directly or through other "
+        'groups) are reads, e.g. `action "payments:read" in ["read"]`.',
+    )
+    live_risk_levels: list[str] = Field(
+        default_factory=lambda: ["high", "critical"],
+        description="Risk levels (trust.yaml) whose requests are always evaluated live and "
+        "answered with no reuse.",
+    )
+    volatile_signals: list[str] = Field(
+        default_factory=lambda: ["auth_age", "token_age", "impossible_travel", "new_country"],
+        description="Signals that change with time or place: a request on which one of them "
+        "fired (value above 0, enforced or observed) is evaluated live and not reused.",
+    )
+    epoch_wait_seconds: float = Field(
+        25.0,
+        gt=0,
+        le=300,
+        description="Longest a `GET /access/v1/epoch?after=N` long-poll is held open before "
+        "it answers with the unchanged epoch.",
+    )
+
+    @field_validator("read_ttl_seconds")
+    @classmethod
+    def _tiers_and_bounds(cls, value: dict[str, int]) -> dict[str, int]:
+        for tier, seconds in value.items():
+            if tier not in {"0", "1", "2"}:
+                raise ValueError(f'read_ttl_seconds: tier {tier!r} must be "1" or "2"')
+            if tier == "0" and seconds:
+                raise ValueError("read_ttl_seconds: tier 0 is always evaluated live")
+            if not 0 <= seconds <= 3600:
+                raise ValueError(f"read_ttl_seconds.{tier}: must be from 0 to 3600")
+        return value
 
 
 class PepSettings(BaseModel):

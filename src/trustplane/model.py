@@ -119,8 +119,8 @@ class Decision:
     eval_micros: int
     timestamp: float
     cached: bool = False  # answered from the evaluator's cache (same request, same bundle)
-    # How long an enforcement point may reuse this answer: 0 for failures, never past the next
-    # @expires boundary. Revocations (later) will cut it short through an epoch.
+    # How long an enforcement point may reuse this answer: 0 for failures and for answers
+    # evaluated live (decision/risk_cache.py), never past the next @expires boundary.
     ttl_seconds: int = 0
     # The revocation list's version when this was answered (recovery/revocation.py).
     revocation_epoch: int = 0
@@ -131,6 +131,12 @@ class Decision:
     trust: dict[str, Any] | None = None
     # Each canary policy's cohort for this principal: (policy id, "enforced" | "observed").
     canary: tuple[tuple[str, str], ...] = ()
+    # decision/epoch.py: moves on revocations, grants, activations and trust-state changes;
+    # a cache holding answers of an older epoch drops them.
+    cache_epoch: int = 0
+    # decision/risk_cache.py: the tier and risk level the reuse was decided by, and why the
+    # request was evaluated live (None: it may be reused for ttl_seconds).
+    cache: dict[str, Any] | None = None
 
     @property
     def allowed(self) -> bool:
@@ -156,6 +162,8 @@ class Decision:
             "cached": self.cached,
             "ttl_seconds": self.ttl_seconds,
             "revocation_epoch": self.revocation_epoch,
+            "cache_epoch": self.cache_epoch,
+            **({"cache": self.cache} if self.cache is not None else {}),
             **({"grants": list(self.grant_ids)} if self.grant_ids else {}),
             **({"exceptions": list(self.exception_ids)} if self.exception_ids else {}),
             **({"trust": self.trust} if self.trust is not None else {}),

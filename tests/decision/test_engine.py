@@ -403,7 +403,7 @@ def test_a_cached_answer_carries_every_field_of_the_first() -> None:
     first = ask(evaluator, "ann", "read")
     again = ask(evaluator, "ann", "read")
     fresh = {"decision_id", "eval_micros", "timestamp", "cached", "ttl_seconds", "revocation_epoch"}
-    fresh.add("trust")  # the decision point's, per request: never from the cache
+    fresh |= {"trust", "cache_epoch", "cache"}  # the decision point's, per request
     expected = dataclasses.replace(first, **{f: getattr(again, f) for f in fresh})
     assert again == expected
     assert {f.name for f in dataclasses.fields(Decision)} == fresh | {

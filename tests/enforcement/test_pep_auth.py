@@ -36,6 +36,7 @@ from tests.support import (
 )
 from trustplane.config import Settings
 from trustplane.enforcement.asgi import RemotePdp
+from trustplane.enforcement.sdk import Client
 from trustplane.identity.kek import load_kek, new_kek
 from trustplane.identity.keys import IdentityKeys
 from trustplane.identity.spiffe_id import SpiffeId
@@ -48,6 +49,7 @@ TRUST_DOMAIN = "example.test"
 MESH_PEP = f"spiffe://{TRUST_DOMAIN}/ns/mesh/sa/envoy"
 STRANGER = f"spiffe://{TRUST_DOMAIN}/ns/apps/sa/stranger"
 QUESTION = authzen(("User", "alice"), "view", ("Document", "d1"))
+CTX = {"mfa": True, "auth_age_seconds": 60}  # a shop question the PDP answers without error
 
 
 @pytest.fixture(scope="module", params=["native", "python"])
@@ -203,6 +205,25 @@ def test_authzen_refuses_a_missing_or_wrong_credential(server: Server, token: st
     )
     _refused(batch, "pep_credential_missing")
     assert batch.status_code == 401  # the whole batch, not item by item
+
+
+def test_the_cache_epoch_long_poll_answers_registered_peps_only(server: Server, token: str) -> None:
+    _refused(server.client.get("/access/v1/epoch", headers={}), "pep_credential_missing")
+    ca_file = Path(server.env["TRUSTPLANE_STATE_DIR"]) / "ca.pem"
+    transport = httpx.HTTPTransport(verify=_trusting(ca_file))
+    bearer = {"authorization": f"Bearer {token}"}
+    with Client(server.url, headers=bearer, transport=transport) as pdp:
+        first = pdp.check(("User", "bob"), "inventory:read", ("Api", "inventory.stock"), CTX)
+        assert first.ttl_seconds > 0, first  # something cached: the client watches the epoch
+        revoked = server.client.post(
+            "/v1/revocations",
+            json={"kind": "credential", "target": "pep-epoch-jti", "reason": "test"},
+            headers=server.admin,
+        )
+        assert revoked.status_code in (200, 201), revoked.text
+        # Only the long-poll, made with the PEP's token, can tell the client of it.
+        wait_for(lambda: pdp.epoch > first.cache_epoch)
+        assert pdp.watch_state == "live"
 
 
 def test_a_removed_pep_is_refused(server: Server, token: str) -> None:

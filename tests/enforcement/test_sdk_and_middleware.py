@@ -54,7 +54,7 @@ def test_client_answers_and_reuses_an_answer_for_its_ttl(server: Server) -> None
         other = pdp.check(*LOGS, {**CTX, "mfa": False})
     assert first.allowed and not first.cached
     assert first.reasons == ("sre-operate-with-mfa",)
-    assert first.ttl_seconds == 5, "the server's policy.decision_ttl_seconds (default)"
+    assert first.ttl_seconds == 15, "a low-risk Tier 1 read: policy.read_ttl_seconds (default)"
     assert again.cached and again.decision_id == first.decision_id
     assert not other.allowed and not other.cached, "a different context is a different question"
 

@@ -296,7 +296,12 @@ def test_metrics_count_decisions_and_shadow_mismatches(server: Server) -> None:
 
 
 def test_repeated_request_is_answered_from_the_cache_and_still_recorded(server: Server) -> None:
-    body = refund(12345)
+    body = {  # a low-risk Tier 2 read: Tier 0 (a refund) is never answered from the cache
+        "subject": {"type": "User", "id": "bob"},
+        "action": {"name": "inventory:read"},
+        "resource": {"type": "Api", "id": "inventory.stock"},
+        "context": CTX,
+    }
     before = metric(server.client.get("/metrics").text, "trustplane_decision_cache_hits_total")
     first = evaluate(server, body).json()
     again = evaluate(server, body).json()

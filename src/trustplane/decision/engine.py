@@ -42,6 +42,12 @@ from trustplane.model import (
     new_decision_id,
 )
 
+# The decision point's reuse rule (decision/risk_cache.py through decision/point.py):
+# (ttl, reasons, shadow_reasons, errors, cached) → (final ttl, cache note).
+Settle = Callable[
+    [int, tuple[PolicyReason, ...], tuple[PolicyReason, ...], tuple[str, ...], bool],
+    tuple[int, dict[str, Any] | None],
+]
 _ERROR_POLICY_RE = re.compile(r"policy `([^`]+)`")
 _BASE_CACHE_SIZE = 256
 
@@ -115,20 +121,32 @@ class Evaluator:
         revocation_epoch: int = 0,
         elevation: Elevation | None = None,
         trust: dict[str, Any] | None = None,
+        reuse: bool = True,
+        settle: Settle | None = None,
+        cache_epoch: int = 0,
     ) -> Decision:
         """`revocation_epoch`: the caller's revocation list version, carried in the answer.
         `elevation`: grants and exceptions for this principal; only those whose window holds
         at this evaluation's time apply (checked here, against this clock). `trust`: the trust
         plane's assessment of this request, carried in the answer (never part of the cache
-        key: the score Cedar sees is in the request's context)."""
+        key: the score Cedar sees is in the request's context). `reuse` False: evaluated live,
+        neither answered from the cache nor kept in it (decision/risk_cache.py); an answer a
+        Tier 0 policy determined is never kept either. `settle(ttl, reasons, shadow_reasons,
+        errors, cached)`: the decision point's reuse rule, giving the answer's final TTL and its
+        cache note as the answer is built (a second copy of the decision costs more than a
+        cached evaluation); `cache_epoch` is carried in the answer."""
         started = time.perf_counter_ns()
         now_ts = self._clock() if at is None else at.timestamp()
         grants, exceptions, edge = _in_force(elevation, now_ts)
         # The cohort depends on the principal only, which the cache key holds.
         cohorts = self._cohorts(request) if self._canaries else ()
-        key = self._cache_key(request, now_ts, grants, exceptions)
+        key = self._cache_key(request, now_ts, grants, exceptions) if reuse else None
         known = self._cached(key)
         if known is not None:
+            ttl = 0 if known.errors else self._ttl(now_ts, edge)
+            note = None
+            if settle is not None:
+                ttl, note = settle(ttl, known.reasons, known.shadow_reasons, known.errors, True)
             # Built field by field rather than with dataclasses.replace, which costs twice as
             # much on this, the commonest path (test_engine checks every field is carried).
             return Decision(
@@ -143,12 +161,14 @@ class Evaluator:
                 eval_micros=(time.perf_counter_ns() - started) // 1000,
                 timestamp=now_ts,
                 cached=True,
-                ttl_seconds=0 if known.errors else self._ttl(now_ts, edge),
+                ttl_seconds=ttl,
                 revocation_epoch=revocation_epoch,
                 grant_ids=known.grant_ids,
                 exception_ids=known.exception_ids,
                 trust=trust,
                 canary=known.canary,
+                cache_epoch=cache_epoch,
+                cache=note,
             )
         failed = False
         try:
@@ -158,27 +178,34 @@ class Evaluator:
             enforced = shadow = _Outcome(
                 Effect.DENY, (), (f"internal error: {type(exc).__name__}: {exc}",)
             )
+        reasons = self._explain(enforced.reasons)
+        shadow_reasons = self._explain(shadow.reasons)
+        errors = tuple(dict.fromkeys(enforced.errors + shadow.errors))
+        ttl = 0 if failed or errors else self._ttl(now_ts, edge)
+        note = None
+        if settle is not None:
+            ttl, note = settle(ttl, reasons, shadow_reasons, errors, False)
         decision = Decision(
             decision_id=new_decision_id(),
             effect=enforced.effect,
-            reasons=self._explain(enforced.reasons),
+            reasons=reasons,
             shadow_effect=shadow.effect,
-            shadow_reasons=self._explain(shadow.reasons),
+            shadow_reasons=shadow_reasons,
             shadow_changes=self._shadow_changes(enforced, shadow, cohorts),
-            errors=tuple(dict.fromkeys(enforced.errors + shadow.errors)),
+            errors=errors,
             revision=self.revision,
             eval_micros=(time.perf_counter_ns() - started) // 1000,
             timestamp=now_ts,
-            ttl_seconds=0
-            if failed or enforced.errors or shadow.errors
-            else self._ttl(now_ts, edge),
+            ttl_seconds=ttl,
             revocation_epoch=revocation_epoch,
             grant_ids=tuple(g.grant_id for g in grants),
             exception_ids=tuple(e.exception_id for e in exceptions),
             trust=trust,
             canary=cohorts,
+            cache_epoch=cache_epoch,
+            cache=note,
         )
-        if not failed:
+        if not failed and not _tier0(decision):
             self._remember(key, decision)
         return decision
 
@@ -593,6 +620,13 @@ def _forbids(policy_ids: tuple[str, ...], infos: dict[str, PolicyInfo]) -> tuple
 def _errored_policy(error: str) -> str | None:
     match = _ERROR_POLICY_RE.search(error)
     return match.group(1) if match else None
+
+
+def _tier0(decision: Decision) -> bool:
+    """Whether a Tier 0 policy determined the answer, enforced or shadow."""
+    return any(r.tier == "0" for r in decision.reasons) or any(
+        r.tier == "0" for r in decision.shadow_reasons
+    )
 
 
 def _reason(info: PolicyInfo) -> PolicyReason:

@@ -113,6 +113,9 @@ class BundleManager:
                 if not newest or newest[0].revision != bundle.revision:
                     # Workers starting together, or reloading the same files, record it once.
                     self._store.record_activation(bundle.revision, reason, actor)
+                    newest = self._store.history(limit=1)
+                if newest:
+                    self._seen_activation = newest[0].id
             previous = self.active
             self.active = loaded
             self.last_error = None
@@ -167,6 +170,12 @@ class BundleManager:
         if self.active is not None and self.active.bundle.revision == newest[0].revision:
             return None
         return self.activate_revision(newest[0].revision, reason="follow", record=False)
+
+    @property
+    def activation_id(self) -> int:
+        """The id of the newest activation this process serves or has followed: the same
+        number on every replica of one store (part of decision/epoch.py's cache epoch)."""
+        return self._seen_activation or 0
 
     def history(self, limit: int = 50) -> list[Activation]:
         return self._store.history(limit)

@@ -7,14 +7,18 @@ runtime, so it can be tested alone and no plane has to import the server.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol
 
+from trustplane.decision.epoch import CacheEpoch
 from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.policy_bundle import Bundle
+from trustplane.decision.risk_cache import NO_RISK, NO_TIER, Plan, RiskCache
 from trustplane.decision.routes import RouteTable
-from trustplane.model import AccessRequest, Decision, Effect, Elevation, refusal
+from trustplane.model import AccessRequest, Decision, Effect, Elevation, PolicyReason, refusal
 from trustplane.recovery.revocation import Revocation, RevocationList
 from trustplane.telemetry.deny_spike import DenySpikeDetector
 from trustplane.telemetry.metrics import Metrics
@@ -44,10 +48,14 @@ class PolicyDecisionPoint:
         metrics: Metrics,
         deny_spike: DenySpikeDetector | None = None,
         trust: Assess | None = None,
+        cache: RiskCache | None = None,
+        epoch: CacheEpoch | None = None,
     ) -> None:
         """`elevation(request)`: the grants and exceptions held for the request's flow
         (governance/state.py), looked up in memory on every evaluation; `deny_spike` watches
-        the bundle's own answers after each activation."""
+        the bundle's own answers after each activation. `cache`: the risk-aware reuse rules
+        (without them, every answer keeps the evaluator's TTL); `epoch`: the cache epoch each
+        decision carries (without it, the revocation epoch)."""
         self._bundles = bundles
         self._revocations = revocations
         self._elevation = elevation
@@ -55,6 +63,11 @@ class PolicyDecisionPoint:
         self._recorder = recorder
         self._deny_spike = deny_spike
         self._trust = trust
+        self._cache = cache
+        self._epoch = epoch
+        self._fired: dict[tuple[str, str], Any] = {}
+        self._lookups: dict[tuple[str, str, str], Any] = {}
+        self._notes: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         # Labelled children resolved once: `.labels()` costs more than the increment.
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
@@ -82,9 +95,12 @@ class PolicyDecisionPoint:
         # The epoch goes in every decision: caches outside this process compare it to drop
         # answers given before a revocation.
         epoch = revocations.epoch
+        cache_epoch = epoch if self._epoch is None else self._epoch.value
+        bundle = active.bundle if active is not None else None
         assessment = None
         if self._trust is not None:  # the trust plane scores every request, refused or not
-            request, assessment = self._trust(request, active.bundle if active else None)
+            request, assessment = self._trust(request, bundle)
+        plan = None if self._cache is None else self._cache.plan(request, bundle, assessment)
         revoked = revocations.principal(request.principal)
         if revoked is not None:  # before any policy (and any cached answer)
             decision = refusal(
@@ -99,7 +115,13 @@ class PolicyDecisionPoint:
             elevation = self._elevation(request)
             # The assessment goes in as the answer is built: a copy afterwards costs more.
             decision = active.evaluator.evaluate(
-                request, revocation_epoch=epoch, elevation=elevation, trust=assessment
+                request,
+                revocation_epoch=epoch,
+                elevation=elevation,
+                trust=assessment,
+                reuse=plan is None or plan.live is None,
+                settle=None if plan is None else partial(self._settle, plan, request, bundle),
+                cache_epoch=cache_epoch,
             )
             if self._deny_spike is not None:  # the bundle's own answers, not refusals
                 denied = decision.effect is Effect.DENY
@@ -113,8 +135,55 @@ class PolicyDecisionPoint:
                 )
         if assessment is not None and decision.trust is not assessment:  # refusals
             decision = replace(decision, trust=assessment)
+        if decision.cache_epoch != cache_epoch:  # refusals, settled before any policy
+            decision = reused(decision, decision.ttl_seconds, cache_epoch, decision.cache)
         self._observe(decision)
+        if assessment is not None:
+            self._signals(assessment)
         return decision
+
+    def _settle(
+        self,
+        plan: Plan,
+        request: AccessRequest,
+        bundle: Bundle | None,
+        ttl: int,
+        reasons: tuple[PolicyReason, ...],
+        shadow_reasons: tuple[PolicyReason, ...],
+        errors: tuple[str, ...],
+        cached: bool,
+    ) -> tuple[int, dict[str, Any] | None]:
+        """The answer's TTL by its tier and risk, and its cache note; counted by verdict.
+        Called by the evaluator as it builds the answer (Evaluator.evaluate's `settle`)."""
+        assert self._cache is not None
+        ttl, tier = self._cache.finish(
+            plan, request, ttl, reasons, shadow_reasons, errors, bundle, time.time()
+        )
+        live = plan.live or ("tier 0" if tier == "0" else None)
+        result = "live" if live is not None else "hit" if cached else "miss"
+        key = (tier, plan.risk, result)
+        counter = self._lookups.get(key)
+        if counter is None:
+            counter = self._lookups[key] = self._metrics.decision_cache_lookups.labels(*key)
+        counter.inc()
+        note_key = (tier, plan.risk, live)
+        note = self._notes.get(note_key)
+        if note is None and (plan.risk != NO_RISK or tier != NO_TIER or live):
+            # Shared between decisions, like the assessment: nothing downstream changes it.
+            label = tier if tier != NO_TIER else None
+            note = self._notes[note_key] = {"tier": label, "risk": plan.risk, "live": live}
+        return ttl, note
+
+    def _signals(self, assessment: dict[str, Any]) -> None:
+        """Count each signal that fired (its row in the assessment: points, or an error)."""
+        for row in assessment.get("signals") or ():
+            if not (row.get("value") or row.get("error")):
+                continue
+            key = (str(row.get("name")), str(row.get("mode")))
+            counter = self._fired.get(key)
+            if counter is None:
+                counter = self._fired[key] = self._metrics.trust_signals_fired.labels(*key)
+            counter.inc()
 
     async def decide(self, request: AccessRequest) -> Decision:
         """Evaluate and record; under sync durability, returns once the record is committed."""
@@ -131,6 +200,8 @@ class PolicyDecisionPoint:
             active.bundle.revision if active is not None else None,
             self._revocations.epoch,
         )
+        epoch = decision.revocation_epoch if self._epoch is None else self._epoch.value
+        decision = reused(decision, decision.ttl_seconds, epoch, None)
         self._observe(decision)
         await self._recorder.record(request, decision)
         return decision
@@ -156,3 +227,31 @@ class PolicyDecisionPoint:
             metrics.decision_errors.inc()
         for reason in decision.shadow_changes:
             metrics.shadow_mismatches.labels(reason.policy_id).inc()
+
+
+def reused(
+    decision: Decision, ttl: int, cache_epoch: int, cache: dict[str, Any] | None
+) -> Decision:
+    """`decision` with its reuse decided, for answers the evaluator did not build (refusals).
+    Built field by field, cheaper than `dataclasses.replace` (test_risk_cache checks that
+    every field is carried)."""
+    return Decision(
+        decision_id=decision.decision_id,
+        effect=decision.effect,
+        reasons=decision.reasons,
+        shadow_effect=decision.shadow_effect,
+        shadow_reasons=decision.shadow_reasons,
+        shadow_changes=decision.shadow_changes,
+        errors=decision.errors,
+        revision=decision.revision,
+        eval_micros=decision.eval_micros,
+        timestamp=decision.timestamp,
+        cached=decision.cached,
+        ttl_seconds=ttl,
+        revocation_epoch=decision.revocation_epoch,
+        grant_ids=decision.grant_ids,
+        exception_ids=decision.exception_ids,
+        trust=decision.trust,
+        cache_epoch=cache_epoch,
+        cache=cache,
+    )

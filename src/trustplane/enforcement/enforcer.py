@@ -20,6 +20,10 @@ ANONYMOUS = EntityRef("Anonymous", "anonymous")
 DECISION_HEADER = "X-Trustplane-Decision-Id"
 PRINCIPAL_HEADER = "X-Trustplane-Principal"
 USER_HEADER = "X-Auth-Request-User"
+# How long a proxy or middleware may reuse an allow (decision/risk_cache.py), and the cache
+# epoch it was given under (GET /access/v1/epoch moves past it when reuse must stop).
+TTL_HEADER = "X-Trustplane-Cache-Ttl"
+EPOCH_HEADER = "X-Trustplane-Cache-Epoch"
 
 
 @dataclass(frozen=True)
@@ -34,12 +38,15 @@ class Verdict:
     challenge: str | None = None  # WWW-Authenticate value for a 401
 
     def headers(self) -> dict[str, str]:
-        """Response headers: on allow, who the caller is (for the proxy to pass upstream); on a
-        401, the challenge; always the decision id."""
+        """Response headers: on allow, who the caller is (for the proxy to pass upstream) and
+        how long the allow may be reused; on a 401, the challenge; always the decision id."""
         headers = {DECISION_HEADER: self.decision.decision_id}
-        if self.status == 200 and self.credential is not None:
-            headers[USER_HEADER] = self.credential.subject
-            headers[PRINCIPAL_HEADER] = str(self.principal)
+        if self.status == 200:
+            headers[TTL_HEADER] = str(self.decision.ttl_seconds)
+            headers[EPOCH_HEADER] = str(self.decision.cache_epoch)
+            if self.credential is not None:
+                headers[USER_HEADER] = self.credential.subject
+                headers[PRINCIPAL_HEADER] = str(self.principal)
         if self.challenge:
             headers["WWW-Authenticate"] = self.challenge
         return headers

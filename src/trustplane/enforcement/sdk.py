@@ -5,7 +5,11 @@
   connection could not be made, or the PDP said 503 (not ready, ledger unavailable) and so
   answered nothing. A read timeout is not retried.
 - A local answer cache honouring the `ttl_seconds` the PDP returns with each decision (0: never
-  reused).
+  reused: Tier 0, high risk, volatile signals; see decision/risk_cache.py), which learns of
+  revocations, activations and grant changes within moments: once it holds an answer, the
+  client long-polls the PDP's cache epoch (`GET /access/v1/epoch?after=N`) and drops every
+  cached answer when it moves. While that watch is broken the cache is not served (each check
+  asks the PDP); a PDP without the endpoint leaves the TTL and the epoch in each answer.
 - Fail closed: when no answer can be had, the result is a deny with the error. A caller may ask
   for fail-open per call (`fail_open=True`, for a route that must stay up); every fail-open is
   logged and counted (`trustplane_sdk_fail_open_total{route}`), so it cannot hide.
@@ -18,6 +22,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -37,6 +43,9 @@ from trustplane.retry import Backoff, Retry
 log = logging.getLogger("trustplane.sdk")
 
 EVALUATION_PATH = "/access/v1/evaluation"
+EPOCH_PATH = "/access/v1/epoch"
+EPOCH_WAIT_SECONDS = 20.0  # one long-poll; the PDP answers at once when the epoch moves
+_UNSUPPORTED = frozenset({404, 405})  # a PDP from before the epoch endpoint
 _RETRY_STATUSES = frozenset({503})
 _UNANSWERED = (httpx.ConnectError, httpx.ConnectTimeout)  # the request never reached the PDP
 _JSON = {"content-type": "application/json"}
@@ -83,6 +92,7 @@ class Answer:
     errors: tuple[str, ...] = ()
     ttl_seconds: int = 0
     revocation_epoch: int = 0  # the PDP's revocation list version when it answered
+    cache_epoch: int = 0  # the PDP's cache epoch when it answered (decision/epoch.py)
     cached: bool = False  # served from this client's cache, not asked again
     failed_open: bool = False  # the PDP could not answer and the caller chose to let it through
     error: str | None = None  # why there is no real answer (fail-closed or fail-open)
@@ -141,6 +151,7 @@ def answer_from(body: Mapping[str, Any]) -> Answer:
         errors=tuple(details.get("errors", [])),
         ttl_seconds=int(details.get("ttl_seconds") or 0),
         revocation_epoch=int(details.get("revocation_epoch") or 0),
+        cache_epoch=int(details.get("cache_epoch") or details.get("revocation_epoch") or 0),
         raw=body,
     )
 
@@ -179,12 +190,22 @@ class _AnswerCache:
             self._entries.clear()
 
 
+class _Watch:
+    """What the client knows of the PDP's cache epoch and of its watch on it."""
+
+    OFF = "off"  # not started: nothing cached yet
+    LIVE = "live"  # the last long-poll answered: cached answers may be served
+    BROKEN = "broken"  # the last long-poll failed: the cache is not served until one answers
+    UNSUPPORTED = "unsupported"  # the PDP has no epoch endpoint: TTL and answers' epochs only
+
+
 class _Base:
     def __init__(
         self,
         retries: int,
         cache_size: int,
         metrics: SdkMetrics | None,
+        watch_epoch: bool,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -192,23 +213,69 @@ class _Base:
         self._cache = _AnswerCache(cache_size)
         self._metrics = metrics
         self._epoch = 0
+        self._epoch_lock = threading.Lock()
+        self._watching = bool(cache_size) and watch_epoch
+        self.watch_state = _Watch.OFF
+
+    @property
+    def epoch(self) -> int:
+        """The newest cache epoch this client has seen (answers and long-polls)."""
+        return self._epoch
 
     def clear_cache(self) -> None:
         self._cache.clear()
 
     def _lookup(self, body: dict[str, Any]) -> tuple[bytes, Answer | None]:
         key = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        if self.watch_state == _Watch.BROKEN:
+            return key, None  # a revocation may be missed: ask
         known = self._cache.get(key)
         return key, None if known is None else dataclasses.replace(known, cached=True)
 
     def _complete(self, key: bytes, response: httpx.Response) -> Answer:
         answer = self._parse(response)
-        if answer.revocation_epoch > self._epoch:
-            # Something was revoked since the cached answers were given: none is trusted.
-            self._cache.clear()
-            self._epoch = answer.revocation_epoch
-        self._cache.put(key, answer)
+        self._advance(answer.cache_epoch)
+        if answer.cache_epoch >= self._epoch:  # not an answer older than a change heard of
+            self._cache.put(key, answer)
         return answer
+
+    def _advance(self, epoch: int) -> bool:
+        """Move to `epoch` if it is newer; then no cached answer is trusted."""
+        with self._epoch_lock:
+            if epoch <= self._epoch:
+                return False
+            self._epoch = epoch
+            self._cache.clear()
+            return True
+
+    def _heard(self, response: httpx.Response) -> bool:
+        """Read a long-poll's answer; False when the PDP has no epoch endpoint."""
+        if response.status_code in _UNSUPPORTED:
+            log.warning(
+                "the PDP has no %s (status %d): cached answers end by their TTL only",
+                EPOCH_PATH,
+                response.status_code,
+            )
+            self.watch_state = _Watch.UNSUPPORTED
+            return False
+        if response.status_code != 200:
+            raise _Unanswered(f"epoch: PDP answered {response.status_code}")
+        try:
+            epoch = int(orjson.loads(response.content)["epoch"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise _Unanswered(f"epoch: not an epoch answer: {exc}") from None
+        self._advance(epoch)
+        self.watch_state = _Watch.LIVE
+        return True
+
+    def _lost_watch(self, error: BaseException) -> None:
+        if self.watch_state != _Watch.BROKEN:
+            log.warning("trustplane epoch watch lost (%s): not serving cached answers", error)
+        self.watch_state = _Watch.BROKEN
+        self._cache.clear()
+
+    def _epoch_params(self) -> dict[str, str]:
+        return {"after": str(self._epoch), "wait": str(EPOCH_WAIT_SECONDS)}
 
     def _failure(self, error: str, fail_open: bool, route: str) -> Answer:
         if fail_open:
@@ -245,11 +312,17 @@ class Client(_Base):
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
         metrics: SdkMetrics | None = None,
+        watch_epoch: bool = True,
     ) -> None:
-        super().__init__(retries, cache_size, metrics)
+        """`watch_epoch` False: no long-poll; cached answers end by their TTL and by the
+        epoch later answers carry."""
+        super().__init__(retries, cache_size, metrics, watch_epoch)
         self._http = httpx.Client(
             base_url=url, timeout=timeout, headers=dict(headers or {}), transport=transport
         )
+        self._timeout = timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Client:
         return self
@@ -258,7 +331,34 @@ class Client(_Base):
         self.close()
 
     def close(self) -> None:
+        """Returns at once: a long-poll in flight cannot be interrupted from here, so the
+        watch thread (a daemon) ends when the PDP answers it, at most `EPOCH_WAIT_SECONDS`."""
+        self._stop.set()
         self._http.close()
+
+    def _start_watch(self) -> None:
+        if self._watching and self.watch_state == _Watch.OFF and not self._stop.is_set():
+            self.watch_state = _Watch.LIVE
+            self._thread = threading.Thread(
+                target=self._watch, name="trustplane-epoch", daemon=True
+            )
+            self._thread.start()
+
+    def _watch(self) -> None:
+        timeout = httpx.Timeout(self._timeout, read=EPOCH_WAIT_SECONDS + 5)
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                response = self._http.get(EPOCH_PATH, params=self._epoch_params(), timeout=timeout)
+                if not self._heard(response):
+                    return
+                failures = 0
+            except (_Unanswered, httpx.HTTPError, RuntimeError) as exc:
+                if self._stop.is_set():
+                    return
+                self._lost_watch(exc)
+                failures += 1
+                self._stop.wait(_BACKOFF.delay(failures))
 
     def check(
         self,
@@ -279,9 +379,12 @@ class Client(_Base):
         if known is not None:
             return known
         try:
-            return self._complete(key, self._post(key))
+            answer = self._complete(key, self._post(key))
         except (_Unanswered, httpx.HTTPError) as exc:
             return self._failure(str(exc) or type(exc).__name__, fail_open, route or action)
+        if answer.ttl_seconds > 0:
+            self._start_watch()
+        return answer
 
     def _post(self, body: bytes) -> httpx.Response:
         return send_with_retries(
@@ -302,11 +405,15 @@ class AsyncClient(_Base):
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: SdkMetrics | None = None,
+        watch_epoch: bool = True,
     ) -> None:
-        super().__init__(retries, cache_size, metrics)
+        super().__init__(retries, cache_size, metrics, watch_epoch)
         self._http = httpx.AsyncClient(
             base_url=url, timeout=timeout, headers=dict(headers or {}), transport=transport
         )
+        self._timeout = timeout
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -315,7 +422,36 @@ class AsyncClient(_Base):
         await self.aclose()
 
     async def aclose(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self._http.aclose()
+
+    def _start_watch(self) -> None:
+        if self._watching and self.watch_state == _Watch.OFF and not self._closed:
+            self.watch_state = _Watch.LIVE
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        timeout = httpx.Timeout(self._timeout, read=EPOCH_WAIT_SECONDS + 5)
+        failures = 0
+        while not self._closed:
+            try:
+                response = await self._http.get(
+                    EPOCH_PATH, params=self._epoch_params(), timeout=timeout
+                )
+                if not self._heard(response):
+                    return
+                failures = 0
+            except (_Unanswered, httpx.HTTPError, RuntimeError) as exc:
+                if self._closed:
+                    return
+                self._lost_watch(exc)
+                failures += 1
+                await asyncio.sleep(_BACKOFF.delay(failures))
 
     async def check(
         self,
@@ -336,9 +472,12 @@ class AsyncClient(_Base):
         if known is not None:
             return known
         try:
-            return self._complete(key, await self._post(key))
+            answer = self._complete(key, await self._post(key))
         except (_Unanswered, httpx.HTTPError) as exc:
             return self._failure(str(exc) or type(exc).__name__, fail_open, route or action)
+        if answer.ttl_seconds > 0:
+            self._start_watch()
+        return answer
 
     async def _post(self, body: bytes) -> httpx.Response:
         return await asend_with_retries(

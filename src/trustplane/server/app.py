@@ -27,12 +27,13 @@ from trustplane.enforcement.envoy import EnvoyAuthorization, EnvoyHttp
 from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth
 from trustplane.enforcement.native import ExtAuthzServer, start_ext_authz
 from trustplane.enforcement.pep import PEP_HEADER
+from trustplane.enforcement.sdk import EPOCH_PATH
 from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
 from trustplane.problems import Problem, json_response
 from trustplane.server.admin import admin_routes
 from trustplane.server.admin_gate import AdminGate
-from trustplane.server.authzen import AuthZenApi
+from trustplane.server.authzen import AuthZenApi, EpochApi
 from trustplane.server.identity import IdentityApi, identity_routes
 from trustplane.server.image_attestations import AttestationsApi, attestation_routes
 from trustplane.server.openapi import openapi_document
@@ -70,6 +71,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     )
     attestations = AttestationsApi(runtime, pdp)
     pep_gate = PepGate.for_runtime(runtime)  # every decision endpoint: registered PEPs only
+    epoch_api = EpochApi(runtime.cache_epoch, settings.policy.epoch_wait_seconds)
 
     listeners = Listeners(runtime, enforcer, pep_gate)
 
@@ -105,6 +107,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         ),
         Route("/access/v1/evaluations", pep_gate.guard(authzen.evaluations), methods=["POST"]),
         Route("/.well-known/authzen-configuration", authzen.configuration, methods=["GET"]),
+        Route(EPOCH_PATH, pep_gate.guard(epoch_api.handle, timed=False), methods=["GET"]),
         # Here `Authorization` is the end user's (the held request's): the PEP uses its own.
         Route(
             "/v1/forward-auth",
@@ -269,6 +272,10 @@ class Listeners:
             )
             await self._workload_api.start()
         self.started = True
+
+    def draining(self) -> None:
+        """The server is shutting down: epoch long-polls answer now (decision/epoch.py)."""
+        self._runtime.cache_epoch.close()
 
     async def stop(self) -> None:
         grpc_server, self._grpc = self._grpc, None

@@ -334,3 +334,50 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 def _echo_request_id(request: Request) -> dict[str, str] | None:
     request_id = request.headers.get("x-request-id")
     return {"X-Request-ID": request_id[:200]} if request_id else None
+
+
+class EpochApi:
+    """`GET /access/v1/epoch?after=N&wait=S`: the cache epoch (decision/epoch.py), answered as
+    soon as it exceeds N, or after S seconds (at most `max_wait`) with the epoch unchanged.
+    Without `after`, at once. Enforcement points long-poll it to drop cached answers within
+    moments of a revocation, an activation or a grant's change, on whichever replica."""
+
+    def __init__(self, epoch: Any, max_wait: float) -> None:
+        self._epoch = epoch
+        self._max_wait = max_wait
+
+    async def handle(self, request: Request) -> Response:
+        after = _number(request, "after", int, -1)
+        wait = _number(request, "wait", float, self._max_wait)
+        if after < -1:
+            raise _bad_query("after", "must be a whole number >= 0")
+        if not wait >= 0:  # NaN too
+            raise _bad_query("wait", "must be a number of seconds >= 0")
+        value = self._epoch.value
+        if after >= 0 and value <= after:
+            value = await self._epoch.wait_past(after, min(wait, self._max_wait))
+        body = {"epoch": value, "parts": self._epoch.parts()}
+        return json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def _number(request: Request, name: str, kind: type[int] | type[float], default: Any) -> Any:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise _bad_query(name, f"must be a {'whole number' if kind is int else 'number'}") from None
+    if kind is float and value != value:  # NaN
+        raise _bad_query(name, "must be a number")
+    return value
+
+
+def _bad_query(name: str, detail: str) -> Problem:
+    return Problem(
+        422,
+        "invalid-request",
+        "Invalid request",
+        f"{name}: {detail}",
+        [{"pointer": "", "parameter": name, "detail": detail, "code": "invalid"}],
+    )

@@ -29,6 +29,8 @@ log = logging.getLogger("trustplane.server")
 class StartsListeners(Protocol):
     async def start(self) -> None: ...
 
+    def draining(self) -> None: ...
+
 
 class ListeningServer(uvicorn.Server):
     failed_to_start: str | None = None
@@ -51,6 +53,15 @@ class ListeningServer(uvicorn.Server):
             await _listeners(self.config.loaded_app).start()
         except Exception as exc:  # serve() then shuts down what started, listeners included
             self._failed(f"ext_authz gRPC or the Workload API could not start: {exc}")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Long-polls (GET /access/v1/epoch) answer first: uvicorn waits for open requests
+        before it shuts the app down, and would otherwise wait out their hold."""
+        try:
+            _listeners(self.config.loaded_app).draining()
+        except Exception:  # an app without listeners (never create_app's): nothing held
+            log.debug("no listeners to drain", exc_info=True)
+        await super().shutdown(sockets)
 
     def _failed(self, message: str) -> None:
         log.error("stopping: %s", message)

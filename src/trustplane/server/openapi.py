@@ -163,6 +163,35 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json("EvaluationsResponse"), "4XX": _PROBLEM},
                 }
             },
+            "/access/v1/epoch": {
+                "get": {
+                    "summary": "The cache epoch, long-polled by enforcement points",
+                    "description": 'Answers `{"epoch": N, "parts": {...}}` as soon as the '
+                    "epoch exceeds `after`, or after `wait` seconds (at most "
+                    "policy.epoch_wait_seconds) unchanged; at once without `after`. The epoch "
+                    "moves on revocations, grant and exception changes, bundle activations and "
+                    "trust-state changes: a cached answer of an older epoch must be dropped.",
+                    "tags": ["authzen"],
+                    "parameters": [
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "number", "minimum": 0},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "The epoch"},
+                        "4XX": _PROBLEM,
+                    },
+                }
+            },
             "/v1/forward-auth": {
                 method: {
                     "summary": "Forward-auth for nginx, Traefik and Caddy",
@@ -435,6 +464,7 @@ def _pep_security(paths: dict[str, Any]) -> None:
     for path, header in (
         ("/access/v1/evaluation", "pepToken"),
         ("/access/v1/evaluations", "pepToken"),
+        ("/access/v1/epoch", "pepToken"),
         ("/v1/admission", "pepToken"),
         ("/v1/forward-auth", "pepHeader"),
         ("/v1/envoy/http", "pepHeader"),

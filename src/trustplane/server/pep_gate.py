@@ -119,12 +119,15 @@ class PepGate:
                 "until one is (`trustplane pep add NAME`)"
             )
 
-    def guard(self, handler: Handler, header: str = "authorization") -> Handler:
+    def guard(
+        self, handler: Handler, header: str = "authorization", *, timed: bool = True
+    ) -> Handler:
         """`handler`, answering registered PEPs only (per pep.auth). `header`: where the PEP's
         Bearer credential is; it is removed from the request the handler sees, so it is never
-        mistaken for the end user's or recorded."""
+        mistaken for the end user's or recorded. `timed` False: a long-poll, whose duration
+        is not a decision's latency."""
         admit = self._admission(header)
-        observe = self.latency.observe
+        observe = self.latency.observe if timed else _untimed
 
         async def guarded(request: Request) -> Response:
             started = time.perf_counter()
@@ -322,3 +325,7 @@ def client_ca_file(settings: Settings) -> Path | None:
     finally:
         engine.dispose()
     return path
+
+
+def _untimed(pep: str, seconds: float) -> None:
+    """What a long-poll's duration is counted as: nothing."""

@@ -19,9 +19,11 @@ from typing import Any
 from sqlalchemy import Engine, insert, select
 
 from trustplane.config import Durability, LedgerAppender, PolicySettings, Settings
+from trustplane.decision.epoch import CacheEpoch
 from trustplane.decision.loader import LoadOptions
 from trustplane.decision.manager import BundleManager, follow_or_log
 from trustplane.decision.point import PolicyDecisionPoint
+from trustplane.decision.risk_cache import CacheRules, RiskCache
 from trustplane.decision.signing import load_trusted_key
 from trustplane.enforcement.credentials import Credential
 from trustplane.errors import TrustplaneError
@@ -54,6 +56,7 @@ from trustplane.telemetry.ledger import Ledger
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics, multiprocess_dir
 from trustplane.telemetry.recorder import DecisionRecorder
+from trustplane.trust.epoch import TrustEpoch
 from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
 from trustplane.trust.service import assessor_from_settings
 
@@ -134,8 +137,20 @@ def load_options(settings: PolicySettings) -> LoadOptions:
         trusted_keys=[load_trusted_key(p) for p in settings.trusted_key_files],
         expiry_warning_days=settings.expiry_warning_days,
         decision_cache_size=settings.decision_cache_size,
-        decision_ttl_seconds=settings.decision_ttl_seconds,
+        # The evaluator cuts at the longest reuse; the decision point applies each request's.
+        decision_ttl_seconds=cache_rules(settings).longest,
         extra_files=BUNDLE_FILES + TRUST_FILES + ROLLOUT_FILES,
+    )
+
+
+def cache_rules(settings: PolicySettings) -> CacheRules:
+    """The risk-aware cache's rules under the `[policy]` settings (decision/risk_cache.py)."""
+    return CacheRules(
+        decision_ttl_seconds=settings.decision_ttl_seconds,
+        read_ttl_seconds=dict(settings.read_ttl_seconds),
+        read_action_group=settings.read_action_group,
+        live_risk_levels=frozenset(settings.live_risk_levels),
+        volatile_signals=frozenset(settings.volatile_signals),
     )
 
 
@@ -257,7 +272,7 @@ class Runtime:
             load_options(settings.policy),
             self.metrics,
             bundle_dir=settings.policy.bundle_dir,
-            on_activate=lambda loaded: self.deny_spike.activated(loaded.bundle.revision),
+            on_activate=self._activated,
         )
         self.rollback_guard = RollbackGuard(
             self.bundles,
@@ -289,6 +304,19 @@ class Runtime:
             interval=settings.governance.interval_ms / 1000,
         )
         self.feed.subscribe(GOVERNANCE_TOPIC, self.governance.state.refresh)
+        # What cached answers rest on: when any part moves, caches drop what they hold.
+        self.trust_epoch = TrustEpoch()
+        self.cache_epoch = CacheEpoch(
+            {
+                "revocations": lambda: self.revocations.epoch,
+                "governance": lambda: self.governance.state.version,
+                "bundles": lambda: self.bundles.activation_id,
+                "trust": lambda: self.trust_epoch.value,
+            }
+        )
+        for topic in (REVOCATIONS_TOPIC, GOVERNANCE_TOPIC, BUNDLES_TOPIC):
+            self.feed.subscribe(topic, lambda _topic: self.cache_epoch.changed())
+        self.trust_epoch.on_change(self.cache_epoch.changed)
         self._token_hashes: set[str] = set()
         self._ci_issuers = {rule.issuer for rule in settings.identity.exchange_rules}
         self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
@@ -328,7 +356,15 @@ class Runtime:
             metrics=self.metrics,
             deny_spike=self.deny_spike,
             trust=assessor_from_settings(self.settings, self.engine),
+            cache=RiskCache(cache_rules(self.settings.policy)),
+            epoch=self.cache_epoch,
         )
+
+    def _activated(self, loaded: Any) -> None:
+        self.deny_spike.activated(loaded.bundle.revision)
+        cache_epoch = getattr(self, "cache_epoch", None)
+        if cache_epoch is not None:  # not during construction
+            cache_epoch.changed()
 
     def start(self) -> None:
         """Activate the bundle (a worker serves what its supervisor activated) and start the

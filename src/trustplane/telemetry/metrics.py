@@ -66,6 +66,21 @@ class Metrics:
             "Decisions answered from the evaluator's cache (same request, same bundle revision).",
             registry=r,
         )
+        self.decision_cache_lookups = Counter(
+            "trustplane_decision_cache_lookups",
+            "Decisions by the cache's verdict (hit: answered from the evaluator's cache; miss: "
+            "evaluated, may be kept; live: evaluated by rule, never reused), by the request's "
+            "tier and risk level (decision/risk_cache.py).",
+            ["tier", "risk", "result"],
+            registry=r,
+        )
+        self.trust_signals_fired = Counter(
+            "trustplane_trust_signals_fired",
+            "Decisions on which a trust signal fired (value above 0, or its provider failed), "
+            "by signal and mode (enforce or observe).",
+            ["signal", "mode"],
+            registry=r,
+        )
         self.decision_errors = Counter(
             "trustplane_decision_errors",
             "Decisions denied because evaluation failed (fail closed).",
