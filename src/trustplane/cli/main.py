@@ -119,6 +119,11 @@ COMMANDS = (
         "Label would-denies of observe-mode policies and measure their promotion gates.",
     ),
     Entry(
+        "trust",
+        "trustplane.cli.trust:trust_app",
+        "Explain risk scores and summarise which trust signals fired.",
+    ),
+    Entry(
         "pep",
         "trustplane.cli.pep:pep_app",
         "Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",

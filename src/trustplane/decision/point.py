@@ -55,6 +55,10 @@ class PolicyDecisionPoint:
         self._recorder = recorder
         self._deny_spike = deny_spike
         self._trust = trust
+        # The trust plane learns from answers (behaviour's denial rate): told of each one.
+        self._outcome: Callable[[AccessRequest, bool], None] | None = getattr(
+            trust, "outcome", None
+        )
         # Labelled children resolved once: `.labels()` costs more than the increment.
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
@@ -105,6 +109,8 @@ class PolicyDecisionPoint:
                 self._deny_spike.observe(decision.effect is Effect.DENY)
         if assessment is not None and decision.trust is not assessment:  # refusals
             decision = replace(decision, trust=assessment)
+        if self._outcome is not None:
+            self._outcome(request, decision.effect is Effect.DENY)
         self._observe(decision)
         return decision
 

@@ -29,6 +29,7 @@ from trustplane.trust.signals import Provider, Signal, TrustInputs
 
 TRUST_KEY = "trust"  # the context attribute: Cedar's view, and the caller-supplied namespace
 _INPUT_CLAIMS = ("amr", "acr", "auth_time", "iat", "exp")
+DEVICE_ID_LIMIT = 200
 
 
 class TrustAssessor:
@@ -44,6 +45,11 @@ class TrustAssessor:
         self._clock = clock
         self._unverified: dict[TrustPolicy, tuple[dict[str, Any] | None, dict[str, Any]]] = {}
         self._plans: dict[TrustPolicy, list[tuple[Provider, frozenset[str]]]] = {}
+        # Providers whose answer depends on who asks (behaviour): no shared assessment.
+        self._personal = frozenset(
+            id(p) for p in self._providers if getattr(p, "per_principal", False)
+        )
+        self._outcomes = tuple(p for p in self._providers if hasattr(p, "outcome"))
 
     def __call__(
         self, request: AccessRequest, bundle: Bundle | None
@@ -68,7 +74,7 @@ class TrustAssessor:
         self, request: AccessRequest, policy: TrustPolicy
     ) -> tuple[AccessRequest, dict[str, Any]]:
         supplied = request.context.get(TRUST_KEY)
-        if supplied is None and request.evidence is None:
+        if supplied is None and request.evidence is None and not self._personal_plan(policy):
             # Nothing verified, nothing supplied: every provider answers the same for the same
             # trust.yaml (most AuthZEN traffic), so the assessment is computed once per policy.
             known = self._unverified.get(policy)
@@ -90,6 +96,33 @@ class TrustAssessor:
             context[TRUST_KEY] = cedar
         return replace(request, context=context), record
 
+    def _personal_plan(self, policy: TrustPolicy) -> bool:
+        return bool(self._personal) and any(id(p) in self._personal for p, _ in self._plan(policy))
+
+    def _plan(self, policy: TrustPolicy) -> list[tuple[Provider, frozenset[str]]]:
+        """Which providers this trust.yaml needs, and for which signals."""
+        plan = self._plans.get(policy)
+        if plan is None:
+            wanted = frozenset(policy.rules)
+            plan = [(p, wanted.intersection(p.names)) for p in self._providers]
+            plan = [(p, asked) for p, asked in plan if asked]
+            if len(self._plans) > 16:
+                self._plans.clear()
+            self._plans[policy] = plan
+        return plan
+
+    def outcome(self, request: AccessRequest, denied: bool) -> None:
+        """The decision point tells the providers that learn from answers (behaviour's denial
+        rate) how a request they scored was answered. Never raises into the decision path."""
+        if not self._outcomes:
+            return
+        now = self._clock()
+        for provider in self._outcomes:
+            try:
+                provider.outcome(str(request.principal), denied, now)
+            except Exception:  # a counter that failed must not fail the answer
+                continue
+
     def _score(
         self,
         request: AccessRequest,
@@ -102,14 +135,7 @@ class TrustAssessor:
         decisions when memoised: nothing downstream may change them."""
         inputs = self._inputs(request, believed, pep, self._clock(), policy)
         rules = policy.rules
-        plan = self._plans.get(policy)
-        if plan is None:  # which providers this trust.yaml needs, and for which signals
-            wanted = frozenset(rules)
-            plan = [(p, wanted.intersection(p.names)) for p in self._providers]
-            plan = [(p, asked) for p, asked in plan if asked]
-            if len(self._plans) > 16:
-                self._plans.clear()
-            self._plans[policy] = plan
+        plan = self._plan(policy)
         signals: dict[str, Signal] = {}
         for provider, asked in plan:
             try:
@@ -192,12 +218,21 @@ class TrustAssessor:
         source_ip = evidence.source_ip if evidence is not None else None
         workload = evidence.workload if evidence is not None else False
         source = evidence.source if evidence is not None else "none"
+        subject = evidence.subject if evidence is not None else None
+        device = evidence.device if evidence is not None else None
+        device_source = evidence.device_source if evidence is not None else None
         given = (believed or {}).get("inputs")
         if isinstance(given, dict) and evidence is None:  # this PDP's own evidence comes first
             claims = {k: given[k] for k in _INPUT_CLAIMS if k in given} or None
             source_ip = given.get("source_ip") if isinstance(given.get("source_ip"), str) else None
             workload = given.get("workload") is True
             source = f"pep:{pep}"
+            named = given.get("subject")
+            subject = named if isinstance(named, str) else None
+        if isinstance(given, dict) and device is None:  # the PDP's own device evidence first
+            named = given.get("device_id")
+            if isinstance(named, str) and 0 < len(named) <= DEVICE_ID_LIMIT:
+                device, device_source = named, f"pep:{pep}"
         return TrustInputs(
             principal=request.principal,
             action=request.action,
@@ -208,4 +243,7 @@ class TrustAssessor:
             source=source,
             now=now,
             params=policy.params(),
+            subject=subject,
+            device=device,
+            device_source=device_source,
         )
