@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
+from tests.trust.test_network_travel import Bundle, Clock
 from trustplane.model import AccessRequest, EntityRef
 from trustplane.trust.assessor import TrustAssessor
 from trustplane.trust.behaviour import BehaviourSignals, BehaviourState
 from trustplane.trust.behaviour_store import BehaviourWriter
 from trustplane.trust.policy import SignalRule
-from tests.trust.test_network_travel import Bundle, Clock
 
 NOVELTY = Bundle(novelty=10)
 

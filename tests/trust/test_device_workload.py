@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
 
+from tests.trust.test_network_travel import T0, Bundle, Clock
 from trustplane.enforcement.credentials import ProxyTrust
 from trustplane.enforcement.devices import DeviceFinder
 from trustplane.model import CALLING_PEP, AccessRequest, EntityRef, Evidence
@@ -22,7 +23,6 @@ from trustplane.trust.assessor import TrustAssessor
 from trustplane.trust.device import DeviceIndex, DeviceSignals, Posture
 from trustplane.trust.device_store import all_postures, forget_device, save_posture
 from trustplane.trust.workload import WorkloadSignals, selector_digests
-from tests.trust.test_network_travel import T0, Bundle, Clock
 
 PROXY = "127.0.0.2"
 DIGEST = "sha256:" + "ab" * 32
@@ -159,10 +159,11 @@ class Planes:
     """Fakes of what the identity and posture planes answer."""
 
     def __init__(self) -> None:
+        image = f"k8s:pod-image:shop/checkout@{DIGEST}"
         self.entries = {
-            "spiffe://td/ns/shop/sa/checkout": ("k8s:ns:shop", f"k8s:pod-image:shop/checkout@{DIGEST}"),
+            "spiffe://td/ns/shop/sa/checkout": ("k8s:ns:shop", image),
             "spiffe://td/ns/shop/sa/cart": ("k8s:ns:shop",),
-        }  # fmt: skip
+        }
         self.attestations = {DIGEST: ("spiffe://td/ci/shop",)}
 
     def drift(self, spiffe_id: str) -> str | None:
