@@ -63,6 +63,9 @@ class BehaviourState:
         self._local: dict[str, dict[int, list[int]]] = {}
         self._inflight: dict[str, dict[int, list[int]]] = {}
         self._uses: dict[UseKey, float] = {}  # this process's uses not yet in the store
+        # principal → (minute, version, requests, denials, active minutes) of its baseline hour
+        self._baselines: dict[str, tuple[int, int, int, int, int]] = {}
+        self._version = 0  # moves when the store's totals arrive or in-flight counts settle
 
     # -- the decision path --------------------------------------------------------------------
 
@@ -94,22 +97,39 @@ class BehaviourState:
     def rates(self, principal: str, now: float) -> Rates:
         minute = int(now // 60)
         into = (now % 60) / 60  # how far into this minute: the rest of the last one counts
-        per: dict[int, list[int]] = {}
+        sources = (self._shared, self._inflight, self._local)
         with self._lock:
-            for source in (self._shared, self._inflight, self._local):
-                for m, (c, d) in source.get(principal, {}).items():
-                    if minute - m <= BASELINE_MINUTES:
-                        total = per.setdefault(m, [0, 0])
-                        total[0] += c
-                        total[1] += d
-        this, previous = per.get(minute, [0, 0]), per.get(minute - 1, [0, 0])
+            # The hour before the last minute changes only when the minute turns or the store
+            # brings the replicas' totals: summed once, not on every request.
+            known = self._baselines.get(principal)
+            if known is None or known[0] != minute or known[1] != self._version:
+                per: dict[int, list[int]] = {}
+                for source in sources:
+                    for m, (c, d) in source.get(principal, {}).items():
+                        if minute - BASELINE_MINUTES <= m < minute - 1:
+                            total = per.setdefault(m, [0, 0])
+                            total[0] += c
+                            total[1] += d
+                asked = sum(c for c, _ in per.values())
+                refused = sum(d for _, d in per.values())
+                known = (minute, self._version, asked, refused, len(per))
+                self._baselines[principal] = known
+            this = [0, 0]
+            previous = [0, 0]
+            for source in sources:
+                minutes = source.get(principal)
+                if minutes:
+                    for into_list, m in ((this, minute), (previous, minute - 1)):
+                        found = minutes.get(m)
+                        if found is not None:
+                            into_list[0] += found[0]
+                            into_list[1] += found[1]
+        _, _, asked, refused, active = known
         requests = this[0] + round(previous[0] * (1 - into))
         denied = this[1] + round(previous[1] * (1 - into))
-        history = [v for m, v in per.items() if m < minute - 1]
-        asked = sum(c for c, _ in history)
-        share = sum(d for _, d in history) / asked if asked else 0.0
-        baseline = asked / len(history) if history else None
-        return Rates(requests, denied, baseline, share, len(history))
+        share = refused / asked if asked else 0.0
+        baseline = asked / active if active else None
+        return Rates(requests, denied, baseline, share, active)
 
     # -- the writer's side (behaviour_store.py) -----------------------------------------------
 
@@ -138,11 +158,13 @@ class BehaviourState:
                         total[0] += c
                         total[1] += d
             self._inflight = {}
+            self._version += 1
 
     def merge(self, rows: list[tuple[str, str, str, float, int, int]]) -> None:
         """Rows (principal, kind, name, last_seen, count, denials) read from the store: uses
         keep the newest time, minute rows are the replicas' totals and replace ours."""
         with self._lock:
+            self._version += 1
             for principal, kind, name, last_seen, count, denials in rows:
                 if kind == MINUTE:
                     self._shared.setdefault(principal, {})[int(name)] = [int(count), int(denials)]
@@ -169,6 +191,7 @@ class BehaviourState:
                 del self._last[key]
             for p in [p for p, t in self._principals.items() if t < cutoff]:
                 del self._principals[p]
+            self._baselines = {}
 
 
 class BehaviourSignals:
@@ -179,10 +202,11 @@ class BehaviourSignals:
         "denial_rate": {"low": 0.2, "high": 0.6, "min_denials": 5},
     }
     fractions: Mapping[str, tuple[str, ...]] = {"denial_rate": ("low", "high")}
-    per_principal = True  # the answer depends on who asks: never shared between requests
 
     def __init__(self, state: BehaviourState | None) -> None:
         self._state = state
+        # With a history the answer depends on who asks: never shared between requests.
+        self.per_principal = state is not None
 
     def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterator[Signal]:
         state = self._state
@@ -191,68 +215,69 @@ class BehaviourSignals:
                 if name in wanted:
                     yield Signal(name, 0.0, None, "no behaviour history kept here", "memory")
             return
+        # A signal at 0 is recorded by name only (assessor.py): its explanation is a constant,
+        # and the words are built only for one that fires (this runs on every request).
         source = "history"
         principal = principal_key(str(inputs.principal))
         action = name_key(str(inputs.action))
         kind = name_key(inputs.resource.type)
         now = inputs.now
         known, last_action, last_type = state.use(principal, action, kind, now)
+        params = inputs.params
         if "novelty" in wanted:
-            days = float(inputs.param("novelty", "days", 30))
+            days = float(params.get("novelty", {}).get("days", 30))
             since = now - days * 86400
-            uses = (("action " + action, last_action), ("resource type " + kind, last_type))
-            new = [what for what, last in uses if last is None or last < since]
+            stale_action = last_action is None or last_action < since
+            stale_type = last_type is None or last_type < since
             if not known:
                 yield Signal("novelty", 0.0, None, "first request of this principal", source)
-            elif new:
-                yield Signal(
-                    "novelty",
-                    1.0,
-                    {"new": new},
-                    f"first use of {' and '.join(new)} in {days:.0f} days",
-                    source,
-                )
+            elif stale_action or stale_type:
+                new = [f"action {action}"] if stale_action else []
+                new += [f"resource type {kind}"] if stale_type else []
+                why = f"first use of {' and '.join(new)} in {days:.0f} days"
+                yield Signal("novelty", 1.0, {"new": new}, why, source)
             else:
-                yield Signal("novelty", 0.0, None, f"used within {days:.0f} days", source)
+                yield Signal("novelty", 0.0, None, "used within the window", source)
         if "velocity" in wanted or "denial_rate" in wanted:
             rates = state.rates(principal, now)
             if "velocity" in wanted:
-                yield self._velocity(inputs, rates, source)
+                yield self._velocity(params.get("velocity", {}), rates, source)
             if "denial_rate" in wanted:
-                yield self._denials(inputs, rates, source)
+                yield self._denials(params.get("denial_rate", {}), rates, source)
 
     @staticmethod
-    def _velocity(inputs: TrustInputs, rates: Rates, source: str) -> Signal:
-        floor = float(inputs.param("velocity", "min_requests", 20))
-        minutes = float(inputs.param("velocity", "min_minutes", 5))
-        observed = {
-            "per_minute": rates.now,
-            "baseline": None if rates.baseline is None else round(rates.baseline, 1),
-        }
-        if rates.baseline is None or rates.minutes < minutes:
-            why = f"{rates.now}/min; baseline needs {minutes:.0f} active minutes ({rates.minutes})"
-            return Signal("velocity", 0.0, observed, why, source)
-        factor = float(inputs.param("velocity", "factor", 3))
-        top = float(inputs.param("velocity", "max_factor", 10))
-        ratio = rates.now / max(rates.baseline, 1.0)
-        value = ramp(ratio, factor, top) if rates.now >= floor else 0.0
+    def _velocity(params: Mapping[str, Any], rates: Rates, source: str) -> Signal:
+        floor = float(params.get("min_requests", 20))
+        baseline = rates.baseline
+        if rates.now < floor or baseline is None:
+            return Signal("velocity", 0.0, None, "below the floor, or no baseline", source)
+        if rates.minutes < float(params.get("min_minutes", 5)):
+            return Signal("velocity", 0.0, None, "too little history for a baseline", source)
+        factor = float(params.get("factor", 3))
+        top = float(params.get("max_factor", 10))
+        ratio = rates.now / max(baseline, 1.0)
+        value = ramp(ratio, factor, top)
+        if not value:
+            return Signal("velocity", 0.0, None, "within the baseline", source)
         return Signal(
             "velocity",
             value,
-            observed,
-            f"{rates.now}/min, {ratio:.1f}× the baseline {rates.baseline:.1f}/min "
+            {"per_minute": rates.now, "baseline": round(baseline, 1)},
+            f"{rates.now}/min, {ratio:.1f}× the baseline {baseline:.1f}/min "
             f"(from {factor:g}×, at least {floor:.0f}/min)",
             source,
         )
 
     @staticmethod
-    def _denials(inputs: TrustInputs, rates: Rates, source: str) -> Signal:
-        floor = float(inputs.param("denial_rate", "min_denials", 5))
-        low = float(inputs.param("denial_rate", "low", 0.2))
-        high = float(inputs.param("denial_rate", "high", 0.6))
+    def _denials(params: Mapping[str, Any], rates: Rates, source: str) -> Signal:
+        if rates.denied < float(params.get("min_denials", 5)):
+            return Signal("denial_rate", 0.0, None, "below the floor", source)
+        low = float(params.get("low", 0.2))
+        high = float(params.get("high", 0.6))
         share = rates.denied / rates.now if rates.now else 0.0
-        excess = share - rates.baseline_share
-        value = ramp(excess, low, high) if rates.denied >= floor else 0.0
+        value = ramp(share - rates.baseline_share, low, high)
+        if not value:
+            return Signal("denial_rate", 0.0, None, "within the baseline", source)
         return Signal(
             "denial_rate",
             value,
