@@ -124,6 +124,11 @@ COMMANDS = (
         "Explain risk scores and summarise which trust signals fired.",
     ),
     Entry(
+        "scorecard",
+        "trustplane.cli.scorecard:scorecard_cmd",
+        "The month's Zero Trust scorecard: each figure with its target, verdict and query.",
+    ),
+    Entry(
         "pep",
         "trustplane.cli.pep:pep_app",
         "Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",

@@ -398,3 +398,14 @@ trust_behaviour = Table(
     Column("updated_at", Float, nullable=False),  # when a replica last wrote the row
 )
 Index("ix_trust_behaviour_updated", trust_behaviour.c.updated_at)
+
+# outcomes/snapshots.py: the scorecard of a month as computed at a time, so the report shows
+# trends; computing the same month again replaces it.
+scorecard_snapshots = Table(
+    "scorecard_snapshots",
+    metadata,
+    Column("period", String(7), primary_key=True),  # YYYY-MM
+    Column("computed_at", Float, nullable=False),
+    Column("revision", String(64), nullable=True),
+    Column("document", Text, nullable=False),  # the scorecard's JSON
+)

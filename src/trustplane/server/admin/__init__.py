@@ -14,12 +14,13 @@ from trustplane.server.admin import (
     ledger,
     revocations,
     rollout,
+    scorecard,
     trust,
 )
 from trustplane.server.admin_gate import AdminGate
 from trustplane.server.runtime import Runtime
 
-RESOURCES = (bundle, revocations, ledger, governance, identity, rollout, trust)
+RESOURCES = (bundle, revocations, ledger, governance, identity, rollout, scorecard, trust)
 
 
 def admin_routes(runtime: Runtime, gate: AdminGate) -> list[Route]:

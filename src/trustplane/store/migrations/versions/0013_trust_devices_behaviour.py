@@ -1,14 +1,14 @@
 """Trust plane: device posture reports and each principal's history of use (novelty, velocity).
 
 Revision ID: 0013
-Revises: 0012
+Revises: 0018
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0012"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
