@@ -19,10 +19,15 @@ from trustplane.trust.device import DEVICE_ID
 
 
 class DeviceFinder:
+    # Parsing a certificate costs tens of µs; the same few client certificates arrive again and
+    # again, so the answer is remembered per certificate text (bounded: a flood only re-parses).
+    CACHE_SIZE = 4096
+
     def __init__(self, proxies: ProxyTrust, header: str | None, uri_prefix: str | None) -> None:
         self._proxies = proxies
         self._header = header.lower() if header else None
         self._prefix = uri_prefix
+        self._certificates: dict[str, str | None] = {}
 
     def find(
         self,
@@ -43,7 +48,13 @@ class DeviceFinder:
             xfcc = headers.get("x-forwarded-client-cert")
             certificate = xfcc_certificate(xfcc) if xfcc else None
         if certificate:
-            found = self._from_certificate(certificate)
+            if certificate in self._certificates:
+                found = self._certificates[certificate]
+            else:
+                found = self._from_certificate(certificate)
+                if len(self._certificates) >= self.CACHE_SIZE:
+                    self._certificates.clear()
+                self._certificates[certificate] = found
             if found is not None:
                 return found, "mtls"
         if trusted and self._header:
