@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import SHOP
 from tests.issuer import Jwks, Key, user_token
 from tests.issuer import issuer_settings as issuers
-from tests.support import Server, run_cli, running_server
+from tests.support import Server, authzen, run_cli, running_server
 from tests.trust.test_trust_server import LOGS, PROXY, record, signals
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,9 @@ def server(
         policy__watch="false",
         pep__issuers=issuers(issuer),
         server__trusted_proxies=[f"{PROXY}/32"],
-        trust=json.dumps({"geoip": False}),
+        # pep.auth is off in tests: every caller is the PEP `anonymous`, trusted here so that
+        # an AuthZEN call may name its device.
+        trust=json.dumps({"geoip": False, "trusted_peps": ["anonymous"]}),
     ) as srv:
         yield srv
 
@@ -218,3 +220,20 @@ def test_trust_signals_summarises_what_fired(server: Server, key: Key) -> None:
     assert bad.returncode != 0 and "--since" in bad.stderr
     unknown = run_cli("trust", "explain", "ffffffff", env=server.env)
     assert unknown.returncode != 0 and "no decision ffffffff" in unknown.stderr
+
+
+def test_a_trusted_pep_names_the_device_in_authzen_context(server: Server) -> None:
+    assert report(server, "laptop-8", os_patch_age_days=90).status_code == 201
+    body = authzen(
+        ("User", "alice"),
+        "ops:read-logs",
+        ("Service", "checkout"),
+        {"mfa": True, "auth_age_seconds": 60, "trust": {"inputs": {"device_id": "laptop-8"}}},
+    )
+    answer = server.client.post("/access/v1/evaluation", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["decision"] is False
+    trust = answer.json()["context"]["trust"]
+    device = signals(trust)["device"]
+    assert device["source"] == "pep:anonymous" and device["points"] == 80
+    assert "patches 90 days old, limit 30" in device["explanation"]
