@@ -158,6 +158,9 @@ def test_a_device_turning_non_compliant_is_refused_at_the_next_request(
     assert first["name"] == "device" and first["contribution"] == 80
     assert first["mode"] == "enforced" and first["source"] == "proxy"
     assert first["weight"] == 80 and first["value"] == 1.0
+    local = run_cli("trust", "explain", decision["decision_id"][:13], env=server.env)
+    assert local.returncode == 0, local.stderr  # the local store, as a table
+    assert "risk 80 (critical)" in local.stdout and "laptop-4 fails edr" in local.stdout
 
 
 def test_unknown_and_stale_devices_are_signals_not_errors(server: Server, key: Key) -> None:
