@@ -5,7 +5,8 @@ replica reloads its `DeviceIndex` (device.py). Apart from device.py so that load
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from trustplane.store.feed import announce
 from trustplane.store.tables import change_versions, trust_devices
@@ -24,7 +25,11 @@ def save_posture(engine: Engine, posture: Posture) -> bool:
             select(_T.reported_at).where(_T.device_id == posture.device_id)
         ).first()
         if known is None:
-            connection.execute(insert(trust_devices).values(**values))
+            try:
+                with connection.begin_nested():
+                    connection.execute(insert(trust_devices).values(**values))
+            except IntegrityError:  # another replica stored its first report just now
+                return save_posture_again(connection, posture, values)
         elif known.reported_at <= posture.reported_at:
             connection.execute(
                 update(trust_devices).where(_T.device_id == posture.device_id).values(**values)
@@ -33,6 +38,19 @@ def save_posture(engine: Engine, posture: Posture) -> bool:
             return False
         announce(connection, TOPIC)
     return known is None
+
+
+def save_posture_again(connection: Connection, posture: Posture, values: dict[str, object]) -> bool:
+    """The insert lost a race: keep whichever report is newer, as `save_posture` does."""
+    stored = connection.execute(
+        select(_T.reported_at).where(_T.device_id == posture.device_id)
+    ).scalar_one()
+    if stored <= posture.reported_at:
+        connection.execute(
+            update(trust_devices).where(_T.device_id == posture.device_id).values(**values)
+        )
+        announce(connection, TOPIC)
+    return False
 
 
 def get_posture(engine: Engine, device_id: str) -> Posture | None:

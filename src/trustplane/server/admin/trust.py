@@ -42,6 +42,7 @@ class PostureBody(BaseModel):
     reported_at: float | None = Field(
         None,
         ge=0,
+        allow_inf_nan=False,
         description="When the integration observed the device (UNIX seconds); default: now.",
     )
     certificate_serial: StrictStr | None = Field(
