@@ -114,6 +114,7 @@ def test_reports_in_the_store_and_the_index_epoch(engine: Engine) -> None:
     assert not save_posture(engine, posture("pc-1", T0 + 60, screen_lock=False))
     index.refresh()
     assert epochs == [1, 2], "a posture change moves the epoch, and the hooks hear it"
+    assert assessor.epoch == 2, "the assessor's epoch, for decision caches"
     failing = ask(assessor, "pc-1")["device"]
     assert failing["points"] == 50 and failing["observed"]["failing"] == ["screen_lock"]
 

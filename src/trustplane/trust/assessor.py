@@ -163,6 +163,19 @@ class TrustAssessor:
             self._plans[policy] = plan
         return plan
 
+    @property
+    def epoch(self) -> int:
+        """Moves whenever trust state that can change an answer changed (a device's posture):
+        a cache of decisions compares it, as it does the revocation epoch, and drops what it
+        answered before. Providers with state say so with an `epoch` of their own."""
+        return sum(self._epochs())
+
+    def _epochs(self) -> Iterable[int]:
+        for provider in self._providers:
+            epoch = getattr(provider, "epoch", None)
+            if isinstance(epoch, int):
+                yield epoch
+
     def outcome(self, request: AccessRequest, denied: bool) -> None:
         """The decision point tells the providers that learn from answers (behaviour's denial
         rate) how a request they scored was answered. Never raises into the decision path."""

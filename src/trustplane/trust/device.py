@@ -138,6 +138,11 @@ class DeviceSignals:
     def __init__(self, index: DeviceIndex | None) -> None:
         self._index = index
 
+    @property
+    def epoch(self) -> int:
+        """Moves whenever a device's posture changed (`DeviceIndex.epoch`)."""
+        return self._index.epoch if self._index is not None else 0
+
     def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterator[Signal]:
         if "device" not in wanted:
             return
