@@ -45,6 +45,8 @@ def main() -> None:
     from trustplane.governance.catalog import BUNDLE_FILES
     from trustplane.model import Evidence
     from trustplane.store.database import create_store_engine, migrate
+    from trustplane.trust.behaviour import BehaviourState
+    from trustplane.trust.device import DeviceIndex
     from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
     from trustplane.trust.service import assessor_from_settings
 
@@ -79,7 +81,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_store_engine(f"sqlite:///{tmp}/trustplane.db")
         migrate(engine)
-        assess = assessor_from_settings(Settings(state_dir=Path(tmp)), engine)
+        # As the server builds it: an (empty) device index and a behaviour history in memory.
+        assess = assessor_from_settings(
+            Settings(state_dir=Path(tmp)),
+            engine,
+            devices=DeviceIndex(lambda: (0, [])),
+            behaviour=BehaviourState(),
+        )
         assess(travelling[0], bundle)  # geoip2fast's database loads on first use: not timed
 
         def behind_trust(request: Any) -> Any:

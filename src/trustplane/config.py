@@ -186,6 +186,33 @@ class TrustSettings(BaseModel):
         description="A MaxMind-format city database (GeoLite2-City or compatible): the "
         "coordinates `impossible_travel` needs; without it that signal is 0 and says why.",
     )
+    device_header: str | None = Field(
+        "X-Device-Id",
+        min_length=1,
+        description="The header naming the request's device (the `device` signal), believed "
+        "only from `server.trusted_proxies`; none to read no header.",
+    )
+    device_uri_prefix: str | None = Field(
+        None,
+        min_length=1,
+        description="A client certificate URI SAN under this prefix names the device by the "
+        "rest of the URI (spiffe://example.org/device/ makes .../device/LAPTOP-7 the device "
+        "LAPTOP-7); the certificate's serial is matched against posture reports either way.",
+    )
+    behaviour_interval_ms: int = Field(
+        2000,
+        ge=100,
+        le=60_000,
+        description="How often each process writes its behaviour history (novelty, velocity) "
+        "to the store and reads the other replicas'.",
+    )
+    behaviour_retention_days: int = Field(
+        90,
+        ge=1,
+        le=3650,
+        description="How long a principal's use of an action or resource type is remembered "
+        "(the longest `novelty.days` that can work).",
+    )
 
 
 class ConfigError(TrustplaneError):

@@ -46,6 +46,12 @@ class Evidence:
     source_ip: str | None = None
     workload: bool = False
     source: str = "pdp"  # who vouches for it: `token`, `mtls`, `proxy`
+    subject: str | None = None  # the authenticated caller: a SPIFFE ID for workloads
+    # The device the request came from: its id (a trusted proxy's header, the mTLS
+    # certificate's URI under trust.device_uri_prefix) or `serial:N` (the client certificate's
+    # serial, which a posture report may name), and who vouched for it (`mtls`, `proxy`).
+    device: str | None = None
+    device_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

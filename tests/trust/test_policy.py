@@ -78,3 +78,37 @@ def test_a_bundle_without_trust_yaml_gets_the_observing_default(tmp_path: Path) 
     assert trust_policy(loaded.bundle) is DEFAULT_POLICY
     assert not DEFAULT_POLICY.declared
     assert not any(rule.enforce for rule in DEFAULT_POLICY.rules.values())
+
+
+NEW_SIGNALS_BAD = """\
+signals:
+  device: {weight: 50, require: [disk_encryption, warp_drive], unknown: 2}
+  workload_integrity: {weight: 40, unattested_image: -1}
+  denial_rate: {weight: 20, high: 1.5}
+  velocity: {weight: 30, factor: many}
+"""
+
+
+def test_the_new_signals_are_validated_with_their_lines(tmp_path: Path) -> None:
+    bundle = copy(tmp_path)
+    (bundle / "trust.yaml").write_text(NEW_SIGNALS_BAD)
+    with pytest.raises(BundleError) as refused:
+        load_bundle(BundleSource.from_dir(bundle), OPTIONS)
+    problems = [str(p) for p in refused.value.problems]
+    expected = [
+        "trust.yaml:2: signals.device.require: unknown 'warp_drive' (known: disk_encryption, "
+        "edr, screen_lock, managed, patched)",
+        "trust.yaml:2: signals.device.unknown: must be from 0 to 1",
+        "trust.yaml:3: signals.workload_integrity.unattested_image: must not be negative",
+        "trust.yaml:4: signals.denial_rate.high: must be from 0 to 1",
+        "trust.yaml:5: signals.velocity.factor: must be a number (default 3)",
+    ]
+    for text in expected:
+        assert any(p.startswith(text) for p in problems), (text, problems)
+
+
+def test_the_shop_names_the_device_workload_and_behaviour_signals() -> None:
+    policy = trust_policy(load_bundle(BundleSource.from_dir(SHOP), OPTIONS).bundle)
+    assert policy.rules["device"].enforce and policy.rules["device"].params["unknown"] == 0
+    for name in ("workload_integrity", "novelty", "velocity", "denial_rate"):
+        assert not policy.rules[name].enforce, f"{name} is observed in the example"

@@ -119,6 +119,11 @@ COMMANDS = (
         "Label would-denies of observe-mode policies and measure their promotion gates.",
     ),
     Entry(
+        "trust",
+        "trustplane.cli.trust:trust_app",
+        "Explain risk scores and summarise which trust signals fired.",
+    ),
+    Entry(
         "scorecard",
         "trustplane.cli.scorecard:scorecard_cmd",
         "The month's Zero Trust scorecard: each figure with its target, verdict and query.",

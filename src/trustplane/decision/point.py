@@ -68,6 +68,10 @@ class PolicyDecisionPoint:
         self._fired: dict[tuple[str, str], Any] = {}
         self._lookups: dict[tuple[str, str, str], Any] = {}
         self._notes: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+        # The trust plane learns from answers (behaviour's denial rate): told of each one.
+        self._outcome: Callable[[AccessRequest, bool], None] | None = getattr(
+            trust, "outcome", None
+        )
         # Labelled children resolved once: `.labels()` costs more than the increment.
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
@@ -137,6 +141,8 @@ class PolicyDecisionPoint:
             decision = replace(decision, trust=assessment)
         if decision.cache_epoch != cache_epoch:  # refusals, settled before any policy
             decision = reused(decision, decision.ttl_seconds, cache_epoch, decision.cache)
+        if self._outcome is not None:
+            self._outcome(request, decision.effect is Effect.DENY)
         self._observe(decision)
         if assessment is not None:
             self._signals(assessment)

@@ -14,6 +14,7 @@ from trustplane.decision.point import PolicyDecisionPoint
 from trustplane.decision.routes import HttpFacts, RouteMatch, RouteTable, split_path
 from trustplane.decision.step_up import parse_step_up, step_up_challenge
 from trustplane.enforcement.credentials import Authenticator, Credential, CredentialRejected
+from trustplane.enforcement.devices import DeviceFinder
 from trustplane.model import AccessRequest, Decision, EntityRef, Evidence
 
 ANONYMOUS = EntityRef("Anonymous", "anonymous")
@@ -69,11 +70,14 @@ class HttpEnforcer:
         pdp: PolicyDecisionPoint,
         authenticator: Authenticator,
         seen: Callable[[Credential], None] | None = None,
+        devices: DeviceFinder | None = None,
     ) -> None:
-        """`seen` is told of every authenticated caller (the identity inventory)."""
+        """`seen` is told of every authenticated caller (the identity inventory); `devices`
+        names the request's device for the trust plane."""
         self._pdp = pdp
         self._authenticator = authenticator
         self._seen = seen
+        self._devices = devices
         self._workloads: tuple[str | None, dict[str, str]] = (None, {})
 
     @property
@@ -141,8 +145,19 @@ class HttpEnforcer:
         request = routes.access_request(found, principal, facts, credential.facts())
         # What this PDP verified itself, for the trust plane (never the caller's word).
         vouched = "mtls" if credential.workload else "token" if credential.claims else "proxy"
+        device, device_source = (
+            self._devices.find(headers, peer, spiffe_id, peer_certificate)
+            if self._devices is not None
+            else (None, None)
+        )
         evidence = Evidence(
-            credential.claims, facts.source_ip or None, credential.workload, vouched
+            credential.claims,
+            facts.source_ip or None,
+            credential.workload,
+            vouched,
+            credential.subject,
+            device,
+            device_source,
         )
         request = replace(request, evidence=evidence)
         decision = await self._pdp.decide(request)

@@ -126,6 +126,10 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("GET", "/v1/scorecard", "scorecard:read", "scorecard"),
     ("POST", "/v1/scorecard/snapshots", "scorecard:snapshot", "scorecard"),
     ("POST", "/v1/rollout/promotions", "rollout:promote", "policy"),
+    ("POST", "/v1/trust/devices/{device_id}/posture", "trust:device-report", "device"),
+    ("GET", "/v1/trust/devices/{device_id}/posture", "trust:read", "device"),
+    ("GET", "/v1/trust/decisions/{decision_ref}", "decisions:read", "decisions"),
+    ("GET", "/v1/trust/signals", "decisions:read", "decisions"),
 )
 
 

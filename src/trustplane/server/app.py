@@ -22,6 +22,7 @@ from trustplane.decision.manager import reload_or_log
 from trustplane.decision.watch import BundleWatcher
 from trustplane.enforcement.admission import AdmissionWebhook
 from trustplane.enforcement.credentials import Authenticator, ProxyTrust
+from trustplane.enforcement.devices import DeviceFinder
 from trustplane.enforcement.enforcer import HttpEnforcer
 from trustplane.enforcement.envoy import EnvoyAuthorization, EnvoyHttp
 from trustplane.enforcement.forward_auth import FORWARD_AUTH_METHODS, ForwardAuth
@@ -53,12 +54,12 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     admin_gate = AdminGate(runtime)  # every admin route goes through it (server/admin_gate.py)
     settings = runtime.settings
     skew = runtime.metrics.observe_issuer_clock_skew
+    proxies = ProxyTrust(settings.server.trusted_proxies)
     enforcer = HttpEnforcer(
         pdp,
-        Authenticator.from_settings(
-            settings.pep, ProxyTrust(settings.server.trusted_proxies), skew
-        ),
+        Authenticator.from_settings(settings.pep, proxies, skew),
         runtime.seen,
+        DeviceFinder(proxies, settings.trust.device_header, settings.trust.device_uri_prefix),
     )
     forward_auth = ForwardAuth(enforcer)
     envoy_http = EnvoyHttp(enforcer, settings.pep.strip_credential)

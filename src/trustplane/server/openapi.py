@@ -21,6 +21,7 @@ from trustplane.server.admin.identity import EntryBody, RotateBody
 from trustplane.server.admin.ledger import CHECKPOINT_PARAMS, DECISION_PARAMS, PAGE_PARAMS
 from trustplane.server.admin.revocations import LiftBody, RevokeBody
 from trustplane.server.admin.rollout import LabelBody, PromotionBody
+from trustplane.server.admin.trust import PostureBody
 from trustplane.server.admin_gate import admin_route
 from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
 from trustplane.server.image_attestations import AttestBody
@@ -78,6 +79,7 @@ def openapi_document() -> dict[str, Any]:
                 RollbackBody,
                 RevokeBody,
                 LiftBody,
+                PostureBody,
                 AttestBody,
                 AccessRequestBody,
                 CommentBody,
@@ -410,6 +412,25 @@ def openapi_document() -> dict[str, Any]:
                 body="PromotionBody",
                 method="post",
                 tag="rollout",
+            ),
+            "/v1/trust/devices/{device_id}/posture": {
+                **_admin(
+                    "Report a device's posture (an MDM/EDR integration): disk encryption, OS "
+                    "patch age, EDR, screen lock, managed; the `device` signal reads it",
+                    body="PostureBody",
+                    method="post",
+                    tag="trust",
+                ),
+                **_admin("The device's newest posture report", tag="trust"),
+            },
+            "/v1/trust/decisions/{decision_ref}": _admin(
+                "One decision's risk score explained signal by signal (by id or unique prefix)",
+                tag="trust",
+            ),
+            "/v1/trust/signals": _admin(
+                "Which trust signals fired since a time: how often, for whom, enforced or observed",
+                params=["since", "until"],
+                tag="trust",
             ),
             "/v1/scorecard": _admin(
                 "The month's Zero Trust scorecard (period YYYY-MM, default this month): each "

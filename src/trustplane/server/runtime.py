@@ -56,9 +56,15 @@ from trustplane.telemetry.ledger import Ledger
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics, multiprocess_dir
 from trustplane.telemetry.recorder import DecisionRecorder
+from trustplane.trust.behaviour import BehaviourState
+from trustplane.trust.behaviour_store import BehaviourWriter
+from trustplane.trust.device import TOPIC as DEVICES_TOPIC
+from trustplane.trust.device import DeviceIndex
+from trustplane.trust.device_store import all_postures
 from trustplane.trust.epoch import TrustEpoch
 from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
-from trustplane.trust.service import assessor_from_settings
+from trustplane.trust.service import WorkloadLookups, assessor_from_settings
+from trustplane.trust.workload import selector_digests
 
 log = logging.getLogger("trustplane")
 
@@ -336,6 +342,21 @@ class Runtime:
             )
             self.feed.subscribe(ATTESTATIONS_TOPIC, self.attestations.refresh)
             self.feed.subscribe(KEYS_TOPIC, self.attestations.refresh)  # a key seen late
+        # Trust state the decision path reads from memory: device reports (reloaded by the
+        # feed) and each principal's behaviour history (written behind, read back).
+        self.devices = DeviceIndex(lambda: all_postures(self.engine))
+        self.feed.subscribe(DEVICES_TOPIC, self.devices.refresh)
+        # A device's posture changing ends cached answers (the index counts its reloads that
+        # changed something: a per-process number, unlike the store versions beside it).
+        self.devices.on_change(lambda epoch: self.trust_epoch.advance("devices", epoch))
+        self.behaviour = BehaviourState()
+        self.behaviour_writer = BehaviourWriter(
+            self.engine,
+            self.behaviour,
+            interval=settings.trust.behaviour_interval_ms / 1000,
+            retention_days=settings.trust.behaviour_retention_days,
+        )
+        self._entry_digests: tuple[int, dict[str, tuple[str, ...]]] = (-1, {})
         # Every kind of revocation, its expiry and its lifting: one service (recovery/).
         self.revocation_service = RevocationService(
             self.revocation_store,
@@ -355,7 +376,13 @@ class Runtime:
             recorder=self.recorder,
             metrics=self.metrics,
             deny_spike=self.deny_spike,
-            trust=assessor_from_settings(self.settings, self.engine),
+            trust=assessor_from_settings(
+                self.settings,
+                self.engine,
+                devices=self.devices,
+                behaviour=self.behaviour,
+                workload=self.workload_lookups(),
+            ),
             cache=RiskCache(cache_rules(self.settings.policy)),
             epoch=self.cache_epoch,
         )
@@ -365,6 +392,33 @@ class Runtime:
         cache_epoch = getattr(self, "cache_epoch", None)
         if cache_epoch is not None:  # not during construction
             cache_epoch.changed()
+
+    def workload_lookups(self) -> WorkloadLookups | None:
+        """What the `workload_integrity` signal asks the identity and posture planes."""
+        identity = self.identity
+        if identity is None:
+            return None
+        attestations = self.attestations
+
+        def digests(spiffe_id: str) -> tuple[str, ...]:
+            generation, index = self._entry_digests
+            if generation != identity.entries.generation:
+                generation = identity.entries.generation
+                found: dict[str, list[str]] = {}
+                for entry in identity.entries.snapshot():
+                    found.setdefault(str(entry.spiffe_id), []).extend(
+                        selector_digests(entry.selectors)
+                    )
+                index = {k: tuple(dict.fromkeys(v)) for k, v in found.items()}
+                self._entry_digests = (generation, index)
+            return index.get(spiffe_id, ())
+
+        def attested(digest: str) -> tuple[str, ...]:
+            if attestations is None:
+                return ()
+            return tuple(a.signer for a in attestations.lookup(digest))
+
+        return identity.drift.kind, digests, attested
 
     def start(self) -> None:
         """Activate the bundle (a worker serves what its supervisor activated) and start the
@@ -376,6 +430,9 @@ class Runtime:
         self.revocations.refresh()  # after the feed's baseline: a later revocation is heard
         self.revocation_service.start()  # records expiries as they fall due
         self.governance.start()  # grants and exceptions in memory, then housekeeping
+        self.devices.refresh()
+        self.behaviour_writer.load()
+        self.behaviour_writer.start()
         if self.identity is not None:
             self.identity.load()  # refuses to serve a trust domain without keys
             if self.attestations is not None:
@@ -397,6 +454,7 @@ class Runtime:
         else:
             self.inventory.stop()
         self.feed.stop()
+        self.behaviour_writer.stop()
         self.revocation_service.stop()
         self.governance.stop()
         self.recorder.stop()

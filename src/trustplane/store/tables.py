@@ -363,6 +363,43 @@ rollout_labels = Table(
     Index("ix_rollout_labels_policy", "policy_id"),
 )
 
+# trust/device_store.py: the newest posture report of each device, as an MDM/EDR integration
+# posted it (POST /v1/trust/devices/{id}/posture); every replica holds them in memory
+# (trust/device.py), reloaded when the change feed's `trust-devices` topic moves.
+trust_devices = Table(
+    "trust_devices",
+    metadata,
+    Column("device_id", String(200), primary_key=True),
+    Column("disk_encrypted", Boolean, nullable=False),
+    Column("os_patch_age_days", Integer, nullable=False),
+    Column("edr_running", Boolean, nullable=False),
+    Column("screen_lock", Boolean, nullable=False),
+    Column("managed", Boolean, nullable=False),
+    Column("reported_at", Float, nullable=False),  # when the integration observed the device
+    Column("received_at", Float, nullable=False),  # when this server stored the report
+    Column("reported_by", String(400), nullable=False),  # the admin caller who posted it
+    Column("certificate_serial", String(80), nullable=True),  # decimal: the device's mTLS cert
+    Column("owner", String(400), nullable=False),
+)
+Index("ix_trust_devices_serial", trust_devices.c.certificate_serial)
+
+# trust/behaviour_store.py: each principal's history of use, written behind by every replica
+# and read back by the others. kind `action` / `resource_type`: when the principal last used
+# that name (novelty); kind `minute`: name is a minute number, count and denials are that
+# minute's requests and denials summed over the replicas (velocity).
+trust_behaviour = Table(
+    "trust_behaviour",
+    metadata,
+    Column("principal", String(1024), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("name", String(400), primary_key=True),
+    Column("last_seen", Float, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("denials", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),  # when a replica last wrote the row
+)
+Index("ix_trust_behaviour_updated", trust_behaviour.c.updated_at)
+
 # outcomes/snapshots.py: the scorecard of a month as computed at a time, so the report shows
 # trends; computing the same month again replaces it.
 scorecard_snapshots = Table(

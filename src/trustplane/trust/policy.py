@@ -23,9 +23,12 @@ from trustplane.decision.policy_bundle import (
     read_yaml,
 )
 from trustplane.trust.authentication import AuthenticationSignals
+from trustplane.trust.behaviour import BehaviourSignals
+from trustplane.trust.device import DeviceSignals
 from trustplane.trust.network import NetworkSignals
 from trustplane.trust.signals import Provider
 from trustplane.trust.travel import TravelSignals
+from trustplane.trust.workload import WorkloadSignals
 from trustplane.yaml_lines import key_node as _key
 from trustplane.yaml_lines import node_line as _line
 from trustplane.yaml_lines import value_node as _value
@@ -51,7 +54,24 @@ KNOWN_PROVIDERS: tuple[type[Provider], ...] = (
     AuthenticationSignals,
     NetworkSignals,
     TravelSignals,
+    DeviceSignals,
+    WorkloadSignals,
+    BehaviourSignals,
 )
+
+
+def _constraints() -> tuple[dict[str, Mapping[str, tuple[str, ...]]], dict[str, tuple[str, ...]]]:
+    """Per signal: the list parameters whose items must be one of a set (`choices`), and the
+    number parameters that are fractions from 0 to 1 (`fractions`), as providers declare."""
+    choices: dict[str, Mapping[str, tuple[str, ...]]] = {}
+    fractions: dict[str, tuple[str, ...]] = {}
+    for provider in KNOWN_PROVIDERS:
+        choices.update(getattr(provider, "choices", {}))
+        fractions.update(getattr(provider, "fractions", {}))
+    return choices, fractions
+
+
+CHOICES, FRACTIONS = _constraints()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +229,21 @@ def _rule(
         elif isinstance(value, int | float) and value < 0:
             problem(f"signals.{name}.{key}: must not be negative", _value(node, key))
             ok = False
+        elif key in FRACTIONS.get(name, ()) and value > 1:
+            problem(f"signals.{name}.{key}: must be from 0 to 1", _value(node, key))
+            ok = False
+        elif isinstance(value, list) and key in CHOICES.get(name, {}):
+            allowed = CHOICES[name][key]
+            wrong = [v for v in value if v not in allowed]
+            if wrong:
+                problem(
+                    f"signals.{name}.{key}: unknown {', '.join(map(repr, wrong))} "
+                    f"(known: {', '.join(allowed)})",
+                    _value(node, key),
+                )
+                ok = False
+            else:
+                params[key] = value
         else:
             params[key] = value
     if not ok:

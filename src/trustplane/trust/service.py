@@ -1,4 +1,7 @@
-"""The trust plane as the server builds it: the providers configured, in one assessor."""
+"""The trust plane as the server builds it: the providers configured, in one assessor.
+
+State other planes keep (device reports, behaviour history, the identity plane's registration
+entries and image attestations) is handed in by the composition layer (server/runtime.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +13,27 @@ from sqlalchemy import Engine
 from trustplane.config import ConfigError, Settings
 from trustplane.trust.assessor import TrustAssessor
 from trustplane.trust.authentication import AuthenticationSignals
+from trustplane.trust.behaviour import BehaviourSignals, BehaviourState
+from trustplane.trust.device import DeviceIndex, DeviceSignals
 from trustplane.trust.network import Locator, NetworkList, NetworkListError, NetworkSignals
 from trustplane.trust.signals import Provider
 from trustplane.trust.travel import TravelSignals
+from trustplane.trust.workload import WorkloadSignals
+
+# (drift, digests, attested): see workload.py; None when the identity plane is not configured.
+WorkloadLookups = tuple[
+    Callable[[str], str | None], Callable[[str], tuple[str, ...]], Callable[[str], tuple[str, ...]]
+]
 
 
 def assessor_from_settings(
-    settings: Settings, engine: Engine, clock: Callable[[], float] = time.time
+    settings: Settings,
+    engine: Engine,
+    clock: Callable[[], float] = time.time,
+    *,
+    devices: DeviceIndex | None = None,
+    behaviour: BehaviourState | None = None,
+    workload: WorkloadLookups | None = None,
 ) -> TrustAssessor:
     """Raises ConfigError naming the file and line of a CIDR list that does not parse."""
     config = settings.trust
@@ -32,5 +49,8 @@ def assessor_from_settings(
         AuthenticationSignals(),
         NetworkSignals(locator, bad, corporate),
         TravelSignals(engine, locator),
+        DeviceSignals(devices),
+        WorkloadSignals(*(workload or (None, None, None))),
+        BehaviourSignals(behaviour),
     ]
     return TrustAssessor(providers, trusted_peps=config.trusted_peps, clock=clock)

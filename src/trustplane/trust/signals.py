@@ -38,6 +38,9 @@ class TrustInputs:
     source: str  # who vouches for `claims` and `source_ip`
     now: float
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per signal
+    subject: str | None = None  # the authenticated caller (a workload's SPIFFE ID)
+    device: str | None = None  # the device the request names (device.py), and who said so
+    device_source: str | None = None
 
     def param(self, signal: str, name: str, default: Any) -> Any:
         return self.params.get(signal, {}).get(name, default)

@@ -16,11 +16,12 @@ from trustplane.server.admin import (
     revocations,
     rollout,
     scorecard,
+    trust,
 )
 from trustplane.server.admin_gate import AdminGate
 from trustplane.server.runtime import Runtime
 
-RESOURCES = (bundle, revocations, ledger, governance, identity, rollout, drift, scorecard)
+RESOURCES = (bundle, revocations, ledger, governance, identity, rollout, drift, scorecard, trust)
 
 
 def admin_routes(runtime: Runtime, gate: AdminGate) -> list[Route]:

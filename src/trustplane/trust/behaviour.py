@@ -1,0 +1,297 @@
+"""Behaviour: how this principal's request compares with its own history.
+
+- `novelty`: the principal was seen before, but has not used this action (or this resource
+  type) in `days` days. A principal's very first request is not flagged (everything is new to
+  a new principal), nor are the actions of a principal with no history at all.
+- `velocity`: requests in the last minute against the principal's own baseline, the mean per
+  active minute over the last hour; 0 below `min_requests` or without `min_minutes` of history,
+  rising from `factor` times the baseline to 1 at `max_factor` times.
+- `denial_rate`: the share of the last minute's requests that were denied, above the
+  principal's own share over the last hour, from `low` to 1 at `high`; 0 below `min_denials`.
+
+`BehaviourState` keeps the history in memory, per process: the decision path does dict
+lookups and never touches the store. A background thread (`behaviour_store.BehaviourWriter`)
+writes each process's new uses and per-minute counts behind, every few seconds, and reads back
+what the other replicas wrote, so the history is shared within that interval (docs/trust.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trustplane.store.text import column_text
+from trustplane.trust.authentication import ramp
+from trustplane.trust.signals import Signal, TrustInputs
+from trustplane.trust.travel import history_key
+
+BASELINE_MINUTES = 60  # the history each principal's rates are compared with
+ACTION, RESOURCE_TYPE, MINUTE = "action", "resource_type", "minute"
+UseKey = tuple[str, str, str]  # (principal, kind, name)
+
+
+@dataclass(slots=True)
+class Rates:
+    now: int  # requests in the last minute (this one, and the part of the previous in it)
+    denied: int
+    baseline: float | None  # mean requests per active minute over the hour, None: too little
+    baseline_share: float  # share denied over the hour
+    minutes: int  # active minutes in the hour
+
+
+def principal_key(principal: str) -> str:
+    return history_key(principal)
+
+
+def name_key(name: str) -> str:
+    return column_text(name, 400)
+
+
+class BehaviourState:
+    """Every principal's last use of each action and resource type, and its requests and
+    denials per minute: in memory, merged with what the store says the other replicas saw."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[UseKey, float] = {}  # shared (from the store) and local uses
+        self._principals: dict[str, float] = {}  # principal → last seen, anything
+        # principal → minute → [requests, denials]: totals the store holds over all replicas
+        self._shared: dict[str, dict[int, list[int]]] = {}
+        # this process's counts not yet in the store (`local`), and those being written
+        self._local: dict[str, dict[int, list[int]]] = {}
+        self._inflight: dict[str, dict[int, list[int]]] = {}
+        self._uses: dict[UseKey, float] = {}  # this process's uses not yet in the store
+        # principal → (minute, version, requests, denials, active minutes) of its baseline hour
+        self._baselines: dict[str, tuple[int, int, int, int, int]] = {}
+        self._version = 0  # moves when the store's totals arrive or in-flight counts settle
+
+    # -- the decision path --------------------------------------------------------------------
+
+    def use(
+        self, principal: str, action: str, resource_type: str, now: float
+    ) -> tuple[bool, float | None, float | None]:
+        """Record a request; return whether the principal was known before it, and when it
+        last used this action and this resource type (None: never, as far as is known)."""
+        a, r = (principal, ACTION, action), (principal, RESOURCE_TYPE, resource_type)
+        minute = int(now // 60)
+        with self._lock:
+            last = self._last
+            known = principal in self._principals
+            before = (last.get(a), last.get(r))
+            last[a] = last[r] = now
+            self._uses[a] = self._uses[r] = now
+            self._principals[principal] = now
+            counts = self._local.setdefault(principal, {}).setdefault(minute, [0, 0])
+            counts[0] += 1
+        return known, before[0], before[1]
+
+    def denied(self, principal: str, now: float) -> None:
+        minute = int(now // 60)
+        with self._lock:
+            if principal not in self._principals:  # not scored by this provider: not counted
+                return
+            self._local.setdefault(principal, {}).setdefault(minute, [0, 0])[1] += 1
+
+    def rates(self, principal: str, now: float) -> Rates:
+        minute = int(now // 60)
+        into = (now % 60) / 60  # how far into this minute: the rest of the last one counts
+        sources = (self._shared, self._inflight, self._local)
+        with self._lock:
+            # The hour before the last minute changes only when the minute turns or the store
+            # brings the replicas' totals: summed once, not on every request.
+            known = self._baselines.get(principal)
+            if known is None or known[0] != minute or known[1] != self._version:
+                per: dict[int, list[int]] = {}
+                for source in sources:
+                    for m, (c, d) in source.get(principal, {}).items():
+                        if minute - BASELINE_MINUTES <= m < minute - 1:
+                            total = per.setdefault(m, [0, 0])
+                            total[0] += c
+                            total[1] += d
+                asked = sum(c for c, _ in per.values())
+                refused = sum(d for _, d in per.values())
+                known = (minute, self._version, asked, refused, len(per))
+                self._baselines[principal] = known
+            this = [0, 0]
+            previous = [0, 0]
+            for source in sources:
+                minutes = source.get(principal)
+                if minutes:
+                    for into_list, m in ((this, minute), (previous, minute - 1)):
+                        found = minutes.get(m)
+                        if found is not None:
+                            into_list[0] += found[0]
+                            into_list[1] += found[1]
+        _, _, asked, refused, active = known
+        requests = this[0] + round(previous[0] * (1 - into))
+        denied = this[1] + round(previous[1] * (1 - into))
+        share = refused / asked if asked else 0.0
+        baseline = asked / active if active else None
+        return Rates(requests, denied, baseline, share, active)
+
+    # -- the writer's side (behaviour_store.py) -----------------------------------------------
+
+    def take(self) -> tuple[dict[UseKey, float], dict[str, dict[int, list[int]]]]:
+        """What this process saw since the last write; held as in flight until `written`."""
+        with self._lock:
+            uses, self._uses = self._uses, {}
+            counts, self._local = self._local, {}
+            for principal, minutes in counts.items():
+                held = self._inflight.setdefault(principal, {})
+                for m, (c, d) in minutes.items():
+                    total = held.setdefault(m, [0, 0])
+                    total[0] += c
+                    total[1] += d
+        return uses, counts
+
+    def written(self, ok: bool) -> None:
+        """The in-flight counts reached the store (and `merge` brought the totals back), or
+        did not: then they are counted locally again, for the next write."""
+        with self._lock:
+            if not ok:
+                for principal, minutes in self._inflight.items():
+                    local = self._local.setdefault(principal, {})
+                    for m, (c, d) in minutes.items():
+                        total = local.setdefault(m, [0, 0])
+                        total[0] += c
+                        total[1] += d
+            self._inflight = {}
+            self._version += 1
+
+    def merge(self, rows: list[tuple[str, str, str, float, int, int]]) -> None:
+        """Rows (principal, kind, name, last_seen, count, denials) read from the store: uses
+        keep the newest time, minute rows are the replicas' totals and replace ours."""
+        with self._lock:
+            self._version += 1
+            for principal, kind, name, last_seen, count, denials in rows:
+                if kind == MINUTE:
+                    self._shared.setdefault(principal, {})[int(name)] = [int(count), int(denials)]
+                else:
+                    key = (principal, kind, name)
+                    if last_seen > self._last.get(key, 0.0):
+                        self._last[key] = last_seen
+                if last_seen > self._principals.get(principal, 0.0):
+                    self._principals[principal] = last_seen
+
+    def prune(self, now: float, retention_seconds: float) -> None:
+        """Forget minutes older than the baseline and uses older than the retention."""
+        oldest_minute = int(now // 60) - BASELINE_MINUTES - 1
+        cutoff = now - retention_seconds
+        with self._lock:
+            for source in (self._shared, self._local):
+                for principal in list(source):
+                    minutes = source[principal]
+                    for m in [m for m in minutes if m < oldest_minute]:
+                        del minutes[m]
+                    if not minutes:
+                        del source[principal]
+            for key in [k for k, t in self._last.items() if t < cutoff]:
+                del self._last[key]
+            for p in [p for p, t in self._principals.items() if t < cutoff]:
+                del self._principals[p]
+            self._baselines = {}
+
+
+class BehaviourSignals:
+    names: tuple[str, ...] = ("novelty", "velocity", "denial_rate")
+    params: Mapping[str, Mapping[str, Any]] = {
+        "novelty": {"days": 30},
+        "velocity": {"factor": 3, "max_factor": 10, "min_requests": 20, "min_minutes": 5},
+        "denial_rate": {"low": 0.2, "high": 0.6, "min_denials": 5},
+    }
+    fractions: Mapping[str, tuple[str, ...]] = {"denial_rate": ("low", "high")}
+
+    def __init__(self, state: BehaviourState | None) -> None:
+        self._state = state
+        # With a history the answer depends on who asks: never shared between requests.
+        self.per_principal = state is not None
+
+    def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterator[Signal]:
+        state = self._state
+        if state is None:
+            for name in self.names:
+                if name in wanted:
+                    yield Signal(name, 0.0, None, "no behaviour history kept here", "memory")
+            return
+        # A signal at 0 is recorded by name only (assessor.py): its explanation is a constant,
+        # and the words are built only for one that fires (this runs on every request).
+        source = "history"
+        principal = principal_key(str(inputs.principal))
+        action = name_key(str(inputs.action))
+        kind = name_key(inputs.resource.type)
+        now = inputs.now
+        known, last_action, last_type = state.use(principal, action, kind, now)
+        params = inputs.params
+        if "novelty" in wanted:
+            days = float(params.get("novelty", {}).get("days", 30))
+            since = now - days * 86400
+            stale_action = last_action is None or last_action < since
+            stale_type = last_type is None or last_type < since
+            if not known:
+                yield Signal("novelty", 0.0, None, "first request of this principal", source)
+            elif stale_action or stale_type:
+                new = [f"action {action}"] if stale_action else []
+                new += [f"resource type {kind}"] if stale_type else []
+                why = f"first use of {' and '.join(new)} in {days:.0f} days"
+                yield Signal("novelty", 1.0, {"new": new}, why, source)
+            else:
+                yield Signal("novelty", 0.0, None, "used within the window", source)
+        if "velocity" in wanted or "denial_rate" in wanted:
+            rates = state.rates(principal, now)
+            if "velocity" in wanted:
+                yield self._velocity(params.get("velocity", {}), rates, source)
+            if "denial_rate" in wanted:
+                yield self._denials(params.get("denial_rate", {}), rates, source)
+
+    @staticmethod
+    def _velocity(params: Mapping[str, Any], rates: Rates, source: str) -> Signal:
+        floor = float(params.get("min_requests", 20))
+        baseline = rates.baseline
+        if rates.now < floor or baseline is None:
+            return Signal("velocity", 0.0, None, "below the floor, or no baseline", source)
+        if rates.minutes < float(params.get("min_minutes", 5)):
+            return Signal("velocity", 0.0, None, "too little history for a baseline", source)
+        factor = float(params.get("factor", 3))
+        top = float(params.get("max_factor", 10))
+        ratio = rates.now / max(baseline, 1.0)
+        value = ramp(ratio, factor, top)
+        if not value:
+            return Signal("velocity", 0.0, None, "within the baseline", source)
+        return Signal(
+            "velocity",
+            value,
+            {"per_minute": rates.now, "baseline": round(baseline, 1)},
+            f"{rates.now}/min, {ratio:.1f}× the baseline {baseline:.1f}/min "
+            f"(from {factor:g}×, at least {floor:.0f}/min)",
+            source,
+        )
+
+    @staticmethod
+    def _denials(params: Mapping[str, Any], rates: Rates, source: str) -> Signal:
+        if rates.denied < float(params.get("min_denials", 5)):
+            return Signal("denial_rate", 0.0, None, "below the floor", source)
+        low = float(params.get("low", 0.2))
+        high = float(params.get("high", 0.6))
+        share = rates.denied / rates.now if rates.now else 0.0
+        value = ramp(share - rates.baseline_share, low, high)
+        if not value:
+            return Signal("denial_rate", 0.0, None, "within the baseline", source)
+        return Signal(
+            "denial_rate",
+            value,
+            {
+                "denied": rates.denied,
+                "share": round(share, 2),
+                "baseline": round(rates.baseline_share, 2),
+            },
+            f"{rates.denied} of {rates.now} denied in the last minute ({share:.0%}, usually "
+            f"{rates.baseline_share:.0%})",
+            source,
+        )
+
+    def outcome(self, inputs_principal: str, denied: bool, now: float) -> None:
+        """A decision was made for a request this provider saw: count a denial."""
+        if denied and self._state is not None:
+            self._state.denied(principal_key(inputs_principal), now)
