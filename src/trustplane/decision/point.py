@@ -17,6 +17,8 @@ from trustplane.decision.routes import RouteTable
 from trustplane.model import AccessRequest, Decision, Effect, Elevation, refusal
 from trustplane.recovery.revocation import Revocation, RevocationList
 from trustplane.telemetry.deny_spike import DenySpikeDetector
+from trustplane.telemetry.ledger import LedgerEntry
+from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics
 from trustplane.telemetry.recorder import DecisionRecorder
 
@@ -76,7 +78,10 @@ class PolicyDecisionPoint:
         active = self._bundles.active
         return None if active is None else active.bundle.routes
 
-    def evaluate(self, request: AccessRequest) -> Decision:
+    def evaluate(self, request: AccessRequest, observe: bool = True) -> Decision:
+        """The answer to `request`; `observe=False` leaves it out of the decision metrics and
+        the deny-spike watch, for a search's candidates (the search is counted and recorded
+        as one record instead, outcomes/search.py)."""
         active = self._bundles.active
         revocations = self._revocations
         # The epoch goes in every decision: caches outside this process compare it to drop
@@ -101,11 +106,12 @@ class PolicyDecisionPoint:
             decision = active.evaluator.evaluate(
                 request, revocation_epoch=epoch, elevation=elevation, trust=assessment
             )
-            if self._deny_spike is not None:  # the bundle's own answers, not refusals
+            if observe and self._deny_spike is not None:  # the bundle's own answers only
                 self._deny_spike.observe(decision.effect is Effect.DENY)
         if assessment is not None and decision.trust is not assessment:  # refusals
             decision = replace(decision, trust=assessment)
-        self._observe(decision)
+        if observe:
+            self._observe(decision)
         return decision
 
     async def decide(self, request: AccessRequest) -> Decision:
@@ -131,6 +137,15 @@ class PolicyDecisionPoint:
         """Count and record a decision another engine made (admission reviews by posture/)."""
         self._observe(decision)
         await self._recorder.record(request, decision)
+
+    async def record_entry(self, entry: LedgerEntry) -> None:
+        """Record a prepared ledger entry (a search page) with a decision's durability."""
+        await self._recorder.record_entry(entry)
+
+    @property
+    def masker(self) -> Masker:
+        """What erases request members before they are recorded (telemetry/masking.py)."""
+        return self._recorder.masker
 
     def decide_blocking(self, request: AccessRequest) -> Decision:
         decision = self.evaluate(request)
