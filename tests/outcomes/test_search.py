@@ -3,6 +3,7 @@ evaluated), pages add up to the whole, tokens belong to their search."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def evaluator(tmp_path_factory: pytest.TempPathFactory) -> Evaluator:
     return Evaluator(compile_bundle(BundleSource.from_dir(Path(directory))))
 
 
-def _evaluate(evaluator: Evaluator) -> callable[[AccessRequest], Decision]:  # type: ignore[valid-type]
+def _evaluate(evaluator: Evaluator) -> Callable[[AccessRequest], Decision]:
     return lambda request: evaluator.evaluate(request)
 
 
@@ -183,6 +184,6 @@ def test_tokens_belong_to_their_search(evaluator: Evaluator) -> None:
         search(other, universe, evaluate, 5, first.next_token)
     with pytest.raises(SearchError, match="not a page token"):
         search(query, universe, evaluate, 5, "%%%")
-    with pytest.raises(SearchError, match="page.limit"):
+    with pytest.raises(SearchError, match=r"page\.limit"):
         search(query, universe, evaluate, 0)
     assert first.body()["page"] == {"next_token": first.next_token, "count": 5}
