@@ -124,6 +124,16 @@ COMMANDS = (
         "Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",
     ),
     Entry(
+        "who-can",
+        "trustplane.cli.outcomes:who_can",
+        "Every principal an evaluation would allow an action on a resource (AuthZEN search).",
+    ),
+    Entry(
+        "can-do",
+        "trustplane.cli.outcomes:can_do",
+        "Every action on every resource an evaluation would allow a principal.",
+    ),
+    Entry(
         "config",
         "trustplane.cli.config:config_app",
         "The effective settings and where they come from.",
