@@ -126,12 +126,14 @@ COMMANDS = (
     Entry(
         "who-can",
         "trustplane.cli.outcomes:who_can",
-        "Every principal an evaluation would allow an action on a resource (AuthZEN search).",
+        "Every principal an evaluation would allow to do ACTION on RESOURCE (AuthZEN subject "
+        "search).",
     ),
     Entry(
         "can-do",
         "trustplane.cli.outcomes:can_do",
-        "Every action on every resource an evaluation would allow a principal.",
+        "Every action on every resource an evaluation would allow PRINCIPAL (AuthZEN resource "
+        "search, per action and resource type).",
     ),
     Entry(
         "config",
