@@ -136,6 +136,11 @@ COMMANDS = (
         "search, per action and resource type).",
     ),
     Entry(
+        "simulate",
+        "trustplane.cli.outcomes:simulate_app",
+        "Compromise simulation: blast radius and attack paths through policy, RBAC and network.",
+    ),
+    Entry(
         "config",
         "trustplane.cli.config:config_app",
         "The effective settings and where they come from.",

@@ -213,3 +213,300 @@ def _print_can_do(doc: dict[str, Any]) -> None:
             table.add_row(row["action"], row["resource"])
         out.print(table)
     out.print(f"universe: {doc['universe']}", highlight=False)
+
+
+# -- simulate ------------------------------------------------------------------------------------
+
+simulate_app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=False,
+    help="Compromise simulation: blast radius and attack paths through policy, RBAC and network.",
+)
+
+ManifestsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--manifests", "-m", help="Kubernetes manifests (file or directory; repeatable)."),
+]
+FlowsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Observed flows as JSON [{principal, action, resource}] (besides the ledger's)."
+    ),
+]
+CandidateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--candidate",
+        help="A candidate bundle (a directory with .cedar files) or manifests directory: the "
+        "same figures under it, side by side.",
+    ),
+]
+HtmlOpt = Annotated[
+    Path | None, typer.Option("--html", help="Write the paths as a self-contained HTML page.")
+]
+SimContextOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--context",
+        help="Context of the attacker's requests (JSON object); default: a fresh MFA-backed "
+        'session, {"mfa": true, "auth_age_seconds": 0}.',
+    ),
+]
+DEFAULT_CONTEXT = {"mfa": True, "auth_age_seconds": 0}
+
+
+@simulate_app.callback()
+def simulate_all(
+    ctx: typer.Context,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every principal, workload and exchange rule.")
+    ] = False,
+    bundle: BundleOpt = None,
+    manifests: ManifestsOpt = None,
+    flows: FlowsOpt = None,
+    context: SimContextOpt = None,
+    candidate: CandidateOpt = None,
+    html: HtmlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compromise simulation: blast radius and attack paths through policy, RBAC and
+    network."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not every:
+        out.print(ctx.get_help())
+        raise typer.Exit(2)
+    _simulate(ctx, None, None, bundle, manifests, flows, context, candidate, html, as_json)
+
+
+@simulate_app.command("stolen-token")
+def stolen_token_cmd(
+    ctx: typer.Context,
+    principal: Annotated[str, typer.Argument(help="The principal whose token is stolen: Type:id.")],
+    bundle: BundleOpt = None,
+    manifests: ManifestsOpt = None,
+    flows: FlowsOpt = None,
+    context: SimContextOpt = None,
+    candidate: CandidateOpt = None,
+    html: HtmlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a stolen token of PRINCIPAL reaches."""
+    _simulate(
+        ctx, "stolen-token", principal, bundle, manifests, flows, context, candidate, html, as_json
+    )
+
+
+@simulate_app.command("rogue-workload")
+def rogue_workload_cmd(
+    ctx: typer.Context,
+    spiffe_id: Annotated[str, typer.Argument(help="The SPIFFE ID the rogue workload obtained.")],
+    bundle: BundleOpt = None,
+    manifests: ManifestsOpt = None,
+    flows: FlowsOpt = None,
+    context: SimContextOpt = None,
+    candidate: CandidateOpt = None,
+    html: HtmlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a rogue workload holding SPIFFE_ID (and its Kubernetes account) reaches."""
+    _simulate(
+        ctx,
+        "rogue-workload",
+        spiffe_id,
+        bundle,
+        manifests,
+        flows,
+        context,
+        candidate,
+        html,
+        as_json,
+    )
+
+
+@simulate_app.command("poisoned-pipeline")
+def poisoned_pipeline_cmd(
+    ctx: typer.Context,
+    rule: Annotated[
+        str, typer.Argument(help="The token-exchange rule a poisoned pipeline passes.")
+    ],
+    bundle: BundleOpt = None,
+    manifests: ManifestsOpt = None,
+    flows: FlowsOpt = None,
+    context: SimContextOpt = None,
+    candidate: CandidateOpt = None,
+    html: HtmlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a pipeline that satisfies exchange rule RULE's conditions reaches."""
+    _simulate(
+        ctx, "poisoned-pipeline", rule, bundle, manifests, flows, context, candidate, html, as_json
+    )
+
+
+def _estate(
+    ctx: typer.Context,
+    bundle: Path | None,
+    manifests: list[Path],
+    flows: Path | None,
+    context: dict[str, Any],
+) -> Any:
+    from trustplane.decision.loader import load_bundle
+    from trustplane.outcomes.graph import Flow
+    from trustplane.outcomes.k8s import ManifestError, load_objects, read_estate
+    from trustplane.outcomes.simulate import Estate
+    from trustplane.outcomes.universe import observed_flows
+
+    settings = root_context(ctx).settings(policy={"bundle_dir": bundle})
+    if settings.policy.bundle_dir is None:
+        raise CliError("pass --bundle DIR (the policy bundle to simulate against)")
+    loaded = load_bundle(bundle_source(settings.policy.bundle_dir), load_options(settings))
+    for path in manifests:
+        if not path.exists():
+            raise CliError(f"--manifests {path}: no such file or directory")
+    try:
+        k8s = read_estate(load_objects(manifests))
+    except ManifestError as exc:
+        raise CliError(f"cannot read manifests: {exc}") from None
+    routes = loaded.bundle.routes
+    workload_types = {routes.workload_type if routes else "Service"} | {
+        str(e["uid"]["type"])
+        for e in loaded.bundle.entities
+        if "spiffe_id" in (e.get("attrs") or {})
+    }
+    found: list[Flow] = []
+    if flows is not None:
+        try:
+            items = json.loads(flows.read_text())
+            for item in items:
+                found.append(
+                    Flow(
+                        _entity(item["principal"], "principal"),
+                        str(item["action"]),
+                        _entity(item["resource"], "resource"),
+                    )
+                )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CliError(f"--flows {flows}: {exc}") from None
+    try:
+        from trustplane.cli.common import store_engine
+
+        engine = store_engine(settings)
+    except CliError:
+        engine = None
+    if engine is not None:
+        try:
+            found += [Flow(*f) for f in observed_flows(engine, workload_types)]
+        finally:
+            engine.dispose()
+    return Estate(
+        loaded.bundle,
+        loaded.evaluator.evaluate,
+        k8s,
+        found,
+        list(settings.identity.exchange_rules),
+        context,
+    )
+
+
+def _simulate(
+    ctx: typer.Context,
+    scenario: str | None,
+    target: str | None,
+    bundle: Path | None,
+    manifests: list[Path] | None,
+    flows: Path | None,
+    context: str | None,
+    candidate: Path | None,
+    html: Path | None,
+    as_json: bool,
+) -> None:
+    from trustplane.outcomes.simulate import render_html, run
+
+    ctx_value = _context(context) if context else dict(DEFAULT_CONTEXT)
+    estate = _estate(ctx, bundle, list(manifests or []), flows, ctx_value)
+    result = run(estate, scenario, target)
+    outcomes = result.pop("_outcomes")
+    if candidate is not None:
+        if not candidate.is_dir():
+            raise CliError(f"--candidate {candidate}: not a directory")
+        if any(candidate.glob("*.cedar")):
+            other = _estate(ctx, candidate, list(manifests or []), flows, ctx_value)
+        else:
+            other = _estate(ctx, bundle, [candidate], flows, ctx_value)
+        under = run(other, scenario, target)
+        under.pop("_outcomes")
+        result["candidate"] = {
+            "directory": str(candidate),
+            "lateral_movement": under["lateral_movement"],
+            "scenarios": [
+                {
+                    "scenario": s["scenario"],
+                    "start": s["start"],
+                    "blast_radius": s["blast_radius"]["count"],
+                    "tier0_reached": len(s["tier0_paths"]),
+                    "resistance": s["lateral_movement"]["resistance"],
+                }
+                for s in under["scenarios"]
+            ],
+        }
+    if html is not None:
+        html.write_text(render_html(outcomes))
+        result["html"] = str(html)
+    emit(result, as_json, _print_simulation)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _print_simulation(doc: dict[str, Any]) -> None:
+    table = Table(title="compromise simulation", title_justify="left")
+    for column in (
+        "scenario",
+        "start",
+        "reached",
+        "tier 0",
+        "tier 1",
+        "tier 2",
+        "tier-0 paths",
+        "blocked by authz",
+    ):
+        table.add_column(column, no_wrap=column in ("scenario", "start"))
+    for s in doc["scenarios"]:
+        tiers = s["blast_radius"]["by_tier"]
+        lm = s["lateral_movement"]
+        table.add_row(
+            s["scenario"],
+            s["start"],
+            str(s["blast_radius"]["count"]),
+            str(tiers.get("0", 0)),
+            str(tiers.get("1", 0)),
+            str(tiers.get("2", 0)),
+            str(len(s["tier0_paths"])),
+            f"{lm['blocked_by_authz']}/{lm['tier0_reachable_without_authz']}",
+        )
+    out.print(table, emoji=False)
+    if len(doc["scenarios"]) == 1:
+        for target, hops in doc["scenarios"][0]["tier0_paths"].items():
+            out.print(f"[bold]→ {target}[/]", highlight=False, emoji=False)
+            for hop in hops:
+                out.print(
+                    f"   {hop['from']} ─{hop['via']}: {hop['how']}→ {hop['to']}", highlight=False
+                )
+    lm = doc["lateral_movement"]
+    out.print(
+        f"lateral-movement resistance: {_percent(lm['resistance'])} "
+        f"({lm['blocked_by_authz']} of {lm['paths_without_authz']} paths to tier 0 that network "
+        "and RBAC allow are blocked by service authorization)",
+        highlight=False,
+    )
+    if "candidate" in doc:
+        c = doc["candidate"]["lateral_movement"]
+        out.print(
+            f"under {doc['candidate']['directory']}: {_percent(c['resistance'])} "
+            f"({c['blocked_by_authz']} of {c['paths_without_authz']})",
+            highlight=False,
+        )
+    if "html" in doc:
+        out.print(f"paths drawn in {doc['html']}", highlight=False)

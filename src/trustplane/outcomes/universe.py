@@ -161,3 +161,28 @@ class KnownUniverse:
         universe = from_store(self._engine, bundle) if self._engine is not None else build(bundle)
         self._cached = (revision, now, universe)
         return universe
+
+
+def observed_flows(engine: Any, principal_types: Iterable[str]) -> list[tuple[Any, str, Any]]:
+    """Calls workloads made under their own identity and the policy allowed, from the
+    ledger's query columns: distinct (principal, action, resource), principals of the given
+    types only (people are not flows)."""
+    from sqlalchemy import select
+
+    from trustplane.model import EntityRef
+    from trustplane.store.tables import decisions
+
+    kinds = set(principal_types)
+    found: list[tuple[Any, str, Any]] = []
+    query = (
+        select(decisions.c.principal, decisions.c.action, decisions.c.resource)
+        .where(decisions.c.kind == "decision", decisions.c.decision == "allow")
+        .distinct()
+    )
+    with engine.connect() as conn:
+        for principal, action, resource in conn.execute(query):
+            who, what, on = (parse_column_entity(t) for t in (principal, action, resource))
+            if who is None or what is None or on is None or who[0] not in kinds:
+                continue
+            found.append((EntityRef(*who), what[1], EntityRef(*on)))
+    return found
