@@ -15,8 +15,8 @@ from trustplane.decision.engine import Evaluator
 from trustplane.decision.policy_bundle import BundleSource, compile_bundle
 from trustplane.model import EntityRef
 from trustplane.outcomes.graph import Flow
-from trustplane.outcomes.k8s import load_objects, reaches, read_estate
 from trustplane.outcomes.simulate import Estate, exchange_pattern, run
+from trustplane.posture.cluster import load_objects, reaches, read_estate
 
 ESTATE = Path(__file__).parent / "estate"
 RULE = ExchangeRuleSettings(

@@ -353,9 +353,9 @@ def _estate(
 ) -> Any:
     from trustplane.decision.loader import load_bundle
     from trustplane.outcomes.graph import Flow
-    from trustplane.outcomes.k8s import ManifestError, load_objects, read_estate
     from trustplane.outcomes.simulate import Estate
     from trustplane.outcomes.universe import observed_flows
+    from trustplane.posture.cluster import ManifestError, load_objects, read_estate
 
     settings = root_context(ctx).settings(policy={"bundle_dir": bundle})
     if settings.policy.bundle_dir is None:

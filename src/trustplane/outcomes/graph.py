@@ -35,7 +35,7 @@ import networkx as nx
 
 from trustplane.decision.policy_bundle import Bundle
 from trustplane.model import AccessRequest, Decision, EntityRef
-from trustplane.outcomes.k8s import (
+from trustplane.posture.cluster import (
     CLUSTER,
     ESCALATIONS,
     Estate,

@@ -277,7 +277,7 @@ class Estate:
 
     bundle: Any  # decision.policy_bundle.Bundle
     evaluate: Any  # AccessRequest -> Decision
-    k8s: Any  # outcomes.k8s.Estate
+    k8s: Any  # posture.cluster.Estate
     flows: list[Any]  # outcomes.graph.Flow
     rules: list[Any]  # config.ExchangeRuleSettings
     context: dict[str, Any]
