@@ -151,7 +151,8 @@ def simulate(graph: AttackGraph, start: Start) -> Outcome:
                 "via": sorted(set(incoming))[:3],
             }
         )
-    tier0 = set(graph.tier0())
+    # What the attacker starts with is not a target: a stolen tier-0 token is already tier 0.
+    tier0 = set(graph.tier0()) - set(start.nodes)
     reached_targets = {_target(n) for n in held if n in tier0}
     paths: dict[str, list[dict[str, str]]] = {}
     for target in sorted(reached_targets):
