@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import SHOP
-from tests.support import Server, running_server, wait_for
+from tests.support import Server, run_cli, running_server, wait_for
 
 CTX = {"mfa": True, "auth_age_seconds": 60}
 
@@ -132,3 +133,41 @@ def test_every_search_is_one_ledger_record(server: Server) -> None:
     assert rows[0]["request"]["resource"] == {"type": "Database", "id": "*"}
     assert rows[0]["results"] == [{"type": "Database", "id": "orders-db-staging"}]
     assert rows[0]["evaluated"] == 2 and rows[0]["next_token"] == ""
+
+
+def test_searches_answer_registered_peps_only(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Like the evaluation endpoints: with pep.auth required, no token is a 401 and nothing
+    is searched; a registered PEP's token is answered, and the record names the PEP."""
+    body = {
+        "subject": {"type": "User"},
+        "action": {"name": "admin:console-login"},
+        "resource": {"type": "Service", "id": "admin-console"},
+        "context": CTX,
+    }
+    with running_server(
+        tmp_path_factory.mktemp("state"),
+        database_url,
+        SHOP,
+        policy__watch="false",
+        pep__auth="required",
+    ) as srv:
+        refused = post(srv, "subject", body)
+        assert refused.status_code == 401
+        added = run_cli("pep", "add", "portal", "--json", env=srv.env)
+        assert added.returncode == 0, added.stderr
+        token = json.loads(added.stdout)["token"]
+        headers = {"authorization": f"Bearer {token}"}
+
+        def answered() -> Any:
+            answer = srv.client.post("/access/v1/search/subject", json=body, headers=headers)
+            return answer if answer.status_code == 200 else None
+
+        assert len(wait_for(answered).json()["results"]) == 3
+        rows = wait_for(
+            lambda: srv.client.get(
+                "/v1/decisions", params={"kind": "search"}, headers=srv.admin
+            ).json()["decisions"]
+        )
+        assert {row["pep"] for row in rows} == {"portal"}
