@@ -38,9 +38,7 @@ def test_store_evidence_joins_the_bundle(engine: Engine, signer: NoteSigner) -> 
             _entry(
                 EntityRef("Service", "web"), "call", EntityRef("Api", "ledger.post"), Effect.DENY
             ),
-            _entry(
-                EntityRef("User", "zed"), "ops:read", EntityRef("Service", "shadow"), Effect.ALLOW
-            ),
+            _entry(EntityRef("User", "zed"), "ops:read", EntityRef("Service", "x"), Effect.ALLOW),
             search_entry(
                 "subject",
                 AccessRequest(
