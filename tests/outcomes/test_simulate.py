@@ -165,3 +165,22 @@ def test_unknown_starting_points_are_refused_clearly(tmp_path: Path) -> None:
     assert 'User::"nobody" is not a principal of this estate' in done.stderr
     done = run_cli("simulate", "poisoned-pipeline", "nope", *args, env=env)
     assert done.returncode == 2 and "no token-exchange rule named 'nope'" in done.stderr
+
+
+def test_candidate_manifests_show_their_effect(tmp_path: Path) -> None:
+    """Without the web → app exec binding the rogue web workload no longer reaches the ledger
+    API (the --candidate DIR of manifests; the CLI runs the same `run`)."""
+    for name in ("namespaces.yaml", "workloads.yaml", "network.yaml"):
+        (tmp_path / name).write_text((ESTATE / "manifests" / name).read_text())
+    rbac = (ESTATE / "manifests" / "rbac.yaml").read_text().split("\n---\n")
+    kept = [doc for doc in rbac if "web-debugs-app" not in doc]
+    (tmp_path / "rbac.yaml").write_text("\n---\n".join(kept))
+    current = estate()
+    candidate = estate()
+    candidate.k8s = read_estate(load_objects([tmp_path]))
+    start = "spiffe://bank.test/ns/web/sa/web"
+    before = run(current, "rogue-workload", start)["scenarios"][0]
+    after = run(candidate, "rogue-workload", start)["scenarios"][0]
+    assert 'Api::"ledger.post"' in before["tier0_paths"]
+    assert after["tier0_paths"] == {}
+    assert after["blast_radius"]["count"] < before["blast_radius"]["count"]

@@ -50,6 +50,8 @@ def stolen_token(graph: AttackGraph, principal: EntityRef) -> Start:
 def rogue_workload(graph: AttackGraph, spiffe_id: str, workload_type: str) -> Start:
     """A workload that obtained `spiffe_id`: the principal the enforcement points would name
     (the entity whose `spiffe_id` it is, else the ID itself) and its Kubernetes account."""
+    if not spiffe_id.startswith("spiffe://"):
+        raise ScenarioError(f"{spiffe_id!r} is not a SPIFFE ID (spiffe://trust-domain/path)")
     nodes = [
         key
         for key, ref in graph.principals.items()
@@ -61,8 +63,6 @@ def rogue_workload(graph: AttackGraph, spiffe_id: str, workload_type: str) -> St
     sa = sa_of_spiffe(spiffe_id)
     if sa is not None and f"sa:{sa}" in graph.graph:
         nodes.append(f"sa:{sa}")
-    if not spiffe_id.startswith("spiffe://"):
-        raise ScenarioError(f"{spiffe_id!r} is not a SPIFFE ID (spiffe://trust-domain/path)")
     return Start("rogue-workload", spiffe_id, tuple(nodes), (principal,))
 
 
@@ -205,7 +205,7 @@ def render_html(outcomes: Iterable[Outcome], title: str = "trustplane attack pat
     """One self-contained HTML page (inline SVG, no script, no fetched asset): per scenario,
     the tier-0 paths laid out by hop, coloured by what each hop goes through."""
     sections = []
-    for outcome in outcomes:
+    for index, outcome in enumerate(outcomes):
         hops = [h for path in outcome.paths.values() for h in path]
         depth: dict[str, int] = {n: 0 for n in outcome.start.nodes}
         for path in outcome.paths.values():
@@ -233,8 +233,8 @@ def render_html(outcomes: Iterable[Outcome], title: str = "trustplane attack pat
             colour = _COLOURS.get(hop["via"], "#000")
             shapes.append(
                 f'<line x1="{x1 + 220}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{colour}" '
-                f'stroke-width="2" marker-end="url(#arrow)"><title>{html.escape(hop["via"])}: '
-                f"{html.escape(hop['how'])}</title></line>"
+                f'stroke-width="2" marker-end="url(#arrow{index})">'
+                f"<title>{html.escape(hop['via'])}: {html.escape(hop['how'])}</title></line>"
             )
         for node, (x, y) in position.items():
             fill = "#fdd" if node in outcome.paths else "#eef"
@@ -252,8 +252,9 @@ def render_html(outcomes: Iterable[Outcome], title: str = "trustplane attack pat
             + (f" ({figure:.0%})" if figure is not None else "")
             + "</p>"
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
-            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" '
-            'markerHeight="6" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z"/>'
+            f'<defs><marker id="arrow{index}" viewBox="0 0 10 10" refX="10" refY="5" '
+            'markerWidth="6" markerHeight="6" orient="auto-start-reverse">'
+            '<path d="M 0 0 L 10 5 L 0 10 z"/>'
             "</marker></defs>" + "".join(shapes) + "</svg>"
         )
     legend = " ".join(
