@@ -4,8 +4,10 @@ RBAC and NetworkPolicies, observed flows) whose attack paths are known."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -154,6 +156,10 @@ def test_all_and_the_candidate_bundle(tmp_path: Path) -> None:
     assert then["blocked_by_authz"] > now["blocked_by_authz"]
     text = page.read_text()
     assert text.startswith("<!doctype html>") and "<svg" in text
+    markers = re.findall(r'marker id="([^"]+)"', text)
+    assert len(markers) == len(doc["scenarios"]) == len(set(markers))  # one picture each
+    for svg in re.findall(r"<svg.*?</svg>", text, re.S):
+        ElementTree.fromstring(svg)  # well-formed
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 

@@ -205,7 +205,7 @@ def render_html(outcomes: Iterable[Outcome], title: str = "trustplane attack pat
     """One self-contained HTML page (inline SVG, no script, no fetched asset): per scenario,
     the tier-0 paths laid out by hop, coloured by what each hop goes through."""
     sections = []
-    for index, outcome in enumerate(outcomes):
+    for number, outcome in enumerate(outcomes):
         hops = [h for path in outcome.paths.values() for h in path]
         depth: dict[str, int] = {n: 0 for n in outcome.start.nodes}
         for path in outcome.paths.values():
@@ -233,7 +233,7 @@ def render_html(outcomes: Iterable[Outcome], title: str = "trustplane attack pat
             colour = _COLOURS.get(hop["via"], "#000")
             shapes.append(
                 f'<line x1="{x1 + 220}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{colour}" '
-                f'stroke-width="2" marker-end="url(#arrow{index})">'
+                f'stroke-width="2" marker-end="url(#arrow{number})">'
                 f"<title>{html.escape(hop['via'])}: {html.escape(hop['how'])}</title></line>"
             )
         for node, (x, y) in position.items():
@@ -252,7 +252,7 @@ def render_html(outcomes: Iterable[Outcome], title: str = "trustplane attack pat
             + (f" ({figure:.0%})" if figure is not None else "")
             + "</p>"
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
-            f'<defs><marker id="arrow{index}" viewBox="0 0 10 10" refX="10" refY="5" '
+            f'<defs><marker id="arrow{number}" viewBox="0 0 10 10" refX="10" refY="5" '
             'markerWidth="6" markerHeight="6" orient="auto-start-reverse">'
             '<path d="M 0 0 L 10 5 L 0 10 z"/>'
             "</marker></defs>" + "".join(shapes) + "</svg>"
