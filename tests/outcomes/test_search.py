@@ -3,6 +3,7 @@ evaluated), pages add up to the whole, tokens belong to their search."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import write_bundle
+from tests.support import run_cli, write_bundle
 from trustplane.decision.engine import Evaluator
 from trustplane.decision.policy_bundle import BundleSource, compile_bundle
 from trustplane.model import AccessRequest, Decision, EntityRef
@@ -187,3 +188,23 @@ def test_tokens_belong_to_their_search(evaluator: Evaluator) -> None:
     with pytest.raises(SearchError, match=r"page\.limit"):
         search(query, universe, evaluate, 0)
     assert first.body()["page"] == {"next_token": first.next_token, "count": 5}
+
+
+def test_who_can_and_can_do_locally(tmp_path: Path) -> None:
+    env = {"TRUSTPLANE_STATE_DIR": str(tmp_path / "none")}
+    shop = str(Path(__file__).parents[2] / "examples" / "shop")
+    ctx = '{"mfa": true, "auth_age_seconds": 60}'
+    who = run_cli(
+        "who-can", "db:admin", "Database:payments-db-prod", "-b", shop, "--context", ctx,
+        "--json", env=env,
+    )  # fmt: skip
+    assert who.returncode == 0, who.stderr
+    doc = json.loads(who.stdout)
+    assert doc["subjects"] == [{"type": "User", "id": "alice"}] and doc["universe"] == "bundle"
+    can = run_cli("can-do", "User:dave", "-b", shop, "--context", ctx, "--json", env=env)
+    assert can.returncode == 0, can.stderr
+    assert json.loads(can.stdout)["allowed"] == [
+        {"action": "billing:read", "resource": 'Dataset::"billing-reports"'}
+    ]
+    remote = run_cli("who-can", "db:admin", "Database:x", "--url", "http://127.0.0.1:9", env=env)
+    assert remote.returncode == 2 and "--type" in remote.stderr
