@@ -11,7 +11,7 @@ from sqlalchemy import Engine, insert
 from tests.conftest import ORIGIN
 from trustplane.decision.policy_bundle import BundleSource, compile_bundle
 from trustplane.model import AccessRequest, Decision, Effect, EntityRef, new_decision_id
-from trustplane.outcomes.universe import from_store, observed_flows
+from trustplane.outcomes.universe import KnownUniverse, from_store, observed_flows
 from trustplane.store.tables import identity_entries
 from trustplane.telemetry.checkpoint import NoteSigner
 from trustplane.telemetry.ledger import Ledger, decision_entry, search_entry
@@ -72,3 +72,18 @@ def test_store_evidence_joins_the_bundle(engine: Engine, signer: NoteSigner) -> 
     assert [(str(p), a, str(r)) for p, a, r in flows] == [
         ('Service::"web"', "call", 'Api::"api.orders"')
     ]  # allowed calls of workloads only
+
+
+def test_the_served_universe_reads_only_new_rows(engine: Engine, signer: NoteSigner) -> None:
+    """KnownUniverse: cached for max_age, then refreshed with the rows appended since."""
+    bundle = compile_bundle(BundleSource.from_dir(ESTATE))
+    ledger = Ledger(engine, signer, ORIGIN)
+    ledger.append([_entry(EntityRef("User", "a"), "ops:read", WEB, Effect.ALLOW)])  # type: ignore[list-item]
+    now = [0.0]
+    known = KnownUniverse(engine, lambda: bundle, max_age=10, clock=lambda: now[0])
+    assert "a" in known.current().ids("User")
+    ledger.append([_entry(EntityRef("User", "b"), "ops:read", WEB, Effect.DENY)])  # type: ignore[list-item]
+    assert "b" not in known.current().ids("User")  # cached
+    now[0] = 11.0
+    users = known.current().ids("User")
+    assert "a" in users and "b" in users  # the old evidence kept, the new read

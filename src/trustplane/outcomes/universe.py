@@ -11,6 +11,7 @@ docs/outcomes.md says so).
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -109,58 +110,55 @@ def build(
     )
 
 
+@dataclass
+class StoreEvidence:
+    """What the store knows of entities, read incrementally: registered SPIFFE IDs (re-read
+    whole: a handful of rows) and the principals, actions and resources of ledger rows after
+    `seq` (the primary key), so a refresh reads only what was appended since the last one."""
+
+    spiffe_ids: list[str] = field(default_factory=list)
+    entities: set[tuple[str, str]] = field(default_factory=set)
+    actions: set[str] = field(default_factory=set)
+    seq: int = -1
+
+    def refresh(self, engine: Any) -> StoreEvidence:
+        from sqlalchemy import func, select
+
+        from trustplane.store.tables import decisions, identity_entries
+
+        with engine.connect() as conn:
+            self.spiffe_ids = [
+                r[0] for r in conn.execute(select(identity_entries.c.spiffe_id).distinct())
+            ]
+            newest = conn.execute(select(func.max(decisions.c.seq))).scalar()
+            if newest is None or newest <= self.seq:
+                return self
+            window = (
+                decisions.c.kind == "decision",
+                decisions.c.seq > self.seq,
+                decisions.c.seq <= newest,
+            )
+            for column in (decisions.c.principal, decisions.c.resource):
+                for (text,) in conn.execute(select(column).where(*window).distinct()):
+                    parsed = parse_column_entity(text)
+                    if parsed is not None:
+                        self.entities.add(parsed)
+            for (text,) in conn.execute(select(decisions.c.action).where(*window).distinct()):
+                parsed = parse_column_entity(text)
+                if parsed is not None and parsed[0].endswith("Action"):
+                    self.actions.add(parsed[1])
+            self.seq = int(newest)
+        return self
+
+    def universe(self, bundle: Bundle | None) -> Universe:
+        entities = [*self.entities, *workload_entities(bundle, self.spiffe_ids)]
+        return build(bundle, entities, self.actions)
+
+
 def from_store(engine: Any, bundle: Bundle | None) -> Universe:
     """The universe with the store's evidence: registered workloads and every principal,
     action and resource a ledger row names (distinct values, read once)."""
-    from sqlalchemy import select
-
-    from trustplane.store.tables import decisions, identity_entries
-
-    entities: list[tuple[str, str]] = []
-    actions: list[str] = []
-    with engine.connect() as conn:
-        spiffe_ids = [r[0] for r in conn.execute(select(identity_entries.c.spiffe_id).distinct())]
-        for column in (decisions.c.principal, decisions.c.resource):
-            for (text,) in conn.execute(
-                select(column).where(decisions.c.kind == "decision").distinct()
-            ):
-                parsed = parse_column_entity(text)
-                if parsed is not None:
-                    entities.append(parsed)
-        for (text,) in conn.execute(
-            select(decisions.c.action).where(decisions.c.kind == "decision").distinct()
-        ):
-            parsed = parse_column_entity(text)
-            if parsed is not None and parsed[0].endswith("Action"):
-                actions.append(parsed[1])
-    entities.extend(workload_entities(bundle, spiffe_ids))
-    return build(bundle, entities, actions)
-
-
-class KnownUniverse:
-    """The universe a serving process searches, rebuilt from the store at most every
-    `max_age` seconds and at once when the active bundle changes (reading the ledger's
-    distinct columns scans the table, so it is not done per search)."""
-
-    def __init__(
-        self, engine: Any, bundle: Any, max_age: float = 10.0, clock: Any = time.monotonic
-    ) -> None:
-        self._engine = engine
-        self._bundle = bundle  # () -> Bundle | None
-        self._max_age = max_age
-        self._clock = clock
-        self._cached: tuple[str | None, float, Universe] | None = None
-
-    def current(self) -> Universe:
-        bundle = self._bundle()
-        revision = bundle.revision if bundle is not None else None
-        now = self._clock()
-        cached = self._cached
-        if cached is not None and cached[0] == revision and now - cached[1] < self._max_age:
-            return cached[2]
-        universe = from_store(self._engine, bundle) if self._engine is not None else build(bundle)
-        self._cached = (revision, now, universe)
-        return universe
+    return StoreEvidence().refresh(engine).universe(bundle)
 
 
 def observed_flows(engine: Any, principal_types: Iterable[str]) -> list[tuple[Any, str, Any]]:
@@ -186,3 +184,36 @@ def observed_flows(engine: Any, principal_types: Iterable[str]) -> list[tuple[An
                 continue
             found.append((EntityRef(*who), what[1], EntityRef(*on)))
     return found
+
+
+class KnownUniverse:
+    """The universe a serving process searches, rebuilt at most every `max_age` seconds and
+    at once when the active bundle changes; each rebuild reads only the ledger rows appended
+    since the previous one (`StoreEvidence`), so it is not done per search and never scans
+    the whole ledger twice."""
+
+    def __init__(
+        self, engine: Any, bundle: Any, max_age: float = 10.0, clock: Any = time.monotonic
+    ) -> None:
+        self._engine = engine
+        self._bundle = bundle  # () -> Bundle | None
+        self._max_age = max_age
+        self._clock = clock
+        self._cached: tuple[str | None, float, Universe] | None = None
+        self._evidence = StoreEvidence()
+        self._lock = threading.Lock()
+
+    def current(self) -> Universe:
+        bundle = self._bundle()
+        revision = bundle.revision if bundle is not None else None
+        with self._lock:  # one refresh at a time; the others wait and share it
+            now = self._clock()
+            cached = self._cached
+            if cached is not None and cached[0] == revision and now - cached[1] < self._max_age:
+                return cached[2]
+            if self._engine is not None:
+                universe = self._evidence.refresh(self._engine).universe(bundle)
+            else:
+                universe = build(bundle)
+            self._cached = (revision, now, universe)
+        return universe
