@@ -57,6 +57,8 @@ def test_subject_search_pages_through_every_allowed_subject(server: Server) -> N
         {"type": "User", "id": "carol"},
         {"type": "User", "id": "erin"},
     ]
+    with_id = post(server, "subject", {**body, "subject": {"type": "User", "id": "ignored"}})
+    assert with_id.json()["results"] == seen  # the searched member's id is ignored
     for item in seen:  # each result, evaluated, is allowed
         single = server.client.post("/access/v1/evaluation", json={**body, "subject": item}).json()
         assert single["decision"] is True

@@ -306,13 +306,7 @@ class AuthZenApi:
         except SearchError as exc:
             raise Problem(400, "invalid-request", "Invalid request", str(exc)) from None
         bundle = pdp.active_bundle()
-        asked = (
-            query.request_for("*")
-            if query.kind == "action"
-            else query.request_for(
-                query.subject.id if query.kind == "subject" else query.resource.id
-            )
-        )
+        asked = query.request_for("*")  # the searched member, whatever was sent, is `*`
         await pdp.record_entry(
             search_entry(
                 query.kind,
