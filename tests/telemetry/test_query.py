@@ -63,7 +63,7 @@ def test_an_empty_window_is_refused_naming_until() -> None:
     assert str(empty.value) == "until: must be later than since"
     with pytest.raises(QueryError) as kind:
         DecisionQuery(kind="audit").check(lambda field: f"--{field}")
-    assert str(kind.value) == "--kind: must be one of decision, admin"
+    assert str(kind.value) == "--kind: must be one of decision, admin, search"
 
 
 def test_entity_filters_match_one_entity_or_an_id_of_any_type() -> None:

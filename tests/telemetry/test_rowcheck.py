@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from trustplane.model import AccessRequest, Decision, Effect, EntityRef, PolicyReason
 from trustplane.store.text import column_text
-from trustplane.telemetry.ledger import _COLUMNS, admin_entry, decision_entry
+from trustplane.telemetry.ledger import _COLUMNS, admin_entry, decision_entry, search_entry
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.rowcheck import QUERY_COLUMNS, RecordError, query_columns
 
@@ -81,6 +81,24 @@ def test_admin_records_derive_their_columns_too() -> None:
         " admin:bundle:write ",
         "allow",
     )
+
+
+def test_search_records_derive_their_columns_too() -> None:
+    asked = AccessRequest(
+        EntityRef("User", "*"), EntityRef("Action", "read"), EntityRef("Doc", "d")
+    )
+    results = [{"type": "User", "id": "alice"}]
+    entry = search_entry("subject", asked, Masker([]), results, "", 3, "rev", 10, now=1.0)
+    row = stored(entry)
+    record = orjson.loads(entry.record)
+    assert query_columns(record) == tuple(row[c] for c in QUERY_COLUMNS)
+    assert (row["kind"], row["principal"], row["policies"], row["decision"]) == (
+        "search",
+        'User::"*"',
+        " search:subject ",
+        "allow",
+    )
+    assert record["results"] == results and record["evaluated"] == 3
 
 
 def test_a_masked_principal_is_not_kept_in_a_query_column() -> None:

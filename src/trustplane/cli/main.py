@@ -134,6 +134,23 @@ COMMANDS = (
         "Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",
     ),
     Entry(
+        "who-can",
+        "trustplane.cli.outcomes:who_can",
+        "Every principal an evaluation would allow to do ACTION on RESOURCE (AuthZEN subject "
+        "search).",
+    ),
+    Entry(
+        "can-do",
+        "trustplane.cli.outcomes:can_do",
+        "Every action on every resource an evaluation would allow PRINCIPAL (AuthZEN resource "
+        "search, per action and resource type).",
+    ),
+    Entry(
+        "simulate",
+        "trustplane.cli.outcomes:simulate_app",
+        "Compromise simulation: blast radius and attack paths through policy, RBAC and network.",
+    ),
+    Entry(
         "config",
         "trustplane.cli.config:config_app",
         "The effective settings and where they come from.",

@@ -97,7 +97,10 @@ def scan(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         _fail(f"no such file or directory: {', '.join(missing)}")
-    scanner = Scanner(engine, descriptions, secrets=secrets)
+    from trustplane.posture.estate import PACK
+
+    chosen = {p.partition("@")[0] for p in pack or DEFAULT_PACKS}
+    scanner = Scanner(engine, descriptions, secrets=secrets, estate_checks=PACK in chosen)
     total = len(collect(paths))
     with Progress(
         TextColumn("scanning"),

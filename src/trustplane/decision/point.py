@@ -21,14 +21,22 @@ from trustplane.decision.routes import RouteTable
 from trustplane.model import AccessRequest, Decision, Effect, Elevation, PolicyReason, refusal
 from trustplane.recovery.revocation import Revocation, RevocationList
 from trustplane.telemetry.deny_spike import DenySpikeDetector
+from trustplane.telemetry.ledger import LedgerEntry
+from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics
 from trustplane.telemetry.recorder import DecisionRecorder
 
 NO_BUNDLE = "no_active_bundle: no active policy bundle, denying by default"
 
-# trust/assessor.TrustAssessor: the request Cedar sees (context.trust) and the assessment the
-# decision carries (score, level, each signal with its value and source).
-Assess = Callable[[AccessRequest, Bundle | None], tuple[AccessRequest, dict[str, Any]]]
+
+class Assess(Protocol):
+    """trust/assessor.TrustAssessor: the request Cedar sees (context.trust) and the assessment
+    the decision carries (score, level, each signal with its value and source); `remember`
+    False for a what-if that must leave no history (a search's candidates)."""
+
+    def __call__(
+        self, request: AccessRequest, bundle: Bundle | None, *, remember: bool = True
+    ) -> tuple[AccessRequest, dict[str, Any]]: ...
 
 
 class ActiveBundle(Protocol):
@@ -93,7 +101,10 @@ class PolicyDecisionPoint:
         active = self._bundles.active
         return None if active is None else active.bundle.routes
 
-    def evaluate(self, request: AccessRequest) -> Decision:
+    def evaluate(self, request: AccessRequest, observe: bool = True) -> Decision:
+        """The answer to `request`; `observe=False` leaves it out of the decision metrics and
+        the deny-spike watch, for a search's candidates (the search is counted and recorded
+        as one record instead, outcomes/search.py)."""
         active = self._bundles.active
         revocations = self._revocations
         # The epoch goes in every decision: caches outside this process compare it to drop
@@ -103,7 +114,7 @@ class PolicyDecisionPoint:
         bundle = active.bundle if active is not None else None
         assessment = None
         if self._trust is not None:  # the trust plane scores every request, refused or not
-            request, assessment = self._trust(request, bundle)
+            request, assessment = self._trust(request, bundle, remember=observe)
         plan = None if self._cache is None else self._cache.plan(request, bundle, assessment)
         revoked = revocations.principal(request.principal)
         if revoked is not None:  # before any policy (and any cached answer)
@@ -127,7 +138,7 @@ class PolicyDecisionPoint:
                 settle=None if plan is None else partial(self._settle, plan, request, bundle),
                 cache_epoch=cache_epoch,
             )
-            if self._deny_spike is not None:  # the bundle's own answers, not refusals
+            if observe and self._deny_spike is not None:  # the bundle's own answers only
                 denied = decision.effect is Effect.DENY
                 resource = request.resource
                 self._deny_spike.observe(
@@ -141,11 +152,12 @@ class PolicyDecisionPoint:
             decision = replace(decision, trust=assessment)
         if decision.cache_epoch != cache_epoch:  # refusals, settled before any policy
             decision = reused(decision, decision.ttl_seconds, cache_epoch, decision.cache)
-        if self._outcome is not None:
-            self._outcome(request, decision.effect is Effect.DENY)
-        self._observe(decision)
-        if assessment is not None:
-            self._signals(assessment)
+        if observe:  # searches ask without being answers: no metrics, no behaviour history
+            if self._outcome is not None:
+                self._outcome(request, decision.effect is Effect.DENY)
+            self._observe(decision)
+            if assessment is not None:
+                self._signals(assessment)
         return decision
 
     def _settle(
@@ -216,6 +228,15 @@ class PolicyDecisionPoint:
         """Count and record a decision another engine made (admission reviews by posture/)."""
         self._observe(decision)
         await self._recorder.record(request, decision)
+
+    async def record_entry(self, entry: LedgerEntry) -> None:
+        """Record a prepared ledger entry (a search page) with a decision's durability."""
+        await self._recorder.record_entry(entry)
+
+    @property
+    def masker(self) -> Masker:
+        """What erases request members before they are recorded (telemetry/masking.py)."""
+        return self._recorder.masker
 
     def decide_blocking(self, request: AccessRequest) -> Decision:
         decision = self.evaluate(request)

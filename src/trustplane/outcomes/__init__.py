@@ -1,2 +1,3 @@
 """Outcomes: what the policies, identities, grants and recorded decisions prove about the
-program, such as the monthly scorecard."""
+program: the monthly scorecard, who can do what (AuthZEN search) and how far a compromise
+reaches (simulation)."""

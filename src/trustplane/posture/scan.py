@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trustplane.posture import pipelines
+from trustplane.posture import estate, pipelines
 from trustplane.posture.engine import Engine, Finding
+from trustplane.posture.estate import Located
 from trustplane.posture.rules import Severity
 from trustplane.posture.secrets import find_secrets
 from trustplane.posture.workloads import pod_of
@@ -65,10 +66,20 @@ def collect(paths: Iterable[Path]) -> list[Path]:
 
 
 class Scanner:
-    def __init__(self, engine: Engine, descriptions: dict[str, str], secrets: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        descriptions: dict[str, str],
+        secrets: bool = True,
+        estate_checks: bool = False,
+    ) -> None:
+        """`estate_checks`: also run the checks that need every manifest at once
+        (`posture/estate.py`), after the last file."""
         self._engine = engine
         self._descriptions = descriptions
         self._secrets = secrets
+        self._estate_checks = estate_checks
+        self._located: list[Located] = []
 
     def scan(
         self, paths: Iterable[Path], progress: Callable[[Path], None] | None = None
@@ -82,6 +93,20 @@ class Scanner:
                 self._scan_file(path, result)
             except OSError as exc:
                 result.errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+        if self._estate_checks:
+            for found in estate.check(self._located):
+                result.findings.append(
+                    ScanFinding(
+                        found.file,
+                        found.line,
+                        found.rule.id,
+                        found.rule.severity,
+                        found.message,
+                        found.rule.fix,
+                        found.rule.description,
+                    )
+                )
+            self._located = []
         result.findings.sort(key=lambda f: (f.file, f.line, f.rule))
         return result
 
@@ -143,6 +168,8 @@ class Scanner:
             for i, item in enumerate(data["items"]):
                 yield from self._manifests(name, document, item, [*where, "items", i])
             return
+        if self._estate_checks:
+            self._located.append(Located(data, name, document.line_of(where)))
         for finding in self._engine.evaluate(data):
             yield ScanFinding(
                 name,

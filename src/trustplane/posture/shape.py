@@ -95,6 +95,7 @@ CONTAINER_SECURITY = Obj(
         **_SECURITY_COMMON,
         "privileged": BOOLEAN,
         "allowPrivilegeEscalation": BOOLEAN,
+        "readOnlyRootFilesystem": BOOLEAN,
         "procMount": STRING,
         "capabilities": Obj({"add": ListOf(STRING), "drop": ListOf(STRING)}),
     }
@@ -144,6 +145,23 @@ def _pod_kind(path: tuple[str, ...]) -> Obj:
 
 KINDS: dict[str, Obj] = {kind: _pod_kind(path) for kind, path in POD_PATHS.items()}
 KINDS["ConfigMap"] = Obj({"metadata": METADATA, "data": MapOf(STRING)})
+_RBAC_RULE = Obj(
+    {
+        "apiGroups": ListOf(STRING),
+        "resources": ListOf(STRING),
+        "verbs": ListOf(STRING),
+        "resourceNames": ListOf(STRING),
+    }
+)
+KINDS["Role"] = KINDS["ClusterRole"] = Obj({"metadata": METADATA, "rules": ListOf(_RBAC_RULE)})
+_SUBJECT = Obj({"kind": STRING, "name": STRING, "namespace": STRING})
+KINDS["RoleBinding"] = KINDS["ClusterRoleBinding"] = Obj(
+    {
+        "metadata": METADATA,
+        "roleRef": Obj({"kind": STRING, "name": STRING}),
+        "subjects": ListOf(_SUBJECT),
+    }
+)
 OTHER = Obj({"metadata": METADATA})  # any other kind: what the engine itself reads
 
 # A check walks a value, `trail` holding the keys that lead to it; a path string is only made

@@ -146,6 +146,9 @@ _DECISION = "decision endpoint: answers enforcement points (their own authentica
 OPEN_ROUTES: tuple[OpenRoute, ...] = (
     OpenRoute("/access/v1/evaluation", _DECISION),
     OpenRoute("/access/v1/evaluations", _DECISION),
+    OpenRoute("/access/v1/search/subject", _DECISION),
+    OpenRoute("/access/v1/search/resource", _DECISION),
+    OpenRoute("/access/v1/search/action", _DECISION),
     OpenRoute("/.well-known/authzen-configuration", "AuthZEN metadata (public)"),
     OpenRoute("/v1/forward-auth", _DECISION),
     OpenRoute("/v1/envoy/http", _DECISION),

@@ -31,6 +31,7 @@ from trustplane.enforcement.pep import PEP_HEADER
 from trustplane.enforcement.sdk import EPOCH_PATH
 from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
+from trustplane.outcomes.universe import KnownUniverse
 from trustplane.problems import Problem, json_response
 from trustplane.server.admin import admin_routes
 from trustplane.server.admin_gate import AdminGate
@@ -50,7 +51,8 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
     (bundle, ledger writer, file watcher, SIGHUP reload) and drains it on shutdown.
     `app.state.listeners` holds what the serving layer starts once HTTP listens."""
     pdp = runtime.decision_point()
-    authzen = AuthZenApi(pdp, runtime.settings.server.max_body_bytes)
+    universe = KnownUniverse(runtime.engine, pdp.active_bundle)
+    authzen = AuthZenApi(pdp, runtime.settings.server.max_body_bytes, universe)
     admin_gate = AdminGate(runtime)  # every admin route goes through it (server/admin_gate.py)
     settings = runtime.settings
     skew = runtime.metrics.observe_issuer_clock_skew
@@ -107,6 +109,13 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
             methods=["POST"],
         ),
         Route("/access/v1/evaluations", pep_gate.guard(authzen.evaluations), methods=["POST"]),
+        Route(
+            "/access/v1/search/subject", pep_gate.guard(authzen.search_subject), methods=["POST"]
+        ),
+        Route(
+            "/access/v1/search/resource", pep_gate.guard(authzen.search_resource), methods=["POST"]
+        ),
+        Route("/access/v1/search/action", pep_gate.guard(authzen.search_action), methods=["POST"]),
         Route("/.well-known/authzen-configuration", authzen.configuration, methods=["GET"]),
         Route(EPOCH_PATH, pep_gate.guard(epoch_api.handle, timed=False), methods=["GET"]),
         # Here `Authorization` is the end user's (the held request's): the PEP uses its own.

@@ -1,4 +1,5 @@
-"""OpenID AuthZEN Authorization API 1.0 over HTTP: evaluation, evaluations, metadata.
+"""OpenID AuthZEN Authorization API 1.0 over HTTP: evaluation, evaluations, the three searches
+(subject, resource, action; answered by outcomes/search.py over the known universe), metadata.
 
 Mapping: subject{type,id,properties} → principal `type::"id"`; action{name} → `Action::"name"`;
 resource{type,id,properties} → resource; context → Cedar context. Decision details (id, reasons,
@@ -7,7 +8,10 @@ shadow, errors, revision) go in the response `context`.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import re
+import time
 from enum import StrEnum
 from typing import Any, TypeGuard
 
@@ -19,7 +23,9 @@ from starlette.types import Receive, Scope, Send
 
 from trustplane.decision.requests import RequestError, check_values
 from trustplane.model import AccessRequest, Decision, EntityRef
+from trustplane.outcomes.search import Query, SearchError, search
 from trustplane.problems import Problem, json_response, parse_model, read_body, too_large
+from trustplane.telemetry.ledger import search_entry
 
 MAX_EVALUATIONS = 1000
 
@@ -76,6 +82,47 @@ class EvaluationsRequest(_Strict):
     context: dict[str, Any] | None = None
     evaluations: list[EvaluationItem] | None = Field(None, max_length=MAX_EVALUATIONS)
     options: EvaluationsOptions | None = None
+
+
+class PageRequest(_Strict):
+    """AuthZEN's paginated request: `token` (a previous response's `next_token`), `limit`,
+    implementation-specific `properties` (none are read here)."""
+
+    token: StrictStr | None = Field(None, max_length=4096)
+    limit: int | None = Field(None, ge=1, le=1000)
+    properties: dict[str, Any] | None = None
+
+
+class SearchSubject(_Strict):
+    """A search's subject: the type is required; the id, when the subject is searched for,
+    may be omitted and is ignored."""
+
+    type: StrictStr = Field(min_length=1, max_length=256)
+    id: StrictStr | None = Field(None, min_length=1, max_length=1024)
+    properties: dict[str, Any] | None = None
+
+
+class SubjectSearchRequest(_Strict):
+    subject: SearchSubject
+    action: Action
+    resource: Resource
+    context: dict[str, Any] | None = None
+    page: PageRequest | None = None
+
+
+class ResourceSearchRequest(_Strict):
+    subject: Subject
+    action: Action
+    resource: SearchSubject
+    context: dict[str, Any] | None = None
+    page: PageRequest | None = None
+
+
+class ActionSearchRequest(_Strict):
+    subject: Subject
+    resource: Resource
+    context: dict[str, Any] | None = None
+    page: PageRequest | None = None
 
 
 def to_access_request(
@@ -204,10 +251,75 @@ def decision_body(decision: Decision) -> dict[str, Any]:
 
 
 class AuthZenApi:
-    def __init__(self, pdp: Any, max_body_bytes: int) -> None:
+    def __init__(self, pdp: Any, max_body_bytes: int, universe: Any = None) -> None:
+        """`universe`: outcomes/universe.KnownUniverse, what searches enumerate (searches are
+        not offered without one)."""
         self._pdp = pdp
         self._limit = max_body_bytes
+        self._universe = universe
         self.evaluation_app = EvaluationApp(pdp, max_body_bytes)
+
+    async def search_subject(self, request: Request) -> Response:
+        body = parse_model(SubjectSearchRequest, await read_body(request, self._limit))
+        subject = EntityRef(body.subject.type, body.subject.id or "*", body.subject.properties)
+        resource = EntityRef(body.resource.type, body.resource.id, body.resource.properties)
+        check_recordable("", None, body.action, None, body.context)
+        query = Query("subject", subject, body.action.name, resource, body.context or {})
+        return await self._search(request, query, body.page)
+
+    async def search_resource(self, request: Request) -> Response:
+        body = parse_model(ResourceSearchRequest, await read_body(request, self._limit))
+        subject = EntityRef(body.subject.type, body.subject.id, body.subject.properties)
+        resource = EntityRef(body.resource.type, body.resource.id or "*", body.resource.properties)
+        check_recordable("", body.subject, body.action, None, body.context)
+        query = Query("resource", subject, body.action.name, resource, body.context or {})
+        return await self._search(request, query, body.page)
+
+    async def search_action(self, request: Request) -> Response:
+        body = parse_model(ActionSearchRequest, await read_body(request, self._limit))
+        subject = EntityRef(body.subject.type, body.subject.id, body.subject.properties)
+        resource = EntityRef(body.resource.type, body.resource.id, body.resource.properties)
+        check_recordable("", body.subject, None, body.resource, body.context)
+        query = Query("action", subject, None, resource, body.context or {})
+        return await self._search(request, query, body.page)
+
+    async def _search(self, request: Request, query: Query, page: PageRequest | None) -> Response:
+        """Evaluate the page's candidates off the event loop, record the page, answer it."""
+        if self._universe is None:
+            raise Problem(404, "not-found", "Not found", "search is not offered by this PDP")
+        pdp = self._pdp
+        started = time.perf_counter_ns()
+
+        def run() -> Any:
+            universe = self._universe.current()
+            return search(
+                query,
+                universe,
+                lambda r: pdp.evaluate(r, observe=False),
+                page.limit if page else None,
+                page.token if page else None,
+            )
+
+        try:
+            # Thread, not loop: a page may evaluate thousands of candidates.
+            answered = await asyncio.to_thread(contextvars.copy_context().run, run)
+        except SearchError as exc:
+            raise Problem(400, "invalid-request", "Invalid request", str(exc)) from None
+        bundle = pdp.active_bundle()
+        asked = query.request_for("*")  # the searched member, whatever was sent, is `*`
+        await pdp.record_entry(
+            search_entry(
+                query.kind,
+                asked,
+                pdp.masker,
+                answered.results,
+                answered.next_token,
+                answered.evaluated,
+                bundle.revision if bundle is not None else None,
+                (time.perf_counter_ns() - started) // 1000,
+            )
+        )
+        return json_response(answered.body(), headers=_echo_request_id(request))
 
     async def evaluation(self, request: Request) -> Response:
         body = parse_model(EvaluationRequest, await read_body(request, self._limit))
@@ -268,6 +380,14 @@ class AuthZenApi:
                 "policy_decision_point": base,
                 "access_evaluation_endpoint": f"{base}/access/v1/evaluation",
                 "access_evaluations_endpoint": f"{base}/access/v1/evaluations",
+                **(
+                    {
+                        f"search_{kind}_endpoint": f"{base}/access/v1/search/{kind}"
+                        for kind in ("subject", "resource", "action")
+                    }
+                    if self._universe is not None
+                    else {}
+                ),
             }
         )
 

@@ -23,7 +23,13 @@ from trustplane.server.admin.revocations import LiftBody, RevokeBody
 from trustplane.server.admin.rollout import LabelBody, PromotionBody
 from trustplane.server.admin.trust import PostureBody
 from trustplane.server.admin_gate import admin_route
-from trustplane.server.authzen import EvaluationRequest, EvaluationsRequest
+from trustplane.server.authzen import (
+    ActionSearchRequest,
+    EvaluationRequest,
+    EvaluationsRequest,
+    ResourceSearchRequest,
+    SubjectSearchRequest,
+)
 from trustplane.server.image_attestations import AttestBody
 
 _REF = "#/components/schemas/{model}"
@@ -75,6 +81,9 @@ def openapi_document() -> dict[str, Any]:
             for m in (
                 EvaluationRequest,
                 EvaluationsRequest,
+                SubjectSearchRequest,
+                ResourceSearchRequest,
+                ActionSearchRequest,
                 ActivateBody,
                 RollbackBody,
                 RevokeBody,
@@ -129,6 +138,21 @@ def openapi_document() -> dict[str, Any]:
                 "type": "array",
                 "items": {"$ref": _REF.format(model="EvaluationResponse")},
             }
+        },
+    }
+    components["SearchResponse"] = {
+        "type": "object",
+        "required": ["results", "page"],
+        "properties": {
+            "results": {"type": "array", "items": {"type": "object"}},
+            "page": {
+                "type": "object",
+                "required": ["next_token"],
+                "properties": {
+                    "next_token": {"type": "string"},
+                    "count": {"type": "integer"},
+                },
+            },
         },
     }
     evaluation_body = {
@@ -193,6 +217,25 @@ def openapi_document() -> dict[str, Any]:
                         "4XX": _PROBLEM,
                     },
                 }
+            },
+            **{
+                f"/access/v1/search/{kind}": {
+                    "post": {
+                        "summary": f"Search the {kind}s an evaluation would allow (AuthZEN)",
+                        "tags": ["authzen"],
+                        "requestBody": {
+                            "content": {
+                                "application/json": {"schema": {"$ref": _REF.format(model=model)}}
+                            }
+                        },
+                        "responses": {"200": _json("SearchResponse"), "4XX": _PROBLEM},
+                    }
+                }
+                for kind, model in (
+                    ("subject", "SubjectSearchRequest"),
+                    ("resource", "ResourceSearchRequest"),
+                    ("action", "ActionSearchRequest"),
+                )
             },
             "/v1/forward-auth": {
                 method: {
@@ -486,6 +529,9 @@ def _pep_security(paths: dict[str, Any]) -> None:
         ("/access/v1/evaluation", "pepToken"),
         ("/access/v1/evaluations", "pepToken"),
         ("/access/v1/epoch", "pepToken"),
+        ("/access/v1/search/subject", "pepToken"),
+        ("/access/v1/search/resource", "pepToken"),
+        ("/access/v1/search/action", "pepToken"),
         ("/v1/admission", "pepToken"),
         ("/v1/forward-auth", "pepHeader"),
         ("/v1/envoy/http", "pepHeader"),

@@ -306,6 +306,45 @@ def admin_entry(
     return _entry(record, ts)
 
 
+def search_entry(
+    search: str,
+    request: AccessRequest,
+    masker: Masker,
+    results: list[dict[str, Any]],
+    next_token: str,
+    evaluated: int,
+    revision: str | None,
+    eval_micros: int,
+    now: float | None = None,
+) -> LedgerEntry:
+    """The ledger record of one AuthZEN search page (outcomes/search.py): what was asked
+    (masked like a decision's request; the searched member's id is `*`), every result
+    answered, the cursor handed back and how many candidates were evaluated. A search is a
+    decision about many entities at once, so it is recorded like one, in the same tree."""
+    from trustplane.model import new_decision_id
+
+    ts = time.time() if now is None else now
+    document, masked = masker.apply(request.as_document())
+    record: dict[str, Any] = {
+        "kind": "search",
+        "decision_id": new_decision_id(),
+        "time": rfc3339(ts),
+        "search": search,
+        "request": document,
+        "masked": masked,
+        "decision": "allow" if results else "deny",
+        "results": results,
+        "next_token": next_token,
+        "evaluated": evaluated,
+        "revision": revision,
+        "eval_micros": eval_micros,
+    }
+    pep = CALLING_PEP.get()
+    if pep is not None:
+        record["pep"] = pep
+    return _entry(record, ts)
+
+
 @dataclass(frozen=True)
 class StoredCheckpoint:
     size: int

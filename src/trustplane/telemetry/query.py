@@ -37,7 +37,7 @@ __all__ = [
     "reason_code",
 ]
 
-KINDS = ("decision", "admin")
+KINDS = ("decision", "admin", "search")
 """Record kinds a query may ask for (`kind`)."""
 
 _DURATION = re.compile(r"^\s*(\d{1,9})\s*([smhdw])\s*$")
@@ -168,6 +168,8 @@ def reason_code(record: Mapping[str, Any]) -> str:
         if status == 401:
             return "admin_unauthenticated"
         return "admin_allowed" if record.get("decision") == "allow" else "admin_forbidden"
+    if record.get("kind") == "search":
+        return "search_results" if record.get("decision") == "allow" else "search_empty"
     allowed = record.get("decision") == "allow"
     errors = record.get("errors") or []
     if not allowed:

@@ -253,7 +253,10 @@ class DecisionRecorder:
     ) -> None:
         """Record from async code; under `sync` durability (or a degraded ledger), return
         after the commit (or the spool's fsync)."""
-        entry = decision_entry(request, decision, self.masker)
+        await self.record_entry(decision_entry(request, decision, self.masker), timeout)
+
+    async def record_entry(self, entry: LedgerEntry, timeout: float = 10.0) -> None:
+        """Record a prepared entry (a search) from async code, with a decision's durability."""
         if self.durability is Durability.BATCH and self._queue_batch(entry):
             return
         loop = asyncio.get_running_loop()

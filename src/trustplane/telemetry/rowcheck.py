@@ -45,7 +45,7 @@ class RecordError(ValueError):
 
 
 def query_columns(record: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The query-column values, in `QUERY_COLUMNS` order, for a decision or admin record.
+    """The query-column values, in `QUERY_COLUMNS` order, for a decision, admin or search record.
 
     Written flat (no per-member helpers): `audit verify` calls it for every stored record, and
     helper calls tripled its cost. Raises `RecordError` for what is not a ledger record."""
@@ -85,6 +85,19 @@ def query_columns(record: Mapping[str, Any]) -> tuple[Any, ...]:
                 # Not de-duplicated, unlike a decision's: what admin records have always held.
                 " " + " ".join(f"admin:{action}".split()) + " ",
                 None,
+            )
+        elif kind == "search":
+            request, effect = record["request"], record["decision"]
+            columns = (
+                record["decision_id"],
+                kind,
+                _entity(request, "principal"),
+                _entity(request, "action"),
+                _entity(request, "resource"),
+                effect,
+                effect,
+                f" search:{record['search']} ",
+                None if record["revision"] is None else column_text(record["revision"], 64),
             )
         else:
             raise RecordError(f"unknown record kind {kind!r}")

@@ -55,11 +55,14 @@ class TrustAssessor:
         self._outcomes = tuple(p for p in self._providers if hasattr(p, "outcome"))
 
     def __call__(
-        self, request: AccessRequest, bundle: Bundle | None
+        self, request: AccessRequest, bundle: Bundle | None, *, remember: bool = True
     ) -> tuple[AccessRequest, dict[str, Any]]:
+        """The request with `context.trust`, and the assessment to record. `remember=False`
+        asks what the score would be without it counting as a sighting or a use (a search's
+        candidates): history-keeping providers read their state and leave it as it was."""
         policy = trust_policy(bundle)
         try:
-            return self._assess(request, policy)
+            return self._assess(request, policy, remember)
         except Exception as exc:  # never a 500: the assessment itself failed, deny-worthy
             record = {
                 "score": 100,
@@ -74,7 +77,7 @@ class TrustAssessor:
             return replace(request, context=context), record
 
     def _assess(
-        self, request: AccessRequest, policy: TrustPolicy
+        self, request: AccessRequest, policy: TrustPolicy, remember: bool = True
     ) -> tuple[AccessRequest, dict[str, Any]]:
         supplied = request.context.get(TRUST_KEY)
         if supplied is None and request.evidence is None:
@@ -84,7 +87,13 @@ class TrustAssessor:
             # over the others' shared signals.
             if self._personal_plan(policy):
                 cedar, record = self._score(
-                    request, policy, None, None, None, self._shared_signals(request, policy)
+                    request,
+                    policy,
+                    None,
+                    None,
+                    None,
+                    self._shared_signals(request, policy),
+                    remember=remember,
                 )
             else:
                 known = self._unverified.get(policy)
@@ -98,7 +107,7 @@ class TrustAssessor:
             pep = CALLING_PEP.get()
             trusted = isinstance(supplied, dict) and pep in self._trusted
             believed = supplied if trusted else None
-            cedar, record = self._score(request, policy, believed, pep, supplied)
+            cedar, record = self._score(request, policy, believed, pep, supplied, remember=remember)
         if TRUST_KEY not in request.context and cedar is None:
             return request, record
         context = {k: v for k, v in request.context.items() if k != TRUST_KEY}
@@ -196,11 +205,13 @@ class TrustAssessor:
         pep: str | None,
         supplied: Any,
         shared: Weighed | None = None,
+        *,
+        remember: bool = True,
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Cedar's `context.trust` (None without trust.yaml) and the record. Shared between
         decisions when memoised: nothing downstream may change them. With `shared` (the other
         providers' signals, already weighed), only the personal providers run."""
-        inputs = self._inputs(request, believed, pep, self._clock(), policy)
+        inputs = self._inputs(request, believed, pep, self._clock(), policy, remember)
         rules = policy.rules
         plan = self._plan(policy)
         if shared is None:
@@ -248,6 +259,7 @@ class TrustAssessor:
         pep: str | None,
         now: float,
         policy: TrustPolicy,
+        remember: bool = True,
     ) -> TrustInputs:
         evidence = request.evidence
         claims = evidence.claims if evidence is not None else None
@@ -282,6 +294,7 @@ class TrustAssessor:
             subject=subject,
             device=device,
             device_source=device_source,
+            remember=remember,
         )
 
 

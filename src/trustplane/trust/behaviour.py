@@ -70,16 +70,19 @@ class BehaviourState:
     # -- the decision path --------------------------------------------------------------------
 
     def use(
-        self, principal: str, action: str, resource_type: str, now: float
+        self, principal: str, action: str, resource_type: str, now: float, record: bool = True
     ) -> tuple[bool, float | None, float | None]:
-        """Record a request; return whether the principal was known before it, and when it
-        last used this action and this resource type (None: never, as far as is known)."""
+        """Record a request (unless `record` is False: a what-if); return whether the
+        principal was known before it, and when it last used this action and this resource
+        type (None: never, as far as is known)."""
         a, r = (principal, ACTION, action), (principal, RESOURCE_TYPE, resource_type)
         minute = int(now // 60)
         with self._lock:
             last = self._last
             known = principal in self._principals
             before = (last.get(a), last.get(r))
+            if not record:
+                return known, before[0], before[1]
             last[a] = last[r] = now
             self._uses[a] = self._uses[r] = now
             self._principals[principal] = now
@@ -222,7 +225,7 @@ class BehaviourSignals:
         action = name_key(str(inputs.action))
         kind = name_key(inputs.resource.type)
         now = inputs.now
-        known, last_action, last_type = state.use(principal, action, kind, now)
+        known, last_action, last_type = state.use(principal, action, kind, now, inputs.remember)
         params = inputs.params
         if "novelty" in wanted:
             days = float(params.get("novelty", {}).get("days", 30))

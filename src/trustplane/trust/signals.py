@@ -41,6 +41,8 @@ class TrustInputs:
     subject: str | None = None  # the authenticated caller (a workload's SPIFFE ID)
     device: str | None = None  # the device the request names (device.py), and who said so
     device_source: str | None = None
+    # False for a what-if (a search's candidates): providers that keep history read it only.
+    remember: bool = True
 
     def param(self, signal: str, name: str, default: Any) -> Any:
         return self.params.get(signal, {}).get(name, default)

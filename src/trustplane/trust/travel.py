@@ -71,6 +71,11 @@ class TravelSignals:
                 if name in wanted:
                     yield Signal(name, 0.0, None, why, inputs.source)
             return
+        if not inputs.remember:  # a what-if is no sighting, and reading one would write it
+            for name in self.names:
+                if name in wanted:
+                    yield Signal(name, 0.0, None, "not assessed for a what-if", inputs.source)
+            return
         principal = history_key(str(inputs.principal))
         history = self._remember(principal, str(address), location, inputs.now)
         source = "store"
