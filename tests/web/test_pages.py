@@ -1,0 +1,285 @@
+"""The pages under /ui in a real browser (Debian's chromium through chromium-driver) against a
+real server: people sign in with OIDC's authorization code flow at the loopback issuer, read
+every page, approve a JIT request and see the decision it changes; forms without the session's
+CSRF token, people the admin policies refuse and requests without a session are turned away,
+and every page carries a strict Content-Security-Policy that the browser enforces without
+complaint (no violation in its console)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+
+from tests.conftest import SHOP
+from tests.issuer import AUDIENCE, ISSUER, Jwks, Key, user_token
+from tests.support import Server, authzen, running_server, wait_for
+from tests.web.browser import chromium, required, wait
+
+CLIENT = "trustplane-ui"
+CTX = {"mfa": True, "auth_age_seconds": 60, "risk_score": 10}
+BOB_LOGS = authzen(("User", "bob"), "ops:read-logs", ("Service", "checkout"), CTX)
+PAGES = {
+    "/ui": "Executive",
+    "/ui/oncall": "On-call",
+    "/ui/debug": "Debug a decision",
+    "/ui/policy": "Policy",
+    "/ui/rollout": "Rollout",
+    "/ui/access": "Access",
+    "/ui/identity": "Identity",
+    "/ui/scorecard": "Scorecard",
+}
+
+
+@pytest.fixture(scope="module")
+def browser_binaries() -> tuple[str, str]:
+    return required()
+
+
+@pytest.fixture(scope="module")
+def server(
+    module_database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    issuer: Jwks,
+    key: Key,
+    browser_binaries: tuple[str, str],
+) -> Iterator[Server]:
+    issuer.signer = key
+    issuers = [{"issuer": ISSUER, "jwks_uri": issuer.uri, "audiences": [AUDIENCE, CLIENT]}]
+    state = tmp_path_factory.mktemp("state")
+    ui = issuer.ui_settings(CLIENT)
+    with running_server(
+        state,
+        module_database_url,
+        SHOP,
+        policy__watch="false",
+        pep__issuers=issuers,
+        admin__issuers=issuers,
+        trust=json.dumps({"trusted_peps": ["anonymous"]}),
+        governance__interval_ms=100,
+        ui__authorization_endpoint=ui["authorization_endpoint"],
+        ui__token_endpoint=ui["token_endpoint"],
+        ui__client_id=CLIENT,
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser(browser_binaries: tuple[str, str]) -> Iterator[webdriver.Chrome]:
+    with chromium(*browser_binaries) as driver:
+        yield driver
+
+
+def sign_in(driver: webdriver.Chrome, server: Server, issuer: Jwks, user: str) -> None:
+    """Through the issuer's authorization endpoint, as a person would (it signs `user` in
+    without a form), and back to the executive page."""
+    driver.delete_all_cookies()
+    issuer.sign_in_as = user
+    driver.get(server.url + "/ui")
+    wait(driver).until(lambda d: d.find_elements(By.ID, "caller"))
+    assert driver.find_element(By.ID, "caller").text == f'User::"{user}"'
+    assert driver.current_url.rstrip("/") == server.url + "/ui"
+
+
+def console_errors(driver: webdriver.Chrome) -> list[str]:
+    """Severe messages of the browser's console: CSP violations and script errors."""
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def decide(server: Server, body: dict[str, Any]) -> dict[str, Any]:
+    response = server.client.post("/access/v1/evaluation", json=body)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def session_cookie(driver: webdriver.Chrome) -> dict[str, str]:
+    cookie = driver.get_cookie("tp_session")
+    assert cookie is not None, "signed in, the browser holds the session cookie"
+    return {"tp_session": cookie["value"]}
+
+
+def admin_records(server: Server, action: str) -> list[dict[str, Any]]:
+    response = server.client.get(
+        "/v1/decisions", params={"kind": "admin", "limit": 200}, headers=server.admin
+    )
+    assert response.status_code == 200, response.text
+    return [r for r in response.json()["decisions"] if r["action"] == action]
+
+
+def test_sign_in_and_read_every_page(
+    server: Server, issuer: Jwks, browser: webdriver.Chrome
+) -> None:
+    decide(server, BOB_LOGS)  # one denial, for the executive figures and on-call
+    sign_in(browser, server, issuer, "carol")  # security: every page
+    cookie = browser.get_cookie("tp_session")
+    assert cookie is not None
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
+    browser.get_log("browser")  # start the console afresh
+    for path, heading in PAGES.items():
+        browser.get(server.url + path)
+        wait(browser).until(lambda d: d.find_elements(By.TAG_NAME, "h1"))
+        assert browser.find_element(By.TAG_NAME, "h1").text == heading, path
+        current = browser.find_element(By.CSS_SELECTOR, "nav a.current")
+        assert current.get_attribute("href").rstrip("/") == server.url + path
+    # What each page says where a feature is not there yet.
+    browser.get(server.url + "/ui/scorecard")
+    assert "Not built yet" in browser.find_element(By.ID, "not-built").text
+    browser.get(server.url + "/ui")
+    assert "Not measured yet" in browser.find_element(By.ID, "entitlements").text
+    # The chart library drew, so scripts from 'self' run under the policy.
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#trend canvas"))
+    assert int(browser.find_element(By.ID, "total").text) >= 1
+    # htmx loaded the break-glass fragment (its own admin action, breakglass:read).
+    browser.get(server.url + "/ui/access")
+    wait(browser).until(lambda d: d.find_elements(By.ID, "overdue"))
+    browser.get(server.url + "/ui/identity")
+    assert browser.find_elements(By.ID, "no-plane") or browser.find_elements(By.ID, "keys")
+    assert console_errors(browser) == [], "no CSP violation nor script error on any page"
+    # Every page view is an admin call in the ledger, by who signed in.
+    reads = admin_records(server, "identity:read")
+    assert any(r["actor"] == 'User::"carol"' and r["target"] == "identity" for r in reads)
+
+
+def test_the_on_call_page_streams_denials_as_they_are_recorded(
+    server: Server, issuer: Jwks, browser: webdriver.Chrome
+) -> None:
+    sign_in(browser, server, issuer, "alice")
+    browser.get(server.url + "/ui/oncall")
+    wait(browser).until(lambda d: d.find_element(By.ID, "stream-state").text == "live")
+    body = authzen(("User", "streamed-denial"), "ops:read-logs", ("Service", "checkout"), CTX)
+    assert decide(server, body)["decision"] is False
+
+    def shown() -> bool:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#denials tbody tr.fresh")
+        return any('User::"streamed-denial"' in row.text for row in rows)
+
+    wait(browser, 20).until(lambda d: shown())
+
+
+def test_approving_a_jit_request_in_the_browser_changes_the_decision(
+    server: Server, issuer: Jwks, key: Key, browser: webdriver.Chrome
+) -> None:
+    assert decide(server, BOB_LOGS)["decision"] is False
+    asked = server.client.post(
+        "/v1/access/requests",
+        json={"role": 'Role::"sre"', "duration": "1h", "reason": "INC-7", "ticket": "INC-7"},
+        headers={"authorization": f"Bearer {user_token(key, 'bob', aud=AUDIENCE)}"},
+    )
+    assert asked.status_code == 201, asked.text
+    request_id = asked.json()["id"]
+
+    sign_in(browser, server, issuer, "alice")  # an sre: access.yaml's approver
+    browser.get(server.url + "/ui/access")
+    row = browser.find_element(By.ID, f"request-{request_id}")
+    assert 'User::"bob"' in row.text
+    row.find_element(By.CSS_SELECTOR, "form input[name=comment]").send_keys("on call tonight")
+    row.find_element(By.CSS_SELECTOR, "button.approve").click()
+    wait(browser).until(lambda d: d.find_elements(By.ID, "done"))
+    assert "approved" in browser.find_element(By.ID, "done").text
+    assert not browser.find_elements(By.ID, f"request-{request_id}")
+    assert 'User::"bob"' in browser.find_element(By.ID, "grants").text
+
+    answer = decide(server, BOB_LOGS)
+    assert answer["decision"] is True, "the grant approved in the browser applies at once"
+    approvals = admin_records(server, "access:approve")
+    assert any(
+        r["actor"] == 'User::"alice"'
+        and r["target"] == f"request:{request_id}"
+        and r["decision"] == "allow"
+        for r in approvals
+    ), "the approval is in the ledger with who approved"
+
+    # The decision that grant allowed, read on the debug page.
+    found = wait_for(
+        lambda: [
+            r
+            for r in server.client.get(
+                "/v1/decisions",
+                params={"principal": 'User::"bob"', "decision": "allow"},
+                headers=server.admin,
+            ).json()["decisions"]
+            if r.get("grants")
+        ]
+    )
+    decision_id = found[0]["decision_id"]
+    browser.get(server.url + f"/ui/debug?id={decision_id}")
+    assert browser.find_element(By.ID, "answer").text.startswith("allow")
+    sections = browser.find_elements(By.CSS_SELECTOR, ".debug-section")
+    grants = next(s for s in sections if s.text.startswith("Grants and exceptions"))
+    assert found[0]["grants"][0] in grants.text
+    wait(browser).until(
+        lambda d: d.find_elements(By.ID, "proof-ok") or d.find_elements(By.ID, "proof-absent")
+    )
+
+
+def test_a_form_without_the_sessions_csrf_token_is_refused_and_recorded(
+    server: Server, issuer: Jwks, key: Key, browser: webdriver.Chrome
+) -> None:
+    asked = server.client.post(
+        "/v1/access/requests",
+        json={"role": 'Role::"sre"', "duration": "1h", "reason": "INC-8", "ticket": "INC-8"},
+        headers={"authorization": f"Bearer {user_token(key, 'bob', aud=AUDIENCE)}"},
+    )
+    assert asked.status_code == 201, asked.text
+    request_id = asked.json()["id"]
+    sign_in(browser, server, issuer, "alice")
+    cookies = session_cookie(browser)
+    url = f"{server.url}/ui/access/requests/{request_id}/approve"
+    for form in ({"comment": "no token"}, {"comment": "forged", "csrf": "not-the-sessions"}):
+        refused = httpx.post(url, data=form, cookies=cookies, follow_redirects=False)
+        assert refused.status_code == 403, refused.text
+        assert "CSRF" in refused.text and refused.headers["content-type"].startswith("text/html")
+    still = server.client.get(f"/v1/access/requests/{request_id}", headers=server.admin)
+    assert still.json()["status"] == "pending"
+    refusals = [
+        r for r in admin_records(server, "access:approve") if r["target"] == f"request:{request_id}"
+    ]
+    assert refusals and all(r["decision"] == "deny" for r in refusals)
+    assert "CSRF" in refusals[0]["details"]["refused"]
+
+
+def test_every_page_carries_a_strict_content_security_policy(
+    server: Server, issuer: Jwks, browser: webdriver.Chrome
+) -> None:
+    sign_in(browser, server, issuer, "carol")
+    cookies = session_cookie(browser)
+    for path in [*PAGES, "/ui/login"]:
+        response = httpx.get(server.url + path, cookies=cookies, follow_redirects=False)
+        policy = response.headers.get("content-security-policy", "")
+        assert "script-src 'self'" in policy, path
+        assert "unsafe-inline" not in policy and "unsafe-eval" not in policy, path
+        assert "frame-ancestors 'none'" in policy, path
+    page = httpx.get(server.url + "/ui", cookies=cookies)
+    assert "<script>" not in page.text and " on" + "click=" not in page.text
+
+
+def test_people_the_admin_policy_refuses_and_callers_without_a_session_are_turned_away(
+    server: Server, issuer: Jwks, browser: webdriver.Chrome
+) -> None:
+    sign_in(browser, server, issuer, "bob")  # a developer: may read decisions, not identities
+    browser.get(server.url + "/ui/identity")
+    assert browser.find_element(By.ID, "error-title").text.startswith("403")
+    assert "identity:read" in browser.find_element(By.ID, "error-detail").text
+    refused = admin_records(server, "identity:read")
+    assert any(r["actor"] == 'User::"bob"' and r["decision"] == "deny" for r in refused)
+
+    anonymous = httpx.get(server.url + "/ui/policy", follow_redirects=False)
+    assert anonymous.status_code == 303
+    assert anonymous.headers["location"].startswith("/ui/login?next=")
+    forged = httpx.get(
+        server.url + "/ui/policy", cookies={"tp_session": "forged"}, follow_redirects=False
+    )
+    assert forged.status_code == 303
+    sse = httpx.get(server.url + "/ui/oncall/stream", follow_redirects=False)
+    assert sse.status_code == 401, "a stream is never redirected to a sign-in page"
+
+    issuer.sign_in_as = None  # the issuer refuses: nobody signs in
+    browser.delete_all_cookies()
+    browser.get(server.url + "/ui/access")
+    assert not browser.find_elements(By.ID, "caller")
