@@ -776,6 +776,13 @@ class Settings(BaseSettings):
                     f"identity.exchange_rules[{index}] ({rule.name}): audience {reserved!r} is "
                     "admin.audience, reserved for the admin API: no exchange rule can grant it"
                 )
+        known = [issuer.issuer for issuer in self.admin.issuers]
+        if self.ui.issuer is not None and self.ui.issuer not in known:
+            listed = ", ".join(known) or "none configured"
+            raise ValueError(
+                f"ui.issuer {self.ui.issuer!r} is not one of admin.issuers ({listed}): the pages "
+                "sign people in as admin API callers"
+            )
         if self.identity.issuer == reserved:
             raise ValueError(
                 f"identity.issuer {reserved!r} equals admin.audience: JWT-SVIDs addressed to "

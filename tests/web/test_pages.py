@@ -20,6 +20,7 @@ from tests.conftest import SHOP
 from tests.issuer import AUDIENCE, ISSUER, Jwks, Key, user_token
 from tests.support import Server, authzen, running_server, wait_for
 from tests.web.browser import chromium, required, wait
+from trustplane.identity.kek import new_kek
 
 CLIENT = "trustplane-ui"
 CTX = {"mfa": True, "auth_age_seconds": 60, "risk_score": 10}
@@ -52,6 +53,9 @@ def server(
     issuer.signer = key
     issuers = [{"issuer": ISSUER, "jwks_uri": issuer.uri, "audiences": [AUDIENCE, CLIENT]}]
     state = tmp_path_factory.mktemp("state")
+    kek_file = state.parent / f"{state.name}.kek"  # the identity plane: keys with an expiry
+    kek_file.write_text(new_kek())
+    kek_file.chmod(0o600)
     ui = issuer.ui_settings(CLIENT)
     with running_server(
         state,
@@ -62,6 +66,8 @@ def server(
         admin__issuers=issuers,
         trust=json.dumps({"trusted_peps": ["anonymous"]}),
         governance__interval_ms=100,
+        identity__trust_domain="web.test",
+        identity__kek_file=kek_file,
         ui__authorization_endpoint=ui["authorization_endpoint"],
         ui__token_endpoint=ui["token_endpoint"],
         ui__client_id=CLIENT,
@@ -139,7 +145,11 @@ def test_sign_in_and_read_every_page(
     browser.get(server.url + "/ui/access")
     wait(browser).until(lambda d: d.find_elements(By.ID, "overdue"))
     browser.get(server.url + "/ui/identity")
-    assert browser.find_elements(By.ID, "no-plane") or browser.find_elements(By.ID, "keys")
+    keys = browser.find_element(By.ID, "keys").text
+    assert "spiffe" in browser.find_element(By.TAG_NAME, "main").text.lower() or "web.test" in (
+        browser.find_element(By.TAG_NAME, "main").text
+    )
+    assert "active" in keys and "UTC" in keys, "each key with its state and expiry"
     assert console_errors(browser) == [], "no CSP violation nor script error on any page"
     # Every page view is an admin call in the ledger, by who signed in.
     reads = admin_records(server, "identity:read")

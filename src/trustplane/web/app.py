@@ -743,23 +743,41 @@ def _denial_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_CREDENTIAL_FACTS = (
+    "subject",
+    "issuer",
+    "mfa",
+    "mfa_strength",
+    "auth_age_seconds",
+    "source_ip",
+    "host",
+    "credential",
+)
+
+
 def _debug_sections(record: dict[str, Any]) -> list[tuple[str, Any, str]]:
     """The debug page's sections, in the order a person reads a decision: what came in (the
     credential and the masked claims), what was added (trust), what decided, what else applied."""
     request = record.get("request") or {}
     context = request.get("context") if isinstance(request, dict) else None
     context = context if isinstance(context, dict) else {}
-    credential = {k: v for k, v in context.items() if k in ("credential", "auth", "token", "mtls")}
-    claims = context.get("claims") or context.get("token") or {}
-    absent = "not in this record"
+    checked = {k: context[k] for k in _CREDENTIAL_FACTS if k in context}
+    if record.get("pep"):
+        checked["pep"] = record["pep"]
+    claims = {k: v for k, v in context.items() if k not in _CREDENTIAL_FACTS}
+    masked = record.get("masked") or []
     return [
         (
             "Credential checks",
-            credential or None,
-            "the decision endpoint refuses bad credentials before a decision is made; "
-            "what was verified shows here when the PEP passed it on",
+            checked or None,
+            "no credential facts in this record: the caller passed the request itself (AuthZEN), "
+            "so the PEP checked the credential",
         ),
-        ("Masked claim snapshot", claims or None, f"{absent} (masked: {record.get('masked')})"),
+        (
+            "Masked claim snapshot",
+            {"context": claims, "masked": masked} if claims or masked else None,
+            "the request carried no context",
+        ),
         ("Request", request, ""),
         ("Trust signals", record.get("trust"), "no trust assessment (trust/ not configured)"),
         (
