@@ -76,13 +76,14 @@ def recent_denials(
 
 
 def service_of(record: dict[str, Any]) -> str:
-    """The service a record concerns, for grouping: the enforcement point that asked when
-    the record names one, else the resource's entity type (an admin call: `admin`)."""
+    """The service a record concerns, for grouping: the resource when it is a `Service`
+    entity (`Service::"checkout"` → checkout), else the resource's entity type (`Api`,
+    `k8s::Pod`); every admin call is `admin`."""
     if record.get("kind") == "admin":
         return "admin"
-    pep = record.get("pep")
-    if isinstance(pep, str) and pep:
-        return pep
     resource = (record.get("request") or {}).get("resource") or {}
-    kind = resource.get("type") if isinstance(resource, dict) else None
-    return str(kind) if kind else "unknown"
+    if not isinstance(resource, dict) or not resource.get("type"):
+        return "unknown"
+    if resource["type"] == "Service" and resource.get("id"):
+        return str(resource["id"])
+    return str(resource["type"])

@@ -735,6 +735,7 @@ def _denial_row(record: dict[str, Any]) -> dict[str, Any]:
         "decision_id": record.get("decision_id"),
         "time": str(record.get("time", ""))[:19].replace("T", " "),
         "service": service_of(record),
+        "pep": record.get("pep") or "",
         "kind": "error" if record.get("errors") else record.get("kind"),
         "principal": who,
         "action": what,

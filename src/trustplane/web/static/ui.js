@@ -38,13 +38,13 @@ function streamDenials(table) {
     const row = JSON.parse(event.data);
     const tr = document.createElement("tr");
     tr.className = "fresh";
-    for (const key of ["time", "service", "kind", "principal", "action", "resource", "why"]) {
+    for (const key of ["time", "service", "pep", "kind", "principal", "action", "resource", "why"]) {
       tr.appendChild(cell(row[key]));
     }
     const td = document.createElement("td");
     const a = document.createElement("a");
     a.href = "/ui/debug?id=" + encodeURIComponent(row.decision_id);
-    a.textContent = String(row.decision_id).slice(0, 8);
+    a.textContent = "…" + String(row.decision_id).slice(-8);
     td.appendChild(a);
     tr.appendChild(td);
     body.insertBefore(tr, body.firstChild);
