@@ -122,6 +122,8 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("GET", "/v1/rollout/status", "rollout:read", "rollout"),
     ("GET", "/v1/rollout/policies/{policy_id}/queue", "rollout:read", "policy"),
     ("POST", "/v1/rollout/labels", "rollout:label", "policy"),
+    ("GET", "/v1/scorecard", "scorecard:read", "scorecard"),
+    ("POST", "/v1/scorecard/snapshots", "scorecard:snapshot", "scorecard"),
     # The pages (web/): a page performs the read action of what it shows, an action the same
     # admin action as its /v1 twin; the session cookie carries the credential.
     ("GET", "/ui", "decisions:read", "decisions"),
@@ -139,7 +141,7 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("POST", "/ui/access/requests/{request_id}/deny", "access:deny", "request"),
     ("POST", "/ui/break-glass/{session_id}/review", "breakglass:review", "session"),
     ("GET", "/ui/identity", "identity:read", "identity"),
-    ("GET", "/ui/scorecard", "bundle:read", "bundle"),
+    ("GET", "/ui/scorecard", "scorecard:read", "scorecard"),
 )
 
 UI_PREFIX = "/ui"  # the pages: HTML for people, not part of the API's OpenAPI document

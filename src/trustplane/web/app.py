@@ -43,6 +43,7 @@ from trustplane.governance.records import Actor, GovernanceError
 from trustplane.governance.service import Governance
 from trustplane.identity.inventory import Inventory, inventory_report
 from trustplane.identity.service import IdentityService
+from trustplane.outcomes.scorecard import ScorecardError, compute_scorecard
 from trustplane.problems import Problem
 from trustplane.recovery.revocation import RevocationList
 from trustplane.rollout.gates import RolloutStatus
@@ -699,7 +700,24 @@ class Ui:
         )
 
     async def scorecard(self, request: Request, call: Call) -> Response:
-        return self.page(request, call, "scorecard.html", "scorecard")
+        """This month's scorecard (`outcomes/`), or `?period=YYYY-MM`."""
+        period = request.query_params.get("period") or None
+        active = self._services.bundles.active
+        try:
+            card = await run_in_threadpool(
+                compute_scorecard,
+                self._services.engine,
+                None if active is None else active.bundle,
+                period,
+            )
+        except ScorecardError as exc:
+            raise Problem(400, "invalid-query", "Invalid period", f"period: {exc}") from None
+        call.note(period=card.period)
+        document = card.as_dict()
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for figure in document["figures"]:
+            groups.setdefault(figure["group"], []).append(figure)
+        return self.page(request, call, "scorecard.html", "scorecard", card=document, groups=groups)
 
 
 def _actor(call: Call) -> Actor:
@@ -844,5 +862,5 @@ def ui_routes(services: Services, gate: Gate) -> list[Route]:
         page("/access/requests/{request_id}/deny", ui.deny, "access:deny", ui.request_target),
         page("/break-glass/{session_id}/review", ui.review, "breakglass:review", ui.session_target),
         page("/identity", ui.identity, "identity:read"),
-        page("/scorecard", ui.scorecard, "bundle:read"),
+        page("/scorecard", ui.scorecard, "scorecard:read"),
     ]
