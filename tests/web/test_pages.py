@@ -8,7 +8,9 @@ complaint (no violation in its console)."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -53,6 +55,8 @@ def server(
     issuer.signer = key
     issuers = [{"issuer": ISSUER, "jwks_uri": issuer.uri, "audiences": [AUDIENCE, CLIENT]}]
     state = tmp_path_factory.mktemp("state")
+    bundle = tmp_path_factory.mktemp("bundle") / "shop"  # a copy: one test edits it
+    shutil.copytree(SHOP, bundle)
     kek_file = state.parent / f"{state.name}.kek"  # the identity plane: keys with an expiry
     kek_file.write_text(new_kek())
     kek_file.chmod(0o600)
@@ -60,7 +64,7 @@ def server(
     with running_server(
         state,
         module_database_url,
-        SHOP,
+        bundle,
         policy__watch="false",
         pep__issuers=issuers,
         admin__issuers=issuers,
@@ -294,3 +298,65 @@ def test_people_the_admin_policy_refuses_and_callers_without_a_session_are_turne
     browser.delete_all_cookies()
     browser.get(server.url + "/ui/access")
     assert not browser.find_elements(By.ID, "caller")
+
+
+def test_closing_a_break_glass_review_in_the_browser_and_never_ones_own(
+    server: Server, issuer: Jwks, key: Key, browser: webdriver.Chrome
+) -> None:
+    opened = server.client.post(
+        "/v1/break-glass",
+        json={"profile": "payments-db", "reason": "INC-9 payments db down"},
+        headers={"authorization": f"Bearer {user_token(key, 'alice', aud=AUDIENCE)}"},
+    )
+    assert opened.status_code == 201, opened.text
+    session_id = opened.json()["session"]["id"]
+    form = f"form[action='/ui/break-glass/{session_id}/review']"
+
+    sign_in(browser, server, issuer, "alice")  # who broke the glass does not close the review
+    browser.get(server.url + "/ui/access")
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, form))
+    browser.find_element(By.CSS_SELECTOR, f"{form} input[name=notes]").send_keys("all fine")
+    browser.find_element(By.CSS_SELECTOR, f"{form} button").click()
+    wait(browser).until(lambda d: d.find_elements(By.ID, "error-title"))
+    assert browser.find_element(By.ID, "error-title").text.startswith("403")
+    assert "no-self-review" in browser.find_element(By.ID, "error-detail").text
+
+    sign_in(browser, server, issuer, "carol")
+    browser.get(server.url + "/ui/access")
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, form))
+    notes = "restored the replica; the session was needed"
+    browser.find_element(By.CSS_SELECTOR, f"{form} input[name=notes]").send_keys(notes)
+    browser.find_element(By.CSS_SELECTOR, f"{form} button").click()
+    wait(browser).until(lambda d: d.find_elements(By.ID, "done"))
+    assert "reviewed" in browser.find_element(By.ID, "done").text
+    sessions = server.client.get("/v1/break-glass", headers=server.admin).json()["sessions"]
+    review = next(s["review"] for s in sessions if s["session"]["id"] == session_id)
+    assert review["closed_by"] == 'User::"carol"' and review["notes"] == notes
+
+
+def test_rolling_back_from_the_policy_page(
+    server: Server, issuer: Jwks, browser: webdriver.Chrome
+) -> None:
+    bundle_dir = Path(server.env["TRUSTPLANE_POLICY__BUNDLE_DIR"])
+    first = server.client.get("/v1/bundle", headers=server.admin).json()["active"]["revision"]
+    humans = bundle_dir / "humans.cedar"
+    humans.write_text(humans.read_text() + "\n// a comment: a new revision\n")
+    reloaded = server.client.post("/v1/bundle/reload", headers=server.admin)
+    assert reloaded.status_code == 200, reloaded.text
+    second = reloaded.json()["active"]["revision"]
+    assert second != first
+
+    sign_in(browser, server, issuer, "carol")  # security: bundle:write
+    browser.get(server.url + "/ui/policy")
+    assert browser.find_element(By.ID, "revision").text == second
+    browser.find_element(
+        By.CSS_SELECTOR, f"#history form:has(input[value='{first}']) button"
+    ).click()
+    wait(browser).until(lambda d: d.find_elements(By.ID, "done"))
+    assert browser.find_element(By.ID, "revision").text == first
+    active = server.client.get("/v1/bundle", headers=server.admin).json()["active"]
+    assert active["revision"] == first
+    rollbacks = admin_records(server, "bundle:write")
+    assert any(
+        r["actor"] == 'User::"carol"' and r["target"] == f"bundle:{first}" for r in rollbacks
+    )
