@@ -360,3 +360,39 @@ def test_rolling_back_from_the_policy_page(
     assert any(
         r["actor"] == 'User::"carol"' and r["target"] == f"bundle:{first}" for r in rollbacks
     )
+
+
+def test_labelling_a_would_deny_on_the_rollout_page(
+    server: Server, issuer: Jwks, browser: webdriver.Chrome
+) -> None:
+    refund = {**CTX, "amount_cents": 90000}
+    body = authzen(("User", "erin"), "payments:refund", ("Api", "payments.refund"), refund)
+    answer = decide(server, body)
+    assert answer["decision"] is True  # forbid-large-refunds only observes
+    wait_for(
+        lambda: server.client.get(
+            "/v1/decisions",
+            params={"principal": 'User::"erin"', "shadow_mismatch": "true"},
+            headers=server.admin,
+        ).json()["decisions"]
+    )
+    sign_in(browser, server, issuer, "carol")
+    browser.get(server.url + "/ui/rollout")
+    section = next(
+        s
+        for s in browser.find_elements(By.CSS_SELECTOR, "section.policy-gate")
+        if s.find_element(By.TAG_NAME, "h2").text.startswith("forbid-large-refunds")
+    )
+    row = next(r for r in section.find_elements(By.CSS_SELECTOR, "tbody tr") if "erin" in r.text)
+    row.find_element(By.CSS_SELECTOR, "select[name=verdict] option[value=false-positive]").click()
+    row.find_element(By.CSS_SELECTOR, "input[name=note]").send_keys("finance pre-approved it")
+    row.find_element(By.CSS_SELECTOR, "button").click()
+    wait(browser).until(lambda d: d.find_elements(By.ID, "done"))
+    assert "labelled 1 as false-positive" in browser.find_element(By.ID, "done").text
+    labels = admin_records(server, "rollout:label")
+    assert any(
+        r["actor"] == 'User::"carol"'
+        and r["target"] == "policy:forbid-large-refunds"
+        and r["reason"] == "finance pre-approved it"
+        for r in labels
+    )
