@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Integer, cast, func, select
 
 from trustplane.store.tables import decisions
 
@@ -33,7 +33,9 @@ def decision_buckets(
     """Allowed and denied records of `kind` in [since, until), per `seconds`-wide bucket
     (every bucket present, empty ones as zeros)."""
     c = decisions.c
-    bucket = func.floor((c.ts - since) / seconds)
+    offset = (c.ts - since) / seconds  # >= 0 in the window
+    # PostgreSQL's cast to integer rounds, SQLite's truncates (and floor() is optional there).
+    bucket = func.floor(offset) if engine.dialect.name == "postgresql" else cast(offset, Integer)
     statement = (
         select(bucket.label("b"), c.decision, func.count())
         .where(c.kind == kind, c.ts >= since, c.ts < until)

@@ -44,7 +44,7 @@ from trustplane.governance.service import Governance
 from trustplane.identity.inventory import Inventory, inventory_report
 from trustplane.identity.service import IdentityService
 from trustplane.outcomes.scorecard import ScorecardError, compute_scorecard
-from trustplane.problems import Problem
+from trustplane.problems import Problem, read_body
 from trustplane.recovery.revocation import RevocationList
 from trustplane.rollout.gates import RolloutStatus
 from trustplane.rollout.labels import LabelStore, RolloutError
@@ -78,6 +78,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+FORM_LIMIT = 64 * 1024  # the pages' forms are a few fields
 STREAM_SECONDS = 300  # an SSE stream ends after this; the browser reconnects through the gate
 NAV = (
     ("executive", UI_PREFIX, "Executive"),
@@ -255,9 +256,7 @@ class Ui:
         """The posted form (urlencoded), cached on the request for resolver and handler."""
         cached = request.scope.get("trustplane.form")
         if cached is None:
-            body = await request.body()
-            if len(body) > 64 * 1024:
-                raise Problem(413, "too-large", "Form too large", "the form is over 64 KiB")
+            body = await read_body(request, FORM_LIMIT)
             parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
             cached = {k: v[0] for k, v in parsed.items()}
             request.scope["trustplane.form"] = cached
@@ -299,7 +298,7 @@ class Ui:
 
     async def login(self, request: Request) -> Response:
         after = request.query_params.get("next") or UI_PREFIX
-        if not after.startswith(UI_PREFIX) or after.startswith("//"):
+        if after != UI_PREFIX and not after.startswith((f"{UI_PREFIX}/", f"{UI_PREFIX}?")):
             after = UI_PREFIX  # only ever back to a page of ours
         try:
             url, login = await run_in_threadpool(
