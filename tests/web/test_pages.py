@@ -142,7 +142,8 @@ def test_sign_in_and_read_every_page(
     assert browser.find_elements(By.CSS_SELECTOR, "table.scorecard tr[id^=figure-]")
     assert browser.find_element(By.ID, "stages").text
     browser.get(server.url + "/ui")
-    assert "Not measured yet" in browser.find_element(By.ID, "entitlements").text
+    assert "scorecard M7" in browser.find_element(By.ID, "entitlements").text
+    assert "Not measured yet" in browser.find_element(By.ID, "incidents").text
     # The chart library drew, so scripts from 'self' run under the policy.
     wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#trend canvas"))
     assert int(browser.find_element(By.ID, "total").text) >= 1

@@ -403,6 +403,15 @@ class Ui:
             "denied": [b.denied for b in buckets],
         }
         alarm = services.deny_spike.alarm
+        active = services.bundles.active
+        try:  # this month's entitlement coverage, from the scorecard (outcomes/)
+            card = await run_in_threadpool(
+                compute_scorecard, services.engine, None if active is None else active.bundle, None
+            )
+            figure = card.figure("entitlement_coverage")
+            coverage = {"shown": figure.shown(), "evidence": figure.evidence, "period": card.period}
+        except (ScorecardError, StopIteration):
+            coverage = None
         return self.page(
             request,
             call,
@@ -415,6 +424,7 @@ class Ui:
             ratio=None if allowed == 0 else denied / allowed,
             series=series,
             alarm=alarm.as_dict() if alarm else None,
+            coverage=coverage,
         )
 
     # -- on-call -------------------------------------------------------------------------------
