@@ -769,7 +769,7 @@ def _hygiene_figures(engine: Engine, start: float, end: float, now: float) -> li
             "each with an owner and an expiry",
             INFO,
             f"{len(open_now)} open, {len(expiring)} expiring within 7 days",
-            "trustplane access exceptions --json",
+            "trustplane exceptions list --json",
         ),
         Figure(
             "exceptions_overdue",
@@ -779,8 +779,8 @@ def _hygiene_figures(engine: Engine, start: float, end: float, now: float) -> li
             "count",
             "0",
             _verdict(len(expiries) == len(open_now)),
-            "approved, not revoked, expiry passed",
-            "trustplane access exceptions --json",
+            f"{len(expiries) - len(open_now)} approved, unrevoked exceptions past their expiry",
+            "trustplane exceptions list --json",
         ),
         Figure(
             "breakglass_overdue",
@@ -791,7 +791,7 @@ def _hygiene_figures(engine: Engine, start: float, end: float, now: float) -> li
             "0",
             _verdict(int(overdue_reviews) == 0),
             f"{overdue_reviews} of {open_reviews} open reviews past their due time",
-            "trustplane access breakglass --json",
+            "trustplane break-glass list --json",
         ),
     ]
 
