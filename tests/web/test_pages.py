@@ -147,7 +147,9 @@ def test_sign_in_and_read_every_page(
     # The chart library drew, so scripts from 'self' run under the policy.
     wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#trend canvas"))
     assert int(browser.find_element(By.ID, "total").text) >= 1
-    # htmx loaded the break-glass fragment (its own admin action, breakglass:read).
+    # htmx loaded the fragments, each its own admin call (bundle:read, breakglass:read).
+    browser.get(server.url + "/ui/oncall")
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#activations tbody tr"))
     browser.get(server.url + "/ui/access")
     wait(browser).until(lambda d: d.find_elements(By.ID, "overdue"))
     browser.get(server.url + "/ui/identity")

@@ -132,6 +132,7 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("GET", "/ui/debug", "decisions:read", "decisions"),
     ("GET", "/ui/debug/proof", "ledger:read", "ledger"),
     ("GET", "/ui/policy", "bundle:read", "bundle"),
+    ("GET", "/ui/policy/recent", "bundle:read", "bundle"),
     ("POST", "/ui/policy/rollback", "bundle:write", "bundle"),
     ("GET", "/ui/rollout", "rollout:read", "rollout"),
     ("POST", "/ui/rollout/labels", "rollout:label", "policy"),

@@ -526,6 +526,12 @@ class Ui:
             last_error=[str(p) for p in last_error.problems] if last_error else [],
         )
 
+    async def recent(self, request: Request, call: Call) -> Response:
+        """The fragment of the latest activations, deploys and rollbacks (`bundle:read`), for
+        the on-call page."""
+        history = await run_in_threadpool(self._services.bundles.history, 5)
+        return render("recent.html", history=history)
+
     async def rollback(self, request: Request, call: Call) -> Response:
         form = await self.form(request)
         to = form.get("to") or None
@@ -860,6 +866,7 @@ def ui_routes(services: Services, gate: Gate) -> list[Route]:
         page("/debug", ui.debug, "decisions:read"),
         page("/debug/proof", ui.proof, "ledger:read"),
         page("/policy", ui.policy, "bundle:read"),
+        page("/policy/recent", ui.recent, "bundle:read"),
         page("/policy/rollback", ui.rollback, "bundle:write", ui.checked),
         page("/rollout", ui.rollout, "rollout:read"),
         page("/rollout/labels", ui.label, "rollout:label", ui.label_target),
