@@ -89,6 +89,15 @@ def main() -> int:
                     if not answer["decision"] and not denied:
                         denied = answer["context"]["decision_id"]
 
+            for cents in (90_000, 120_000, 75_000):  # would-denies of forbid-large-refunds
+                refund = {**CTX, "amount_cents": cents}
+                server.client.post(
+                    "/access/v1/evaluation",
+                    json=authzen(
+                        ("User", "erin"), "payments:refund", ("Api", "payments.refund"), refund
+                    ),
+                )
+
             def person(name: str) -> dict[str, str]:
                 return {"authorization": f"Bearer {user_token(key, name)}"}
 
