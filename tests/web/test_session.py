@@ -90,3 +90,15 @@ def test_the_code_exchange_refuses_another_sign_ins_nonce_and_a_spent_code(
 def test_a_ui_issuer_that_is_not_an_admin_issuer_is_refused_at_load() -> None:
     with pytest.raises(ConfigError, match=r"ui\.issuer .* is not one of admin\.issuers"):
         load_settings(overrides={"ui": {"issuer": "https://elsewhere.example"}})
+
+
+def test_a_key_in_the_last_quarter_of_its_life_is_due_for_rotation() -> None:
+    from trustplane.web.app import _key_view
+
+    now = 1_800_000_000.0
+    week = {"created_at": now - 6 * 86_400, "not_after": now + 86_400, "state": "active"}
+    assert _key_view(week, now) == {**week, "remaining": "1d 0h", "late": True}
+    fresh = {**week, "created_at": now - 86_400, "not_after": now + 6 * 86_400}
+    assert _key_view(fresh, now)["late"] is False
+    retired = {**week, "state": "retired", "not_after": now - 10}
+    assert _key_view(retired, now) == {**retired, "remaining": "expired", "late": False}

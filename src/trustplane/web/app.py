@@ -697,10 +697,9 @@ class Ui:
         if service is not None:
             records = await run_in_threadpool(service.key_store.records, include_retired=True)
             trust_domain = service.trust_domain
-            keys = [r.as_dict() for r in records]
+            keys = [_key_view(r.as_dict(), time.time()) for r in records]
         await run_in_threadpool(services.inventory.flush)
         items = await run_in_threadpool(inventory_report, services.engine)
-        now = time.time()
         return self.page(
             request,
             call,
@@ -709,8 +708,6 @@ class Ui:
             plane=service is not None,
             trust_domain=trust_domain,
             keys=keys,
-            soon=now + 7 * 86_400,
-            now=now,
             inventory=[i.as_dict() for i in items],
         )
 
@@ -733,6 +730,24 @@ class Ui:
         for figure in document["figures"]:
             groups.setdefault(figure["group"], []).append(figure)
         return self.page(request, call, "scorecard.html", "scorecard", card=document, groups=groups)
+
+
+def _key_view(key: dict[str, Any], now: float) -> dict[str, Any]:
+    """A key with how long it has left, and `late` once it is in the last quarter of its life
+    and still in use (its rotation is due: the next key should be prepared or active)."""
+    not_after, created = key.get("not_after"), key.get("created_at")
+    left = None if not_after is None else float(not_after) - now
+    life = None if not_after is None or created is None else float(not_after) - float(created)
+    in_use = key.get("state") in ("active", "prepared")
+    late = bool(in_use and left is not None and life and left < life / 4)
+    if left is None:
+        remaining = "—"
+    elif left <= 0:
+        remaining = "expired"
+    else:
+        days, rest = divmod(int(left), 86_400)
+        remaining = f"{days}d {rest // 3600}h" if days else f"{rest // 3600}h {rest % 3600 // 60}m"
+    return {**key, "remaining": remaining, "late": late}
 
 
 def _actor(call: Call) -> Actor:
