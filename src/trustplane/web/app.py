@@ -292,6 +292,12 @@ class Ui:
 
     # -- sign-in -------------------------------------------------------------------------------
 
+    def _secure(self, request: Request) -> bool:
+        """Cookies are Secure when the page came over TLS, or when people are sent back to an
+        https:// callback (TLS ended at a proxy in front)."""
+        configured = self._services.settings.ui.redirect_uri or ""
+        return request.url.scheme == "https" or configured.startswith("https://")
+
     def _redirect_uri(self, request: Request) -> str:
         configured = self._services.settings.ui.redirect_uri
         return configured or str(request.base_url).rstrip("/") + f"{UI_PREFIX}/callback"
@@ -313,7 +319,7 @@ class Ui:
             max_age=LOGIN_SECONDS,
             path=f"{UI_PREFIX}/callback",
             httponly=True,
-            secure=request.url.scheme == "https",
+            secure=self._secure(request),
             samesite="lax",  # the issuer sends the browser back from its own site
         )
         return response
@@ -346,7 +352,7 @@ class Ui:
             max_age=max(1, int(session.expires - time.time())),
             path=UI_PREFIX,
             httponly=True,
-            secure=request.url.scheme == "https",
+            secure=self._secure(request),
             samesite="strict",
         )
         response.delete_cookie(LOGIN_COOKIE, path=f"{UI_PREFIX}/callback")
@@ -478,8 +484,7 @@ class Ui:
         decision_id = (request.query_params.get("id") or "").strip()
         record = None
         missing = ""
-        if decision_id:
-            call.note(decision=decision_id)
+        if decision_id:  # the gate's record names it (the query)
             record = await run_in_threadpool(get_decision, self._services.engine, decision_id)
             if record is None:
                 missing = f"no recorded decision {decision_id} (recording may still be pending)"
