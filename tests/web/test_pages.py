@@ -293,7 +293,8 @@ def test_people_the_admin_policy_refuses_and_callers_without_a_session_are_turne
     forged = httpx.get(
         server.url + "/ui/policy", cookies={"tp_session": "forged"}, follow_redirects=False
     )
-    assert forged.status_code == 303
+    assert forged.status_code == 401, "a refused session ends on a page, not in a sign-in loop"
+    assert 'tp_session=""' in forged.headers["set-cookie"], "and the cookie is cleared"
     sse = httpx.get(server.url + "/ui/oncall/stream", follow_redirects=False)
     assert sse.status_code == 401, "a stream is never redirected to a sign-in page"
 
@@ -399,3 +400,21 @@ def test_labelling_a_would_deny_on_the_rollout_page(
         and r["reason"] == "finance pre-approved it"
         for r in labels
     )
+
+
+def test_a_revoked_person_is_refused_at_the_next_page(
+    server: Server, issuer: Jwks, browser: webdriver.Chrome
+) -> None:
+    sign_in(browser, server, issuer, "dave")
+    browser.get(server.url + "/ui/oncall")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "On-call"
+    revoked = server.client.post(
+        "/v1/revocations",
+        json={"kind": "principal", "target": 'User::"dave"', "reason": "left the company"},
+        headers=server.admin,
+    )
+    assert revoked.status_code == 201, revoked.text
+    browser.get(server.url + "/ui/oncall")
+    assert browser.find_element(By.ID, "error-title").text.startswith("401")
+    assert "revoked" in browser.find_element(By.ID, "error-detail").text
+    assert browser.get_cookie("tp_session") is None, "the session is over"

@@ -206,15 +206,23 @@ def render(
 
 
 def problem_page(request: Request, problem: Problem) -> Response:
-    """What a refusal under /ui looks like: sign in again on a 401 page, an explained page
-    otherwise (the problem's own headers kept, `WWW-Authenticate` aside)."""
-    if problem.status == 401 and request.method == "GET" and not _is_fragment(request):
+    """What a refusal under /ui looks like: without a session, off to sign in; otherwise an
+    explained page (the problem's own headers kept, `WWW-Authenticate` aside). A session the
+    gate refuses (a revoked person, an expired token) is ended on a page rather than sent to
+    sign in again: an issuer that signs the person straight back in would loop."""
+    session = request.cookies.get(SESSION_COOKIE)
+    if (
+        problem.status == 401
+        and session is None
+        and request.method == "GET"
+        and not _is_fragment(request)
+    ):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(
             f"{UI_PREFIX}/login?next={quote(target, safe='')}", 303, SECURITY_HEADERS
         )
     headers = {k: v for k, v in (problem.headers or {}).items() if k.lower() != "www-authenticate"}
-    return render(
+    response = render(
         "error.html",
         problem.status,
         headers,
@@ -222,6 +230,9 @@ def problem_page(request: Request, problem: Problem) -> Response:
         title=problem.title,
         detail=problem.detail,
     )
+    if problem.status == 401 and session is not None:
+        response.delete_cookie(SESSION_COOKIE, path=UI_PREFIX)
+    return response
 
 
 def _is_fragment(request: Request) -> bool:
