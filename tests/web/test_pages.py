@@ -159,7 +159,9 @@ def test_sign_in_and_read_every_page(
     )
     assert "active" in keys and "UTC" in keys, "each key with its state and expiry"
     assert console_errors(browser) == [], "no CSP violation nor script error on any page"
-    # Every page view is an admin call in the ledger, by who signed in.
+    # The sign-in and every page view are admin records in the ledger, by who signed in.
+    signed = admin_records(server, "ui:sign-in")
+    assert any(r["actor"] == 'User::"carol"' and r["decision"] == "allow" for r in signed)
     reads = admin_records(server, "identity:read")
     assert any(r["actor"] == 'User::"carol"' and r["target"] == "identity" for r in reads)
 
@@ -418,3 +420,10 @@ def test_a_revoked_person_is_refused_at_the_next_page(
     assert browser.find_element(By.ID, "error-title").text.startswith("401")
     assert "revoked" in browser.find_element(By.ID, "error-detail").text
     assert browser.get_cookie("tp_session") is None, "the session is over"
+    browser.get(server.url + "/ui")  # and signing in again is refused, and recorded
+    wait(browser).until(lambda d: d.find_elements(By.ID, "error-detail"))
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Sign-in failed"
+    assert "revoked" in browser.find_element(By.ID, "error-detail").text
+    assert browser.get_cookie("tp_session") is None
+    refused = [r for r in admin_records(server, "ui:sign-in") if r["decision"] == "deny"]
+    assert any("dave" in str(r["details"].get("presented")) for r in refused), refused

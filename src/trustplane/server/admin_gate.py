@@ -147,6 +147,9 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
 
 UI_PREFIX = "/ui"  # the pages: HTML for people, not part of the API's OpenAPI document
 
+# Not a route of the table: what the record of a sign-in to the pages says it was (web/oidc.py).
+SIGN_IN = AdminRoute("GET", f"{UI_PREFIX}/callback", "ui:sign-in", "session")
+
 
 @dataclass(frozen=True)
 class OpenRoute:
@@ -386,6 +389,16 @@ class AdminGate:
                 headers={"WWW-Authenticate": challenge},
             ) from None
         return caller
+
+    def sign_in(self, request: Request, token: str) -> str:
+        """Authenticate the ID token someone signed in to the pages with, as every page will,
+        and record the sign-in (action `ui:sign-in`); the caller's name, or a recorded 401.
+        Blocking: may fetch an issuer's JWKS."""
+        caller = self.authenticate(request, SIGN_IN, lambda _: token)
+        details = {"status": 200, "kind": caller.kind}
+        target = Target(SIGN_IN.target, caller.name)
+        self._write(caller.name, SIGN_IN, target, "", True, details, True)
+        return caller.name
 
     def authorize(self, call: AdminCall) -> None:
         """403 (recorded) unless the admin policies allow the call's action on its target."""

@@ -162,6 +162,11 @@ class Gate(Protocol):
         credential: Callable[[Request], str | None] | None = None,
     ) -> Route: ...
 
+    def sign_in(self, request: Request, token: str) -> str:
+        """Authenticate a signed-in person's token and record the sign-in; a Problem (401,
+        recorded) when the token is refused."""
+        ...
+
 
 # -- rendering -----------------------------------------------------------------------------------
 
@@ -245,8 +250,9 @@ def _is_fragment(request: Request) -> bool:
 class Ui:
     """Sign-in, the pages and their actions."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, gate: Gate) -> None:
         self._services = services
+        self._gate = gate
         settings = services.settings
         self.sessions = Sessions(session_key(settings.state_dir), settings.ui.session_hours)
         self.oidc = OidcClient(settings)
@@ -353,6 +359,10 @@ class Ui:
         except SignInError as exc:
             log.warning("sign-in to the pages failed: %s", exc)
             return self._failed(str(exc))
+        try:  # the gate checks the token as it will on every page, and records the sign-in
+            await run_in_threadpool(self._gate.sign_in, request, signed.token)
+        except Problem as problem:
+            return self._failed(problem.detail)
         session = self.sessions.new(signed.token, signed.subject, signed.expires)
         # A page of our own moves on to the next one: a SameSite=Strict cookie set at the end
         # of a redirect chain that began at the issuer would not be sent on its last hop.
@@ -877,7 +887,7 @@ def _debug_sections(record: dict[str, Any]) -> list[tuple[str, Any, str]]:
 def ui_routes(services: Services, gate: Gate) -> list[Route]:
     """Every route under /ui: the pages and actions behind the gate (each with its admin
     action, as the gate's table lists it), and sign-in and static files open."""
-    ui = Ui(services)
+    ui = Ui(services, gate)
     p = UI_PREFIX
 
     def page(path: str, handler: Handler, action: str, resolve: Resolver | None = None) -> Route:
