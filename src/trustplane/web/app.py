@@ -79,6 +79,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 FORM_LIMIT = 64 * 1024  # the pages' forms are a few fields
+COVERAGE_SECONDS = 60
 STREAM_SECONDS = 300  # an SSE stream ends after this; the browser reconnects through the gate
 NAV = (
     ("executive", UI_PREFIX, "Executive"),
@@ -258,6 +259,7 @@ class Ui:
         self.oidc = OidcClient(settings)
         self._labels = LabelStore(services.engine)
         self._rollout = RolloutStatus(self._labels, BundleStore(services.engine))
+        self._coverage_cache: tuple[float, dict[str, Any] | None] | None = None
 
     # -- session, CSRF -------------------------------------------------------------------------
 
@@ -430,15 +432,7 @@ class Ui:
             "denied": [b.denied for b in buckets],
         }
         alarm = services.deny_spike.alarm
-        active = services.bundles.active
-        try:  # this month's entitlement coverage, from the scorecard (outcomes/)
-            card = await run_in_threadpool(
-                compute_scorecard, services.engine, None if active is None else active.bundle, None
-            )
-            figure = card.figure("entitlement_coverage")
-            coverage = {"shown": figure.shown(), "evidence": figure.evidence, "period": card.period}
-        except (ScorecardError, StopIteration):
-            coverage = None
+        coverage = await run_in_threadpool(self._coverage)
         return self.page(
             request,
             call,
@@ -453,6 +447,25 @@ class Ui:
             alarm=alarm.as_dict() if alarm else None,
             coverage=coverage,
         )
+
+    def _coverage(self) -> dict[str, Any] | None:
+        """This month's entitlement coverage from the scorecard (`outcomes/`, figure M7),
+        computed at most once a minute: the scorecard reads the month's records."""
+        now = time.monotonic()
+        if self._coverage_cache is not None and now - self._coverage_cache[0] < COVERAGE_SECONDS:
+            return self._coverage_cache[1]
+        active = self._services.bundles.active
+        try:
+            card = compute_scorecard(
+                self._services.engine, None if active is None else active.bundle, None
+            )
+            figure = card.figure("entitlement_coverage")
+        except (ScorecardError, StopIteration):
+            value = None
+        else:
+            value = {"shown": figure.shown(), "evidence": figure.evidence, "period": card.period}
+        self._coverage_cache = (now, value)
+        return value
 
     # -- on-call -------------------------------------------------------------------------------
 
