@@ -122,10 +122,24 @@ def admin_records(server: Server, action: str) -> list[dict[str, Any]]:
     return [r for r in response.json()["decisions"] if r["action"] == action]
 
 
+def recorded(server: Server, action: str, wanted: Any) -> list[dict[str, Any]]:
+    """The admin records of `action` that `wanted(record)` accepts, once there is one: reads
+    and refusals are committed with the next batch, after their answer (batch durability)."""
+    found: list[dict[str, Any]] = wait_for(
+        lambda: [r for r in admin_records(server, action) if wanted(r)]
+    )
+    return found
+
+
 def test_sign_in_and_read_every_page(
     server: Server, issuer: Jwks, browser: webdriver.Chrome
 ) -> None:
     decide(server, BOB_LOGS)  # one denial, for the executive figures and on-call
+    wait_for(
+        lambda: server.client.get(
+            "/v1/decisions", params={"kind": "decision"}, headers=server.admin
+        ).json()["decisions"]
+    )
     sign_in(browser, server, issuer, "carol")  # security: every page
     cookie = browser.get_cookie("tp_session")
     assert cookie is not None
@@ -160,10 +174,13 @@ def test_sign_in_and_read_every_page(
     assert "active" in keys and "UTC" in keys, "each key with its state and expiry"
     assert console_errors(browser) == [], "no CSP violation nor script error on any page"
     # The sign-in and every page view are admin records in the ledger, by who signed in.
-    signed = admin_records(server, "ui:sign-in")
-    assert any(r["actor"] == 'User::"carol"' and r["decision"] == "allow" for r in signed)
-    reads = admin_records(server, "identity:read")
-    assert any(r["actor"] == 'User::"carol"' and r["target"] == "identity" for r in reads)
+    assert recorded(
+        server, "ui:sign-in", lambda r: r["actor"] == 'User::"carol"' and r["decision"] == "allow"
+    )
+    carol = 'User::"carol"'
+    assert recorded(
+        server, "identity:read", lambda r: r["actor"] == carol and r["target"] == "identity"
+    )
 
 
 def test_the_on_call_page_streams_denials_as_they_are_recorded(
@@ -238,6 +255,29 @@ def test_approving_a_jit_request_in_the_browser_changes_the_decision(
     )
 
 
+def test_denying_a_jit_request_in_the_browser_needs_a_reason_and_leaves_the_decision_denied(
+    server: Server, issuer: Jwks, key: Key, browser: webdriver.Chrome
+) -> None:
+    asked = server.client.post(
+        "/v1/access/requests",
+        json={"role": 'Role::"sre"', "duration": "1h", "reason": "curious", "ticket": "INC-10"},
+        headers={"authorization": f"Bearer {user_token(key, 'bob', aud=AUDIENCE)}"},
+    )
+    assert asked.status_code == 201, asked.text
+    request_id = asked.json()["id"]
+    sign_in(browser, server, issuer, "alice")
+    browser.get(server.url + "/ui/access")
+    row = browser.find_element(By.ID, f"request-{request_id}")
+    row.find_element(By.CSS_SELECTOR, "input[name=reason]").send_keys("no incident open")
+    row.find_element(By.CSS_SELECTOR, "button.deny").click()
+    wait(browser).until(lambda d: d.find_elements(By.ID, "done"))
+    assert "denied" in browser.find_element(By.ID, "done").text
+    decided = server.client.get(f"/v1/access/requests/{request_id}", headers=server.admin)
+    assert decided.json()["status"] == "denied"
+    denials = admin_records(server, "access:deny")
+    assert any(r["actor"] == 'User::"alice"' and r["reason"] == "no incident open" for r in denials)
+
+
 def test_a_form_without_the_sessions_csrf_token_is_refused_and_recorded(
     server: Server, issuer: Jwks, key: Key, browser: webdriver.Chrome
 ) -> None:
@@ -286,8 +326,9 @@ def test_people_the_admin_policy_refuses_and_callers_without_a_session_are_turne
     browser.get(server.url + "/ui/identity")
     assert browser.find_element(By.ID, "error-title").text.startswith("403")
     assert "identity:read" in browser.find_element(By.ID, "error-detail").text
-    refused = admin_records(server, "identity:read")
-    assert any(r["actor"] == 'User::"bob"' and r["decision"] == "deny" for r in refused)
+    assert recorded(
+        server, "identity:read", lambda r: r["actor"] == 'User::"bob"' and r["decision"] == "deny"
+    )
 
     anonymous = httpx.get(server.url + "/ui/policy", follow_redirects=False)
     assert anonymous.status_code == 303
@@ -425,5 +466,8 @@ def test_a_revoked_person_is_refused_at_the_next_page(
     assert browser.find_element(By.TAG_NAME, "h1").text == "Sign-in failed"
     assert "revoked" in browser.find_element(By.ID, "error-detail").text
     assert browser.get_cookie("tp_session") is None
-    refused = [r for r in admin_records(server, "ui:sign-in") if r["decision"] == "deny"]
-    assert any("dave" in str(r["details"].get("presented")) for r in refused), refused
+    assert recorded(
+        server,
+        "ui:sign-in",
+        lambda r: r["decision"] == "deny" and "dave" in str(r["details"].get("presented")),
+    )
