@@ -63,6 +63,18 @@ if [[ -n "$extras" ]]; then
   fi
 fi
 
+# The pages under /ui are tested in a real browser: Debian's chromium through chromium-driver
+# (Selenium). Never a downloaded browser.
+if [[ -n "$extras" ]]; then
+  missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  if ((${#missing[@]})); then
+    apt_install "the pages under /ui are tested in a real browser (tests/web)" "${missing[@]}" ||
+      echo "warning: ${missing[*]} not installed; tests/web fails (skips with TRUSTPLANE_NO_APT=1)" >&2
+  fi
+fi
+
 # The compiled ext_authz gRPC front (src/trustplane/enforcement/native/), built against
 # Debian's libgrpc++ into .venv/bin. Without it `serve` uses grpcio's server (same answers,
 # several times the cost per call).

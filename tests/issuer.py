@@ -1,14 +1,20 @@
 """A token issuer for tests: real keys, and a JWKS served over loopback HTTP that a test can
-rotate or take down."""
+rotate or take down. It also signs people in with OIDC's authorization code flow (PKCE S256)
+for the pages under /ui: `/authorize` signs in whoever `sign_in_as` names at once (no form) and
+sends the browser back with a code, `/token` swaps the code for an ID token."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import secrets
 import threading
 import time
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -26,13 +32,43 @@ class Jwks:
         self.fetches = 0
         self.down = False
         self.clock_offset = 0.0  # seconds this issuer's clock (its Date header) is ahead
+        # Sign-in (authorization code flow): who /authorize signs in, with which key and claims.
+        self.signer: Key | None = None
+        self.sign_in_as: str | None = None
+        self.sign_in_claims: dict[str, Any] = {}
+        self.codes: dict[str, dict[str, Any]] = {}
         jwks = self
 
         class Handler(BaseHTTPRequestHandler):
             def date_time_string(self, timestamp: float | None = None) -> str:
                 return formatdate(time.time() + jwks.clock_offset, usegmt=True)
 
+            def answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                if urlsplit(self.path).path != "/token":
+                    self.answer(404, {"error": "not_found"})
+                    return
+                length = int(self.headers.get("content-length") or 0)
+                form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+                self.answer(*jwks.exchange(form))
+
             def do_GET(self) -> None:
+                if urlsplit(self.path).path == "/authorize":
+                    query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                    status, location = jwks.authorize(query)
+                    self.send_response(status)
+                    if location:
+                        self.send_header("location", location)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 jwks.fetches += 1
                 if jwks.down:
                     self.send_response(503)
@@ -49,8 +85,48 @@ class Jwks:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.uri = f"http://127.0.0.1:{self.server.server_port}/jwks.json"
+        self.base = f"http://127.0.0.1:{self.server.server_port}"
+        self.uri = f"{self.base}/jwks.json"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def authorize(self, query: dict[str, str]) -> tuple[int, str | None]:
+        """Sign in `sign_in_as` at once: a redirect back with a code (403 when nobody)."""
+        redirect = query.get("redirect_uri", "")
+        if self.sign_in_as is None or not redirect or query.get("response_type") != "code":
+            return 403, None
+        if query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
+            return 302, f"{redirect}?{urlencode({'error': 'invalid_request'})}"
+        code = secrets.token_urlsafe(16)
+        self.codes[code] = {**query, "user": self.sign_in_as}
+        return 302, f"{redirect}?{urlencode({'code': code, 'state': query.get('state', '')})}"
+
+    def exchange(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """The token endpoint: the code, once, with the PKCE verifier of its challenge."""
+        asked = self.codes.pop(form.get("code", ""), None)
+        if asked is None or self.signer is None:
+            return 400, {"error": "invalid_grant"}
+        digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+        challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        if challenge != asked.get("code_challenge") or form.get("redirect_uri") != asked.get(
+            "redirect_uri"
+        ):
+            return 400, {"error": "invalid_grant"}
+        token = user_token(
+            self.signer,
+            asked["user"],
+            aud=asked.get("client_id"),
+            nonce=asked.get("nonce"),
+            **self.sign_in_claims,
+        )
+        return 200, {"id_token": token, "token_type": "Bearer", "expires_in": 300}
+
+    def ui_settings(self, client_id: str = "trustplane-ui") -> dict[str, Any]:
+        """The `ui` settings that sign people in here."""
+        return {
+            "client_id": client_id,
+            "authorization_endpoint": f"{self.base}/authorize",
+            "token_endpoint": f"{self.base}/token",
+        }
 
     def close(self) -> None:
         self.server.shutdown()

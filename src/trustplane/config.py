@@ -683,6 +683,54 @@ class GovernanceSettings(BaseModel):
     )
 
 
+class UiSettings(BaseModel):
+    """The pages under /ui (web/): people sign in with OIDC's authorization code flow (PKCE)
+    against one of `admin.issuers`, whose ID token then authenticates every page like an
+    admin API call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Serve the pages under /ui.")
+    issuer: str | None = Field(
+        None,
+        description="Which of `admin.issuers` people sign in with (its `issuer`); the first "
+        "when unset.",
+    )
+    client_id: str = Field(
+        "trustplane-ui",
+        min_length=1,
+        description="OAuth client id registered at the issuer; the ID token's `aud`, so list it "
+        "in that issuer's `audiences`.",
+    )
+    client_secret: str | None = Field(
+        None, description="Client secret, for an issuer that wants a confidential client."
+    )
+    authorization_endpoint: str | None = Field(
+        None,
+        description="The issuer's authorization endpoint; read from its OpenID discovery "
+        "document when unset.",
+    )
+    token_endpoint: str | None = Field(
+        None,
+        description="The issuer's token endpoint; read from its OpenID discovery document "
+        "when unset.",
+    )
+    redirect_uri: str | None = Field(
+        None,
+        description="Where the issuer sends people back (…/ui/callback); derived from the "
+        "request's own URL when unset.",
+    )
+    scopes: list[str] = Field(
+        default_factory=lambda: ["openid", "profile"], description="Scopes asked for."
+    )
+    session_hours: float = Field(
+        8,
+        gt=0,
+        le=24,
+        description="A session ends after this long, or when its ID token expires if sooner.",
+    )
+
+
 class CliSettings(BaseModel):
     """How the CLI reaches a server."""
 
@@ -812,6 +860,7 @@ class Settings(BaseSettings):
     governance: GovernanceSettings = Field(default_factory=GovernanceSettings)
     trust: TrustSettings = Field(default_factory=TrustSettings)
     cli: CliSettings = Field(default_factory=CliSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
 
     @model_validator(mode="after")
     def _admin_audience_reserved(self) -> Settings:
@@ -824,6 +873,13 @@ class Settings(BaseSettings):
                     f"identity.exchange_rules[{index}] ({rule.name}): audience {reserved!r} is "
                     "admin.audience, reserved for the admin API: no exchange rule can grant it"
                 )
+        known = [issuer.issuer for issuer in self.admin.issuers]
+        if self.ui.issuer is not None and self.ui.issuer not in known:
+            listed = ", ".join(known) or "none configured"
+            raise ValueError(
+                f"ui.issuer {self.ui.issuer!r} is not one of admin.issuers ({listed}): the pages "
+                "sign people in as admin API callers"
+            )
         if self.identity.issuer == reserved:
             raise ValueError(
                 f"identity.issuer {reserved!r} equals admin.audience: JWT-SVIDs addressed to "

@@ -130,7 +130,31 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("GET", "/v1/trust/devices/{device_id}/posture", "trust:read", "device"),
     ("GET", "/v1/trust/decisions/{decision_ref}", "decisions:read", "decisions"),
     ("GET", "/v1/trust/signals", "decisions:read", "decisions"),
+    # The pages (web/): a page performs the read action of what it shows, an action the same
+    # admin action as its /v1 twin; the session cookie carries the credential.
+    ("GET", "/ui", "decisions:read", "decisions"),
+    ("GET", "/ui/oncall", "decisions:read", "decisions"),
+    ("GET", "/ui/oncall/stream", "decisions:read", "decisions"),
+    ("GET", "/ui/debug", "decisions:read", "decisions"),
+    ("GET", "/ui/debug/proof", "ledger:read", "ledger"),
+    ("GET", "/ui/policy", "bundle:read", "bundle"),
+    ("GET", "/ui/policy/recent", "bundle:read", "bundle"),
+    ("POST", "/ui/policy/rollback", "bundle:write", "bundle"),
+    ("GET", "/ui/rollout", "rollout:read", "rollout"),
+    ("POST", "/ui/rollout/labels", "rollout:label", "policy"),
+    ("GET", "/ui/access", "access:read", "request"),
+    ("GET", "/ui/access/break-glass", "breakglass:read", "session"),
+    ("POST", "/ui/access/requests/{request_id}/approve", "access:approve", "request"),
+    ("POST", "/ui/access/requests/{request_id}/deny", "access:deny", "request"),
+    ("POST", "/ui/break-glass/{session_id}/review", "breakglass:review", "session"),
+    ("GET", "/ui/identity", "identity:read", "identity"),
+    ("GET", "/ui/scorecard", "scorecard:read", "scorecard"),
 )
+
+UI_PREFIX = "/ui"  # the pages: HTML for people, not part of the API's OpenAPI document
+
+# Not a route of the table: what the record of a sign-in to the pages says it was (web/oidc.py).
+SIGN_IN = AdminRoute("GET", f"{UI_PREFIX}/callback", "ui:sign-in", "session")
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,10 @@ OPEN_ROUTES: tuple[OpenRoute, ...] = (
         "CI attests with a JWT-SVID checked by the handler (server/image_attestations.py)",
         frozenset({"POST"}),
     ),
+    OpenRoute("/ui/login", "starts the OIDC sign-in to the pages (web/oidc.py)"),
+    OpenRoute("/ui/callback", "where the issuer returns: the sign-in is its credential"),
+    OpenRoute("/ui/logout", "ends the session cookie; CSRF-checked"),
+    OpenRoute("/ui/static/{name:path}", "the pages' scripts and styles, shipped in the package"),
 )
 
 
@@ -209,6 +237,9 @@ class AdminCall:
 
 Handler = Callable[[Request, AdminCall], Awaitable[Response]]
 Resolver = Callable[[Request, AdminCall], Awaitable[Target]]
+Credential = Callable[[Request], str | None]
+"""Where a route finds its caller's bearer token instead of the request's own headers: the
+pages under /ui read it from their signed session cookie (web/session.py)."""
 
 
 class AdminRouteError(Exception):
@@ -225,16 +256,18 @@ class GatedEndpoint:
         handler: Handler,
         resolve: Resolver | None,
         declared: str | None = None,
+        credential: Credential | None = None,
     ) -> None:
         self.gate = gate
         self.route = route
         self.declared = declared  # the action the handler's module declared (the table's)
         self._handler = handler
         self._resolve = resolve
+        self._credential = credential
 
     async def handle(self, request: Request) -> Response:
         gate = self.gate
-        call = await gate.admit(request, self.route, self._resolve)
+        call = await gate.admit(request, self.route, self._resolve, self._credential)
         status = 500  # until the handler answers
         refused: str | None = "the handler failed (see the server log)"
         try:
@@ -275,12 +308,14 @@ class AdminGate:
         resolve: Resolver | None = None,
         *,
         action: str | None = None,
+        credential: Credential | None = None,
     ) -> Route:
         """The Starlette route serving `handler` behind the gate. `resolve(request, call)`
         builds the target when the admin policy needs the object's attributes. `action`, the
         admin action the handler's module declares, must be the table's: a module and the
         table that disagree stop the server at start-up rather than authorize the wrong
-        thing."""
+        thing. `credential(request)`: the bearer token to authenticate, read from somewhere
+        else than the headers (the pages' session); then nothing else is looked at."""
         entry = admin_route(method, path)
         if entry is None:
             raise AdminRouteError(
@@ -292,16 +327,20 @@ class AdminGate:
                 f"{method} {path} is declared as {action} but the admin route table "
                 f"(server/admin_gate.py ADMIN_ROUTES) lists it as {entry.action}"
             )
-        endpoint = GatedEndpoint(self, entry, handler, resolve, action)
+        endpoint = GatedEndpoint(self, entry, handler, resolve, action, credential)
         return Route(path, endpoint.handle, methods=[entry.method])
 
     # -- the steps -----------------------------------------------------------------------------
 
     async def admit(
-        self, request: Request, route: AdminRoute, resolve: Resolver | None
+        self,
+        request: Request,
+        route: AdminRoute,
+        resolve: Resolver | None,
+        credential: Credential | None = None,
     ) -> AdminCall:
         """Authenticate, build the target, authorize: the call, or a recorded 401/403."""
-        caller = await run_in_threadpool(self.authenticate, request, route)
+        caller = await run_in_threadpool(self.authenticate, request, route, credential)
         call = AdminCall(caller, route, Target(route.target, _path_id(request)), limit=self._limit)
         if request.url.query:  # what was asked for: who read whose decisions
             call.details["query"] = _printable(request.url.query)
@@ -316,13 +355,22 @@ class AdminGate:
         await run_in_threadpool(self.authorize, call)
         return call
 
-    def authenticate(self, request: Request, route: AdminRoute) -> AdminCaller:
+    def authenticate(
+        self, request: Request, route: AdminRoute, credential: Credential | None = None
+    ) -> AdminCaller:
         """The caller, or a 401 naming what is missing (recorded). Blocking: may fetch an
-        issuer's JWKS."""
+        issuer's JWKS. With `credential`, only the token it finds counts (no forwarded
+        client certificate, no Authorization header)."""
         peer = request.client.host if request.client else None
         presented: str | None = None
+        headers: Mapping[str, str] = request.headers
+        proxy = peer
+        if credential is not None:
+            token = credential(request)
+            headers = {"authorization": f"Bearer {token}"} if token else {}
+            proxy = None  # a session is never a trusted proxy's forwarded certificate
         try:
-            caller = self._authn.authenticate(request.headers, peer, self._roles)
+            caller = self._authn.authenticate(headers, proxy, self._roles)
             presented = caller.name
             revocations = self._runtime.revocations
             revoked = revocations.named(caller.principal or caller.name)
@@ -350,6 +398,16 @@ class AdminGate:
                 headers={"WWW-Authenticate": challenge},
             ) from None
         return caller
+
+    def sign_in(self, request: Request, token: str) -> str:
+        """Authenticate the ID token someone signed in to the pages with, as every page will,
+        and record the sign-in (action `ui:sign-in`); the caller's name, or a recorded 401.
+        Blocking: may fetch an issuer's JWKS."""
+        caller = self.authenticate(request, SIGN_IN, lambda _: token)
+        details = {"status": 200, "kind": caller.kind}
+        target = Target(SIGN_IN.target, caller.name)
+        self._write(caller.name, SIGN_IN, target, "", True, details, True)
+        return caller.name
 
     def authorize(self, call: AdminCall) -> None:
         """403 (recorded) unless the admin policies allow the call's action on its target."""

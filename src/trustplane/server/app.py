@@ -42,6 +42,7 @@ from trustplane.server.openapi import openapi_document
 from trustplane.server.pep_gate import PepGate
 from trustplane.server.runtime import Runtime
 from trustplane.telemetry.recorder import RecordingError
+from trustplane.web.app import UI_PREFIX, problem_page, ui_routes
 
 log = logging.getLogger("trustplane.server")
 
@@ -142,10 +143,17 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         *admin_routes(runtime, admin_gate),
         *identity_routes(identity),
         *attestation_routes(attestations, admin_gate),
+        *(ui_routes(runtime, admin_gate) if settings.ui.enabled else []),
     ]
+
+    def for_people(request: Request) -> bool:
+        path = request.url.path
+        return settings.ui.enabled and (path == UI_PREFIX or path.startswith(UI_PREFIX + "/"))
 
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Problem)
+        if for_people(request):  # the pages answer in HTML, and a 401 signs in again
+            return problem_page(request, exc)
         return exc.response(request.url.path)
 
     async def on_http(request: Request, exc: Exception) -> Response:
@@ -157,9 +165,10 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         elif exc.status_code == 404:
             detail = f"no route {request.url.path}"
         headers = dict(exc.headers) if exc.headers else None
-        return Problem(exc.status_code, slug, detail, detail, headers=headers).response(
-            request.url.path
-        )
+        problem = Problem(exc.status_code, slug, detail, detail, headers=headers)
+        if for_people(request):
+            return problem_page(request, problem)
+        return problem.response(request.url.path)
 
     async def on_recording(request: Request, exc: Exception) -> Response:
         # Sync durability could not commit: no answer is better than an unrecorded one.
