@@ -288,11 +288,11 @@ def metric(text: str, name: str) -> float:
 def test_metrics_count_decisions_and_shadow_mismatches(server: Server) -> None:
     evaluate(server, refund(90000))
     text = server.client.get("/metrics").text
-    assert 'trustplane_decisions_total{decision="allow",mode="enforced"}' in text
+    assert 'trustplane_decisions_total{decision="allow",mode="enforced",pep="anonymous"}' in text
     assert 'trustplane_shadow_mismatches_total{policy="forbid-large-refunds"}' in text
     assert 'trustplane_bundle_loads_total{result="success"} 1.0' in text
     assert "trustplane_evaluation_seconds_bucket" in text
-    assert "trustplane_ledger_size" in text
+    assert "trustplane_ledger_records" in text
 
 
 def test_repeated_request_is_answered_from_the_cache_and_still_recorded(server: Server) -> None:

@@ -14,12 +14,22 @@ from typing import Any, Protocol
 from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.policy_bundle import Bundle
 from trustplane.decision.routes import RouteTable
-from trustplane.model import AccessRequest, Decision, Effect, Elevation, refusal
+from trustplane.model import (
+    CALLING_PEP,
+    DECISION_ID,
+    AccessRequest,
+    Decision,
+    Effect,
+    Elevation,
+    refusal,
+)
 from trustplane.recovery.revocation import Revocation, RevocationList
 from trustplane.telemetry.deny_spike import DenySpikeDetector
 from trustplane.telemetry.metrics import Metrics
 from trustplane.telemetry.recorder import DecisionRecorder
+from trustplane.telemetry.tracing import Tracing, annotate, no_span
 
+MAX_PEP_LABELS = 64
 NO_BUNDLE = "no_active_bundle: no active policy bundle, denying by default"
 
 # trust/assessor.TrustAssessor: the request Cedar sees (context.trust) and the assessment the
@@ -44,10 +54,12 @@ class PolicyDecisionPoint:
         metrics: Metrics,
         deny_spike: DenySpikeDetector | None = None,
         trust: Assess | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`elevation(request)`: the grants and exceptions held for the request's flow
         (governance/state.py), looked up in memory on every evaluation; `deny_spike` watches
-        the bundle's own answers after each activation."""
+        the bundle's own answers after each activation; `tracing`: child spans of the decision
+        call's span (None: tracing off, and `span` does nothing)."""
         self._bundles = bundles
         self._revocations = revocations
         self._elevation = elevation
@@ -55,9 +67,10 @@ class PolicyDecisionPoint:
         self._recorder = recorder
         self._deny_spike = deny_spike
         self._trust = trust
-        # Labelled children resolved once: `.labels()` costs more than the increment.
-        self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
-        self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
+        self.tracing = tracing
+        self.span = tracing.span if tracing is not None else no_span
+        # Labelled children resolved once per PEP: `.labels()` costs more than the increment.
+        self._counters: dict[str | None, tuple[dict[Effect, Any], dict[Effect, Any]]] = {}
 
     def active_bundle(self) -> Bundle | None:
         active = self._bundles.active
@@ -83,8 +96,10 @@ class PolicyDecisionPoint:
         # answers given before a revocation.
         epoch = revocations.epoch
         assessment = None
+        span = self.span
         if self._trust is not None:  # the trust plane scores every request, refused or not
-            request, assessment = self._trust(request, active.bundle if active else None)
+            with span("trustplane.trust"):
+                request, assessment = self._trust(request, active.bundle if active else None)
         revoked = revocations.principal(request.principal)
         if revoked is not None:  # before any policy (and any cached answer)
             decision = refusal(
@@ -98,9 +113,11 @@ class PolicyDecisionPoint:
             # Grants and exceptions from memory; the evaluator checks their windows itself.
             elevation = self._elevation(request)
             # The assessment goes in as the answer is built: a copy afterwards costs more.
-            decision = active.evaluator.evaluate(
-                request, revocation_epoch=epoch, elevation=elevation, trust=assessment
-            )
+            with span("trustplane.evaluate") as current:
+                decision = active.evaluator.evaluate(
+                    request, revocation_epoch=epoch, elevation=elevation, trust=assessment
+                )
+                annotate(current, decision)
             if self._deny_spike is not None:  # the bundle's own answers, not refusals
                 self._deny_spike.observe(decision.effect is Effect.DENY)
         if assessment is not None and decision.trust is not assessment:  # refusals
@@ -111,7 +128,8 @@ class PolicyDecisionPoint:
     async def decide(self, request: AccessRequest) -> Decision:
         """Evaluate and record; under sync durability, returns once the record is committed."""
         decision = self.evaluate(request)
-        await self._recorder.record(request, decision)
+        with self.span("trustplane.record"):
+            await self._recorder.record(request, decision)
         return decision
 
     async def refuse(self, request: AccessRequest, reason: str) -> Decision:
@@ -139,8 +157,13 @@ class PolicyDecisionPoint:
 
     def _observe(self, decision: Decision) -> None:
         metrics = self._metrics
-        self._enforced[decision.effect].inc()
-        self._shadow[decision.shadow_effect].inc()
+        DECISION_ID.set(decision.decision_id)  # for the log lines that follow
+        pep = CALLING_PEP.get()
+        counters = self._counters.get(pep)
+        if counters is None:
+            counters = self._counters[pep] = self._pep_counters(pep)
+        counters[0][decision.effect].inc()
+        counters[1][decision.shadow_effect].inc()
         metrics.evaluation_seconds.observe(decision.eval_micros / 1e6)
         if decision.cached:
             metrics.decision_cache_hits.inc()
@@ -148,3 +171,17 @@ class PolicyDecisionPoint:
             metrics.decision_errors.inc()
         for reason in decision.shadow_changes:
             metrics.shadow_mismatches.labels(reason.policy_id).inc()
+
+    def _pep_counters(self, pep: str | None) -> tuple[dict[Effect, Any], dict[Effect, Any]]:
+        """`trustplane_decisions_total{decision, mode, pep}`'s children for one PEP: a
+        registered PEP's name, `anonymous`, or `local` (asked in process, not through an
+        endpoint). Registered names are bounded by the registry; past MAX_PEP_LABELS further
+        names share `other`, so no caller can grow the metric."""
+        label = pep or "local"
+        if len(self._counters) >= MAX_PEP_LABELS:
+            label = "other"
+        decisions = self._metrics.decisions
+        return (
+            {e: decisions.labels(e.value, "enforced", label) for e in Effect},
+            {e: decisions.labels(e.value, "shadow", label) for e in Effect},
+        )

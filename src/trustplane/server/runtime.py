@@ -52,6 +52,7 @@ from trustplane.telemetry.ledger import Ledger
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics, multiprocess_dir
 from trustplane.telemetry.recorder import DecisionRecorder
+from trustplane.telemetry.tracing import Tracing
 from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
 from trustplane.trust.service import assessor_from_settings
 
@@ -218,6 +219,10 @@ class Runtime:
             if settings.server.workers > 1
             else None
         )
+        # None when tracing is off: OpenTelemetry is then never imported.
+        self.tracing: Tracing | None = None
+        if settings.tracing.enabled:
+            self.tracing = Tracing(settings.tracing)
         self.engine = create_store_engine(
             settings.effective_database_url,
             sync_commit=settings.ledger.durability is Durability.SYNC,
@@ -253,7 +258,11 @@ class Runtime:
             bundle_dir=settings.policy.bundle_dir,
             on_activate=lambda loaded: self.deny_spike.activated(loaded.bundle.revision),
         )
-        self.feed = ChangeFeed(self.engine, poll_interval=settings.store.change_poll_ms / 1000)
+        self.feed = ChangeFeed(
+            self.engine,
+            poll_interval=settings.store.change_poll_ms / 1000,
+            on_health=self._feed_health,
+        )
         self.feed.subscribe(BUNDLES_TOPIC, lambda _topic: follow_or_log(self.bundles))
         self.revocation_store = RevocationStore(self.engine)
         self.revocations = RevocationList(self.revocation_store)
@@ -296,6 +305,10 @@ class Runtime:
             interval=settings.governance.interval_ms / 1000,
         )
 
+    def _feed_health(self, healthy: bool, lag_seconds: float) -> None:
+        self.metrics.change_feed_up.set(1 if healthy else 0)
+        self.metrics.change_feed_lag_seconds.set(lag_seconds)
+
     def decision_point(self) -> PolicyDecisionPoint:
         """The decision path over this runtime's bundles, revocations, grants and ledger."""
         return PolicyDecisionPoint(
@@ -306,6 +319,7 @@ class Runtime:
             metrics=self.metrics,
             deny_spike=self.deny_spike,
             trust=assessor_from_settings(self.settings, self.engine),
+            tracing=self.tracing,
         )
 
     def start(self) -> None:
@@ -338,6 +352,8 @@ class Runtime:
         self.revocation_service.stop()
         self.governance.stop()
         self.recorder.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
         self.engine.dispose()
 
     def _revoke_governed(

@@ -16,7 +16,6 @@ starts its app, listens on HTTP, and only then starts ext_authz gRPC and the Wor
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import ssl
@@ -43,6 +42,7 @@ from trustplane.server.runtime import Runtime, load_options
 from trustplane.server.tls import serving_certificate
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.policy_revisions import BundleStore
+from trustplane.telemetry.logs import configure_logging
 from trustplane.telemetry.metrics import MULTIPROCESS_ENV, Metrics, multiprocess_dir
 
 WORKER_SETTINGS_ENV = "_TRUSTPLANE_WORKER_SETTINGS"  # outside TRUSTPLANE_*: not a setting
@@ -183,6 +183,7 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through ours (telemetry/logs.py), in its format
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
@@ -203,7 +204,4 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)

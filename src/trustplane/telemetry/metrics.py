@@ -45,8 +45,9 @@ class Metrics:
         r = self.registry
         self.decisions = Counter(
             "trustplane_decisions",
-            "Decisions answered, by enforced decision and by kind (enforced answer or shadow).",
-            ["decision", "mode"],
+            "Decisions answered, by enforced decision, by kind (enforced answer or shadow) and by "
+            "the enforcement point that asked (a registered PEP's name, `anonymous`, or `local`).",
+            ["decision", "mode", "pep"],
             registry=r,
         )
         self.shadow_mismatches = Counter(
@@ -86,14 +87,14 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.bundle_info = Gauge(
-            "trustplane_bundle_active",
-            "1 for the active bundle revision.",
+            "trustplane_bundle_info",
+            "1 for the active bundle revision (its name and revision as labels).",
             ["name", "revision"],
             registry=r,
             multiprocess_mode="max",  # 1 while any worker serves that revision
         )
-        self.ledger_size = Gauge(
-            "trustplane_ledger_size",
+        self.ledger_records = Gauge(
+            "trustplane_ledger_records",
             "Records committed to the decision ledger.",
             registry=r,
             multiprocess_mode="max",
@@ -135,6 +136,36 @@ class Metrics:
         )
         self.checkpoints = Counter(
             "trustplane_ledger_checkpoints", "Signed checkpoints produced.", registry=r
+        )
+        self.ledger_checkpoint_time = Gauge(
+            "trustplane_ledger_last_checkpoint_timestamp_seconds",
+            "When a signed checkpoint last covered every committed record (unix time): signed "
+            "then, or the newest one already covered the tree.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        # store/feed.py: whether changes made elsewhere (activations, revocations, grants) are
+        # heard, and how long since the listener last read the store.
+        self.change_feed_up = Gauge(
+            "trustplane_change_feed_up",
+            "1 while the change feed's listener reads the store; 0 once it has failed for "
+            "three intervals (/readyz is 503 then).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.change_feed_lag_seconds = Gauge(
+            "trustplane_change_feed_lag_seconds",
+            "Seconds since the change feed's listener last read the store successfully.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.key_expiry = Gauge(
+            "trustplane_key_expiry_timestamp_seconds",
+            "When each trust-domain key stops being usable (unix time: its certificate's or "
+            "its retirement's), by kind (ca, jwt) and key id, for every key not yet retired.",
+            ["kind", "key_id", "state"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
         # identity/: what the identity plane sees of the clocks and credentials it depends on.
         self.issuer_clock_skew = Gauge(
