@@ -16,6 +16,7 @@ starts its app, listens on HTTP, and only then starts ext_authz gRPC and the Wor
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import ssl
@@ -46,6 +47,9 @@ from trustplane.telemetry.logs import configure_logging
 from trustplane.telemetry.metrics import MULTIPROCESS_ENV, Metrics, multiprocess_dir
 
 WORKER_SETTINGS_ENV = "_TRUSTPLANE_WORKER_SETTINGS"  # outside TRUSTPLANE_*: not a setting
+
+
+log = logging.getLogger("trustplane.server")
 
 
 def preflight(settings: Settings) -> None:
@@ -83,6 +87,14 @@ def serve(settings: Settings) -> None:
     check_listen_policy(settings)
     preflight(settings)
     _configure_logging(settings)
+    if settings.log_format == "json":  # the CLI's banner, as a log line
+        log.info(
+            "trustplane serving %s on port %d (ledger: %s, workers: %d)",
+            settings.policy.bundle_dir,
+            settings.server.port,
+            settings.ledger.durability.value,
+            settings.server.workers,
+        )
     ports = claim_ports(settings)  # before anything starts: a held port refuses here
     try:
         if settings.server.workers == 1:
