@@ -164,6 +164,8 @@ class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type:
         with tracing.decision(CHECK_SPAN, carrier, attributes) as span:
             with tracing.span("trustplane.pep.envoy_grpc"):
                 response = await self._answer(request, peer, authorization)
+            if span is None:  # not sampled
+                return response
             span.set_attribute("rpc.grpc.status_code", response.status.code)
             decision_id = DECISION_ID.get()
             if decision_id is not None:

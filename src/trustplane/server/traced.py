@@ -43,6 +43,8 @@ def _carrier(scope: MutableMapping[str, Any]) -> dict[str, str]:
 
 
 def _finish(span: Any, status: int) -> None:
+    if span is None:  # not sampled
+        return
     span.set_attribute("http.response.status_code", status)
     if status >= 500:
         span.set_attribute("error.type", str(status))
@@ -73,7 +75,8 @@ def adapter(tracing: Tracing, handler: Handler, name: str) -> Handler:
 
     async def traced(request: Request) -> Response:
         with tracing.span(f"trustplane.pep.{name}") as span:
-            span.set_attribute("trustplane.pep", CALLING_PEP.get() or "anonymous")
+            if span is not None:
+                span.set_attribute("trustplane.pep", CALLING_PEP.get() or "anonymous")
             return await handler(request)
 
     return traced
@@ -111,5 +114,6 @@ class AdapterApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with self._tracing.span(self._name) as span:
-            span.set_attribute("trustplane.pep", CALLING_PEP.get() or "anonymous")
+            if span is not None:
+                span.set_attribute("trustplane.pep", CALLING_PEP.get() or "anonymous")
             await self._app(scope, receive, send)
