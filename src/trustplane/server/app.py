@@ -94,6 +94,8 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         return json_response({"status": "ready", "revision": active.bundle.revision})
 
     async def metrics(request: Request) -> Response:
+        # Read when scraped: the JWKS caches know their health, nothing pushes it.
+        runtime.metrics.observe_jwks(enforcer.authenticator.jwks_status())
         return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:

@@ -176,6 +176,21 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.jwks_up = Gauge(
+            "trustplane_jwks_up",
+            "1 when the last fetch of each token issuer's JWKS succeeded, 0 when it failed "
+            "(cached keys are still used until jwks_max_stale_seconds); by issuer.",
+            ["issuer"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.jwks_age_seconds = Gauge(
+            "trustplane_jwks_age_seconds",
+            "Seconds since each token issuer's JWKS was last fetched successfully.",
+            ["issuer"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.certificate_expiry = Gauge(
             "trustplane_certificate_expiry_timestamp_seconds",
             "When each certificate the identity plane depends on expires (unix time), by kind: "
@@ -206,6 +221,13 @@ class Metrics:
             ["profile"],
             registry=r,
         )
+        self.break_glass_open = Gauge(
+            "trustplane_break_glass_open_sessions",
+            "Break-glass sessions in force now (grants of kind break-glass not expired or "
+            "revoked).",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.break_glass_reviews_overdue = Gauge(
             "trustplane_break_glass_reviews_overdue",
             "Break-glass post-incident reviews still open after their deadline.",
@@ -235,6 +257,12 @@ class Metrics:
 
     def observe_issuer_clock_skew(self, issuer: str, seconds: float) -> None:
         self.issuer_clock_skew.labels(issuer).set(seconds)
+
+    def observe_jwks(self, status: dict[str, tuple[bool, float | None]]) -> None:
+        for issuer, (ok, age) in status.items():
+            self.jwks_up.labels(issuer).set(1 if ok else 0)
+            if age is not None:
+                self.jwks_age_seconds.labels(issuer).set(age)
 
     def exposition(self) -> bytes:
         """The text format for /metrics: this process, or every worker's values combined."""
