@@ -38,7 +38,7 @@ import pytest
 from tests.conftest import SHOP
 from tests.support import REPO, free_port, required_binary
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 PACKAGES = "python3,python3-venv,libgrpc++1.51,ca-certificates,passwd"
 STATE = "/var/lib/trustplane"
