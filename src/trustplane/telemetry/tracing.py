@@ -101,7 +101,7 @@ class Tracing:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-        from opentelemetry.trace import SpanKind, StatusCode, get_current_span
+        from opentelemetry.trace import SpanKind, get_current_span
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         import trustplane
@@ -126,7 +126,6 @@ class Tracing:
         self._get_span = get_current_span
         self._propagator = TraceContextTextMapPropagator()
         self._server = SpanKind.SERVER
-        self._error = StatusCode.ERROR
 
     def decision(
         self, name: str, carrier: Mapping[str, str], attributes: dict[str, Any]
@@ -167,10 +166,6 @@ class Tracing:
         if not _RECORDING.get():
             return _NO_SPAN
         return self._tracer.start_as_current_span(name)
-
-    def failed(self, span: Span, error: str) -> None:
-        span.set_status(self._error, error)
-        span.set_attribute("error.type", error)
 
     def shutdown(self) -> None:
         """Send what is batched and stop (at the serving process's stop)."""
