@@ -15,7 +15,8 @@ packages instead, step for step:
 4. the image: `umoci` turns the root filesystem into an OCI image layout with the
    Containerfile's config (user, entrypoint, command, environment, ports, volume);
 5. the run: `umoci unpack` gives the runtime bundle; its root filesystem is run the way a
-   container runtime would, in a mount namespace where it is read-only (`unshare --mount`,
+   container runtime would (podman's crun refuses every container in this sandbox: setrlimit
+   not permitted, then cgroups in hybrid mode; see docs/operations.md, "The image"), in a mount namespace where it is read-only (`unshare --mount`,
    bind mounts: / read-only, a writable state volume, a tmpfs /tmp) as uid 10001 with the
    image's environment, until /readyz answers 200.
 
