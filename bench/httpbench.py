@@ -339,7 +339,7 @@ def scrape(server: Server) -> dict[str, float]:
     for line in text.splitlines():
         if line.startswith("trustplane_decisions_total{") and 'mode="enforced"' in line:
             values["decisions"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith(("trustplane_ledger_size ", "trustplane_ledger_pending ")):
+        elif line.startswith(("trustplane_ledger_records ", "trustplane_ledger_pending ")):
             name, value = line.split(" ", 1)
             values[name.removeprefix("trustplane_")] = float(value)
     return values
@@ -349,7 +349,7 @@ def ledger_accounting(server: Server, answered_by_clients: int) -> dict[str, Any
     """After the load: every decision the server answered is in the ledger."""
     deadline = time.monotonic() + 20
     metrics = scrape(server)
-    while metrics.get("ledger_size", -1) < metrics["decisions"] and time.monotonic() < deadline:
+    while metrics.get("ledger_records", -1) < metrics["decisions"] and time.monotonic() < deadline:
         time.sleep(0.2)
         metrics = scrape(server)
     checkpoint = None
@@ -364,7 +364,7 @@ def ledger_accounting(server: Server, answered_by_clients: int) -> dict[str, Any
             checkpoint = reply.json().get("tree_size")
     return {
         "server_decisions": int(metrics["decisions"]),
-        "ledger_size_metric": int(metrics.get("ledger_size", -1)),
+        "ledger_records_metric": int(metrics.get("ledger_records", -1)),
         "ledger_pending_metric": int(metrics.get("ledger_pending", -1)),
         "admin_checkpoint_tree_size": checkpoint,
         "answered_by_clients": answered_by_clients,

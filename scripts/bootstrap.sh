@@ -75,6 +75,22 @@ if [[ -n "$extras" ]]; then
   fi
 fi
 
+# tests/deploy: promtool checks and unit-tests the shipped alert rules (deploy/prometheus);
+# the image test (slow) builds the container image from Debian packages with mmdebstrap and
+# umoci, no registry needed. kubectl renders the Kustomize overlays; Debian 12's
+# kubernetes-client (1.20, kustomize 2) is too old for them, so it is not installed here.
+if [[ -n "$extras" ]]; then
+  missing=()
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+  command -v umoci >/dev/null || missing+=(umoci)
+  if ((${#missing[@]})); then
+    apt_install "tests/deploy checks the alert rules, the manifests and the container image" \
+      "${missing[@]}" ||
+      echo "warning: ${missing[*]} not installed; their tests will be skipped" >&2
+  fi
+fi
+
 # The compiled ext_authz gRPC front (src/trustplane/enforcement/native/), built against
 # Debian's libgrpc++ into .venv/bin. Without it `serve` uses grpcio's server (same answers,
 # several times the cost per call).

@@ -731,6 +731,33 @@ class UiSettings(BaseModel):
     )
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry traces of decisions (telemetry/tracing.py), exported over OTLP/HTTP. Off by
+    default: off, no span is ever made and OpenTelemetry is not even imported."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Trace decisions and export the spans.")
+    endpoint: str = Field(
+        "http://127.0.0.1:4318/v1/traces",
+        pattern="^https?://",
+        description="OTLP/HTTP traces endpoint (a collector's `/v1/traces`).",
+    )
+    sample_ratio: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of new traces sampled; a caller's `traceparent` decides for its own "
+        "trace (sampled flag honoured).",
+    )
+    service_name: str = Field(
+        "trustplane", min_length=1, description="`service.name` of the exported spans."
+    )
+    export_interval_ms: int = Field(
+        2000, ge=10, le=60_000, description="How often batched spans are sent to the endpoint."
+    )
+
+
 class CliSettings(BaseModel):
     """How the CLI reaches a server."""
 
@@ -847,6 +874,12 @@ class Settings(BaseSettings):
         Path(".trustplane"), description="Where keys, the admin token and SQLite live."
     )
     log_level: str = Field("info", description="Python logging level.")
+    log_format: str = Field(
+        "text",
+        pattern="^(text|json)$",
+        description="`json`: one JSON object per log line, with the decision id and trace id "
+        "when the line is about a decision.",
+    )
     store: StoreSettings = Field(default_factory=StoreSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
@@ -859,6 +892,7 @@ class Settings(BaseSettings):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     governance: GovernanceSettings = Field(default_factory=GovernanceSettings)
     trust: TrustSettings = Field(default_factory=TrustSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     cli: CliSettings = Field(default_factory=CliSettings)
     ui: UiSettings = Field(default_factory=UiSettings)
 
@@ -925,7 +959,7 @@ SECTIONS: tuple[str, ...] = tuple(
 
 
 def setting_fields() -> Iterator[tuple[str, FieldInfo]]:
-    """Every setting as (dotted name, field), in the order of the model: the two global ones,
+    """Every setting as (dotted name, field), in the order of the model: the global ones,
     then each section's."""
     for name, field in Settings.model_fields.items():
         if name in SECTIONS:

@@ -286,3 +286,11 @@ def new_decision_id() -> str:
 # record path (decide, refuse, record) then names its PEP without each signature carrying it,
 # and each asyncio task (one per HTTP request or gRPC call) has its own value.
 CALLING_PEP: ContextVar[str | None] = ContextVar("calling_pep", default=None)
+
+# The trace the current decision belongs to (32 hex digits), set by telemetry/tracing.py while a
+# traced decision is answered and read where its record, its answer's headers and its log lines
+# are made. None whenever tracing is off.
+TRACE_ID: ContextVar[str | None] = ContextVar("trace_id", default=None)
+
+# The id of the decision the current task answered last, for log lines (telemetry/logs.py).
+DECISION_ID: ContextVar[str | None] = ContextVar("decision_id", default=None)

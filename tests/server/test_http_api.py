@@ -288,11 +288,27 @@ def metric(text: str, name: str) -> float:
 def test_metrics_count_decisions_and_shadow_mismatches(server: Server) -> None:
     evaluate(server, refund(90000))
     text = server.client.get("/metrics").text
-    assert 'trustplane_decisions_total{decision="allow",mode="enforced"}' in text
+    assert 'trustplane_decisions_total{decision="allow",mode="enforced",pep="anonymous"}' in text
     assert 'trustplane_shadow_mismatches_total{policy="forbid-large-refunds"}' in text
     assert 'trustplane_bundle_loads_total{result="success"} 1.0' in text
     assert "trustplane_evaluation_seconds_bucket" in text
-    assert "trustplane_ledger_size" in text
+    assert "trustplane_ledger_records" in text
+
+
+def test_metrics_show_the_bundle_the_feed_and_the_checkpoints(server: Server) -> None:
+    evaluate(server, refund(100))
+    text = wait_for(
+        lambda: (
+            (t := server.client.get("/metrics").text)
+            and "trustplane_ledger_last_checkpoint_timestamp_seconds " in t
+            and metric(t, "trustplane_ledger_last_checkpoint_timestamp_seconds") > 0
+            and t
+        )
+    )
+    revision = server.client.get("/readyz").json()["revision"]
+    assert f'trustplane_bundle_info{{name="shop",revision="{revision}"}} 1.0' in text
+    assert metric(text, "trustplane_change_feed_up") == 1
+    assert 0 <= metric(text, "trustplane_change_feed_lag_seconds") < 60
 
 
 def test_repeated_request_is_answered_from_the_cache_and_still_recorded(server: Server) -> None:

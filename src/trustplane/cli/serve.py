@@ -97,12 +97,13 @@ def serve(
 
         require_transport(settings.grpc)
     scheme = "https" if settings.tls.cert_file or settings.tls.from_ca else "http"
-    err.print(
-        f"trustplane serving [bold]{settings.policy.bundle_dir}[/] on "
-        f"{scheme}://{settings.server.host}:{settings.server.port} "
-        f"(ledger: {settings.ledger.durability.value}, "
-        f"workers: {settings.server.workers})"
-    )
+    if settings.log_format == "text":  # JSON logs: the server logs it, so every line parses
+        err.print(
+            f"trustplane serving [bold]{settings.policy.bundle_dir}[/] on "
+            f"{scheme}://{settings.server.host}:{settings.server.port} "
+            f"(ledger: {settings.ledger.durability.value}, "
+            f"workers: {settings.server.workers})"
+        )
     try:
         run_server(settings)
     except ServeError as exc:

@@ -18,14 +18,25 @@ from trustplane.decision.loader import LoadedBundle
 from trustplane.decision.policy_bundle import Bundle
 from trustplane.decision.risk_cache import NO_RISK, NO_TIER, Plan, RiskCache
 from trustplane.decision.routes import RouteTable
-from trustplane.model import AccessRequest, Decision, Effect, Elevation, PolicyReason, refusal
+from trustplane.model import (
+    CALLING_PEP,
+    DECISION_ID,
+    AccessRequest,
+    Decision,
+    Effect,
+    Elevation,
+    PolicyReason,
+    refusal,
+)
 from trustplane.recovery.revocation import Revocation, RevocationList
 from trustplane.telemetry.deny_spike import DenySpikeDetector
 from trustplane.telemetry.ledger import LedgerEntry
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics
 from trustplane.telemetry.recorder import DecisionRecorder
+from trustplane.telemetry.tracing import Tracing, annotate, no_span
 
+MAX_PEP_LABELS = 64
 NO_BUNDLE = "no_active_bundle: no active policy bundle, denying by default"
 
 
@@ -58,12 +69,14 @@ class PolicyDecisionPoint:
         trust: Assess | None = None,
         cache: RiskCache | None = None,
         epoch: CacheEpoch | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`elevation(request)`: the grants and exceptions held for the request's flow
         (governance/state.py), looked up in memory on every evaluation; `deny_spike` watches
         the bundle's own answers after each activation. `cache`: the risk-aware reuse rules
         (without them, every answer keeps the evaluator's TTL); `epoch`: the cache epoch each
-        decision carries (without it, the revocation epoch)."""
+        decision carries (without it, the revocation epoch); `tracing`: child spans of the
+        decision call's span (None: tracing off, and `span` does nothing)."""
         self._bundles = bundles
         self._revocations = revocations
         self._elevation = elevation
@@ -80,9 +93,10 @@ class PolicyDecisionPoint:
         self._outcome: Callable[[AccessRequest, bool], None] | None = getattr(
             trust, "outcome", None
         )
-        # Labelled children resolved once: `.labels()` costs more than the increment.
-        self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
-        self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
+        self.tracing = tracing
+        self.span = tracing.span if tracing is not None else no_span
+        # Labelled children resolved once per PEP: `.labels()` costs more than the increment.
+        self._counters: dict[str | None, tuple[dict[Effect, Any], dict[Effect, Any]]] = {}
 
     def active_bundle(self) -> Bundle | None:
         active = self._bundles.active
@@ -113,8 +127,10 @@ class PolicyDecisionPoint:
         cache_epoch = epoch if self._epoch is None else self._epoch.value
         bundle = active.bundle if active is not None else None
         assessment = None
+        span = self.span
         if self._trust is not None:  # the trust plane scores every request, refused or not
-            request, assessment = self._trust(request, bundle, remember=observe)
+            with span("trustplane.trust"):
+                request, assessment = self._trust(request, bundle, remember=observe)
         plan = None if self._cache is None else self._cache.plan(request, bundle, assessment)
         revoked = revocations.principal(request.principal)
         if revoked is not None:  # before any policy (and any cached answer)
@@ -129,15 +145,17 @@ class PolicyDecisionPoint:
             # Grants and exceptions from memory; the evaluator checks their windows itself.
             elevation = self._elevation(request)
             # The assessment goes in as the answer is built: a copy afterwards costs more.
-            decision = active.evaluator.evaluate(
-                request,
-                revocation_epoch=epoch,
-                elevation=elevation,
-                trust=assessment,
-                reuse=plan is None or plan.live is None,
-                settle=None if plan is None else partial(self._settle, plan, request, bundle),
-                cache_epoch=cache_epoch,
-            )
+            with span("trustplane.evaluate") as current:
+                decision = active.evaluator.evaluate(
+                    request,
+                    revocation_epoch=epoch,
+                    elevation=elevation,
+                    trust=assessment,
+                    reuse=plan is None or plan.live is None,
+                    settle=None if plan is None else partial(self._settle, plan, request, bundle),
+                    cache_epoch=cache_epoch,
+                )
+                annotate(current, decision)
             if observe and self._deny_spike is not None:  # the bundle's own answers only
                 denied = decision.effect is Effect.DENY
                 resource = request.resource
@@ -206,7 +224,8 @@ class PolicyDecisionPoint:
     async def decide(self, request: AccessRequest) -> Decision:
         """Evaluate and record; under sync durability, returns once the record is committed."""
         decision = self.evaluate(request)
-        await self._recorder.record(request, decision)
+        with self.span("trustplane.record"):
+            await self._recorder.record(request, decision)
         return decision
 
     async def refuse(self, request: AccessRequest, reason: str) -> Decision:
@@ -245,8 +264,13 @@ class PolicyDecisionPoint:
 
     def _observe(self, decision: Decision) -> None:
         metrics = self._metrics
-        self._enforced[decision.effect].inc()
-        self._shadow[decision.shadow_effect].inc()
+        DECISION_ID.set(decision.decision_id)  # for the log lines that follow
+        pep = CALLING_PEP.get()
+        counters = self._counters.get(pep)
+        if counters is None:
+            counters = self._counters[pep] = self._pep_counters(pep)
+        counters[0][decision.effect].inc()
+        counters[1][decision.shadow_effect].inc()
         metrics.evaluation_seconds.observe(decision.eval_micros / 1e6)
         if decision.cached:
             metrics.decision_cache_hits.inc()
@@ -254,6 +278,20 @@ class PolicyDecisionPoint:
             metrics.decision_errors.inc()
         for reason in decision.shadow_changes:
             metrics.shadow_mismatches.labels(reason.policy_id).inc()
+
+    def _pep_counters(self, pep: str | None) -> tuple[dict[Effect, Any], dict[Effect, Any]]:
+        """`trustplane_decisions_total{decision, mode, pep}`'s children for one PEP: a
+        registered PEP's name, `anonymous`, or `local` (asked in process, not through an
+        endpoint). Registered names are bounded by the registry; past MAX_PEP_LABELS further
+        names share `other`, so no caller can grow the metric."""
+        label = pep or "local"
+        if len(self._counters) >= MAX_PEP_LABELS:
+            label = "other"
+        decisions = self._metrics.decisions
+        return (
+            {e: decisions.labels(e.value, "enforced", label) for e in Effect},
+            {e: decisions.labels(e.value, "shadow", label) for e in Effect},
+        )
 
 
 def reused(
@@ -279,6 +317,7 @@ def reused(
         grant_ids=decision.grant_ids,
         exception_ids=decision.exception_ids,
         trust=decision.trust,
+        canary=decision.canary,
         cache_epoch=cache_epoch,
         cache=cache,
     )

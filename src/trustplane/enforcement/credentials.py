@@ -129,6 +129,10 @@ class Authenticator:
         self._proxies = proxies
         self._identity_header = identity_header.lower() if identity_header else None
 
+    def jwks_status(self) -> dict[str, tuple[bool, float | None]]:
+        """The token issuers' JWKS health (identity/tokens.py), for the metrics."""
+        return {} if self._verifier is None else self._verifier.jwks_status()
+
     @classmethod
     def from_settings(
         cls,

@@ -15,7 +15,8 @@ from trustplane.decision.routes import HttpFacts, RouteMatch, RouteTable, split_
 from trustplane.decision.step_up import parse_step_up, step_up_challenge
 from trustplane.enforcement.credentials import Authenticator, Credential, CredentialRejected
 from trustplane.enforcement.devices import DeviceFinder
-from trustplane.model import AccessRequest, Decision, EntityRef, Evidence
+from trustplane.model import TRACE_ID, AccessRequest, Decision, EntityRef, Evidence
+from trustplane.telemetry.tracing import TRACE_HEADER, Tracing
 
 ANONYMOUS = EntityRef("Anonymous", "anonymous")
 DECISION_HEADER = "X-Trustplane-Decision-Id"
@@ -42,6 +43,9 @@ class Verdict:
         """Response headers: on allow, who the caller is (for the proxy to pass upstream) and
         how long the allow may be reused; on a 401, the challenge; always the decision id."""
         headers = {DECISION_HEADER: self.decision.decision_id}
+        trace_id = TRACE_ID.get()
+        if trace_id is not None:
+            headers[TRACE_HEADER] = trace_id
         if self.status == 200:
             headers[TTL_HEADER] = str(self.decision.ttl_seconds)
             headers[EPOCH_HEADER] = str(self.decision.cache_epoch)
@@ -84,6 +88,11 @@ class HttpEnforcer:
     def authenticator(self) -> Authenticator:
         return self._authenticator
 
+    @property
+    def tracing(self) -> Tracing | None:
+        """The decision path's tracing (None: off)."""
+        return self._pdp.tracing
+
     async def judge(
         self,
         facts: HttpFacts,
@@ -98,20 +107,33 @@ class HttpEnforcer:
         routes = self._pdp.routes()
         found = routes.match(facts.method, facts.host, facts.path) if routes else None
         authenticate = self._authenticator.authenticate
-        try:
-            if self._authenticator.would_block(headers):  # a JWKS fetch: off the event loop
-                credential = await run_in_threadpool(
-                    authenticate, headers, peer, spiffe_id, peer_certificate
-                )
-            else:  # cached keys, SPIFFE IDs, proxy headers: microseconds, no thread hop
-                credential = authenticate(headers, peer, spiffe_id, peer_certificate)
-        except CredentialRejected as exc:
+        rejected: CredentialRejected | None = None
+        credential: Credential | None = None
+        with self._pdp.span("trustplane.authenticate") as span:
+            try:
+                if self._authenticator.would_block(headers):  # a JWKS fetch: off the loop
+                    credential = await run_in_threadpool(
+                        authenticate, headers, peer, spiffe_id, peer_certificate
+                    )
+                else:  # cached keys, SPIFFE IDs, proxy headers: microseconds, no thread hop
+                    credential = authenticate(headers, peer, spiffe_id, peer_certificate)
+            except CredentialRejected as exc:
+                rejected = exc
+            if span is not None:  # what kind of credential, or why it was refused
+                kind = "none"
+                if rejected is not None:
+                    kind = rejected.code
+                elif credential is not None:
+                    kind = "mtls" if credential.workload else credential.issuer
+                span.set_attribute("trustplane.credential", kind)
+        if rejected is not None:
+            code = rejected.code
             request = _attempt(ANONYMOUS, facts, routes, found)
-            decision = await self._pdp.refuse(request, f"{exc.code}: {exc.detail}")
+            decision = await self._pdp.refuse(request, f"{code}: {rejected.detail}")
             challenge = (
-                f'Bearer realm="trustplane", error="invalid_token", error_description="{exc.code}"'
+                f'Bearer realm="trustplane", error="invalid_token", error_description="{code}"'
             )
-            return Verdict(401, decision, (exc.code,), ANONYMOUS, None, challenge)
+            return Verdict(401, decision, (code,), ANONYMOUS, None, challenge)
         revoked = None
         if credential is not None:
             revoked = self._pdp.revoked_credential(

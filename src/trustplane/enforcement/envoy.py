@@ -35,12 +35,14 @@ from trustplane.decision.routes import HttpFacts
 from trustplane.enforcement.enforcer import HttpEnforcer, Verdict
 from trustplane.enforcement.forward_auth import original_request
 from trustplane.enforcement.pep import ANONYMOUS, PepAuthenticator, PepLatency, PepUnauthenticated
-from trustplane.model import CALLING_PEP
+from trustplane.model import CALLING_PEP, DECISION_ID
 from trustplane.problems import json_response
+from trustplane.telemetry.tracing import CONTEXT_HEADERS
 
 log = logging.getLogger("trustplane.envoy")
 
 REMOVE_HEADERS = "x-envoy-auth-headers-to-remove"
+CHECK_SPAN = "envoy.service.auth.v3.Authorization/Check"
 _GRPC_CODES = {200: code_pb2.OK, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
 
 
@@ -146,6 +148,33 @@ class EnvoyAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type:
     ) -> external_auth_pb2.CheckResponse:
         """The answer to one Check; `peer` in gRPC's form (`ipv4:127.0.0.1:5555`);
         `authorization`: the call's `authorization` metadata (the calling PEP's credential)."""
+        tracing = self._enforcer.tracing
+        if tracing is None:
+            return await self._answer(request, peer, authorization)
+        # The held request's own trace context: Envoy's tracing puts it in the headers it
+        # sends, so the decision joins the trace of the request it decides.
+        held = request.attributes.request.http.headers
+        carrier = {k.lower(): held[k] for k in held if k.lower() in CONTEXT_HEADERS}
+        attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": "envoy.service.auth.v3.Authorization",
+            "rpc.method": "Check",
+            "trustplane.adapter": "envoy_grpc",
+        }
+        with tracing.decision(CHECK_SPAN, carrier, attributes) as span:
+            with tracing.span("trustplane.pep.envoy_grpc"):
+                response = await self._answer(request, peer, authorization)
+            if span is None:  # not sampled
+                return response
+            span.set_attribute("rpc.grpc.status_code", response.status.code)
+            decision_id = DECISION_ID.get()
+            if decision_id is not None:
+                span.set_attribute("trustplane.decision.id", decision_id)
+            return response
+
+    async def _answer(
+        self, request: external_auth_pb2.CheckRequest, peer: str, authorization: str | None
+    ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()
         pep = ANONYMOUS
         if self._pep is not None:

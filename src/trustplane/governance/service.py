@@ -56,9 +56,10 @@ class Governance:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _held(self, grants: int, exceptions: int) -> None:
+    def _held(self, grants: int, exceptions: int, break_glass: int) -> None:
         self._metrics.grants_active.labels("grant").set(grants)
         self._metrics.grants_active.labels("exception").set(exceptions)
+        self._metrics.break_glass_open.set(break_glass)
 
     def opened_break_glass(self, profile: str) -> None:
         self._metrics.break_glass_opened.labels(profile).inc()

@@ -40,9 +40,10 @@ class GovernanceState:
         self,
         engine: Engine,
         clock: Clock = time.time,
-        on_refresh: Callable[[int, int], None] | None = None,
+        on_refresh: Callable[[int, int, int], None] | None = None,
     ) -> None:
-        """`on_refresh(grants, exceptions)`: counts after each reload (for metrics)."""
+        """`on_refresh(grants, exceptions, break_glass)`: counts after each reload (for
+        metrics; `break_glass`: the grants that are open break-glass sessions)."""
         self._engine = engine
         self._clock = clock
         self._held: dict[str, _Held] = {}
@@ -87,7 +88,8 @@ class GovernanceState:
                 return  # an older read finishing late
             self._held, self.version = held, current
         if self._on_refresh is not None:
-            self._on_refresh(len(grants), len(exceptions))
+            sessions = sum(1 for row in grants if row.kind == "break-glass")
+            self._on_refresh(len(grants), len(exceptions), sessions)
 
     def elevation(self, request: AccessRequest) -> Elevation | None:
         """The grants and the exceptions matching this request's flow, for its principal."""

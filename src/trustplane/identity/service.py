@@ -220,6 +220,12 @@ class IdentityService:
             return
         for kind, not_after in self.expiries().items():
             self.metrics.certificate_expiry.labels(kind).set(not_after)
+        # Every published key, not just the active ones: a prepared CA that expires before it
+        # is activated, or a superseded JWT key still verifying, is worth an alert too.
+        gauge = self.metrics.key_expiry
+        gauge.clear()  # retired keys leave the gauge
+        for record in self.key_store.records():
+            gauge.labels(record.kind.value, record.kid, record.state.value).set(record.not_after)
 
     def _run(self) -> None:
         while not self._stop.wait(ROTATION_CHECK_SECONDS):

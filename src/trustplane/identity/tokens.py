@@ -171,6 +171,15 @@ class JwksCache:
             raise TokenRejected("token_unknown_key", f"no key {kid!r} in the JWKS of {self.uri}")
         return found
 
+    def status(self) -> tuple[bool, float | None] | None:
+        """(whether the last fetch succeeded, seconds since the last one that did), or None
+        before the first fetch (keys are fetched when the first token needs them)."""
+        with self._lock:
+            if self._fetched_at is None:
+                return None
+            age = None if self._loaded_at is None else self._clock() - self._loaded_at
+            return self._failure is None, age
+
     def _refresh(self, now: float) -> None:
         self.fetches += 1
         self._fetched_at = now  # failures count against the refresh rate limit too
@@ -225,6 +234,15 @@ class TokenVerifier:
             )
             for i in issuers
         }
+
+    def jwks_status(self) -> dict[str, tuple[bool, float | None]]:
+        """Each issuer's JWKS health (`JwksCache.status`), for those fetched at least once."""
+        found = {}
+        for issuer, cache in self._jwks.items():
+            status = cache.status()
+            if status is not None:
+                found[issuer] = status
+        return found
 
     def _skew_observer(self, issuer: Issuer) -> Callable[[float], None]:
         def observe(skew: float) -> None:

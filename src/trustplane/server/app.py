@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from trustplane.decision.manager import reload_or_log
 from trustplane.decision.watch import BundleWatcher
@@ -33,13 +34,14 @@ from trustplane.identity.tokens import verifier_from_settings
 from trustplane.identity.workload_api import WorkloadApiServer
 from trustplane.outcomes.universe import KnownUniverse
 from trustplane.problems import Problem, json_response
+from trustplane.server import traced
 from trustplane.server.admin import admin_routes
 from trustplane.server.admin_gate import AdminGate
 from trustplane.server.authzen import AuthZenApi, EpochApi
 from trustplane.server.identity import IdentityApi, identity_routes
 from trustplane.server.image_attestations import AttestationsApi, attestation_routes
 from trustplane.server.openapi import openapi_document
-from trustplane.server.pep_gate import PepGate
+from trustplane.server.pep_gate import Handler, PepGate
 from trustplane.server.runtime import Runtime
 from trustplane.telemetry.recorder import RecordingError
 from trustplane.web.app import UI_PREFIX, problem_page, ui_routes
@@ -98,44 +100,61 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         return json_response({"status": "ready", "revision": active.bundle.revision})
 
     async def metrics(request: Request) -> Response:
+        # Read when scraped: the JWKS caches know their health, nothing pushes it.
+        runtime.metrics.observe_jwks(enforcer.authenticator.jwks_status())
         return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:
         return json_response(openapi_document())
 
-    routes = [
-        Route(
+    tracing = runtime.tracing
+
+    def decision_route(
+        path: str, handler: Handler, adapter: str, methods: list[str], header: str = "authorization"
+    ) -> Route:
+        """A decision endpoint behind the PEP gate, in its trace when tracing is on."""
+        if tracing is None:
+            return Route(path, pep_gate.guard(handler, header), methods=methods)
+        inner = pep_gate.guard(traced.adapter(tracing, handler, adapter), header)
+        return Route(path, traced.root(tracing, inner, path, adapter), methods=methods)
+
+    evaluation_app: ASGIApp = pep_gate.guard_app(authzen.evaluation_app)
+    if tracing is not None:
+        evaluation_app = traced.RootApp(
+            tracing,
+            pep_gate.guard_app(traced.AdapterApp(tracing, authzen.evaluation_app, "authzen")),
             "/access/v1/evaluation",
-            pep_gate.guard_app(authzen.evaluation_app),
-            methods=["POST"],
+            "authzen",
+        )
+    envoy_methods = list(FORWARD_AUTH_METHODS)
+    routes = [
+        Route("/access/v1/evaluation", evaluation_app, methods=["POST"]),
+        decision_route("/access/v1/evaluations", authzen.evaluations, "authzen", ["POST"]),
+        *(
+            decision_route(f"/access/v1/search/{kind}", handler, "authzen", ["POST"])
+            for kind, handler in (
+                ("subject", authzen.search_subject),
+                ("resource", authzen.search_resource),
+                ("action", authzen.search_action),
+            )
         ),
-        Route("/access/v1/evaluations", pep_gate.guard(authzen.evaluations), methods=["POST"]),
-        Route(
-            "/access/v1/search/subject", pep_gate.guard(authzen.search_subject), methods=["POST"]
-        ),
-        Route(
-            "/access/v1/search/resource", pep_gate.guard(authzen.search_resource), methods=["POST"]
-        ),
-        Route("/access/v1/search/action", pep_gate.guard(authzen.search_action), methods=["POST"]),
         Route("/.well-known/authzen-configuration", authzen.configuration, methods=["GET"]),
         Route(EPOCH_PATH, pep_gate.guard(epoch_api.handle, timed=False), methods=["GET"]),
         # Here `Authorization` is the end user's (the held request's): the PEP uses its own.
-        Route(
-            "/v1/forward-auth",
-            pep_gate.guard(forward_auth.handle, PEP_HEADER),
-            methods=list(FORWARD_AUTH_METHODS),
+        decision_route(
+            "/v1/forward-auth", forward_auth.handle, "forward_auth", envoy_methods, PEP_HEADER
         ),
-        Route(
-            EnvoyHttp.PREFIX,
-            pep_gate.guard(envoy_http.handle, PEP_HEADER),
-            methods=list(FORWARD_AUTH_METHODS),
+        decision_route(
+            EnvoyHttp.PREFIX, envoy_http.handle, "envoy_http", envoy_methods, PEP_HEADER
         ),
-        Route(
+        decision_route(
             EnvoyHttp.PREFIX + "/{path:path}",
-            pep_gate.guard(envoy_http.handle, PEP_HEADER),
-            methods=list(FORWARD_AUTH_METHODS),
+            envoy_http.handle,
+            "envoy_http",
+            envoy_methods,
+            PEP_HEADER,
         ),
-        Route(AdmissionWebhook.PATH, pep_gate.guard(admission.handle), methods=["POST"]),
+        decision_route(AdmissionWebhook.PATH, admission.handle, "admission", ["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

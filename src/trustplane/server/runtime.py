@@ -56,6 +56,7 @@ from trustplane.telemetry.ledger import Ledger
 from trustplane.telemetry.masking import Masker
 from trustplane.telemetry.metrics import Metrics, multiprocess_dir
 from trustplane.telemetry.recorder import DecisionRecorder
+from trustplane.telemetry.tracing import Tracing
 from trustplane.trust.behaviour import BehaviourState
 from trustplane.trust.behaviour_store import BehaviourWriter
 from trustplane.trust.device import TOPIC as DEVICES_TOPIC
@@ -241,6 +242,10 @@ class Runtime:
             if settings.server.workers > 1
             else None
         )
+        # None when tracing is off: OpenTelemetry is then never imported.
+        self.tracing: Tracing | None = None
+        if settings.tracing.enabled:
+            self.tracing = Tracing(settings.tracing)
         self.engine = create_store_engine(
             settings.effective_database_url,
             sync_commit=settings.ledger.durability is Durability.SYNC,
@@ -296,7 +301,11 @@ class Runtime:
                 lambda entry: self.recorder.record_entry_blocking(entry, wait=True),
                 settings.policy.drift_check_seconds,
             )
-        self.feed = ChangeFeed(self.engine, poll_interval=settings.store.change_poll_ms / 1000)
+        self.feed = ChangeFeed(
+            self.engine,
+            poll_interval=settings.store.change_poll_ms / 1000,
+            on_health=self._feed_health,
+        )
         self.feed.subscribe(BUNDLES_TOPIC, lambda _topic: follow_or_log(self.bundles))
         self.revocation_store = RevocationStore(self.engine)
         self.revocations = RevocationList(self.revocation_store)
@@ -367,6 +376,10 @@ class Runtime:
             interval=settings.governance.interval_ms / 1000,
         )
 
+    def _feed_health(self, healthy: bool, lag_seconds: float) -> None:
+        self.metrics.change_feed_up.set(1 if healthy else 0)
+        self.metrics.change_feed_lag_seconds.set(lag_seconds)
+
     def decision_point(self) -> PolicyDecisionPoint:
         """The decision path over this runtime's bundles, revocations, grants and ledger."""
         return PolicyDecisionPoint(
@@ -385,6 +398,7 @@ class Runtime:
             ),
             cache=RiskCache(cache_rules(self.settings.policy)),
             epoch=self.cache_epoch,
+            tracing=self.tracing,
         )
 
     def _activated(self, loaded: Any) -> None:
@@ -458,6 +472,8 @@ class Runtime:
         self.revocation_service.stop()
         self.governance.stop()
         self.recorder.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
         self.engine.dispose()
 
     def _revoke_governed(

@@ -43,9 +43,13 @@ from trustplane.server.runtime import Runtime, load_options
 from trustplane.server.tls import serving_certificate
 from trustplane.store.database import create_store_engine, migrate
 from trustplane.store.policy_revisions import BundleStore
+from trustplane.telemetry.logs import configure_logging
 from trustplane.telemetry.metrics import MULTIPROCESS_ENV, Metrics, multiprocess_dir
 
 WORKER_SETTINGS_ENV = "_TRUSTPLANE_WORKER_SETTINGS"  # outside TRUSTPLANE_*: not a setting
+
+
+log = logging.getLogger("trustplane.server")
 
 
 def preflight(settings: Settings) -> None:
@@ -83,6 +87,14 @@ def serve(settings: Settings) -> None:
     check_listen_policy(settings)
     preflight(settings)
     _configure_logging(settings)
+    if settings.log_format == "json":  # the CLI's banner, as a log line
+        log.info(
+            "trustplane serving %s on port %d (ledger: %s, workers: %d)",
+            settings.policy.bundle_dir,
+            settings.server.port,
+            settings.ledger.durability.value,
+            settings.server.workers,
+        )
     ports = claim_ports(settings)  # before anything starts: a held port refuses here
     try:
         if settings.server.workers == 1:
@@ -183,6 +195,7 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through ours (telemetry/logs.py), in its format
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
@@ -203,7 +216,4 @@ def _uvicorn_config(settings: Settings, app: Any, factory: bool = False) -> uvic
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)

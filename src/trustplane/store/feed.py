@@ -65,9 +65,11 @@ class ChangeFeed:
         *,
         poll_interval: float = 0.1,
         safety_interval: float = 1.0,
+        on_health: Callable[[bool, float], None] | None = None,
     ) -> None:
         """`poll_interval`: how often SQLite is polled; `safety_interval`: how often
-        PostgreSQL is read even without a notification."""
+        PostgreSQL is read even without a notification; `on_health(healthy, lag_seconds)` is
+        told after every read and every failure (the metrics)."""
         self._engine = engine
         self._poll = poll_interval
         self._safety = safety_interval
@@ -77,6 +79,7 @@ class ChangeFeed:
         self._thread: threading.Thread | None = None
         self._last_read = 0.0
         self._failing = False
+        self._on_health = on_health
 
     def subscribe(self, topic: str, callback: Subscriber) -> None:
         self._subscribers.setdefault(topic, []).append(callback)
@@ -99,6 +102,15 @@ class ChangeFeed:
         """False once the store could not be read for a few intervals."""
         limit = 3 * max(self._safety if is_postgres(self._engine) else self._poll, 0.5)
         return not self._failing and time.monotonic() - self._last_read < limit
+
+    @property
+    def lag_seconds(self) -> float:
+        """Seconds since the store was last read successfully."""
+        return time.monotonic() - self._last_read
+
+    def _report(self) -> None:
+        if self._on_health is not None:
+            self._on_health(self.healthy, self.lag_seconds)
 
     # -- listening ----------------------------------------------------------------------------
 
@@ -123,6 +135,7 @@ class ChangeFeed:
         if not self._failing:
             log.error("change feed lost the store (%s); not ready until it is back", exc)
         self._failing = True
+        self._report()
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self._poll):
@@ -158,6 +171,7 @@ class ChangeFeed:
                 continue
             self._seen[topic] = version
         self._failing = failed
+        self._report()
         if was_failing and not failed:
             log.info("change feed caught up")
 

@@ -36,7 +36,7 @@ from sqlalchemy.exc import (
 )
 
 from trustplane.errors import TrustplaneError
-from trustplane.model import CALLING_PEP, AccessRequest, Decision, Effect, PolicyReason
+from trustplane.model import CALLING_PEP, TRACE_ID, AccessRequest, Decision, Effect, PolicyReason
 from trustplane.store.tables import checkpoints, decisions, ledger_quarantine, rollout_evidence
 from trustplane.store.text import column_text
 from trustplane.telemetry.checkpoint import (
@@ -214,6 +214,9 @@ def decision_entry(request: AccessRequest, decision: Decision, masker: Masker) -
     pep = CALLING_PEP.get()
     if pep is not None:  # asked through a decision endpoint: which enforcement point asked
         record["pep"] = pep
+    trace_id = TRACE_ID.get()
+    if trace_id is not None:  # answered while tracing: the trace the decision belongs to
+        record["trace_id"] = trace_id
     if decision.grant_ids:  # decisions under a grant: `access activity GRANT` finds them
         record["grants"] = list(decision.grant_ids)
     if decision.exception_ids:

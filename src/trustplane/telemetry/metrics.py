@@ -45,8 +45,9 @@ class Metrics:
         r = self.registry
         self.decisions = Counter(
             "trustplane_decisions",
-            "Decisions answered, by enforced decision and by kind (enforced answer or shadow).",
-            ["decision", "mode"],
+            "Decisions answered, by enforced decision, by kind (enforced answer or shadow) and by "
+            "the enforcement point that asked (a registered PEP's name, `anonymous`, or `local`).",
+            ["decision", "mode", "pep"],
             registry=r,
         )
         self.shadow_mismatches = Counter(
@@ -108,14 +109,14 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.bundle_info = Gauge(
-            "trustplane_bundle_active",
-            "1 for the active bundle revision.",
+            "trustplane_bundle_info",
+            "1 for the active bundle revision (its name and revision as labels).",
             ["name", "revision"],
             registry=r,
             multiprocess_mode="max",  # 1 while any worker serves that revision
         )
-        self.ledger_size = Gauge(
-            "trustplane_ledger_size",
+        self.ledger_records = Gauge(
+            "trustplane_ledger_records",
             "Records committed to the decision ledger.",
             registry=r,
             multiprocess_mode="max",
@@ -158,6 +159,36 @@ class Metrics:
         self.checkpoints = Counter(
             "trustplane_ledger_checkpoints", "Signed checkpoints produced.", registry=r
         )
+        self.ledger_checkpoint_time = Gauge(
+            "trustplane_ledger_last_checkpoint_timestamp_seconds",
+            "When a signed checkpoint last covered every committed record (unix time): signed "
+            "then, or the newest one already covered the tree.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        # store/feed.py: whether changes made elsewhere (activations, revocations, grants) are
+        # heard, and how long since the listener last read the store.
+        self.change_feed_up = Gauge(
+            "trustplane_change_feed_up",
+            "1 while the change feed's listener reads the store; 0 once it has failed for "
+            "three intervals (/readyz is 503 then).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.change_feed_lag_seconds = Gauge(
+            "trustplane_change_feed_lag_seconds",
+            "Seconds since the change feed's listener last read the store successfully.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.key_expiry = Gauge(
+            "trustplane_key_expiry_timestamp_seconds",
+            "When each trust-domain key stops being usable (unix time: its certificate's or "
+            "its retirement's), by kind (ca, jwt) and key id, for every key not yet retired.",
+            ["kind", "key_id", "state"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         # identity/: what the identity plane sees of the clocks and credentials it depends on.
         self.issuer_clock_skew = Gauge(
             "trustplane_issuer_clock_skew_seconds",
@@ -166,6 +197,21 @@ class Metrics:
             ["issuer"],
             registry=r,
             multiprocess_mode="livemostrecent",
+        )
+        self.jwks_up = Gauge(
+            "trustplane_jwks_up",
+            "1 when the last fetch of each token issuer's JWKS succeeded, 0 when it failed "
+            "(cached keys are still used until jwks_max_stale_seconds); by issuer.",
+            ["issuer"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.jwks_age_seconds = Gauge(
+            "trustplane_jwks_age_seconds",
+            "Seconds since each token issuer's JWKS was last fetched successfully.",
+            ["issuer"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.certificate_expiry = Gauge(
             "trustplane_certificate_expiry_timestamp_seconds",
@@ -196,6 +242,13 @@ class Metrics:
             "Break-glass sessions opened, by profile.",
             ["profile"],
             registry=r,
+        )
+        self.break_glass_open = Gauge(
+            "trustplane_break_glass_open_sessions",
+            "Break-glass sessions in force now (grants of kind break-glass not expired or "
+            "revoked).",
+            registry=r,
+            multiprocess_mode="max",
         )
         self.break_glass_reviews_overdue = Gauge(
             "trustplane_break_glass_reviews_overdue",
@@ -247,6 +300,12 @@ class Metrics:
 
     def observe_issuer_clock_skew(self, issuer: str, seconds: float) -> None:
         self.issuer_clock_skew.labels(issuer).set(seconds)
+
+    def observe_jwks(self, status: dict[str, tuple[bool, float | None]]) -> None:
+        for issuer, (ok, age) in status.items():
+            self.jwks_up.labels(issuer).set(1 if ok else 0)
+            if age is not None:
+                self.jwks_age_seconds.labels(issuer).set(age)
 
     def exposition(self) -> bytes:
         """The text format for /metrics: this process, or every worker's values combined."""

@@ -109,7 +109,7 @@ class DecisionRecorder:
         self._inflight: float | None = None  # enqueue time of the oldest record being committed
         self._undelivered: list[str] = []  # committed after their caller was answered 503
         self._quarantined = ledger.quarantined
-        self.metrics.ledger_size.set(ledger.size)
+        self.metrics.ledger_records.set(ledger.size)
 
     @classmethod
     def from_settings(
@@ -519,7 +519,7 @@ class DecisionRecorder:
                     pending.waiter()
 
     def _committed(self, size: int) -> None:
-        self.metrics.ledger_size.set(size)
+        self.metrics.ledger_records.set(size)
         if self.ledger.quarantined != self._quarantined:
             self.metrics.ledger_quarantined.inc(self.ledger.quarantined - self._quarantined)
             self._quarantined = self.ledger.quarantined
@@ -604,6 +604,9 @@ class DecisionRecorder:
             if self._sink.checkpoint():
                 self.metrics.checkpoints.inc()
             self._last_checkpoint = now
+            # Signed now, or the newest checkpoint already covers the tree: either way every
+            # committed record is covered as of this instant (an idle ledger is not stale).
+            self.metrics.ledger_checkpoint_time.set(time.time())
         except Exception:
             log.exception("signing a ledger checkpoint failed; will retry")
 
