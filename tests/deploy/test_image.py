@@ -16,9 +16,10 @@ packages instead, step for step:
    Containerfile's config (user, entrypoint, command, environment, ports, volume);
 5. the run: `umoci unpack` gives the runtime bundle; its root filesystem is run the way a
    container runtime would (podman's crun refuses every container in this sandbox: setrlimit
-   not permitted, then cgroups in hybrid mode; see docs/operations.md, "The image"), in a mount namespace where it is read-only (`unshare --mount`,
-   bind mounts: / read-only, a writable state volume, a tmpfs /tmp) as uid 10001 with the
-   image's environment, until /readyz answers 200.
+   not permitted, then cgroups in hybrid mode; see docs/operations.md, "The image"), in a
+   mount namespace where it is read-only (`unshare --mount`, bind mounts: / read-only, a
+   writable state volume, a tmpfs /tmp) as uid 10001 with the image's environment, until
+   /readyz answers 200.
 
 Marked slow and run on demand: it takes about ten minutes on a loaded 2-core machine, so the
 suite skips it unless asked (`TRUSTPLANE_IMAGE_TEST=1 pytest tests/deploy/test_image.py`).
