@@ -17,6 +17,7 @@ from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.model import AccessRequest, Decision, Effect, EntityRef, PolicyReason
 from trustplane.outcomes.report import render_html, render_markdown
 from trustplane.outcomes.scorecard import Scorecard, ScorecardError, compute_scorecard, parse_period
+from trustplane.outcomes.simulation_runs import save_run
 from trustplane.outcomes.snapshots import load_snapshots, save_snapshot
 from trustplane.store.tables import (
     access_grants,
@@ -137,7 +138,27 @@ def card(engine: Engine, signer: NoteSigner) -> Iterator[tuple[Engine, Scorecard
             insert(break_glass_reviews),
             {"grant_id": "g-2", "opened_by": "alice", "due_at": NOW - 10},
         )
+    save_run(engine, SIMULATED, "rev", now=START + 600)
     yield engine, compute_scorecard(engine, shop(), PERIOD, now=NOW)
+
+
+SIMULATED = {  # outcomes.simulate.run's result, as much of it as is saved
+    "lateral_movement": {"paths_without_authz": 4, "blocked_by_authz": 3, "resistance": 0.75},
+    "scenarios": [
+        {
+            "scenario": "rogue-workload",
+            "start": 'Service::"checkout"',
+            "tier0_paths": {'Database::"payments-db-prod"': []},
+            "lateral_movement": {"blocked": ['Dataset::"audit-log"']},
+        },
+        {
+            "scenario": "stolen-token",
+            "start": 'User::"erin"',
+            "tier0_paths": {},
+            "lateral_movement": {"blocked": ['Dataset::"audit-log"', 'Dataset::"customers-pii"']},
+        },
+    ],
+}
 
 
 def grant(grant_id: str, kind: str, starts: float, expires: float) -> dict[str, Any]:
@@ -221,8 +242,12 @@ def test_error_and_friction_figures(card: tuple[Engine, Scorecard]) -> None:
     fp = scorecard.figure("false_positives")
     assert fp.value == pytest.approx(0.1)
     assert fp.verdict == "not met", "1 in 10 has an upper bound far above 5%"
-    assert scorecard.figure("false_negatives").verdict == "not measured"
-    assert scorecard.figure("false_negatives").to_measure
+    # the simulation saved in November: 4 paths to tier 0 without authorization, 3 blocked
+    lateral = scorecard.figure("lateral_movement")
+    assert (lateral.value, lateral.verdict) == (pytest.approx(0.75), "not met")
+    missed = scorecard.figure("false_negatives")
+    assert (missed.value, missed.verdict) == (1, "not met")
+    assert 'Service::"checkout" → Database::"payments-db-prod"' in missed.evidence
 
     revoke = scorecard.figure("time_to_revoke")  # bob's allow came 300 s after his revocation
     assert (revoke.value, revoke.verdict) == (pytest.approx(300.0), "met")

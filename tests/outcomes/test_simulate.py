@@ -190,3 +190,31 @@ def test_candidate_manifests_show_their_effect(tmp_path: Path) -> None:
     assert 'Api::"ledger.post"' in before["tier0_paths"]
     assert after["tier0_paths"] == {}
     assert after["blast_radius"]["count"] < before["blast_radius"]["count"]
+
+
+def test_a_saved_simulation_is_the_scorecards_lateral_movement(tmp_path: Path) -> None:
+    env = {
+        "TRUSTPLANE_STATE_DIR": str(tmp_path / "state"),
+        "TRUSTPLANE_IDENTITY__EXCHANGE_RULES": json.dumps([RULE.model_dump()]),
+    }
+    assert run_cli("init", env=env).returncode == 0
+    args = ["-b", str(ESTATE / "bundle"), "-m", str(ESTATE / "manifests")]
+    args += ["--flows", str(ESTATE / "flows.json")]
+    done = run_cli("simulate", "--all", *args, "--save", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)["lateral_movement"]
+    card = run_cli("scorecard", "--json", env=env)
+    assert card.returncode == 0, card.stderr
+    scored = {f["key"]: f for f in json.loads(card.stdout)["figures"]}
+    lateral = scored["lateral_movement"]
+    assert lateral["value"] == pytest.approx(figures["resistance"])
+    assert (
+        f"{figures['blocked_by_authz']} of {figures['paths_without_authz']}"
+        in (lateral["evidence"])
+    )
+    left = figures["paths_without_authz"] - figures["blocked_by_authz"]
+    assert scored["false_negatives"]["value"] == left
+
+    nowhere = {"TRUSTPLANE_STATE_DIR": str(tmp_path / "none")}
+    refused = run_cli("simulate", "--all", *args, "--save", env=nowhere)
+    assert refused.returncode == 2 and "no trustplane store" in refused.stderr

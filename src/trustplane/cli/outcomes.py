@@ -267,6 +267,14 @@ def simulate_all(
     context: SimContextOpt = None,
     candidate: CandidateOpt = None,
     html: HtmlOpt = None,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save",
+            help="With --all: store the estate's figures in the local store, where the "
+            "scorecard reads lateral-movement resistance.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Compromise simulation: blast radius and attack paths through policy, RBAC and
@@ -276,7 +284,9 @@ def simulate_all(
     if not every:
         out.print(ctx.get_help())
         raise typer.Exit(2)
-    _simulate(ctx, None, None, bundle, manifests, flows, context, candidate, html, as_json)
+    _simulate(
+        ctx, None, None, bundle, manifests, flows, context, candidate, html, as_json, save=save
+    )
 
 
 @simulate_app.command("stolen-token")
@@ -420,6 +430,7 @@ def _simulate(
     candidate: Path | None,
     html: Path | None,
     as_json: bool,
+    save: bool = False,
 ) -> None:
     from trustplane.outcomes.simulate import render_html, run
 
@@ -427,6 +438,16 @@ def _simulate(
     estate = _estate(ctx, bundle, list(manifests or []), flows, ctx_value)
     result = run(estate, scenario, target)
     outcomes = result.pop("_outcomes")
+    if save:
+        from trustplane.cli.common import store_engine
+        from trustplane.outcomes.simulation_runs import save_run
+
+        engine = store_engine(root_context(ctx).settings())
+        try:
+            saved = save_run(engine, result, estate.bundle.revision)
+        finally:
+            engine.dispose()
+        result["saved"] = {"run_at": saved.run_at, "revision": saved.revision}
     if candidate is not None:
         if not candidate.is_dir():
             raise CliError(f"--candidate {candidate}: not a directory")

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, and_, case, func, select
 
 from trustplane.decision.policy_bundle import Bundle
 from trustplane.governance.catalog import access_catalog
+from trustplane.outcomes.simulation_runs import SimulationRun, latest_run
 from trustplane.rollout.gates import named_principals, wilson
 from trustplane.store.tables import (
     access_grants,
@@ -485,6 +486,7 @@ def _error_figures(
                 )
             )
         ]
+    run = latest_run(engine, start, end)
     counts = {str(verdict): int(n) for verdict, n in labels}
     labelled = sum(counts.values())
     false_pos = counts.get("false-positive", 0)
@@ -504,18 +506,7 @@ def _error_figures(
             "trustplane rollout status --json",
             "" if labelled else "label would-denies: trustplane rollout queue / rollout label",
         ),
-        Figure(
-            "false_negatives",
-            "False negatives (allows labelled wrong)",
-            "errors",
-            None,
-            "%",
-            "0",
-            NOT_MEASURED,
-            "labels exist for would-denies only",
-            to_measure="labels on allowed decisions, and the open paths of `trustplane "
-            "simulate --all`",
-        ),
+        _false_negatives(run),
     ]
     delays = [tally.last_allow.get(p, at) - at for p, at in revoked.items()]
     mean = statistics.fmean(delays) if delays else None
@@ -537,19 +528,7 @@ def _error_figures(
             "" if delays else "revoke a principal (trustplane revoke principal …)",
         )
     )
-    figures.append(
-        Figure(
-            "lateral_movement",
-            "Lateral-movement resistance",
-            "errors",
-            None,
-            "%",
-            "100% of simulated paths blocked",
-            NOT_MEASURED,
-            "no compromise simulation has been run",
-            to_measure="trustplane simulate --all",
-        )
-    )
+    figures.append(_lateral_movement(run))
     users = len(tally.users)
     figures.append(
         Figure(
@@ -582,6 +561,69 @@ def _error_figures(
         )
     )
     return figures
+
+
+def _lateral_movement(run: SimulationRun | None) -> Figure:
+    """The share of simulated paths to tier 0 that service authorization blocks, from the
+    month's newest `trustplane simulate --all --save`."""
+    if run is None:
+        return Figure(
+            "lateral_movement",
+            "Lateral-movement resistance",
+            "errors",
+            None,
+            "%",
+            "100% of simulated paths blocked",
+            NOT_MEASURED,
+            "no compromise simulation saved in the period",
+            to_measure="trustplane simulate --all --save (with --manifests)",
+        )
+    resistance = run.resistance
+    return Figure(
+        "lateral_movement",
+        "Lateral-movement resistance",
+        "errors",
+        resistance,
+        "%",
+        "100% of simulated paths blocked",
+        _verdict(None if resistance is None else run.blocked == run.paths),
+        f"{run.blocked} of {run.paths} paths to tier 0 blocked by service authorization "
+        f"(simulation of {_stamp(run.run_at)}, revision {(run.revision or '?')[:12]})",
+        "trustplane simulate --all --json",
+        "" if resistance is not None else "manifests whose RBAC or network reach tier 0",
+    )
+
+
+def _false_negatives(run: SimulationRun | None) -> Figure:
+    """Allows that should not be: no label says so yet, so the figure is the simulation's
+    paths to tier 0 that the policy leaves open."""
+    if run is None:
+        return Figure(
+            "false_negatives",
+            "False negatives (paths to tier 0 left open)",
+            "errors",
+            None,
+            "count",
+            "0",
+            NOT_MEASURED,
+            "labels exist for would-denies only, and no simulation was saved in the period",
+            to_measure="trustplane simulate --all --save; labels on allowed decisions",
+        )
+    left = run.paths - run.blocked
+    shown = ", ".join(f"{p['start']} → {p['target']}" for p in run.open_paths[:3])
+    return Figure(
+        "false_negatives",
+        "False negatives (paths to tier 0 left open)",
+        "errors",
+        float(left),
+        "count",
+        "0",
+        _verdict(left == 0),
+        f"{left} paths to tier 0 the policy leaves open in the simulation"
+        + (f": {shown}" + (" …" if len(run.open_paths) > 3 else "") if shown else "")
+        + "; allowed decisions are not labelled yet",
+        "trustplane simulate --all --json",
+    )
 
 
 def _percentile(values: list[float] | list[int], q: float) -> float | None:
@@ -884,7 +926,11 @@ def _stages(figures: Iterable[Figure], tally: _Tally) -> list[Stage]:
                     "service calls authorized per request, not per network",
                     tally.workload_callers > 0,
                 ),
-                ("Advanced", "lateral movement measured by simulation", met("lateral_movement")),
+                (
+                    "Advanced",
+                    "lateral movement measured by simulation",
+                    by["lateral_movement"].verdict != NOT_MEASURED,
+                ),
                 ("Optimal", "every simulated path blocked", met("lateral_movement")),
             ],
             [

@@ -448,3 +448,17 @@ policy_drift = Table(
     Index("ix_policy_drift_detected", "detected_at"),
     UniqueConstraint("is_open", name="uq_policy_drift_open"),
 )
+
+# outcomes/simulation_runs.py: the estate-wide figures of a `trustplane simulate --all --save`,
+# so the scorecard measures lateral-movement resistance from a run, not an estimate.
+simulation_runs = Table(
+    "simulation_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_at", Float, nullable=False),
+    Column("revision", String(64), nullable=True),  # the bundle simulated against
+    Column("paths", Integer, nullable=False),  # (start, tier-0 target) pairs open without authz
+    Column("blocked", Integer, nullable=False),  # ... of them blocked by the active policy
+    Column("summary", Text, nullable=False),  # JSON: scenarios with their open tier-0 targets
+    Index("ix_simulation_runs_run_at", "run_at"),
+)
