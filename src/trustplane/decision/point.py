@@ -7,6 +7,7 @@ runtime, so it can be tested alone and no plane has to import the server.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
@@ -25,6 +26,8 @@ NO_BUNDLE = "no_active_bundle: no active policy bundle, denying by default"
 # trust/assessor.TrustAssessor: the request Cedar sees (context.trust) and the assessment the
 # decision carries (score, level, each signal with its value and source).
 Assess = Callable[[AccessRequest, Bundle | None], tuple[AccessRequest, dict[str, Any]]]
+# TrustAssessor.prepare: blocking work the assessment needs (a store read), or None.
+Prepare = Callable[[AccessRequest, Bundle | None], Callable[[], None] | None]
 
 
 class ActiveBundle(Protocol):
@@ -44,6 +47,7 @@ class PolicyDecisionPoint:
         metrics: Metrics,
         deny_spike: DenySpikeDetector | None = None,
         trust: Assess | None = None,
+        prepare_trust: Prepare | None = None,
     ) -> None:
         """`elevation(request)`: the grants and exceptions held for the request's flow
         (governance/state.py), looked up in memory on every evaluation; `deny_spike` watches
@@ -55,6 +59,7 @@ class PolicyDecisionPoint:
         self._recorder = recorder
         self._deny_spike = deny_spike
         self._trust = trust
+        self._prepare_trust = prepare_trust
         # Labelled children resolved once: `.labels()` costs more than the increment.
         self._enforced = {e: self._metrics.decisions.labels(e.value, "enforced") for e in Effect}
         self._shadow = {e: self._metrics.decisions.labels(e.value, "shadow") for e in Effect}
@@ -109,7 +114,14 @@ class PolicyDecisionPoint:
         return decision
 
     async def decide(self, request: AccessRequest) -> Decision:
-        """Evaluate and record; under sync durability, returns once the record is committed."""
+        """Evaluate and record; under sync durability, returns once the record is committed.
+        What the trust plane would read from the store is read first, in a worker thread: the
+        evaluation itself never blocks the event loop on the store."""
+        if self._prepare_trust is not None:
+            active = self._bundles.active
+            work = self._prepare_trust(request, active.bundle if active else None)
+            if work is not None:
+                await asyncio.to_thread(work)
         decision = self.evaluate(request)
         await self._recorder.record(request, decision)
         return decision

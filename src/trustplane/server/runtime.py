@@ -54,6 +54,8 @@ from trustplane.telemetry.metrics import Metrics, multiprocess_dir
 from trustplane.telemetry.recorder import DecisionRecorder
 from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
 from trustplane.trust.service import assessor_from_settings
+from trustplane.trust.travel_history import TOPIC as TRAVEL_TOPIC
+from trustplane.trust.travel_history import TravelHistory
 
 log = logging.getLogger("trustplane")
 
@@ -267,6 +269,10 @@ class Runtime:
             interval=settings.governance.interval_ms / 1000,
         )
         self.feed.subscribe(GOVERNANCE_TOPIC, self.governance.state.refresh)
+        # Each principal's sightings for the travel signals: in memory, written behind, and
+        # merged from the other replicas' writes through the feed (trust/travel_history.py).
+        self.travel = TravelHistory(self.engine)
+        self.feed.subscribe(TRAVEL_TOPIC, self.travel.refresh)
         self._token_hashes: set[str] = set()
         self._ci_issuers = {rule.issuer for rule in settings.identity.exchange_rules}
         self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
@@ -298,6 +304,7 @@ class Runtime:
 
     def decision_point(self) -> PolicyDecisionPoint:
         """The decision path over this runtime's bundles, revocations, grants and ledger."""
+        trust = assessor_from_settings(self.settings, self.engine, history=self.travel)
         return PolicyDecisionPoint(
             bundles=self.bundles,
             revocations=self.revocations,
@@ -305,7 +312,8 @@ class Runtime:
             recorder=self.recorder,
             metrics=self.metrics,
             deny_spike=self.deny_spike,
-            trust=assessor_from_settings(self.settings, self.engine),
+            trust=trust,
+            prepare_trust=trust.prepare,
         )
 
     def start(self) -> None:
@@ -315,6 +323,7 @@ class Runtime:
             sys.setswitchinterval(self.settings.server.switch_interval_us / 1_000_000)
         self.bundles.start(follow_store=self.settings.server.workers > 1)
         self.feed.start()
+        self.travel.start(time.time())  # sightings written from now on are merged
         self.revocations.refresh()  # after the feed's baseline: a later revocation is heard
         self.revocation_service.start()  # records expiries as they fall due
         self.governance.start()  # grants and exceptions in memory, then housekeeping
@@ -335,6 +344,7 @@ class Runtime:
         else:
             self.inventory.stop()
         self.feed.stop()
+        self.travel.stop()  # the sightings still queued are written
         self.revocation_service.stop()
         self.governance.stop()
         self.recorder.stop()

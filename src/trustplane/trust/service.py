@@ -13,12 +13,17 @@ from trustplane.trust.authentication import AuthenticationSignals
 from trustplane.trust.network import Locator, NetworkList, NetworkListError, NetworkSignals
 from trustplane.trust.signals import Provider
 from trustplane.trust.travel import TravelSignals
+from trustplane.trust.travel_history import TravelHistory
 
 
 def assessor_from_settings(
-    settings: Settings, engine: Engine, clock: Callable[[], float] = time.time
+    settings: Settings,
+    engine: Engine,
+    clock: Callable[[], float] = time.time,
+    history: TravelHistory | None = None,
 ) -> TrustAssessor:
-    """Raises ConfigError naming the file and line of a CIDR list that does not parse."""
+    """Raises ConfigError naming the file and line of a CIDR list that does not parse.
+    `history`: the process's travel history (the runtime's); a new one when not given."""
     config = settings.trust
     try:
         bad = NetworkList.from_files(config.bad_networks_files)
@@ -31,6 +36,6 @@ def assessor_from_settings(
     providers: list[Provider] = [
         AuthenticationSignals(),
         NetworkSignals(locator, bad, corporate),
-        TravelSignals(engine, locator),
+        TravelSignals(engine, locator, history),
     ]
     return TrustAssessor(providers, trusted_peps=config.trusted_peps, clock=clock)
