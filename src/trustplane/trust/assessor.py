@@ -42,7 +42,7 @@ class TrustAssessor:
         self._providers = tuple(providers)
         self._trusted = frozenset(trusted_peps)
         self._clock = clock
-        self._unverified: dict[TrustPolicy, tuple[dict[str, Any] | None, dict[str, Any]]] = {}
+        self._unverified: dict[tuple[Any, ...], tuple[dict[str, Any] | None, dict[str, Any]]] = {}
         self._plans: dict[TrustPolicy, list[tuple[Provider, frozenset[str]]]] = {}
         self._assembled: dict[tuple[Any, ...], tuple[list[Any], Any, dict[str, Any]]] = {}
 
@@ -96,20 +96,26 @@ class TrustAssessor:
         self, request: AccessRequest, policy: TrustPolicy
     ) -> tuple[AccessRequest, dict[str, Any]]:
         supplied = request.context.get(TRUST_KEY)
-        if supplied is None and request.evidence is None:
-            # Nothing verified, nothing supplied: every provider answers the same for the same
-            # trust.yaml (most AuthZEN traffic), so the assessment is computed once per policy.
-            known = self._unverified.get(policy)
+        pep = None
+        believed = None
+        if supplied is not None:
+            pep = CALLING_PEP.get()
+            if isinstance(supplied, dict) and pep in self._trusted:
+                believed = supplied
+        if believed is None and request.evidence is None:
+            # Nothing verified, nothing believed: every provider answers the same for the same
+            # trust.yaml (most AuthZEN traffic), so the assessment is computed once per policy
+            # (and, where the caller wrote a context.trust that is ignored, per calling PEP,
+            # which the record names).
+            key = (policy, supplied is not None, pep)
+            known = self._unverified.get(key)
             if known is None:
-                known = self._score(request, policy, None, None, None)
-                if len(self._unverified) > 16:
+                known = self._score(request, policy, None, pep, supplied)
+                if len(self._unverified) > 64:
                     self._unverified.clear()
-                self._unverified[policy] = known
+                self._unverified[key] = known
             cedar, record = known
         else:
-            pep = CALLING_PEP.get()
-            trusted = isinstance(supplied, dict) and pep in self._trusted
-            believed = supplied if trusted else None
             cedar, record = self._score(request, policy, believed, pep, supplied)
         if TRUST_KEY not in request.context and cedar is None:
             return request, record
