@@ -26,6 +26,12 @@ SHOP = REPO / "examples" / "shop"
 ORIGIN = "test.example/ledger"
 
 
+# Servers and CLIs the tests start as processes import this checkout's code, whatever the
+# virtualenv was installed from and whichever directory they run in.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
+
 DB_PARAMS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 

@@ -108,6 +108,30 @@ def read_documents(text: str, source: str) -> list[Document]:
         raise _error(exc, source) from None
 
 
+def node_line(node: yaml.Node | None) -> int | None:
+    """1-based line of a node, None when there is no node to point at."""
+    return None if node is None else int(node.start_mark.line) + 1
+
+
+def key_node(node: yaml.Node | None, key: Any) -> yaml.Node | None:
+    """The node of `key` in a mapping node, or the mapping itself when the key is absent:
+    a problem about a key then points at the key, or at least at its mapping."""
+    if isinstance(node, yaml.MappingNode):
+        for name, _ in node.value:
+            if getattr(name, "value", None) == str(key):
+                return name  # type: ignore[no-any-return]
+    return node
+
+
+def value_node(node: yaml.Node | None, key: Any) -> yaml.Node | None:
+    """The value node of `key` in a mapping node, None when absent."""
+    if isinstance(node, yaml.MappingNode):
+        for name, value in node.value:
+            if getattr(name, "value", None) == str(key):
+                return value  # type: ignore[no-any-return]
+    return None
+
+
 def _single(text: str, loader_class: Any) -> Document:
     loader = loader_class(text)
     try:

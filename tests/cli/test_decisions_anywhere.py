@@ -114,6 +114,8 @@ def test_decisions_show_reason_codes_and_policies_from_a_server_and_the_store(
     table = remote(server, tmp_path, "decisions", "--kind", "decision", "--limit", "50")
     for code in ("credential_missing", "no_route_matched", "token_unknown_issuer"):
         assert code in table, table
+    for decision_id in made:  # the decision id, folded: its first line is a prefix to type back
+        assert decision_id[:18] in table and decision_id[18:] in table, table
     table = " ".join(table.split())
     assert "policy_forbids" in table
     assert FORBIDDING[:12] in table  # the determining policy (folded to fit 80 columns)

@@ -138,10 +138,13 @@ def print_records(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 
 def _records_table(rows: list[dict[str, Any]]) -> None:
-    """One row a record, readable at 80 columns: when, the request (principal, action and
+    """One row a record, readable at 80 columns: the full decision id (folded in two, so any
+    prefix of its first line can be typed back), when, the request (principal, action and
     resource on their own lines), the answer (and a differing shadow answer), and why: the
     reason code over the determining policies, and the risk score's summary when it is not 0."""
-    table = Table("seq", "time")
+    table = Table()
+    table.add_column("decision", overflow="fold", width=18)
+    table.add_column("time")
     table.add_column("request", overflow="fold", ratio=1)
     table.add_column("answer")
     table.add_column("reason", overflow="fold", min_width=20, ratio=1)
@@ -168,7 +171,7 @@ def _records_table(rows: list[dict[str, Any]]) -> None:
             why.append(f"[magenta]{escape(str(trust.get('summary', '')))}[/]")
         moment = str(row.get("time", ""))
         table.add_row(
-            str(row["seq"]),
+            str(row.get("decision_id") or row["seq"]),
             f"{moment[:10]}\n{moment[11:19]}",
             "\n".join(escape(str(part)) for part in asked if part),
             answer,

@@ -119,6 +119,11 @@ COMMANDS = (
         "Label would-denies of observe-mode policies and measure their promotion gates.",
     ),
     Entry(
+        "scorecard",
+        "trustplane.cli.scorecard:scorecard_cmd",
+        "The month's Zero Trust scorecard: each figure with its target, verdict and query.",
+    ),
+    Entry(
         "pep",
         "trustplane.cli.pep:pep_app",
         "Enforcement points (PEPs) allowed to ask for decisions when pep.auth is on.",

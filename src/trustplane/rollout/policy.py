@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from trustplane.decision.policy_bundle import Bundle, BundleProblem, ExtraFile, read_yaml
+from trustplane.yaml_lines import key_node as _key
+from trustplane.yaml_lines import value_node as _value
 
 ROLLOUT_FILE = "rollout.yaml"
 
@@ -116,22 +118,6 @@ def _valid(key: str, value: Any) -> bool:
     if key == "min_days":
         return value >= 0
     return 0 <= value <= 1
-
-
-def _key(node: yaml.Node | None, key: Any) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode):
-        for name, _ in node.value:
-            if getattr(name, "value", None) == str(key):
-                return name  # type: ignore[no-any-return]
-    return node
-
-
-def _value(node: yaml.Node | None, key: Any) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode):
-        for name, value in node.value:
-            if getattr(name, "value", None) == str(key):
-                return value  # type: ignore[no-any-return]
-    return None
 
 
 def _compile_rollout(

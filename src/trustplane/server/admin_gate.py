@@ -122,6 +122,8 @@ ADMIN_ROUTES: Mapping[tuple[str, str], AdminRoute] = _routes(
     ("GET", "/v1/rollout/status", "rollout:read", "rollout"),
     ("GET", "/v1/rollout/policies/{policy_id}/queue", "rollout:read", "policy"),
     ("POST", "/v1/rollout/labels", "rollout:label", "policy"),
+    ("GET", "/v1/scorecard", "scorecard:read", "scorecard"),
+    ("POST", "/v1/scorecard/snapshots", "scorecard:snapshot", "scorecard"),
 )
 
 

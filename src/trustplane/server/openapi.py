@@ -366,6 +366,19 @@ def openapi_document() -> dict[str, Any]:
                 method="post",
                 tag="rollout",
             ),
+            "/v1/scorecard": _admin(
+                "The month's Zero Trust scorecard (period YYYY-MM, default this month): each "
+                "figure with its target, verdict, evidence and reproducing query, and a CISA "
+                "ZTMM v2 stage per pillar; format json (default), md or html",
+                params=["period", "format"],
+                tag="scorecard",
+            ),
+            "/v1/scorecard/snapshots": _admin(
+                "Compute a month's scorecard and store it as that month's snapshot (trends)",
+                params=["period"],
+                method="post",
+                tag="scorecard",
+            ),
             **_governance_paths(),
             **_identity_paths(),
         },

@@ -361,3 +361,14 @@ rollout_labels = Table(
     Column("labelled_at", Float, nullable=False),
     Index("ix_rollout_labels_policy", "policy_id"),
 )
+
+# outcomes/snapshots.py: the scorecard of a month as computed at a time, so the report shows
+# trends; computing the same month again replaces it.
+scorecard_snapshots = Table(
+    "scorecard_snapshots",
+    metadata,
+    Column("period", String(7), primary_key=True),  # YYYY-MM
+    Column("computed_at", Float, nullable=False),
+    Column("revision", String(64), nullable=True),
+    Column("document", Text, nullable=False),  # the scorecard's JSON
+)

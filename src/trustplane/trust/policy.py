@@ -26,6 +26,9 @@ from trustplane.trust.authentication import AuthenticationSignals
 from trustplane.trust.network import NetworkSignals
 from trustplane.trust.signals import Provider
 from trustplane.trust.travel import TravelSignals
+from trustplane.yaml_lines import key_node as _key
+from trustplane.yaml_lines import node_line as _line
+from trustplane.yaml_lines import value_node as _value
 
 TRUST_FILE = "trust.yaml"
 LEVELS = ("low", "medium", "high", "critical")
@@ -223,26 +226,6 @@ def _same_kind(value: Any, default: Any) -> bool:
     if isinstance(default, str):
         return isinstance(value, str)
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _line(node: yaml.Node | None) -> int | None:
-    return None if node is None else int(node.start_mark.line) + 1
-
-
-def _key(node: yaml.Node | None, key: Any) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode):
-        for name, _ in node.value:
-            if getattr(name, "value", None) == str(key):
-                return name  # type: ignore[no-any-return]
-    return node
-
-
-def _value(node: yaml.Node | None, key: Any) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode):
-        for name, value in node.value:
-            if getattr(name, "value", None) == str(key):
-                return value  # type: ignore[no-any-return]
-    return None
 
 
 def _compile_trust(

@@ -7,11 +7,19 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from trustplane.server.admin import bundle, governance, identity, ledger, revocations, rollout
+from trustplane.server.admin import (
+    bundle,
+    governance,
+    identity,
+    ledger,
+    revocations,
+    rollout,
+    scorecard,
+)
 from trustplane.server.admin_gate import AdminGate
 from trustplane.server.runtime import Runtime
 
-RESOURCES = (bundle, revocations, ledger, governance, identity, rollout)
+RESOURCES = (bundle, revocations, ledger, governance, identity, rollout, scorecard)
 
 
 def admin_routes(runtime: Runtime, gate: AdminGate) -> list[Route]:
