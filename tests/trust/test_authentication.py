@@ -204,7 +204,9 @@ def test_a_bad_step_up_annotation_refuses_the_bundle(tmp_path: Path) -> None:
     assert any("max_age 'soon'" in str(p) and "bad.cedar" in str(p) for p in refused.value.problems)
 
 
-_CLAIM_TIMES = st.one_of(st.none(), st.integers(NOW - 100_000, NOW + 100), st.floats(NOW - 9e4, NOW))
+_CLAIM_TIMES = st.one_of(
+    st.none(), st.integers(NOW - 100_000, NOW + 100), st.floats(NOW - 9e4, NOW)
+)
 
 
 @given(
