@@ -9,12 +9,12 @@ on the event loop, which cost more than the whole decision. Now
   point runs in a worker thread before evaluating: `TravelSignals.prepare`), then kept in memory
   (bounded: the least recently used principals are forgotten and read again when they return);
 - a new sighting updates memory at once and is written behind by one writer thread that wakes
-  when there is something to write (no polling), one transaction per batch, announcing the
-  `trust_locations` topic on the change feed;
-- every replica's feed subscriber (`refresh`) reads the rows changed since its last read and
-  merges those of the principals it holds, so a sighting on one replica is seen by the others
-  within the feed's latency (milliseconds with PostgreSQL's NOTIFY, `store.change_poll_ms` on
-  SQLite) plus the writer's.
+  when there is something to write (no polling) and lets the batch fill for 50 ms, one
+  transaction per batch, announcing the `trust_locations` topic on the change feed;
+- every replica's feed subscriber (`refresh`) reads the rows changed since its last read
+  (indexed on `last_seen`) and merges those of the principals it holds, so a sighting on one
+  replica is seen by the others within the feed's latency (milliseconds with PostgreSQL's
+  NOTIFY, `store.change_poll_ms` on SQLite) plus the writer's.
 
 A sighting from the same place is written at most once a minute (`REFRESH_SECONDS`).
 """
@@ -44,6 +44,9 @@ REFRESH_SECONDS = 60.0
 SKEW_SECONDS = 30.0
 MAX_PRINCIPALS = 100_000
 _RETRY_SECONDS = 1.0  # after a failed write; the sightings stay queued
+# How long the writer lets a batch fill once woken: part of the propagation delay to the other
+# replicas (bounded by the figures at 1 s), traded for fewer transactions and refreshes.
+COALESCE_SECONDS = 0.05
 
 Row = dict[str, Any]  # never changed once built: memory replaces rows, callers may keep them
 
@@ -58,6 +61,7 @@ class TravelHistory:
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], Row] = {}
         self._wake = threading.Event()
+        self._halt = threading.Event()  # set by stop(): no more waiting for a batch to fill
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._watermark: float | None = None  # the newest last_seen a refresh read
@@ -168,6 +172,9 @@ class TravelHistory:
     def _write_loop(self) -> None:
         while True:
             self._wake.wait()
+            # A moment for the sightings of other requests to join the batch: one transaction
+            # and one announcement (one refresh on every replica) for all of them.
+            self._halt.wait(COALESCE_SECONDS)
             self._wake.clear()
             try:
                 self.flush()
@@ -175,7 +182,7 @@ class TravelHistory:
                 log.exception("travel history: cannot write sightings; retrying")
                 if self._stopping:
                     return
-                threading.Event().wait(_RETRY_SECONDS)
+                self._halt.wait(_RETRY_SECONDS)
                 self._wake.set()
             if self._stopping:
                 return
@@ -200,6 +207,7 @@ class TravelHistory:
     def stop(self) -> None:
         """Write what is queued and stop the writer."""
         self._stopping = True
+        self._halt.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(10)
