@@ -132,7 +132,9 @@ class Server:
     def loaded_modules(self) -> dict[str, bool]:
         """uvloop / httptools in use: their extension modules are mapped into the serving
         process (the workers, when there are several)."""
-        pids = _children(self.process.pid) or [self.process.pid]
+        # The process itself too: a single server may have children that do not serve (the
+        # ledger appender), and reading only those reported uvloop and httptools missing.
+        pids = [self.process.pid, *_children(self.process.pid)]
         maps = ""
         for pid in pids:
             try:

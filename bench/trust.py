@@ -7,7 +7,7 @@ Contenders, interleaved round by round over the shop's own test requests (bench/
 evaluation behind the trust plane's hook (`TrustAssessor` → evaluate → the assessment attached
 to the decision), with three kinds of evidence: none (AuthZEN callers), a verified token from a
 loopback address (the authentication signals), and a token from global addresses (network
-signals from geoip2fast and the travel history in a SQLite store: one transaction per call).
+signals from geoip2fast and the travel history: in memory, written behind to a SQLite store).
 Prints mean µs per call and the median per-round ratio to `evaluate`, and replaces the section
 between the `bench:trust` markers of docs/benchmarks.md unless `--no-docs` is given. The
 target (issue 15) is <= 1.25x for the trust computation.
@@ -26,10 +26,33 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, SHOP, Contender, interleaved, median_ratio, replace_section
+from common import (
+    ROOT,
+    SHOP,
+    Contender,
+    interleaved,
+    median_cpu_ratio,
+    median_ratio,
+    replace_section,
+)
+from inproc import PdpHarness
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 GLOBAL = ["81.2.69.160", "8.8.8.8", "1.1.1.1", "185.220.101.1"]
+
+
+def without_trust(runtime: Any) -> Any:
+    """The runtime's decision point with no trust plane: the same decision without it."""
+    from trustplane.decision.point import PolicyDecisionPoint
+
+    return PolicyDecisionPoint(
+        bundles=runtime.bundles,
+        revocations=runtime.revocations,
+        elevation=runtime.governance.state.elevation,
+        recorder=runtime.recorder,
+        metrics=runtime.metrics,
+        deny_spike=runtime.deny_spike,
+    )
 
 
 def main() -> None:
@@ -49,6 +72,7 @@ def main() -> None:
     from trustplane.trust.device import DeviceIndex
     from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
     from trustplane.trust.service import assessor_from_settings
+    from trustplane.trust.travel_history import TravelHistory
 
     defaults = Settings()
     loaded = load_bundle(
@@ -81,41 +105,76 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_store_engine(f"sqlite:///{tmp}/trustplane.db")
         migrate(engine)
-        # As the server builds it: an (empty) device index and a behaviour history in memory.
+        # As the server builds it: a travel history, an (empty) device index and a behaviour
+        # history in memory.
+        history = TravelHistory(engine)
         assess = assessor_from_settings(
             Settings(state_dir=Path(tmp)),
             engine,
+            history=history,
             devices=DeviceIndex(lambda: (0, [])),
             behaviour=BehaviourState(),
         )
         assess(travelling[0], bundle)  # geoip2fast's database loads on first use: not timed
 
         def behind_trust(request: Any) -> Any:
+            # As the decision point does: the assessment goes in as the answer is built.
             assessed, trust = assess(request, bundle)
-            return dataclasses.replace(evaluator.evaluate(assessed), trust=trust)
+            return evaluator.evaluate(assessed, trust=trust)
 
+        # The whole in-process decision as a server makes it (decision cache on, ledger
+        # charged until committed: bench/inproc.py's harness), with and without the trust plane.
+        plain, scored = PdpHarness(False, cache_size=10_000), PdpHarness(False, cache_size=10_000)
+        plain.pdp = without_trust(plain.runtime)
+        decided = [
+            Contender(f"decide + ledger{label}", h.decide, items, h.after_run, h.cpu_elsewhere)
+            for label, h, items in (
+                ("", plain, with_token),
+                (" + trust: no evidence", scored, requests),
+                (" + trust: token, loopback", scored, with_token),
+                (" + trust: token, global address", scored, travelling),
+            )
+        ]
         contenders = [
             Contender("evaluate", evaluator.evaluate, requests),
             Contender("trust: no evidence", behind_trust, requests),
             Contender("trust: token, loopback", behind_trust, with_token),
             Contender("trust: token, global address", behind_trust, travelling),
+            *decided,
         ]
-        per_round = interleaved(
-            contenders, rounds=rounds, max_calls=max_calls, max_seconds=max_seconds
-        )
-        engine.dispose()
+        for harness in (plain, scored):
+            harness.warm_up(travelling)
+        try:
+            per_round = interleaved(
+                contenders, rounds=rounds, max_calls=max_calls, max_seconds=max_seconds
+            )
+        finally:
+            recorded = [plain.close(), scored.close()]
+            history.stop()
+            engine.dispose()
+        every = all(r["ledger_recorded_every_decision"] for r in recorded)
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {rounds} rounds, "
         f"{len(requests)} requests (the shop's tests), `python bench/trust.py"
         + (" --quick`" if args.quick else "`"),
         "",
-        "| contender | mean µs/call (median round) | ratio to evaluate |",
-        "|---|---:|---:|",
+        "| contender | mean µs/call (median round) | ratio to its baseline | CPU ratio |",
+        "|---|---:|---:|---:|",
     ]
     for contender in contenders:
+        base = "decide + ledger" if contender.name.startswith("decide") else "evaluate"
         means = sorted(r[contender.name] for r in per_round)
-        ratio = median_ratio(per_round, contender.name, "evaluate")
-        lines.append(f"| {contender.name} | {means[len(means) // 2]:.1f} | {ratio:.2f}x |")
+        ratio = median_ratio(per_round, contender.name, base)
+        cpu = median_cpu_ratio(contenders, contender.name, base)
+        lines.append(
+            f"| {contender.name} | {means[len(means) // 2]:.1f} | {ratio:.2f}x (to {base}) | "
+            + (f"{cpu:.2f}x |" if cpu is not None else "- |")
+        )
+    lines += [
+        "",
+        "Every decision of the `decide` contenders is in the ledger: "
+        + ("yes" if every else f"NO ({recorded})"),
+    ]
     text = "\n".join(lines)
     print(text)
     if not args.no_docs:

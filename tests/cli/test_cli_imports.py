@@ -165,3 +165,9 @@ def test_a_local_check_loads_the_bundle_without_the_store_or_the_server() -> Non
     server = sorted(m for m in loaded if m.startswith("trustplane.server"))
     assert store == [], f"`trustplane check` loads {store[:5]}"
     assert server == [], f"`trustplane check` loads {server}"
+    # Nor what only other work needs: signature checks (the shop is unsigned and no key is
+    # trusted), the trust plane's address databases (only requests from an address need
+    # them), HTTP clients and servers.
+    deferred = ("cryptography", "geoip2fast", "maxminddb", "httpx", "uvicorn", "starlette")
+    heavy = sorted(m for m in loaded if m.split(".")[0] in deferred)
+    assert heavy == [], f"`trustplane check` loads {heavy[:5]}"

@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import SHOP
 from tests.issuer import Jwks, Key, claims, issuer_settings, rsa_key
@@ -200,3 +202,42 @@ def test_a_bad_step_up_annotation_refuses_the_bundle(tmp_path: Path) -> None:
     with pytest.raises(BundleError) as refused:
         compile_bundle(BundleSource.from_dir(bundle))
     assert any("max_age 'soon'" in str(p) and "bad.cedar" in str(p) for p in refused.value.problems)
+
+
+_CLAIM_TIMES = st.one_of(
+    st.none(), st.integers(NOW - 100_000, NOW + 100), st.floats(NOW - 9e4, NOW)
+)
+
+
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(["pwd", "otp", "hwk", "swk", "pop", "sms"]), max_size=3),
+            _CLAIM_TIMES,
+            _CLAIM_TIMES,
+            _CLAIM_TIMES,
+            st.floats(0, 3),  # seconds after NOW: several requests share a second
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_memoised_authentication_signals_are_the_signals_computed_afresh(
+    requests: list[tuple[list[str], Any, Any, Any, float]],
+) -> None:
+    """The provider computes a token's signals once per second; whatever the claims (whole or
+    fractional seconds) and however requests interleave, what it answers is what a fresh
+    computation gives."""
+    from trustplane.model import EntityRef
+    from trustplane.trust.authentication import AuthenticationSignals
+    from trustplane.trust.signals import TrustInputs
+
+    memoised = AuthenticationSignals()
+    wanted = frozenset(AuthenticationSignals.names)
+    params = {"auth_age": {"fresh_seconds": 60, "stale_seconds": 600}}
+    who = EntityRef("User", "alice")
+    for amr, auth_time, iat, exp, later in requests:
+        token = {"amr": amr, "auth_time": auth_time, "iat": iat, "exp": exp}
+        inputs = TrustInputs(who, who, who, token, None, False, "token", NOW + later, params)
+        fresh = list(AuthenticationSignals().signals(inputs, wanted))
+        assert list(memoised.signals(inputs, wanted)) == fresh

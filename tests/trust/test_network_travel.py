@@ -3,6 +3,7 @@ from geoip2fast, and impossible travel from a city database the test writes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 
@@ -70,6 +71,20 @@ def quiet(found: dict) -> list[str]:
     return list(found["_"]["quiet"])
 
 
+@pytest.fixture
+def travel(engine: Engine) -> Iterator[Callable[[Locator], TravelSignals]]:
+    """Travel signals on the test's store (a replica each), their writers stopped at the end."""
+    made: list[TravelSignals] = []
+
+    def make(locator: Locator) -> TravelSignals:
+        made.append(TravelSignals(engine, locator))
+        return made[-1]
+
+    yield make
+    for signals in made:
+        signals.history.stop()
+
+
 def test_cidr_lists_and_countries(tmp_path: Path) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_text("# scanners\n203.0.113.0/24\n2001:db8:bad::/48\n")
@@ -102,15 +117,15 @@ def test_a_bad_cidr_line_is_named_with_its_file_and_line(tmp_path: Path) -> None
         NetworkList.from_files([bad])
 
 
-def test_impossible_travel_and_new_country_across_replicas(engine: Engine, tmp_path: Path) -> None:
+def test_impossible_travel_and_new_country_across_replicas(
+    travel: Callable[[Locator], TravelSignals], tmp_path: Path
+) -> None:
     assert 5500 < distance_km((51.51, -0.13), (40.71, -74.01)) < 5600
     locator = Locator(city_database=city_database(tmp_path / "city.mmdb"))
     clock = Clock()
     # Two assessors on one store: two replicas.
-    one = TrustAssessor([TravelSignals(engine, locator)], clock=clock)
-    two = TrustAssessor(
-        [TravelSignals(engine, Locator(city_database=tmp_path / "city.mmdb"))], clock=clock
-    )
+    one = TrustAssessor([travel(locator)], clock=clock)
+    two = TrustAssessor([travel(Locator(city_database=tmp_path / "city.mmdb"))], clock=clock)
     bundle = Bundle(impossible_travel=65, new_country=15)
     first = ask(one, bundle, LONDON)
     assert quiet(first) == ["impossible_travel", "new_country"]  # a first sighting
@@ -131,12 +146,14 @@ def test_impossible_travel_and_new_country_across_replicas(engine: Engine, tmp_p
     assert other["_"]["score"] == 0, "each principal has a history of its own"
 
 
-def test_unusual_principals_keep_a_history_of_their_own(engine: Engine) -> None:
+def test_unusual_principals_keep_a_history_of_their_own(
+    travel: Callable[[Locator], TravelSignals],
+) -> None:
     """NUL, a lone surrogate and a 5,000-character id: stored on both backends, never merged."""
     from trustplane.trust.travel import history_key
 
     clock = Clock()
-    assessor = TrustAssessor([TravelSignals(engine, Locator())], clock=clock)
+    assessor = TrustAssessor([travel(Locator())], clock=clock)
     bundle = Bundle(new_country=15)
     long_a, long_b = "a" * 5000, "a" * 4999 + "b"
     assert history_key(long_a) != history_key(long_b) and len(history_key(long_a)) < 100
@@ -145,3 +162,25 @@ def test_unusual_principals_keep_a_history_of_their_own(engine: Engine) -> None:
         clock.now += 3600
         moved = ask(assessor, bundle, NEW_YORK, who=who)
         assert moved["new_country"]["points"] == 15, who[:20]
+
+
+def test_a_replica_holding_a_principal_merges_the_others_sightings(
+    travel: Callable[[Locator], TravelSignals], tmp_path: Path
+) -> None:
+    """The history is in memory first: a replica that already holds a principal learns of
+    another replica's sighting through the store when the change feed calls `refresh`."""
+    database = city_database(tmp_path / "city.mmdb")
+    one, two = travel(Locator(city_database=database)), travel(Locator(city_database=database))
+    clock = Clock()
+    first, second = TrustAssessor([one], clock=clock), TrustAssessor([two], clock=clock)
+    bundle = Bundle(impossible_travel=65, new_country=15)
+    assert ask(second, bundle, LONDON)["_"]["score"] == 0  # the second replica holds alice
+    two.history.flush()
+    clock.now += 12 * 3600
+    assert ask(first, bundle, NEW_YORK)["_"]["score"] == 15  # a new country, a plausible flight
+    one.history.flush()  # written behind, then announced on the change feed
+    two.history.refresh()  # what the feed's subscriber does on every replica
+    clock.now += 600
+    back = ask(second, bundle, LONDON)  # 5,570 km in ten minutes, seen across replicas
+    assert back["impossible_travel"]["points"] == 65
+    assert back["impossible_travel"]["observed"]["seconds"] == 600

@@ -145,7 +145,12 @@ def _print_decision(doc: dict[str, Any]) -> None:
     colour = "green" if allowed else "red"
     # Ids whole (they are typed back, e.g. to `audit proof`), each on its own line: a decision
     # id and a revision side by side do not fit 80 columns.
-    out.print(f"[bold {colour}]{doc['decision'].upper()}[/]  decision {doc.get('decision_id')}")
+    # No automatic highlighting (`highlight=False` throughout): what needs a colour has one, and
+    # rich's highlighter compiles its patterns on first use, a tenth of `check`'s start-up.
+    out.print(
+        f"[bold {colour}]{doc['decision'].upper()}[/]  decision {doc.get('decision_id')}",
+        highlight=False,
+    )
     out.print(f"revision {doc.get('revision') or '-'}", highlight=False)
     reasons = doc.get("reasons") or []
     if reasons:
@@ -157,18 +162,19 @@ def _print_decision(doc: dict[str, Any]) -> None:
         table.add_column("description", ratio=1)
         for r in reasons:
             table.add_row(r["policy"], r["effect"], r["owner"], r.get("description", ""))
-        out.print(table)
+        out.print(table, highlight=False)
     elif not allowed:
-        out.print("  no policy permits this request (default deny)")
+        out.print("  no policy permits this request (default deny)", highlight=False)
     for error in doc.get("errors") or []:
-        out.print(f"  [red]error:[/] {error}")
+        out.print(f"  [red]error:[/] {error}", highlight=False)
     shadow = doc.get("shadow") or {}
     if shadow:
         same = shadow.get("decision") == doc["decision"]
         note = "same as enforced" if same else "[yellow]differs from enforced[/]"
-        out.print(f"shadow: {shadow.get('decision')} ({note})")
+        out.print(f"shadow: {shadow.get('decision')} ({note})", highlight=False)
         for r in shadow.get("would_change") or []:
             out.print(
                 f"  observe-mode policy [bold]{r['policy']}[/] ({r['owner']}) would change "
-                f"the answer: {r.get('description', '')}"
+                f"the answer: {r.get('description', '')}",
+                highlight=False,
             )

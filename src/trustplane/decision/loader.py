@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from trustplane.decision.engine import Evaluator
 from trustplane.decision.policy_bundle import (
@@ -17,8 +18,10 @@ from trustplane.decision.policy_bundle import (
     ExtraFile,
     compile_bundle,
 )
-from trustplane.decision.signing import TrustedKey, verify_bundle
 from trustplane.decision.testing import TestResult, failure_problems, run_tests
+
+if TYPE_CHECKING:
+    from trustplane.decision.signing import TrustedKey
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ def load_bundle(
 ) -> LoadedBundle:
     options = options or LoadOptions()
     if options.trusted_keys:
+        from trustplane.decision.signing import verify_bundle  # cryptography: only when signed
+
         problems = verify_bundle(source, options.trusted_keys)
         if problems:
             raise BundleError(problems)

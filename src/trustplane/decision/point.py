@@ -7,6 +7,7 @@ runtime, so it can be tested alone and no plane has to import the server.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -50,6 +51,10 @@ class Assess(Protocol):
     ) -> tuple[AccessRequest, dict[str, Any]]: ...
 
 
+# TrustAssessor.prepare: blocking work the assessment needs (a store read), or None.
+Prepare = Callable[[AccessRequest, Bundle | None], Callable[[], None] | None]
+
+
 class ActiveBundle(Protocol):
     """Whatever holds the bundle being served (decision/manager.py's BundleManager)."""
 
@@ -70,6 +75,7 @@ class PolicyDecisionPoint:
         cache: RiskCache | None = None,
         epoch: CacheEpoch | None = None,
         tracing: Tracing | None = None,
+        prepare_trust: Prepare | None = None,
     ) -> None:
         """`elevation(request)`: the grants and exceptions held for the request's flow
         (governance/state.py), looked up in memory on every evaluation; `deny_spike` watches
@@ -97,6 +103,7 @@ class PolicyDecisionPoint:
         self.span = tracing.span if tracing is not None else no_span
         # Labelled children resolved once per PEP: `.labels()` costs more than the increment.
         self._counters: dict[str | None, tuple[dict[Effect, Any], dict[Effect, Any]]] = {}
+        self._prepare_trust = prepare_trust
 
     def active_bundle(self) -> Bundle | None:
         active = self._bundles.active
@@ -222,7 +229,14 @@ class PolicyDecisionPoint:
             counter.inc()
 
     async def decide(self, request: AccessRequest) -> Decision:
-        """Evaluate and record; under sync durability, returns once the record is committed."""
+        """Evaluate and record; under sync durability, returns once the record is committed.
+        What the trust plane would read from the store is read first, in a worker thread: the
+        evaluation itself never blocks the event loop on the store."""
+        if self._prepare_trust is not None:
+            active = self._bundles.active
+            work = self._prepare_trust(request, active.bundle if active else None)
+            if work is not None:
+                await asyncio.to_thread(work)
         decision = self.evaluate(request)
         with self.span("trustplane.record"):
             await self._recorder.record(request, decision)

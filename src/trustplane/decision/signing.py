@@ -11,10 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from trustplane.decision.policy_bundle import (
     SIGNATURE_FILE,
@@ -23,6 +20,14 @@ from trustplane.decision.policy_bundle import (
     manifest_text,
 )
 from trustplane.errors import TrustplaneError
+
+# `cryptography` is imported where a key is used: loading an unsigned bundle with no trusted
+# keys (`trustplane check`, most servers) never needs it, and it costs a tenth of a second.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 SIGNATURE_FORMAT = "trustplane-bundle-signature/v1"
 
@@ -39,12 +44,17 @@ class TrustedKey:
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def generate_keypair(private_path: Path, public_path: Path) -> str:
     """Write a new Ed25519 key pair (private key 0600); return its key id."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     private_path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(
@@ -63,6 +73,9 @@ def generate_keypair(private_path: Path, public_path: Path) -> str:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -73,6 +86,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_trusted_key(path: Path) -> TrustedKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except (OSError, ValueError) as exc:
@@ -97,6 +113,7 @@ def sign_bundle(source: BundleSource, private_key: Ed25519PrivateKey) -> bytes:
 
 def verify_bundle(source: BundleSource, trusted: list[TrustedKey]) -> list[BundleProblem]:
     """Problems with the bundle's signature; empty when a trusted key signed exactly these files."""
+    from cryptography.exceptions import InvalidSignature
 
     def problem(message: str) -> list[BundleProblem]:
         return [BundleProblem(SIGNATURE_FILE, message)]

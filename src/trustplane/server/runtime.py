@@ -65,6 +65,8 @@ from trustplane.trust.device_store import all_postures
 from trustplane.trust.epoch import TrustEpoch
 from trustplane.trust.policy import BUNDLE_FILES as TRUST_FILES
 from trustplane.trust.service import WorkloadLookups, assessor_from_settings
+from trustplane.trust.travel_history import TOPIC as TRAVEL_TOPIC
+from trustplane.trust.travel_history import TravelHistory
 from trustplane.trust.workload import selector_digests
 
 log = logging.getLogger("trustplane")
@@ -332,6 +334,10 @@ class Runtime:
         for topic in (REVOCATIONS_TOPIC, GOVERNANCE_TOPIC, BUNDLES_TOPIC):
             self.feed.subscribe(topic, lambda _topic: self.cache_epoch.changed())
         self.trust_epoch.on_change(self.cache_epoch.changed)
+        # Each principal's sightings for the travel signals: in memory, written behind, and
+        # merged from the other replicas' writes through the feed (trust/travel_history.py).
+        self.travel = TravelHistory(self.engine)
+        self.feed.subscribe(TRAVEL_TOPIC, self.travel.refresh)
         self._token_hashes: set[str] = set()
         self._ci_issuers = {rule.issuer for rule in settings.identity.exchange_rules}
         self.inventory = Inventory(self.engine)  # identities seen, with or without the plane
@@ -382,6 +388,14 @@ class Runtime:
 
     def decision_point(self) -> PolicyDecisionPoint:
         """The decision path over this runtime's bundles, revocations, grants and ledger."""
+        trust = assessor_from_settings(
+            self.settings,
+            self.engine,
+            history=self.travel,
+            devices=self.devices,
+            behaviour=self.behaviour,
+            workload=self.workload_lookups(),
+        )
         return PolicyDecisionPoint(
             bundles=self.bundles,
             revocations=self.revocations,
@@ -389,13 +403,8 @@ class Runtime:
             recorder=self.recorder,
             metrics=self.metrics,
             deny_spike=self.deny_spike,
-            trust=assessor_from_settings(
-                self.settings,
-                self.engine,
-                devices=self.devices,
-                behaviour=self.behaviour,
-                workload=self.workload_lookups(),
-            ),
+            trust=trust,
+            prepare_trust=trust.prepare,
             cache=RiskCache(cache_rules(self.settings.policy)),
             epoch=self.cache_epoch,
             tracing=self.tracing,
@@ -441,6 +450,7 @@ class Runtime:
             sys.setswitchinterval(self.settings.server.switch_interval_us / 1_000_000)
         self.bundles.start(follow_store=self.settings.server.workers > 1)
         self.feed.start()
+        self.travel.start(time.time())  # sightings written from now on are merged
         self.revocations.refresh()  # after the feed's baseline: a later revocation is heard
         self.revocation_service.start()  # records expiries as they fall due
         self.governance.start()  # grants and exceptions in memory, then housekeeping
@@ -469,6 +479,7 @@ class Runtime:
             self.inventory.stop()
         self.feed.stop()
         self.behaviour_writer.stop()
+        self.travel.stop()  # the sightings still queued are written
         self.revocation_service.stop()
         self.governance.stop()
         self.recorder.stop()

@@ -345,6 +345,8 @@ trust_locations = Table(
     Column("latitude", Float, nullable=True),
     Column("longitude", Float, nullable=True),
     Column("address", String(64), nullable=False),
+    # The change feed's refresh reads the sightings written since its last read.
+    Index("ix_trust_locations_last_seen", "last_seen"),
 )
 
 # rollout/labels.py: a person's verdict on one would-deny of an observe-mode policy (would it have

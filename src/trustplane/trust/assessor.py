@@ -150,6 +150,21 @@ class TrustAssessor:
                     signals[name] = Signal(name, value, None, "provider failed", "error", error)
         return signals
 
+    def prepare(self, request: AccessRequest, bundle: Bundle | None) -> Callable[[], None] | None:
+        """The blocking work assessing `request` would do (reading a principal's travel history
+        from the store), for the decision point to run in a worker thread before it assesses
+        on the event loop; None when there is none (nearly always)."""
+        evidence = request.evidence
+        if evidence is None or not evidence.source_ip:
+            return None
+        for provider, _asked in self._plan(trust_policy(bundle)):
+            prepare = getattr(provider, "prepare", None)
+            if prepare is not None:
+                work: Callable[[], None] | None = prepare(request.principal, evidence.source_ip)
+                if work is not None:
+                    return work
+        return None
+
     def _personal_plan(self, policy: TrustPolicy) -> list[tuple[Provider, frozenset[str]]]:
         """The providers of this policy's plan whose answer depends on the principal."""
         known = self._personal_plans.get(policy)

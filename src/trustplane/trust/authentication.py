@@ -13,7 +13,7 @@ policy asks for more (`@step_up`) is decision/step_up.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ PHISHING_RESISTANT_ACR = frozenset(
     {"phr", "phrh", "http://schemas.openid.net/pape/policies/2007/06/phishing-resistant"}
 )
 STRENGTHS = ("none", "otp", "phishing_resistant")
+_EXACT = (int, type(None))  # claims whose ages are the same all through one clock second
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,41 @@ class AuthenticationSignals:
         "token_lifetime": {"short_seconds": 3600, "long_seconds": 86400},
     }
 
-    def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterator[Signal]:
+    def __init__(self) -> None:
+        # The same token asks again and again: its signals are computed once per second of
+        # the clock (every age here is in whole seconds) and trust.yaml parameter set.
+        self._memo: dict[tuple[Any, ...], tuple[Mapping[str, Any], tuple[Signal, ...]]] = {}
+
+    def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterable[Signal]:
+        claims = inputs.claims
+        if claims is None or inputs.workload:
+            return tuple(self._signals(inputs, wanted))
+        amr = claims.get("amr")
+        key = (
+            tuple(amr) if isinstance(amr, list) else amr,
+            claims.get("acr"),
+            claims.get("auth_time"),
+            claims.get("iat"),
+            claims.get("exp"),
+            int(inputs.now),
+            inputs.source,
+            wanted,
+            id(inputs.params),
+        )
+        try:
+            found = self._memo.get(key)
+        except TypeError:  # an unhashable claim: nothing to share
+            return tuple(self._signals(inputs, wanted))
+        if found is not None and found[0] is inputs.params:
+            return found[1]
+        signals = tuple(self._signals(inputs, wanted))
+        if all(type(v) in _EXACT for v in key[2:5]):  # whole-second claims: exact per second
+            if len(self._memo) >= 4096:
+                self._memo.clear()
+            self._memo[key] = (inputs.params, signals)
+        return signals
+
+    def _signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterator[Signal]:
         claims = inputs.claims
         if claims is None or inputs.workload:
             why = "a workload: no human authentication" if inputs.workload else "no token"

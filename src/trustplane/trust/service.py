@@ -18,6 +18,7 @@ from trustplane.trust.device import DeviceIndex, DeviceSignals
 from trustplane.trust.network import Locator, NetworkList, NetworkListError, NetworkSignals
 from trustplane.trust.signals import Provider
 from trustplane.trust.travel import TravelSignals
+from trustplane.trust.travel_history import TravelHistory
 from trustplane.trust.workload import WorkloadSignals
 
 # (drift, digests, attested): see workload.py; None when the identity plane is not configured.
@@ -34,8 +35,10 @@ def assessor_from_settings(
     devices: DeviceIndex | None = None,
     behaviour: BehaviourState | None = None,
     workload: WorkloadLookups | None = None,
+    history: TravelHistory | None = None,
 ) -> TrustAssessor:
-    """Raises ConfigError naming the file and line of a CIDR list that does not parse."""
+    """Raises ConfigError naming the file and line of a CIDR list that does not parse.
+    `history`: the process's travel history (the runtime's); a new one when not given."""
     config = settings.trust
     try:
         bad = NetworkList.from_files(config.bad_networks_files)
@@ -48,7 +51,7 @@ def assessor_from_settings(
     providers: list[Provider] = [
         AuthenticationSignals(),
         NetworkSignals(locator, bad, corporate),
-        TravelSignals(engine, locator),
+        TravelSignals(engine, locator, history),
         DeviceSignals(devices),
         WorkloadSignals(*(workload or (None, None, None))),
         BehaviourSignals(behaviour),

@@ -1,9 +1,9 @@
 """Impossible travel and new countries, from each principal's history in the store.
 
 Every request with a located source address is compared with where the same principal was
-seen before, then remembered: one row per principal and country in `trust_locations`, so every
-replica on the same database sees the others' sightings at once (the history is read and
-written in the request's own store round trip; docs/trust.md says what that costs).
+seen before, then remembered: one row per principal and country in `trust_locations`, held in
+memory and written behind, so every replica on the same database sees the others' sightings
+within the change feed's latency (travel_history.py; docs/trust.md says what that costs).
 
 - `impossible_travel`: the distance from the newest earlier sighting (city coordinates, from
   the configured city database) over the time between them exceeds `speed_kmh`; distances
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from trustplane.store.text import column_text
@@ -25,6 +25,8 @@ from trustplane.trust.signals import Signal, TrustInputs
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from trustplane.trust.travel_history import TravelHistory
 
 EARTH_RADIUS_KM = 6371.0
 
@@ -55,35 +57,99 @@ class TravelSignals:
         "new_country": {"days": 90},
     }
 
-    def __init__(self, engine: Engine, locator: Locator) -> None:
-        from trustplane.trust.travel_history import remember  # the store, only when serving
+    def __init__(
+        self, engine: Engine, locator: Locator, history: TravelHistory | None = None
+    ) -> None:
+        """`history`: the process's (the runtime's, shared by every decision point); a new one
+        on `engine` when not given."""
+        if history is None:
+            from trustplane.trust.travel_history import TravelHistory  # the store: when serving
 
-        self._engine = engine
+            history = TravelHistory(engine)
         self._locator = locator
-        self._store = remember
+        self.history = history
+        self._unlocated: dict[tuple[Any, ...], tuple[Signal, ...]] = {}
+        self._memo: dict[tuple[Any, ...], tuple[Any, Any, tuple[Signal, ...]]] = {}
 
-    def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterator[Signal]:
+    def prepare(self, principal: Any, address: str | None) -> Callable[[], None] | None:
+        """The blocking work this request would do on the caller's thread (locating the
+        address, reading the principal's history), for the decision point to run in a worker
+        thread first; None when memory has it all."""
+        if not address:
+            return None
+        key = history_key(str(principal))
+        history = self.history
+        if history.known(key):
+            return None
+
+        def load() -> None:
+            try:
+                location = self._locator.locate(address)
+                if location.country is not None:
+                    history.load(key)
+            except Exception:  # the assessment tries again, and fails closed
+                pass
+
+        return load
+
+    def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterable[Signal]:
         address = inputs.source_ip
         location = self._locator.locate(address) if address else None
         if location is None or location.country is None:
-            why = "no source address" if not address else f"{address} has no known country"
-            for name in self.names:
-                if name in wanted:
-                    yield Signal(name, 0.0, None, why, inputs.source)
-            return
-        if not inputs.remember:  # a what-if is no sighting, and reading one would write it
-            for name in self.names:
-                if name in wanted:
-                    yield Signal(name, 0.0, None, "not assessed for a what-if", inputs.source)
-            return
+            # Nothing to remember (loopback, private): the same answer for every request.
+            key = (address, inputs.source, wanted)
+            found = self._unlocated.get(key)
+            if found is None:
+                why = "no source address" if not address else f"{address} has no known country"
+                found = tuple(
+                    Signal(name, 0.0, None, why, inputs.source)
+                    for name in self.names
+                    if name in wanted
+                )
+                if len(self._unlocated) >= 4096:
+                    self._unlocated.clear()
+                self._unlocated[key] = found
+            return found
+        return self._located(inputs, wanted, str(address), location)
+
+    def _located(
+        self, inputs: TrustInputs, wanted: frozenset[str], address: str, location: Location
+    ) -> tuple[Signal, ...]:
+        if not inputs.remember:  # a what-if is no sighting: nothing read, nothing queued
+            return tuple(
+                Signal(name, 0.0, None, "not assessed for a what-if", inputs.source)
+                for name in self.names
+                if name in wanted
+            )
+        # Sightings are kept in whole seconds: one client's requests within a second then see
+        # the very same history, and their signals are computed once.
+        now = float(int(inputs.now))
         principal = history_key(str(inputs.principal))
-        history = self._remember(principal, str(address), location, inputs.now)
+        sightings = self.history.remember(principal, address, location, now)
+        key = (principal, address, now, wanted, id(inputs.params))
+        found = self._memo.get(key)
+        if found is not None and found[0] is sightings and found[1] is inputs.params:
+            return found[2]
+        signals = tuple(self._signals(inputs, wanted, location, list(sightings.values()), now))
+        if len(self._memo) >= 4096:
+            self._memo.clear()
+        self._memo[key] = (sightings, inputs.params, signals)
+        return signals
+
+    def _signals(
+        self,
+        inputs: TrustInputs,
+        wanted: frozenset[str],
+        location: Location,
+        history: list[dict[str, Any]],
+        now: float,
+    ) -> Iterator[Signal]:
         source = "store"
         if "impossible_travel" in wanted:
-            yield self._travel(inputs, location, history, source)
+            yield self._travel(inputs, location, history, source, now)
         if "new_country" in wanted:
             days = float(inputs.param("new_country", "days", 90))
-            since = inputs.now - days * 86400
+            since = now - days * 86400
             if not history:
                 yield Signal(
                     "new_country", 0.0, location.country, "first sighting of this principal", source
@@ -105,7 +171,11 @@ class TravelSignals:
 
     @staticmethod
     def _travel(
-        inputs: TrustInputs, here: Location, history: list[dict[str, Any]], source: str
+        inputs: TrustInputs,
+        here: Location,
+        history: list[dict[str, Any]],
+        source: str,
+        now: float,
     ) -> Signal:
         if here.latitude is None or here.longitude is None:
             return Signal(
@@ -116,7 +186,7 @@ class TravelSignals:
             return Signal("impossible_travel", 0.0, None, "no earlier located sighting", source)
         last = max(placed, key=lambda r: r["last_seen"])
         km = distance_km((last["latitude"], last["longitude"]), (here.latitude, here.longitude))
-        hours = max(inputs.now - last["last_seen"], 1.0) / 3600
+        hours = max(now - last["last_seen"], 1.0) / 3600
         speed = km / hours
         limit = float(inputs.param("impossible_travel", "speed_kmh", 1000))
         floor = float(inputs.param("impossible_travel", "min_km", 500))
@@ -126,17 +196,11 @@ class TravelSignals:
             1.0 if flagged else 0.0,
             {
                 "km": round(km),
-                "seconds": round(inputs.now - last["last_seen"]),
+                "seconds": round(now - last["last_seen"]),
                 "kmh": round(speed),
             },
             f"{round(km)} km from {last['country']} ({last['address']}) in "
-            f"{round(inputs.now - last['last_seen'])} s: {round(speed)} km/h"
+            f"{round(now - last['last_seen'])} s: {round(speed)} km/h"
             + (f" > {limit:.0f}" if flagged else f" (limit {limit:.0f}, from {floor:.0f} km)"),
             source,
         )
-
-    def _remember(
-        self, principal: str, address: str, here: Location, now: float
-    ) -> list[dict[str, Any]]:
-        """The principal's earlier sightings, then this one stored (one transaction)."""
-        return self._store(self._engine, principal, address, here, now)
