@@ -215,6 +215,28 @@ def compute_scorecard(
     )
 
 
+def is_auth_failure(code: str) -> bool:
+    """Whether a decision's reason code is a refused credential: what M1 (and the 99.9% SLO
+    of deploy/prometheus) counts against authentication success."""
+    return bool(_AUTH_FAILURE.match(code))
+
+
+def auth_success(engine: Engine, start: float, end: float) -> tuple[int, int]:
+    """(refused credentials, decisions) in [start, end): M1's counts for any window (the
+    executive page's 30 days), one pass over the window's decision records."""
+    query = (
+        select(decisions.c.record)
+        .where(decisions.c.kind == "decision", _window(decisions.c.ts, start, end))
+        .execution_options(yield_per=5000)
+    )
+    failures = total = 0
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            total += 1
+            failures += is_auth_failure(reason_code(orjson.loads(row.record)))
+    return failures, total
+
+
 def _privileged_roles(bundle: Bundle | None) -> frozenset[str]:
     """Privileged roles: those access.yaml makes requestable just in time or grants through
     break-glass; holding one permanently is standing privilege."""
@@ -282,7 +304,7 @@ def _count(
     tally.decisions += 1
     tally.allows += allowed
     tally.denies += not allowed
-    tally.auth_failures += bool(_AUTH_FAILURE.match(code))
+    tally.auth_failures += is_auth_failure(code)
     tally.errors += code == "evaluation_error"
     micros = record.get("eval_micros")
     if isinstance(micros, int):
