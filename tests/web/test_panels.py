@@ -4,7 +4,8 @@ each showing what traffic the test made: the on-call page's PDP latency heatmap 
 fetched is down), the policy page's drift after an edit nobody activated and its incident, the
 executive page's 30-day auth success against the SLO and its incidents, the scorecard's
 lateral-movement resistance from a saved simulation, and a canary policy's cohorts with the
-promote hint on the rollout page."""
+promote hint on the rollout page, and a deny jump after a bad activation among the executive
+page's incidents."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ from trustplane.decision.canary import ENFORCED, OBSERVED, cohort
 DOWN = "https://down.idp.test.example"  # an issuer whose JWKS nothing answers
 ESTATE = Path(__file__).parent.parent / "outcomes" / "estate"
 CANARY = "forbid-large-refunds"
+JUMP_DENIES = 5
+FREEZE = """@id("freeze-refunds")
+@owner("payments")
+@description("misdeploy: meant for the staging refunds API, matches production's")
+forbid (principal, action == Action::"payments:refund", resource);
+"""
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +76,8 @@ def server(
         ui__token_endpoint=ui["token_endpoint"],
         ui__client_id=CLIENT,
         ui__summary_seconds=0,  # every view reads the month afresh
+        governance__deny_jump_min_denies=JUMP_DENIES,
+        governance__deny_jump_ratio=3,
     ) as srv:
         yield srv
 
@@ -268,3 +277,41 @@ def test_a_canary_policy_shows_its_cohorts_and_the_promote_hint(
         for path, text in kept.items():
             path.write_text(text)
         reload(server)
+
+
+def test_a_deny_jump_after_an_activation_is_an_auth_incident(
+    server: Server, issuer: Jwks, browser: webdriver.Chrome
+) -> None:
+    bundle_dir = Path(server.env["TRUSTPLANE_POLICY__BUNDLE_DIR"])
+    tests = bundle_dir.parent / "kept-tests"
+    small = authzen(
+        ("User", "erin"),
+        "payments:refund",
+        ("Api", "payments.refund"),
+        {**CTX, "amount_cents": 1000},
+    )
+    assert all(decide(server, small)["decision"] for _ in range(40))
+    shutil.move(bundle_dir / "tests", tests)  # the misdeploy's tests went with it
+    (bundle_dir / "freeze.cedar").write_text(FREEZE)
+    try:
+        bad = reload(server)
+        assert not any(decide(server, small)["decision"] for _ in range(JUMP_DENIES + 5))
+        jump = wait_for(
+            lambda: [
+                r
+                for r in server.client.get(
+                    "/v1/decisions", params={"kind": "admin", "limit": 200}, headers=server.admin
+                ).json()["decisions"]
+                if r["action"] == "bundle:deny-jump" and r["target"] == f"bundle:{bad}"
+            ]
+        )[0]
+    finally:
+        (bundle_dir / "freeze.cedar").unlink()
+        shutil.move(tests, bundle_dir / "tests")
+        reload(server)
+    sign_in(browser, server, issuer, "carol")
+    browser.get(server.url + "/ui")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#incident-list tbody tr")
+    jumped = [r.text for r in rows if "deny jump" in r.text]
+    assert jumped and "freeze-refunds" in jumped[0], [r.text for r in rows]
+    assert jump["reason"].split(";")[0] in jumped[0]
