@@ -221,20 +221,33 @@ def is_auth_failure(code: str) -> bool:
     return bool(_AUTH_FAILURE.match(code))
 
 
-def auth_success(engine: Engine, start: float, end: float) -> tuple[int, int]:
-    """(refused credentials, decisions) in [start, end): M1's counts for any window (the
-    executive page's 30 days), one pass over the window's decision records."""
+@dataclass(frozen=True)
+class AuthCounts:
+    """Decisions in a window: how many, how many refused a credential (M1's failures) and how
+    many carry an error (failed closed: what `trustplane_decision_errors_total` counts, the
+    SLI of the 99.9% auth-success SLO in deploy/prometheus/)."""
+
+    decisions: int
+    refused: int
+    errors: int
+
+
+def auth_success(engine: Engine, start: float, end: float) -> AuthCounts:
+    """M1's counts and the SLO's for any window (the executive page's 30 days), one pass
+    over the window's decision records."""
     query = (
         select(decisions.c.record)
         .where(decisions.c.kind == "decision", _window(decisions.c.ts, start, end))
         .execution_options(yield_per=5000)
     )
-    failures = total = 0
+    total = refused = errors = 0
     with engine.connect() as conn:
         for row in conn.execute(query):
+            record = orjson.loads(row.record)
             total += 1
-            failures += is_auth_failure(reason_code(orjson.loads(row.record)))
-    return failures, total
+            refused += is_auth_failure(reason_code(record))
+            errors += bool(record.get("errors"))
+    return AuthCounts(total, refused, errors)
 
 
 def _privileged_roles(bundle: Bundle | None) -> frozenset[str]:

@@ -470,15 +470,17 @@ class Ui:
     def _summary(self) -> dict[str, Any]:
         """The figures that read a month of records, kept `ui.summary_seconds`: this month's
         entitlement coverage (scorecard M7), auth success over 30 days against the SLO
-        (scorecard M1's counts) and the auth incidents of 30 days (deny jumps the rollback
-        guard recorded, drift incidents)."""
+        (`auth_success`: the SLO's failed-closed decisions, and M1's refused credentials) and
+        the auth incidents of 30 days (deny jumps the rollback guard recorded, drift
+        incidents)."""
         now = time.time()
         keep = self._services.settings.ui.summary_seconds
         if self._summary_cache is not None and now - self._summary_cache[0] < keep:
             return self._summary_cache[1]
         engine = self._services.engine
         since = now - MONTH_DAYS * 86400
-        failures, decided = auth_success(engine, since, now)
+        counts = auth_success(engine, since, now)
+        decided = counts.decisions
         jumps = admin_actions(engine, DENY_JUMP, since)
         drifts = DriftLog(engine).history(since)["incidents"]
         incidents = [
@@ -496,9 +498,11 @@ class Ui:
             "coverage": self._coverage(),
             "sla": {
                 "decisions": decided,
-                "failures": failures,
-                "success": None if not decided else 100 * (decided - failures) / decided,
-                "met": None if not decided else (decided - failures) / decided >= SLO,
+                "errors": counts.errors,
+                "refused": counts.refused,
+                "success": None if not decided else 100 * (decided - counts.errors) / decided,
+                "met": None if not decided else (decided - counts.errors) / decided >= SLO,
+                "credentials": None if not decided else 100 * (decided - counts.refused) / decided,
                 "slo": 100 * SLO,
                 "days": MONTH_DAYS,
             },
