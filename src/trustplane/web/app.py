@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,7 +45,12 @@ from trustplane.governance.records import Actor, GovernanceError
 from trustplane.governance.service import Governance
 from trustplane.identity.inventory import Inventory, inventory_report
 from trustplane.identity.service import IdentityService
-from trustplane.outcomes.scorecard import ScorecardError, auth_success, compute_scorecard
+from trustplane.outcomes.scorecard import (
+    AuthCounts,
+    ScorecardError,
+    auth_success,
+    compute_scorecard,
+)
 from trustplane.problems import Problem, read_body
 from trustplane.recovery.revocation import RevocationList
 from trustplane.rollout.drift import DriftLog, DriftWatch
@@ -89,7 +95,8 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 FORM_LIMIT = 64 * 1024  # the pages' forms are a few fields
-MONTH_DAYS = 30  # the executive page's SLA and incidents window
+MONTH_DAYS = 30  # the executive page's SLA and incidents window: 30 whole days and today
+DAY = 86400
 SLO = 0.999  # auth success, as deploy/prometheus/ rules and the scorecard's M1 state it
 LATENCY_HOURS = 1  # the on-call heatmap's window, in LATENCY_BUCKET-second columns
 LATENCY_BUCKET = 300
@@ -279,6 +286,8 @@ class Ui:
         self._labels = LabelStore(services.engine)
         self._rollout = RolloutStatus(self._labels, BundleStore(services.engine))
         self._summary_cache: tuple[float, dict[str, Any]] | None = None
+        self._days: dict[float, AuthCounts] = {}  # a past UTC day's auth counts
+        self._days_lock = threading.Lock()
 
     # -- session, CSRF -------------------------------------------------------------------------
 
@@ -478,8 +487,8 @@ class Ui:
         if self._summary_cache is not None and now - self._summary_cache[0] < keep:
             return self._summary_cache[1]
         engine = self._services.engine
-        since = now - MONTH_DAYS * 86400
-        counts = auth_success(engine, since, now)
+        since = now // DAY * DAY - MONTH_DAYS * DAY  # the same days as the SLA
+        counts = self._auth_counts(now)
         decided = counts.decisions
         jumps = admin_actions(engine, DENY_JUMP, since)
         drifts = DriftLog(engine).history(since)["incidents"]
@@ -511,6 +520,29 @@ class Ui:
         }
         self._summary_cache = (now, value)
         return value
+
+    def _auth_counts(self, now: float) -> AuthCounts:
+        """`auth_success` over the last MONTH_DAYS whole UTC days and today so far: a past
+        day's counts are read once and kept (the ledger only grows; a record spooled while
+        the store was away and landing on a past day counts after a restart), so a refresh
+        reads today's records only."""
+        today = now // DAY * DAY
+        first = today - MONTH_DAYS * DAY
+        parts = []
+        with self._days_lock:  # two views at once: one reads the missing days
+            for start in [d for d in self._days if d < first]:
+                del self._days[start]
+            for n in range(MONTH_DAYS):
+                start = first + n * DAY
+                if start not in self._days:
+                    self._days[start] = auth_success(self._services.engine, start, start + DAY)
+                parts.append(self._days[start])
+        parts.append(auth_success(self._services.engine, today, now + 1))
+        return AuthCounts(
+            sum(p.decisions for p in parts),
+            sum(p.refused for p in parts),
+            sum(p.errors for p in parts),
+        )
 
     def _coverage(self) -> dict[str, Any] | None:
         """This month's entitlement coverage from the scorecard (`outcomes/`, figure M7)."""
