@@ -10,6 +10,7 @@ from typing import Any
 from starlette.routing import Route
 
 from trustplane.config import load_settings
+from trustplane.server.admin_gate import UI_PREFIX
 from trustplane.server.app import create_app
 from trustplane.server.openapi import openapi_document
 from trustplane.server.runtime import Runtime, initialise
@@ -26,6 +27,9 @@ def _served(tmp_path: Path) -> set[tuple[str, str]]:
         assert isinstance(route, Route)
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {path:path} → {path}
         for method in route.methods or ():
+            # The pages under /ui are HTML for people, not the API (web/; docs/ui.md).
+            if path.startswith(UI_PREFIX):
+                continue
             if method != "HEAD" and path not in UNDOCUMENTED:
                 served.add((path, method.lower()))
     return served

@@ -144,7 +144,7 @@ def test_unverified_requests_share_one_assessment_per_policy() -> None:
 
 def test_an_assessment_that_fails_as_a_whole_scores_100() -> None:
     class Exploding(TrustAssessor):
-        def _score(self, *args: Any) -> Any:
+        def _score(self, *args: Any, **kwargs: Any) -> Any:
             raise ValueError("corrupt policy")
 
     assessor = Exploding([AuthenticationSignals()], clock=lambda: NOW)

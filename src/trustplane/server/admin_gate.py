@@ -170,6 +170,10 @@ _DECISION = "decision endpoint: answers enforcement points (their own authentica
 OPEN_ROUTES: tuple[OpenRoute, ...] = (
     OpenRoute("/access/v1/evaluation", _DECISION),
     OpenRoute("/access/v1/evaluations", _DECISION),
+    OpenRoute(
+        "/access/v1/epoch",
+        "the cache epoch enforcement points long-poll (their own authentication)",
+    ),
     OpenRoute("/access/v1/search/subject", _DECISION),
     OpenRoute("/access/v1/search/resource", _DECISION),
     OpenRoute("/access/v1/search/action", _DECISION),
