@@ -5,15 +5,19 @@
 
 Starts what the browser tests start (tests/web): the loopback OIDC issuer, a real `trustplane
 serve` of examples/shop on SQLite in a temporary directory with the identity plane on, and
-Debian's chromium through chromium-driver. It then makes some traffic (allowed and denied
-decisions, a pending JIT request, an open break-glass session), signs in as carol (security)
-and saves one PNG per page.
+Debian's chromium through chromium-driver. The bundle is a copy of the example with
+forbid-large-refunds as a 50 % canary (and a second support agent in its enforced cohort). It
+then makes some traffic (allowed and denied decisions, refunds in both cohorts, tokens from an
+issuer that is up and one whose JWKS is unreachable, a pending JIT request, an open break-glass
+session, a saved compromise simulation, an edit of the bundle nobody activated), signs in as
+carol (security) and saves one PNG per page.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -25,9 +29,10 @@ sys.path[:0] = [str(REPO), str(REPO / "src")]
 from selenium.webdriver.common.by import By  # noqa: E402
 from tests.conftest import SHOP  # noqa: E402
 from tests.issuer import AUDIENCE, ISSUER, Jwks, rsa_key, user_token  # noqa: E402
-from tests.support import authzen, running_server  # noqa: E402
+from tests.support import authzen, run_cli, running_server  # noqa: E402
 from tests.web.browser import binaries, chromium, wait  # noqa: E402
 
+from trustplane.decision.canary import ENFORCED, cohort  # noqa: E402
 from trustplane.identity.kek import new_kek  # noqa: E402
 
 CLIENT = "trustplane-ui"
@@ -39,6 +44,9 @@ TRAFFIC = [
     (("User", "erin"), "ops:restart", ("Service", "checkout")),
     (("User", "carol"), "ops:read-logs", ("Service", "checkout")),
 ]
+CANARY = "forbid-large-refunds"
+DOWN = "https://down.idp.example"  # its JWKS at a loopback port nothing listens on
+ESTATE = REPO / "tests" / "outcomes" / "estate"
 PAGES = ["", "oncall", "debug", "policy", "rollout", "access", "identity", "scorecard"]
 
 
@@ -59,9 +67,31 @@ def main() -> int:
     issuer.signer = key
     issuer.sign_in_as = "carol"
     issuers = [{"issuer": ISSUER, "jwks_uri": issuer.uri, "audiences": [AUDIENCE, CLIENT]}]
+    down = {"issuer": DOWN, "jwks_uri": "http://127.0.0.1:9/jwks", "audiences": [AUDIENCE]}
+    agent = next(
+        f"agent{i}" for i in range(100) if cohort(f'User::"agent{i}"', CANARY, 50) == ENFORCED
+    )
     with tempfile.TemporaryDirectory(prefix="tp-screens-") as tmp:
         state = Path(tmp) / "state"
         state.mkdir()
+        bundle = Path(tmp) / "shop"
+        shutil.copytree(SHOP, bundle)
+        guardrails = bundle / "guardrails.cedar"
+        guardrails.write_text(
+            guardrails.read_text().replace(
+                f'@id("{CANARY}")\n@owner("payments")\n@mode("observe")',
+                f'@id("{CANARY}")\n@owner("payments")\n@mode("canary") @canary("50")',
+            )
+        )
+        people = json.loads((bundle / "entities.json").read_text())
+        people.append(
+            {
+                "uid": {"type": "User", "id": agent},
+                "attrs": {"email": f"{agent}@shop.example"},
+                "parents": [{"type": "Role", "id": "support"}],
+            }
+        )
+        (bundle / "entities.json").write_text(json.dumps(people))
         kek = Path(tmp) / "kek"
         kek.write_text(new_kek())
         kek.chmod(0o600)
@@ -69,9 +99,10 @@ def main() -> int:
         with running_server(
             state,
             f"sqlite:///{state / 'trustplane.db'}",
-            SHOP,
+            bundle,
             policy__watch="false",
-            pep__issuers=issuers,
+            pep__issuers=[*issuers, down],
+            server__trusted_proxies=["127.0.0.1/32"],  # forward-auth's X-Original-URI
             admin__issuers=issuers,
             trust=json.dumps({"trusted_peps": ["anonymous"]}),
             identity__trust_domain="shop.example",
@@ -89,14 +120,30 @@ def main() -> int:
                     if not answer["decision"] and not denied:
                         denied = answer["context"]["decision_id"]
 
-            for cents in (90_000, 120_000, 75_000):  # would-denies of forbid-large-refunds
+            for cents in (90_000, 120_000, 75_000):  # both cohorts of forbid-large-refunds
                 refund = {**CTX, "amount_cents": cents}
-                server.client.post(
-                    "/access/v1/evaluation",
-                    json=authzen(
-                        ("User", "erin"), "payments:refund", ("Api", "payments.refund"), refund
-                    ),
+                for who in ("erin", agent):
+                    server.client.post(
+                        "/access/v1/evaluation",
+                        json=authzen(
+                            ("User", who), "payments:refund", ("Api", "payments.refund"), refund
+                        ),
+                    )
+            for iss in (ISSUER, ISSUER, DOWN):  # IdP health: one issuer up, one down
+                server.client.get(
+                    "/v1/forward-auth",
+                    headers={
+                        "X-Original-URI": "/payments/v1/transactions/1",
+                        "X-Original-Method": "GET",
+                        "authorization": f"Bearer {user_token(key, 'alice', iss=iss)}",
+                    },
                 )
+            estate = ["-b", str(ESTATE / "bundle"), "-m", str(ESTATE / "manifests")]
+            estate += ["--flows", str(ESTATE / "flows.json")]
+            run_cli("simulate", "--all", *estate, "--save", env=server.env)
+            humans = bundle / "humans.cedar"  # an edit nobody activated: drift
+            humans.write_text(humans.read_text() + "\n// edited in place\n")
+            server.client.get("/v1/bundle/drift", headers=server.admin)  # checked now
 
             def person(name: str) -> dict[str, str]:
                 return {"authorization": f"Bearer {user_token(key, name)}"}
@@ -148,7 +195,7 @@ def main() -> int:
                             lambda d: "loading" not in d.find_element(By.TAG_NAME, "main").text
                         )
                     height = driver.execute_script("return document.body.scrollHeight")
-                    driver.set_window_size(1280, min(max(900, int(height) + 40), 4000))
+                    driver.set_window_size(1280, min(max(900, int(height) + 200), 4200))
                     target = args.out / f"{page or 'executive'}.png"
                     driver.save_screenshot(str(target))
                     print(target.relative_to(REPO) if target.is_relative_to(REPO) else target)

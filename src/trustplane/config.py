@@ -729,6 +729,13 @@ class UiSettings(BaseModel):
         le=24,
         description="A session ends after this long, or when its ID token expires if sooner.",
     )
+    summary_seconds: float = Field(
+        60,
+        ge=0,
+        description="How long the executive page keeps the figures that read a month of "
+        "records (30-day auth success, entitlement coverage) before reading them again; 0 "
+        "reads them at every view.",
+    )
 
 
 class TracingSettings(BaseModel):

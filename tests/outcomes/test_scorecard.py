@@ -16,7 +16,13 @@ from trustplane.decision.policy_bundle import Bundle, BundleSource, compile_bund
 from trustplane.governance.catalog import BUNDLE_FILES
 from trustplane.model import AccessRequest, Decision, Effect, EntityRef, PolicyReason
 from trustplane.outcomes.report import render_html, render_markdown
-from trustplane.outcomes.scorecard import Scorecard, ScorecardError, compute_scorecard, parse_period
+from trustplane.outcomes.scorecard import (
+    Scorecard,
+    ScorecardError,
+    auth_success,
+    compute_scorecard,
+    parse_period,
+)
 from trustplane.outcomes.simulation_runs import save_run
 from trustplane.outcomes.snapshots import load_snapshots, save_snapshot
 from trustplane.store.tables import (
@@ -258,9 +264,13 @@ def test_error_and_friction_figures(card: tuple[Engine, Scorecard]) -> None:
 
 
 def test_slis(card: tuple[Engine, Scorecard]) -> None:
-    _, scorecard = card
+    engine, scorecard = card
     figure = scorecard.figure
     assert figure("auth_success").value == pytest.approx(7 / 8)  # one expired token
+    # the same counts for any window (the executive page's 30 days)
+    counts = auth_success(engine, scorecard.start, scorecard.end)
+    assert (counts.decisions, counts.refused) == (8, 1)
+    assert counts.errors >= figure("pdp_errors").value + counts.refused, "both carry errors"
     assert figure("pdp_errors").value == 1 and figure("pdp_errors").verdict == "not met"
     assert figure("deny_permit").value == pytest.approx(3 / 5)
     assert figure("latency_p50").value == 200  # 100 ×4, 200, 300, 400, 500: the upper median

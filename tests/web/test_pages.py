@@ -151,13 +151,14 @@ def test_sign_in_and_read_every_page(
         assert browser.find_element(By.TAG_NAME, "h1").text == heading, path
         current = browser.find_element(By.CSS_SELECTOR, "nav a.current")
         assert current.get_attribute("href").rstrip("/") == server.url + path
-    # What each page says where a feature is not there yet.
+    # What each page reads from the other planes (tests/web/test_panels.py shows each one).
     browser.get(server.url + "/ui/scorecard")
     assert browser.find_elements(By.CSS_SELECTOR, "table.scorecard tr[id^=figure-]")
     assert browser.find_element(By.ID, "stages").text
     browser.get(server.url + "/ui")
     assert "scorecard M7" in browser.find_element(By.ID, "entitlements").text
-    assert "Not measured yet" in browser.find_element(By.ID, "incidents").text
+    assert "deny jumps" in browser.find_element(By.ID, "incidents").text
+    assert "SLO ≥ 99.9 %" in browser.find_element(By.ID, "sla").text
     # The chart library drew, so scripts from 'self' run under the policy.
     wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#trend canvas"))
     assert int(browser.find_element(By.ID, "total").text) >= 1

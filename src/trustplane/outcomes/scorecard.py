@@ -215,6 +215,41 @@ def compute_scorecard(
     )
 
 
+def is_auth_failure(code: str) -> bool:
+    """Whether a decision's reason code is a refused credential: what M1 (and the 99.9% SLO
+    of deploy/prometheus) counts against authentication success."""
+    return bool(_AUTH_FAILURE.match(code))
+
+
+@dataclass(frozen=True)
+class AuthCounts:
+    """Decisions in a window: how many, how many refused a credential (M1's failures) and how
+    many carry an error (failed closed: what `trustplane_decision_errors_total` counts, the
+    SLI of the 99.9% auth-success SLO in deploy/prometheus/)."""
+
+    decisions: int
+    refused: int
+    errors: int
+
+
+def auth_success(engine: Engine, start: float, end: float) -> AuthCounts:
+    """M1's counts and the SLO's for any window (the executive page's 30 days), one pass
+    over the window's decision records."""
+    query = (
+        select(decisions.c.record)
+        .where(decisions.c.kind == "decision", _window(decisions.c.ts, start, end))
+        .execution_options(yield_per=5000)
+    )
+    total = refused = errors = 0
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            record = orjson.loads(row.record)
+            total += 1
+            refused += is_auth_failure(reason_code(record))
+            errors += bool(record.get("errors"))
+    return AuthCounts(total, refused, errors)
+
+
 def _privileged_roles(bundle: Bundle | None) -> frozenset[str]:
     """Privileged roles: those access.yaml makes requestable just in time or grants through
     break-glass; holding one permanently is standing privilege."""
@@ -282,7 +317,7 @@ def _count(
     tally.decisions += 1
     tally.allows += allowed
     tally.denies += not allowed
-    tally.auth_failures += bool(_AUTH_FAILURE.match(code))
+    tally.auth_failures += is_auth_failure(code)
     tally.errors += code == "evaluation_error"
     micros = record.get("eval_micros")
     if isinstance(micros, int):

@@ -163,7 +163,11 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> Starlette:
         *admin_routes(runtime, admin_gate),
         *identity_routes(identity),
         *attestation_routes(attestations, admin_gate),
-        *(ui_routes(runtime, admin_gate) if settings.ui.enabled else []),
+        *(
+            ui_routes(runtime, admin_gate, enforcer.authenticator.jwks_status)
+            if settings.ui.enabled
+            else []
+        ),
     ]
 
     def for_people(request: Request) -> bool:

@@ -89,3 +89,61 @@ def service_of(record: dict[str, Any]) -> str:
     if resource["type"] == "Service" and resource.get("id"):
         return str(resource["id"])
     return str(resource["type"])
+
+
+LATENCY_EDGES = (100, 250, 500, 1000, 2500, 5000)  # µs; a last bucket holds the slower ones
+
+
+@dataclass(frozen=True)
+class LatencyGrid:
+    """Decisions per (time bucket, evaluation-latency bucket): the on-call heatmap. `counts`
+    is one row per time bucket, one column per latency bucket (`edges` upper bounds, then
+    slower); `unmeasured` counts records without `eval_micros`."""
+
+    starts: list[float]
+    edges: tuple[int, ...]
+    counts: list[list[int]]
+    unmeasured: int
+
+    @property
+    def total(self) -> int:
+        return sum(sum(row) for row in self.counts)
+
+
+def latency_grid(
+    engine: Engine,
+    since: float,
+    until: float,
+    seconds: int,
+    edges: tuple[int, ...] = LATENCY_EDGES,
+) -> LatencyGrid:
+    """Decision records in [since, until) counted by time bucket and by the evaluation time
+    each recorded (`eval_micros`, the figure M2 of the scorecard reads): one query."""
+    c = decisions.c
+    statement = select(c.ts, c.record).where(c.kind == "decision", c.ts >= since, c.ts < until)
+    count = max(1, int((until - since + seconds - 1) // seconds))
+    counts = [[0] * (len(edges) + 1) for _ in range(count)]
+    unmeasured = 0
+    with engine.connect() as connection:
+        for ts, record in connection.execute(statement.execution_options(yield_per=5000)):
+            micros = orjson.loads(record).get("eval_micros")
+            if not isinstance(micros, int):
+                unmeasured += 1
+                continue
+            slot = min(int((ts - since) // seconds), count - 1)
+            column = next((i for i, edge in enumerate(edges) if micros <= edge), len(edges))
+            counts[slot][column] += 1
+    return LatencyGrid([since + i * seconds for i in range(count)], edges, counts, unmeasured)
+
+
+def admin_actions(engine: Engine, action: str, since: float) -> list[dict[str, Any]]:
+    """The admin records of `action` since `since`, newest first (e.g. `bundle:deny-jump`,
+    the rollback guard's record of a deny jump after an activation)."""
+    c = decisions.c
+    statement = (
+        select(c.record)
+        .where(c.kind == "admin", c.action == action, c.ts >= since)
+        .order_by(c.seq.desc())
+    )
+    with engine.connect() as connection:
+        return [orjson.loads(row[0]) for row in connection.execute(statement)]

@@ -22,9 +22,11 @@ import asyncio
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import parse_qs, quote, urlencode
@@ -43,15 +45,29 @@ from trustplane.governance.records import Actor, GovernanceError
 from trustplane.governance.service import Governance
 from trustplane.identity.inventory import Inventory, inventory_report
 from trustplane.identity.service import IdentityService
-from trustplane.outcomes.scorecard import ScorecardError, compute_scorecard
+from trustplane.outcomes.scorecard import (
+    AuthCounts,
+    ScorecardError,
+    auth_success,
+    compute_scorecard,
+)
 from trustplane.problems import Problem, read_body
 from trustplane.recovery.revocation import RevocationList
+from trustplane.rollout.drift import DriftLog, DriftWatch
 from trustplane.rollout.gates import RolloutStatus
 from trustplane.rollout.labels import LabelStore, RolloutError
+from trustplane.rollout.rollback import ACTION as DENY_JUMP
 from trustplane.store.policy_revisions import BundleStore
 from trustplane.telemetry.deny_spike import DenySpikeDetector
 from trustplane.telemetry.ledger import Ledger, LedgerError, get_decision, rfc3339
-from trustplane.telemetry.summary import decision_buckets, recent_denials, service_of
+from trustplane.telemetry.summary import (
+    LatencyGrid,
+    admin_actions,
+    decision_buckets,
+    latency_grid,
+    recent_denials,
+    service_of,
+)
 from trustplane.web.oidc import OidcClient, SignInError
 from trustplane.web.session import (
     LOGIN_COOKIE,
@@ -79,7 +95,11 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 FORM_LIMIT = 64 * 1024  # the pages' forms are a few fields
-COVERAGE_SECONDS = 60
+MONTH_DAYS = 30  # the executive page's SLA and incidents window: 30 whole days and today
+DAY = 86400
+SLO = 0.999  # auth success, as deploy/prometheus/ rules and the scorecard's M1 state it
+LATENCY_HOURS = 1  # the on-call heatmap's window, in LATENCY_BUCKET-second columns
+LATENCY_BUCKET = 300
 STREAM_SECONDS = 300  # an SSE stream ends after this; the browser reconnects through the gate
 NAV = (
     ("executive", UI_PREFIX, "Executive"),
@@ -123,6 +143,11 @@ class Services(Protocol):
     def ledger(self) -> Ledger: ...
     @property
     def deny_spike(self) -> DenySpikeDetector: ...
+    @property
+    def drift(self) -> DriftWatch | None: ...
+
+
+JwksStatus = Callable[[], dict[str, tuple[bool, float | None]]]
 
 
 class Caller(Protocol):
@@ -251,15 +276,18 @@ def _is_fragment(request: Request) -> bool:
 class Ui:
     """Sign-in, the pages and their actions."""
 
-    def __init__(self, services: Services, gate: Gate) -> None:
+    def __init__(self, services: Services, gate: Gate, jwks: JwksStatus | None = None) -> None:
         self._services = services
         self._gate = gate
+        self._jwks = jwks
         settings = services.settings
         self.sessions = Sessions(session_key(settings.state_dir), settings.ui.session_hours)
         self.oidc = OidcClient(settings)
         self._labels = LabelStore(services.engine)
         self._rollout = RolloutStatus(self._labels, BundleStore(services.engine))
-        self._coverage_cache: tuple[float, dict[str, Any] | None] | None = None
+        self._summary_cache: tuple[float, dict[str, Any]] | None = None
+        self._days: dict[float, AuthCounts] = {}  # a past UTC day's auth counts
+        self._days_lock = threading.Lock()
 
     # -- session, CSRF -------------------------------------------------------------------------
 
@@ -432,7 +460,7 @@ class Ui:
             "denied": [b.denied for b in buckets],
         }
         alarm = services.deny_spike.alarm
-        coverage = await run_in_threadpool(self._coverage)
+        summary = await run_in_threadpool(self._summary)
         return self.page(
             request,
             call,
@@ -445,15 +473,79 @@ class Ui:
             ratio=None if allowed == 0 else denied / allowed,
             series=series,
             alarm=alarm.as_dict() if alarm else None,
-            coverage=coverage,
+            **summary,
+        )
+
+    def _summary(self) -> dict[str, Any]:
+        """The figures that read a month of records, kept `ui.summary_seconds`: this month's
+        entitlement coverage (scorecard M7), auth success over 30 days against the SLO
+        (`auth_success`: the SLO's failed-closed decisions, and M1's refused credentials) and
+        the auth incidents of 30 days (deny jumps the rollback guard recorded, drift
+        incidents)."""
+        now = time.time()
+        keep = self._services.settings.ui.summary_seconds
+        if self._summary_cache is not None and now - self._summary_cache[0] < keep:
+            return self._summary_cache[1]
+        engine = self._services.engine
+        since = now // DAY * DAY - MONTH_DAYS * DAY  # the same days as the SLA
+        counts = self._auth_counts(now)
+        decided = counts.decisions
+        jumps = admin_actions(engine, DENY_JUMP, since)
+        drifts = DriftLog(engine).history(since)["incidents"]
+        incidents = [
+            {"at": _jump_time(j), "kind": "deny jump", "what": j.get("reason", "")} for j in jumps
+        ] + [
+            {
+                "at": d["detected_at"],
+                "kind": "policy drift",
+                "what": _drift_text(d),
+            }
+            for d in drifts
+        ]
+        incidents.sort(key=lambda i: i["at"] or 0, reverse=True)
+        value = {
+            "coverage": self._coverage(),
+            "sla": {
+                "decisions": decided,
+                "errors": counts.errors,
+                "refused": counts.refused,
+                "success": None if not decided else 100 * (decided - counts.errors) / decided,
+                "met": None if not decided else (decided - counts.errors) / decided >= SLO,
+                "credentials": None if not decided else 100 * (decided - counts.refused) / decided,
+                "slo": 100 * SLO,
+                "days": MONTH_DAYS,
+            },
+            "incidents": incidents,
+            "drift_checked": self._services.drift is not None,
+        }
+        self._summary_cache = (now, value)
+        return value
+
+    def _auth_counts(self, now: float) -> AuthCounts:
+        """`auth_success` over the last MONTH_DAYS whole UTC days and today so far: a past
+        day's counts are read once and kept (the ledger only grows; a record spooled while
+        the store was away and landing on a past day counts after a restart), so a refresh
+        reads today's records only."""
+        today = now // DAY * DAY
+        first = today - MONTH_DAYS * DAY
+        parts = []
+        with self._days_lock:  # two views at once: one reads the missing days
+            for start in [d for d in self._days if d < first]:
+                del self._days[start]
+            for n in range(MONTH_DAYS):
+                start = first + n * DAY
+                if start not in self._days:
+                    self._days[start] = auth_success(self._services.engine, start, start + DAY)
+                parts.append(self._days[start])
+        parts.append(auth_success(self._services.engine, today, now + 1))
+        return AuthCounts(
+            sum(p.decisions for p in parts),
+            sum(p.refused for p in parts),
+            sum(p.errors for p in parts),
         )
 
     def _coverage(self) -> dict[str, Any] | None:
-        """This month's entitlement coverage from the scorecard (`outcomes/`, figure M7),
-        computed at most once a minute: the scorecard reads the month's records."""
-        now = time.monotonic()
-        if self._coverage_cache is not None and now - self._coverage_cache[0] < COVERAGE_SECONDS:
-            return self._coverage_cache[1]
+        """This month's entitlement coverage from the scorecard (`outcomes/`, figure M7)."""
         active = self._services.bundles.active
         try:
             card = compute_scorecard(
@@ -461,11 +553,8 @@ class Ui:
             )
             figure = card.figure("entitlement_coverage")
         except (ScorecardError, StopIteration):
-            value = None
-        else:
-            value = {"shown": figure.shown(), "evidence": figure.evidence, "period": card.period}
-        self._coverage_cache = (now, value)
-        return value
+            return None
+        return {"shown": figure.shown(), "evidence": figure.evidence, "period": card.period}
 
     # -- on-call -------------------------------------------------------------------------------
 
@@ -473,6 +562,15 @@ class Ui:
         items, top = await run_in_threadpool(recent_denials, self._services.engine, None, 50)
         by_service = Counter(service_of(item) for item in items)
         rows = [_denial_row(item) for item in reversed(items)]
+        now = time.time()
+        until = (now // LATENCY_BUCKET + 1) * LATENCY_BUCKET
+        grid = await run_in_threadpool(
+            latency_grid,
+            self._services.engine,
+            until - LATENCY_HOURS * 3600,
+            until,
+            LATENCY_BUCKET,
+        )
         return self.page(
             request,
             call,
@@ -481,7 +579,29 @@ class Ui:
             rows=rows,
             by_service=sorted(by_service.items(), key=lambda kv: (-kv[1], kv[0])),
             after=top,
+            latency=_latency_view(grid),
+            idps=self._idps(),
         )
+
+    def _idps(self) -> list[dict[str, Any]]:
+        """Each configured token issuer's JWKS health, read from the verifier's caches (what
+        `trustplane_jwks_up` and `trustplane_jwks_age_seconds` export when scraped)."""
+        status = self._jwks() if self._jwks is not None else {}
+        found: list[dict[str, Any]] = []
+        for issuer in self._services.settings.pep.issuers:
+            state = status.get(issuer.issuer)
+            if state is None:
+                found.append({"issuer": issuer.issuer, "state": "not fetched", "age": None})
+                continue
+            up, age = state
+            found.append(
+                {
+                    "issuer": issuer.issuer,
+                    "state": "up" if up else "down",
+                    "age": None if age is None else round(age),
+                }
+            )
+        return found
 
     async def stream(self, request: Request, call: Call) -> Response:
         """Denials and errors as server-sent events, each event a ledger row after `after`
@@ -550,6 +670,12 @@ class Ui:
     async def policy(self, request: Request, call: Call) -> Response:
         manager = self._services.bundles
         history = await run_in_threadpool(manager.history, 50)
+        watch = self._services.drift
+        drift = None
+        if watch is not None:  # the periodic check, run now: its gauge and incidents follow
+            found = await run_in_threadpool(watch.check)
+            drift = None if found is None else found.as_dict()
+        incidents = await run_in_threadpool(DriftLog(self._services.engine).history, None)
         active = manager.active
         last_error = manager.last_error
         return self.page(
@@ -563,6 +689,10 @@ class Ui:
             history=history,
             bundle_dir=str(manager.bundle_dir) if manager.bundle_dir else None,
             last_error=[str(p) for p in last_error.problems] if last_error else [],
+            drift_checked=watch is not None,
+            drift=drift,
+            drift_incidents=[{**i, "what": _drift_text(i)} for i in incidents["incidents"][:20]],
+            drift_months=incidents["months"],
         )
 
     async def recent(self, request: Request, call: Call) -> Response:
@@ -771,6 +901,44 @@ class Ui:
         return self.page(request, call, "scorecard.html", "scorecard", card=document, groups=groups)
 
 
+def _latency_view(grid: LatencyGrid) -> dict[str, Any]:
+    """The heatmap as table rows: each cell its count and a shade class (heat-0 … heat-4,
+    relative to the busiest cell), so the CSP needs no inline style."""
+    peak = max((n for row in grid.counts for n in row), default=0)
+    labels = [f"≤ {e:,} µs" for e in grid.edges] + [f"> {grid.edges[-1]:,} µs"]
+    rows = []
+    for start, counts in zip(grid.starts, grid.counts, strict=True):
+        cells = [
+            {"n": n, "heat": 0 if not n else 1 + min(3, (4 * n - 1) // max(1, peak))}
+            for n in counts
+        ]
+        rows.append({"start": rfc3339(start)[11:16], "cells": cells, "total": sum(counts)})
+    return {"labels": labels, "rows": rows, "total": grid.total, "unmeasured": grid.unmeasured}
+
+
+def _jump_time(record: dict[str, Any]) -> float | None:
+    details = record.get("details") or {}
+    at = details.get("detected_at") if isinstance(details, dict) else None
+    if isinstance(at, int | float):
+        return float(at)
+    try:
+        return datetime.fromisoformat(str(record.get("time"))).timestamp()
+    except ValueError:
+        return None
+
+
+def _drift_text(incident: dict[str, Any]) -> str:
+    """What differed, e.g. `changed: policies/x.cedar` or the error that stopped the check."""
+    if incident.get("error"):
+        return str(incident["error"])
+    parts = [
+        f"{kind}: {', '.join(files)}"
+        for kind in ("added", "removed", "changed")
+        if (files := incident.get(kind))
+    ]
+    return "; ".join(parts) or "differs"
+
+
 def _key_view(key: dict[str, Any], now: float) -> dict[str, Any]:
     """A key with how long it has left, and `late` once it is in the last quarter of its life
     and still in use (its rotation is due: the next key should be prepared or active)."""
@@ -897,10 +1065,11 @@ def _debug_sections(record: dict[str, Any]) -> list[tuple[str, Any, str]]:
     ]
 
 
-def ui_routes(services: Services, gate: Gate) -> list[Route]:
+def ui_routes(services: Services, gate: Gate, jwks: JwksStatus | None = None) -> list[Route]:
     """Every route under /ui: the pages and actions behind the gate (each with its admin
-    action, as the gate's table lists it), and sign-in and static files open."""
-    ui = Ui(services, gate)
+    action, as the gate's table lists it), and sign-in and static files open. `jwks`: the
+    token verifier's JWKS health by issuer (the on-call page's IdP health)."""
+    ui = Ui(services, gate, jwks)
     p = UI_PREFIX
 
     def page(path: str, handler: Handler, action: str, resolve: Resolver | None = None) -> Route:
