@@ -32,6 +32,15 @@ if [[ ! -f "$stamp" ]]; then
   fi
 fi
 
+# xds-protos (Envoy's types) ships an older copy of opentelemetry-proto's modules, and the
+# package pip installs last wins: put opentelemetry-proto's own back when they were replaced,
+# or the OTLP exporter of `[tracing]` cannot load.
+if ! .venv/bin/python -c 'from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope' 2>/dev/null; then
+  otel_proto=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')
+  echo "==> reinstalling opentelemetry-proto ${otel_proto} over the copy xds-protos ships" >&2
+  .venv/bin/python -m pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==${otel_proto}"
+fi
+
 apt_install() {
   # Debian packages, installed once; false if they could not be (or the user opted out).
   # Usage: apt_install "why they are needed" package...

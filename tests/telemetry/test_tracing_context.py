@@ -6,7 +6,9 @@ trace id behind. Spans go to OpenTelemetry's in-memory exporter."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -68,3 +70,16 @@ def test_sampled_spans_are_exported_under_their_parent() -> None:
     assert format(root.context.trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert root.parent is not None and format(root.parent.span_id, "016x") == "00f067aa0ba902b7"
     assert child.parent is not None and child.parent.span_id == root.context.span_id
+
+
+def test_an_exporter_that_cannot_load_is_a_configuration_error(monkeypatch: Any) -> None:
+    """xds-protos ships an older copy of opentelemetry-proto's modules: if it won the install,
+    tracing on is refused with a line that says what to reinstall, not a traceback."""
+    import sys
+
+    from trustplane.config import ConfigError
+
+    module = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+    monkeypatch.setitem(sys.modules, module, None)  # importing it now raises ImportError
+    with pytest.raises(ConfigError, match=r"tracing\.enabled: .*opentelemetry-proto"):
+        Tracing(TracingSettings(enabled=True))

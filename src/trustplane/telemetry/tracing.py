@@ -93,6 +93,24 @@ def annotate(span: Span | None, decision: Decision) -> None:
         span.set_attribute("error.type", "evaluation_error")
 
 
+def _otlp_exporter(endpoint: str) -> SpanExporter:
+    """The OTLP/HTTP exporter, or a ConfigError saying why it cannot be loaded: xds-protos (for
+    Envoy's types) ships an older copy of opentelemetry-proto's modules, and whichever package
+    pip installed last wins; scripts/bootstrap.sh puts opentelemetry-proto's back."""
+    from trustplane.config import ConfigError
+
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        raise ConfigError(
+            f"tracing.enabled: the OTLP exporter cannot be loaded ({exc}); xds-protos may have "
+            "overwritten opentelemetry-proto's modules: reinstall them with `pip install "
+            "--force-reinstall --no-deps opentelemetry-proto==VERSION` (scripts/bootstrap.sh "
+            "does), or turn tracing off"
+        ) from None
+    return OTLPSpanExporter(endpoint=endpoint, timeout=5)
+
+
 class Tracing:
     """The tracer provider of one serving process, its sampler and its exporter."""
 
@@ -107,9 +125,7 @@ class Tracing:
         import trustplane
 
         if exporter is None:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            exporter = OTLPSpanExporter(endpoint=settings.endpoint, timeout=5)
+            exporter = _otlp_exporter(settings.endpoint)
         version = getattr(trustplane, "__version__", "0")
         self._provider = TracerProvider(
             resource=Resource.create(
