@@ -101,8 +101,11 @@ def test_workers_share_one_ledger_metrics_and_active_bundle(
         # A worker that dies is replaced; the new one serves the rollback, not the directory.
         victim = int(sorted(pids)[0])
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(re.findall(r"Started server process", server.log())) > WORKERS)
-        wait_for(lambda: server.log().count("ext_authz gRPC on") > WORKERS)
+        # A new worker imports the whole app before it says so: as long as the first start.
+        wait_for(
+            lambda: len(re.findall(r"Started server process", server.log())) > WORKERS, timeout=30
+        )
+        wait_for(lambda: server.log().count("ext_authz gRPC on") > WORKERS, timeout=30)
         assert revisions_seen(server, tries=20) == first
 
         # SIGHUP to the supervisor reloads the directory for every worker.
