@@ -41,9 +41,15 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 GLOBAL = ["81.2.69.160", "8.8.8.8", "1.1.1.1", "185.220.101.1"]
 
 
-def without_trust(runtime: Any) -> Any:
-    """The runtime's decision point with no trust plane: the same decision without it."""
+def without_trust(runtime: Any, cache_rules: bool = True) -> Any:
+    """The runtime's decision point with no trust assessment: the same decision without it.
+    With `cache_rules` it keeps the risk-aware cache's rules (tier 0 always live), which do
+    not need the trust plane: then the two differ by the trust computation alone. Without
+    them it is the decision point as it was before the trust plane (tier-0 resources cached
+    like any other), shown for comparison."""
     from trustplane.decision.point import PolicyDecisionPoint
+    from trustplane.decision.risk_cache import RiskCache
+    from trustplane.server.runtime import cache_rules as rules_from
 
     return PolicyDecisionPoint(
         bundles=runtime.bundles,
@@ -52,6 +58,8 @@ def without_trust(runtime: Any) -> Any:
         recorder=runtime.recorder,
         metrics=runtime.metrics,
         deny_spike=runtime.deny_spike,
+        cache=RiskCache(rules_from(runtime.settings.policy)) if cache_rules else None,
+        epoch=runtime.cache_epoch if cache_rules else None,
     )
 
 
@@ -125,11 +133,14 @@ def main() -> None:
         # The whole in-process decision as a server makes it (decision cache on, ledger
         # charged until committed: bench/inproc.py's harness), with and without the trust plane.
         plain, scored = PdpHarness(False, cache_size=10_000), PdpHarness(False, cache_size=10_000)
+        before = PdpHarness(False, cache_size=10_000)
         plain.pdp = without_trust(plain.runtime)
+        before.pdp = without_trust(before.runtime, cache_rules=False)
         decided = [
             Contender(f"decide + ledger{label}", h.decide, items, h.after_run, h.cpu_elsewhere)
             for label, h, items in (
                 ("", plain, with_token),
+                (" (no risk-aware cache rules)", before, with_token),
                 (" + trust: no evidence", scored, requests),
                 (" + trust: token, loopback", scored, with_token),
                 (" + trust: token, global address", scored, travelling),
@@ -142,14 +153,14 @@ def main() -> None:
             Contender("trust: token, global address", behind_trust, travelling),
             *decided,
         ]
-        for harness in (plain, scored):
+        for harness in (plain, before, scored):
             harness.warm_up(travelling)
         try:
             per_round = interleaved(
                 contenders, rounds=rounds, max_calls=max_calls, max_seconds=max_seconds
             )
         finally:
-            recorded = [plain.close(), scored.close()]
+            recorded = [plain.close(), before.close(), scored.close()]
             history.stop()
             engine.dispose()
         every = all(r["ledger_recorded_every_decision"] for r in recorded)

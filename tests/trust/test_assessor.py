@@ -139,7 +139,31 @@ def test_unverified_requests_share_one_assessment_per_policy() -> None:
     first = assessor(request(None), FakeBundle(trust))  # type: ignore[arg-type]
     again = assessor(request(None), FakeBundle(trust))  # type: ignore[arg-type]
     assert first[1] is again[1] and first[1]["quiet"] == ["mfa_strength"]
-    assert first[0].context["trust"] == {"score": 0, "level": "low", "signals": {"mfa_strength": 0}}
+    # Cedar sees the signals that moved the score; one that counted nothing is left out.
+    assert first[0].context["trust"] == {"score": 0, "level": "low", "signals": {}}
+
+
+def test_the_same_signals_reuse_one_weighing_and_different_ones_never_do() -> None:
+    clock = [NOW]
+    assessor = TrustAssessor([AuthenticationSignals()], clock=lambda: clock[0])
+    trust = FakeBundle(policy(mfa_strength=20, auth_age=30))
+    now = int(NOW)  # tokens carry whole seconds
+    otp = {"amr": ["pwd", "otp"], "auth_time": now - 60, "iat": now - 60, "exp": now + 300}
+    key = {"amr": ["hwk"], "auth_time": now - 60, "iat": now - 60, "exp": now + 300}
+    stale = {"amr": ["pwd"], "auth_time": now - 86400, "iat": now - 60, "exp": now + 300}
+    first = assessor(request(otp), trust)  # type: ignore[arg-type]
+    again = assessor(request(dict(otp)), trust)  # type: ignore[arg-type]
+    assert again[1] is first[1]  # the same token in the same second: the same record
+    scores = []
+    for claims in (otp, key, stale, otp, stale, key):  # alternating: each keeps its own score
+        cedar, record = assessor(request(claims), trust)  # type: ignore[arg-type]
+        scores.append((record["score"], cedar.context["trust"]["score"]))
+    assert scores == [(8, 8), (0, 0), (50, 50), (8, 8), (50, 50), (0, 0)]
+    _, stale_record = assessor(request(stale), trust)  # type: ignore[arg-type]
+    assert stale_record["summary"] == "risk 50: auth_age +30, mfa_strength +20"
+    clock[0] = NOW + 3600  # an hour on, the otp login's age counts: a new weighing
+    _, later = assessor(request(otp), trust)  # type: ignore[arg-type]
+    assert later is not first[1] and later["score"] > first[1]["score"]
 
 
 def test_an_assessment_that_fails_as_a_whole_scores_100() -> None:

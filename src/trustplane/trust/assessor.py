@@ -31,6 +31,7 @@ from trustplane.trust.signals import Provider, Signal, TrustInputs
 TRUST_KEY = "trust"  # the context attribute: Cedar's view, and the caller-supplied namespace
 _INPUT_CLAIMS = ("amr", "acr", "auth_time", "iat", "exp")
 DEVICE_ID_LIMIT = 200
+SCORED_MEMO = 4096  # weighed signal sets kept for reuse (TrustAssessor._scored)
 
 
 class TrustAssessor:
@@ -47,7 +48,12 @@ class TrustAssessor:
         self._unverified: dict[TrustPolicy, tuple[dict[str, Any] | None, dict[str, Any]]] = {}
         self._plans: dict[TrustPolicy, list[tuple[Provider, frozenset[str]]]] = {}
         self._unverified_signals: dict[TrustPolicy, Weighed] = {}
-        self._personal_plans: dict[TrustPolicy, list[tuple[Provider, frozenset[str]]]] = {}
+        self._split_plans: dict[TrustPolicy, tuple[Plan, Plan]] = {}
+        # Reused weighings, keyed by the identity of the signals they weighed (see _weighed):
+        # (policy, ids) → (the signals, their weighing), and (policy, shared weighing, caller,
+        # ids of the personal signals) → (the signals, shared, Cedar's view, the record).
+        self._weighings: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._scored: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         # Providers whose answer depends on who asks (behaviour): no shared assessment.
         self._personal = frozenset(
             id(p) for p in self._providers if getattr(p, "per_principal", False)
@@ -121,16 +127,25 @@ class TrustAssessor:
         known = self._unverified_signals.get(policy)
         if known is None:
             inputs = self._inputs(request, None, None, self._clock(), policy)
-            signals = self._run(
-                [(p, a) for p, a in self._plan(policy) if id(p) not in self._personal],
-                inputs,
-                policy,
-            )
-            known = _weigh(policy, signals)
+            known = _weigh(policy, self._run(self._common_plan(policy), inputs, policy))
             if len(self._unverified_signals) > 16:
                 self._unverified_signals.clear()
             self._unverified_signals[policy] = known
         return known
+
+    def _weighed(self, policy: TrustPolicy, signals: dict[str, Signal]) -> Weighed:
+        """`_weigh`, reused for the same signal objects: providers answer the everyday cases
+        with objects they share (memoised per token and second, constant signals). The entry
+        holds the signals it is keyed by, so while it exists their ids name them alone."""
+        key = (policy, *map(id, signals.values()))
+        known = self._weighings.get(key)
+        if known is not None:
+            return known[1]  # type: ignore[no-any-return]
+        weighed = _weigh(policy, signals)
+        if len(self._weighings) >= SCORED_MEMO:
+            self._weighings.clear()
+        self._weighings[key] = (tuple(signals.values()), weighed)
+        return weighed
 
     def _run(
         self,
@@ -167,12 +182,23 @@ class TrustAssessor:
 
     def _personal_plan(self, policy: TrustPolicy) -> list[tuple[Provider, frozenset[str]]]:
         """The providers of this policy's plan whose answer depends on the principal."""
-        known = self._personal_plans.get(policy)
+        return self._split_plan(policy)[1]
+
+    def _common_plan(self, policy: TrustPolicy) -> list[tuple[Provider, frozenset[str]]]:
+        """The providers of this policy's plan whose answer does not."""
+        return self._split_plan(policy)[0]
+
+    def _split_plan(self, policy: TrustPolicy) -> tuple[Plan, Plan]:
+        known = self._split_plans.get(policy)
         if known is None:
-            known = [(p, a) for p, a in self._plan(policy) if id(p) in self._personal]
-            if len(self._personal_plans) > 16:
-                self._personal_plans.clear()
-            self._personal_plans[policy] = known
+            plan = self._plan(policy)
+            known = (
+                [(p, a) for p, a in plan if id(p) not in self._personal],
+                [(p, a) for p, a in plan if id(p) in self._personal],
+            )
+            if len(self._split_plans) > 16:
+                self._split_plans.clear()
+            self._split_plans[policy] = known
         return known
 
     def _plan(self, policy: TrustPolicy) -> list[tuple[Provider, frozenset[str]]]:
@@ -224,28 +250,65 @@ class TrustAssessor:
         remember: bool = True,
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Cedar's `context.trust` (None without trust.yaml) and the record. Shared between
-        decisions when memoised: nothing downstream may change them. With `shared` (the other
-        providers' signals, already weighed), only the personal providers run."""
+        decisions when memoised: nothing downstream may change them. `shared`: the signals of
+        the providers that do not depend on the principal, already weighed (computed here
+        when not given); the personal providers (behaviour) run on every call."""
         inputs = self._inputs(request, believed, pep, self._clock(), policy, remember)
-        rules = policy.rules
-        plan = self._plan(policy)
+        if believed is not None:  # a trusted PEP's signals replace computed ones: no reuse
+            return self._believed(policy, inputs, believed, pep, supplied)
         if shared is None:
-            signals = self._run(plan, inputs, policy)
-        else:
-            signals = self._run(self._personal_plan(policy), inputs, policy)
-        if believed is not None:
-            source = f"pep:{pep}"
-            given = believed.get("signals")
-            for name, value in (given if isinstance(given, dict) else {}).items():
-                if name in rules and isinstance(value, int | float):
-                    number = min(1.0, max(0.0, float(value)))
-                    signals[name] = Signal(name, number, value, f"supplied by PEP {pep}", source)
-        score, counted, rows, quiet = _weigh(policy, signals)
-        if shared is not None:
-            score += shared[0]
-            counted = shared[1] | counted
-            rows = shared[2] + rows
-            quiet = shared[3] + quiet
+            shared = self._weighed(policy, self._run(self._common_plan(policy), inputs, policy))
+        personal = self._run(self._personal_plan(policy), inputs, policy)
+        # The same shared weighing and the same personal signal objects give the same answer
+        # (the entry holds what its ids name, as in `_weighed`).
+        ignored_by = (supplied is not None, pep if supplied is not None else None)
+        key = (policy, id(shared), ignored_by, *map(id, personal.values()))
+        known = self._scored.get(key)
+        if known is not None:
+            return known[2], known[3]
+        cedar, record = self._assemble(policy, shared, _weigh(policy, personal), pep, supplied)
+        # Signals that observed something (a rate, a new action) are built for one request:
+        # an entry keyed by them would never be asked for again.
+        if all(signal.observed is None for signal in personal.values()):
+            if len(self._scored) >= SCORED_MEMO:
+                self._scored.clear()
+            self._scored[key] = (tuple(personal.values()), shared, cedar, record)
+        return cedar, record
+
+    def _believed(
+        self,
+        policy: TrustPolicy,
+        inputs: TrustInputs,
+        believed: dict[str, Any],
+        pep: str | None,
+        supplied: Any,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The assessment with a trusted PEP's signals in place of the computed ones."""
+        signals = self._run(self._plan(policy), inputs, policy)
+        source = f"pep:{pep}"
+        given = believed.get("signals")
+        for name, value in (given if isinstance(given, dict) else {}).items():
+            if name in policy.rules and isinstance(value, int | float):
+                number = min(1.0, max(0.0, float(value)))
+                signals[name] = Signal(name, number, value, f"supplied by PEP {pep}", source)
+        return self._assemble(policy, _weigh(policy, signals), None, pep, supplied, believed)
+
+    @staticmethod
+    def _assemble(
+        policy: TrustPolicy,
+        first: Weighed,
+        second: Weighed | None,
+        pep: str | None,
+        supplied: Any,
+        believed: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Cedar's view and the record of weighed signals (two parts: shared and personal)."""
+        score, counted, rows, quiet = first
+        if second is not None:
+            score += second[0]
+            counted = counted | second[1]
+            rows = rows + second[2]
+            quiet = quiet + second[3]
         score = min(100, max(0, score))
         level = policy.level(score)
         moved = sorted(((p, n) for n, p in counted.items() if p), key=lambda pn: -abs(pn[0]))
@@ -264,7 +327,9 @@ class TrustAssessor:
             )
         cedar = None
         if policy.declared:
-            cedar = {"score": score, "level": level, "signals": counted}
+            # Only the signals that moved the score: each one Cedar's context carries costs
+            # it several µs per evaluation, and the schema's fragment declares all optional.
+            cedar = {"score": score, "level": level, "signals": dict(moved_points(counted))}
         return cedar, record
 
     @staticmethod
@@ -311,6 +376,14 @@ class TrustAssessor:
             device_source=device_source,
             remember=remember,
         )
+
+
+Plan = list[tuple[Provider, frozenset[str]]]  # the providers to run, and the signals asked
+
+
+def moved_points(counted: Mapping[str, int]) -> Iterable[tuple[str, int]]:
+    """The enforced signals that moved the score, with their points."""
+    return ((name, points) for name, points in counted.items() if points)
 
 
 # The signals of some providers weighed: the score they add (enforced points), the points per

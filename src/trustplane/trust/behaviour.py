@@ -24,7 +24,7 @@ from typing import Any
 
 from trustplane.store.text import column_text
 from trustplane.trust.authentication import ramp
-from trustplane.trust.signals import Signal, TrustInputs
+from trustplane.trust.signals import Signal, TrustInputs, constant_signal
 from trustplane.trust.travel import history_key
 
 BASELINE_MINUTES = 60  # the history each principal's rates are compared with
@@ -216,7 +216,7 @@ class BehaviourSignals:
         if state is None:
             for name in self.names:
                 if name in wanted:
-                    yield Signal(name, 0.0, None, "no behaviour history kept here", "memory")
+                    yield constant_signal(name, 0.0, "no behaviour history kept here", "memory")
             return
         # A signal at 0 is recorded by name only (assessor.py): its explanation is a constant,
         # and the words are built only for one that fires (this runs on every request).
@@ -233,14 +233,14 @@ class BehaviourSignals:
             stale_action = last_action is None or last_action < since
             stale_type = last_type is None or last_type < since
             if not known:
-                yield Signal("novelty", 0.0, None, "first request of this principal", source)
+                yield constant_signal("novelty", 0.0, "first request of this principal", source)
             elif stale_action or stale_type:
                 new = [f"action {action}"] if stale_action else []
                 new += [f"resource type {kind}"] if stale_type else []
                 why = f"first use of {' and '.join(new)} in {days:.0f} days"
                 yield Signal("novelty", 1.0, {"new": new}, why, source)
             else:
-                yield Signal("novelty", 0.0, None, "used within the window", source)
+                yield constant_signal("novelty", 0.0, "used within the window", source)
         if "velocity" in wanted or "denial_rate" in wanted:
             rates = state.rates(principal, now)
             if "velocity" in wanted:
@@ -253,15 +253,15 @@ class BehaviourSignals:
         floor = float(params.get("min_requests", 20))
         baseline = rates.baseline
         if rates.now < floor or baseline is None:
-            return Signal("velocity", 0.0, None, "below the floor, or no baseline", source)
+            return constant_signal("velocity", 0.0, "below the floor, or no baseline", source)
         if rates.minutes < float(params.get("min_minutes", 5)):
-            return Signal("velocity", 0.0, None, "too little history for a baseline", source)
+            return constant_signal("velocity", 0.0, "too little history for a baseline", source)
         factor = float(params.get("factor", 3))
         top = float(params.get("max_factor", 10))
         ratio = rates.now / max(baseline, 1.0)
         value = ramp(ratio, factor, top)
         if not value:
-            return Signal("velocity", 0.0, None, "within the baseline", source)
+            return constant_signal("velocity", 0.0, "within the baseline", source)
         return Signal(
             "velocity",
             value,
@@ -274,13 +274,13 @@ class BehaviourSignals:
     @staticmethod
     def _denials(params: Mapping[str, Any], rates: Rates, source: str) -> Signal:
         if rates.denied < float(params.get("min_denials", 5)):
-            return Signal("denial_rate", 0.0, None, "below the floor", source)
+            return constant_signal("denial_rate", 0.0, "below the floor", source)
         low = float(params.get("low", 0.2))
         high = float(params.get("high", 0.6))
         share = rates.denied / rates.now if rates.now else 0.0
         value = ramp(share - rates.baseline_share, low, high)
         if not value:
-            return Signal("denial_rate", 0.0, None, "within the baseline", source)
+            return constant_signal("denial_rate", 0.0, "within the baseline", source)
         return Signal(
             "denial_rate",
             value,

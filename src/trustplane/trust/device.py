@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trustplane.trust.signals import Signal, TrustInputs
+from trustplane.trust.signals import Signal, TrustInputs, constant_signal
 
 TOPIC = "trust-devices"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -147,13 +147,13 @@ class DeviceSignals:
         if "device" not in wanted:
             return
         if inputs.workload:
-            yield Signal("device", 0.0, None, "a workload: no device", inputs.source)
+            yield constant_signal("device", 0.0, "a workload: no device", inputs.source)
             return
         device = inputs.device
         source = inputs.device_source or inputs.source
         unknown = min(1.0, float(inputs.param("device", "unknown", 1.0)))
         if device is None:
-            yield Signal("device", unknown, None, "the request names no device", source)
+            yield constant_signal("device", unknown, "the request names no device", source)
             return
         found = self._index.find(device) if self._index is not None else None
         if found is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 from trustplane.model import EntityRef
@@ -23,6 +24,15 @@ class Signal:
     explanation: str
     source: str  # where the input came from: token, mtls, proxy, pep:NAME, geoip2fast, store
     error: str | None = None  # the provider failed: value is what trust.yaml's on_error says
+
+
+@lru_cache(maxsize=4096)
+def constant_signal(name: str, value: float, explanation: str, source: str) -> Signal:
+    """The one shared object for a signal that observed nothing (its words are constant).
+    The assessor reuses the weighing of a set of signals it has seen before, recognised by
+    identity (assessor.py), so providers return these for their everyday answers rather than
+    a new Signal per request. Nothing may change a Signal once a provider returned it."""
+    return Signal(name, value, None, explanation, source)
 
 
 @dataclass(slots=True)  # not frozen: built for every request, and frozen init costs twice

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from trustplane.trust.signals import Signal, TrustInputs
+from trustplane.trust.signals import Signal, TrustInputs, constant_signal
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})$")
 
@@ -71,7 +71,7 @@ class WorkloadSignals:
             return
         name = "workload_integrity"
         if not inputs.workload:
-            yield Signal(name, 0.0, None, "not a workload", inputs.source)
+            yield constant_signal(name, 0.0, "not a workload", inputs.source)
             return
         spiffe_id = inputs.subject
         if not spiffe_id or not spiffe_id.startswith("spiffe://"):
