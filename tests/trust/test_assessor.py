@@ -3,6 +3,7 @@ values believed only from trusted PEPs, and a failing provider that fails closed
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from types import MappingProxyType
 from typing import Any
@@ -195,3 +196,16 @@ def test_trustplane_decisions_shows_the_risk_summary(capsys: Any) -> None:
     print_records([row], as_json=False)
     shown = capsys.readouterr().out
     assert "risk 80: impossible_travel +65," in shown and "new_country +15" in shown
+
+
+def test_the_assessed_request_carries_every_field_of_the_original() -> None:
+    # The assessor builds the request Cedar sees field by field (cheaper than
+    # dataclasses.replace): a field added to AccessRequest must not be dropped there.
+    original = request({"amr": ["pwd"]}, {"trust": {"score": 0}, "mfa": True})
+    for bundle in (FakeBundle(policy(mfa_strength=20)), None):
+        assessed, _ = TrustAssessor([AuthenticationSignals()], clock=lambda: NOW)(
+            original,
+            bundle,  # type: ignore[arg-type]
+        )
+        assert assessed == dataclasses.replace(original, context=assessed.context)
+        assert assessed.context["mfa"] is True

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from trustplane.decision.policy_bundle import Bundle
@@ -80,7 +79,7 @@ class TrustAssessor:
             context = {k: v for k, v in request.context.items() if k != TRUST_KEY}
             if policy.declared:
                 context[TRUST_KEY] = {"score": 100, "level": "critical", "signals": {}}
-            return replace(request, context=context), record
+            return _with_context(request, context), record
 
     def _assess(
         self, request: AccessRequest, policy: TrustPolicy, remember: bool = True
@@ -119,7 +118,7 @@ class TrustAssessor:
         context = {k: v for k, v in request.context.items() if k != TRUST_KEY}
         if cedar is not None:
             context[TRUST_KEY] = cedar
-        return replace(request, context=context), record
+        return _with_context(request, context), record
 
     def _shared_signals(self, request: AccessRequest, policy: TrustPolicy) -> Weighed:
         """The signals of the providers that answer alike for every unverified request,
@@ -379,6 +378,14 @@ class TrustAssessor:
 
 
 Plan = list[tuple[Provider, frozenset[str]]]  # the providers to run, and the signals asked
+
+
+def _with_context(request: AccessRequest, context: dict[str, Any]) -> AccessRequest:
+    """`request` with `context`, built field by field: dataclasses.replace costs twice as
+    much, on every request (test_assessor checks that every field is carried)."""
+    return AccessRequest(
+        request.principal, request.action, request.resource, context, request.evidence
+    )
 
 
 def moved_points(counted: Mapping[str, int]) -> Iterable[tuple[str, int]]:

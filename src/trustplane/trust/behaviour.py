@@ -18,7 +18,7 @@ what the other replicas wrote, so the history is shared within that interval (do
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +197,10 @@ class BehaviourState:
             self._baselines = {}
 
 
+_FIRST_REQUEST = constant_signal("novelty", 0.0, "first request of this principal", "history")
+_USED_BEFORE = constant_signal("novelty", 0.0, "used within the window", "history")
+
+
 class BehaviourSignals:
     names: tuple[str, ...] = ("novelty", "velocity", "denial_rate")
     params: Mapping[str, Mapping[str, Any]] = {
@@ -210,20 +214,18 @@ class BehaviourSignals:
         self._state = state
         # With a history the answer depends on who asks: never shared between requests.
         self.per_principal = state is not None
+        self._key_memo: dict[tuple[str, ...], tuple[str, str, str]] = {}
 
-    def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterator[Signal]:
+    def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> list[Signal]:
         state = self._state
         if state is None:
-            for name in self.names:
-                if name in wanted:
-                    yield constant_signal(name, 0.0, "no behaviour history kept here", "memory")
-            return
+            why = "no behaviour history kept here"
+            return [constant_signal(n, 0.0, why, "memory") for n in self.names if n in wanted]
         # A signal at 0 is recorded by name only (assessor.py): its explanation is a constant,
         # and the words are built only for one that fires (this runs on every request).
+        found: list[Signal] = []
         source = "history"
-        principal = principal_key(str(inputs.principal))
-        action = name_key(str(inputs.action))
-        kind = name_key(inputs.resource.type)
+        principal, action, kind = self._keys(inputs)
         now = inputs.now
         known, last_action, last_type = state.use(principal, action, kind, now, inputs.remember)
         params = inputs.params
@@ -233,20 +235,38 @@ class BehaviourSignals:
             stale_action = last_action is None or last_action < since
             stale_type = last_type is None or last_type < since
             if not known:
-                yield constant_signal("novelty", 0.0, "first request of this principal", source)
+                found.append(_FIRST_REQUEST)
             elif stale_action or stale_type:
                 new = [f"action {action}"] if stale_action else []
                 new += [f"resource type {kind}"] if stale_type else []
                 why = f"first use of {' and '.join(new)} in {days:.0f} days"
-                yield Signal("novelty", 1.0, {"new": new}, why, source)
+                found.append(Signal("novelty", 1.0, {"new": new}, why, source))
             else:
-                yield constant_signal("novelty", 0.0, "used within the window", source)
+                found.append(_USED_BEFORE)
         if "velocity" in wanted or "denial_rate" in wanted:
             rates = state.rates(principal, now)
             if "velocity" in wanted:
-                yield self._velocity(params.get("velocity", {}), rates, source)
+                found.append(self._velocity(params.get("velocity", {}), rates, source))
             if "denial_rate" in wanted:
-                yield self._denials(params.get("denial_rate", {}), rates, source)
+                found.append(self._denials(params.get("denial_rate", {}), rates, source))
+        return found
+
+    def _keys(self, inputs: TrustInputs) -> tuple[str, str, str]:
+        """The history's keys of the request's principal, action and resource type, made
+        column-safe once per distinct triple rather than on every request."""
+        principal, action = inputs.principal, inputs.action
+        asked = (principal.type, principal.id, action.type, action.id, inputs.resource.type)
+        keys = self._key_memo.get(asked)
+        if keys is None:
+            keys = (
+                principal_key(str(principal)),
+                name_key(str(action)),
+                name_key(inputs.resource.type),
+            )
+            if len(self._key_memo) >= 4096:
+                self._key_memo.clear()
+            self._key_memo[asked] = keys
+        return keys
 
     @staticmethod
     def _velocity(params: Mapping[str, Any], rates: Rates, source: str) -> Signal:
