@@ -4,14 +4,17 @@ values believed only from trusted PEPs, and a failing provider that fails closed
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Iterator
-from types import MappingProxyType
+from pathlib import Path
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
+from tests.conftest import SHOP
 from trustplane.model import CALLING_PEP, AccessRequest, EntityRef, Evidence
 from trustplane.trust.assessor import TrustAssessor
 from trustplane.trust.authentication import AuthenticationSignals
-from trustplane.trust.policy import DEFAULT_POLICY, SignalRule, TrustPolicy
+from trustplane.trust.policy import DEFAULT_POLICY, SignalRule, TrustPolicy, signals_optional
 from trustplane.trust.signals import Signal, TrustInputs
 
 NOW = 1_900_000_000.0
@@ -23,8 +26,10 @@ def policy(**weights: int) -> TrustPolicy:
 
 
 class FakeBundle:
-    def __init__(self, trust: TrustPolicy) -> None:
+    def __init__(self, trust: TrustPolicy, schema_text: str = "", *policy_texts: str) -> None:
         self.extras = {"trust.yaml": trust}
+        self.schema_text = schema_text
+        self.policies = [SimpleNamespace(text=text) for text in policy_texts]
 
 
 def request(claims: dict[str, Any] | None, context: dict[str, Any] | None = None) -> AccessRequest:
@@ -79,6 +84,41 @@ def test_observed_signals_are_recorded_but_not_counted() -> None:
     assert signal["mode"] == "observe" and signal["points"] == 40
     assert record["score"] == 0
     assert cedar.context["trust"]["signals"] == {}  # Cedar sees only what counts
+
+
+OPTIONAL = "type TrustContext = { score: Long, level: String, signals?: TrustSignals };"
+REQUIRED = "type TrustContext = {\n  score: Long,\n  level: String,\n  signals: TrustSignals,\n};"
+
+
+def test_signals_reach_cedar_only_where_the_fragment_allows_and_a_policy_reads_them() -> None:
+    reads = "forbid (principal, action, resource) when { context.trust.signals has country };"
+    quiet = request({"amr": ["hwk", "pwd"]})  # phishing-resistant MFA: nothing moves the score
+    moved = request({"amr": ["pwd"]})  # no MFA: mfa_strength moves it
+
+    def seen(req: AccessRequest, schema: str, *policies: str) -> dict[str, Any]:
+        assessor = TrustAssessor((AuthenticationSignals(),), clock=lambda: NOW)
+        bundle = FakeBundle(policy(mfa_strength=20), schema, *policies)
+        assessed, _ = assessor(req, bundle)  # type: ignore[arg-type]
+        return assessed.context["trust"]  # type: ignore[no-any-return]
+
+    # Optional, and no policy names it: no policy could tell, so Cedar never gets it.
+    assert seen(quiet, OPTIONAL) == {"score": 0, "level": "low"}
+    assert seen(moved, OPTIONAL) == {"score": 20, "level": "low"}
+    # Optional and read: only when a signal moved the score.
+    assert seen(quiet, OPTIONAL, reads) == {"score": 0, "level": "low"}
+    assert seen(moved, OPTIONAL, reads)["signals"] == {"mfa_strength": 20}
+    # Required (an earlier copy of the fragment): always, empty or not.
+    assert seen(quiet, REQUIRED)["signals"] == {}
+    assert seen(moved, REQUIRED)["signals"] == {"mfa_strength": 20}
+
+
+def test_the_fragment_is_read_from_the_schema_text() -> None:
+    assert signals_optional(OPTIONAL)
+    assert signals_optional("type TrustContext = {\n  score: Long, // 0-100\n  signals ? : S\n};")
+    assert not signals_optional(REQUIRED)
+    assert not signals_optional("// type TrustContext = { signals?: TrustSignals };")
+    assert not signals_optional("type Other = { signals?: TrustSignals };")  # not the fragment
+    assert not signals_optional("type TrustContext = { score: Long, mysignals?: Long };")
 
 
 def test_without_trust_yaml_cedar_sees_no_trust_but_the_record_has_it() -> None:
@@ -209,3 +249,43 @@ def test_the_assessed_request_carries_every_field_of_the_original() -> None:
         )
         assert assessed == dataclasses.replace(original, context=assessed.context)
         assert assessed.context["mfa"] is True
+
+
+def test_both_fragments_evaluate_without_errors_in_cedar(tmp_path: Path) -> None:
+    """The shop's own fragment (`signals?`) and an earlier copy (`signals` required) both
+    accept what the assessor sends, with or without signals that moved the score."""
+    from trustplane.decision.loader import LoadOptions, load_bundle
+    from trustplane.decision.policy_bundle import BundleSource
+    from trustplane.trust.policy import BUNDLE_FILES
+
+    old = tmp_path / "old"
+    shutil.copytree(SHOP, old)
+    schema = old / "schema.cedarschema"
+    schema.write_text(schema.read_text().replace("signals?: TrustSignals", "signals: TrustSignals"))
+    reads = tmp_path / "reads"
+    shutil.copytree(SHOP, reads)
+    (reads / "travel.cedar").write_text(
+        '@id("forbid-travel")\n@owner("security")\n@description("Travel is refused.")\n'
+        "forbid (principal, action, resource) when { context has trust && "
+        "context.trust has signals && context.trust.signals has impossible_travel };\n"
+    )
+    options = LoadOptions(decision_cache_size=0, extra_files=BUNDLE_FILES)
+    ci = AccessRequest(
+        EntityRef("CiJob", "ci-deployer"),
+        EntityRef("Action", "deploy:release"),
+        EntityRef("Service", "payments"),
+        {"mfa": False, "auth_age_seconds": 30},
+    )
+    token = {"amr": ["pwd"], "iat": NOW - 10, "exp": NOW + 300}  # no MFA: mfa_strength moves
+    seen = []
+    for directory in (SHOP, reads, old):
+        loaded = load_bundle(BundleSource.from_dir(directory), options)
+        assessor = TrustAssessor((AuthenticationSignals(),), clock=lambda: NOW)
+        for asked in (ci, dataclasses.replace(ci, evidence=Evidence(token, None, False, "token"))):
+            assessed, trust = assessor(asked, loaded.bundle)
+            decision = loaded.evaluator.evaluate(assessed, trust=trust, reuse=False)
+            assert decision.errors == (), (directory.name, decision.errors)
+            seen.append("signals" in assessed.context["trust"])
+    # The shop's policies never read it; `reads` does (sent when a signal moved the score);
+    # the earlier fragment requires it.
+    assert seen == [False, False, False, True, True, True], seen

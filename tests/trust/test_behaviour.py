@@ -125,7 +125,7 @@ def test_denial_rate_above_the_baseline(engine: Engine) -> None:
     clock = Clock()
     one = Replica(engine, clock)
     bundle = Bundle(denial_rate=20)
-    for _ in range(5):
+    for _ in range(6):  # six quiet minutes: five of them before the last are the baseline
         for _ in range(4):
             one.ask(bundle, who="erin")
         clock.now += 60
@@ -137,6 +137,22 @@ def test_denial_rate_above_the_baseline(engine: Engine) -> None:
     fired = one.ask(bundle, who="erin")
     assert fired["denial_rate"]["points"] == 20, fired["denial_rate"]
     assert fired["denial_rate"]["observed"]["denied"] == 10
+
+
+def test_denial_rate_waits_for_a_baseline_of_the_principals_own(engine: Engine) -> None:
+    """A new principal whose first calls fail (a job deployed with the wrong role) has no
+    share of its own to exceed: not flagged until `min_minutes` of history."""
+    clock = Clock()
+    one = Replica(engine, clock)
+    bundle = Bundle(denial_rate=20)
+    for _ in range(2):  # two minutes of history, then a minute of nothing but denials
+        one.ask(bundle, who="frank")
+        clock.now += 60
+    for _ in range(10):
+        newcomer = one.ask(bundle, who="frank", action="db:drop", denied=True)
+    assert "denial_rate" in newcomer["_"]["quiet"], newcomer
+    lowered = Bundle(SignalRule("denial_rate", 20, True, 1.0, {"min_minutes": 1}))
+    assert one.ask(lowered, who="frank")["denial_rate"]["points"] == 20, "min_minutes tunes it"
 
 
 def test_no_history_kept_is_zero_and_says_so() -> None:

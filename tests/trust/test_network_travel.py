@@ -52,6 +52,8 @@ class Bundle:
         found = {n: SignalRule(n, w, True, 1.0) for n, w in weights.items()}
         found.update({r.name: r for r in rules})
         self.extras = {"trust.yaml": TrustPolicy(MappingProxyType(found), declared=True)}
+        self.schema_text = ""  # no fragment: Cedar's view keeps `signals` (assessor.py)
+        self.policies: list[object] = []
 
 
 def ask(assessor: TrustAssessor, bundle: Bundle, address: str, who: str = "alice") -> dict:

@@ -18,13 +18,14 @@ Fail closed: a provider that raises gives each of its signals an error and the v
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from trustplane.decision.policy_bundle import Bundle
 from trustplane.model import CALLING_PEP, AccessRequest
-from trustplane.trust.policy import TrustPolicy, trust_policy
+from trustplane.trust.policy import TrustPolicy, signals_optional, trust_policy
 from trustplane.trust.signals import Provider, Signal, TrustInputs
 
 TRUST_KEY = "trust"  # the context attribute: Cedar's view, and the caller-supplied namespace
@@ -58,6 +59,8 @@ class TrustAssessor:
             id(p) for p in self._providers if getattr(p, "per_principal", False)
         )
         self._outcomes = tuple(p for p in self._providers if hasattr(p, "outcome"))
+        # Per policy: when Cedar's view carries `signals` (see `_signals_view`).
+        self._signals_view: dict[TrustPolicy, str] = {}
 
     def __call__(
         self, request: AccessRequest, bundle: Bundle | None, *, remember: bool = True
@@ -66,6 +69,10 @@ class TrustAssessor:
         asks what the score would be without it counting as a sighting or a use (a search's
         candidates): history-keeping providers read their state and leave it as it was."""
         policy = trust_policy(bundle)
+        if policy.declared and policy not in self._signals_view:
+            if len(self._signals_view) > 16:
+                self._signals_view.clear()
+            self._signals_view[policy] = _signals_view(bundle)
         try:
             return self._assess(request, policy, remember)
         except Exception as exc:  # never a 500: the assessment itself failed, deny-worthy
@@ -292,8 +299,8 @@ class TrustAssessor:
                 signals[name] = Signal(name, number, value, f"supplied by PEP {pep}", source)
         return self._assemble(policy, _weigh(policy, signals), None, pep, supplied, believed)
 
-    @staticmethod
     def _assemble(
+        self,
         policy: TrustPolicy,
         first: Weighed,
         second: Weighed | None,
@@ -328,7 +335,15 @@ class TrustAssessor:
         if policy.declared:
             # Only the signals that moved the score: each one Cedar's context carries costs
             # it several µs per evaluation, and the schema's fragment declares all optional.
-            cedar = {"score": score, "level": level, "signals": dict(moved_points(counted))}
+            # The `signals` record itself costs most (a nested record, about 20 µs of each
+            # evaluation against the schema): left out where the fragment allows it and no
+            # policy reads it, or when it would be empty.
+            cedar = {"score": score, "level": level}
+            view = self._signals_view.get(policy, ALWAYS)
+            if view != NEVER:
+                moved_signals = dict(moved_points(counted))
+                if moved_signals or view == ALWAYS:
+                    cedar["signals"] = moved_signals
         return cedar, record
 
     @staticmethod
@@ -378,6 +393,21 @@ class TrustAssessor:
 
 
 Plan = list[tuple[Provider, frozenset[str]]]  # the providers to run, and the signals asked
+
+# When Cedar's `context.trust` carries `signals`: in every request (the fragment requires it),
+# when a signal moved the score (a policy reads it), or never (no policy can tell).
+ALWAYS, MOVED, NEVER = "always", "moved", "never"
+_SIGNALS_WORD = re.compile(r"\bsignals\b")
+
+
+def _signals_view(bundle: Bundle | None) -> str:
+    """A policy that never names `signals` cannot tell whether Cedar's view has it: where the
+    fragment declares it optional (`signals?`), it is left out for such a bundle."""
+    if bundle is None or not signals_optional(bundle.schema_text):
+        return ALWAYS
+    if any(_SIGNALS_WORD.search(info.text) for info in bundle.policies):
+        return MOVED
+    return NEVER
 
 
 def _with_context(request: AccessRequest, context: dict[str, Any]) -> AccessRequest:

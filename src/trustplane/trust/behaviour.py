@@ -7,7 +7,9 @@
   active minute over the last hour; 0 below `min_requests` or without `min_minutes` of history,
   rising from `factor` times the baseline to 1 at `max_factor` times.
 - `denial_rate`: the share of the last minute's requests that were denied, above the
-  principal's own share over the last hour, from `low` to 1 at `high`; 0 below `min_denials`.
+  principal's own share over the last hour, from `low` to 1 at `high`; 0 below `min_denials`
+  or without `min_minutes` of history (a principal with no hour behind it has no share of its
+  own to compare with: a new job failing its first calls is not an anomaly).
 
 `BehaviourState` keeps the history in memory, per process: the decision path does dict
 lookups and never touches the store. A background thread (`behaviour_store.BehaviourWriter`)
@@ -206,7 +208,7 @@ class BehaviourSignals:
     params: Mapping[str, Mapping[str, Any]] = {
         "novelty": {"days": 30},
         "velocity": {"factor": 3, "max_factor": 10, "min_requests": 20, "min_minutes": 5},
-        "denial_rate": {"low": 0.2, "high": 0.6, "min_denials": 5},
+        "denial_rate": {"low": 0.2, "high": 0.6, "min_denials": 5, "min_minutes": 5},
     }
     fractions: Mapping[str, tuple[str, ...]] = {"denial_rate": ("low", "high")}
 
@@ -295,6 +297,9 @@ class BehaviourSignals:
     def _denials(params: Mapping[str, Any], rates: Rates, source: str) -> Signal:
         if rates.denied < float(params.get("min_denials", 5)):
             return constant_signal("denial_rate", 0.0, "below the floor", source)
+        if rates.minutes < float(params.get("min_minutes", 5)):
+            why = "too little history for a baseline"
+            return constant_signal("denial_rate", 0.0, why, source)
         low = float(params.get("low", 0.2))
         high = float(params.get("high", 0.6))
         share = rates.denied / rates.now if rates.now else 0.0

@@ -9,6 +9,7 @@ and no `context.trust` for Cedar (its schema need not know the trust plane).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -271,6 +272,21 @@ def _compile_trust(
 
 BUNDLE_FILES: tuple[ExtraFile, ...] = (ExtraFile(TRUST_FILE, _compile_trust),)
 """The bundle files the trust plane reads; whoever loads bundles passes them (LoadOptions)."""
+
+
+_SCHEMA_COMMENT = re.compile(r"//[^\n]*")
+_TRUST_CONTEXT = re.compile(r"\btype\s+TrustContext\s*=\s*\{([^{}]*)\}")
+_OPTIONAL_SIGNALS = re.compile(r"(?:^|[\s,{])signals\s*\?\s*:")
+
+
+def signals_optional(schema_text: str) -> bool:
+    """Whether the bundle's schema declares the trust fragment's `signals` optional
+    (`type TrustContext = { …, signals?: TrustSignals }`, docs/trust.md): then Cedar's view
+    may leave it out when no signal moved the score. Anything else, including a schema that
+    names the record differently, keeps `signals` in every request, which every fragment
+    accepts."""
+    found = _TRUST_CONTEXT.search(_SCHEMA_COMMENT.sub("", schema_text))
+    return found is not None and _OPTIONAL_SIGNALS.search(found.group(1)) is not None
 
 
 def trust_policy(bundle: Bundle | None) -> TrustPolicy:
