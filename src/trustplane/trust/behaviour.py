@@ -77,20 +77,41 @@ class BehaviourState:
         """Record a request (unless `record` is False: a what-if); return whether the
         principal was known before it, and when it last used this action and this resource
         type (None: never, as far as is known)."""
-        a, r = (principal, ACTION, action), (principal, RESOURCE_TYPE, resource_type)
-        minute = int(now // 60)
         with self._lock:
-            last = self._last
-            known = principal in self._principals
-            before = (last.get(a), last.get(r))
-            if not record:
-                return known, before[0], before[1]
+            return self._use(principal, action, resource_type, now, record)
+
+    def sighting(
+        self, principal: str, action: str, resource_type: str, now: float, record: bool = True
+    ) -> tuple[bool, float | None, float | None, Rates]:
+        """`use` and then `rates`, under one acquisition of the lock (the decision path)."""
+        with self._lock:
+            known, last_action, last_type = self._use(principal, action, resource_type, now, record)
+            return known, last_action, last_type, self._rates(principal, now)
+
+    def rates(self, principal: str, now: float) -> Rates:
+        with self._lock:
+            return self._rates(principal, now)
+
+    def _use(
+        self, principal: str, action: str, resource_type: str, now: float, record: bool
+    ) -> tuple[bool, float | None, float | None]:
+        a, r = (principal, ACTION, action), (principal, RESOURCE_TYPE, resource_type)
+        last = self._last
+        known = principal in self._principals
+        before_action, before_type = last.get(a), last.get(r)
+        if record:
             last[a] = last[r] = now
             self._uses[a] = self._uses[r] = now
             self._principals[principal] = now
-            counts = self._local.setdefault(principal, {}).setdefault(minute, [0, 0])
-            counts[0] += 1
-        return known, before[0], before[1]
+            minutes = self._local.get(principal)
+            if minutes is None:
+                minutes = self._local[principal] = {}
+            counts = minutes.get(int(now // 60))
+            if counts is None:
+                minutes[int(now // 60)] = [1, 0]
+            else:
+                counts[0] += 1
+        return known, before_action, before_type
 
     def denied(self, principal: str, now: float) -> None:
         minute = int(now // 60)
@@ -99,42 +120,46 @@ class BehaviourState:
                 return
             self._local.setdefault(principal, {}).setdefault(minute, [0, 0])[1] += 1
 
-    def rates(self, principal: str, now: float) -> Rates:
+    def _rates(self, principal: str, now: float) -> Rates:
+        """The principal's rates; the caller holds the lock."""
         minute = int(now // 60)
-        into = (now % 60) / 60  # how far into this minute: the rest of the last one counts
         sources = (self._shared, self._inflight, self._local)
-        with self._lock:
-            # The hour before the last minute changes only when the minute turns or the store
-            # brings the replicas' totals: summed once, not on every request.
-            known = self._baselines.get(principal)
-            if known is None or known[0] != minute or known[1] != self._version:
-                per: dict[int, list[int]] = {}
-                for source in sources:
-                    for m, (c, d) in source.get(principal, {}).items():
-                        if minute - BASELINE_MINUTES <= m < minute - 1:
-                            total = per.setdefault(m, [0, 0])
-                            total[0] += c
-                            total[1] += d
-                asked = sum(c for c, _ in per.values())
-                refused = sum(d for _, d in per.values())
-                known = (minute, self._version, asked, refused, len(per))
-                self._baselines[principal] = known
-            this = [0, 0]
-            previous = [0, 0]
+        # The hour before the last minute changes only when the minute turns or the store
+        # brings the replicas' totals: summed once, not on every request.
+        known = self._baselines.get(principal)
+        if known is None or known[0] != minute or known[1] != self._version:
+            per: dict[int, list[int]] = {}
             for source in sources:
-                minutes = source.get(principal)
-                if minutes:
-                    for into_list, m in ((this, minute), (previous, minute - 1)):
-                        found = minutes.get(m)
-                        if found is not None:
-                            into_list[0] += found[0]
-                            into_list[1] += found[1]
+                for m, (c, d) in source.get(principal, {}).items():
+                    if minute - BASELINE_MINUTES <= m < minute - 1:
+                        total = per.setdefault(m, [0, 0])
+                        total[0] += c
+                        total[1] += d
+            asked = sum(c for c, _ in per.values())
+            refused = sum(d for _, d in per.values())
+            known = (minute, self._version, asked, refused, len(per))
+            self._baselines[principal] = known
+        this_asked = this_denied = previous_asked = previous_denied = 0
+        for source in sources:
+            minutes = source.get(principal)
+            if minutes:
+                found = minutes.get(minute)
+                if found is not None:
+                    this_asked += found[0]
+                    this_denied += found[1]
+                found = minutes.get(minute - 1)
+                if found is not None:
+                    previous_asked += found[0]
+                    previous_denied += found[1]
         _, _, asked, refused, active = known
-        requests = this[0] + round(previous[0] * (1 - into))
-        denied = this[1] + round(previous[1] * (1 - into))
-        share = refused / asked if asked else 0.0
-        baseline = asked / active if active else None
-        return Rates(requests, denied, baseline, share, active)
+        rest = 1 - (now % 60) / 60  # how much of the last minute is within the last 60 s
+        return Rates(
+            this_asked + round(previous_asked * rest),
+            this_denied + round(previous_denied * rest),
+            asked / active if active else None,
+            refused / asked if asked else 0.0,
+            active,
+        )
 
     # -- the writer's side (behaviour_store.py) -----------------------------------------------
 
@@ -229,7 +254,9 @@ class BehaviourSignals:
         source = "history"
         principal, action, kind = self._keys(inputs)
         now = inputs.now
-        known, last_action, last_type = state.use(principal, action, kind, now, inputs.remember)
+        known, last_action, last_type, rates = state.sighting(
+            principal, action, kind, now, inputs.remember
+        )
         params = inputs.params
         if "novelty" in wanted:
             days = float(params.get("novelty", {}).get("days", 30))
@@ -245,12 +272,10 @@ class BehaviourSignals:
                 found.append(Signal("novelty", 1.0, {"new": new}, why, source))
             else:
                 found.append(_USED_BEFORE)
-        if "velocity" in wanted or "denial_rate" in wanted:
-            rates = state.rates(principal, now)
-            if "velocity" in wanted:
-                found.append(self._velocity(params.get("velocity", {}), rates, source))
-            if "denial_rate" in wanted:
-                found.append(self._denials(params.get("denial_rate", {}), rates, source))
+        if "velocity" in wanted:
+            found.append(self._velocity(params.get("velocity", {}), rates, source))
+        if "denial_rate" in wanted:
+            found.append(self._denials(params.get("denial_rate", {}), rates, source))
         return found
 
     def _keys(self, inputs: TrustInputs) -> tuple[str, str, str]:
