@@ -289,3 +289,25 @@ def test_both_fragments_evaluate_without_errors_in_cedar(tmp_path: Path) -> None
     # The shop's policies never read it; `reads` does (sent when a signal moved the score);
     # the earlier fragment requires it.
     assert seen == [False, False, False, True, True, True], seen
+
+
+def test_requests_without_a_token_share_one_weighing_whoever_asks() -> None:
+    """An AuthZEN caller's requests carry an address but no token. Their authentication
+    signals are the same shared objects every time, so the assessor reuses one weighing;
+    fresh objects per request filled its memo with thousands of entries that the garbage
+    collector then walked in 50 ms pauses under load (docs/benchmarks.md, finding 17)."""
+    assessor = TrustAssessor((AuthenticationSignals(),), clock=lambda: NOW)
+    bundle = FakeBundle(policy(mfa_strength=20, auth_age=15))
+    records = []
+    for n in range(500):
+        asked = AccessRequest(
+            EntityRef("User", f"user-{n}"),
+            EntityRef("Action", "db:query"),
+            EntityRef("Database", "prod"),
+            {},
+            Evidence(None, "198.51.100.7", False, "authzen"),
+        )
+        records.append(assessor(asked, bundle)[1])  # type: ignore[arg-type]
+    assert all(r is records[0] for r in records), "one shared record for the same answer"
+    assert records[0]["score"] == 0 and "mfa_strength" in records[0]["quiet"]
+    assert len(assessor._weighings) == 1 and len(assessor._scored) <= 1

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trustplane.trust.signals import Signal, TrustInputs
+from trustplane.trust.signals import Signal, TrustInputs, constant_signal
 
 # RFC 8176 authentication method references that count as a factor.
 FACTORS = frozenset(
@@ -140,10 +140,13 @@ class AuthenticationSignals:
     def _signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> Iterator[Signal]:
         claims = inputs.claims
         if claims is None or inputs.workload:
+            # The same answer for every such request: shared objects, so that the assessor's
+            # reuse of a weighing (keyed by the signals' identity) finds it, rather than each
+            # request adding fresh objects to its memo for the garbage collector to walk.
             why = "a workload: no human authentication" if inputs.workload else "no token"
             for name in self.names:
                 if name in wanted:
-                    yield Signal(name, 0.0, None, why, inputs.source)
+                    yield constant_signal(name, 0.0, why, inputs.source)
             return
         source = inputs.source
         strength = authentication_strength(claims, inputs.now)
