@@ -42,6 +42,15 @@ POLICY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 SETTINGS_KEYS = frozenset({"name", "description"})
 
 
+_SCHEMA_COMMENT = re.compile(r"//[^\n]*")
+
+
+def schema_without_comments(schema_text: str) -> str:
+    """The Cedar schema text without its `//` comments, for what reads it by pattern (the
+    action groups of decision/risk_cache.py, the trust fragment of trust/policy.py)."""
+    return _SCHEMA_COMMENT.sub("", schema_text)
+
+
 @dataclass(frozen=True, slots=True)
 class BundleProblem:
     """One thing wrong with a bundle, located as precisely as the step that found it can."""

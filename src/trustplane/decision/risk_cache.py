@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trustplane.decision.policy_bundle import Bundle
+from trustplane.decision.policy_bundle import Bundle, schema_without_comments
 from trustplane.model import AccessRequest, PolicyReason
 
 TIERS = ("0", "1", "2")
@@ -173,7 +173,6 @@ def _tier_text(value: Any) -> str | None:
     return text if text in TIERS else None
 
 
-_COMMENT = re.compile(r"//[^\n]*")
 _ACTION = re.compile(
     r'\baction\s+((?:"[^"]*"|[A-Za-z_][\w:]*)(?:\s*,\s*(?:"[^"]*"|[A-Za-z_][\w:]*))*)'
     r'\s+in\s+(\[[^\]]*\]|"[^"]*"|[A-Za-z_][\w:]*(?:"[^"]*")?)'
@@ -183,7 +182,7 @@ _NAME = re.compile(r'"([^"]*)"|([A-Za-z_][\w]*)(?=\s*(?:,|\]|$))')
 
 def action_groups(schema_text: str) -> dict[str, frozenset[str]]:
     """Each action of a Cedar schema (human format) → the groups it is declared `in`."""
-    text = _COMMENT.sub("", schema_text)
+    text = schema_without_comments(schema_text)
     groups: dict[str, set[str]] = {}
     for names, parents in _ACTION.findall(text):
         parent_names = {_last(m) for m in _NAME.finditer(parents.strip("[]"))}

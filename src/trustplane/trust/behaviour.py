@@ -81,16 +81,19 @@ class BehaviourState:
             return self._use(principal, action, resource_type, now, record)
 
     def sighting(
-        self, principal: str, action: str, resource_type: str, now: float, record: bool = True
-    ) -> tuple[bool, float | None, float | None, Rates]:
-        """`use` and then `rates`, under one acquisition of the lock (the decision path)."""
+        self,
+        principal: str,
+        action: str,
+        resource_type: str,
+        now: float,
+        record: bool = True,
+        rates: bool = True,
+    ) -> tuple[bool, float | None, float | None, Rates | None]:
+        """`use` and then, when `rates`, the principal's rates, under one acquisition of the
+        lock (the decision path)."""
         with self._lock:
             known, last_action, last_type = self._use(principal, action, resource_type, now, record)
-            return known, last_action, last_type, self._rates(principal, now)
-
-    def rates(self, principal: str, now: float) -> Rates:
-        with self._lock:
-            return self._rates(principal, now)
+            return known, last_action, last_type, self._rates(principal, now) if rates else None
 
     def _use(
         self, principal: str, action: str, resource_type: str, now: float, record: bool
@@ -106,9 +109,10 @@ class BehaviourState:
             minutes = self._local.get(principal)
             if minutes is None:
                 minutes = self._local[principal] = {}
-            counts = minutes.get(int(now // 60))
+            minute = int(now // 60)
+            counts = minutes.get(minute)
             if counts is None:
-                minutes[int(now // 60)] = [1, 0]
+                minutes[minute] = [1, 0]
             else:
                 counts[0] += 1
         return known, before_action, before_type
@@ -254,8 +258,9 @@ class BehaviourSignals:
         source = "history"
         principal, action, kind = self._keys(inputs)
         now = inputs.now
+        velocity, denials = "velocity" in wanted, "denial_rate" in wanted
         known, last_action, last_type, rates = state.sighting(
-            principal, action, kind, now, inputs.remember
+            principal, action, kind, now, inputs.remember, velocity or denials
         )
         params = inputs.params
         if "novelty" in wanted:
@@ -272,10 +277,11 @@ class BehaviourSignals:
                 found.append(Signal("novelty", 1.0, {"new": new}, why, source))
             else:
                 found.append(_USED_BEFORE)
-        if "velocity" in wanted:
-            found.append(self._velocity(params.get("velocity", {}), rates, source))
-        if "denial_rate" in wanted:
-            found.append(self._denials(params.get("denial_rate", {}), rates, source))
+        if rates is not None:
+            if velocity:
+                found.append(self._velocity(params.get("velocity", {}), rates, source))
+            if denials:
+                found.append(self._denials(params.get("denial_rate", {}), rates, source))
         return found
 
     def _keys(self, inputs: TrustInputs) -> tuple[str, str, str]:

@@ -22,6 +22,7 @@ from trustplane.decision.policy_bundle import (
     BundleProblem,
     ExtraFile,
     read_yaml,
+    schema_without_comments,
 )
 from trustplane.trust.authentication import AuthenticationSignals
 from trustplane.trust.behaviour import BehaviourSignals
@@ -274,7 +275,6 @@ BUNDLE_FILES: tuple[ExtraFile, ...] = (ExtraFile(TRUST_FILE, _compile_trust),)
 """The bundle files the trust plane reads; whoever loads bundles passes them (LoadOptions)."""
 
 
-_SCHEMA_COMMENT = re.compile(r"//[^\n]*")
 _TRUST_CONTEXT = re.compile(r"\btype\s+TrustContext\s*=\s*\{([^{}]*)\}")
 _OPTIONAL_SIGNALS = re.compile(r"(?:^|[\s,{])signals\s*\?\s*:")
 
@@ -285,7 +285,7 @@ def signals_optional(schema_text: str) -> bool:
     may leave it out when no signal moved the score. Anything else, including a schema that
     names the record differently, keeps `signals` in every request, which every fragment
     accepts."""
-    found = _TRUST_CONTEXT.search(_SCHEMA_COMMENT.sub("", schema_text))
+    found = _TRUST_CONTEXT.search(schema_without_comments(schema_text))
     return found is not None and _OPTIONAL_SIGNALS.search(found.group(1)) is not None
 
 
