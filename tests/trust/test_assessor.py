@@ -311,3 +311,54 @@ def test_requests_without_a_token_share_one_weighing_whoever_asks() -> None:
     assert all(r is records[0] for r in records), "one shared record for the same answer"
     assert records[0]["score"] == 0 and "mfa_strength" in records[0]["quiet"]
     assert len(assessor._weighings) == 1 and len(assessor._scored) <= 1
+
+
+class Counting:
+    """A provider that counts its runs and reads a posture that can change (with an epoch)."""
+
+    names = ("device",)
+    params: MappingProxyType[str, Any] = MappingProxyType({})
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.epoch = 0
+        self.value = 0.0
+
+    def signals(self, inputs: TrustInputs, wanted: frozenset[str]) -> list[Signal]:
+        self.runs += 1
+        return [Signal("device", self.value, None, "posture", "test")]
+
+
+def test_an_assessment_holds_for_the_second_unless_trust_state_moves() -> None:
+    clock = [NOW]
+    provider = Counting()
+    assessor = TrustAssessor([provider], clock=lambda: clock[0])
+    bundle = FakeBundle(policy(device=40))
+    token = {"amr": ["hwk"], "auth_time": int(NOW) - 60, "iat": int(NOW) - 60}
+
+    def score(req: AccessRequest, **options: Any) -> int:
+        return assessor(req, bundle, **options)[1]["score"]  # type: ignore[arg-type,no-any-return]
+
+    assert score(request(token)) == 0 and provider.runs == 1
+    clock[0] += 0.5
+    assert score(request(dict(token))) == 0 and provider.runs == 1, "held for its second"
+    elsewhere = dataclasses.replace(
+        request(token), evidence=Evidence(token, "198.51.100.9", False, "token")
+    )
+    assert score(elsewhere) == 0 and provider.runs == 2, "other evidence: assessed"
+    provider.value, provider.epoch = 1.0, 1  # a device turned non-compliant: at once
+    assert score(request(token)) == 40 and provider.runs == 3
+    assert score(request(token), remember=False) == 40 and provider.runs == 4, "a what-if"
+    workload = dataclasses.replace(
+        request(None), evidence=Evidence(None, None, True, "mtls", "spiffe://example.org/a")
+    )
+    score(workload)
+    score(workload)
+    assert provider.runs == 6, "workloads are assessed every time"
+    floats = {"amr": ["hwk"], "iat": NOW - 60.5}  # ages that change within a second
+    score(request(floats))
+    score(request(floats))
+    assert provider.runs == 8
+    provider.value = 0.0
+    clock[0] = float(int(clock[0]) + 1)
+    assert score(request(token)) == 0 and provider.runs == 9, "the next second: assessed"

@@ -90,12 +90,46 @@ def test_velocity_against_the_principals_own_baseline(engine: Engine) -> None:
         clock.now += 60
     calm = one.ask(bundle, who="carol")
     assert "velocity" in calm["_"]["quiet"]
-    for _ in range(60):  # then a burst: 60 in one minute, 12 times the baseline
+    for _ in range(60):  # then a burst: 60 in 30 s, 12 times the baseline
         burst = one.ask(bundle, who="carol")
+        clock.now += 0.5  # an assessment holds for its clock second (test_assessor)
     assert burst["velocity"]["points"] == 30, burst["velocity"]
     assert burst["velocity"]["observed"]["baseline"] == 5.0
     other = one.ask(bundle, who="dave")
     assert "velocity" in other["_"]["quiet"], "dave has no baseline of his own"
+
+
+def test_an_assessment_holds_for_its_second_and_every_request_still_counts(
+    engine: Engine,
+) -> None:
+    """A busy caller is assessed once per clock second: its other requests of that second get
+    the same record (a first use stays flagged through it), yet each one counts towards the
+    rates, which the next second's assessment shows."""
+    clock = Clock()
+    clock.now = 1_900_000_020.0
+    one = Replica(engine, clock)
+    bundle = Bundle(SignalRule("velocity", 30, True, 1.0, {"min_requests": 20}), novelty=10)
+    for _ in range(10):  # ten quiet minutes: 5 requests a minute
+        for _ in range(5):
+            one.ask(bundle, who="carol")
+            clock.now += 1
+        clock.now += 55
+    first = one.ask(bundle, who="carol", action="db:drop")
+    assert first["novelty"]["points"] == 10
+    for _ in range(59):  # the rest of a burst of 60, all within this second
+        clock.now += 0.01
+        held = one.ask(bundle, who="carol", action="db:drop")
+        assert held["_"] is first["_"], "the same principal, action and evidence: held"
+    assert "velocity" in held["_"]["quiet"], "the burst shows from the next second"
+    other = one.ask(bundle, who="carol", action="db:query")
+    assert other["_"] is not first["_"] and "novelty" in other["_"]["quiet"]
+    clock.now = float(int(clock.now) + 1)
+    after = one.ask(bundle, who="carol", action="db:drop")
+    assert "novelty" in after["_"]["quiet"], "used in the second before: no longer new"
+    assert after["velocity"]["points"] == 30
+    # 60 of the burst, db:query and this one (and the minute before's last requests): the
+    # 59 held requests counted, without them it would be under 10.
+    assert after["velocity"]["observed"]["per_minute"] >= 62, "every held request counted"
 
 
 def test_velocity_is_shared_by_replicas_through_the_store(engine: Engine) -> None:

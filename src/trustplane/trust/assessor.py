@@ -24,14 +24,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from trustplane.decision.policy_bundle import Bundle
-from trustplane.model import CALLING_PEP, AccessRequest
+from trustplane.model import CALLING_PEP, AccessRequest, Evidence
 from trustplane.trust.policy import TrustPolicy, signals_optional, trust_policy
 from trustplane.trust.signals import Provider, Signal, TrustInputs
 
 TRUST_KEY = "trust"  # the context attribute: Cedar's view, and the caller-supplied namespace
 _INPUT_CLAIMS = ("amr", "acr", "auth_time", "iat", "exp")
+_WHOLE_SECONDS = (int, type(None))  # times of a token whose ages hold for a clock second
 DEVICE_ID_LIMIT = 200
 SCORED_MEMO = 4096  # weighed signal sets kept for reuse (TrustAssessor._scored)
+HELD_MEMO = 4096  # assessments held for the current second (TrustAssessor._held)
 
 
 class TrustAssessor:
@@ -61,6 +63,11 @@ class TrustAssessor:
         self._outcomes = tuple(p for p in self._providers if hasattr(p, "outcome"))
         # Per policy: when Cedar's view carries `signals` (see `_signals_view`).
         self._signals_view: dict[TrustPolicy, str] = {}
+        # The assessments made in the current second of the clock (see `_held_or_assessed`).
+        self._held: dict[tuple[Any, ...], tuple[dict[str, Any] | None, dict[str, Any]]] = {}
+        self._held_second: int | None = None
+        self._stateful = tuple(p for p in self._providers if hasattr(p, "epoch"))
+        self._repeats = tuple(p for p in self._providers if hasattr(p, "repeated"))
 
     def __call__(
         self, request: AccessRequest, bundle: Bundle | None, *, remember: bool = True
@@ -92,13 +99,92 @@ class TrustAssessor:
         self, request: AccessRequest, policy: TrustPolicy, remember: bool = True
     ) -> tuple[AccessRequest, dict[str, Any]]:
         supplied = request.context.get(TRUST_KEY)
+        pep = CALLING_PEP.get() if supplied is not None else None
+        believed = supplied if isinstance(supplied, dict) and pep in self._trusted else None
+        if believed is None and remember:
+            cedar, record = self._held_or_assessed(request, policy, pep, supplied)
+        else:
+            cedar, record = self._assessed(request, policy, believed, pep, supplied, remember)
+        if TRUST_KEY not in request.context and cedar is None:
+            return request, record
+        context = {k: v for k, v in request.context.items() if k != TRUST_KEY}
+        if cedar is not None:
+            context[TRUST_KEY] = cedar
+        return _with_context(request, context), record
+
+    def _held_or_assessed(
+        self, request: AccessRequest, policy: TrustPolicy, pep: str | None, supplied: Any
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """An assessment holds for the second of the clock it was made in: the same principal
+        asking the same action on the same type of resource with the same evidence within
+        that second gets the same score and record, while the providers that count requests
+        (behaviour) still count each one. A busy caller's requests are then assessed once a
+        second, not one by one; what changes within the second shows from the next (a rate
+        crossing its threshold; a first use stays flagged for the rest of its second), and a
+        device's posture changing shows at once (the trust epoch is part of the key).
+        Workloads are assessed every time: their attestation state has no epoch."""
+        evidence = request.evidence
+        if evidence is not None and evidence.workload:
+            return self._assessed(request, policy, None, pep, supplied)
+        if evidence is None and supplied is None and not self._personal_plan(policy):
+            return self._assessed(request, policy, None, pep, supplied)  # one per policy
+        now = self._clock()
+        second = int(now)
+        if second != self._held_second:
+            self._held.clear()
+            self._held_second = second
+        evidence_key = None if evidence is None else _evidence_key(evidence)
+        if evidence is not None and evidence_key is None:
+            return self._assessed(request, policy, None, pep, supplied, now=now)
+        principal, action = request.principal, request.action
+        key = (
+            policy,
+            _epochs(self._stateful),
+            principal.type,
+            principal.id,
+            action.type,
+            action.id,
+            request.resource.type,
+            supplied is not None,
+            pep,
+            evidence_key,
+        )
+        try:
+            known = self._held.get(key)
+        except TypeError:  # an unhashable claim: assessed alone
+            return self._assessed(request, policy, None, pep, supplied, now=now)
+        if known is not None:
+            for provider in self._repeats:
+                try:
+                    provider.repeated(principal, action, request.resource.type, now)
+                except Exception:  # a counter that failed must not fail the answer
+                    continue
+            return known
+        found = self._assessed(request, policy, None, pep, supplied, now=now)
+        if len(self._held) >= HELD_MEMO:
+            self._held.clear()
+        self._held[key] = found
+        return found
+
+    def _assessed(
+        self,
+        request: AccessRequest,
+        policy: TrustPolicy,
+        believed: dict[str, Any] | None,
+        pep: str | None,
+        supplied: Any,
+        remember: bool = True,
+        *,
+        now: float | None = None,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Cedar's view and the record, computed for this request."""
         if supplied is None and request.evidence is None:
             # Nothing verified, nothing supplied: every provider answers the same for the same
             # trust.yaml (most AuthZEN traffic), so the assessment is computed once per policy;
             # but providers whose answer depends on the principal (behaviour) run every time,
             # over the others' shared signals.
             if self._personal_plan(policy):
-                cedar, record = self._score(
+                return self._score(
                     request,
                     policy,
                     None,
@@ -106,26 +192,16 @@ class TrustAssessor:
                     None,
                     self._shared_signals(request, policy),
                     remember=remember,
+                    now=now,
                 )
-            else:
-                known = self._unverified.get(policy)
-                if known is None:
-                    known = self._score(request, policy, None, None, None)
-                    if len(self._unverified) > 16:
-                        self._unverified.clear()
-                    self._unverified[policy] = known
-                cedar, record = known
-        else:
-            pep = CALLING_PEP.get()
-            trusted = isinstance(supplied, dict) and pep in self._trusted
-            believed = supplied if trusted else None
-            cedar, record = self._score(request, policy, believed, pep, supplied, remember=remember)
-        if TRUST_KEY not in request.context and cedar is None:
-            return request, record
-        context = {k: v for k, v in request.context.items() if k != TRUST_KEY}
-        if cedar is not None:
-            context[TRUST_KEY] = cedar
-        return _with_context(request, context), record
+            known = self._unverified.get(policy)
+            if known is None:
+                known = self._score(request, policy, None, None, None, now=now)
+                if len(self._unverified) > 16:
+                    self._unverified.clear()
+                self._unverified[policy] = known
+            return known
+        return self._score(request, policy, believed, pep, supplied, remember=remember, now=now)
 
     def _shared_signals(self, request: AccessRequest, policy: TrustPolicy) -> Weighed:
         """The signals of the providers that answer alike for every unverified request,
@@ -224,13 +300,7 @@ class TrustAssessor:
         """Moves whenever trust state that can change an answer changed (a device's posture):
         a cache of decisions compares it, as it does the revocation epoch, and drops what it
         answered before. Providers with state say so with an `epoch` of their own."""
-        return sum(self._epochs())
-
-    def _epochs(self) -> Iterable[int]:
-        for provider in self._providers:
-            epoch = getattr(provider, "epoch", None)
-            if isinstance(epoch, int):
-                yield epoch
+        return _epochs(self._stateful)
 
     def outcome(self, request: AccessRequest, denied: bool) -> None:
         """The decision point tells the providers that learn from answers (behaviour's denial
@@ -254,12 +324,14 @@ class TrustAssessor:
         shared: Weighed | None = None,
         *,
         remember: bool = True,
+        now: float | None = None,
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Cedar's `context.trust` (None without trust.yaml) and the record. Shared between
         decisions when memoised: nothing downstream may change them. `shared`: the signals of
         the providers that do not depend on the principal, already weighed (computed here
         when not given); the personal providers (behaviour) run on every call."""
-        inputs = self._inputs(request, believed, pep, self._clock(), policy, remember)
+        when = self._clock() if now is None else now
+        inputs = self._inputs(request, believed, pep, when, policy, remember)
         if believed is not None:  # a trusted PEP's signals replace computed ones: no reuse
             return self._believed(policy, inputs, believed, pep, supplied)
         if shared is None:
@@ -408,6 +480,43 @@ def _signals_view(bundle: Bundle | None) -> str:
     if any(_SIGNALS_WORD.search(info.text) for info in bundle.policies):
         return MOVED
     return NEVER
+
+
+def _epochs(providers: Iterable[Provider]) -> int:
+    """The sum of the providers' epochs (those that keep state have one)."""
+    total = 0
+    for provider in providers:
+        epoch = getattr(provider, "epoch", None)
+        if isinstance(epoch, int):
+            total += epoch
+    return total
+
+
+def _evidence_key(evidence: Evidence) -> tuple[Any, ...] | None:
+    """What of the evidence the providers read (the claims `_INPUT_CLAIMS` names; the
+    authentication signals read no others), as a key of `TrustAssessor._held`; None when
+    the assessment cannot hold for a second: a token's times not in whole seconds make ages
+    that change within one."""
+    claims = evidence.claims
+    read = None
+    if claims is not None:
+        get = claims.get
+        amr, auth_time, iat, exp = get("amr"), get("auth_time"), get("iat"), get("exp")
+        if not (
+            type(auth_time) in _WHOLE_SECONDS
+            and type(iat) in _WHOLE_SECONDS
+            and type(exp) in _WHOLE_SECONDS
+        ):
+            return None
+        read = (tuple(amr) if isinstance(amr, list) else amr, get("acr"), auth_time, iat, exp)
+    return (
+        read,
+        evidence.source_ip,
+        evidence.source,
+        evidence.subject,
+        evidence.device,
+        evidence.device_source,
+    )
 
 
 def _with_context(request: AccessRequest, context: dict[str, Any]) -> AccessRequest:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from trustplane.model import EntityRef
 from trustplane.store.text import column_text
 from trustplane.trust.authentication import ramp
 from trustplane.trust.signals import Signal, TrustInputs, constant_signal
@@ -256,7 +257,7 @@ class BehaviourSignals:
         # and the words are built only for one that fires (this runs on every request).
         found: list[Signal] = []
         source = "history"
-        principal, action, kind = self._keys(inputs)
+        principal, action, kind = self._keys(inputs.principal, inputs.action, inputs.resource.type)
         now = inputs.now
         velocity, denials = "velocity" in wanted, "denial_rate" in wanted
         known, last_action, last_type, rates = state.sighting(
@@ -284,17 +285,26 @@ class BehaviourSignals:
                 found.append(self._denials(params.get("denial_rate", {}), rates, source))
         return found
 
-    def _keys(self, inputs: TrustInputs) -> tuple[str, str, str]:
+    def repeated(
+        self, principal: EntityRef, action: EntityRef, resource_type: str, now: float
+    ) -> None:
+        """The assessor reused an assessment made this second for the same request
+        (assessor.py `_held_or_assessed`): the request still counts towards the rates."""
+        if self._state is not None:
+            self._state.use(*self._keys(principal, action, resource_type), now)
+
+    def _keys(
+        self, principal: EntityRef, action: EntityRef, resource_type: str
+    ) -> tuple[str, str, str]:
         """The history's keys of the request's principal, action and resource type, made
         column-safe once per distinct triple rather than on every request."""
-        principal, action = inputs.principal, inputs.action
-        asked = (principal.type, principal.id, action.type, action.id, inputs.resource.type)
+        asked = (principal.type, principal.id, action.type, action.id, resource_type)
         keys = self._key_memo.get(asked)
         if keys is None:
             keys = (
                 principal_key(str(principal)),
                 name_key(str(action)),
-                name_key(inputs.resource.type),
+                name_key(resource_type),
             )
             if len(self._key_memo) >= 4096:
                 self._key_memo.clear()
