@@ -132,8 +132,10 @@ def main() -> None:
 
         # The whole in-process decision as a server makes it (decision cache on, ledger
         # charged until committed: bench/inproc.py's harness), with and without the trust plane.
-        plain, scored = PdpHarness(False, cache_size=10_000), PdpHarness(False, cache_size=10_000)
-        before = PdpHarness(False, cache_size=10_000)
+        # One harness (runtime, ledger, writer thread) per contender: each ledger then grows
+        # alike, and no contender's writer is still busy with another's records.
+        harnesses = [PdpHarness(False, cache_size=10_000) for _ in range(5)]
+        plain, before, *scored = harnesses
         plain.pdp = without_trust(plain.runtime)
         before.pdp = without_trust(before.runtime, cache_rules=False)
         decided = [
@@ -141,9 +143,9 @@ def main() -> None:
             for label, h, items in (
                 ("", plain, with_token),
                 (" (no risk-aware cache rules)", before, with_token),
-                (" + trust: no evidence", scored, requests),
-                (" + trust: token, loopback", scored, with_token),
-                (" + trust: token, global address", scored, travelling),
+                (" + trust: no evidence", scored[0], requests),
+                (" + trust: token, loopback", scored[1], with_token),
+                (" + trust: token, global address", scored[2], travelling),
             )
         ]
         contenders = [
@@ -153,14 +155,14 @@ def main() -> None:
             Contender("trust: token, global address", behind_trust, travelling),
             *decided,
         ]
-        for harness in (plain, before, scored):
+        for harness in harnesses:
             harness.warm_up(travelling)
         try:
             per_round = interleaved(
                 contenders, rounds=rounds, max_calls=max_calls, max_seconds=max_seconds
             )
         finally:
-            recorded = [plain.close(), before.close(), scored.close()]
+            recorded = [harness.close() for harness in harnesses]
             history.stop()
             engine.dispose()
         every = all(r["ledger_recorded_every_decision"] for r in recorded)

@@ -123,6 +123,61 @@ def test_an_outage_spools_with_bounded_memory_and_loses_nothing(
     assert verify_ledger(engine, signer.verifier()).ok
 
 
+class HeldStore(SwitchableStore):
+    """The real ledger's sink, whose first commit waits until the test lets it go."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        super().__init__(ledger)
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def append(self, entries: Sequence[LedgerEntry], skip_recorded: bool = False) -> int:
+        if not self.started.is_set():
+            self.started.set()
+            assert self.release.wait(60), "the test never released the first commit"
+        return super().append(entries, skip_recorded)
+
+
+def test_the_queue_overflowing_during_a_commit_is_spooled_and_replayed(
+    engine: Engine, signer: NoteSigner, tmp_path: Path
+) -> None:
+    """A commit is under way with more queued than one batch when the queue overflows: the
+    spooler takes what was queued, and the writer, finding nothing left of what it meant to
+    commit, goes on to replay the spool. (It used to wait for the records it had counted,
+    spinning on an empty queue with the GIL: a core burnt, the server starved and the spool
+    never replayed, exactly when the store was already behind.)"""
+    ledger = Ledger(engine, signer, ORIGIN)
+    store = HeldStore(ledger)
+    recorder = DecisionRecorder(
+        ledger,
+        Masker([]),
+        Metrics(),
+        flush_interval=0.01,
+        sink=store,
+        queue_max=6500,
+        spool=Spool(tmp_path / "spool", 64 << 20),
+    )
+    submitted: list[str] = []
+
+    def submit(count: int) -> None:
+        for n in range(count):
+            d = decision()
+            recorder.submit(request(n), d)
+            submitted.append(d.decision_id)
+
+    submit(6000)  # more than one batch (5,000) queued when the writer starts
+    recorder.start()
+    assert store.started.wait(30), "the writer began its first commit"
+    submit(6000)  # past queue_max while it commits: spooling, the spooler drains the queue
+    wait_for(lambda: recorder.pending == 0, timeout=30)
+    store.release.set()
+    wait_for(lambda: ledger.size == len(submitted), timeout=60)
+    wait_for(lambda: recorder.health() is None, timeout=10)
+    recorder.stop()
+    assert sorted(stored_ids(engine)) == sorted(submitted), "nothing queued is lost"
+    assert verify_ledger(engine, signer.verifier()).ok
+
+
 # -- a real server: kill -9 during the outage, then restart -----------------------------------
 
 BODY = {

@@ -481,11 +481,15 @@ class DecisionRecorder:
 
     def _flush(self) -> None:
         """Commit what is queued now, in batches of at most _MAX_BATCH; later arrivals wait for
-        the next commit."""
+        the next commit. Stops when the queue is empty before that: once the queue overflows,
+        the spooler takes from it too (it may take what was counted here), and the next round
+        replays the spool."""
         due = len(self._queue)
         while due > 0:
             with self._cond:
                 take = min(len(self._queue), _MAX_BATCH, due)
+                if take == 0:
+                    break
                 batch = self._take(take)
                 self._inflight = batch[0].enqueued if batch else None
             due -= take
